@@ -1,0 +1,27 @@
+"""Images in physical space and landmark files.
+
+Conventions (details in `keraslm.io.image`): arrays are `[y, x]` / `[z, y, x]`; points are
+`(x, y[, z])` in continuous index units or in millimetres of the LPS patient frame.
+"""
+from keraslm.io.dicom import read_dicom_series, write_dicom, write_dicom_series
+from keraslm.io.image import Image
+from keraslm.io.images import SUPPORTED_FORMATS, is_image_path, read_image, read_image_header
+from keraslm.io.landmarks import LandmarkTable, read_landmarks, write_landmarks
+from keraslm.io.nifti import write_nifti
+from keraslm.io.plain import write_png
+
+__all__ = [
+    "Image",
+    "LandmarkTable",
+    "SUPPORTED_FORMATS",
+    "is_image_path",
+    "read_dicom_series",
+    "read_image",
+    "read_image_header",
+    "read_landmarks",
+    "write_dicom",
+    "write_dicom_series",
+    "write_landmarks",
+    "write_nifti",
+    "write_png",
+]
