@@ -1,0 +1,350 @@
+"""Dataset descriptions: which images, which landmarks (in physical mm), and how to split them.
+
+A `LandmarkDataset` is a list of `Record`s (id, image path, landmarks in physical millimetres of
+the LPS frame, NaN where missing) plus the landmark names and the dimension. It does not hold
+pixels; images are read when needed with `LandmarkDataset.read_image`. Splits, k-fold
+cross-validation folds and reduced training sets are reproducible by seed.
+
+A dataset folder written by keraslm (see `keraslm.datasets.make_phantom`) holds a
+`dataset.json` that `load_folder` reads; any other folder with a landmark CSV is described with
+`from_csv`.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from keraslm.errors import DatasetError, KeraslmError
+from keraslm.io import is_image_path, read_image, read_image_header, read_landmarks
+from keraslm.io.dicom import DICOM_EXTENSIONS
+from keraslm.io.nifti import NIFTI_EXTENSIONS
+from keraslm.io.plain import PLAIN_EXTENSIONS
+
+DATASET_JSON = "dataset.json"
+_IMAGE_EXTENSIONS = NIFTI_EXTENSIONS + PLAIN_EXTENSIONS + DICOM_EXTENSIONS
+LANDMARK_UNITS = ("index", "mm")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Record:
+    """One image and its landmarks.
+
+    Args:
+        id: str. Unique id within the dataset.
+        image_path: str. Image file or DICOM series folder.
+        points_mm: np.ndarray `(num_landmarks, ndim)`. Physical LPS millimetres; NaN = missing.
+    """
+
+    id: str
+    image_path: str
+    points_mm: np.ndarray
+
+
+def _image_id(path):
+    name = os.path.basename(os.path.normpath(path))
+    for extension in _IMAGE_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LandmarkDataset:
+    """Records, landmark names and dimension of a landmark dataset.
+
+    Args:
+        name: str. Dataset name, e.g. "isbi2015".
+        records: sequence of Record.
+        landmark_names: sequence of str.
+        ndim: int. 2 or 3.
+        image_spacing: sequence of float or None. Spacing (mm along x, y[, z]) to read images
+            whose files hold no geometry (PNG/JPEG); None to use what the files say.
+
+    Examples:
+        >>> dataset = keraslm.datasets.isbi2015("../shared/data/isbi2015-train")  # doctest: +SKIP
+        >>> train, test = dataset.fold(0, num_folds=5, seed=0)  # doctest: +SKIP
+        >>> image = train.read_image(train.records[0])  # doctest: +SKIP
+    """
+
+    name: str
+    records: tuple
+    landmark_names: tuple
+    ndim: int
+    image_spacing: tuple = None
+
+    def __post_init__(self):
+        if self.ndim not in (2, 3):
+            raise DatasetError(f"`ndim` must be 2 or 3. Received: ndim={self.ndim!r}")
+        records = tuple(self.records)
+        names = tuple(self.landmark_names)
+        ids = [record.id for record in records]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise DatasetError(f"dataset {self.name!r}: duplicate record ids: {', '.join(duplicates)}")
+        for record in records:
+            if record.points_mm.shape != (len(names), self.ndim):
+                raise DatasetError(
+                    f"dataset {self.name!r}: record {record.id!r} has landmarks of shape "
+                    f"{record.points_mm.shape}; expected ({len(names)}, {self.ndim})"
+                )
+        object.__setattr__(self, "records", records)
+        object.__setattr__(self, "landmark_names", names)
+        if self.image_spacing is not None:
+            object.__setattr__(self, "image_spacing", tuple(float(s) for s in self.image_spacing))
+
+    # ------------------------------------------------------------------------------- access
+
+    def __len__(self):
+        return len(self.records)
+
+    @property
+    def ids(self):
+        """tuple of str. Record ids in dataset order."""
+        return tuple(record.id for record in self.records)
+
+    @property
+    def num_landmarks(self):
+        """int. Landmarks per image."""
+        return len(self.landmark_names)
+
+    @property
+    def points_mm(self):
+        """np.ndarray `(num_images, num_landmarks, ndim)`: all landmarks, physical mm."""
+        return np.stack([record.points_mm for record in self.records]) if self.records else (
+            np.zeros((0, self.num_landmarks, self.ndim))
+        )
+
+    def record(self, record_id):
+        """Record with id `record_id`."""
+        for record in self.records:
+            if record.id == record_id:
+                return record
+        raise DatasetError(f"dataset {self.name!r} has no record {record_id!r}")
+
+    def read_image(self, record):
+        """Reads a record's image (with the dataset's `image_spacing` for plain images)."""
+        return read_image(record.image_path, spacing=self._spacing_for(record.image_path))
+
+    def read_image_header(self, record):
+        """Reads a record's image geometry only; see `keraslm.io.read_image_header`."""
+        return read_image_header(record.image_path, spacing=self._spacing_for(record.image_path))
+
+    def _spacing_for(self, path):
+        if self.image_spacing is None:
+            return None
+        return self.image_spacing if path.lower().endswith(PLAIN_EXTENSIONS) else None
+
+    # ------------------------------------------------------------------------------- splits
+
+    def subset(self, ids, name=None):
+        """Dataset of the records with the given ids, in the given order.
+
+        Raises:
+            DatasetError: listing every id the dataset does not hold.
+        """
+        ids = [str(i) for i in ids]
+        by_id = {record.id: record for record in self.records}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise DatasetError(
+                f"dataset {self.name!r} has no records with ids: {', '.join(unknown)}"
+            )
+        return dataclasses.replace(
+            self, name=name or self.name, records=tuple(by_id[i] for i in ids)
+        )
+
+    def shuffled_ids(self, seed):
+        """Record ids sorted, then permuted by `seed` (independent of the record order)."""
+        ids = sorted(self.ids)
+        order = np.random.default_rng(seed).permutation(len(ids))
+        return [ids[i] for i in order]
+
+    def split(self, test_fraction=0.2, seed=0):
+        """(train, test) datasets; the test part holds `round(test_fraction * len)` records."""
+        if not 0.0 < test_fraction < 1.0:
+            raise DatasetError(
+                f"`test_fraction` must lie in (0, 1). Received: test_fraction={test_fraction!r}"
+            )
+        ids = self.shuffled_ids(seed)
+        num_test = int(round(test_fraction * len(ids)))
+        if num_test < 1 or num_test >= len(ids):
+            raise DatasetError(
+                f"cannot split {len(ids)} records with test_fraction={test_fraction}: "
+                "each part needs at least one record"
+            )
+        return self.subset(sorted(ids[num_test:])), self.subset(sorted(ids[:num_test]))
+
+    def kfold(self, num_folds, seed=0):
+        """List of `num_folds` (train, test) pairs; every record is tested exactly once."""
+        if not isinstance(num_folds, int) or num_folds < 2:
+            raise DatasetError(f"`num_folds` must be an integer >= 2. Received: num_folds={num_folds!r}")
+        if num_folds > len(self):
+            raise DatasetError(
+                f"cannot make {num_folds} folds of {len(self)} records in dataset {self.name!r}"
+            )
+        parts = np.array_split(np.array(self.shuffled_ids(seed), dtype=object), num_folds)
+        folds = []
+        for part in parts:
+            test_ids = set(part.tolist())
+            folds.append(
+                (
+                    self.subset(sorted(i for i in self.ids if i not in test_ids)),
+                    self.subset(sorted(test_ids)),
+                )
+            )
+        return folds
+
+    def fold(self, fold, num_folds, seed=0):
+        """(train, test) of fold number `fold` (0-based) of `kfold(num_folds, seed)`."""
+        if not isinstance(fold, int) or not 0 <= fold < num_folds:
+            raise DatasetError(
+                f"`fold` must be an integer in [0, {num_folds - 1}]. Received: fold={fold!r}"
+            )
+        return self.kfold(num_folds, seed)[fold]
+
+    def reduced(self, num_images, seed=0):
+        """A reproducible random subset of `num_images` records (e.g. a 10-image training set)."""
+        if not isinstance(num_images, int) or not 1 <= num_images <= len(self):
+            raise DatasetError(
+                f"`num_images` must be an integer in [1, {len(self)}]. Received: num_images={num_images!r}"
+            )
+        return self.subset(sorted(self.shuffled_ids(seed)[:num_images]))
+
+
+def read_id_list(path):
+    """Reads a text file with one record id per line (blank lines and `#` comments ignored)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.split("#", 1)[0].strip() for line in handle]
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such id list file") from None
+    ids = [line for line in lines if line]
+    if not ids:
+        raise DatasetError(f"{path}: id list is empty")
+    return ids
+
+
+def _image_index(image_root):
+    """Maps image ids (file names without extension, series folder names) to paths in
+    `image_root` and `image_root/images`; `image_root` wins."""
+    index = {}
+    for folder in (image_root, os.path.join(image_root, "images")):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if not name.startswith(".") and name != "images" and is_image_path(path):
+                index.setdefault(_image_id(name), path)
+    return index
+
+
+def _resolve_images(image_root, keys):
+    """Image path for each landmark-file id: a path relative to `image_root`, or an id found by
+    `_image_index`. None where absent."""
+    index = None
+    paths = []
+    for key in keys:
+        candidate = os.path.join(image_root, key)
+        if os.path.exists(candidate) and is_image_path(candidate):
+            paths.append(candidate)
+            continue
+        if index is None:
+            index = _image_index(image_root)
+        paths.append(index.get(key))
+    return paths
+
+
+def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, name=None):
+    """Describes a dataset by a landmark CSV and the folder holding its images.
+
+    Args:
+        csv_path: str. Landmark CSV (`keraslm.io.read_landmarks` layouts). Its first column is
+            an image path relative to `image_root` or an image id (file name without extension).
+        image_root: str, optional. Folder the ids refer to; defaults to the CSV's folder.
+        units: str. "index" (pixel coordinates, converted through each image's geometry) or
+            "mm" (physical LPS millimetres).
+        spacing: float or sequence, optional. Spacing for images whose files hold none
+            (PNG/JPEG), e.g. 0.1 for ISBI 2015.
+        ndim: int, optional. Required for headerless CSVs.
+        name: str, optional. Dataset name; defaults to the image folder's name.
+
+    Raises:
+        DatasetError: units unknown, or images missing on disk (all of them listed).
+    """
+    if units not in LANDMARK_UNITS:
+        raise DatasetError(f"`units` must be one of {LANDMARK_UNITS}. Received: units={units!r}")
+    csv_path = os.fspath(csv_path)
+    image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(csv_path))
+    table = read_landmarks(csv_path, ndim=ndim)
+    resolved = list(zip(table.ids, _resolve_images(image_root, table.ids)))
+    missing = [key for key, path in resolved if path is None]
+    if missing:
+        raise DatasetError(
+            f"{csv_path}: {len(missing)} of {len(resolved)} landmark rows have no image under "
+            f"{image_root}: {', '.join(missing)}"
+        )
+    if spacing is not None:
+        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (table.ndim,))
+    dataset = LandmarkDataset(
+        name=name or os.path.basename(os.path.normpath(image_root)),
+        records=(),
+        landmark_names=table.names,
+        ndim=table.ndim,
+        image_spacing=None if spacing is None else tuple(spacing),
+    )
+    records = []
+    for (key, path), points in zip(resolved, table.points):
+        if units == "index":
+            try:
+                header = dataset.read_image_header(Record(key, path, points))
+            except KeraslmError as error:
+                raise DatasetError(f"{csv_path}: row {key!r}: {error}") from None
+            if header.ndim != table.ndim:
+                raise DatasetError(
+                    f"{csv_path}: row {key!r} has {table.ndim}D landmarks but its image {path} is "
+                    f"{header.ndim}D"
+                )
+            points = header.index_to_physical(points)
+        records.append(Record(_image_id(key), path, points))
+    return dataclasses.replace(dataset, records=tuple(records))
+
+
+def load_folder(root):
+    """Loads a dataset folder described by its `dataset.json` (as written by
+    `keraslm.datasets.make_phantom`).
+
+    `dataset.json` keys: `name`, `ndim`, `landmarks_csv` (relative to root), `landmark_units`
+    ("index" or "mm"), `plain_image_spacing` (list or null), optional `landmark_names`.
+    """
+    root = os.fspath(root)
+    description_path = os.path.join(root, DATASET_JSON)
+    try:
+        with open(description_path, encoding="utf-8") as handle:
+            description = json.load(handle)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{root}: no {DATASET_JSON}; describe the folder with keraslm.data.from_csv "
+            "(landmark CSV, units, spacing) instead"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{description_path}: not valid JSON ({error})") from None
+    required = ("name", "ndim", "landmarks_csv", "landmark_units")
+    absent = [key for key in required if key not in description]
+    if absent:
+        raise DatasetError(f"{description_path}: missing keys: {', '.join(absent)}")
+    dataset = from_csv(
+        os.path.join(root, description["landmarks_csv"]),
+        image_root=root,
+        units=description["landmark_units"],
+        spacing=description.get("plain_image_spacing"),
+        ndim=description["ndim"],
+        name=description["name"],
+    )
+    names = description.get("landmark_names")
+    if names is not None and tuple(names) != dataset.landmark_names:
+        raise DatasetError(
+            f"{description_path}: landmark_names differ from the columns of "
+            f"{description['landmarks_csv']}"
+        )
+    return dataset
