@@ -153,6 +153,12 @@ class Image:
         inverse = np.linalg.inv(self.index_to_physical_matrix)
         return (points_mm - self.origin) @ inverse.T
 
+    def header(self):
+        """A copy with the same geometry whose array is a read-only zero placeholder of the same
+        shape (no pixel memory), as `keraslm.io.read_image_header` returns."""
+        placeholder = np.broadcast_to(np.zeros((), np.float32), self.array.shape)
+        return dataclasses.replace(self, array=placeholder)
+
     def with_array(self, array):
         """Returns a copy with the same geometry and a new array of the same shape."""
         array = np.asarray(array)
