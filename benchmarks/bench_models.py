@@ -1,0 +1,95 @@
+"""Time forward and forward+backward of every `small` preset network on this machine.
+
+Not a test. Prints, per architecture and dimension, the milliseconds per batch and the achieved
+GFLOP/s, next to the GFLOP/s of a large `tf.linalg.matmul` measured in the same run (an upper
+bound for what convolutions can reach here). Convolution FLOPs come from
+`keraslm.models.summary.conv_flops`; forward+backward is counted as 3 x forward (one pass for
+the outputs, two for the gradients of inputs and weights).
+
+Usage: python benchmarks/bench_models.py [--batch 1] [--min-seconds 2] [--jit-compile]
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keraslm.models import ARCHITECTURES, build_model
+from keraslm.models.summary import NUM_LANDMARKS, conv_flops, input_size
+
+
+def seconds_per_call(fn, min_seconds):
+    """Median wall time of `fn()` after two warm-up calls, repeated for about `min_seconds`."""
+    fn()
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_gflops(n, min_seconds):
+    """GFLOP/s of an n x n float32 `tf.linalg.matmul`."""
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+    seconds = seconds_per_call(lambda: matmul().numpy(), min_seconds)
+    return 2 * n**3 / seconds / 1e9
+
+
+def bench_model(architecture, ndim, batch, min_seconds, jit_compile):
+    """Forward and forward+backward timings of one small-preset network."""
+    size = input_size("small", ndim, architecture)
+    model = build_model(architecture, ndim, NUM_LANDMARKS[ndim], preset="small",
+                        input_shape=(*size, 1))
+    flops = conv_flops(model) * batch
+    x = tf.random.normal((batch, *size, 1))
+
+    @tf.function(jit_compile=jit_compile)
+    def forward():
+        return model(x, training=False)
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True)))
+        return tape.gradient(loss, model.trainable_variables)
+
+    fwd = seconds_per_call(lambda: forward().numpy(), min_seconds)
+    both = seconds_per_call(lambda: [g.numpy() for g in forward_backward()], min_seconds)
+    return size, flops, fwd, both
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1, help="images per batch")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="minimum measuring time per figure")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the steps with XLA")
+    args = parser.parse_args()
+
+    peak = matmul_gflops(2048, args.min_seconds)
+    print(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, float32, "
+          f"batch {args.batch}, XLA {'on' if args.jit_compile else 'off'}")
+    print(f"tf.linalg.matmul 2048x2048: {peak:.1f} GFLOP/s")
+    print(f"{'network':<16}{'input':>10}{'GFLOP fwd':>11}{'fwd ms':>9}{'GFLOP/s':>9}"
+          f"{'fwd+bwd ms':>12}{'GFLOP/s':>9}{'% matmul':>10}")
+    for ndim in (2, 3):
+        for architecture in ARCHITECTURES:
+            size, flops, fwd, both = bench_model(architecture, ndim, args.batch,
+                                                 args.min_seconds, args.jit_compile)
+            rate_fwd = flops / fwd / 1e9
+            rate_both = 3 * flops / both / 1e9
+            print(f"{architecture + f' {ndim}D':<16}{'x'.join(map(str, size)):>10}"
+                  f"{flops / 1e9:>11.2f}{fwd * 1e3:>9.1f}{rate_fwd:>9.1f}"
+                  f"{both * 1e3:>12.1f}{rate_both:>9.1f}{100 * rate_both / peak:>9.0f}%")
+    print(f"tf.linalg.matmul 2048x2048 again: {matmul_gflops(2048, args.min_seconds):.1f} "
+          "GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
