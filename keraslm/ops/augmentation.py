@@ -1,0 +1,415 @@
+"""Batched random spatial and intensity augmentation on the device: sample, then apply.
+
+Conventions are those of `keraslm.ops.geometry`: images `(batch, *spatial, channels)` with
+spatial axes `(y, x)` / `(z, y, x)`; points `(batch, num_landmarks, ndim)` as `(x, y[, z])` in
+grid index units (pixel centres at integers), NaN = missing; `grid_spacing` in mm per index step
+along x, y[, z].
+
+Sampling is separate from applying (as in Keras' preprocessing layers):
+`sample_transforms` draws one random transform per sample and returns a dict of batched tensors;
+`apply_to_images` resamples images with it and `apply_to_points` moves landmarks with the exact
+inverse of the same map, so images and landmarks cannot disagree. `device_stage` does both and
+renders the target heatmaps with a `keraslm.ops.heatmaps.HeatmapCodec`.
+
+The transform of one sample. The parameters describe how the image *content* moves, in physical
+units about the grid centre `c = (size - 1) / 2` (index units): content at physical offset `q`
+(mm, relative to the centre) moves to `R D q + t`, with `R` the rotation (2D: one angle; 3D:
+`Rz @ Ry @ Rx`, one angle about each axis), `D` the diagonal scaling (isotropic factor times
+per-axis factors) and `t` the translation (mm). Resampling needs the opposite direction, the
+*sampling map* from output grid index to input grid index:
+
+    matrix         = T(c) S^-1 D^-1 R^T T(-t) S T(-c)      (output index -> input index)
+    inverse_matrix = T(c) S^-1 T(t) R D S T(-c)            (input index -> output index)
+
+with `S = diag(grid_spacing)` and `T` translations; both are composed analytically, so the
+inverse is exact. An elastic deformation adds a smooth displacement `u` (input index units) to
+the sampling map: `p_in = matrix @ p_out + u(p_out)`, where `u` is a cubic B-spline over a
+coarse control grid (see `keraslm.ops.geometry`). Landmarks are moved by solving that equation
+for `p_out` with the fixed-point iteration `p_out <- inverse_matrix @ (p_in - u(p_out))`.
+
+Random numbers come from `keras.random.uniform` with the `seed` given to `sample_transforms`:
+pass a `keras.random.SeedGenerator` (its state advances on every call, also inside a compiled
+Keras `train_step` or `tf.function`; use this for training, and keep the generator as an
+attribute of the model or layer so that its state is tracked and checkpointed) or an int
+(stateless: the same int gives the same transforms, also on every call of a compiled function).
+Under a distribution strategy every replica reads the same generator state, so replicas draw the
+same transforms for their different samples unless the caller folds the replica id into the
+seed.
+"""
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keraslm.ops.geometry import (
+    bspline_at,
+    bspline_dense,
+    check_batch,
+    check_grid_shape,
+    check_images,
+    check_points,
+    check_spacing,
+    grid_size_xyz,
+    resample,
+    static_shape,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+    """Ranges of the random augmentation (all uniform; everything 0 gives the identity).
+
+    rotation_degrees: float >= 0. max |angle| in degrees, about the grid centre (3D: about each
+        of the x, y and z axes independently).
+    translation_mm: float >= 0. max |translation| per axis, mm.
+    scale: float in [0, 1). isotropic scaling factor in [1 - scale, 1 + scale].
+    axis_scale: float in [0, 1). extra per-axis factor in [1 - axis_scale, 1 + axis_scale].
+    elastic_mm: float >= 0. max |displacement| of each control point per axis, mm (the dense
+        displacement is a convex combination of them, so it stays within the bound); 0 = off.
+    elastic_grid_points: int >= 4. control points per axis of the cubic B-spline; the grid is
+        covered by `elastic_grid_points - 3` mesh intervals (4: one global cubic; more: more
+        local deformation).
+    intensity_scale: float in [0, 1). intensity factor in [1 - intensity_scale,
+        1 + intensity_scale].
+    intensity_shift: float >= 0. intensity offset in [-intensity_shift, intensity_shift]
+        (units of the image intensities, e.g. standard deviations after normalisation).
+
+    Examples:
+    >>> AugmentationConfig(rotation_degrees=15, elastic_mm=3.0, elastic_grid_points=6)
+    >>> AugmentationConfig.identity()
+    """
+
+    rotation_degrees: float = 30.0
+    translation_mm: float = 10.0
+    scale: float = 0.1
+    axis_scale: float = 0.0
+    elastic_mm: float = 0.0
+    elastic_grid_points: int = 4
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+
+    def __post_init__(self):
+        for name, upper in (("rotation_degrees", 180.0), ("translation_mm", None),
+                            ("scale", 1.0), ("axis_scale", 1.0), ("elastic_mm", None),
+                            ("intensity_scale", 1.0), ("intensity_shift", None)):
+            value = getattr(self, name)
+            ok = (isinstance(value, (int, float, np.integer, np.floating))
+                  and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+                  and (upper is None or value < upper or (name == "rotation_degrees"
+                                                          and value <= upper)))
+            if not ok:
+                bound = (f"in [0, {upper}]" if name == "rotation_degrees" else
+                         f"in [0, {upper})" if upper is not None else "a finite number >= 0")
+                raise ValueError(f"`{name}` must be {bound}. Received: {name}={value!r}")
+        points = self.elastic_grid_points
+        if not (isinstance(points, (int, np.integer)) and not isinstance(points, bool)
+                and points >= 4):
+            raise ValueError(
+                "`elastic_grid_points` must be an int >= 4 (cubic B-spline control points per "
+                f"axis). Received: elastic_grid_points={points!r}")
+
+    @classmethod
+    def identity(cls):
+        """A config whose transforms are all the identity."""
+        return cls(rotation_degrees=0.0, translation_mm=0.0, scale=0.0, axis_scale=0.0,
+                   elastic_mm=0.0, intensity_scale=0.0, intensity_shift=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def _stack_matrix(rows):
+    """Rows of `(batch,)` tensors or floats -> `(batch, n, n)`."""
+    batch_like = next(v for row in rows for v in row if not isinstance(v, float))
+    return ops.stack([ops.stack([v if not isinstance(v, float) else
+                                 ops.full_like(batch_like, v) for v in row], axis=-1)
+                      for row in rows], axis=-2)
+
+
+def _rotation(angles):
+    """Rotation matrices `(batch, ndim, ndim)` from angles `(batch, 1)` (2D) or `(batch, 3)`
+    (3D: about x, y, z; R = Rz @ Ry @ Rx), acting on (x, y[, z]) column vectors."""
+    cos, sin = ops.cos(angles), ops.sin(angles)
+    if static_shape(angles)[1] == 1:
+        c, s = cos[:, 0], sin[:, 0]
+        return _stack_matrix([[c, -s], [s, c]])
+    cx, cy, cz = cos[:, 0], cos[:, 1], cos[:, 2]
+    sx, sy, sz = sin[:, 0], sin[:, 1], sin[:, 2]
+    rx = _stack_matrix([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    ry = _stack_matrix([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    rz = _stack_matrix([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    return ops.matmul(rz, ops.matmul(ry, rx))
+
+
+def _homogeneous(linear, offset):
+    """`(batch, ndim, ndim)` and `(batch, ndim)` -> `(batch, ndim + 1, ndim + 1)`."""
+    batch, ndim = static_shape(offset)
+    top = ops.concatenate([linear, offset[:, :, None]], axis=-1)
+    bottom = ops.concatenate([ops.zeros((batch, 1, ndim)), ops.ones((batch, 1, 1))], axis=-1)
+    return ops.concatenate([top, bottom], axis=-2)
+
+
+def _diag(values):
+    """`(batch, n)` -> `(batch, n, n)` diagonal matrices."""
+    n = static_shape(values)[1]
+    return values[:, :, None] * np.eye(n, dtype=np.float32)
+
+
+def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
+    """Draw one random augmentation transform per sample.
+
+    seed: `keras.random.SeedGenerator` (stateful; use it in training) or int (stateless).
+    batch_size: int >= 1. static batch size.
+    grid_shape: tuple of 2 or 3 ints. spatial shape of the network grid, array order (y, x) /
+        (z, y, x).
+    grid_spacing: float or sequence of ndim floats. mm per index step along x, y[, z].
+    config: `AugmentationConfig` (default: `AugmentationConfig()`).
+
+    Returns a dict of float32 tensors:
+        "matrix": `(batch, ndim + 1, ndim + 1)`. sampling map, output index -> input index.
+        "inverse_matrix": `(batch, ndim + 1, ndim + 1)`. its exact inverse.
+        "grid_size": `(batch, ndim)`. grid size along (x, y[, z]) the transform belongs to.
+        "intensity_scale", "intensity_shift": `(batch,)`.
+        "elastic" (only when `config.elastic_mm > 0`): `(batch, G, ..., G, ndim)` B-spline
+            control point displacements in input index units, (x, y[, z]) components, control
+            grid axes in array order (G = `config.elastic_grid_points`).
+
+    Examples:
+    >>> seeds = keras.random.SeedGenerator(0)
+    >>> t = sample_transforms(seeds, 4, (64, 48), (1.0, 1.0), AugmentationConfig())
+    """
+    config = AugmentationConfig() if config is None else config
+    if not isinstance(config, AugmentationConfig):
+        raise ValueError(
+            f"`config` must be an AugmentationConfig. Received: config={config!r}")
+    if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+            and batch_size >= 1):
+        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    if not isinstance(seed, (int, np.integer, keras.random.SeedGenerator)) or isinstance(
+            seed, bool):
+        raise ValueError(
+            "`seed` must be a keras.random.SeedGenerator or an int. "
+            f"Received: seed={seed!r}")
+    grid_shape = check_grid_shape(grid_shape)
+    ndim = len(grid_shape)
+    spacing = check_spacing(grid_spacing, ndim)
+    elastic = config.elastic_mm > 0
+    if elastic and min(grid_shape) < 2:
+        raise ValueError(
+            "elastic deformation needs a grid of at least 2 pixels along every axis. "
+            f"Received: grid_shape={grid_shape}")
+    num_angles = 1 if ndim == 2 else 3
+    num_control = config.elastic_grid_points ** ndim * ndim if elastic else 0
+    sizes = [num_angles, ndim, 1, ndim, 1, 1, num_control]
+    seed = int(seed) if isinstance(seed, np.integer) else seed
+    # One draw for all parameters, so that an int seed does not repeat numbers across them.
+    u = keras.random.uniform((batch_size, sum(sizes)), minval=-1.0, maxval=1.0, seed=seed)
+    parts = []
+    start = 0
+    for n in sizes:
+        parts.append(u[:, start:start + n])
+        start += n
+    u_angle, u_trans, u_iso, u_axis, u_iscale, u_ishift, u_elastic = parts
+
+    angles = u_angle * math.radians(config.rotation_degrees)
+    translation = u_trans * config.translation_mm  # mm
+    scales = (1.0 + u_iso * config.scale) * (1.0 + u_axis * config.axis_scale)  # (batch, ndim)
+    rotation = _rotation(angles)
+    centre = (grid_size_xyz(grid_shape) - 1.0) / 2.0
+    # Index -> centred mm and back (constants).
+    to_centred_mm = _homogeneous(
+        ops.broadcast_to(np.diag(spacing), (batch_size, ndim, ndim)),
+        ops.broadcast_to(-centre * spacing, (batch_size, ndim)))
+    from_centred_mm = _homogeneous(
+        ops.broadcast_to(np.diag(1.0 / spacing).astype(np.float32), (batch_size, ndim, ndim)),
+        ops.broadcast_to(centre, (batch_size, ndim)))
+    # Content map in centred mm: q -> R D q + t ; its inverse q -> D^-1 R^T (q - t).
+    forward_mm = _homogeneous(ops.matmul(rotation, _diag(scales)), translation)
+    inverse_linear = ops.matmul(_diag(1.0 / scales), ops.transpose(rotation, (0, 2, 1)))
+    inverse_mm = _homogeneous(inverse_linear,
+                              -ops.einsum("bij,bj->bi", inverse_linear, translation))
+    matrix = ops.matmul(from_centred_mm, ops.matmul(inverse_mm, to_centred_mm))
+    inverse_matrix = ops.matmul(from_centred_mm, ops.matmul(forward_mm, to_centred_mm))
+
+    transforms = {
+        "matrix": matrix,
+        "inverse_matrix": inverse_matrix,
+        "grid_size": ops.broadcast_to(grid_size_xyz(grid_shape), (batch_size, ndim)),
+        "intensity_scale": 1.0 + u_iscale[:, 0] * config.intensity_scale,
+        "intensity_shift": u_ishift[:, 0] * config.intensity_shift,
+    }
+    if elastic:
+        g = config.elastic_grid_points
+        control = ops.reshape(u_elastic, (batch_size, *([g] * ndim), ndim))
+        transforms["elastic"] = control * (config.elastic_mm / spacing)  # mm -> index units
+    return transforms
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying
+# ---------------------------------------------------------------------------------------------
+
+_KEYS = ("matrix", "inverse_matrix", "grid_size", "intensity_scale", "intensity_shift")
+
+
+def _check_transforms(transforms, ndim):
+    if not isinstance(transforms, dict) or any(k not in transforms for k in _KEYS):
+        keys = sorted(transforms) if isinstance(transforms, dict) else type(transforms).__name__
+        raise ValueError(
+            f"`transforms` must be the dict returned by sample_transforms with keys {_KEYS}. "
+            f"Received: transforms keys={keys}")
+    shape = static_shape(transforms["matrix"])
+    if len(shape) != 3 or shape[1:] != (ndim + 1, ndim + 1):
+        raise ValueError(
+            f"`transforms` are for a different number of dimensions: expected matrices of shape "
+            f"(batch, {ndim + 1}, {ndim + 1}) for {ndim}D data. Received: "
+            f"transforms['matrix'].shape={shape}")
+    return shape[0]
+
+
+def _check_grid(transforms, grid_shape):
+    """Compare the transform's grid with `grid_shape` where its value is known when traced."""
+    import tensorflow as tf  # TF-specific: static value of a (possibly symbolic) tensor.
+
+    value = tf.get_static_value(transforms["grid_size"])
+    if value is not None and not np.array_equal(np.asarray(value)[0], grid_size_xyz(grid_shape)):
+        raise ValueError(
+            "`transforms` were sampled for a grid of size (x, y[, z]) = "
+            f"{tuple(np.asarray(value)[0].tolist())}, not for these images. Received: images "
+            f"spatial shape={grid_shape}")
+
+
+def displacement_field(transforms, grid_shape):
+    """The dense elastic displacement `(batch, *grid_shape, ndim)` (input index units), or None
+    when the transforms have no elastic part."""
+    if "elastic" not in transforms:
+        return None
+    return bspline_dense(transforms["elastic"], grid_shape)
+
+
+def apply_to_images(images, transforms, fill_value=0.0, intensity=True):
+    """Resample images through the sampled transforms (bi/trilinear, constant fill).
+
+    images: tensor `(batch, *spatial, channels)` on the grid the transforms were sampled for.
+    transforms: dict from `sample_transforms`.
+    fill_value: float. value outside the input grid (not changed by the intensity transform).
+    intensity: bool. apply `x * intensity_scale + intensity_shift` to the image content; set it
+        to False for masks or label images.
+
+    Returns augmented images, same shape and dtype.
+    """
+    images = ops.convert_to_tensor(images)
+    shape, ndim = check_images(images)
+    batch = _check_transforms(transforms, ndim)
+    check_batch(shape[0], batch, "images", "transforms")
+    _check_grid(transforms, shape[1:-1])
+    return resample(
+        images, transforms["matrix"], displacement_field(transforms, shape[1:-1]),
+        fill_value=fill_value,
+        intensity_scale=transforms["intensity_scale"] if intensity else None,
+        intensity_shift=transforms["intensity_shift"] if intensity else None)
+
+
+def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_residual=False):
+    """Move landmarks with the exact inverse of the sampling map.
+
+    points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) input grid index units; NaN =
+        missing.
+    transforms: dict from `sample_transforms`.
+    iterations: int >= 1. fixed-point iterations for the elastic inverse (static; unused
+        without elastic deformation).
+    tolerance: float > 0. largest accepted residual |matrix @ p_out + u(p_out) - p_in| (index
+        units, max over axes); a landmark whose inverse did not converge gets validity 0.
+    return_residual: bool. also return the residual `(batch, num_landmarks)` (0 without elastic
+        deformation, NaN for missing landmarks).
+
+    Returns `(moved_points, valid)`: moved points `(batch, num_landmarks, ndim)` on the output
+    grid (NaN stays NaN) and validity `(batch, num_landmarks)` float32: 1 for finite landmarks
+    inside the output field `[-0.5, size - 0.5)` per axis whose residual is within `tolerance`,
+    else 0. With `return_residual`, `(moved_points, valid, residual)`.
+    """
+    if not (isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool)
+            and iterations >= 1):
+        raise ValueError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
+    if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+        raise ValueError(f"`tolerance` must be a number > 0. Received: tolerance={tolerance!r}")
+    points = ops.cast(ops.convert_to_tensor(points), "float32")
+    shape = static_shape(points)
+    if not isinstance(transforms, dict) or "matrix" not in transforms:
+        _check_transforms(transforms, 0)  # raises
+    ndim = static_shape(transforms["matrix"])[-1] - 1
+    check_points(points, ndim)
+    batch = _check_transforms(transforms, ndim)
+    check_batch(shape[0], batch, "points", "transforms")
+
+    finite = ops.all(ops.isfinite(points), axis=-1)  # (batch, L)
+    p_in = ops.where(finite[..., None], points, ops.zeros_like(points))
+    inverse = transforms["inverse_matrix"]
+    inv_linear, inv_offset = inverse[:, :ndim, :ndim], inverse[:, :ndim, ndim]
+
+    def to_output(p):
+        return ops.einsum("bij,blj->bli", inv_linear, p) + inv_offset[:, None, :]
+
+    p_out = to_output(p_in)
+    residual = ops.zeros(shape[:2])
+    if "elastic" in transforms:
+        control, grid_size = transforms["elastic"], transforms["grid_size"]
+        p_out = ops.fori_loop(  # a static number of iterations (an XLA while loop)
+            0, iterations, lambda _, p: to_output(p_in - bspline_at(control, p, grid_size)),
+            p_out)
+        matrix = transforms["matrix"]
+        mapped = (ops.einsum("bij,blj->bli", matrix[:, :ndim, :ndim], p_out)
+                  + matrix[:, None, :ndim, ndim] + bspline_at(control, p_out, grid_size))
+        residual = ops.max(ops.abs(mapped - p_in), axis=-1)
+    size = transforms["grid_size"][:, None, :]
+    inside = ops.all(ops.logical_and(p_out >= -0.5, p_out < size - 0.5), axis=-1)
+    valid = ops.logical_and(ops.logical_and(finite, inside), residual <= tolerance)
+    nan = ops.full_like(p_out, float("nan"))
+    moved = ops.where(finite[..., None], p_out, nan)
+    valid = ops.cast(valid, "float32")
+    if return_residual:
+        return moved, valid, ops.where(finite, residual, nan[..., 0])
+    return moved, valid
+
+
+def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
+    """Augment a batch and render its targets: the work of the compiled training step.
+
+    images: tensor `(batch, *spatial, channels)` on the network input grid.
+    points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) grid index units, NaN = missing.
+    transforms: dict from `sample_transforms` (same batch size and grid).
+    codec: `keraslm.ops.heatmaps.HeatmapCodec` whose `input_shape` is the images' spatial shape.
+    fill_value: float. image value outside the input grid.
+    sigma: optional scalar or `(num_landmarks,)` tensor overriding `codec.sigma` (e.g. a
+        learnable per-landmark sigma; gradients flow into it).
+
+    Returns `(augmented_images, heatmaps, weights)`: images as `apply_to_images`, target heatmaps
+    `(batch, *codec.output_shape, num_landmarks)` and weights `(batch, num_landmarks)` float32:
+    0 for missing landmarks, landmarks moved out of the field and non-converged elastic inverses.
+
+    Examples:
+    >>> codec = HeatmapCodec((64, 48), stride=1, sigma=2.0)
+    >>> t = sample_transforms(seed_generator, 8, (64, 48), 1.0, AugmentationConfig())
+    >>> x, heatmaps, weights = device_stage(images, points, t, codec)
+    """
+    images = ops.convert_to_tensor(images)
+    points = ops.cast(ops.convert_to_tensor(points), "float32")
+    shape, ndim = check_images(images)
+    check_points(points, ndim)
+    if tuple(codec.input_shape) != tuple(shape[1:-1]):
+        raise ValueError(
+            "`codec.input_shape` must equal the spatial shape of `images`. Received: "
+            f"codec.input_shape={tuple(codec.input_shape)}, images.shape={shape}")
+    augmented = apply_to_images(images, transforms, fill_value=fill_value)
+    moved, valid = apply_to_points(points, transforms)
+    heatmaps = codec.encode(moved, sigma=sigma)
+    weights = valid * codec.weights(moved)
+    return augmented, heatmaps, weights

@@ -1,0 +1,30 @@
+"""Training: tf.data pipeline on the host, augmentation and heatmap rendering in the compiled
+step, checkpoints, distribution. `train(TrainingConfig(...))` runs one training."""
+from keraslm.training.pipeline import (
+    PreparedSamples,
+    choose_grid,
+    evaluation_dataset,
+    prepare_image,
+    prepare_samples,
+    training_dataset,
+)
+from keraslm.training.presets import TRAINING_PRESETS, get_training_preset
+from keraslm.training.run import TrainingConfig, TrainingResult, error_summary, train
+from keraslm.training.trainer import HeatmapTrainer, weighted_l2
+
+__all__ = [
+    "HeatmapTrainer",
+    "PreparedSamples",
+    "TRAINING_PRESETS",
+    "TrainingConfig",
+    "TrainingResult",
+    "choose_grid",
+    "error_summary",
+    "evaluation_dataset",
+    "get_training_preset",
+    "prepare_image",
+    "prepare_samples",
+    "train",
+    "training_dataset",
+    "weighted_l2",
+]

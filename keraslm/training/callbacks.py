@@ -1,0 +1,49 @@
+"""Keras callbacks of a training run. TF-only edge: tf.summary for TensorBoard images."""
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class HeatmapImages(keras.callbacks.Callback):
+    """Writes a few validation images and their predicted heatmaps to TensorBoard each epoch.
+
+    Each image shows the grid image (left) and the maximum over landmarks of the predicted
+    heatmaps (right), both scaled to [0, 1]; 3D volumes show their middle slice.
+
+    Args:
+        log_dir: str. TensorBoard folder (images go to `log_dir/heatmaps`).
+        images: np.ndarray `(n, *grid_shape, 1)`. A few validation grid images.
+        network: keras.Model. Maps images to heatmaps.
+    """
+
+    def __init__(self, log_dir, images, network):
+        super().__init__()
+        self.log_dir = log_dir
+        self.images = np.asarray(images, np.float32)
+        self.network = network
+        self._writer = None
+
+    @staticmethod
+    def _unit(array):
+        low = array.min(axis=(1, 2), keepdims=True)
+        high = array.max(axis=(1, 2), keepdims=True)
+        return (array - low) / np.maximum(high - low, 1e-6)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(f"{self.log_dir}/heatmaps")
+        heatmaps = np.asarray(self.network(self.images, training=False), np.float32)
+        images = self.images
+        if images.ndim == 5:  # 3D: middle slice along the first spatial axis.
+            images, heatmaps = images[:, images.shape[1] // 2], heatmaps[:, heatmaps.shape[1] // 2]
+        heatmaps = heatmaps.max(axis=-1, keepdims=True)
+        if heatmaps.shape[1:3] != images.shape[1:3]:  # Strided output: upsample for display.
+            heatmaps = tf.image.resize(heatmaps, images.shape[1:3], method="nearest").numpy()
+        panels = np.concatenate([self._unit(images), self._unit(heatmaps)], axis=2)
+        with self._writer.as_default():
+            tf.summary.image("validation/image_and_heatmaps", panels, step=epoch, max_outputs=len(panels))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

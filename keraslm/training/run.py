@@ -1,0 +1,317 @@
+"""One training run from a `TrainingConfig`: data, grid, model, compiled fit, checkpoints, outputs.
+
+`train(config)` is what `train.py` calls. It reports progress through Keras' progress bar and an
+optional `log` callable (library code does not print) and returns a `TrainingResult`.
+
+Output folder layout (`config.output_dir`):
+
+    config.json        the resolved configuration
+    model.keras        the trained network (written atomically at the end)
+    grid.json          network grid, normalisation and landmark names (needed to predict)
+    metrics.json       validation point errors in physical mm (written atomically)
+    checkpoints/       BackupAndRestore state while training (removed when the run finishes)
+    logs/              TensorBoard: loss, validation point error, heatmap images
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keraslm.data import read_id_list
+from keraslm.datasets import load_dataset
+from keraslm.errors import DatasetError, KeraslmError
+from keraslm.io._files import atomic_path
+from keraslm.models import build_model
+from keraslm.ops.augmentation import AugmentationConfig
+from keraslm.training.callbacks import HeatmapImages
+from keraslm.training.pipeline import (
+    choose_grid,
+    evaluation_dataset,
+    prepare_samples,
+    training_dataset,
+)
+from keraslm.training.presets import get_training_preset
+from keraslm.training.trainer import HeatmapTrainer
+
+DEFAULT_GRID_SHAPE = {2: (128, 128), 3: (32, 64, 64)}
+DISTRIBUTE = ("none", "mirrored", "multiworker")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Everything that defines a training run (defaults: small SCN on the 2D phantom).
+
+    Args:
+        dataset: str. "phantom2d", "phantom3d", "isbi2015" or a folder with dataset.json.
+        dataset_root: str or None. Folder of "isbi2015"; where to generate a phantom.
+        architecture: str. "scn", "unet", "downsampling", "convonly" or "scn2019".
+        model_preset: str. "small" or "paper" (`keraslm.models.PRESETS`).
+        training_preset: str. "default" or "paper" (`keraslm.training.presets`).
+        grid_shape: tuple of int or None. Network grid, array order; default per ndim.
+        grid_spacing: float or None. mm per grid step; default: the smallest that fits.
+        steps: int or None. Total training steps (preset default if None).
+        steps_per_epoch: int. Steps between validations and checkpoints.
+        batch_size: int or None. Preset default if None.
+        learning_rate: float or None. Preset default if None.
+        fold, num_folds: int or None. Cross-validation fold (0-based) of `num_folds`.
+        train_ids, test_ids: str or None. Files with one record id per line.
+        test_fraction: float. Held-out share when no fold or id files are given.
+        train_size: int or None. Reduced training set of this many images.
+        output_dir: str. Run folder.
+        seed: int. Seeds splits, initialisation, shuffling and augmentation.
+        resume: bool. Continue from the run folder's last checkpoint.
+        distribute: str. "none", "mirrored" or "multiworker" (TF_CONFIG).
+        mixed_precision: bool. mixed_float16 compute.
+        jit: bool. Compile the training step with XLA.
+        elastic_mm: float or None. Elastic deformation amplitude (preset default if None).
+        model_overrides: dict. Keyword overrides for `build_model`.
+    """
+
+    dataset: str = "phantom2d"
+    dataset_root: str = None
+    architecture: str = "scn"
+    model_preset: str = "small"
+    training_preset: str = "default"
+    grid_shape: tuple = None
+    grid_spacing: float = None
+    steps: int = None
+    steps_per_epoch: int = 100
+    batch_size: int = None
+    learning_rate: float = None
+    fold: int = None
+    num_folds: int = 5
+    train_ids: str = None
+    test_ids: str = None
+    test_fraction: float = 0.2
+    train_size: int = None
+    output_dir: str = "runs/default"
+    seed: int = 0
+    resume: bool = False
+    distribute: str = "none"
+    mixed_precision: bool = False
+    jit: bool = True
+    elastic_mm: float = None
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What a run produced: paths, timing and validation errors in physical mm."""
+
+    model_path: str
+    output_dir: str
+    steps: int
+    seconds: float
+    errors_mm: np.ndarray  # (num_val_images, num_landmarks), NaN where ground truth is missing
+    summary: dict
+
+
+def _split(dataset, config):
+    if config.train_ids or config.test_ids:
+        if not (config.train_ids and config.test_ids):
+            raise DatasetError("give both --train-ids and --test-ids, or neither")
+        return dataset.subset(read_id_list(config.train_ids)), dataset.subset(read_id_list(config.test_ids))
+    if config.fold is not None:
+        return dataset.fold(config.fold, config.num_folds, seed=config.seed)
+    return dataset.split(config.test_fraction, seed=config.seed)
+
+
+def error_summary(errors_mm, outlier_mm=10.0):
+    """The paper's summary of point errors (mm): median, mean, SD, outliers; NaN excluded."""
+    valid = errors_mm[np.isfinite(errors_mm)]
+    if valid.size == 0:
+        return {"count": 0}
+    return {
+        "count": int(valid.size),
+        "median_mm": float(np.median(valid)),
+        "mean_mm": float(np.mean(valid)),
+        "std_mm": float(np.std(valid)),
+        "outliers": int(np.sum(valid > outlier_mm)),
+        "outlier_percent": float(100.0 * np.mean(valid > outlier_mm)),
+        **{f"sdr_{r}mm_percent": float(100.0 * np.mean(valid <= r)) for r in (2.0, 2.5, 3.0, 4.0)},
+        "missing_ground_truth": int(np.sum(~np.isfinite(errors_mm))),
+    }
+
+
+def _write_json(path, payload):
+    with atomic_path(path, suffix=".json") as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+
+
+def _history(output_dir, history):
+    """Per-epoch metrics of this run appended to those of the interrupted runs it resumes."""
+    path = os.path.join(output_dir, "history.json")
+    previous = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+    return {key: previous.get(key, []) + [float(v) for v in values] for key, values in history.items()}
+
+
+def _strategy(name):
+    if name not in DISTRIBUTE:
+        raise KeraslmError(f"`distribute` must be one of {DISTRIBUTE}. Received: {name!r}")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise KeraslmError("--distribute multiworker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _optimizer(settings, steps):
+    rate = settings["learning_rate"]
+    if settings["decay"] == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps, alpha=0.01)
+    if settings["optimizer"] == "adam":
+        return keras.optimizers.Adam(rate)
+    return keras.optimizers.SGD(
+        rate, momentum=settings["momentum"], weight_decay=settings["weight_decay"] or None
+    )
+
+
+def predict_grid_points(trainer, samples, batch_size):
+    """Decoded landmarks `(num_images, num_landmarks, ndim)` in grid index units."""
+    predict = tf.function(lambda x: trainer.codec.decode(trainer.network(x, training=False))[0])
+    points = [predict(images).numpy() for images, _ in evaluation_dataset(samples, batch_size)]
+    return np.concatenate(points)[: len(samples)]
+
+
+def _check_config(config, dataset):
+    ndim = dataset.ndim
+    grid_shape = tuple(config.grid_shape or DEFAULT_GRID_SHAPE[ndim])
+    if len(grid_shape) != ndim:
+        raise KeraslmError(
+            f"dataset {dataset.name!r} is {ndim}D but --grid-shape {grid_shape} is {len(grid_shape)}D"
+        )
+    return grid_shape
+
+
+def train(config, log=None):
+    """Runs one training; see the module docstring for what it writes.
+
+    Args:
+        config: TrainingConfig.
+        log: callable(str), optional. Receives progress lines.
+
+    Returns:
+        TrainingResult.
+    """
+    log = log or (lambda message: None)
+    start = time.perf_counter()
+    output_dir = os.path.abspath(config.output_dir)
+    model_path = os.path.join(output_dir, "model.keras")
+    checkpoint_dir = os.path.join(output_dir, "checkpoints")
+    if os.path.exists(model_path) and not config.resume:
+        raise KeraslmError(f"{output_dir} holds a finished run (model.keras); choose another --output-dir")
+    if os.path.isdir(checkpoint_dir) and not config.resume:
+        raise KeraslmError(
+            f"{output_dir} holds checkpoints of an unfinished run; pass --resume to continue it "
+            "or choose another --output-dir"
+        )
+
+    dataset = load_dataset(config.dataset, root=config.dataset_root)
+    grid_shape = _check_config(config, dataset)
+    train_set, val_set = _split(dataset, config)
+    if config.train_size is not None:
+        train_set = train_set.reduced(config.train_size, seed=config.seed)
+    grid = choose_grid(dataset, grid_shape, config.grid_spacing)
+    log(
+        f"{dataset.name}: {len(train_set)} training / {len(val_set)} validation images, "
+        f"{dataset.num_landmarks} landmarks; grid {grid.shape} at {grid.spacing[0]:.3f} mm"
+    )
+
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = _strategy(config.distribute)
+    with strategy.scope():
+        network = build_model(
+            config.architecture, dataset.ndim, dataset.num_landmarks, preset=config.model_preset,
+            **config.model_overrides,
+        )
+        output_shape = network.output_spatial_shape(grid.shape)  # Checks the size constraint.
+        settings = get_training_preset(
+            config.training_preset, dataset.ndim, config.architecture,
+            int(np.prod(output_shape)), dataset.num_landmarks,
+        )
+        for key in ("batch_size", "learning_rate", "steps", "elastic_mm"):
+            if getattr(config, key) is not None:
+                settings[key] = getattr(config, key)
+        if settings["batch_size"] > len(train_set):
+            raise DatasetError(
+                f"the training set has {len(train_set)} images, fewer than the batch size "
+                f"{settings['batch_size']}; use a smaller --batch-size"
+            )
+        augmentation = AugmentationConfig(
+            rotation_degrees=settings["rotation_degrees"],
+            translation_mm=settings["translation_mm"],
+            scale=settings["scale"],
+            elastic_mm=settings["elastic_mm"],
+            elastic_grid_points=5,
+            intensity_scale=settings["intensity_scale"],
+            intensity_shift=settings["intensity_shift"],
+        )
+        trainer = HeatmapTrainer(
+            network, grid.shape, grid.spacing, sigma=settings["sigma"], augmentation=augmentation,
+            heatmap_scale=settings["heatmap_scale"], seed=config.seed,
+        )
+        trainer.compile(optimizer=_optimizer(settings, settings["steps"]), jit_compile=config.jit)
+        trainer.build((None, *grid.shape, 1))
+
+    def prepare_log(name):
+        def progress(done, total):
+            if done == total or done % 25 == 0:
+                log(f"preparing {name} images: {done}/{total}")
+        return progress
+
+    train_samples = prepare_samples(train_set, grid, progress=prepare_log("training"))
+    val_samples = prepare_samples(val_set, grid, progress=prepare_log("validation"))
+    steps = int(settings["steps"])
+    steps_per_epoch = min(config.steps_per_epoch, steps)
+    epochs = math.ceil(steps / steps_per_epoch)
+    os.makedirs(output_dir, exist_ok=True)
+    resolved = {**dataclasses.asdict(config), "grid_shape": list(grid.shape),
+                "grid_spacing": list(grid.spacing), "settings": settings}
+    _write_json(os.path.join(output_dir, "config.json"), resolved)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq="epoch"),
+        HeatmapImages(os.path.join(output_dir, "logs"), val_samples.images[:3], network),
+    ]
+    history = trainer.fit(
+        training_dataset(train_samples, settings["batch_size"], seed=config.seed),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=evaluation_dataset(val_samples, settings["batch_size"]),
+        callbacks=callbacks,
+        verbose=2 if os.environ.get("CI") else 1,
+    )
+
+    points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
+    points_mm = val_samples.grid_to_physical(points_grid)
+    errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
+    summary = error_summary(errors_mm)
+    with atomic_path(model_path, suffix=".keras") as temporary:
+        network.save(temporary)
+    _write_json(
+        os.path.join(output_dir, "grid.json"),
+        {"grid_shape": list(grid.shape), "grid_spacing": list(grid.spacing),
+         "normalization": train_samples.normalization, "landmark_names": list(dataset.landmark_names),
+         "ndim": dataset.ndim, "output_stride": network.output_stride, "sigma": settings["sigma"]},
+    )
+    _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))
+    _write_json(
+        os.path.join(output_dir, "metrics.json"),
+        {"validation_ids": list(val_set.ids), "summary": summary,
+         "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
+         "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))},
+    )
+    return TrainingResult(model_path, output_dir, steps, time.perf_counter() - start, errors_mm, summary)

@@ -1,0 +1,132 @@
+"""The compiled training step: augmentation and heatmap rendering on the device, weighted L2.
+
+`HeatmapTrainer` wraps a network built by `keraslm.models.build_model`. Its `train_step` takes
+a batch of grid images and grid landmarks from the tf.data pipeline and, inside the compiled
+step (XLA with `jit_compile=True`), samples one random transform per sample, resamples the
+images, moves the landmarks with the exact inverse map, renders Gaussian target heatmaps at
+the network's output resolution and per-landmark weights (0 for missing landmarks and those
+moved out of the field), then takes a gradient step on the weighted L2 loss. Its `test_step`
+runs the network on un-augmented images, decodes the heatmaps and reports the point error in
+millimetres of the grid (equal to physical millimetres: the grid is placed in the image's own
+orthonormal frame with `grid.spacing` mm per step).
+
+TF-only edge: `train_step` uses `tf.GradientTape` (Keras 3's TensorFlow trainer).
+"""
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keraslm.ops.augmentation import AugmentationConfig, device_stage, sample_transforms
+from keraslm.ops.heatmaps import HeatmapCodec
+
+
+def weighted_l2(heatmaps, targets, weights):
+    """Weighted L2 heatmap loss: the mean over batch, landmarks and pixels of
+    `weight * (heatmap - target)^2`.
+
+    Args:
+        heatmaps: tensor `(batch, *spatial, num_landmarks)`. Predictions.
+        targets: tensor of the same shape.
+        weights: tensor `(batch, num_landmarks)`. 0 removes a landmark from the loss.
+
+    Returns:
+        Scalar tensor.
+    """
+    heatmaps = ops.cast(heatmaps, "float32")
+    squared = ops.square(heatmaps - targets)
+    spatial_axes = tuple(range(1, len(squared.shape) - 1))
+    per_landmark = ops.mean(squared, axis=spatial_axes)  # (batch, num_landmarks)
+    return ops.mean(per_landmark * weights)
+
+
+class HeatmapTrainer(keras.Model):
+    """Trains a heatmap network with on-device augmentation; `call` is the network.
+
+    Args:
+        network: keras.Model. From `keraslm.models.build_model`, with `output_stride`.
+        grid_shape: tuple of int. Spatial shape of the grid images, array order.
+        grid_spacing: tuple of float. Millimetres per grid step along x, y[, z].
+        sigma: float. Gaussian sigma of the targets, in heatmap (output) pixels.
+        augmentation: AugmentationConfig. Random augmentation ranges.
+        heatmap_scale: float. Peak value of the target heatmaps.
+        seed: int. Seed of the augmentation's random stream (saved with the weights, so a
+            resumed run continues the stream).
+        decode_method: str. Heatmap decoding for the validation point error.
+    """
+
+    def __init__(self, network, grid_shape, grid_spacing, sigma=2.0, augmentation=None,
+                 heatmap_scale=1.0, seed=0, decode_method="quadratic", **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.grid_shape = tuple(int(n) for n in grid_shape)
+        self.grid_spacing = tuple(float(s) for s in grid_spacing)
+        self.augmentation = augmentation if augmentation is not None else AugmentationConfig()
+        self.heatmap_scale = float(heatmap_scale)
+        self.decode_method = decode_method
+        self.codec = HeatmapCodec(self.grid_shape, stride=network.output_stride, sigma=sigma)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.point_error_tracker = keras.metrics.Mean(name="point_error_mm")
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds a distributed model by reducing one input batch across replicas,
+        # which fails under MultiWorkerMirroredStrategy (PerReplica cannot become a Tensor).
+        # The trainer is built before fit (`build`), so no batch is needed here.
+        if self._distribute_strategy is None or not self.built:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.point_error_tracker]
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def train_step(self, data):
+        images, points = data
+        transforms = sample_transforms(
+            self.seed_generator, images.shape[0], self.grid_shape, self.grid_spacing,
+            self.augmentation,
+        )
+        images, targets, weights = device_stage(images, points, transforms, self.codec)
+        targets = targets * self.heatmap_scale
+        with tf.GradientTape() as tape:
+            heatmaps = self.network(images, training=True)
+            loss = weighted_l2(heatmaps, targets, weights)
+            total = loss + ops.sum(self.network.losses) if self.network.losses else loss
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.network.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        self.loss_tracker.update_state(loss)
+        return self._logs({"loss": self.loss_tracker.result()})
+
+    def test_step(self, data):
+        images, points = data
+        heatmaps = self.network(images, training=False)
+        targets = self.codec.encode(points) * self.heatmap_scale
+        weights = self.codec.weights(points)
+        self.loss_tracker.update_state(weighted_l2(heatmaps, targets, weights))
+        decoded, _ = self.codec.decode(ops.cast(heatmaps, "float32"), method=self.decode_method)
+        errors = point_error_mm(decoded, points, self.grid_spacing)
+        valid = ops.cast(ops.isfinite(errors), "float32")
+        self.point_error_tracker.update_state(
+            ops.where(valid > 0, errors, ops.zeros_like(errors)), sample_weight=valid
+        )
+        return self._logs({m.name: m.result() for m in self.metrics})
+
+    def _logs(self, logs):
+        # Keras 3.15 reduces step logs across workers with `strategy.reduce("MEAN", v, axis=0)`
+        # under MultiWorkerMirroredStrategy, which needs an axis: give each value one.
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
+
+
+def point_error_mm(points_a, points_b, spacing):
+    """Euclidean distance in mm between grid points `(batch, num_landmarks, ndim)` given the grid
+    spacing along x, y[, z]; NaN where either point is missing."""
+    difference = (points_a - points_b) * ops.convert_to_tensor(spacing, "float32")
+    return ops.sqrt(ops.sum(ops.square(difference), axis=-1))

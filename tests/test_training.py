@@ -1,0 +1,158 @@
+"""Tests of keraslm.training: pipeline, a short training run, resume after SIGKILL, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keraslm import DatasetError, KeraslmError
+from keraslm.datasets import make_phantom
+from keraslm.training import (
+    TrainingConfig,
+    choose_grid,
+    evaluation_dataset,
+    prepare_samples,
+    train,
+    training_dataset,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = {"filters": 8}
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom") / "phantom2d"
+    make_phantom(root, ndim=2, num_images=16, seed=1, image_size=(96, 96))
+    return str(root)
+
+
+def test_pipeline_shapes_and_landmarks_on_grid(phantom_root):
+    dataset = make_phantom(phantom_root, ndim=2, num_images=16, seed=1, image_size=(96, 96))
+    grid = choose_grid(dataset, (64, 48))
+    samples = prepare_samples(dataset, grid)
+    assert samples.images.shape == (16, 64, 48, 1) and samples.images.dtype == np.float32
+    assert samples.points_grid.shape == (16, 37, 2) and samples.points_grid.dtype == np.float32
+    # Every landmark lies on the grid, and maps back to its physical position exactly.
+    assert np.all(samples.points_grid >= -0.5) and np.all(samples.points_grid[..., 0] <= 47.5)
+    np.testing.assert_allclose(
+        samples.grid_to_physical(samples.points_grid), dataset.points_mm, atol=1e-3
+    )
+    images, points = next(iter(training_dataset(samples, batch_size=5)))
+    assert images.shape == (5, 64, 48, 1) and points.shape == (5, 37, 2)
+    batches = list(evaluation_dataset(samples, batch_size=5))
+    assert len(batches) == 4 and all(b[0].shape[0] == 5 for b in batches)
+    assert np.all(np.isnan(batches[-1][1].numpy()[1:]))  # Padding: no landmarks.
+
+
+def test_short_training_lowers_loss_and_point_error(phantom_root, tmp_path):
+    config = TrainingConfig(
+        dataset=phantom_root, architecture="unet", grid_shape=(64, 64), steps=60,
+        steps_per_epoch=30, batch_size=4, test_fraction=0.25, output_dir=str(tmp_path / "run"),
+        model_overrides=TINY_MODEL, jit=True,
+    )
+    result = train(config)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_point_error_mm"][-1] < history["val_point_error_mm"][0]
+    assert result.errors_mm.shape == (4, 37)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["summary"]["count"] == 4 * 37 and metrics["optimizer_iterations"] == 60
+    assert os.path.isfile(result.model_path)
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # Removed when finished.
+
+
+def test_resume_after_sigkill(phantom_root, tmp_path):
+    output = tmp_path / "run"
+    command = [
+        sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
+        "--architecture", "downsampling", "--grid-shape", "32,32", "--steps", "40",
+        "--steps-per-epoch", "5", "--batch-size", "2", "--output-dir", str(output), "--no-jit", "--model-option", "filters=4",
+    ]
+    env = {**os.environ, "CI": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    metadata = output / "checkpoints" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output / "model.keras").exists()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["optimizer_iterations"] == 40  # Same total step count as an unbroken run.
+    history = json.loads((output / "history.json").read_text())
+    assert len(history["loss"]) < 8  # Only the epochs after the checkpoint were run again.
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"batch_size": 20}, DatasetError, r"the training set has 12 images, fewer than the batch size 20"),
+        ({"grid_shape": (16, 32, 32)}, KeraslmError, r"is 2D but --grid-shape \(16, 32, 32\) is 3D"),
+        ({"training_preset": "fast"}, ValueError, r"Unknown training preset.*Received: preset='fast'"),
+        ({"grid_spacing": 0.5}, KeraslmError, r"is larger than the grid's field of view"),
+        ({"grid_shape": (60, 60)}, ValueError, r"divisible by 8"),
+    ],
+)
+def test_bad_configurations_fail_before_training(phantom_root, tmp_path, overrides, error, message):
+    settings = {"grid_shape": (64, 64), "batch_size": 2, **overrides}
+    config = TrainingConfig(
+        dataset=phantom_root, steps=5, test_fraction=0.25, output_dir=str(tmp_path / "run"),
+        model_overrides=TINY_MODEL, **settings,
+    )
+    with pytest.raises(error, match=message):
+        train(config)
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_finish_with_identical_weights(phantom_root, tmp_path):
+    """MultiWorkerMirroredStrategy with two local worker processes on 127.0.0.1."""
+    import keras
+
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        command = [
+            sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
+            "--architecture", "downsampling", "--grid-shape", "32,32", "--steps", "6",
+            "--steps-per-epoch", "3", "--batch-size", "4", "--model-option", "filters=4",
+            "--distribute", "multiworker", "--no-jit", "--output-dir", str(tmp_path / f"worker{index}"),
+        ]
+        env = {**os.environ, "CI": "1", "TF_CONFIG": tf_config}
+        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True))
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    models = [keras.saving.load_model(tmp_path / f"worker{i}" / "model.keras") for i in range(2)]
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    metrics = [json.loads((tmp_path / f"worker{i}" / "metrics.json").read_text()) for i in range(2)]
+    assert metrics[0]["optimizer_iterations"] == metrics[1]["optimizer_iterations"] == 6
