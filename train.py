@@ -48,6 +48,10 @@ def parse_args(argv=None):
                       help="phantom2d, phantom3d, isbi2015, or a folder holding dataset.json")
     data.add_argument("--dataset-root", help="folder of isbi2015 (e.g. ../shared/data/isbi2015-train), "
                       "or where to generate a phantom")
+    data.add_argument("--ndim", type=int, choices=[2, 3],
+                      help="expected image dimension; an error if the dataset differs")
+    data.add_argument("--cache-file", help="stream training images through this tf.data cache "
+                      "file instead of holding them in memory (for large datasets)")
     data.add_argument("--fold", type=int, help="cross-validation fold to hold out (0-based)")
     data.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds")
     data.add_argument("--train-ids", help="file with the training record ids, one per line")
@@ -66,13 +70,13 @@ def parse_args(argv=None):
                        "(repeatable; values are Python literals)")
     model.add_argument("--grid-shape", type=_grid_shape,
                        help="network input grid, array order (2D: H,W; 3D: D,H,W); "
-                       "default 128,128 in 2D and 32,64,64 in 3D")
+                       "default 64,64 in 2D and 32,64,64 in 3D (quick; use e.g. 256,256 for real data)")
     model.add_argument("--grid-spacing", type=float,
                        help="mm per grid pixel; default: the smallest at which every image fits")
     fit = parser.add_argument_group("training")
     fit.add_argument("--training-preset", default="default", choices=["default", "paper"],
                      help="optimiser and augmentation settings (paper: SGD, momentum 0.99)")
-    fit.add_argument("--steps", type=int, help="total training steps (preset default: 2000)")
+    fit.add_argument("--steps", type=int, help="total training steps (preset default: 1000 in 2D, 2000 in 3D)")
     fit.add_argument("--steps-per-epoch", type=int, default=100,
                      help="steps between validations and checkpoints")
     fit.add_argument("--batch-size", type=int, help="images per step (preset default)")
@@ -86,8 +90,10 @@ def parse_args(argv=None):
     run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                      help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     run.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
-    run.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
-                     help="compile the training step with XLA")
+    run.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
+                     help="XLA: 'on' compiles the whole training step, 'off' nothing, 'auto' the "
+                     "whole step on a GPU and in 2D, only augmentation + rendering for 3D on a CPU "
+                     "(XLA makes 3D CPU convolutions about 3x slower)")
     return parser.parse_args(argv)
 
 
@@ -106,6 +112,7 @@ def main(argv=None):
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, mixed_precision=args.mixed_precision,
         jit=args.jit, elastic_mm=args.elastic_mm, model_overrides=dict(args.model_option),
+        ndim=args.ndim, cache_file=args.cache_file,
     )
     try:
         result = train(config, log=lambda message: print(message, flush=True))

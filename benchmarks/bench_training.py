@@ -7,7 +7,7 @@ Times training steps of a small 2D and a small 3D preset two ways, in one run:
              batch of images and target heatmaps held as tensors (no pipeline, no augmentation).
 overhead = full / baseline - 1.
 
-    python benchmarks/bench_training.py [--steps 40]
+    python benchmarks/bench_training.py [--steps 40] [--jit auto|on] [--cases 2d,3d]
 """
 import argparse
 import os
@@ -56,7 +56,7 @@ def _samples(grid_shape, num_landmarks, count, rng):
     return PreparedSamples(tuple(map(str, range(count))), images, points, (), (), grid, "none")
 
 
-def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, warmup=5):
+def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, whole_step_jit, warmup=5):
     rng = np.random.default_rng(0)
     samples = _samples(grid_shape, num_landmarks, 4 * batch, rng)
     ndim = len(grid_shape)
@@ -65,8 +65,8 @@ def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, warmup
 
     network = build_model(architecture, ndim, num_landmarks, preset="small")
     trainer = HeatmapTrainer(network, grid_shape, samples.grid.spacing, augmentation=augmentation,
-                             heatmap_scale=100.0)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+                             heatmap_scale=100.0, jit_device_stage=True)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=whole_step_jit)
     timer = _Timer(warmup)
     trainer.fit(training_dataset(samples, batch), epochs=1, steps_per_epoch=steps + warmup,
                 callbacks=[timer], verbose=0)
@@ -94,7 +94,7 @@ def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, warmup
             return {"loss": loss}
 
     plain = Plain(baseline_network)
-    plain.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=whole_step_jit)
     timer = _Timer(warmup)
     data = tf.data.Dataset.from_tensors((images, targets)).repeat()
     plain.fit(data, epochs=1, steps_per_epoch=steps + warmup, callbacks=[timer], verbose=0)
@@ -105,12 +105,21 @@ def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, warmup
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per case (after 5 warm-up steps)")
+    parser.add_argument("--jit", default="auto", choices=["auto", "on"],
+                        help="on: XLA for the whole step (both sides); auto: as train.py on a CPU, "
+                        "XLA for the device stage only, the network and the baseline without XLA")
+    parser.add_argument("--cases", default="2d,3d", help="comma-separated: 2d, 3d")
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}")
+    print(f"jit mode: {args.jit}")
     print(f"{'case':<16} {'batch':>5} {'full s/step':>12} {'baseline s/step':>16} {'overhead':>9}")
+    wanted = args.cases.lower().split(",")
     for name, architecture, grid_shape, landmarks, batch in CASES:
-        name, full, baseline = run_case(name, architecture, grid_shape, landmarks, batch, args.steps)
+        if f"{len(grid_shape)}d" not in wanted:
+            continue
+        name, full, baseline = run_case(name, architecture, grid_shape, landmarks, batch, args.steps,
+                                        whole_step_jit=args.jit == "on")
         print(f"{name:<16} {batch:>5} {full:>12.4f} {baseline:>16.4f} {100 * (full / baseline - 1):>8.1f}%",
               flush=True)
 

@@ -16,6 +16,7 @@ from keraslm.training import (
     choose_grid,
     evaluation_dataset,
     prepare_samples,
+    streaming_training_dataset,
     train,
     training_dataset,
 )
@@ -49,11 +50,25 @@ def test_pipeline_shapes_and_landmarks_on_grid(phantom_root):
     assert np.all(np.isnan(batches[-1][1].numpy()[1:]))  # Padding: no landmarks.
 
 
+def test_streaming_pipeline_matches_in_memory_samples(phantom_root, tmp_path):
+    dataset = make_phantom(phantom_root, ndim=2, num_images=16, seed=1, image_size=(96, 96))
+    grid = choose_grid(dataset, (32, 32))
+    data = streaming_training_dataset(dataset, grid, batch_size=16, cache_file=str(tmp_path / "cache"))
+    images, points = next(iter(data))
+    samples = prepare_samples(dataset, grid)
+    # One batch holds the whole (shuffled) set: compare as sets of samples via their landmarks.
+    order = np.argsort(points.numpy()[:, 0, 0])
+    expected = np.argsort(samples.points_grid[:, 0, 0])
+    np.testing.assert_allclose(points.numpy()[order], samples.points_grid[expected], atol=1e-5)
+    np.testing.assert_allclose(images.numpy()[order], samples.images[expected], atol=1e-5)
+    assert any(name.startswith("cache") for name in os.listdir(tmp_path))
+
+
 def test_short_training_lowers_loss_and_point_error(phantom_root, tmp_path):
     config = TrainingConfig(
         dataset=phantom_root, architecture="unet", grid_shape=(64, 64), steps=60,
         steps_per_epoch=30, batch_size=4, test_fraction=0.25, output_dir=str(tmp_path / "run"),
-        model_overrides=TINY_MODEL, jit=True,
+        model_overrides=TINY_MODEL, jit="on",
     )
     result = train(config)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -71,7 +86,7 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
     command = [
         sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
         "--architecture", "downsampling", "--grid-shape", "32,32", "--steps", "40",
-        "--steps-per-epoch", "5", "--batch-size", "2", "--output-dir", str(output), "--no-jit", "--model-option", "filters=4",
+        "--steps-per-epoch", "5", "--batch-size", "2", "--output-dir", str(output), "--jit", "off", "--model-option", "filters=4",
     ]
     env = {**os.environ, "CI": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -103,6 +118,7 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
         ({"training_preset": "fast"}, ValueError, r"Unknown training preset.*Received: preset='fast'"),
         ({"grid_spacing": 0.5}, KeraslmError, r"is larger than the grid's field of view"),
         ({"grid_shape": (60, 60)}, ValueError, r"divisible by 8"),
+        ({"ndim": 3}, KeraslmError, r"is 2D but a 3D model was requested \(--ndim\)"),
     ],
 )
 def test_bad_configurations_fail_before_training(phantom_root, tmp_path, overrides, error, message):
@@ -140,7 +156,7 @@ def test_two_workers_finish_with_identical_weights(phantom_root, tmp_path):
             sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
             "--architecture", "downsampling", "--grid-shape", "32,32", "--steps", "6",
             "--steps-per-epoch", "3", "--batch-size", "4", "--model-option", "filters=4",
-            "--distribute", "multiworker", "--no-jit", "--output-dir", str(tmp_path / f"worker{index}"),
+            "--distribute", "multiworker", "--jit", "off", "--output-dir", str(tmp_path / f"worker{index}"),
         ]
         env = {**os.environ, "CI": "1", "TF_CONFIG": tf_config}
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True))

@@ -6,6 +6,7 @@ from keraslm.training.pipeline import (
     evaluation_dataset,
     prepare_image,
     prepare_samples,
+    streaming_training_dataset,
     training_dataset,
 )
 from keraslm.training.presets import TRAINING_PRESETS, get_training_preset
@@ -24,6 +25,7 @@ __all__ = [
     "get_training_preset",
     "prepare_image",
     "prepare_samples",
+    "streaming_training_dataset",
     "train",
     "training_dataset",
     "weighted_l2",

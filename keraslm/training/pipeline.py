@@ -149,6 +149,47 @@ def training_dataset(samples, batch_size, seed=0):
     )
 
 
+def streaming_training_dataset(dataset, grid, batch_size, cache_file, normalization=None, seed=0,
+                               shuffle_buffer=256):
+    """Endless `(images, points_grid)` batches for datasets too large for memory: images are
+    prepared on the first pass and written to a tf.data cache file, later epochs read it.
+
+    Args:
+        dataset: LandmarkDataset.
+        grid: GridSpec.
+        batch_size: int. Static batch size.
+        cache_file: str. tf.data cache file prefix (its folder must exist).
+        normalization: str, optional. As for `prepare_samples`.
+        seed: int. Shuffle seed.
+        shuffle_buffer: int. Shuffle buffer size (samples).
+    """
+    if batch_size > len(dataset):
+        raise DatasetError(
+            f"the training set has {len(dataset)} images, fewer than the batch size "
+            f"{batch_size}; use a smaller --batch-size"
+        )
+    normalization = normalization or DEFAULT_NORMALIZATION[grid.ndim]
+
+    def samples():
+        for record in dataset.records:  # Runs on the first pass only; then the cache serves.
+            image = dataset.read_image(record)
+            array, placement = prepare_image(image, grid, normalization)
+            points = placement.image_index_to_grid(image.physical_to_index(record.points_mm))
+            yield array[..., np.newaxis], points.astype(np.float32)
+
+    signature = (
+        tf.TensorSpec((*grid.shape, 1), tf.float32),
+        tf.TensorSpec((dataset.num_landmarks, grid.ndim), tf.float32),
+    )
+    data = tf.data.Dataset.from_generator(samples, output_signature=signature).cache(cache_file)
+    return (
+        data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def evaluation_dataset(samples, batch_size):
     """One pass over `(images, points_grid)` in order, for validation and prediction.
 

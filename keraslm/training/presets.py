@@ -18,7 +18,7 @@ import copy
 TRAINING_PRESETS = {
     "default": {
         2: dict(optimizer="adam", learning_rate=1e-3, momentum=None, weight_decay=0.0,
-                batch_size=8, steps=2000, sigma=2.0, heatmap_scale=100.0,
+                batch_size=8, steps=1000, sigma=2.0, heatmap_scale=100.0,
                 rotation_degrees=15.0, translation_mm=10.0, scale=0.1, elastic_mm=0.0,
                 intensity_scale=0.1, intensity_shift=0.1, decay="cosine"),
         3: dict(optimizer="adam", learning_rate=1e-3, momentum=None, weight_decay=0.0,
