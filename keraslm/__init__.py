@@ -6,6 +6,9 @@ Implements Payer et al., "Regressing Heatmaps for Multiple Landmark Localization
 - `keraslm.io`: images in physical space (PNG/JPEG/BMP/TIFF, DICOM, NIfTI) and landmark CSVs.
 - `keraslm.data`: dataset descriptions, splits and cross-validation folds.
 - `keraslm.datasets`: built-in datasets (synthetic phantoms, ISBI 2015 layout).
+- `keraslm.models`, `keraslm.ops`, `keraslm.training`: networks, on-device augmentation and
+  heatmap codec, training.
+- `keraslm.predict(model, images)` (`keraslm.inference`): landmarks in mm in new images.
 """
 import importlib.util as _importlib_util
 
@@ -27,6 +30,16 @@ from keraslm.errors import (  # noqa: E402
     LandmarkFileError,
 )
 
+
+
+def predict(model, images, spacing=None, batch_size=4, metadata=None):
+    """Finds landmarks in images; see `keraslm.inference.predict` (imported on first use, so
+    `import keraslm` stays light)."""
+    from keraslm.inference import predict as _predict
+
+    return _predict(model, images, spacing=spacing, batch_size=batch_size, metadata=metadata)
+
+
 __all__ = [
     "DatasetError",
     "ImageReadError",
@@ -34,4 +47,5 @@ __all__ = [
     "KeraslmError",
     "LandmarkFileError",
     "__version__",
+    "predict",
 ]

@@ -225,6 +225,29 @@ def read_id_list(path):
     return ids
 
 
+def select_split(dataset, fold=None, num_folds=5, train_ids=None, test_ids=None,
+                 test_fraction=0.2, seed=0):
+    """(train, test) datasets chosen the way `train.py` and `evaluate.py` choose them: from id
+    list files if given, else cross-validation fold `fold` of `num_folds`, else a random split
+    holding out `test_fraction`; all by `seed`.
+
+    Args:
+        dataset: LandmarkDataset.
+        fold: int or None. 0-based fold.
+        num_folds: int.
+        train_ids, test_ids: str or None. Files with one record id per line (both or neither).
+        test_fraction: float.
+        seed: int.
+    """
+    if train_ids or test_ids:
+        if not (train_ids and test_ids):
+            raise DatasetError("give both --train-ids and --test-ids, or neither")
+        return dataset.subset(read_id_list(train_ids)), dataset.subset(read_id_list(test_ids))
+    if fold is not None:
+        return dataset.fold(fold, num_folds, seed=seed)
+    return dataset.split(test_fraction, seed=seed)
+
+
 def _image_index(image_root):
     """Maps image ids (file names without extension, series folder names) to paths in
     `image_root` and `image_root/images`; `image_root` wins."""

@@ -7,7 +7,7 @@ Output folder layout (`config.output_dir`):
 
     config.json        the resolved configuration
     model.keras        the trained network (written atomically at the end)
-    grid.json          network grid, normalisation and landmark names (needed to predict)
+    model.json         metadata to predict with model.keras: landmark names, grid, normalisation
     metrics.json       validation point errors in physical mm (written atomically)
     checkpoints/       BackupAndRestore state while training (removed when the run finishes)
     logs/              TensorBoard: loss, validation point error, heatmap images
@@ -22,9 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslm.data import read_id_list
+from keraslm.data import select_split
 from keraslm.datasets import load_dataset
 from keraslm.errors import DatasetError, KeraslmError
+from keraslm.inference import MODEL_METADATA_FILE, model_metadata
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
 from keraslm.ops.augmentation import AugmentationConfig
@@ -118,16 +119,6 @@ class TrainingResult:
     seconds: float
     errors_mm: np.ndarray  # (num_val_images, num_landmarks), NaN where ground truth is missing
     summary: dict
-
-
-def _split(dataset, config):
-    if config.train_ids or config.test_ids:
-        if not (config.train_ids and config.test_ids):
-            raise DatasetError("give both --train-ids and --test-ids, or neither")
-        return dataset.subset(read_id_list(config.train_ids)), dataset.subset(read_id_list(config.test_ids))
-    if config.fold is not None:
-        return dataset.fold(config.fold, config.num_folds, seed=config.seed)
-    return dataset.split(config.test_fraction, seed=config.seed)
 
 
 def error_summary(errors_mm, outlier_mm=10.0):
@@ -253,7 +244,10 @@ def _train(config, log=None):
 
     dataset = load_dataset(config.dataset, root=config.dataset_root)
     grid_shape = _check_config(config, dataset)
-    train_set, val_set = _split(dataset, config)
+    train_set, val_set = select_split(
+        dataset, fold=config.fold, num_folds=config.num_folds, train_ids=config.train_ids,
+        test_ids=config.test_ids, test_fraction=config.test_fraction, seed=config.seed,
+    )
     if config.train_size is not None:
         train_set = train_set.reduced(config.train_size, seed=config.seed)
     grid = choose_grid(dataset, grid_shape, config.grid_spacing)
@@ -346,10 +340,9 @@ def _train(config, log=None):
     with atomic_path(model_path, suffix=".keras") as temporary:
         network.save(temporary)
     _write_json(
-        os.path.join(output_dir, "grid.json"),
-        {"grid_shape": list(grid.shape), "grid_spacing": list(grid.spacing),
-         "normalization": val_samples.normalization, "landmark_names": list(dataset.landmark_names),
-         "ndim": dataset.ndim, "output_stride": network.output_stride, "sigma": settings["sigma"]},
+        os.path.join(output_dir, MODEL_METADATA_FILE),
+        model_metadata(network, grid, val_samples.normalization, dataset.landmark_names,
+                       settings["sigma"], trainer.decode_method),
     )
     _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))
     _write_json(

@@ -1,0 +1,301 @@
+"""Finding landmarks in new images: `predict(model, images)` and the `keraslm-predict` CLI.
+
+One image's way: it is read (`keraslm.io`), normalised and resampled onto the model's network
+grid exactly as in training (`keraslm.training.pipeline.prepare_image`), the network gives
+heatmaps, the heatmap codec decodes them (argmax plus sub-pixel refinement) into grid index
+points, and the recorded placement and the image geometry map them to the original image's
+index `(x, y[, z])` and to physical millimetres (LPS):
+
+    grid index --placement--> image index --image.index_to_physical--> mm
+
+A model is a trained Keras network plus its *metadata* (`MODEL_METADATA_FILE` beside a
+`.keras` file, or the SavedModel's `assets/` for exports): landmark names, dimension, grid
+shape and spacing, normalisation, output stride and sigma.
+"""
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+from keraslm.errors import KeraslmError
+from keraslm.io import Image, is_image_path, read_image
+from keraslm.io._files import atomic_path
+from keraslm.preprocessing import GridSpec
+
+MODEL_METADATA_FILE = "model.json"
+METADATA_FORMAT = "keraslm-landmarks/1"
+_METADATA_KEYS = ("landmark_names", "ndim", "grid_shape", "grid_spacing", "normalization",
+                  "output_stride", "sigma")
+
+
+def model_metadata(network, grid, normalization, landmark_names, sigma, decode_method="quadratic"):
+    """The metadata a trained network needs for prediction (a JSON-serialisable dict)."""
+    return {
+        "format": METADATA_FORMAT,
+        "architecture": getattr(network, "architecture", None),
+        "landmark_names": list(landmark_names),
+        "ndim": int(grid.ndim),
+        "grid_shape": [int(n) for n in grid.shape],
+        "grid_spacing": [float(s) for s in grid.spacing],
+        "normalization": normalization,
+        "output_stride": int(network.output_stride),
+        "size_divisor": int(getattr(network, "size_divisor", 1)),
+        "sigma": float(sigma),
+        "decode_method": decode_method,
+    }
+
+
+def check_metadata(metadata, source):
+    """Validates a metadata dict read from `source`; returns it."""
+    missing = [key for key in _METADATA_KEYS if key not in metadata]
+    if missing:
+        raise KeraslmError(f"{source}: model metadata lacks {', '.join(missing)}")
+    if metadata["ndim"] not in (2, 3) or len(metadata["grid_shape"]) != metadata["ndim"]:
+        raise KeraslmError(f"{source}: inconsistent ndim / grid_shape in model metadata")
+    return metadata
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Landmarks found in one image.
+
+    Args:
+        image_id: str. The image's file name without extension (or the given id).
+        image_path: str or None.
+        landmark_names: tuple of str.
+        points_mm: np.ndarray `(num_landmarks, ndim)`. Physical millimetres, LPS.
+        points_index: np.ndarray `(num_landmarks, ndim)`. Original image index `(x, y[, z])`.
+        confidence: np.ndarray `(num_landmarks,)`. Heatmap peak value (scale of training
+            targets: about `heatmap_scale` for a sure detection).
+    """
+
+    image_id: str
+    image_path: str
+    landmark_names: tuple
+    points_mm: np.ndarray
+    points_index: np.ndarray
+    confidence: np.ndarray
+
+    def to_dict(self):
+        return {
+            "id": self.image_id,
+            "image_path": self.image_path,
+            "landmarks": {
+                name: {
+                    "mm": self.points_mm[i].tolist(),
+                    "index": self.points_index[i].tolist(),
+                    "confidence": float(self.confidence[i]),
+                }
+                for i, name in enumerate(self.landmark_names)
+            },
+        }
+
+
+class KerasPredictor:
+    """A Keras heatmap network with its metadata; `grid_points` runs it on grid images.
+
+    Args:
+        network: keras.Model. Maps grid images to heatmaps.
+        metadata: dict. See `model_metadata`.
+    """
+
+    def __init__(self, network, metadata):
+        import tensorflow as tf  # TF-only edge: the compiled prediction function.
+
+        from keraslm.ops.heatmaps import HeatmapCodec
+
+        self.network = network
+        self.metadata = check_metadata(metadata, getattr(network, "name", "model"))
+        self.codec = HeatmapCodec(
+            tuple(metadata["grid_shape"]), stride=metadata["output_stride"], sigma=metadata["sigma"]
+        )
+        method = metadata.get("decode_method", "quadratic")
+        self._predict = tf.function(
+            lambda images: self.codec.decode(self.network(images, training=False), method=method)
+        )
+
+    def grid_points(self, images):
+        """`(batch, *grid_shape, 1)` grid images -> (points `(batch, L, ndim)` in grid index,
+        confidence `(batch, L)`)."""
+        points, confidence = self._predict(np.asarray(images, np.float32))
+        return np.asarray(points), np.asarray(confidence)
+
+
+def load_predictor(model, metadata=None):
+    """A predictor from a Keras model, a `.keras` file or a SavedModel version folder.
+
+    Args:
+        model: keras.Model, str path to a `.keras` file (metadata from `model.json` beside it)
+            or to a SavedModel version folder (`<base>/<version>/`, metadata in its assets).
+        metadata: dict, optional. Required for a Keras model object; overrides files.
+    """
+    import keras
+
+    if isinstance(model, keras.Model):
+        if metadata is None:
+            raise KeraslmError("a Keras model needs `metadata` (see keraslm.inference.model_metadata)")
+        return KerasPredictor(model, metadata)
+    path = os.fspath(model)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise KeraslmError(f"{path}: no such model file")
+        if metadata is None:
+            metadata_path = os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_METADATA_FILE)
+            try:
+                with open(metadata_path, encoding="utf-8") as handle:
+                    metadata = json.load(handle)
+            except FileNotFoundError:
+                raise KeraslmError(
+                    f"{path}: no {MODEL_METADATA_FILE} beside the model (written by train.py); "
+                    "pass metadata="
+                ) from None
+        import keraslm.models  # noqa: F401  (registers the custom layers for loading)
+
+        return KerasPredictor(keras.saving.load_model(path), metadata)
+    if os.path.isdir(path):
+        from keraslm.export import load_saved_model_predictor
+
+        return load_saved_model_predictor(path, metadata=metadata)
+    raise KeraslmError(f"{path}: not a .keras file or a SavedModel folder")
+
+
+def _as_image(item, spacing):
+    if isinstance(item, Image):
+        return item, getattr(item, "path", None)
+    return read_image(item, spacing=spacing), os.fspath(item)
+
+
+def _image_id(path, index):
+    if not path:
+        return f"image{index:04d}"
+    name = os.path.basename(os.path.normpath(path))
+    for extension in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"):
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+def predict(model, images, spacing=None, batch_size=4, metadata=None):
+    """Finds the landmarks in images.
+
+    Args:
+        model: keras.Model (with `metadata=`), a `.keras` file path or a SavedModel version
+            folder; or a predictor from `load_predictor`.
+        images: sequence of paths (any format `keraslm.io.read_image` reads) or `Image`s.
+        spacing: float or sequence, optional. Spacing for plain images (PNG/JPEG) that hold
+            none, e.g. 0.1 for ISBI 2015.
+        batch_size: int. Images per network call.
+        metadata: dict, optional. See `load_predictor`.
+
+    Returns:
+        list of Prediction, one per image, in order.
+
+    Raises:
+        KeraslmError: an image cannot be read, has the wrong dimension, or does not fit the
+            model's grid; the message names it.
+    """
+    from keraslm.training.pipeline import prepare_image
+
+    predictor = model if hasattr(model, "grid_points") else load_predictor(model, metadata)
+    meta = predictor.metadata
+    grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
+    if isinstance(images, (str, os.PathLike, Image)):
+        images = [images]
+    results = []
+    for start in range(0, len(images), batch_size):
+        batch, prepared = [], []
+        for index, item in enumerate(images[start : start + batch_size], start):
+            image, path = _as_image(item, spacing)
+            if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
+                raise KeraslmError(f"{path or f'image {index}'} contains non-finite pixel values")
+            if image.ndim != grid.ndim:
+                raise KeraslmError(
+                    f"{path or f'image {index}'} is {image.ndim}D but the model expects "
+                    f"{grid.ndim}D images"
+                )
+            array, placement = prepare_image(image, grid, meta["normalization"])
+            batch.append(array[..., np.newaxis])
+            prepared.append((index, path, image, placement))
+        points_grid, confidence = predictor.grid_points(np.stack(batch))
+        for (index, path, image, placement), points, peaks in zip(prepared, points_grid, confidence):
+            points_index = placement.grid_to_image_index(points)
+            results.append(
+                Prediction(
+                    _image_id(path, index), path, tuple(meta["landmark_names"]),
+                    image.index_to_physical(points_index), points_index, np.asarray(peaks),
+                )
+            )
+    return results
+
+
+def write_predictions(folder, predictions):
+    """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index) and
+    `predictions.json` into `folder`, atomically."""
+    from keraslm.io import LandmarkTable, write_landmarks
+
+    os.makedirs(folder, exist_ok=True)
+    names = predictions[0].landmark_names
+    ids = [p.image_id for p in predictions]
+    write_landmarks(
+        os.path.join(folder, "predictions.csv"),
+        LandmarkTable(ids, names, np.stack([p.points_mm for p in predictions])),
+    )
+    write_landmarks(
+        os.path.join(folder, "predictions_index.csv"),
+        LandmarkTable(ids, names, np.stack([p.points_index for p in predictions])),
+    )
+    with atomic_path(os.path.join(folder, "predictions.json"), suffix=".json") as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump({"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])"},
+                       "predictions": [p.to_dict() for p in predictions]}, handle, indent=2)
+
+
+def main(argv=None):
+    """`keraslm-predict` / `python -m keraslm.inference`."""
+    parser = argparse.ArgumentParser(
+        prog="keraslm-predict",
+        description="Find landmarks in images with a trained keraslm model and write them as "
+        "CSV (physical mm and image index) and JSON.",
+    )
+    parser.add_argument("model", help="a .keras file (with model.json beside it) or a SavedModel version folder")
+    parser.add_argument("images", nargs="+", help="image files, or folders whose image files (and "
+                        "sub-folders, as DICOM series) are all predicted")
+    parser.add_argument("--series", action="store_true",
+                        help="the given folders are DICOM series themselves (one 3D image each)")
+    parser.add_argument("--spacing", type=float, help="mm per pixel of plain images (PNG/JPEG) that hold none")
+    parser.add_argument("--output-dir", default="predictions", help="where to write the results")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    paths = []
+    for item in args.images:
+        if os.path.isdir(item) and not args.series:
+            # A folder of images: its image files, and its sub-folders as DICOM series.
+            paths += sorted(
+                os.path.join(item, name) for name in os.listdir(item)
+                if not name.startswith(".") and is_image_path(os.path.join(item, name))
+            )
+        else:
+            paths.append(item)
+    if not paths:
+        print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
+        return 2
+    try:
+        predictions = predict(args.model, paths, spacing=args.spacing, batch_size=args.batch_size)
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for prediction in predictions:
+        print(f"{prediction.image_id}:")
+        for name, point, peak in zip(prediction.landmark_names, prediction.points_mm, prediction.confidence):
+            print(f"  {name:<28} {'  '.join(f'{v:9.2f}' for v in point)} mm   confidence {peak:7.2f}")
+    write_predictions(args.output_dir, predictions)
+    print(f"wrote {os.path.join(args.output_dir, 'predictions.csv')} and predictions.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

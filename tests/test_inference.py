@@ -1,0 +1,75 @@
+"""Tests of keraslm.inference: predict() maps network output back to physical mm exactly."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import keraslm
+from keraslm import KeraslmError
+from keraslm.datasets import make_phantom
+from keraslm.inference import load_predictor, main, predict
+from keraslm.io import Image, read_landmarks
+from keraslm.training import TrainingConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=3, image_size=(64, 64))
+    config = TrainingConfig(
+        dataset=str(root / "phantom"), architecture="unet", grid_shape=(32, 32), steps=4,
+        steps_per_epoch=2, batch_size=2, test_fraction=0.25, output_dir=str(root / "run"),
+        model_overrides={"filters": 4},
+    )
+    return dataset, train(config)
+
+
+def test_predict_reproduces_training_validation_errors(trained):
+    dataset, result = trained
+    validation = dataset.subset(json.loads(open(os.path.join(result.output_dir, "metrics.json")).read())["validation_ids"])
+    predictions = keraslm.predict(result.model_path, [r.image_path for r in validation.records],
+                                  spacing=dataset.image_spacing)
+    assert [p.image_id for p in predictions] == list(validation.ids)
+    points_mm = np.stack([p.points_mm for p in predictions])
+    errors = np.linalg.norm(points_mm - validation.points_mm, axis=-1)
+    np.testing.assert_allclose(errors, result.errors_mm, atol=1e-3)
+    first = predictions[0]
+    assert first.points_index.shape == (37, 2) and first.confidence.shape == (37,)
+    image = dataset.read_image(validation.records[0])
+    np.testing.assert_allclose(image.index_to_physical(first.points_index), first.points_mm, atol=1e-9)
+
+
+def test_predict_cli_writes_csv_and_json(trained, tmp_path, capsys):
+    dataset, result = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    for record in dataset.records[:2]:
+        shutil.copy(record.image_path, images)
+    assert main([result.model_path, str(images), "--spacing", str(dataset.image_spacing[0]),
+                 "--output-dir", str(tmp_path / "out")]) in (0,)
+    output = capsys.readouterr().out
+    assert "finger2_tip" in output and " mm " in output
+    table = read_landmarks(tmp_path / "out" / "predictions.csv")
+    assert len(table) == 2 and table.names == dataset.landmark_names
+    payload = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(payload["predictions"]) == 2
+
+
+def test_predict_bad_input(trained, tmp_path):
+    _, result = trained
+    volume = Image(np.zeros((8, 16, 16), np.float32), spacing=1.0)
+    with pytest.raises(KeraslmError, match=r"image 0 is 3D but the model expects 2D images"):
+        predict(result.model_path, [volume])
+    broken = Image(np.full((16, 16), np.nan, np.float32), spacing=1.0)
+    with pytest.raises(KeraslmError, match=r"image 0 contains non-finite pixel values"):
+        predict(result.model_path, [broken])
+    lonely = tmp_path / "lonely.keras"
+    shutil.copy(result.model_path, lonely)
+    with pytest.raises(KeraslmError, match=r"lonely\.keras: no model\.json beside the model"):
+        load_predictor(str(lonely))
+    import keras
+
+    with pytest.raises(KeraslmError, match=r"a Keras model needs `metadata`"):
+        load_predictor(keras.saving.load_model(result.model_path))
