@@ -41,7 +41,8 @@ class Record:
     points_mm: np.ndarray
 
 
-def _image_id(path):
+def image_id_from_path(path):
+    """str. An image's id: its file or series folder name without the image extension."""
     name = os.path.basename(os.path.normpath(path))
     for extension in _IMAGE_EXTENSIONS:
         if name.lower().endswith(extension):
@@ -258,7 +259,7 @@ def _image_index(image_root):
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
             if not name.startswith(".") and name != "images" and is_image_path(path):
-                index.setdefault(_image_id(name), path)
+                index.setdefault(image_id_from_path(name), path)
     return index
 
 
@@ -329,7 +330,7 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
                     f"{header.ndim}D"
                 )
             points = header.index_to_physical(points)
-        records.append(Record(_image_id(key), path, points))
+        records.append(Record(image_id_from_path(key), path, points))
     return dataclasses.replace(dataset, records=tuple(records))
 
 

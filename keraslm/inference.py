@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
 from keraslm.io._files import atomic_path
@@ -170,13 +171,8 @@ def _as_image(item, spacing):
 
 
 def _image_id(path, index):
-    if not path:
-        return f"image{index:04d}"
-    name = os.path.basename(os.path.normpath(path))
-    for extension in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"):
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return name
+    """Id of the `index`-th image: from its path, else `image<index>`."""
+    return image_id_from_path(path) if path else f"image{index:04d}"
 
 
 def predict(model, images, spacing=None, batch_size=4, metadata=None):
