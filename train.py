@@ -85,6 +85,10 @@ def parse_args(argv=None):
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
+    run.add_argument("--export-dir",
+                     help="TF Serving model base folder; the trained model is exported as its "
+                     "next version <export-dir>/<n>/ (default: saved_models/<name of --output-dir>)")
+    run.add_argument("--no-export", action="store_true", help="do not export a SavedModel")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in --output-dir from its last checkpoint")
     run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
@@ -95,6 +99,16 @@ def parse_args(argv=None):
                      "whole step on a GPU and in 2D, only augmentation + rendering for 3D on a CPU "
                      "(XLA makes 3D CPU convolutions about 3x slower)")
     return parser.parse_args(argv)
+
+
+def _export_dir(args):
+    """--export-dir, by default saved_models/<basename of --output-dir>; None with --no-export."""
+    if args.no_export:
+        return None
+    if args.export_dir:
+        return args.export_dir
+    name = os.path.basename(os.path.normpath(os.path.abspath(args.output_dir)))
+    return os.path.join("saved_models", name)
 
 
 def main(argv=None):
@@ -112,7 +126,7 @@ def main(argv=None):
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, mixed_precision=args.mixed_precision,
         jit=args.jit, elastic_mm=args.elastic_mm, model_overrides=dict(args.model_option),
-        ndim=args.ndim, cache_file=args.cache_file,
+        ndim=args.ndim, cache_file=args.cache_file, export_dir=_export_dir(args),
     )
     try:
         result = train(config, log=lambda message: print(message, flush=True))
@@ -120,13 +134,18 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = result.summary
-    print(
-        f"validation point error over {summary['count']} landmarks: median {summary['median_mm']:.2f} mm, "
-        f"mean {summary['mean_mm']:.2f} +- {summary['std_mm']:.2f} mm, "
-        f"outliers > 10 mm: {summary['outliers']} ({summary['outlier_percent']:.1f} %), "
-        f"SDR@2mm {summary['sdr_2.0mm_percent']:.1f} %"
-    )
+    if not summary["count"]:
+        print("no validation landmarks with ground truth: no point error to report")
+    else:
+        print(
+            f"validation point error over {summary['count']} landmarks: median "
+            f"{summary['median_mm']:.2f} mm, mean {summary['mean_mm']:.2f} +- {summary['std_mm']:.2f} mm, "
+            f"outliers > 10 mm: {summary['outliers']} ({summary['outlier_percent']:.1f} %), "
+            f"SDR@2mm {summary['sdr_2.0mm_percent']:.1f} %"
+        )
     print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min; model: {result.model_path}")
+    if result.export_path:
+        print(f"SavedModel for TF Serving: {result.export_path}")
     return 0
 
 

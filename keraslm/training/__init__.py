@@ -10,7 +10,7 @@ from keraslm.training.pipeline import (
     training_dataset,
 )
 from keraslm.training.presets import TRAINING_PRESETS, get_training_preset
-from keraslm.training.run import TrainingConfig, TrainingResult, error_summary, train
+from keraslm.training.run import TrainingConfig, TrainingResult, train
 from keraslm.training.trainer import HeatmapTrainer, weighted_l2
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "TrainingConfig",
     "TrainingResult",
     "choose_grid",
-    "error_summary",
     "evaluation_dataset",
     "get_training_preset",
     "prepare_image",

@@ -11,6 +11,9 @@ Output folder layout (`config.output_dir`):
     metrics.json       validation point errors in physical mm (written atomically)
     checkpoints/       BackupAndRestore state while training (removed when the run finishes)
     logs/              TensorBoard: loss, validation point error, heatmap images
+
+With `config.export_dir` set, the trained network is also exported for TF Serving as the next
+version folder `<export_dir>/<version>/` (`keraslm.export.export_saved_model`).
 """
 import dataclasses
 import json
@@ -25,6 +28,8 @@ import tensorflow as tf
 from keraslm.data import select_split
 from keraslm.datasets import load_dataset
 from keraslm.errors import DatasetError, KeraslmError
+from keraslm.export import export_saved_model
+from keraslm.evaluation.metrics import summarize
 from keraslm.inference import MODEL_METADATA_FILE, model_metadata
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
@@ -78,6 +83,8 @@ class TrainingConfig:
         cache_file: str or None. Stream training images through this tf.data cache file
             instead of holding them in memory.
         model_overrides: dict. Keyword overrides for `build_model`.
+        export_dir: str or None. TF Serving model base folder to export the trained network
+            into (next version); None = no export.
     """
 
     dataset: str = "phantom2d"
@@ -107,6 +114,7 @@ class TrainingConfig:
     ndim: int = None
     cache_file: str = None
     model_overrides: dict = dataclasses.field(default_factory=dict)
+    export_dir: str = None
 
 
 @dataclasses.dataclass
@@ -119,23 +127,7 @@ class TrainingResult:
     seconds: float
     errors_mm: np.ndarray  # (num_val_images, num_landmarks), NaN where ground truth is missing
     summary: dict
-
-
-def error_summary(errors_mm, outlier_mm=10.0):
-    """The paper's summary of point errors (mm): median, mean, SD, outliers; NaN excluded."""
-    valid = errors_mm[np.isfinite(errors_mm)]
-    if valid.size == 0:
-        return {"count": 0}
-    return {
-        "count": int(valid.size),
-        "median_mm": float(np.median(valid)),
-        "mean_mm": float(np.mean(valid)),
-        "std_mm": float(np.std(valid)),
-        "outliers": int(np.sum(valid > outlier_mm)),
-        "outlier_percent": float(100.0 * np.mean(valid > outlier_mm)),
-        **{f"sdr_{r}mm_percent": float(100.0 * np.mean(valid <= r)) for r in (2.0, 2.5, 3.0, 4.0)},
-        "missing_ground_truth": int(np.sum(~np.isfinite(errors_mm))),
-    }
+    export_path: str = None  # SavedModel version folder, when config.export_dir was set
 
 
 def _write_json(path, payload):
@@ -336,14 +328,16 @@ def _train(config, log=None):
     points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
     points_mm = val_samples.grid_to_physical(points_grid)
     errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
-    summary = error_summary(errors_mm)
+    summary = summarize(errors_mm)
     with atomic_path(model_path, suffix=".keras") as temporary:
         network.save(temporary)
-    _write_json(
-        os.path.join(output_dir, MODEL_METADATA_FILE),
-        model_metadata(network, grid, val_samples.normalization, dataset.landmark_names,
-                       settings["sigma"], trainer.decode_method),
-    )
+    metadata = model_metadata(network, grid, val_samples.normalization, dataset.landmark_names,
+                              settings["sigma"], trainer.decode_method)
+    _write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
+    export_path = None
+    if config.export_dir:
+        export_path = export_saved_model(network, config.export_dir, metadata)
+        log(f"exported for TF Serving: {export_path}")
     _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))
     _write_json(
         os.path.join(output_dir, "metrics.json"),
@@ -351,4 +345,5 @@ def _train(config, log=None):
          "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
          "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))},
     )
-    return TrainingResult(model_path, output_dir, steps, time.perf_counter() - start, errors_mm, summary)
+    return TrainingResult(model_path, output_dir, steps, time.perf_counter() - start, errors_mm, summary,
+                          export_path)

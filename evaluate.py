@@ -1,0 +1,127 @@
+"""Evaluate landmark predictions the way the paper reports them. See --help.
+
+Three ways in:
+  python evaluate.py --model runs/default/model.keras --dataset phantom2d --fold 0 --num-folds 5
+  python evaluate.py --runs runs/fold0 runs/fold1 runs/fold2        (cross-validation, pooled)
+  python evaluate.py --predictions predictions.csv --ground-truth landmarks.csv [--ndim 2]
+"""
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
+
+
+def _landmark_pair(text):
+    try:
+        pair = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two landmark indices like 1,5, got {text!r}") from None
+    if len(pair) != 2:
+        raise argparse.ArgumentTypeError(f"expected two landmark indices like 1,5, got {text!r}")
+    return pair
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=(
+            "Evaluate landmark localization: point error per landmark and image in physical mm, "
+            "the paper's summary (median, mean +- SD, outliers > 10 mm), success detection rates "
+            "at 2 / 2.5 / 3 / 4 mm, outlier counts at 2 / 4 / 10 mm and a per-landmark table. "
+            "Missing ground truth is excluded and counted. Input: a model plus a dataset split, "
+            "training run folders (each on its own held-out split, pooled as in a "
+            "cross-validation), or a predictions CSV plus a ground-truth CSV. Writes "
+            "predictions.csv (headerless id,x0,y0,... in mm), predictions_named.csv, "
+            "metrics.json, report.md and PNG plots into --output-dir."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_argument_group("what to evaluate (choose one)")
+    choice = source.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--model", help="a .keras file (model.json beside it) or a SavedModel "
+                        "version folder; evaluated on --dataset's test split")
+    choice.add_argument("--runs", nargs="+", metavar="RUN",
+                        help="train.py run folders; each is evaluated on the held-out split its "
+                        "config.json names, and all are pooled into one table")
+    choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless layout)")
+    source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions")
+    data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
+    data.add_argument("--dataset", default="phantom2d",
+                      help="phantom2d, phantom3d, isbi2015, a folder holding dataset.json, or a "
+                      "landmark CSV whose first column names images in --dataset-root")
+    data.add_argument("--dataset-root", help="folder of isbi2015, of a phantom, or of a CSV's images")
+    data.add_argument("--units", default="mm", choices=["mm", "index"],
+                      help="coordinates of a --dataset CSV")
+    data.add_argument("--spacing", type=float, help="mm per pixel of plain images (PNG/JPEG) "
+                      "of a --dataset CSV, e.g. 0.1 for ISBI 2015")
+    data.add_argument("--ndim", type=int, choices=[2, 3],
+                      help="landmark dimension: required for headerless CSVs, checked otherwise")
+    data.add_argument("--fold", type=int, help="cross-validation fold to evaluate (0-based)")
+    data.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds")
+    data.add_argument("--train-ids", help="file with the training record ids, one per line")
+    data.add_argument("--test-ids", help="file with the test record ids, one per line")
+    data.add_argument("--test-fraction", type=float, default=0.2,
+                      help="held-out share when neither --fold nor id files are given")
+    data.add_argument("--seed", type=int, default=0, help="seed of the split (as in train.py)")
+    metrics = parser.add_argument_group("metrics and output")
+    metrics.add_argument("--normalize-distance", type=float, metavar="MM",
+                         help="rescale each image's errors so that the distance between the "
+                         "--normalize-landmarks is this many mm (the paper's hand data: 50)")
+    metrics.add_argument("--normalize-landmarks", type=_landmark_pair, default=(1, 5), metavar="A,B",
+                         help="zero-based reference landmarks of --normalize-distance")
+    metrics.add_argument("--method", help="row label in the report (default: the architecture)")
+    metrics.add_argument("--output-dir", default="evaluation", help="where to write the results")
+    metrics.add_argument("--num-worst", type=int, default=4,
+                         help="overlay plots of this many worst images")
+    metrics.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    metrics.add_argument("--batch-size", type=int, default=4, help="images per network call")
+    args = parser.parse_args(argv)
+    if args.predictions and not args.ground_truth:
+        parser.error("--predictions needs --ground-truth")
+    if args.ground_truth and not args.predictions:
+        parser.error("--ground-truth goes with --predictions")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keraslm.data import select_split
+    from keraslm.errors import KeraslmError
+    from keraslm import evaluation
+
+    def log(message):
+        print(message, flush=True)
+
+    normalize = {"normalize_distance": args.normalize_distance,
+                 "normalize_landmarks": args.normalize_landmarks}
+    try:
+        if args.predictions:
+            result = evaluation.evaluate_predictions(
+                args.predictions, args.ground_truth, ndim=args.ndim,
+                method=args.method or "predictions", **normalize)
+        elif args.runs:
+            result = evaluation.evaluate_runs(
+                args.runs, method=args.method, batch_size=args.batch_size, progress=log, **normalize)
+        else:
+            dataset = evaluation.open_dataset(args.dataset, args.dataset_root, spacing=args.spacing,
+                                              units=args.units, ndim=args.ndim)
+            _, test_set = select_split(
+                dataset, fold=args.fold, num_folds=args.num_folds, train_ids=args.train_ids,
+                test_ids=args.test_ids, test_fraction=args.test_fraction, seed=args.seed)
+            log(f"{dataset.name}: evaluating {len(test_set)} test images")
+            result = evaluation.evaluate_model(
+                args.model, test_set, method=args.method, batch_size=args.batch_size,
+                progress=log, source={"split_seed": args.seed, "fold": args.fold}, **normalize)
+        written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
+                                          num_worst=args.num_worst, progress=log)
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(evaluation.format_summary(result.summary(), result.method))
+    print(f"wrote {len(written)} files into {args.output_dir}: "
+          + ", ".join(os.path.basename(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Evaluation outputs: prediction CSVs, metrics.json, report.md and plots in one folder.
+
+`write_report(output_dir, evaluation)` writes (each file atomically):
+
+    predictions.csv          the authors' headerless layout `id,x0,y0[,z0],x1,...`, physical mm
+    predictions_named.csv    named layout `id,<name>_x,<name>_y[,<name>_z],...`, physical mm
+    metrics.json             summary, per-landmark table, per-image errors, sources
+    report.md                Table-1-style row, SDR and outliers, per-landmark table
+    cumulative_error.png     cumulative error curve
+    landmark_errors.png      per-landmark error box plot
+    worst_<rank>_<id>.png    ground truth vs prediction on the worst images (if images are known)
+
+`format_summary` gives the console table the scripts print.
+"""
+import json
+import math
+import os
+import re
+
+from keraslm.evaluation.metrics import OUTLIER_RADII_MM, SDR_RADII_MM, outlier_key, sdr_key
+from keraslm.io import LandmarkTable, write_landmarks
+from keraslm.io._files import atomic_path
+
+PREDICTIONS_FILE = "predictions.csv"
+NAMED_PREDICTIONS_FILE = "predictions_named.csv"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+CUMULATIVE_PLOT = "cumulative_error.png"
+LANDMARK_PLOT = "landmark_errors.png"
+
+
+def _number(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _unit(summary):
+    normalization = summary.get("normalization")
+    if normalization:
+        return f"mm, normalised to {normalization['distance_mm']:g} mm between landmarks " \
+               f"{normalization['landmarks'][0]} and {normalization['landmarks'][1]}"
+    return "mm"
+
+
+def table1_row(summary, method):
+    """str. A markdown row `| method | median | mean +- SD | outliers > 10 mm (count, %) |`."""
+    return (
+        f"| {method} | {_number(summary.get('median_mm'))} | {_number(summary.get('mean_mm'))} "
+        f"+- {_number(summary.get('std_mm'))} | {summary.get('outliers', 0)} "
+        f"({_number(summary.get('outlier_percent'))} %) |"
+    )
+
+
+def _missing_line(summary):
+    return (
+        f"{summary['count']} points evaluated in {summary['num_images']} images x "
+        f"{summary['num_landmarks']} landmarks; excluded: {summary['missing_ground_truth']} missing "
+        f"ground truth, {summary['missing_predictions']} missing predictions"
+        + (f", {summary['missing_reference']} images without the reference distance"
+           if summary.get("normalization") else "")
+    )
+
+
+def format_summary(summary, method):
+    """str. The summary as a plain-text table for the console (several lines)."""
+    outlier = f"outliers > {summary.get('outlier_mm', 10.0):g} mm"
+    header = f"{'method':<16} {'median':>8} {'mean +- SD':>16} {outlier:>22}"
+    row = (
+        f"{method:<16} {_number(summary.get('median_mm')):>8} "
+        f"{_number(summary.get('mean_mm')) + ' +- ' + _number(summary.get('std_mm')):>16} "
+        f"{str(summary.get('outliers', 0)) + ' (' + _number(summary.get('outlier_percent')) + ' %)':>22}"
+    )
+    sdr = "  ".join(f"{r:g} mm {_number(summary.get(sdr_key(r)), 1)} %" for r in SDR_RADII_MM)
+    outliers = "  ".join(
+        f"> {r:g} mm {summary.get(outlier_key(r), 0)}" for r in OUTLIER_RADII_MM
+    )
+    return "\n".join([
+        f"point error ({_unit(summary)})",
+        header,
+        row,
+        f"SDR: {sdr}",
+        f"outliers: {outliers}",
+        _missing_line(summary),
+    ])
+
+
+def _markdown(evaluation, summary, landmarks, plots):
+    lines = [
+        f"# Landmark localization: {evaluation.method}",
+        "",
+        f"Point errors in {_unit(summary)}; {_missing_line(summary)}.",
+        "",
+        "| method | median | mean +- SD | outliers > "
+        f"{summary.get('outlier_mm', 10.0):g} mm (count, %) |",
+        "|---|---|---|---|",
+        table1_row(summary, evaluation.method),
+        "",
+        "## Success detection rate and outliers",
+        "",
+        "| " + " | ".join(f"SDR {r:g} mm" for r in SDR_RADII_MM) + " | "
+        + " | ".join(f"> {r:g} mm" for r in OUTLIER_RADII_MM) + " | max |",
+        "|" + "---|" * (len(SDR_RADII_MM) + len(OUTLIER_RADII_MM) + 1),
+        "| " + " | ".join(f"{_number(summary.get(sdr_key(r)), 1)} %" for r in SDR_RADII_MM) + " | "
+        + " | ".join(f"{summary.get(outlier_key(r), 0)}" for r in OUTLIER_RADII_MM)
+        + f" | {_number(summary.get('max_mm'))} |",
+        "",
+        "## Per landmark",
+        "",
+        "| # | landmark | n | missing | mean | SD | median | max | SDR 2 mm | > 10 mm |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, row in enumerate(landmarks):
+        lines.append(
+            f"| {index} | {row['name']} | {row['count']} | {row['missing']} | "
+            f"{_number(row['mean_mm'])} | {_number(row['std_mm'])} | {_number(row['median_mm'])} | "
+            f"{_number(row['max_mm'])} | {_number(row[sdr_key(2.0)], 1)} % | {row['outliers']} |"
+        )
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    lines += ["", "## Sources", ""]
+    for source in evaluation.sources:
+        lines.append("- " + ", ".join(
+            f"{key}: {value}" for key, value in source.items() if key != "ids" and value is not None
+        ) + (f" ({len(source['ids'])} images)" if "ids" in source else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _json_number(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _metrics(evaluation, summary, landmarks):
+    errors = evaluation.errors
+    image_means = errors.image_mean_mm()
+    return {
+        "method": evaluation.method,
+        "units": _unit(summary),
+        "summary": summary,
+        "per_landmark": landmarks,
+        "per_image": [
+            {"id": image_id, "mean_mm": _json_number(float(mean)),
+             "errors_mm": [_json_number(float(e)) for e in row]}
+            for image_id, mean, row in zip(evaluation.ids, image_means, errors.errors_mm)
+        ],
+        "landmark_names": list(evaluation.landmark_names),
+        "sources": list(evaluation.sources),
+    }
+
+
+def _write_text(path, text):
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def _file_label(image_id):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
+
+
+def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None):
+    """Writes predictions, metrics, report and plots of an evaluation into `output_dir`.
+
+    Args:
+        output_dir: str. Created if needed; files of the same names are replaced.
+        evaluation: keraslm.evaluation.Evaluation.
+        plots: bool. Write the PNG plots.
+        num_worst: int. Overlays of this many worst images (by mean error), if images are known.
+        progress: callable(str), optional.
+
+    Returns:
+        list of str: the written file paths.
+    """
+    progress = progress or (lambda message: None)
+    os.makedirs(output_dir, exist_ok=True)
+    summary, landmarks = evaluation.summary(), evaluation.per_landmark()
+    table = LandmarkTable(evaluation.ids, evaluation.landmark_names, evaluation.predicted_mm)
+    written = [os.path.join(output_dir, PREDICTIONS_FILE), os.path.join(output_dir, NAMED_PREDICTIONS_FILE)]
+    write_landmarks(written[0], table, layout="headerless")
+    write_landmarks(written[1], table, layout="named")
+    plot_files = []
+    if plots:
+        from keraslm.evaluation import plots as plotting
+
+        progress("plotting")
+        plotting.plot_cumulative_error(
+            os.path.join(output_dir, CUMULATIVE_PLOT), {evaluation.method: evaluation.errors.valid}
+        )
+        plotting.plot_landmark_errors(
+            os.path.join(output_dir, LANDMARK_PLOT), evaluation.errors.errors_mm, evaluation.landmark_names
+        )
+        plot_files += [CUMULATIVE_PLOT, LANDMARK_PLOT]
+        if evaluation.image_readers is not None:
+            means = evaluation.errors.image_mean_mm()
+            for rank, index in enumerate(evaluation.errors.worst_images(num_worst), 1):
+                name = f"worst_{rank}_{_file_label(evaluation.ids[index])}.png"
+                plotting.plot_overlay(
+                    os.path.join(output_dir, name), evaluation.image_readers[index](),
+                    evaluation.ground_truth_mm[index], evaluation.predicted_mm[index],
+                    title=f"{evaluation.ids[index]}: mean error {means[index]:.2f} {_unit(summary)} "
+                          "(green: ground truth, red: prediction)",
+                )
+                plot_files.append(name)
+        written += [os.path.join(output_dir, name) for name in plot_files]
+    metrics_path = os.path.join(output_dir, METRICS_FILE)
+    _write_text(metrics_path, json.dumps(_metrics(evaluation, summary, landmarks), indent=2) + "\n")
+    report_path = os.path.join(output_dir, REPORT_FILE)
+    _write_text(report_path, _markdown(evaluation, summary, landmarks, plot_files))
+    return written + [metrics_path, report_path]

@@ -1,0 +1,336 @@
+"""What is evaluated: a model on a dataset split, training runs pooled, or two landmark CSVs.
+
+Each source becomes an `Evaluation`: image ids, predicted and ground-truth landmarks in
+physical mm (LPS) `(num_images, num_landmarks, ndim)`, their point errors, and (when the images
+are known) a way to read each image back for overlay plots.
+
+- `evaluate_model(model, test_set)`: runs `keraslm.inference.predict` on a dataset's images.
+- `evaluate_runs(run_dirs)`: each training run folder (`train.py --output-dir`) is evaluated
+  on its own held-out split, rebuilt from its `config.json` (and checked against the ids its
+  `metrics.json` recorded); the runs are pooled into one evaluation (cross-validation).
+- `evaluate_predictions(predictions_csv, ground_truth_csv)`: two landmark files, same ids.
+"""
+import dataclasses
+import functools
+import json
+import os
+
+import numpy as np
+
+from keraslm.data import from_csv, select_split
+from keraslm.errors import KeraslmError
+from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
+from keraslm.io import read_landmarks
+
+RUN_CONFIG_FILE = "config.json"
+RUN_METRICS_FILE = "metrics.json"
+RUN_MODEL_FILE = "model.keras"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Predictions, ground truth and point errors of a set of images.
+
+    Args:
+        method: str. Label of the row in reports (e.g. the architecture or run name).
+        ids: tuple of str. One per image (unique).
+        landmark_names: tuple of str.
+        predicted_mm: np.ndarray `(num_images, num_landmarks, ndim)`. Physical mm, LPS.
+        ground_truth_mm: np.ndarray, same shape. NaN = missing landmark.
+        errors: PointErrors.
+        image_readers: tuple or None. Per image a callable returning its `keraslm.io.Image`
+            (for overlays), or None where the image is not known.
+        sources: tuple of dict. What was evaluated (model, dataset, split, run folder, ids).
+    """
+
+    method: str
+    ids: tuple
+    landmark_names: tuple
+    predicted_mm: np.ndarray
+    ground_truth_mm: np.ndarray
+    errors: object
+    image_readers: tuple = None
+    sources: tuple = ()
+
+    @property
+    def ndim(self):
+        """int. 2 or 3."""
+        return self.ground_truth_mm.shape[-1]
+
+    def summary(self):
+        """dict. `keraslm.evaluation.metrics.summarize` of the errors."""
+        return summarize(self.errors)
+
+    def per_landmark(self):
+        """list of dict. `keraslm.evaluation.metrics.per_landmark` of the errors."""
+        return per_landmark(self.errors)
+
+
+def _progress(progress):
+    return progress or (lambda message: None)
+
+
+def check_model_matches(metadata, dataset, model_label):
+    """Raises a KeraslmError unless a model's metadata fits a dataset (dimension and number of
+    landmarks); both counts are named in the message."""
+    names = list(metadata.get("landmark_names", []))
+    if metadata.get("ndim") != dataset.ndim:
+        raise KeraslmError(
+            f"model {model_label} expects {metadata.get('ndim')}D images but dataset "
+            f"{dataset.name!r} is {dataset.ndim}D"
+        )
+    if len(names) != dataset.num_landmarks:
+        raise KeraslmError(
+            f"model {model_label} predicts {len(names)} landmarks but dataset {dataset.name!r} "
+            f"has {dataset.num_landmarks} landmarks per image"
+        )
+
+
+def open_dataset(dataset, dataset_root=None, spacing=None, units="mm", ndim=None):
+    """A `LandmarkDataset` by name, folder or landmark CSV file.
+
+    Args:
+        dataset: str. "phantom2d", "phantom3d", "isbi2015", a folder with dataset.json, or a
+            landmark CSV (its first column: image ids or paths relative to `dataset_root`).
+        dataset_root: str or None. isbi2015's folder, a phantom's folder, or the image folder
+            of a CSV (default: the CSV's folder).
+        spacing: float or None. mm per pixel of plain images (PNG/JPEG) of a CSV dataset.
+        units: str. Units of a CSV's coordinates: "mm" or "index".
+        ndim: int or None. Expected dimension (checked); required for headerless CSVs.
+
+    Raises:
+        KeraslmError: unknown dataset, missing files, or a dimension other than `ndim`.
+    """
+    from keraslm.datasets import load_dataset
+
+    if os.path.isfile(dataset):
+        loaded = from_csv(dataset, image_root=dataset_root, units=units, spacing=spacing, ndim=ndim)
+    else:
+        loaded = load_dataset(dataset, root=dataset_root)
+    if ndim is not None and loaded.ndim != ndim:
+        raise KeraslmError(f"dataset {dataset!r} is {loaded.ndim}D, but --ndim {ndim} was given")
+    return loaded
+
+
+def evaluate_model(model, test_set, method=None, normalize_distance=None,
+                   normalize_landmarks=(1, 5), batch_size=4, progress=None, source=None):
+    """Predicts the landmarks of a dataset's images with a model and compares them with the
+    dataset's ground truth.
+
+    Args:
+        model: str path (a `.keras` file with model.json beside it, or a SavedModel version
+            folder) or a predictor from `keraslm.inference.load_predictor`.
+        test_set: LandmarkDataset. The images to evaluate (e.g. a held-out split).
+        method: str, optional. Report label; default: the model's architecture.
+        normalize_distance: float or None. See `keraslm.evaluation.metrics.point_errors`.
+        normalize_landmarks: pair of int.
+        batch_size: int. Images per network call.
+        progress: callable(str), optional. Receives progress lines.
+        source: dict, optional. Extra description stored in `Evaluation.sources`.
+
+    Returns:
+        Evaluation.
+
+    Raises:
+        KeraslmError: the model cannot be loaded or does not fit the dataset (dimension,
+            number of landmarks), or an image cannot be read.
+    """
+    from keraslm.inference import load_predictor, predict
+
+    progress = _progress(progress)
+    label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "(given predictor)"
+    if isinstance(model, (str, os.PathLike)) and not os.path.exists(model):
+        raise KeraslmError(f"{label}: no such model file or folder")
+    predictor = model if hasattr(model, "grid_points") else load_predictor(model)
+    check_model_matches(predictor.metadata, test_set, label)
+    if len(test_set) == 0:
+        raise KeraslmError(f"dataset {test_set.name!r}: no images to evaluate")
+    records = test_set.records
+    predicted = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        images = [test_set.read_image(record) for record in chunk]
+        predicted += [p.points_mm for p in predict(predictor, images, batch_size=batch_size)]
+        progress(f"predicted {min(start + batch_size, len(records))}/{len(records)} images")
+    predicted = np.stack(predicted)
+    errors = point_errors(predicted, test_set.points_mm, test_set.ids, test_set.landmark_names,
+                          normalize_distance, normalize_landmarks)
+    method = method or predictor.metadata.get("architecture") or os.path.basename(label)
+    return Evaluation(
+        method, test_set.ids, test_set.landmark_names, predicted, test_set.points_mm, errors,
+        tuple(functools.partial(test_set.read_image, record) for record in records),
+        ({"model": label, "dataset": test_set.name, "ids": list(test_set.ids), **(source or {})},),
+    )
+
+
+def read_run_config(run_dir):
+    """dict. A training run folder's `config.json`.
+
+    Raises:
+        KeraslmError: the folder, its config.json or its model.keras is missing or unreadable.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise KeraslmError(f"{run_dir}: no such training run folder")
+    path = os.path.join(run_dir, RUN_CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except FileNotFoundError:
+        raise KeraslmError(f"{run_dir}: no {RUN_CONFIG_FILE}; not a train.py run folder") from None
+    except json.JSONDecodeError as error:
+        raise KeraslmError(f"{path}: not valid JSON ({error})") from None
+    if "dataset" not in config:
+        raise KeraslmError(f"{path}: has no 'dataset' entry")
+    if not os.path.isfile(os.path.join(run_dir, RUN_MODEL_FILE)):
+        raise KeraslmError(
+            f"{run_dir}: no {RUN_MODEL_FILE}; the run has not finished (resume it with "
+            "train.py --resume)"
+        )
+    return config
+
+
+def run_test_set(run_dir, config=None):
+    """The held-out split of a training run, rebuilt from its config.json exactly as train.py
+    chose it, and checked against the validation ids its metrics.json recorded.
+
+    Returns:
+        LandmarkDataset.
+    """
+    from keraslm.datasets import load_dataset
+
+    config = config or read_run_config(run_dir)
+    dataset = load_dataset(config["dataset"], root=config.get("dataset_root"))
+    _, test_set = select_split(
+        dataset, fold=config.get("fold"), num_folds=config.get("num_folds", 5),
+        train_ids=config.get("train_ids"), test_ids=config.get("test_ids"),
+        test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 0),
+    )
+    metrics_path = os.path.join(run_dir, RUN_METRICS_FILE)
+    if os.path.isfile(metrics_path):
+        with open(metrics_path, encoding="utf-8") as handle:
+            recorded = json.load(handle).get("validation_ids")
+        if recorded is not None and sorted(recorded) != sorted(test_set.ids):
+            raise KeraslmError(
+                f"{run_dir}: the split rebuilt from {RUN_CONFIG_FILE} holds ids "
+                f"{', '.join(test_set.ids)}, but training validated on "
+                f"{', '.join(recorded)} ({RUN_METRICS_FILE}); has dataset {config['dataset']!r} changed?"
+            )
+    return test_set
+
+
+def combine(evaluations, method=None):
+    """Pools several evaluations (e.g. cross-validation folds) into one. Ids that occur in more
+    than one part (repeated random splits) are prefixed by the part's run or method label.
+
+    Raises:
+        KeraslmError: the parts disagree in landmarks, dimension or normalisation.
+    """
+    evaluations = list(evaluations)
+    if not evaluations:
+        raise KeraslmError("nothing to combine: no evaluations were given")
+    first = evaluations[0]
+    for number, part in enumerate(evaluations[1:], 1):
+        if part.ndim != first.ndim:
+            raise KeraslmError(
+                f"cannot pool evaluation {number} ({part.ndim}D) with evaluation 0 ({first.ndim}D)"
+            )
+    all_ids = [i for part in evaluations for i in part.ids]
+    repeated = len(set(all_ids)) != len(all_ids)
+    ids = []
+    for number, part in enumerate(evaluations):
+        label = part.sources[0].get("run", part.method) if part.sources else f"part{number}"
+        label = os.path.basename(os.path.normpath(str(label)))
+        ids += [f"{label}/{i}" if repeated else i for i in part.ids]
+    errors = pool([part.errors for part in evaluations])
+    readers = None
+    if all(part.image_readers is not None for part in evaluations):
+        readers = tuple(r for part in evaluations for r in part.image_readers)
+    return Evaluation(
+        method or first.method, tuple(ids), first.landmark_names,
+        np.concatenate([part.predicted_mm for part in evaluations]),
+        np.concatenate([part.ground_truth_mm for part in evaluations]),
+        dataclasses.replace(errors, ids=tuple(ids)), readers,
+        tuple(source for part in evaluations for source in part.sources),
+    )
+
+
+def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_landmarks=(1, 5),
+                  batch_size=4, progress=None):
+    """Evaluates each training run on its own held-out split and pools them into one table.
+
+    Args:
+        run_dirs: sequence of str. Run folders written by `train.py --output-dir`.
+        method: str, optional. Report label; default: the first run's architecture.
+        normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
+        batch_size: int.
+        progress: callable(str), optional.
+
+    Returns:
+        Evaluation (pooled over all runs' test images).
+    """
+    progress = _progress(progress)
+    if not run_dirs:
+        raise KeraslmError("no training run folders were given")
+    configs = [read_run_config(run_dir) for run_dir in run_dirs]  # Fail early, before predicting.
+    parts = []
+    for number, (run_dir, config) in enumerate(zip(run_dirs, configs), 1):
+        test_set = run_test_set(run_dir, config)
+        progress(f"run {number}/{len(run_dirs)} {run_dir}: {len(test_set)} held-out images")
+        parts.append(evaluate_model(
+            os.path.join(run_dir, RUN_MODEL_FILE), test_set, method=method or config.get("architecture"),
+            normalize_distance=normalize_distance, normalize_landmarks=normalize_landmarks,
+            batch_size=batch_size, progress=progress,
+            source={"run": os.fspath(run_dir), "fold": config.get("fold"),
+                    "num_folds": config.get("num_folds"), "seed": config.get("seed")},
+        ))
+    return combine(parts, method)
+
+
+def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="predictions",
+                         normalize_distance=None, normalize_landmarks=(1, 5)):
+    """Compares a predictions CSV with a ground-truth CSV (both physical mm; named or
+    headerless layout, see `keraslm.io.read_landmarks`). Rows are matched by id.
+
+    Args:
+        predictions_csv: str.
+        ground_truth_csv: str.
+        ndim: int or None. Required if either file is headerless; checked otherwise.
+        method: str. Report label.
+        normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
+
+    Returns:
+        Evaluation (in the ground truth's id order; no image readers).
+
+    Raises:
+        KeraslmError: a file is missing or malformed, the ids differ (all differences listed),
+            or the landmark counts or dimensions differ.
+    """
+    predicted = read_landmarks(predictions_csv, ndim=ndim)
+    truth = read_landmarks(ground_truth_csv, ndim=ndim)
+    if predicted.ndim != truth.ndim:
+        raise KeraslmError(
+            f"{predictions_csv} holds {predicted.ndim}D landmarks but {ground_truth_csv} holds "
+            f"{truth.ndim}D landmarks"
+        )
+    if len(predicted.names) != len(truth.names):
+        raise KeraslmError(
+            f"{predictions_csv} has {len(predicted.names)} landmarks per row but "
+            f"{ground_truth_csv} has {len(truth.names)}"
+        )
+    only_predicted = [i for i in predicted.ids if i not in set(truth.ids)]
+    only_truth = [i for i in truth.ids if i not in set(predicted.ids)]
+    if only_predicted or only_truth:
+        parts = []
+        if only_predicted:
+            parts.append(f"ids only in {predictions_csv}: {', '.join(only_predicted)}")
+        if only_truth:
+            parts.append(f"ids only in {ground_truth_csv}: {', '.join(only_truth)}")
+        raise KeraslmError("predictions and ground truth have different ids; " + "; ".join(parts))
+    predicted_mm = np.stack([predicted.points_of(i) for i in truth.ids])
+    errors = point_errors(predicted_mm, truth.points, truth.ids, truth.names,
+                          normalize_distance, normalize_landmarks)
+    return Evaluation(
+        method, truth.ids, truth.names, predicted_mm, truth.points, errors, None,
+        ({"predictions": os.fspath(predictions_csv), "ground_truth": os.fspath(ground_truth_csv)},),
+    )

@@ -1,0 +1,297 @@
+"""Tests of keraslm.evaluation and evaluate.py: metrics against hand-computed values, reports,
+plots, a tiny trained phantom model evaluated on its held-out split and pooled over two runs,
+and bad input."""
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from keraslm import KeraslmError
+from keraslm.data import LandmarkDataset, Record
+from keraslm.evaluation import (
+    Evaluation,
+    evaluate_model,
+    evaluate_predictions,
+    evaluate_runs,
+    per_landmark,
+    point_errors,
+    pool,
+    run_test_set,
+    summarize,
+    table1_row,
+    write_report,
+)
+from keraslm.evaluation.plots import plot_overlay
+from keraslm.evaluation.sources import check_model_matches
+from keraslm.io import Image, LandmarkTable, read_landmarks, write_landmarks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAN = np.nan
+
+
+def _evaluate_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", os.path.join(REPO, "evaluate.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+# Two images, three 2D landmarks. Errors: image a: 5, 1, missing ground truth;
+# image b: 12, 0.5, 3 (all hand-computed from 3-4-5 and axis-aligned offsets).
+TRUTH = np.array([[[0, 0], [10, 0], [NAN, NAN]], [[0, 0], [0, 10], [5, 5]]], dtype=float)
+PREDICTED = np.array([[[3, 4], [10, 1], [7, 7]], [[0, 12], [0.5, 10], [5, 8]]], dtype=float)
+
+
+def test_point_errors_and_summary_match_hand_computed_values():
+    errors = point_errors(PREDICTED, TRUTH, ids=["a", "b"], landmark_names=["p", "q", "r"])
+    np.testing.assert_allclose(errors.errors_mm, [[5, 1, NAN], [12, 0.5, 3]])
+    summary = summarize(errors)
+    valid = np.array([5, 1, 12, 0.5, 3])
+    assert summary["count"] == 5 and summary["missing_ground_truth"] == 1  # Counted, not 0.
+    assert summary["missing_predictions"] == 0 and summary["num_images"] == 2
+    assert summary["median_mm"] == pytest.approx(3.0)
+    assert summary["mean_mm"] == pytest.approx(21.5 / 5)
+    assert summary["std_mm"] == pytest.approx(np.sqrt(np.mean((valid - 4.3) ** 2)))
+    assert summary["max_mm"] == 12.0
+    assert summary["outliers"] == 1 and summary["outlier_percent"] == pytest.approx(20.0)
+    # SDR: error <= r; outliers: error > r.
+    assert summary["sdr_2.0mm_percent"] == pytest.approx(40.0)
+    assert summary["sdr_2.5mm_percent"] == pytest.approx(40.0)
+    assert summary["sdr_3.0mm_percent"] == pytest.approx(60.0)
+    assert summary["sdr_4.0mm_percent"] == pytest.approx(60.0)
+    assert (summary["outliers_2.0mm"], summary["outliers_4.0mm"], summary["outliers_10.0mm"]) == (3, 2, 1)
+    assert summary["outliers_4.0mm_percent"] == pytest.approx(40.0)
+    assert [round(m, 6) for m in errors.image_mean_mm()] == [3.0, round(15.5 / 3, 6)]
+    assert errors.worst_images(5) == [1, 0]
+
+
+def test_summary_of_array_keeps_the_training_keys_and_counts_missing():
+    summary = summarize(np.array([[1.0, NAN], [3.0, 20.0]]))
+    for key in ("count", "median_mm", "mean_mm", "std_mm", "outliers", "outlier_percent",
+                "sdr_2.0mm_percent", "sdr_2.5mm_percent", "sdr_3.0mm_percent", "sdr_4.0mm_percent",
+                "missing_ground_truth"):
+        assert key in summary
+    assert summary["count"] == 3 and summary["missing_ground_truth"] == 1
+    assert summary["mean_mm"] == pytest.approx(8.0)
+    empty = summarize(np.full((2, 2), NAN))
+    assert empty["count"] == 0 and empty["median_mm"] is None and empty["missing_ground_truth"] == 4
+
+
+def test_missing_prediction_is_excluded_and_counted():
+    predicted = PREDICTED.copy()
+    predicted[1, 0] = NAN
+    summary = summarize(point_errors(predicted, TRUTH))
+    assert summary["count"] == 4 and summary["missing_predictions"] == 1
+    assert summary["missing_ground_truth"] == 1 and summary["outliers"] == 0
+
+
+def test_normalisation_by_reference_distance():
+    truth = np.zeros((2, 6, 2))
+    truth[:, :, 0] = np.arange(6)  # Landmarks on the x axis: |gt[1] - gt[5]| = 4 mm.
+    truth[1] *= 2.0  # Second image: 8 mm.
+    predicted = truth + np.array([0.0, 1.0])  # 1 mm off everywhere.
+    errors = point_errors(predicted, truth, normalize_distance=50, normalize_landmarks=(1, 5))
+    np.testing.assert_allclose(errors.errors_mm[0], 12.5)
+    np.testing.assert_allclose(errors.errors_mm[1], 6.25)
+    assert errors.normalization == {"distance_mm": 50.0, "landmarks": [1, 5]}
+    truth[1, 5] = NAN  # No reference distance: the whole image is excluded and counted.
+    summary = summarize(point_errors(predicted, truth, normalize_distance=50))
+    assert summary["count"] == 6 and summary["missing_reference"] == 1
+    assert summary["mean_mm"] == pytest.approx(12.5)
+    with pytest.raises(KeraslmError, match=r"normalize_landmarks=\(1, 9\)"):
+        point_errors(predicted, truth, normalize_distance=50, normalize_landmarks=(1, 9))
+    with pytest.raises(KeraslmError, match=r"normalize_distance=-1"):
+        point_errors(predicted, truth, normalize_distance=-1)
+
+
+def test_pool_concatenates_folds_and_per_landmark_table():
+    first = point_errors(PREDICTED[:1], TRUTH[:1], ids=["a"])
+    second = point_errors(PREDICTED[1:], TRUTH[1:], ids=["b"])
+    pooled = pool([first, second])
+    assert pooled.ids == ("a", "b")
+    assert summarize(pooled) == summarize(point_errors(PREDICTED, TRUTH, ids=["a", "b"]))
+    rows = per_landmark(pooled)
+    assert [row["count"] for row in rows] == [2, 2, 1] and rows[2]["missing"] == 1
+    assert rows[0]["mean_mm"] == pytest.approx(8.5) and rows[0]["max_mm"] == 12.0
+    assert rows[0]["std_mm"] == pytest.approx(3.5) and rows[0]["median_mm"] == pytest.approx(8.5)
+    assert rows[1]["sdr_2.0mm_percent"] == 100.0 and rows[0]["outliers"] == 1
+    other = point_errors(PREDICTED[1:], TRUTH[1:], landmark_names=["x", "y", "z"])
+    with pytest.raises(KeraslmError, match="cannot pool part 1"):
+        pool([first, other])
+
+
+def test_point_errors_rejects_mismatched_shapes():
+    with pytest.raises(KeraslmError, match=r"number of landmarks.*\(2, 2, 2\).*\(2, 3, 2\)"):
+        point_errors(PREDICTED[:, :2], TRUTH)
+    with pytest.raises(KeraslmError, match=r"coordinates per point"):
+        point_errors(np.zeros((2, 3, 3)), TRUTH)
+
+
+# ------------------------------------------------------------------ CSV input, report, plots
+
+
+def _write_csvs(folder, layout="headerless"):
+    truth = LandmarkTable(["a", "b"], ["p", "q", "r"], TRUTH)
+    predicted = LandmarkTable(["b", "a"], ["p", "q", "r"], PREDICTED[::-1])  # Order differs.
+    write_landmarks(folder / "truth.csv", truth, layout="named")
+    write_landmarks(folder / "pred.csv", predicted, layout=layout)
+    return str(folder / "pred.csv"), str(folder / "truth.csv")
+
+
+def test_evaluate_predictions_matches_ids_and_writes_report(tmp_path):
+    predictions, truth = _write_csvs(tmp_path)
+    result = evaluate_predictions(predictions, truth, ndim=2, method="mine")
+    np.testing.assert_allclose(result.errors.errors_mm, [[5, 1, NAN], [12, 0.5, 3]])
+    written = write_report(tmp_path / "out", result)
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == ["cumulative_error.png", "landmark_errors.png", "metrics.json",
+                     "predictions.csv", "predictions_named.csv", "report.md"]  # No images: no overlays.
+    back = read_landmarks(tmp_path / "out" / "predictions.csv", ndim=2)
+    assert back.ids == ("a", "b") and np.allclose(back.points, PREDICTED)
+    assert read_landmarks(tmp_path / "out" / "predictions_named.csv").names == ("p", "q", "r")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| mine | 3.00 | 4.30 +- " in report and "| 1 (20.00 %) |" in report
+    assert table1_row(result.summary(), "mine") in report
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["summary"]["missing_ground_truth"] == 1
+    assert metrics["per_image"][0]["errors_mm"] == [5.0, 1.0, None]
+
+
+def test_evaluate_predictions_bad_input(tmp_path):
+    predictions, truth = _write_csvs(tmp_path)
+    table = read_landmarks(truth)
+    write_landmarks(tmp_path / "other.csv", LandmarkTable(["a", "c", "d"], table.names, np.zeros((3, 3, 2))))
+    with pytest.raises(KeraslmError, match=r"different ids; ids only in .*other.csv: c, d; ids only in .*truth.csv: b"):
+        evaluate_predictions(tmp_path / "other.csv", truth)
+    write_landmarks(tmp_path / "two.csv", LandmarkTable(["a", "b"], ["p", "q"], np.zeros((2, 2, 2))))
+    with pytest.raises(KeraslmError, match=r"two.csv has 2 landmarks per row but .*truth.csv has 3"):
+        evaluate_predictions(tmp_path / "two.csv", truth)
+    write_landmarks(tmp_path / "three_d.csv", LandmarkTable(["a", "b"], ["p", "q", "r"], np.zeros((2, 3, 3))))
+    with pytest.raises(KeraslmError, match=r"three_d.csv holds 3D landmarks but .*truth.csv holds 2D"):
+        evaluate_predictions(tmp_path / "three_d.csv", truth)
+    with pytest.raises(KeraslmError, match=r"pred.csv: headerless landmark file .* pass ndim="):
+        evaluate_predictions(predictions, truth)
+    with pytest.raises(KeraslmError, match=r"absent.csv: no such file"):
+        evaluate_predictions(tmp_path / "absent.csv", truth)
+
+
+def test_overlays_2d_and_3d(tmp_path):
+    rng = np.random.default_rng(0)
+    image2d = Image(rng.random((40, 60)), spacing=(0.5, 1.0), origin=(10.0, -5.0))
+    truth = image2d.index_to_physical([[10.0, 10.0], [40.0, 30.0], [NAN, NAN]])
+    plot_overlay(str(tmp_path / "a.png"), image2d, truth, truth + 2.0, title="2D")
+    image3d = Image(rng.random((12, 20, 30)), spacing=(1.0, 1.0, 2.0))
+    truth3d = image3d.index_to_physical([[5.0, 5.0, 3.0], [20.0, 15.0, 8.0]])
+    plot_overlay(str(tmp_path / "b.png"), image3d, truth3d, truth3d + 1.5, title="3D")
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------- a tiny trained phantom model
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two run folders of one tiny trained model: fold 0 and (a copy relabelled) fold 1 of a
+    2-fold split, so pooling covers every phantom image once without training twice."""
+    from keraslm.datasets import make_phantom
+    from keraslm.training import TrainingConfig, train
+
+    root = tmp_path_factory.mktemp("evaluation")
+    make_phantom(root / "phantom", ndim=2, num_images=8, image_size=(64, 64))
+    train(TrainingConfig(
+        dataset=str(root / "phantom"), architecture="unet", grid_shape=(32, 32), steps=2,
+        steps_per_epoch=2, batch_size=2, fold=0, num_folds=2, output_dir=str(root / "fold0"),
+        model_overrides={"filters": 4},
+    ))
+    shutil.copytree(root / "fold0", root / "fold1")
+    config = json.loads((root / "fold1" / "config.json").read_text())
+    config["fold"] = 1
+    (root / "fold1" / "config.json").write_text(json.dumps(config))
+    (root / "fold1" / "metrics.json").unlink()
+    return root
+
+
+def test_evaluate_script_pools_runs_and_writes_all_outputs(runs, capsys):
+    output = runs / "out"
+    code = _evaluate_script().main(
+        ["--runs", str(runs / "fold0"), str(runs / "fold1"), "--output-dir", str(output),
+         "--num-worst", "2", "--method", "tiny-unet"]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "predicted 4/4 images" in text and "tiny-unet" in text and "outliers > 10 mm" in text
+    assert "296 points evaluated in 8 images x 37 landmarks" in text
+    files = sorted(os.listdir(output))
+    assert [f for f in files if not f.startswith("worst_")] == [
+        "cumulative_error.png", "landmark_errors.png", "metrics.json", "predictions.csv",
+        "predictions_named.csv", "report.md"]
+    assert len([f for f in files if f.startswith("worst_")]) == 2
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["summary"]["num_images"] == 8 and len(metrics["sources"]) == 2
+    # Fold 0 alone reproduces what training measured on its validation split.
+    trained = json.loads((runs / "fold0" / "metrics.json").read_text())["summary"]
+    fold0 = evaluate_runs([str(runs / "fold0")]).summary()
+    assert fold0["mean_mm"] == pytest.approx(trained["mean_mm"], rel=1e-4)
+    assert set(read_landmarks(output / "predictions.csv", ndim=2).ids) == {f"phantom2d_{i:03d}" for i in range(8)}
+
+
+def test_evaluate_script_with_model_and_dataset(runs, capsys):
+    code = _evaluate_script().main(
+        ["--model", str(runs / "fold0" / "model.keras"), "--dataset", str(runs / "phantom"),
+         "--fold", "1", "--num-folds", "2", "--output-dir", str(runs / "out_model"), "--no-plots",
+         "--normalize-distance", "50", "--normalize-landmarks", "1,5"]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "normalised to 50 mm between landmarks 1 and 5" in text
+    assert sorted(os.listdir(runs / "out_model")) == [
+        "metrics.json", "predictions.csv", "predictions_named.csv", "report.md"]
+
+
+def test_model_and_run_bad_input(runs, capsys, tmp_path):
+    test_set = run_test_set(str(runs / "fold0"))
+    fewer = dataclasses.replace(
+        test_set, landmark_names=test_set.landmark_names[:5],
+        records=tuple(Record(r.id, r.image_path, r.points_mm[:5]) for r in test_set.records),
+    )
+    with pytest.raises(KeraslmError, match=r"model .*model.keras predicts 37 landmarks but dataset .* has 5 landmarks"):
+        evaluate_model(str(runs / "fold0" / "model.keras"), fewer)
+    volume = LandmarkDataset("volumes", (), test_set.landmark_names, ndim=3)
+    with pytest.raises(KeraslmError, match=r"model m expects 2D images but dataset 'volumes' is 3D"):
+        check_model_matches({"ndim": 2, "landmark_names": list(test_set.landmark_names)}, volume, "m")
+    with pytest.raises(KeraslmError, match=r"absent.keras: no such model file"):
+        evaluate_model(str(tmp_path / "absent.keras"), test_set)
+    with pytest.raises(KeraslmError, match=r"nowhere: no such training run folder"):
+        evaluate_runs([str(tmp_path / "nowhere")])
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.json").write_text(json.dumps({"dataset": "phantom2d"}))
+    with pytest.raises(KeraslmError, match=r"unfinished: no model.keras; the run has not finished"):
+        evaluate_runs([str(tmp_path / "unfinished")])
+    shutil.copytree(runs / "fold0", tmp_path / "moved")
+    config = json.loads((tmp_path / "moved" / "config.json").read_text())
+    config["seed"] = 7  # A different split than the one training validated on.
+    (tmp_path / "moved" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KeraslmError, match=r"moved: the split rebuilt from config.json holds ids"):
+        run_test_set(str(tmp_path / "moved"))
+    script = _evaluate_script()
+    assert script.main(["--predictions", str(tmp_path / "p.csv"), "--ground-truth", str(tmp_path / "t.csv")]) == 2
+    assert "p.csv: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--predictions", str(tmp_path / "p.csv")])
+    assert "--predictions needs --ground-truth" in capsys.readouterr().err
+
+
+def test_combine_prefixes_repeated_ids(runs):
+    from keraslm.evaluation import combine
+
+    part = evaluate_runs([str(runs / "fold0")])
+    both = combine([part, dataclasses.replace(part, sources=({"run": "again"},))])
+    assert isinstance(both, Evaluation) and len(set(both.ids)) == 8
+    assert both.ids[0].startswith("fold0/") and both.ids[4].startswith("again/")
