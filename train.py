@@ -85,7 +85,7 @@ def parse_args(argv=None):
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
-    run.add_argument("--export-dir",
+    run.add_argument("--export-dir", default=argparse.SUPPRESS,
                      help="TF Serving model base folder; the trained model is exported as its "
                      "next version <export-dir>/<n>/ (default: saved_models/<name of --output-dir>)")
     run.add_argument("--no-export", action="store_true", help="do not export a SavedModel")
@@ -105,7 +105,7 @@ def _export_dir(args):
     """--export-dir, by default saved_models/<basename of --output-dir>; None with --no-export."""
     if args.no_export:
         return None
-    if args.export_dir:
+    if getattr(args, "export_dir", None):
         return args.export_dir
     name = os.path.basename(os.path.normpath(os.path.abspath(args.output_dir)))
     return os.path.join("saved_models", name)

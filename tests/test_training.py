@@ -86,7 +86,7 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
     command = [
         sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
         "--architecture", "downsampling", "--grid-shape", "32,32", "--steps", "40",
-        "--steps-per-epoch", "5", "--batch-size", "2", "--output-dir", str(output), "--jit", "off", "--model-option", "filters=4",
+        "--steps-per-epoch", "5", "--batch-size", "2", "--output-dir", str(output), "--jit", "off", "--no-export", "--model-option", "filters=4",
     ]
     env = {**os.environ, "CI": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -156,7 +156,7 @@ def test_two_workers_finish_with_identical_weights(phantom_root, tmp_path):
             sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
             "--architecture", "downsampling", "--grid-shape", "32,32", "--steps", "6",
             "--steps-per-epoch", "3", "--batch-size", "4", "--model-option", "filters=4",
-            "--distribute", "multiworker", "--jit", "off", "--output-dir", str(tmp_path / f"worker{index}"),
+            "--distribute", "multiworker", "--jit", "off", "--no-export", "--output-dir", str(tmp_path / f"worker{index}"),
         ]
         env = {**os.environ, "CI": "1", "TF_CONFIG": tf_config}
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True))

@@ -27,6 +27,8 @@ Hessian from central finite differences, `offset = -H^-1 grad`, clipped to |offs
 axis (0 where H is not negative definite); where the smoothing window (3 sigma + 1 pixels around
 the peak) would reach outside the grid, the quadratic fit is used instead, since any padding
 would bias the smoothed peak.
+`decode_dynamic` does the same for heatmaps whose spatial size is only known at run time
+(None in a traced signature, as in `keraslm.export`); `decode` is it on the codec's static grid.
 """
 import math
 
@@ -205,27 +207,58 @@ class HeatmapCodec:
             raise ValueError(
                 f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
                 f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
-        num_landmarks = shape[-1]
-        num = int(np.prod(self.output_shape))
+        return self._decode(heatmaps, self.output_shape, shape[-1], method)
+
+    def decode_dynamic(self, heatmaps, method="quadratic"):
+        """`decode` for heatmaps of any spatial size, also unknown until run time.
+
+        The same argmax and refinement as `decode` with the codec's stride and sigma, but the
+        grid is taken from the tensor (`ops.shape`, dynamic where the static size is None), so
+        it works in a traced function with None spatial dims, e.g. a SavedModel signature
+        `(batch, None, None, num_landmarks)`. `input_shape` of the codec is not used.
+
+        heatmaps: tensor `(batch, *spatial, num_landmarks)` with `ndim` spatial dims (sizes may
+            be None) and a known number of landmarks.
+        method: "quadratic", "dark" or "argmax" (see `decode`).
+
+        Returns `(points, confidence)` as `decode`: points in INPUT grid index units (x, y[, z]),
+        input coordinate = stride * heatmap coordinate + (stride - 1) / 2.
+        """
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
+        shape = static_shape(heatmaps)
+        if len(shape) != self.ndim + 2 or shape[-1] is None:
+            raise ValueError(
+                f"`heatmaps` must have shape (batch, {', '.join(['n'] * self.ndim)}, "
+                f"num_landmarks) with a known num_landmarks. Received: heatmaps.shape={shape}")
+        dynamic = ops.shape(heatmaps)
+        grid = tuple(shape[1 + a] if shape[1 + a] is not None else dynamic[1 + a]
+                     for a in range(self.ndim))
+        return self._decode(heatmaps, grid, shape[-1], method)
+
+    def _decode(self, heatmaps, grid, num_landmarks, method):
+        """Argmax + refinement; `grid` = heatmap spatial shape, ints or scalar int32 tensors."""
+        num = _product(grid)
         # (batch, L, num): one row per landmark, row-major over the spatial axes.
         flat = ops.reshape(ops.moveaxis(heatmaps, -1, 1), (-1, num_landmarks, num))
         peak = ops.cast(ops.argmax(flat, axis=-1), "int32")  # (batch, L)
         confidence = ops.take_along_axis(flat, peak[..., None], axis=-1)[..., 0]
-        strides = [int(np.prod(self.output_shape[a + 1:])) for a in range(self.ndim)]
-        index = [(peak // strides[a]) % self.output_shape[a] for a in range(self.ndim)]  # array
+        strides = [_product(grid[a + 1:]) for a in range(self.ndim)]
+        index = [(peak // strides[a]) % grid[a] for a in range(self.ndim)]  # array order
         if method == "quadratic":
-            offset = self._quadratic(flat, peak, index, strides)
+            offset = self._quadratic(flat, peak, index, strides, grid)
         elif method == "dark":
-            offset = self._dark(flat, peak, index, strides, num_landmarks)
+            offset = self._dark(flat, peak, index, strides, num_landmarks, grid)
         else:
             offset = [ops.zeros_like(confidence)] * self.ndim
         position = [ops.cast(index[a], "float32") + offset[a] for a in range(self.ndim)]
         points = ops.stack(position[::-1], axis=-1)  # array order -> (x, y[, z])
         return self.to_input(points), confidence
 
-    def _quadratic(self, flat, peak, index, strides):
+    def _quadratic(self, flat, peak, index, strides, grid):
         """Per-axis parabola through the peak and its two neighbours (array order offsets)."""
-        num = static_shape(flat)[-1]
+        num = _product(grid)
         neighbours = []
         for a in range(self.ndim):
             neighbours += [peak - strides[a], peak + strides[a]]
@@ -236,14 +269,14 @@ class HeatmapCodec:
         for a in range(self.ndim):
             minus, plus = values[..., 2 * a], values[..., 2 * a + 1]
             denom = minus - 2.0 * centre + plus
-            interior = ops.logical_and(index[a] > 0, index[a] < self.output_shape[a] - 1)
+            interior = ops.logical_and(index[a] > 0, index[a] < grid[a] - 1)
             ok = ops.logical_and(interior, denom < -1e-12)
             safe = ops.where(ok, denom, -ops.ones_like(denom))
             delta = ops.clip(0.5 * (minus - plus) / safe, -0.5, 0.5)
             offsets.append(ops.where(ok, delta, ops.zeros_like(delta)))
         return offsets
 
-    def _dark(self, flat, peak, index, strides, num_landmarks):
+    def _dark(self, flat, peak, index, strides, num_landmarks, grid):
         """DARK: one Newton step on the log of the locally smoothed heatmap; the quadratic fit
         where the smoothing window would reach outside the grid."""
         sigma = np.asarray(self.sigma, dtype=np.float64)
@@ -262,10 +295,10 @@ class HeatmapCodec:
         inside = None
         for a in range(self.ndim):
             pos = index[a][..., None] + rel[:, a]  # (batch, L, M)
-            ok = ops.logical_and(pos >= 0, pos < self.output_shape[a])
-            pos = ops.clip(pos, 0, self.output_shape[a] - 1)
-            stride = int(np.prod(self.output_shape[a + 1:]))
-            flat_index = pos * stride if flat_index is None else flat_index + pos * stride
+            ok = ops.logical_and(pos >= 0, pos < grid[a])
+            pos = ops.clip(pos, 0, grid[a] - 1)
+            flat_index = (pos * strides[a] if flat_index is None
+                          else flat_index + pos * strides[a])
             inside = ok if inside is None else ops.logical_and(inside, ok)
         patch = ops.take_along_axis(flat, flat_index, axis=-1)
         patch = ops.where(inside, patch, ops.zeros_like(patch))
@@ -306,8 +339,16 @@ class HeatmapCodec:
         newton = _newton_offset(hess, grad)
         # Zero padding would bias the smoothing near the border: use the parabola there.
         interior = ops.all(inside, axis=-1)
-        quadratic = self._quadratic(flat, peak, index, strides)
+        quadratic = self._quadratic(flat, peak, index, strides, grid)
         return [ops.where(interior, n, q) for n, q in zip(newton, quadratic)]
+
+
+def _product(sizes):
+    """Product of sizes that are ints or scalar tensors (an int when all are ints)."""
+    result = 1
+    for size in sizes:
+        result = result * size
+    return result
 
 
 def _newton_offset(hess, grad):

@@ -169,6 +169,15 @@ def _whole_step_jit(jit, ndim):
     return jit == "on"
 
 
+def _is_chief(strategy):
+    """Whether this process is the chief: always, except a multi-worker worker other than 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                              and "chief" not in resolver.cluster_spec().as_dict())
+
+
 def _optimizer(settings, steps):
     rate = settings["learning_rate"]
     if settings["decay"] == "cosine":
@@ -335,7 +344,7 @@ def _train(config, log=None):
                               settings["sigma"], trainer.decode_method)
     _write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
     export_path = None
-    if config.export_dir:
+    if config.export_dir and _is_chief(strategy):  # One export per cluster, by the chief.
         export_path = export_saved_model(network, config.export_dir, metadata)
         log(f"exported for TF Serving: {export_path}")
     _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))

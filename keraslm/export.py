@@ -1,0 +1,268 @@
+"""Export a trained heatmap network as a TensorFlow SavedModel for TF Serving.
+
+TF-only edge: this module builds `tf.function` signatures and writes / reads SavedModels.
+
+Layout. TF Serving serves `<base>/<integer version>/`; `export_saved_model` writes such a
+version folder through a hidden temporary folder beside it that is renamed into place, so a
+server watching `<base>` never sees half a model:
+
+    <base>/<version>/saved_model.pb
+    <base>/<version>/variables/...
+    <base>/<version>/assets/keraslm.json     the model metadata (`keraslm.inference`)
+
+Signatures (both take the input `images`, float32 `(batch, *spatial, 1)` with every spatial
+size None, i.e. any size; a wrong rank, channel count or dtype is rejected by the signature's
+TensorSpec, and NaN / Inf pixels by a numerics check, each an error and no crash):
+
+    serving_default  -> heatmaps   float32 (batch, *(spatial // output_stride), num_landmarks)
+                        landmarks  float32 (batch, num_landmarks, ndim)
+                        confidence float32 (batch, num_landmarks)
+    landmarks        -> landmarks, confidence (small responses)
+
+Inside the graph each spatial size `n` is padded at its end with 0.0 up to the next multiple
+of the network's `size_divisor`, the network runs, and the heatmaps are cropped to the first
+`n // output_stride` pixels per axis: heatmap pixel `j` covers input pixels
+`[s*j, s*j + s - 1]` (s = output_stride), so only pixels that lie wholly on the unpadded image
+are kept. When `n` is not a multiple of s, the last `n % s` input rows / columns have no
+heatmap pixel of their own (a landmark there is still found, at the border of the crop).
+
+`landmarks` are `(x, y[, z])` in INPUT grid index units (pixel centres at integers), sub-pixel,
+decoded exactly as `keraslm.ops.heatmaps.HeatmapCodec.decode` does with the metadata's
+`decode_method` and `sigma`; `confidence` is the heatmap peak. The inputs are images already
+on the model's network grid (normalised and resampled as in training); mapping the landmarks
+back to the original image and to millimetres is the client's part (`keraslm.serving`,
+`keraslm.inference.predict`), through the grid placement and the grid spacing in the metadata.
+
+A plain TensorFlow process (no keraslm) reads the export with `tf.saved_model.load(path)`:
+`loaded.signatures["landmarks"](images=...)`, the landmark names as
+`loaded.landmark_names.numpy()` (bytes), the metadata JSON as `loaded.metadata_json.numpy()`
+and its asset file as `loaded.metadata_file.asset_path`.
+"""
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from keraslm.errors import KeraslmError
+from keraslm.inference import check_metadata
+from keraslm.io._files import atomic_folder
+from keraslm.ops.heatmaps import METHODS, HeatmapCodec
+
+METADATA_ASSET = "keraslm.json"
+SIGNATURES = ("serving_default", "landmarks")
+_VERSION = re.compile(r"^[0-9]+$")
+
+
+def saved_model_versions(base_dir):
+    """Sorted integer versions found as numeric sub-folders of `base_dir` (empty if none).
+
+    base_dir: str. a TF Serving model base folder.
+    """
+    base_dir = os.fspath(base_dir)
+    if not os.path.isdir(base_dir):
+        return []
+    return sorted(
+        int(name) for name in os.listdir(base_dir)
+        if _VERSION.match(name) and os.path.isdir(os.path.join(base_dir, name))
+    )
+
+
+class _LandmarkModule(tf.Module):
+    """The exported object: the network's variables, the metadata and two signatures.
+
+    The network is held in the signature functions' closure, not as an attribute: the saved
+    object graph then holds the plain tf.Variables the functions capture (as
+    `keras.export.ExportArchive` does), which TF1-style loaders (TF Serving, saved_model_cli)
+    need to restore them.
+    """
+
+    def __init__(self, network, metadata, metadata_path):
+        super().__init__(name="keraslm_landmarks")
+        self.landmark_names = tf.Variable(
+            [str(name) for name in metadata["landmark_names"]], trainable=False,
+            dtype=tf.string, name="landmark_names",
+        )
+        self.metadata_json = tf.Variable(
+            json.dumps(metadata, sort_keys=True), trainable=False, dtype=tf.string,
+            name="metadata_json",
+        )
+        self.metadata_file = tf.saved_model.Asset(metadata_path)
+        ndim = int(metadata["ndim"])
+        spec = tf.TensorSpec((None,) * (ndim + 1) + (1,), tf.float32, name="images")
+        serve = _serving_function(network, metadata)
+        self.serve = tf.function(serve, input_signature=[spec], autograph=False)
+        self.landmarks = tf.function(
+            lambda images: {key: value for key, value in serve(images).items()
+                            if key != "heatmaps"},
+            input_signature=[spec], autograph=False)
+        self.concrete_signatures = {
+            "serving_default": self.serve.get_concrete_function(),
+            "landmarks": self.landmarks.get_concrete_function(),
+        }
+        self._captured_variables = list(self.concrete_signatures["serving_default"].variables)
+
+
+def _serving_function(network, metadata):
+    """images `(batch, *spatial, 1)` -> {"heatmaps", "landmarks", "confidence"} (see the module
+    docstring for the padding and the crop)."""
+    ndim = int(metadata["ndim"])
+    divisor = int(metadata.get("size_divisor", getattr(network, "size_divisor", 1)))
+    stride = int(metadata["output_stride"])
+    method = metadata.get("decode_method", "quadratic")
+    # input_shape is unused by decode_dynamic; any shape divisible by the stride will do.
+    codec = HeatmapCodec((stride,) * ndim, stride=stride, sigma=metadata["sigma"])
+
+    def serve(images):
+        # The signature wrapper of a loaded SavedModel checks the dtype but not the shape.
+        images = tf.ensure_shape(images, (None,) * (ndim + 1) + (1,))
+        images = tf.debugging.check_numerics(images, "`images` holds NaN or Inf pixels")
+        shape = tf.shape(images)
+        sizes = [shape[1 + a] for a in range(ndim)]
+        padding = [[0, 0]] + [[0, (-n) % divisor] for n in sizes] + [[0, 0]]
+        padded = tf.pad(images, padding, constant_values=0.0)
+        heatmaps = tf.cast(network(padded, training=False), tf.float32)
+        crop = tuple(slice(None, n // stride) for n in sizes)
+        heatmaps = heatmaps[(slice(None),) + crop]  # Keeps the static number of landmarks.
+        landmarks, confidence = codec.decode_dynamic(heatmaps, method)
+        return {"heatmaps": heatmaps, "landmarks": landmarks, "confidence": confidence}
+
+    return serve
+
+
+def export_saved_model(network, base_dir, metadata, version=None):
+    """Writes a TF Serving version folder `base_dir/<version>/` (see the module docstring).
+
+    network: keras.Model. a heatmap network from `keraslm.models.build_model` (trained), with
+        None spatial input sizes.
+    base_dir: str. the model base folder TF Serving watches, e.g. `saved_models/<name>`.
+    metadata: dict. from `keraslm.inference.model_metadata`; stored as `assets/keraslm.json`.
+    version: int >= 1 or None. the version to write; default the next integer after the
+        existing numeric versions (1 for an empty base folder). An existing version is never
+        overwritten.
+
+    Returns str, the absolute path of the version folder.
+
+    Raises:
+        KeraslmError: bad metadata or version, or the version folder exists.
+
+    Examples:
+    >>> path = export_saved_model(network, "saved_models/hand", metadata)   # .../hand/1
+    >>> tf.saved_model.load(path).signatures["landmarks"](images=grid_images)
+    """
+    check_metadata(metadata, "metadata")
+    if metadata.get("decode_method", "quadratic") not in METHODS:
+        raise KeraslmError(
+            f"metadata['decode_method'] must be one of {METHODS}. Received: "
+            f"{metadata.get('decode_method')!r}")
+    ndim = int(metadata["ndim"])
+    input_shape = tuple(network.input_shape)
+    if len(input_shape) != ndim + 2 or input_shape[-1] != 1:
+        raise KeraslmError(
+            f"`network` must take one-channel {ndim}D images (batch, {', '.join(['n'] * ndim)}, "
+            f"1) as the metadata says. Received: network.input_shape={input_shape}")
+    if any(n is not None for n in input_shape[1:-1]):
+        raise KeraslmError(
+            "`network` must accept any spatial size (None) for a serving export. Received: "
+            f"network.input_shape={input_shape}")
+    base_dir = os.path.abspath(os.fspath(base_dir))
+    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
+        raise KeraslmError(f"`base_dir` must be a folder. Received: base_dir={base_dir!r} (a file)")
+    if version is None:
+        version = (saved_model_versions(base_dir) or [0])[-1] + 1
+    elif not (isinstance(version, (int, np.integer)) and not isinstance(version, bool)
+              and version >= 1):
+        raise KeraslmError(f"`version` must be an int >= 1 or None. Received: version={version!r}")
+    path = os.path.join(base_dir, str(int(version)))
+    if os.path.exists(path):
+        raise KeraslmError(
+            f"{path} exists; versions are never overwritten. Found versions "
+            f"{saved_model_versions(base_dir)}; pass another `version` or none for the next")
+    metadata = dict(metadata)
+    metadata["saved_model"] = {
+        "signatures": {
+            "serving_default": ["heatmaps", "landmarks", "confidence"],
+            "landmarks": ["landmarks", "confidence"],
+        },
+        "input": "images: float32 (batch, *grid spatial sizes, 1), normalised grid images",
+        "landmarks_units": "input grid index (x, y[, z]), pixel centres at integers",
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        metadata_path = os.path.join(scratch, METADATA_ASSET)
+        with open(metadata_path, "w", encoding="utf-8") as handle:
+            json.dump(metadata, handle, indent=2)
+        module = _LandmarkModule(network, metadata, metadata_path)
+        with atomic_folder(path) as temporary:
+            tf.saved_model.save(module, temporary, signatures=module.concrete_signatures)
+    return path
+
+
+class SavedModelPredictor:
+    """Runs an exported SavedModel's `landmarks` signature; the interface of
+    `keraslm.inference.KerasPredictor` (`.metadata`, `.grid_points`).
+
+    path: str. a SavedModel version folder `<base>/<version>/`.
+    metadata: dict or None. overrides `assets/keraslm.json`.
+    """
+
+    def __init__(self, path, metadata=None):
+        self.path = _version_folder(path)
+        if metadata is None:
+            asset = os.path.join(self.path, "assets", METADATA_ASSET)
+            try:
+                with open(asset, encoding="utf-8") as handle:
+                    metadata = json.load(handle)
+            except FileNotFoundError:
+                raise KeraslmError(
+                    f"{self.path}: no assets/{METADATA_ASSET} (not a keraslm export); pass "
+                    "metadata=") from None
+            except json.JSONDecodeError as error:
+                raise KeraslmError(f"{asset}: not valid JSON ({error})") from None
+        self.metadata = check_metadata(metadata, self.path)
+        self._loaded = tf.saved_model.load(self.path)
+        if "landmarks" not in self._loaded.signatures:
+            raise KeraslmError(
+                f"{self.path}: the SavedModel has no 'landmarks' signature (found "
+                f"{sorted(self._loaded.signatures)}); export it with keraslm.export")
+        self._landmarks = self._loaded.signatures["landmarks"]
+
+    def grid_points(self, images):
+        """`(batch, *grid_shape, 1)` grid images -> (points `(batch, L, ndim)` in grid index,
+        confidence `(batch, L)`)."""
+        outputs = self._landmarks(images=tf.constant(np.asarray(images, np.float32)))
+        return outputs["landmarks"].numpy(), outputs["confidence"].numpy()
+
+
+def _version_folder(path):
+    """`path` if it is a SavedModel folder, else a KeraslmError that says what it is."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise KeraslmError(f"{path}: no such SavedModel folder")
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = saved_model_versions(path)
+    if versions:
+        found = ", ".join(map(str, versions))
+        newest = os.path.join(path, str(versions[-1]))
+        raise KeraslmError(
+            f"{path} is a SavedModel base folder with versions {found}, not a version folder; "
+            f"pass {newest}")
+    raise KeraslmError(f"{path}: not a SavedModel folder (no saved_model.pb and no numeric "
+                       "version sub-folders)")
+
+
+def load_saved_model_predictor(path, metadata=None):
+    """A predictor for a SavedModel version folder written by `export_saved_model`.
+
+    path: str. `<base>/<version>/` (a base folder is refused with the versions it holds).
+    metadata: dict or None. overrides the exported `assets/keraslm.json`.
+
+    Returns SavedModelPredictor (`.metadata`, `.grid_points(images)`).
+
+    Raises:
+        KeraslmError: the folder is missing, a base folder, not a SavedModel or lacks the
+            metadata or the `landmarks` signature.
+    """
+    return SavedModelPredictor(path, metadata)

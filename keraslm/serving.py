@@ -1,0 +1,279 @@
+"""Client helpers for TF Serving's REST API: image file -> `:predict` request -> mm landmarks.
+
+A model exported by `keraslm.export.export_saved_model` takes images already on its network
+grid and answers landmarks in grid index units `(x, y[, z])`. The client does the rest, exactly
+as `keraslm.inference.predict`: it reads the image (`keraslm.io`), normalises and resamples it
+onto the grid from the model metadata (`assets/keraslm.json` of the export), remembers the
+placement, and maps the answered points back:
+
+    grid index --placement--> original image index --image.index_to_physical--> mm (LPS)
+
+REST request bodies (TF Serving, `POST /v1/models/<name>[/versions/<v>]:predict`):
+
+    {"signature_name": "landmarks", "instances": [<grid image (*grid_shape, 1) as nested lists>]}
+    {"signature_name": "serving_default", "inputs": {"images": [<grid image>, ...]}}
+
+Row format ("instances") answers `{"predictions": [{"landmarks": ..., "confidence": ...}, ...]}`
+(one object per image); columnar format ("inputs") answers
+`{"outputs": {"landmarks": [...], "confidence": [...]}}`. Both are read by `parse_response`.
+
+The transport is pluggable: any `transport(path, body) -> response` callable with `path` like
+`/v1/models/hand:predict` and `body` / `response` JSON-compatible dicts; `http_transport` posts
+to a TF Serving server with urllib.
+"""
+import dataclasses
+import json
+import os
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from keraslm.errors import KeraslmError
+from keraslm.inference import Prediction, _as_image, _image_id, check_metadata
+from keraslm.preprocessing import GridSpec
+
+SIGNATURES = ("landmarks", "serving_default")
+FORMATS = ("instances", "inputs")
+
+
+def load_metadata(path):
+    """Model metadata from a SavedModel version folder (its `assets/keraslm.json`) or a JSON
+    file (`keraslm.json` of an export, or `model.json` of a training run).
+
+    path: str. folder or file.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "assets", "keraslm.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+    except FileNotFoundError:
+        raise KeraslmError(f"{path}: no model metadata file") from None
+    except json.JSONDecodeError as error:
+        raise KeraslmError(f"{path}: not valid JSON ({error})") from None
+    return check_metadata(metadata, path)
+
+
+@dataclasses.dataclass
+class PreparedImage:
+    """One image on the network grid, with what maps its answer back.
+
+    Args:
+        image_id: str. File name without extension (or `image<k>`).
+        image_path: str or None.
+        grid_image: np.ndarray `(*grid_shape, 1)` float32. The request's input.
+        placement: keraslm.preprocessing.GridPlacement. Grid index -> original image index.
+        header: keraslm.io.Image. The original image's geometry.
+    """
+
+    image_id: str
+    image_path: str
+    grid_image: np.ndarray
+    placement: object
+    header: object
+
+
+def prepare_images(images, metadata, spacing=None):
+    """Reads images and puts them on the model's grid, as `keraslm.inference.predict` does.
+
+    images: sequence of str paths or `keraslm.io.Image`s (one path or Image allowed).
+    metadata: dict. the model metadata (`load_metadata`).
+    spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none.
+
+    Returns list of PreparedImage.
+    """
+    from keraslm.io import Image
+    from keraslm.training.pipeline import prepare_image
+
+    metadata = check_metadata(metadata, "metadata")
+    grid = GridSpec(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))
+    if isinstance(images, (str, os.PathLike, Image)):
+        images = [images]
+    prepared = []
+    for index, item in enumerate(images):
+        image, path = _as_image(item, spacing)
+        if image.ndim != grid.ndim:
+            raise KeraslmError(
+                f"{path or f'image {index}'} is {image.ndim}D but the model expects {grid.ndim}D "
+                "images")
+        array, placement = prepare_image(image, grid, metadata["normalization"])
+        prepared.append(PreparedImage(_image_id(path, index), path,
+                                      np.asarray(array, np.float32)[..., np.newaxis], placement,
+                                      image.header()))
+    return prepared
+
+
+def request_body(prepared, signature_name="landmarks", request_format="instances"):
+    """The JSON body of a TF Serving REST `:predict` request.
+
+    prepared: sequence of PreparedImage (from `prepare_images`).
+    signature_name: str. "landmarks" (coordinates and confidences) or "serving_default"
+        (also the heatmaps).
+    request_format: str. "instances" (row format) or "inputs" (columnar format).
+
+    Returns dict.
+    """
+    if signature_name not in SIGNATURES:
+        raise KeraslmError(
+            f"`signature_name` must be one of {SIGNATURES}. Received: "
+            f"signature_name={signature_name!r}")
+    if request_format not in FORMATS:
+        raise KeraslmError(
+            f"`request_format` must be one of {FORMATS}. Received: "
+            f"request_format={request_format!r}")
+    if len(prepared) == 0:
+        raise KeraslmError("`prepared` must hold at least one image. Received: 0 images")
+    images = [item.grid_image.tolist() for item in prepared]
+    if request_format == "instances":
+        return {"signature_name": signature_name, "instances": images}
+    return {"signature_name": signature_name, "inputs": {"images": images}}
+
+
+def _outputs(response, count):
+    """`{"landmarks": (count, L, ndim), "confidence": (count, L)}` from either REST format."""
+    if not isinstance(response, dict):
+        raise KeraslmError(
+            f"the TF Serving response must be a JSON object. Received: {type(response).__name__}")
+    if "error" in response:
+        raise KeraslmError(f"TF Serving answered an error: {response['error']}")
+    if "predictions" in response:
+        rows = response["predictions"]
+        if not (isinstance(rows, list) and all(isinstance(row, dict) for row in rows)):
+            raise KeraslmError("`predictions` in the TF Serving response must be a list of "
+                               "objects with 'landmarks' and 'confidence'")
+        outputs = {key: [row.get(key) for row in rows] for key in ("landmarks", "confidence")}
+    elif "outputs" in response and isinstance(response["outputs"], dict):
+        outputs = response["outputs"]
+    else:
+        raise KeraslmError(
+            "the TF Serving response has neither `predictions` nor `outputs` with named "
+            f"tensors. Received keys: {sorted(response)}")
+    result = {}
+    for key in ("landmarks", "confidence"):
+        try:
+            result[key] = np.asarray(outputs[key], np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise KeraslmError(f"the TF Serving response lacks a numeric `{key}` output") from None
+        if len(result[key]) != count:
+            raise KeraslmError(
+                f"the TF Serving response answers {len(result[key])} images for `{key}`; "
+                f"{count} were sent")
+    return result
+
+
+def parse_response(response, prepared, metadata):
+    """Turns a `:predict` response into one `keraslm.inference.Prediction` per image.
+
+    response: dict. the decoded JSON response (row or columnar format).
+    prepared: sequence of PreparedImage. the images of the request, in order.
+    metadata: dict. the model metadata.
+
+    Returns list of Prediction with `points_mm` (LPS), `points_index` and `confidence`.
+    """
+    outputs = _outputs(response, len(prepared))
+    names = tuple(metadata["landmark_names"])
+    ndim = int(metadata["ndim"])
+    if outputs["landmarks"].shape[1:] != (len(names), ndim):
+        raise KeraslmError(
+            f"the TF Serving response has landmarks of shape {outputs['landmarks'].shape[1:]} per "
+            f"image; the metadata says ({len(names)}, {ndim})")
+    predictions = []
+    for item, points_grid, peaks in zip(prepared, outputs["landmarks"], outputs["confidence"]):
+        points_index = item.placement.grid_to_image_index(points_grid)
+        predictions.append(Prediction(
+            item.image_id, item.image_path, names, item.header.index_to_physical(points_index),
+            points_index, np.asarray(peaks)))
+    return predictions
+
+
+def http_transport(host="localhost", port=8501, timeout=60.0):
+    """A transport that POSTs to TF Serving's REST API with urllib.
+
+    host: str. server name. port: int. REST port (8501 in the official container).
+    timeout: float. seconds per request.
+
+    Returns callable(path, body) -> response dict.
+    """
+    def transport(path, body):
+        url = f"http://{host}:{port}{path}"
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return json.loads(answer.read().decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode("utf-8", "replace")
+            raise KeraslmError(f"{url}: HTTP {error.code}: {detail}") from None
+        except urllib.error.URLError as error:
+            raise KeraslmError(f"{url}: {error.reason}") from None
+
+    return transport
+
+
+class ServingClient:
+    """Finds landmarks with a model served by TF Serving.
+
+    model_name: str. the served model name (`MODEL_NAME` of the container).
+    metadata: dict or str. the model metadata, or a path for `load_metadata` (the exported
+        version folder or its `assets/keraslm.json`).
+    version: int or None. a fixed model version; None = the newest the server has.
+    signature_name: str. "landmarks" (default, small responses) or "serving_default".
+    request_format: str. "instances" or "inputs".
+    transport: callable(path, body) -> response dict, or None for `http_transport(host, port)`.
+    host: str. port: int. used by the default transport.
+
+    Examples:
+    >>> client = ServingClient("hand", "saved_models/hand/1")
+    >>> prediction = client.predict(["image.png"], spacing=0.1)[0]
+    >>> prediction.points_mm                     # (num_landmarks, 2), physical mm
+    """
+
+    def __init__(self, model_name, metadata, version=None, signature_name="landmarks",
+                 request_format="instances", transport=None, host="localhost", port=8501):
+        if not (isinstance(model_name, str) and model_name and "/" not in model_name):
+            raise KeraslmError(f"`model_name` must be a non-empty name without '/'. Received: "
+                               f"model_name={model_name!r}")
+        if version is not None and not (isinstance(version, int) and not isinstance(version, bool)
+                                        and version >= 1):
+            raise KeraslmError(f"`version` must be an int >= 1 or None. Received: version={version!r}")
+        if signature_name not in SIGNATURES:
+            raise KeraslmError(f"`signature_name` must be one of {SIGNATURES}. Received: "
+                               f"signature_name={signature_name!r}")
+        if request_format not in FORMATS:
+            raise KeraslmError(f"`request_format` must be one of {FORMATS}. Received: "
+                               f"request_format={request_format!r}")
+        self.model_name = model_name
+        self.metadata = (check_metadata(metadata, "metadata") if isinstance(metadata, dict)
+                         else load_metadata(metadata))
+        self.version = version
+        self.signature_name = signature_name
+        self.request_format = request_format
+        self.transport = transport or http_transport(host, port)
+
+    @property
+    def path(self):
+        """The REST path, `/v1/models/<name>[/versions/<v>]:predict`."""
+        version = "" if self.version is None else f"/versions/{self.version}"
+        return f"/v1/models/{self.model_name}{version}:predict"
+
+    def predict(self, images, spacing=None, batch_size=4):
+        """Landmarks of images, one request per batch.
+
+        images: sequence of str paths or `keraslm.io.Image`s.
+        spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI).
+        batch_size: int >= 1. images per request.
+
+        Returns list of `keraslm.inference.Prediction`, one per image, in order.
+        """
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise KeraslmError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+        prepared = prepare_images(images, self.metadata, spacing=spacing)
+        predictions = []
+        for start in range(0, len(prepared), batch_size):
+            batch = prepared[start:start + batch_size]
+            body = request_body(batch, self.signature_name, self.request_format)
+            predictions += parse_response(self.transport(self.path, body), batch, self.metadata)
+        return predictions
