@@ -331,6 +331,7 @@ def _train(config, log=None):
         steps_per_epoch=steps_per_epoch,
         validation_data=evaluation_dataset(val_samples, settings["batch_size"]),
         callbacks=callbacks,
+        shuffle=False,  # tf.data shuffles already.
         verbose=2 if os.environ.get("CI") else 1,
     )
 
