@@ -10,13 +10,13 @@ A dataset folder written by keraslm (see `keraslm.datasets.make_phantom`) holds 
 `from_csv`.
 """
 import dataclasses
-import json
 import os
 
 import numpy as np
 
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.io import is_image_path, read_image, read_image_header, read_landmarks
+from keraslm.io._files import read_json
 from keraslm.io.dicom import DICOM_EXTENSIONS
 from keraslm.io.nifti import NIFTI_EXTENSIONS
 from keraslm.io.plain import PLAIN_EXTENSIONS
@@ -343,16 +343,12 @@ def load_folder(root):
     """
     root = os.fspath(root)
     description_path = os.path.join(root, DATASET_JSON)
-    try:
-        with open(description_path, encoding="utf-8") as handle:
-            description = json.load(handle)
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{root}: no {DATASET_JSON}; describe the folder with keraslm.data.from_csv "
-            "(landmark CSV, units, spacing) instead"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{description_path}: not valid JSON ({error})") from None
+    description = read_json(
+        description_path,
+        f"{root}: no {DATASET_JSON}; describe the folder with keraslm.data.from_csv "
+        "(landmark CSV, units, spacing) instead",
+        DatasetError,
+    )
     required = ("name", "ndim", "landmarks_csv", "landmark_units")
     absent = [key for key in required if key not in description]
     if absent:

@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 from keraslm.inference import check_metadata
-from keraslm.io._files import atomic_folder
+from keraslm.io._files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
 METADATA_ASSET = "keraslm.json"
@@ -211,15 +211,9 @@ class SavedModelPredictor:
         self.path = _version_folder(path)
         if metadata is None:
             asset = os.path.join(self.path, "assets", METADATA_ASSET)
-            try:
-                with open(asset, encoding="utf-8") as handle:
-                    metadata = json.load(handle)
-            except FileNotFoundError:
-                raise KeraslmError(
-                    f"{self.path}: no assets/{METADATA_ASSET} (not a keraslm export); pass "
-                    "metadata=") from None
-            except json.JSONDecodeError as error:
-                raise KeraslmError(f"{asset}: not valid JSON ({error})") from None
+            metadata = read_json(
+                asset, f"{self.path}: no assets/{METADATA_ASSET} (not a keraslm export); pass "
+                "metadata=")
         self.metadata = check_metadata(metadata, self.path)
         self._loaded = tf.saved_model.load(self.path)
         if "landmarks" not in self._loaded.signatures:

@@ -24,7 +24,7 @@ import numpy as np
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
-from keraslm.io._files import atomic_path
+from keraslm.io._files import atomic_path, read_json
 from keraslm.preprocessing import GridSpec
 
 MODEL_METADATA_FILE = "model.json"
@@ -146,14 +146,11 @@ def load_predictor(model, metadata=None):
             raise KeraslmError(f"{path}: no such model file")
         if metadata is None:
             metadata_path = os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_METADATA_FILE)
-            try:
-                with open(metadata_path, encoding="utf-8") as handle:
-                    metadata = json.load(handle)
-            except FileNotFoundError:
-                raise KeraslmError(
-                    f"{path}: no {MODEL_METADATA_FILE} beside the model (written by train.py); "
-                    "pass metadata="
-                ) from None
+            metadata = read_json(
+                metadata_path,
+                f"{path}: no {MODEL_METADATA_FILE} beside the model (written by train.py); "
+                "pass metadata=",
+            )
         import keraslm.models  # noqa: F401  (registers the custom layers for loading)
 
         return KerasPredictor(keras.saving.load_model(path), metadata)

@@ -31,6 +31,7 @@ import numpy as np
 
 from keraslm.errors import KeraslmError
 from keraslm.inference import Prediction, _as_image, _image_id, check_metadata
+from keraslm.io._files import read_json
 from keraslm.preprocessing import GridSpec
 
 SIGNATURES = ("landmarks", "serving_default")
@@ -46,14 +47,7 @@ def load_metadata(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "assets", "keraslm.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            metadata = json.load(handle)
-    except FileNotFoundError:
-        raise KeraslmError(f"{path}: no model metadata file") from None
-    except json.JSONDecodeError as error:
-        raise KeraslmError(f"{path}: not valid JSON ({error})") from None
-    return check_metadata(metadata, path)
+    return check_metadata(read_json(path, f"{path}: no model metadata file"), path)
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from keraslm.data import from_csv, select_split
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
 from keraslm.io import read_landmarks
+from keraslm.io._files import read_json
 
 RUN_CONFIG_FILE = "config.json"
 RUN_METRICS_FILE = "metrics.json"
@@ -173,13 +174,7 @@ def read_run_config(run_dir):
     if not os.path.isdir(run_dir):
         raise KeraslmError(f"{run_dir}: no such training run folder")
     path = os.path.join(run_dir, RUN_CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except FileNotFoundError:
-        raise KeraslmError(f"{run_dir}: no {RUN_CONFIG_FILE}; not a train.py run folder") from None
-    except json.JSONDecodeError as error:
-        raise KeraslmError(f"{path}: not valid JSON ({error})") from None
+    config = read_json(path, f"{run_dir}: no {RUN_CONFIG_FILE}; not a train.py run folder")
     if "dataset" not in config:
         raise KeraslmError(f"{path}: has no 'dataset' entry")
     if not os.path.isfile(os.path.join(run_dir, RUN_MODEL_FILE)):

@@ -1,8 +1,32 @@
-"""Atomic file writing: write to a temporary name beside the target, then rename."""
+"""Atomic file writing (write to a temporary name beside the target, then rename) and JSON
+reading with keraslm errors."""
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+
+from keraslm.errors import KeraslmError
+
+
+def read_json(path, missing, error=KeraslmError):
+    """Reads a JSON file.
+
+    Args:
+        path: str. The file.
+        missing: str. Message of the error raised when the file does not exist.
+        error: type. KeraslmError subclass to raise.
+
+    Raises:
+        error: the file is missing (`missing`) or not valid JSON (naming the file).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise error(missing) from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
 
 
 @contextlib.contextmanager
