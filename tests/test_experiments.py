@@ -1,0 +1,103 @@
+"""Experiment drivers (experiments/*.py) in quick mode, and the table formatting."""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+from keraslm.experiments import format_landmark_table, format_paper_table, format_sdr_table
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ISBI_ROOT = os.path.join(REPO, "..", "shared", "data", "isbi2015-train")
+SUMMARY = {"median_mm": 1.234, "mean_mm": 2.0, "std_mm": 0.5, "outliers": 3,
+           "outlier_percent": 0.0361, "sdr_2.0mm_percent": 75.0, "sdr_2.5mm_percent": 80.0,
+           "sdr_3.0mm_percent": 90.0, "sdr_4.0mm_percent": 99.5}
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_results(output_dir, expected_rows):
+    assert os.path.isfile(output_dir / "table.md")
+    with open(output_dir / "results.json", encoding="utf-8") as handle:
+        results = json.load(handle)
+    assert [(row.get("set", ""), row["architecture"]) for row in results["rows"]] == expected_rows
+    for row in results["rows"]:
+        for key in ("median_mm", "mean_mm", "std_mm"):
+            assert math.isfinite(row["summary"][key])
+    assert results["wall_seconds"] > 0
+    for record in results["runs"]:
+        assert os.path.isfile(os.path.join(record["run"], "metrics.json"))
+    return results
+
+
+def test_format_paper_table():
+    rows = [{"set": "full", "method": "U-Net", "input": "64x64", "target": "64x64",
+             "weights": 2.0, "summary": SUMMARY},
+            {"set": "full", "method": "SpatialConf-Net", "input": "64x64", "target": "64x64",
+             "weights": 1.0, "summary": {**SUMMARY, "outliers": 0, "outlier_percent": 0.0}},
+            {"set": "reduced", "method": "U-Net", "input": "64x64", "target": "64x64",
+             "weights": 2.0, "summary": {**SUMMARY, "median_mm": None}}]
+    assert format_paper_table(rows).splitlines() == [
+        "| Set | Method | Input | Target | Median (mm) | Mean +- SD (mm) | Outliers > 10 mm | #w |",
+        "|---|---|---|---|---|---|---|---|",
+        "| full | U-Net | 64x64 | 64x64 | 1.23 | 2.00 +- 0.50 | 3 (0.036 %) | 2.00 |",
+        "|  | SpatialConf-Net | 64x64 | 64x64 | 1.23 | 2.00 +- 0.50 | 0 (0.000 %) | 1.00 |",
+        "| reduced | U-Net | 64x64 | 64x64 | - | 2.00 +- 0.50 | 3 (0.036 %) | 2.00 |",
+    ]
+    assert format_paper_table(rows[:1], include_set=False, include_weights=False).splitlines()[2] == (
+        "| U-Net | 64x64 | 64x64 | 1.23 | 2.00 +- 0.50 | 3 (0.036 %) |")
+
+
+def test_format_sdr_and_landmark_tables():
+    assert format_sdr_table([{"method": "U-Net", "summary": SUMMARY}]).splitlines()[2] == (
+        "| U-Net | 2.00 +- 0.50 | 1.23 | 75.0 % | 80.0 % | 90.0 % | 99.5 % | 3 (0.04 %) |")
+    row = {"name": "sella", "mean_mm": 1.0, "std_mm": 0.25, "sdr_2.0mm_percent": 100.0}
+    assert format_landmark_table({"SCN": [row], "U-Net": [{**row, "mean_mm": 3.0}]}).splitlines() == [
+        "| Landmark | SCN mean +- SD (mm) | SCN SDR 2 mm | U-Net mean +- SD (mm) | U-Net SDR 2 mm |",
+        "|---|---|---|---|---|",
+        "| sella | 1.00 +- 0.25 | 100.0 % | 3.00 +- 0.25 | 100.0 % |",
+    ]
+
+
+def test_table1_quick_and_rerun_skips(tmp_path, capsys):
+    output = tmp_path / "table1"
+    assert _script("table1_phantom2d").main(["--quick", "--output-dir", str(output)]) == 0
+    architectures = ["downsampling", "convonly", "unet", "scn"]
+    results = _check_results(output, [(s, a) for s in ("full", "reduced") for a in architectures])
+    assert {r["status"] for r in results["runs"]} == {"trained"}
+    assert "| full | Downsampling-Net | 32x32 | 8x8 |" in capsys.readouterr().out
+    assert _script("table1_phantom2d").main(["--quick", "--output-dir", str(output)]) == 0
+    rerun = _check_results(output, [(s, a) for s in ("full", "reduced") for a in architectures])
+    assert {r["status"] for r in rerun["runs"]} == {"skipped"}
+    assert [r["summary"] for r in rerun["rows"]] == [r["summary"] for r in results["rows"]]
+
+
+def test_table2_quick(tmp_path):
+    output = tmp_path / "table2"
+    assert _script("table2_phantom3d").main(["--quick", "--output-dir", str(output)]) == 0
+    _check_results(output, [("", a) for a in ("downsampling", "convonly", "unet", "scn")])
+
+
+def test_isbi2015_missing_folder(tmp_path, capsys):
+    assert _script("isbi2015_cv").main(["--quick", "--dataset-root", str(tmp_path / "absent"),
+                                        "--output-dir", str(tmp_path / "out")]) == 0
+    assert "skipped: the ISBI 2015 training folder" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 training images not found at {ISBI_ROOT}")
+def test_isbi2015_quick(tmp_path):
+    output = tmp_path / "isbi"
+    assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
+                                        "--output-dir", str(output)]) == 0
+    results = _check_results(output, [("", "scn"), ("", "unet")])
+    assert len(results["per_landmark"]["U-Net"]) == 19
+    assert os.path.isfile(output / "cumulative_error.png")
+    with open(output / "splits" / "fold0_test.txt", encoding="utf-8") as handle:
+        assert len(handle.read().split()) == 2  # 10 images, 5 folds.
