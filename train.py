@@ -71,6 +71,11 @@ def parse_args(argv=None):
     model.add_argument("--grid-shape", type=_grid_shape,
                        help="network input grid, array order (2D: H,W; 3D: D,H,W); "
                        "default 64,64 in 2D and 32,64,64 in 3D (quick; use e.g. 256,256 for real data)")
+    model.add_argument("--normalization",
+                       choices=["equalize_standardize", "standardize", "subtract_mean", "none"],
+                       help="intensity normalisation; default: equalize_standardize in 2D (the "
+                       "paper's), standardize in 3D (the paper's subtract_mean keeps the scanner's "
+                       "intensity scale, on which the default training diverged)")
     model.add_argument("--grid-spacing", type=float,
                        help="mm per grid pixel; default: the smallest at which every image fits")
     fit = parser.add_argument_group("training")
@@ -126,7 +131,7 @@ def main(argv=None):
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, mixed_precision=args.mixed_precision,
         jit=args.jit, elastic_mm=args.elastic_mm, model_overrides=dict(args.model_option),
-        ndim=args.ndim, cache_file=args.cache_file, export_dir=_export_dir(args),
+        ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
     )
     try:
         result = train(config, log=lambda message: print(message, flush=True))

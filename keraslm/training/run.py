@@ -82,6 +82,8 @@ class TrainingConfig:
         ndim: int or None. Expected dimension of the dataset (checked), 2 or 3.
         cache_file: str or None. Stream training images through this tf.data cache file
             instead of holding them in memory.
+        normalization: str or None. `keraslm.preprocessing.normalize` method; None: histogram
+            equalisation + standardisation in 2D, standardisation in 3D.
         model_overrides: dict. Keyword overrides for `build_model`.
         export_dir: str or None. TF Serving model base folder to export the trained network
             into (next version); None = no export.
@@ -113,6 +115,7 @@ class TrainingConfig:
     elastic_mm: float = None
     ndim: int = None
     cache_file: str = None
+    normalization: str = None
     model_overrides: dict = dataclasses.field(default_factory=dict)
     export_dir: str = None
 
@@ -307,12 +310,17 @@ def _train(config, log=None):
     if config.cache_file:
         os.makedirs(os.path.dirname(os.path.abspath(config.cache_file)), exist_ok=True)
         train_data = streaming_training_dataset(
-            train_set, grid, settings["batch_size"], config.cache_file, seed=config.seed
+            train_set, grid, settings["batch_size"], config.cache_file,
+            normalization=config.normalization, seed=config.seed,
         )
     else:
-        train_samples = prepare_samples(train_set, grid, progress=prepare_log("training"))
+        train_samples = prepare_samples(
+            train_set, grid, config.normalization, progress=prepare_log("training")
+        )
         train_data = training_dataset(train_samples, settings["batch_size"], seed=config.seed)
-    val_samples = prepare_samples(val_set, grid, progress=prepare_log("validation"))
+    val_samples = prepare_samples(
+        val_set, grid, config.normalization, progress=prepare_log("validation")
+    )
     steps = int(settings["steps"])
     steps_per_epoch = min(config.steps_per_epoch, steps)
     epochs = math.ceil(steps / steps_per_epoch)
