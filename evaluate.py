@@ -11,6 +11,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
 
+from keraslm.cli import add_split_arguments  # noqa: E402
+
 
 def _landmark_pair(text):
     try:
@@ -56,12 +58,7 @@ def parse_args(argv=None):
                       "of a --dataset CSV, e.g. 0.1 for ISBI 2015")
     data.add_argument("--ndim", type=int, choices=[2, 3],
                       help="landmark dimension: required for headerless CSVs, checked otherwise")
-    data.add_argument("--fold", type=int, help="cross-validation fold to evaluate (0-based)")
-    data.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds")
-    data.add_argument("--train-ids", help="file with the training record ids, one per line")
-    data.add_argument("--test-ids", help="file with the test record ids, one per line")
-    data.add_argument("--test-fraction", type=float, default=0.2,
-                      help="held-out share when neither --fold nor id files are given")
+    add_split_arguments(data, held_out="test")
     data.add_argument("--seed", type=int, default=0, help="seed of the split (as in train.py)")
     metrics = parser.add_argument_group("metrics and output")
     metrics.add_argument("--normalize-distance", type=float, metavar="MM",

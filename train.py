@@ -8,17 +8,9 @@ import ast
 import os
 import sys
 
+from keraslm.cli import add_split_arguments, grid_shape
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
-
-
-def _grid_shape(text):
-    try:
-        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,128 or 32x64x64, got {text!r}") from None
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected 2 or 3 positive sizes, got {text!r}")
-    return shape
 
 
 def _model_option(text):
@@ -52,12 +44,7 @@ def parse_args(argv=None):
                       help="expected image dimension; an error if the dataset differs")
     data.add_argument("--cache-file", help="stream training images through this tf.data cache "
                       "file instead of holding them in memory (for large datasets)")
-    data.add_argument("--fold", type=int, help="cross-validation fold to hold out (0-based)")
-    data.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds")
-    data.add_argument("--train-ids", help="file with the training record ids, one per line")
-    data.add_argument("--test-ids", help="file with the validation record ids, one per line")
-    data.add_argument("--test-fraction", type=float, default=0.2,
-                      help="held-out share when neither --fold nor id files are given")
+    add_split_arguments(data, held_out="validation")
     data.add_argument("--train-size", type=int, help="train on a reduced set of this many images")
     model = parser.add_argument_group("model")
     model.add_argument("--architecture", default="scn",
@@ -68,7 +55,7 @@ def parse_args(argv=None):
                        metavar="KEY=VALUE",
                        help="override one model setting, e.g. filters=16 or kernel_size=3 "
                        "(repeatable; values are Python literals)")
-    model.add_argument("--grid-shape", type=_grid_shape,
+    model.add_argument("--grid-shape", type=grid_shape,
                        help="network input grid, array order (2D: H,W; 3D: D,H,W); "
                        "default 64,64 in 2D and 32,64,64 in 3D (quick; use e.g. 256,256 for real data)")
     model.add_argument("--normalization",

@@ -11,19 +11,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keraslm.cli import grid_shape  # noqa: E402
+
 DEFAULT_ROOT = os.path.join("..", "shared", "data", "isbi2015-train")
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
 FULL = dict(grid_shape=(128, 104), steps=2000, batch_size=8, folds=None, num_images=None,
             filters=None, jit="auto")
 QUICK = dict(grid_shape=(32, 32), steps=2, batch_size=2, folds=1, num_images=10, filters=4,
              jit="off")
-
-
-def _shape(text):
-    try:
-        return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,104, got {text!r}") from None
 
 
 def parse_args(argv=None):
@@ -41,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset-root", default=DEFAULT_ROOT, help="ISBI 2015 training folder")
     parser.add_argument("--output-dir", default=os.path.join("experiments", "results", "isbi2015_cv"))
     parser.add_argument("--architectures", default="scn,unet")
-    parser.add_argument("--grid-shape", type=_shape, help=f"rows,columns (full: {FULL['grid_shape']})")
+    parser.add_argument("--grid-shape", type=grid_shape, help=f"rows,columns (full: {FULL['grid_shape']})")
     parser.add_argument("--steps", type=int, help=f"training steps per run (full: {FULL['steps']})")
     parser.add_argument("--batch-size", type=int, help=f"(full: {FULL['batch_size']})")
     parser.add_argument("--num-folds", type=int, default=5)

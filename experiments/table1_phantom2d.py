@@ -11,18 +11,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keraslm.cli import grid_shape  # noqa: E402
+
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
 FULL = dict(grid_shape=(64, 64), steps=1000, batch_size=8, folds=None, reduced_size=10,
             num_images=None, image_size=None, filters=None, jit="auto")
 QUICK = dict(grid_shape=(32, 32), steps=2, batch_size=2, folds=1, reduced_size=4,
              num_images=12, image_size=64, filters=4, jit="off")
-
-
-def _shape(text):
-    try:
-        return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 64,64, got {text!r}") from None
 
 
 def parse_args(argv=None):
@@ -40,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
     parser.add_argument("--output-dir", default=os.path.join("experiments", "results", "table1_phantom2d"))
     parser.add_argument("--architectures", default="downsampling,convonly,unet,scn")
-    parser.add_argument("--grid-shape", type=_shape, help=f"rows,columns (full: {FULL['grid_shape']})")
+    parser.add_argument("--grid-shape", type=grid_shape, help=f"rows,columns (full: {FULL['grid_shape']})")
     parser.add_argument("--steps", type=int, help=f"training steps per run (full: {FULL['steps']})")
     parser.add_argument("--batch-size", type=int, help=f"(full: {FULL['batch_size']})")
     parser.add_argument("--num-folds", type=int, default=3)
