@@ -45,6 +45,10 @@ def parse_args(argv=None):
     choice.add_argument("--runs", nargs="+", metavar="RUN",
                         help="train.py run folders; each is evaluated on the held-out split its "
                         "config.json names, and all are pooled into one table")
+    source.add_argument("--refine", nargs="+", metavar="LOCAL",
+                        help="local stage(s) of a coarse-to-fine model (train.py --crop-shape) "
+                        "refining the estimates: one model with --model, or one run folder per "
+                        "--runs folder, in the same order")
     choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless layout)")
     source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions")
     data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
@@ -77,6 +81,10 @@ def parse_args(argv=None):
         parser.error("--predictions needs --ground-truth")
     if args.ground_truth and not args.predictions:
         parser.error("--ground-truth goes with --predictions")
+    if args.refine and args.predictions:
+        parser.error("--refine goes with --model or --runs")
+    if args.refine and args.model and len(args.refine) != 1:
+        parser.error("--refine takes one local model with --model")
     return args
 
 
@@ -98,7 +106,8 @@ def main(argv=None):
                 method=args.method or "predictions", **normalize)
         elif args.runs:
             result = evaluation.evaluate_runs(
-                args.runs, method=args.method, batch_size=args.batch_size, progress=log, **normalize)
+                args.runs, method=args.method, batch_size=args.batch_size, progress=log,
+                refine_runs=args.refine, **normalize)
         else:
             dataset = evaluation.open_dataset(args.dataset, args.dataset_root, spacing=args.spacing,
                                               units=args.units, ndim=args.ndim)
@@ -108,7 +117,8 @@ def main(argv=None):
             log(f"{dataset.name}: evaluating {len(test_set)} test images")
             result = evaluation.evaluate_model(
                 args.model, test_set, method=args.method, batch_size=args.batch_size,
-                progress=log, source={"split_seed": args.seed, "fold": args.fold}, **normalize)
+                progress=log, source={"split_seed": args.seed, "fold": args.fold},
+                refine=args.refine[0] if args.refine else None, **normalize)
         written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
                                           num_worst=args.num_worst, progress=log)
     except KeraslmError as error:

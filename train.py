@@ -65,6 +65,14 @@ def parse_args(argv=None):
                        "intensity scale, on which the default training diverged)")
     model.add_argument("--grid-spacing", type=float,
                        help="mm per grid pixel; default: the smallest at which every image fits")
+    model.add_argument("--crop-shape", type=grid_shape,
+                       help="train the LOCAL stage of a coarse-to-fine model instead: images go "
+                       "whole onto a fine grid of --grid-spacing mm and the network learns on "
+                       "crops of this shape (array order) around the landmarks, shifted by up to "
+                       "the augmentation's translation; predict with "
+                       "`keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL`")
+    model.add_argument("--landmarks-per-image", type=int,
+                       help="local stage: crops per image and step (default: one per landmark)")
     fit = parser.add_argument_group("training")
     fit.add_argument("--training-preset", default="default", choices=["default", "paper"],
                      help="optimiser and augmentation settings (paper: SGD, momentum 0.99)")
@@ -74,6 +82,10 @@ def parse_args(argv=None):
     fit.add_argument("--batch-size", type=int, help="images per step (preset default)")
     fit.add_argument("--learning-rate", type=float, help="initial learning rate (preset default)")
     fit.add_argument("--elastic-mm", type=float, help="elastic deformation amplitude in mm (0 = off)")
+    fit.add_argument("--translation-mm", type=float,
+                     help="largest random translation per axis in mm (preset default 10); for a "
+                     "local stage the largest offset of a crop from its landmark: about the "
+                     "coarse stage's error")
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
@@ -117,8 +129,9 @@ def main(argv=None):
         train_ids=args.train_ids, test_ids=args.test_ids, test_fraction=args.test_fraction,
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, mixed_precision=args.mixed_precision,
-        jit=args.jit, elastic_mm=args.elastic_mm, model_overrides=dict(args.model_option),
+        jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
+        crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
     )
     try:
         result = train(config, log=lambda message: print(message, flush=True))

@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import KeraslmError
-from keraslm.inference import check_metadata
+from keraslm.inference import check_metadata, refine_function
 from keraslm.io._files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
@@ -79,7 +79,7 @@ class _LandmarkModule(tf.Module):
     need to restore them.
     """
 
-    def __init__(self, network, metadata, metadata_path):
+    def __init__(self, network, metadata, metadata_path, local_network=None):
         super().__init__(name="keraslm_landmarks")
         self.landmark_names = tf.Variable(
             [str(name) for name in metadata["landmark_names"]], trainable=False,
@@ -102,7 +102,42 @@ class _LandmarkModule(tf.Module):
             "serving_default": self.serve.get_concrete_function(),
             "landmarks": self.landmarks.get_concrete_function(),
         }
-        self._captured_variables = list(self.concrete_signatures["serving_default"].variables)
+        if local_network is not None:
+            local = metadata["refine"]
+            fine_spec = tf.TensorSpec((None, *local["grid_shape"], 1), tf.float32, name="images")
+            centre_spec = tf.TensorSpec((None, len(local["landmark_names"]), ndim), tf.float32,
+                                        name="centres")
+            self.refine = tf.function(_refine_function(local_network, local),
+                                      input_signature=[fine_spec, centre_spec], autograph=False)
+            self.concrete_signatures["refine"] = self.refine.get_concrete_function()
+        self._captured_variables = [
+            v for signature in self.concrete_signatures.values() for v in signature.variables]
+
+
+def _refine_function(network, metadata):
+    """(images `(batch, *fine grid, 1)`, centres `(batch, L, ndim)` fine grid index) ->
+    {"landmarks", "confidence"}: `keraslm.inference.refine_function` per image (static shapes
+    inside, any batch size outside)."""
+    refine = refine_function(network, metadata)
+    ndim = int(metadata["ndim"])
+
+    def serve(images, centres):
+        images = tf.debugging.check_numerics(images, "`images` holds NaN or Inf pixels")
+        centres = tf.debugging.check_numerics(centres, "`centres` holds NaN or Inf values")
+
+        def one(item):
+            image, centre = item
+            points, confidence = refine(image[tf.newaxis], centre[tf.newaxis])
+            return points[0], confidence[0]
+
+        num_landmarks = len(metadata["landmark_names"])
+        points, confidence = tf.map_fn(
+            one, (images, centres),
+            fn_output_signature=(tf.TensorSpec((num_landmarks, ndim), tf.float32),
+                                 tf.TensorSpec((num_landmarks,), tf.float32)))
+        return {"landmarks": points, "confidence": confidence}
+
+    return serve
 
 
 def _serving_function(network, metadata):
@@ -132,7 +167,8 @@ def _serving_function(network, metadata):
     return serve
 
 
-def export_saved_model(network, base_dir, metadata, version=None):
+def export_saved_model(network, base_dir, metadata, version=None, local_network=None,
+                       local_metadata=None):
     """Writes a TF Serving version folder `base_dir/<version>/` (see the module docstring).
 
     network: keras.Model. a heatmap network from `keraslm.models.build_model` (trained), with
@@ -142,6 +178,12 @@ def export_saved_model(network, base_dir, metadata, version=None):
     version: int >= 1 or None. the version to write; default the next integer after the
         existing numeric versions (1 for an empty base folder). An existing version is never
         overwritten.
+    local_network, local_metadata: optional. the local stage of a coarse-to-fine model
+        (trained with `--crop-shape`, metadata "stage" "local"): exported with it as the
+        signature `refine` (inputs `images` on the local stage's fine grid
+        `(batch, *local_metadata["grid_shape"], 1)` and `centres` `(batch, L, ndim)`, the
+        global estimates in fine grid index units; outputs refined `landmarks` in fine grid index
+        units and `confidence`); the metadata then holds the local one under "refine".
 
     Returns str, the absolute path of the version folder.
 
@@ -153,6 +195,18 @@ def export_saved_model(network, base_dir, metadata, version=None):
     >>> tf.saved_model.load(path).signatures["landmarks"](images=grid_images)
     """
     check_metadata(metadata, "metadata")
+    if (local_network is None) != (local_metadata is None):
+        raise KeraslmError("`local_network` and `local_metadata` go together")
+    if metadata.get("stage", "global") != "global":
+        raise KeraslmError("`network` must be a whole-image (global) model; export a local stage "
+                           "as local_network= together with its global model")
+    if local_metadata is not None:
+        check_metadata(local_metadata, "local_metadata")
+        if local_metadata.get("stage") != "local" or "crop_shape" not in local_metadata:
+            raise KeraslmError("`local_metadata` must describe a local stage (stage 'local', "
+                               "crop_shape)")
+        if list(local_metadata["landmark_names"]) != list(metadata["landmark_names"]):
+            raise KeraslmError("the global and the local model have different landmarks")
     if metadata.get("decode_method", "quadratic") not in METHODS:
         raise KeraslmError(
             f"metadata['decode_method'] must be one of {METHODS}. Received: "
@@ -181,6 +235,8 @@ def export_saved_model(network, base_dir, metadata, version=None):
             f"{path} exists; versions are never overwritten. Found versions "
             f"{saved_model_versions(base_dir)}; pass another `version` or none for the next")
     metadata = dict(metadata)
+    if local_metadata is not None:
+        metadata["refine"] = dict(local_metadata)
     metadata["saved_model"] = {
         "signatures": {
             "serving_default": ["heatmaps", "landmarks", "confidence"],
@@ -189,11 +245,16 @@ def export_saved_model(network, base_dir, metadata, version=None):
         "input": "images: float32 (batch, *grid spatial sizes, 1), normalised grid images",
         "landmarks_units": "input grid index (x, y[, z]), pixel centres at integers",
     }
+    if local_metadata is not None:
+        metadata["saved_model"]["signatures"]["refine"] = ["landmarks", "confidence"]
+        metadata["saved_model"]["refine_inputs"] = (
+            "images: float32 (batch, *refine.grid_shape, 1) on the local stage's fine grid; "
+            "centres: float32 (batch, num_landmarks, ndim), global estimates in fine grid index")
     with tempfile.TemporaryDirectory() as scratch:
         metadata_path = os.path.join(scratch, METADATA_ASSET)
         with open(metadata_path, "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2)
-        module = _LandmarkModule(network, metadata, metadata_path)
+        module = _LandmarkModule(network, metadata, metadata_path, local_network)
         with atomic_folder(path) as temporary:
             tf.saved_model.save(module, temporary, signatures=module.concrete_signatures)
     return path
@@ -222,10 +283,33 @@ class SavedModelPredictor:
                 f"{sorted(self._loaded.signatures)}); export it with keraslm.export")
         self._landmarks = self._loaded.signatures["landmarks"]
 
+    def local_stage(self):
+        """The exported local stage (`refine` signature) as a predictor, or None."""
+        if "refine" not in self.metadata:
+            return None
+        if "refine" not in self._loaded.signatures:
+            raise KeraslmError(f"{self.path}: metadata names a local stage but the SavedModel has "
+                               "no 'refine' signature")
+        return _SavedModelRefiner(self._loaded.signatures["refine"],
+                                  check_metadata(self.metadata["refine"], self.path))
+
     def grid_points(self, images):
         """`(batch, *grid_shape, 1)` grid images -> (points `(batch, L, ndim)` in grid index,
         confidence `(batch, L)`)."""
         outputs = self._landmarks(images=tf.constant(np.asarray(images, np.float32)))
+        return outputs["landmarks"].numpy(), outputs["confidence"].numpy()
+
+
+class _SavedModelRefiner:
+    """The `refine` signature of a cascade export; the interface of a local-stage predictor."""
+
+    def __init__(self, signature, metadata):
+        self._refine = signature
+        self.metadata = metadata
+
+    def refine(self, images, centres):
+        outputs = self._refine(images=tf.constant(np.asarray(images, np.float32)),
+                               centres=tf.constant(np.asarray(centres, np.float32)))
         return outputs["landmarks"].numpy(), outputs["confidence"].numpy()
 
 
@@ -253,10 +337,63 @@ def load_saved_model_predictor(path, metadata=None):
     path: str. `<base>/<version>/` (a base folder is refused with the versions it holds).
     metadata: dict or None. overrides the exported `assets/keraslm.json`.
 
-    Returns SavedModelPredictor (`.metadata`, `.grid_points(images)`).
+    Returns SavedModelPredictor (`.metadata`, `.grid_points(images)`), or for a cascade export
+    (with a `refine` signature) a `keraslm.inference.CascadePredictor` of both stages.
 
     Raises:
         KeraslmError: the folder is missing, a base folder, not a SavedModel or lacks the
             metadata or the `landmarks` signature.
     """
-    return SavedModelPredictor(path, metadata)
+    predictor = SavedModelPredictor(path, metadata)
+    local = predictor.local_stage()
+    if local is None:
+        return predictor
+    from keraslm.inference import CascadePredictor
+
+    return CascadePredictor(predictor, local)
+
+
+def main(argv=None):
+    """`python -m keraslm.export`: export trained .keras models as a TF Serving version folder."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keraslm.export",
+        description="Export a trained model (a .keras file with model.json beside it, as "
+        "train.py writes) as the next version folder <base>/<n>/ of a TF Serving model; with "
+        "--refine, a coarse-to-fine pair as one SavedModel (signatures serving_default, "
+        "landmarks and refine).")
+    parser.add_argument("model", help="the global (whole-image) model: run folder or .keras file")
+    parser.add_argument("base_dir", help="TF Serving model base folder, e.g. saved_models/isbi2015_scn")
+    parser.add_argument("--refine", metavar="LOCAL_MODEL",
+                        help="the local stage (train.py --crop-shape): run folder or .keras file")
+    parser.add_argument("--version", type=int, help="version number (default: the next one)")
+    args = parser.parse_args(argv)
+    from keraslm.inference import load_predictor
+
+    def keras_file(path):
+        return os.path.join(path, "model.keras") if os.path.isdir(path) else path
+
+    try:
+        coarse = load_predictor(keras_file(args.model))
+        local = load_predictor(keras_file(args.refine)) if args.refine else None
+        if local is not None and not hasattr(local, "network"):
+            raise KeraslmError(f"{args.refine}: give the local stage as a .keras model")
+        path = export_saved_model(
+            coarse.network, args.base_dir, coarse.metadata, version=args.version,
+            local_network=local.network if local else None,
+            local_metadata=local.metadata if local else None)
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    size = sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
+    print(f"exported {path} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -33,9 +33,15 @@ _METADATA_KEYS = ("landmark_names", "ndim", "grid_shape", "grid_spacing", "norma
                   "output_stride", "sigma")
 
 
-def model_metadata(network, grid, normalization, landmark_names, sigma, decode_method="quadratic"):
-    """The metadata a trained network needs for prediction (a JSON-serialisable dict)."""
-    return {
+def model_metadata(network, grid, normalization, landmark_names, sigma, decode_method="quadratic",
+                   crop_shape=None):
+    """The metadata a trained network needs for prediction (a JSON-serialisable dict).
+
+    With `crop_shape` the network is the local stage of a coarse-to-fine model: "stage" is
+    "local", `grid` is its fine grid (shape as in training; prediction covers each image) and
+    "crop_shape" the network input.
+    """
+    metadata = {
         "format": METADATA_FORMAT,
         "architecture": getattr(network, "architecture", None),
         "landmark_names": list(landmark_names),
@@ -47,7 +53,45 @@ def model_metadata(network, grid, normalization, landmark_names, sigma, decode_m
         "size_divisor": int(getattr(network, "size_divisor", 1)),
         "sigma": float(sigma),
         "decode_method": decode_method,
+        "stage": "global" if crop_shape is None else "local",
     }
+    if crop_shape is not None:
+        metadata["crop_shape"] = [int(n) for n in crop_shape]
+    return metadata
+
+
+def refine_function(network, metadata):
+    """The local stage as one function: `(images, centres) -> (points, confidence)`.
+
+    images: `(batch, *spatial, 1)` whole images on the local stage's fine grid.
+    centres: `(batch, num_landmarks, ndim)` coarse estimates in fine grid index units.
+    Crops of `metadata["crop_shape"]` around every centre go through the network; landmark k is
+    decoded from its own crop's channel k and mapped back to fine grid index units. Returns
+    points `(batch, num_landmarks, ndim)` and confidence `(batch, num_landmarks)`. Pure
+    `keras.ops` (XLA-compilable with static shapes; used in training, prediction and export).
+    """
+    from keras import ops
+
+    from keraslm.ops.augmentation import crop_to_grid, extract_crops
+    from keraslm.ops.heatmaps import HeatmapCodec
+
+    crop_shape = tuple(metadata["crop_shape"])
+    codec = HeatmapCodec(crop_shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
+    method = metadata.get("decode_method", "quadratic")
+
+    def refine(images, centres):
+        batch, num_landmarks, ndim = centres.shape
+        crops = extract_crops(images, centres, crop_shape)
+        heatmaps = ops.cast(network(crops, training=False), "float32")
+        points, confidence = codec.decode(heatmaps, method=method)  # (batch * L, L, ndim)
+        points = ops.reshape(points, (batch, num_landmarks, num_landmarks, ndim))
+        confidence = ops.reshape(confidence, (batch, num_landmarks, num_landmarks))
+        own = ops.arange(num_landmarks, dtype="int32")[None, :, None]  # crop k <-> landmark k
+        points = ops.take_along_axis(points, own[..., None], axis=2)[:, :, 0]
+        confidence = ops.take_along_axis(confidence, own, axis=2)[:, :, 0]
+        return crop_to_grid(points, centres, crop_shape), confidence
+
+    return refine
 
 
 def check_metadata(metadata, source):
@@ -97,7 +141,8 @@ class Prediction:
 
 
 class KerasPredictor:
-    """A Keras heatmap network with its metadata; `grid_points` runs it on grid images.
+    """A Keras heatmap network with its metadata; `grid_points` runs it on grid images, and for
+    a local stage `refine` runs it on crops around coarse estimates.
 
     Args:
         network: keras.Model. Maps grid images to heatmaps.
@@ -118,6 +163,8 @@ class KerasPredictor:
         self._predict = tf.function(
             lambda images: self.codec.decode(self.network(images, training=False), method=method)
         )
+        if metadata.get("stage") == "local":
+            self._refine = tf.function(refine_function(network, metadata))
 
     def grid_points(self, images):
         """`(batch, *grid_shape, 1)` grid images -> (points `(batch, L, ndim)` in grid index,
@@ -125,15 +172,73 @@ class KerasPredictor:
         points, confidence = self._predict(np.asarray(images, np.float32))
         return np.asarray(points), np.asarray(confidence)
 
+    def refine(self, images, centres):
+        """Local stage: `(batch, *fine_shape, 1)` fine grid images and coarse estimates
+        `(batch, L, ndim)` in fine grid index -> (refined points, confidence)."""
+        points, confidence = self._refine(np.asarray(images, np.float32),
+                                          np.asarray(centres, np.float32))
+        return np.asarray(points), np.asarray(confidence)
 
-def load_predictor(model, metadata=None):
+
+class CascadePredictor:
+    """A coarse-to-fine model: a global stage that finds every landmark on a coarse grid of the
+    whole image, and a local stage that refines each estimate on a crop of a fine grid.
+
+    Args:
+        global_predictor: predictor of the whole-image (global) stage.
+        local_predictor: predictor of the local stage (`metadata["stage"] == "local"`).
+    """
+
+    def __init__(self, global_predictor, local_predictor):
+        coarse, fine = global_predictor.metadata, local_predictor.metadata
+        if coarse.get("stage", "global") != "global":
+            raise KeraslmError("the first model of a cascade must be a global (whole-image) "
+                               "model; this one is a local stage")
+        if fine.get("stage") != "local":
+            raise KeraslmError("the refining model must be a local stage (trained with "
+                               "--crop-shape); this one is a whole-image model")
+        if (list(coarse["landmark_names"]) != list(fine["landmark_names"])
+                or coarse["ndim"] != fine["ndim"]):
+            raise KeraslmError(
+                "the global and the local model disagree in their landmarks or dimension: "
+                f"{coarse['ndim']}D {list(coarse['landmark_names'])} vs {fine['ndim']}D "
+                f"{list(fine['landmark_names'])}")
+        self.global_predictor = global_predictor
+        self.local = local_predictor
+        self.metadata = {**coarse, "refine": fine}
+
+    def grid_points(self, images):
+        return self.global_predictor.grid_points(images)
+
+    def refine_image(self, image, points_index):
+        """Refines one image's coarse landmarks `(L, ndim)` (image index) -> (image index points,
+        local confidence). The image goes onto the local stage's fine grid (its training grid,
+        which covered every training image) as onto the global grid: centred, and an error
+        when it does not fit."""
+        from keraslm.training.pipeline import prepare_image
+
+        fine = self.local.metadata
+        grid = GridSpec(tuple(fine["grid_shape"]), tuple(fine["grid_spacing"]))
+        array, placement = prepare_image(image, grid, fine["normalization"])
+        centres = placement.image_index_to_grid(points_index)
+        points, confidence = self.local.refine(array[np.newaxis, ..., np.newaxis],
+                                               centres[np.newaxis].astype(np.float32))
+        return placement.grid_to_image_index(points[0]), confidence[0]
+
+
+def load_predictor(model, metadata=None, refine=None):
     """A predictor from a Keras model, a `.keras` file or a SavedModel version folder.
 
     Args:
         model: keras.Model, str path to a `.keras` file (metadata from `model.json` beside it)
             or to a SavedModel version folder (`<base>/<version>/`, metadata in its assets).
         metadata: dict, optional. Required for a Keras model object; overrides files.
+        refine: str path or predictor, optional. The local stage of a coarse-to-fine model
+            (trained with `train.py --crop-shape`); `model` is then its global stage.
     """
+    if refine is not None:
+        local = refine if hasattr(refine, "refine") else load_predictor(refine)
+        return CascadePredictor(load_predictor(model, metadata), local)
     import keras
 
     if isinstance(model, keras.Model):
@@ -172,7 +277,7 @@ def _image_id(path, index):
     return image_id_from_path(path) if path else f"image{index:04d}"
 
 
-def predict(model, images, spacing=None, batch_size=4, metadata=None):
+def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None):
     """Finds the landmarks in images.
 
     Args:
@@ -183,6 +288,8 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None):
             none, e.g. 0.1 for ISBI 2015.
         batch_size: int. Images per network call.
         metadata: dict, optional. See `load_predictor`.
+        refine: str path or predictor, optional. Local stage refining `model`'s estimates
+            (see `load_predictor`); the confidence is then the local stage's.
 
     Returns:
         list of Prediction, one per image, in order.
@@ -193,8 +300,17 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None):
     """
     from keraslm.training.pipeline import prepare_image
 
-    predictor = model if hasattr(model, "grid_points") else load_predictor(model, metadata)
+    if hasattr(model, "grid_points"):
+        predictor = model if refine is None else CascadePredictor(
+            model, refine if hasattr(refine, "refine") else load_predictor(refine))
+    else:
+        predictor = load_predictor(model, metadata, refine=refine)
     meta = predictor.metadata
+    if meta.get("stage") == "local":
+        raise KeraslmError(
+            "this model is the local stage of a coarse-to-fine model: it refines estimates of a "
+            "global model. Predict with the global model and pass this one as refine= "
+            "(keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL)")
     grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
@@ -216,6 +332,8 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None):
         points_grid, confidence = predictor.grid_points(np.stack(batch))
         for (index, path, image, placement), points, peaks in zip(prepared, points_grid, confidence):
             points_index = placement.grid_to_image_index(points)
+            if isinstance(predictor, CascadePredictor):
+                points_index, peaks = predictor.refine_image(image, points_index)
             results.append(
                 Prediction(
                     _image_id(path, index), path, tuple(meta["landmark_names"]),
@@ -255,6 +373,9 @@ def main(argv=None):
         "CSV (physical mm and image index) and JSON.",
     )
     parser.add_argument("model", help="a .keras file (with model.json beside it) or a SavedModel version folder")
+    parser.add_argument("--refine", metavar="LOCAL_MODEL",
+                        help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
+                        "refines the model's estimates on fine-grid crops")
     parser.add_argument("images", nargs="+", help="image files, or folders whose image files (and "
                         "sub-folders, as DICOM series) are all predicted")
     parser.add_argument("--series", action="store_true",
@@ -277,7 +398,8 @@ def main(argv=None):
         print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
         return 2
     try:
-        predictions = predict(args.model, paths, spacing=args.spacing, batch_size=args.batch_size)
+        predictions = predict(args.model, paths, spacing=args.spacing, batch_size=args.batch_size,
+                              refine=args.refine)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

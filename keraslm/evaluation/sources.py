@@ -114,7 +114,8 @@ def open_dataset(dataset, dataset_root=None, spacing=None, units="mm", ndim=None
 
 
 def evaluate_model(model, test_set, method=None, normalize_distance=None,
-                   normalize_landmarks=(1, 5), batch_size=4, progress=None, source=None):
+                   normalize_landmarks=(1, 5), batch_size=4, progress=None, source=None,
+                   refine=None):
     """Predicts the landmarks of a dataset's images with a model and compares them with the
     dataset's ground truth.
 
@@ -128,6 +129,8 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         batch_size: int. Images per network call.
         progress: callable(str), optional. Receives progress lines.
         source: dict, optional. Extra description stored in `Evaluation.sources`.
+        refine: str path or predictor, optional. Local stage of a coarse-to-fine model that
+            refines `model`'s estimates (`keraslm.inference.load_predictor`).
 
     Returns:
         Evaluation.
@@ -142,7 +145,15 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "(given predictor)"
     if isinstance(model, (str, os.PathLike)) and not os.path.exists(model):
         raise KeraslmError(f"{label}: no such model file or folder")
+    if refine is not None and isinstance(refine, (str, os.PathLike)) and not os.path.exists(refine):
+        raise KeraslmError(f"{os.fspath(refine)}: no such model file or folder")
     predictor = model if hasattr(model, "grid_points") else load_predictor(model)
+    if refine is not None:
+        from keraslm.inference import CascadePredictor
+
+        predictor = CascadePredictor(
+            predictor, refine if hasattr(refine, "refine") else load_predictor(refine))
+        label = f"{label} + {os.fspath(refine) if isinstance(refine, (str, os.PathLike)) else 'local stage'}"
     check_model_matches(predictor.metadata, test_set, label)
     if len(test_set) == 0:
         raise KeraslmError(f"dataset {test_set.name!r}: no images to evaluate")
@@ -251,7 +262,7 @@ def combine(evaluations, method=None):
 
 
 def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_landmarks=(1, 5),
-                  batch_size=4, progress=None):
+                  batch_size=4, progress=None, refine_runs=None):
     """Evaluates each training run on its own held-out split and pools them into one table.
 
     Args:
@@ -260,6 +271,9 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
         normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
         batch_size: int.
         progress: callable(str), optional.
+        refine_runs: sequence of str, optional. Local-stage runs (train.py --crop-shape), one
+            per run of `run_dirs` in the same order and on the same held-out split; each
+            refines its partner's estimates.
 
     Returns:
         Evaluation (pooled over all runs' test images).
@@ -268,6 +282,19 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
     if not run_dirs:
         raise KeraslmError("no training run folders were given")
     configs = [read_run_config(run_dir) for run_dir in run_dirs]  # Fail early, before predicting.
+    refine_runs = list(refine_runs or [])
+    if refine_runs:
+        if len(refine_runs) != len(run_dirs):
+            raise KeraslmError(
+                f"{len(refine_runs)} refining runs for {len(run_dirs)} runs: give one local-stage "
+                "run per run, in the same order")
+        for run_dir, local_dir in zip(run_dirs, refine_runs):
+            read_run_config(local_dir)
+            ids, local_ids = run_test_set(run_dir).ids, run_test_set(local_dir).ids
+            if sorted(ids) != sorted(local_ids):
+                raise KeraslmError(
+                    f"{local_dir} was validated on other images than {run_dir}; a local stage "
+                    "must hold out the same split as the run it refines")
     parts = []
     for number, (run_dir, config) in enumerate(zip(run_dirs, configs), 1):
         test_set = run_test_set(run_dir, config)
@@ -278,6 +305,7 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
             batch_size=batch_size, progress=progress,
             source={"run": os.fspath(run_dir), "fold": config.get("fold"),
                     "num_folds": config.get("num_folds"), "seed": config.get("seed")},
+            refine=os.path.join(refine_runs[number - 1], RUN_MODEL_FILE) if refine_runs else None,
         ))
     return combine(parts, method)
 

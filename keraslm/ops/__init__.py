@@ -10,7 +10,10 @@ channels)` with spatial axes `(y, x)` / `(z, y, x)`; points `(batch, num_landmar
 missing; `grid_spacing` in mm per index step along x, y[, z].
 
 - `keraslm.ops.augmentation`: `AugmentationConfig`, `sample_transforms` (sampling),
-  `apply_to_images` / `apply_to_points` (applying), `device_stage` (augment + render).
+  `apply_to_images` / `apply_to_points` (applying), `device_stage` (augment + render);
+  `crop_transforms`, `choose_crop_landmarks`, `crop_stage`, `extract_crops` and
+  `crop_to_grid` for the local stage of a
+  coarse-to-fine model (augmented crops of larger images around landmarks).
 - `keraslm.ops.heatmaps`: `HeatmapCodec` (encode, weights, decode).
 - `keraslm.ops.geometry`: convention, B-spline fields, batched multilinear resampling.
 """
@@ -18,8 +21,13 @@ from keraslm.ops.augmentation import (
     AugmentationConfig,
     apply_to_images,
     apply_to_points,
+    choose_crop_landmarks,
+    crop_stage,
+    crop_to_grid,
+    crop_transforms,
     device_stage,
     displacement_field,
+    extract_crops,
     sample_transforms,
 )
 from keraslm.ops.geometry import resample
@@ -30,8 +38,13 @@ __all__ = [
     "HeatmapCodec",
     "apply_to_images",
     "apply_to_points",
+    "choose_crop_landmarks",
+    "crop_stage",
+    "crop_to_grid",
+    "crop_transforms",
     "device_stage",
     "displacement_field",
+    "extract_crops",
     "resample",
     "sample_transforms",
 ]

@@ -295,27 +295,63 @@ def displacement_field(transforms, grid_shape):
     return bspline_dense(transforms["elastic"], grid_shape)
 
 
-def apply_to_images(images, transforms, fill_value=0.0, intensity=True):
+def crop_transforms(transforms, centres):
+    """Turn transforms sampled on a small *crop* grid into crops of larger images.
+
+    The output grid keeps the crop's shape; its centre is moved onto `centres` of the input
+    images, so `apply_to_images(images, crop_transforms(t, c), output_shape=crop_shape)` cuts an
+    augmented crop around each centre out of each image (rotation and scaling act about the
+    crop centre, the translation moves the crop's content as usual), and `apply_to_points`
+    moves input landmarks into crop index units. Input and crop share the grid spacing.
+
+    transforms: dict from `sample_transforms(..., grid_shape=crop_shape, ...)`.
+    centres: tensor `(batch, ndim)`. (x, y[, z]) input grid index of each crop's centre.
+
+    Returns a new dict: `matrix = T(o) @ matrix`, `inverse_matrix = inverse_matrix @ T(-o)`
+    with `o = centres - crop centre`; other entries unchanged.
+    """
+    ndim = static_shape(transforms["matrix"])[-1] - 1
+    batch = _check_transforms(transforms, ndim)
+    centres = ops.cast(ops.convert_to_tensor(centres), "float32")
+    if static_shape(centres) != (batch, ndim):
+        raise ValueError(f"`centres` must have shape (batch, ndim) = ({batch}, {ndim}). "
+                         f"Received: centres.shape={static_shape(centres)}")
+    offset = centres - (transforms["grid_size"] - 1.0) / 2.0
+    eye = ops.broadcast_to(np.eye(ndim, dtype=np.float32), (batch, ndim, ndim))
+    shifted = dict(transforms)
+    shifted["matrix"] = ops.matmul(_homogeneous(eye, offset), transforms["matrix"])
+    shifted["inverse_matrix"] = ops.matmul(transforms["inverse_matrix"],
+                                           _homogeneous(eye, -offset))
+    return shifted
+
+
+def apply_to_images(images, transforms, fill_value=0.0, intensity=True, output_shape=None):
     """Resample images through the sampled transforms (bi/trilinear, constant fill).
 
-    images: tensor `(batch, *spatial, channels)` on the grid the transforms were sampled for.
-    transforms: dict from `sample_transforms`.
+    images: tensor `(batch, *spatial, channels)` on the grid the transforms were sampled for
+        (with `output_shape`: any larger grid of the same spacing).
+    transforms: dict from `sample_transforms` (or `crop_transforms`).
     fill_value: float. value outside the input grid (not changed by the intensity transform).
     intensity: bool. apply `x * intensity_scale + intensity_shift` to the image content; set it
         to False for masks or label images.
+    output_shape: optional tuple of ints. spatial shape of the output, array order: the crop
+        grid the transforms were sampled for (default: the images' own shape).
 
-    Returns augmented images, same shape and dtype.
+    Returns augmented images `(batch, *output_shape, channels)` in the images' dtype.
     """
     images = ops.convert_to_tensor(images)
     shape, ndim = check_images(images)
     batch = _check_transforms(transforms, ndim)
     check_batch(shape[0], batch, "images", "transforms")
-    _check_grid(transforms, shape[1:-1])
+    output_shape = tuple(shape[1:-1]) if output_shape is None else check_grid_shape(
+        output_shape, "output_shape")
+    _check_grid(transforms, output_shape)
     return resample(
-        images, transforms["matrix"], displacement_field(transforms, shape[1:-1]),
+        images, transforms["matrix"], displacement_field(transforms, output_shape),
         fill_value=fill_value,
         intensity_scale=transforms["intensity_scale"] if intensity else None,
-        intensity_shift=transforms["intensity_shift"] if intensity else None)
+        intensity_shift=transforms["intensity_shift"] if intensity else None,
+        output_shape=output_shape)
 
 
 def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_residual=False):
@@ -413,3 +449,101 @@ def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
     heatmaps = codec.encode(moved, sigma=sigma)
     weights = valid * codec.weights(moved)
     return augmented, heatmaps, weights
+
+
+def choose_crop_landmarks(points, landmarks_per_image, seed=None):
+    """Which landmarks to crop around: `(batch, landmarks_per_image)` int32 indices per image.
+
+    points: tensor `(batch, num_landmarks, ndim)`; NaN = missing (never chosen while enough
+        annotated landmarks remain).
+    landmarks_per_image: int in [1, num_landmarks]. all landmarks in order when equal to
+        `num_landmarks`, else a random subset without repetition.
+    seed: `keras.random.SeedGenerator` or int for the random subset.
+    """
+    batch, num_landmarks, _ = static_shape(points)
+    if not (isinstance(landmarks_per_image, (int, np.integer)) and
+            1 <= landmarks_per_image <= num_landmarks):
+        raise ValueError(f"`landmarks_per_image` must be an int in [1, {num_landmarks}]. "
+                         f"Received: landmarks_per_image={landmarks_per_image!r}")
+    if landmarks_per_image == num_landmarks:
+        return ops.broadcast_to(ops.arange(num_landmarks, dtype="int32"),
+                                (batch, num_landmarks))
+    finite = ops.all(ops.isfinite(points), axis=-1)
+    keys = keras.random.uniform((batch, num_landmarks), seed=seed) + ops.where(finite, 0.0, 2.0)
+    return ops.cast(ops.argsort(keys, axis=-1)[:, :landmarks_per_image], "int32")
+
+
+def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0):
+    """The local (refinement) stage's device work: augmented crops around chosen landmarks of
+    larger grid images, with the target heatmaps of every landmark.
+
+    images: tensor `(batch, *spatial, channels)`. whole images on the fine grid.
+    points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) fine grid index, NaN = missing.
+    landmark_index: int tensor `(batch, crops_per_image)` from `choose_crop_landmarks`.
+    transforms: dict from `sample_transforms` on the crop grid (`codec.input_shape`) for
+        `batch * crops_per_image` crops.
+    codec: `HeatmapCodec` of the crop grid.
+
+    Crop `b * crops_per_image + j` belongs to image `b` and is centred on its landmark
+    `landmark_index[b, j]` (the image centre when that one is missing) before augmentation, so
+    the sampled translation is the offset a coarse estimate would have. Every annotated landmark
+    is a target in every crop: those outside the crop get the part of their Gaussian that
+    reaches in (mostly all zeros), which teaches the network to answer "not here" as well.
+
+    Returns `(crops, heatmaps, weights, crop_points)`: crops `(n, *crop_shape, channels)`,
+    heatmaps `(n, *codec.output_shape, num_landmarks)`, weights `(n, num_landmarks)` (1 for
+    annotated landmarks whose elastic inverse converged, else 0) and the landmarks in crop index
+    units `(n, num_landmarks, ndim)`, with `n = batch * crops_per_image`.
+    """
+    images = ops.convert_to_tensor(images)
+    points = ops.cast(ops.convert_to_tensor(points), "float32")
+    shape, ndim = check_images(images)
+    check_points(points, ndim)
+    batch, num_landmarks = static_shape(points)[:2]
+    crops_per_image = static_shape(landmark_index)[1]
+    n = batch * crops_per_image
+    crop_shape = tuple(codec.input_shape)
+    centre = (grid_size_xyz(shape[1:-1]) - 1.0) / 2.0
+    chosen = ops.take_along_axis(points, ops.cast(landmark_index, "int32")[..., None], axis=1)
+    chosen = ops.where(ops.isfinite(chosen), chosen, ops.zeros_like(chosen) + centre)
+    centres = ops.reshape(chosen, (n, ndim))
+    repeated_images = ops.repeat(images, crops_per_image, axis=0)
+    repeated_points = ops.repeat(points, crops_per_image, axis=0)
+    shifted = crop_transforms(transforms, centres)
+    crops = apply_to_images(repeated_images, shifted, fill_value=fill_value,
+                            output_shape=crop_shape)
+    moved, _, residual = apply_to_points(repeated_points, shifted, return_residual=True)
+    finite = ops.all(ops.isfinite(repeated_points), axis=-1)
+    converged = ops.logical_and(finite, ops.where(finite, residual, 0.0) <= 0.05)
+    weights = ops.cast(converged, "float32")
+    return crops, codec.encode(moved), weights, moved
+
+
+def extract_crops(images, centres, crop_shape, fill_value=0.0):
+    """Plain (un-augmented) crops around points: what the local stage sees at prediction time.
+
+    images: tensor `(batch, *spatial, channels)`.
+    centres: tensor `(batch, num_crops, ndim)`. (x, y[, z]) grid index of the crop centres
+        (finite; sub-pixel centres are interpolated).
+    crop_shape: tuple of ints. array order.
+
+    Returns `(batch * num_crops, *crop_shape, channels)`; crop `b * num_crops + k` is centred on
+    `centres[b, k]`. Map crop index points back with `crop_to_grid`.
+    """
+    images = ops.convert_to_tensor(images)
+    shape, ndim = check_images(images)
+    crop_shape = check_grid_shape(crop_shape, "crop_shape")
+    centres = ops.cast(ops.convert_to_tensor(centres), "float32")
+    batch, num_crops = static_shape(centres)[:2]
+    n = batch * num_crops
+    offset = ops.reshape(centres, (n, ndim)) - (grid_size_xyz(crop_shape) - 1.0) / 2.0
+    eye = ops.broadcast_to(np.eye(ndim, dtype=np.float32), (n, ndim, ndim))
+    return resample(ops.repeat(images, num_crops, axis=0), _homogeneous(eye, offset),
+                    fill_value=fill_value, output_shape=crop_shape)
+
+
+def crop_to_grid(points_crop, centres, crop_shape):
+    """Crop index points `(batch, ..., ndim)` of crops from `extract_crops` -> the grid index of
+    the images they were cut from; `centres` broadcasts against `points_crop`."""
+    return (ops.cast(points_crop, "float32") + ops.cast(centres, "float32")
+            - (grid_size_xyz(check_grid_shape(crop_shape, "crop_shape")) - 1.0) / 2.0)

@@ -207,7 +207,7 @@ def bspline_at(coefficients, points, grid_size):
 
 
 def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=None,
-             intensity_shift=None):
+             intensity_shift=None, output_shape=None):
     """Resample images at `matrix @ p + displacement(p)` for every output pixel centre p.
 
     images: tensor `(batch, *spatial, channels)`.
@@ -219,15 +219,25 @@ def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=
         constant, then interpolated).
     intensity_scale, intensity_shift: optional tensors `(batch,)`. applied to the image content
         before blending with the fill, so the fill stays exactly `fill_value`.
+    output_shape: optional tuple of ndim ints. spatial shape of the output grid in array order
+        (default: the input's); a smaller one with a shifted `matrix` cuts crops out of larger
+        images (`keraslm.ops.augmentation.crop_transforms`).
 
-    Returns `(batch, *spatial, channels)` in the dtype of `images` (computed in float32). The
-    2**ndim corners are gathered from the flattened batch `(batch * prod(spatial), channels)`.
+    Returns `(batch, *output_shape, channels)` in the dtype of `images` (computed in float32).
+    The 2**ndim corners are gathered from the flattened batch
+    `(batch * prod(spatial), channels)`.
     """
     shape, ndim = check_images(images)
     batch, spatial, channels = shape[0], shape[1:-1], shape[-1]
-    num = int(np.prod(spatial))
+    output_shape = spatial if output_shape is None else check_grid_shape(output_shape,
+                                                                          "output_shape")
+    if len(output_shape) != ndim:
+        raise ValueError(f"`output_shape` must have {ndim} sizes for {ndim}D images. Received: "
+                         f"output_shape={output_shape}")
+    num_in = int(np.prod(spatial))
+    num = int(np.prod(output_shape))
     dtype = images.dtype
-    grid = index_grid(spatial)  # (num, ndim) constant
+    grid = index_grid(output_shape)  # (num, ndim) constant
     linear = ops.cast(matrix[:, :ndim, :ndim], "float32")
     offset = ops.cast(matrix[:, :ndim, ndim], "float32")
     coords = ops.einsum("nj,bij->bni", grid, linear) + offset[:, None, :]
@@ -240,8 +250,8 @@ def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=
     frac = coords - lower_f
     lower = ops.cast(lower_f, "int32")
     strides = [int(np.prod(sizes[:k])) for k in range(ndim)]  # x fastest
-    base = (np.arange(batch, dtype=np.int32) * num)[:, None]
-    flat = ops.reshape(ops.cast(images, "float32"), (batch * num, channels))
+    base = (np.arange(batch, dtype=np.int32) * num_in)[:, None]
+    flat = ops.reshape(ops.cast(images, "float32"), (batch * num_in, channels))
     inside_sum = None
     outside_weight = None
     for corner in itertools.product((0, 1), repeat=ndim):  # static: 4 or 8 corners
@@ -269,4 +279,4 @@ def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=
         inside_sum = inside_sum + (ops.cast(intensity_shift, "float32")[:, None, None]
                                    * (1.0 - outside_weight))
     out = inside_sum + float(fill_value) * outside_weight
-    return ops.cast(ops.reshape(out, shape), dtype)
+    return ops.cast(ops.reshape(out, (batch, *output_shape, channels)), dtype)

@@ -85,6 +85,23 @@ def choose_grid(dataset, grid_shape, grid_spacing=None):
     return GridSpec(tuple(grid_shape), grid_spacing)
 
 
+def covering_shape(sizes, spacings, grid_spacing):
+    """The smallest grid shape (array order) of `grid_spacing` mm per step that covers images of
+    `sizes` pixels along x, y[, z] and `spacings` mm per pixel (arrays `(num_images, ndim)`)."""
+    extents_mm = np.asarray(sizes, float).reshape(-1, len(sizes[0])) * np.asarray(
+        spacings, float).reshape(-1, len(sizes[0]))
+    steps = np.ceil(extents_mm.max(axis=0) / float(grid_spacing) - 1e-6).astype(int)
+    return tuple(int(n) for n in steps[::-1])
+
+
+def covering_grid(dataset, grid_spacing):
+    """A grid of `grid_spacing` mm per step just large enough for every image of `dataset`
+    (read from image headers only): the fine grid of a local (crop) stage."""
+    headers = [dataset.read_image_header(record) for record in dataset.records]
+    shape = covering_shape([h.size for h in headers], [h.spacing for h in headers], grid_spacing)
+    return GridSpec(shape, grid_spacing)
+
+
 def prepare_image(image, grid, normalization):
     """One image onto the grid: (grid array `grid.shape` float32, GridPlacement)."""
     placement = place_on_grid(image, grid)

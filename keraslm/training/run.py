@@ -30,20 +30,21 @@ from keraslm.datasets import load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
-from keraslm.inference import MODEL_METADATA_FILE, model_metadata
+from keraslm.inference import MODEL_METADATA_FILE, model_metadata, refine_function
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
 from keraslm.ops.augmentation import AugmentationConfig
 from keraslm.training.callbacks import HeatmapImages
 from keraslm.training.pipeline import (
     choose_grid,
+    covering_grid,
     evaluation_dataset,
     prepare_samples,
     streaming_training_dataset,
     training_dataset,
 )
 from keraslm.training.presets import get_training_preset
-from keraslm.training.trainer import HeatmapTrainer
+from keraslm.training.trainer import HeatmapTrainer, LocalHeatmapTrainer
 
 DEFAULT_GRID_SHAPE = {2: (64, 64), 3: (32, 64, 64)}
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -79,6 +80,8 @@ class TrainingConfig:
             (the whole step on a GPU and in 2D; for 3D on a CPU only augmentation and
             rendering, since XLA makes 3D CPU convolutions about 3x slower).
         elastic_mm: float or None. Elastic deformation amplitude (preset default if None).
+        translation_mm: float or None. Largest random translation per axis, mm (preset default
+            if None); in a local stage the largest offset of a crop from its landmark.
         ndim: int or None. Expected dimension of the dataset (checked), 2 or 3.
         cache_file: str or None. Stream training images through this tf.data cache file
             instead of holding them in memory.
@@ -87,6 +90,12 @@ class TrainingConfig:
         model_overrides: dict. Keyword overrides for `build_model`.
         export_dir: str or None. TF Serving model base folder to export the trained network
             into (next version); None = no export.
+        crop_shape: tuple of int or None. Train the LOCAL stage of a coarse-to-fine model: the
+            images go onto a fine grid of `grid_spacing` mm that covers them whole, and the
+            network learns on crops of this shape around the landmarks
+            (`keraslm.training.trainer.LocalHeatmapTrainer`); `grid_shape` is then ignored.
+        landmarks_per_image: int or None. Local stage: crops per image and step (None: one
+            around every landmark).
     """
 
     dataset: str = "phantom2d"
@@ -113,11 +122,14 @@ class TrainingConfig:
     mixed_precision: bool = False
     jit: str = "auto"
     elastic_mm: float = None
+    translation_mm: float = None
     ndim: int = None
     cache_file: str = None
     normalization: str = None
     model_overrides: dict = dataclasses.field(default_factory=dict)
     export_dir: str = None
+    crop_shape: tuple = None
+    landmarks_per_image: int = None
 
 
 @dataclasses.dataclass
@@ -199,12 +211,39 @@ def predict_grid_points(trainer, samples, batch_size):
     return np.concatenate(points)[: len(samples)]
 
 
+def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345):
+    """Local stage: refined landmarks `(num_images, num_landmarks, ndim)` in fine grid index
+    units from crops centred on the truth moved by a fixed random offset, uniform within the
+    augmentation's translation range per axis (what a coarse stage of that accuracy gives)."""
+    refine = tf.function(refine_function(trainer.network, metadata))
+    rng = np.random.default_rng(seed)
+    limit = trainer.augmentation.translation_mm / np.asarray(trainer.grid_spacing)
+    results = []
+    for images, points in evaluation_dataset(samples, batch_size):
+        points = points.numpy()
+        centres = points + rng.uniform(-1, 1, points.shape) * limit
+        centres = np.where(np.isfinite(centres), centres, 0.0).astype(np.float32)
+        results.append(refine(images, centres)[0].numpy())
+    return np.concatenate(results)[: len(samples)]
+
+
 def _check_config(config, dataset):
     ndim = dataset.ndim
     if config.ndim is not None and config.ndim != ndim:
         raise KeraslmError(
             f"dataset {dataset.name!r} is {ndim}D but a {config.ndim}D model was requested (--ndim)"
         )
+    if config.crop_shape is not None:
+        if len(config.crop_shape) != ndim:
+            raise KeraslmError(
+                f"dataset {dataset.name!r} is {ndim}D but --crop-shape {tuple(config.crop_shape)} "
+                f"is {len(config.crop_shape)}D")
+        if config.grid_spacing is None:
+            raise KeraslmError("a local stage (--crop-shape) needs --grid-spacing: the mm per "
+                               "pixel of its fine grid, e.g. 0.4 for ISBI 2015")
+        if config.cache_file:
+            raise KeraslmError("--cache-file is not supported for a local stage (--crop-shape)")
+        return tuple(config.crop_shape)
     grid_shape = tuple(config.grid_shape or DEFAULT_GRID_SHAPE[ndim])
     if len(grid_shape) != ndim:
         raise KeraslmError(
@@ -254,10 +293,15 @@ def _train(config, log=None):
     )
     if config.train_size is not None:
         train_set = train_set.reduced(config.train_size, seed=config.seed)
-    grid = choose_grid(dataset, grid_shape, config.grid_spacing)
+    local = config.crop_shape is not None
+    if local:  # grid_shape is the crop shape; the fine grid covers every image whole.
+        grid = covering_grid(dataset, config.grid_spacing)
+    else:
+        grid = choose_grid(dataset, grid_shape, config.grid_spacing)
     log(
         f"{dataset.name}: {len(train_set)} training / {len(val_set)} validation images, "
         f"{dataset.num_landmarks} landmarks; grid {grid.shape} at {grid.spacing[0]:.3f} mm"
+        + (f", local stage on {grid_shape} crops" if local else "")
     )
 
     keras.utils.set_random_seed(config.seed)
@@ -269,12 +313,13 @@ def _train(config, log=None):
             config.architecture, dataset.ndim, dataset.num_landmarks, preset=config.model_preset,
             **config.model_overrides,
         )
-        output_shape = network.output_spatial_shape(grid.shape)  # Checks the size constraint.
+        # Checks the size constraint (the network sees crops of grid_shape in a local stage).
+        output_shape = network.output_spatial_shape(grid_shape if local else grid.shape)
         settings = get_training_preset(
             config.training_preset, dataset.ndim, config.architecture,
             int(np.prod(output_shape)), dataset.num_landmarks,
         )
-        for key in ("batch_size", "learning_rate", "steps", "elastic_mm"):
+        for key in ("batch_size", "learning_rate", "steps", "elastic_mm", "translation_mm"):
             if getattr(config, key) is not None:
                 settings[key] = getattr(config, key)
         if settings["batch_size"] > len(train_set):
@@ -291,15 +336,18 @@ def _train(config, log=None):
             intensity_scale=settings["intensity_scale"],
             intensity_shift=settings["intensity_shift"],
         )
-        trainer = HeatmapTrainer(
-            network, grid.shape, grid.spacing, sigma=settings["sigma"], augmentation=augmentation,
-            heatmap_scale=settings["heatmap_scale"], seed=config.seed,
-            jit_device_stage=config.jit != "off",
-        )
+        common = dict(sigma=settings["sigma"], augmentation=augmentation,
+                      heatmap_scale=settings["heatmap_scale"], seed=config.seed,
+                      jit_device_stage=config.jit != "off")
+        if local:
+            trainer = LocalHeatmapTrainer(network, grid_shape, grid.spacing,
+                                          landmarks_per_image=config.landmarks_per_image, **common)
+        else:
+            trainer = HeatmapTrainer(network, grid.shape, grid.spacing, **common)
         trainer.compile(
             optimizer=_optimizer(settings, settings["steps"]), jit_compile=_whole_step_jit(config.jit, dataset.ndim)
         )
-        trainer.build((None, *grid.shape, 1))
+        trainer.build((None, *grid_shape, 1))
 
     def prepare_log(name):
         def progress(done, total):
@@ -331,8 +379,9 @@ def _train(config, log=None):
     callbacks = [
         keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq="epoch"),
-        HeatmapImages(os.path.join(output_dir, "logs"), val_samples.images[:3], network),
     ]
+    if not local:
+        callbacks.append(HeatmapImages(os.path.join(output_dir, "logs"), val_samples.images[:3], network))
     history = trainer.fit(
         train_data,
         epochs=epochs,
@@ -343,17 +392,22 @@ def _train(config, log=None):
         verbose=2 if os.environ.get("CI") else 1,
     )
 
-    points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
+    metadata = model_metadata(network, grid, val_samples.normalization, dataset.landmark_names,
+                              settings["sigma"], trainer.decode_method,
+                              crop_shape=grid_shape if local else None)
+    if local:  # Crops around the truth moved by random offsets (no coarse stage here).
+        points_grid = predict_local_validation_points(trainer, val_samples, settings["batch_size"],
+                                                      metadata)
+    else:
+        points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
     points_mm = val_samples.grid_to_physical(points_grid)
     errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)
     with atomic_path(model_path, suffix=".keras") as temporary:
         network.save(temporary)
-    metadata = model_metadata(network, grid, val_samples.normalization, dataset.landmark_names,
-                              settings["sigma"], trainer.decode_method)
     _write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
     export_path = None
-    if config.export_dir and _is_chief(strategy):  # One export per cluster, by the chief.
+    if config.export_dir and _is_chief(strategy) and not local:  # One export, by the chief.
         export_path = export_saved_model(network, config.export_dir, metadata)
         log(f"exported for TF Serving: {export_path}")
     _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))

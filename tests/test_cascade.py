@@ -1,0 +1,260 @@
+"""Tests of the coarse-to-fine (cascade) path: crops on the device, the local stage's training,
+refinement back to physical mm, and the cascade SavedModel."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keraslm import KeraslmError
+from keraslm.datasets import make_phantom
+from keraslm.inference import CascadePredictor, KerasPredictor, load_predictor, predict
+from keraslm.io import Image
+from keraslm.ops import (
+    AugmentationConfig,
+    HeatmapCodec,
+    choose_crop_landmarks,
+    crop_stage,
+    crop_to_grid,
+    extract_crops,
+    sample_transforms,
+)
+from keraslm.preprocessing import GridSpec, place_on_grid
+from keraslm.training import TrainingConfig, train
+
+# ---------------------------------------------------------------------------------------------
+# Device ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _dot_images(shape, num_landmarks, batch=2, seed=0):
+    """Images with one bright pixel per landmark (landmark 0 brightest) and their points."""
+    rng = np.random.default_rng(seed)
+    ndim = len(shape)
+    images = np.zeros((batch, *shape, 1), np.float32)
+    points = np.zeros((batch, num_landmarks, ndim), np.float32)
+    for b in range(batch):
+        for k in range(num_landmarks):
+            point = np.array([rng.integers(6, n - 6) for n in shape[::-1]])
+            points[b, k] = point
+            images[(b, *point[::-1], 0)] = 1.0 if k == 0 else 0.5
+    return images, points
+
+
+@pytest.mark.parametrize("shape", [(48, 60), (20, 28, 36)])
+def test_crop_stage_moves_crops_and_landmarks_together(shape):
+    ndim = len(shape)
+    images, points = _dot_images(shape, num_landmarks=3)
+    crop = (12,) * ndim
+    codec = HeatmapCodec(crop, stride=1, sigma=1.0)
+    config = AugmentationConfig(rotation_degrees=20, translation_mm=2.0, scale=0.1,
+                                intensity_scale=0.0, intensity_shift=0.0)
+    index = choose_crop_landmarks(points, 3)
+    transforms = sample_transforms(7, 6, crop, 1.0, config)
+    crops, heatmaps, weights, moved = (np.asarray(t) for t in crop_stage(
+        images, points, index, transforms, codec))
+    assert crops.shape == (6, *crop, 1) and heatmaps.shape == (6, *crop, 3)
+    np.testing.assert_array_equal(weights, np.ones((6, 3)))  # outside landmarks train too
+    for n in range(6):
+        own = n % 3
+        # The crop was centred on its own landmark: it moved by at most the translation
+        # (2 px) plus scaling of a zero offset.
+        centre = (np.array(crop[::-1]) - 1) / 2
+        assert np.all(np.abs(moved[n, own] - centre) <= 2.0 + 1e-4)
+        if own == 0:  # The brightest pixel of the crop is where the landmark moved to.
+            peak = np.unravel_index(np.argmax(crops[n, ..., 0]), crop)[::-1]
+            assert np.all(np.abs(np.array(peak) - moved[n, 0]) <= 1.0)
+        target_peak = np.unravel_index(np.argmax(heatmaps[n, ..., own]), crop)[::-1]
+        assert np.all(np.abs(np.array(target_peak) - moved[n, own]) <= 0.5 + 1e-4)
+
+
+def test_extract_crops_and_crop_to_grid_invert_each_other():
+    # Four dots far apart (one per crop), crops of odd size: integer centres give exact crops.
+    points = np.array([[[8, 9], [30, 10], [9, 33], [40, 30]],
+                       [[12, 7], [35, 14], [7, 28], [31, 33]]], np.float32)
+    images = np.zeros((2, 40, 50, 1), np.float32)
+    for b in range(2):
+        for x, y in points[b].astype(int):
+            images[b, y, x, 0] = 1.0
+    centres = points + np.array([2.0, -3.0], np.float32)
+    crops = np.asarray(extract_crops(images, centres, (9, 11)))
+    assert crops.shape == (8, 9, 11, 1)
+    np.testing.assert_allclose(crops.max(axis=(1, 2, 3)), 1.0)
+    peaks = np.array([np.unravel_index(np.argmax(c[..., 0]), c.shape[:2])[::-1] for c in crops])
+    back = np.asarray(crop_to_grid(peaks.reshape(2, 4, 2), centres, (9, 11)))
+    np.testing.assert_allclose(back, points, atol=1e-5)
+
+
+def test_choose_crop_landmarks():
+    points = np.zeros((3, 5, 2), np.float32)
+    points[:, 1] = np.nan
+    everything = np.asarray(choose_crop_landmarks(points, 5))
+    np.testing.assert_array_equal(everything, np.tile(np.arange(5), (3, 1)))
+    subset = np.asarray(choose_crop_landmarks(points, 4, seed=2))
+    for row in subset:
+        assert len(set(row.tolist())) == 4 and 1 not in row.tolist()  # missing one left out
+    with pytest.raises(ValueError, match="landmarks_per_image"):
+        choose_crop_landmarks(points, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refinement back to physical mm
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiling_network(num_landmarks, ndim):
+    """A 'perfect' local network: every heatmap channel is the input crop itself."""
+    inputs = keras.Input((None,) * ndim + (1,))
+    outputs = keras.layers.Concatenate()([inputs] * num_landmarks)
+    network = keras.Model(inputs, outputs)
+    network.output_stride = 1
+    return network
+
+
+class _OffsetGlobal:
+    """A global stage stub: the true landmarks on its grid, moved by a fixed offset."""
+
+    def __init__(self, metadata, truth_mm, offset):
+        self.metadata, self.truth_mm, self.offset = metadata, truth_mm, offset
+        self.image = None
+
+    def grid_points(self, images):
+        grid = GridSpec(tuple(self.metadata["grid_shape"]), tuple(self.metadata["grid_spacing"]))
+        placement = place_on_grid(self.image, grid)
+        points = placement.image_index_to_grid(self.image.physical_to_index(self.truth_mm))
+        return (points + self.offset)[None].astype(np.float32), np.ones((1, len(points)))
+
+
+def _metadata(names, grid_shape, spacing, stage, crop_shape=None):
+    metadata = {"format": "keraslm-landmarks/1", "landmark_names": names, "ndim": 2,
+                "grid_shape": list(grid_shape), "grid_spacing": [spacing, spacing],
+                "normalization": "none", "output_stride": 1, "size_divisor": 1, "sigma": 2.0,
+                "decode_method": "quadratic", "stage": stage}
+    if crop_shape:
+        metadata["crop_shape"] = list(crop_shape)
+    return metadata
+
+
+def test_cascade_refines_to_the_true_millimetres():
+    # An anisotropic image with an origin, Gaussian blobs at known physical positions; the
+    # global stage is off by up to 3 of its pixels, the local stage sees the blobs themselves.
+    spacing = np.array([0.2, 0.3])
+    origin = np.array([-12.0, 40.0])
+    height, width = 300, 260
+    truth_index = np.array([[40.3, 50.7], [200.2, 70.4], [120.6, 230.1]])
+    yy, xx = np.mgrid[:height, :width]
+    array = np.zeros((height, width), np.float32)
+    for x, y in truth_index:
+        array += np.exp(-(((xx - x) * spacing[0]) ** 2 + ((yy - y) * spacing[1]) ** 2) / (2 * 0.8 ** 2))
+    image = Image(array, spacing=spacing, origin=origin)
+    truth_mm = image.index_to_physical(truth_index)
+    names = ["a", "b", "c"]
+    coarse = _OffsetGlobal(_metadata(names, (64, 64), 1.5, "global"), truth_mm,
+                           np.array([[1.5, -2.0], [-2.5, 1.0], [0.7, 2.2]]))
+    coarse.image = image
+    local = KerasPredictor(_tiling_network(3, 2),
+                           _metadata(names, (180, 180), 0.5, "local", crop_shape=(24, 24)))
+    [prediction] = predict(coarse, [image], refine=local)
+    np.testing.assert_allclose(prediction.points_mm, truth_mm, atol=0.05)
+    np.testing.assert_allclose(prediction.points_index, truth_index, atol=0.2)
+    # Without refinement the global stage's offset remains.
+    [unrefined] = predict(coarse, [image])
+    assert np.linalg.norm(unrefined.points_mm - truth_mm, axis=-1).min() > 1.0
+
+
+def test_cascade_checks_its_stages():
+    names = ["a", "b"]
+    local = KerasPredictor(_tiling_network(2, 2), _metadata(names, (32, 32), 0.5, "local", (8, 8)))
+    coarse = _OffsetGlobal(_metadata(names, (16, 16), 2.0, "global"), None, None)
+    with pytest.raises(KeraslmError, match="must be a local stage"):
+        CascadePredictor(coarse, coarse)
+    with pytest.raises(KeraslmError, match="first model of a cascade"):
+        CascadePredictor(local, local)
+    other = KerasPredictor(_tiling_network(3, 2),
+                           _metadata(["a", "b", "c"], (32, 32), 0.5, "local", (8, 8)))
+    with pytest.raises(KeraslmError, match="disagree in their landmarks"):
+        CascadePredictor(coarse, other)
+    with pytest.raises(KeraslmError, match="local stage of a coarse-to-fine model"):
+        predict(local, [Image(np.zeros((8, 8)), spacing=(1.0, 1.0))])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training a local stage, predicting and exporting the cascade
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cascade_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=5, image_size=(64, 64))
+    common = dict(dataset=str(root / "phantom"), architecture="unet", steps=4, steps_per_epoch=2,
+                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2})
+    coarse = train(TrainingConfig(grid_shape=(32, 32), batch_size=2,
+                                  output_dir=str(root / "global"), **common))
+    local = train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
+                                 landmarks_per_image=8, translation_mm=4.0,
+                                 output_dir=str(root / "local"), **common))
+    return root, dataset, coarse, local
+
+
+def test_local_stage_training_writes_a_local_model(cascade_runs):
+    root, dataset, _, local = cascade_runs
+    metadata = json.load(open(os.path.join(local.output_dir, "model.json")))
+    assert metadata["stage"] == "local" and metadata["crop_shape"] == [16, 16]
+    assert metadata["grid_spacing"] == [2.0, 2.0]
+    # The fine grid covers every image whole (64 px of the phantom's spacing at 2 mm).
+    extent = max(dataset.read_image_header(r).size[0] * dataset.read_image_header(r).spacing[0]
+                 for r in dataset.records)
+    assert metadata["grid_shape"][1] == int(np.ceil(extent / 2.0 - 1e-6))
+    assert np.all(np.isfinite(local.errors_mm)) and local.errors_mm.shape == (2, 37)
+    history = json.load(open(os.path.join(local.output_dir, "history.json")))
+    assert "val_point_error_mm" in history
+
+
+def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, tmp_path):
+    root, dataset, coarse, local = cascade_runs
+    paths = [r.image_path for r in dataset.records[:2]]
+    refined = predict(coarse.model_path, paths, spacing=dataset.image_spacing,
+                      refine=local.model_path)
+    unrefined = predict(coarse.model_path, paths, spacing=dataset.image_spacing)
+    assert refined[0].points_mm.shape == (37, 2)
+    assert not np.allclose(refined[0].points_mm, unrefined[0].points_mm)
+    from keraslm.export import main as export_main
+
+    assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine",
+                        local.output_dir]) == 0
+    version = tmp_path / "served" / "1"
+    predictor = load_predictor(str(version))
+    assert isinstance(predictor, CascadePredictor)
+    served = predict(str(version), paths, spacing=dataset.image_spacing)
+    for a, b in zip(refined, served):
+        np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
+        np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-3, atol=1e-3)
+    # Plain TensorFlow runs the refine signature without keraslm.
+    code = (
+        "import sys; sys.modules['keraslm'] = None\n"
+        "import numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(version)!r})\n"
+        "f = m.signatures['refine']\n"
+        "shape = f.structured_input_signature[1]['images'].shape\n"
+        "out = f(images=tf.zeros([2] + shape[1:].as_list()), centres=tf.fill([2, 37, 2], 5.0))\n"
+        "print(out['landmarks'].shape, out['confidence'].shape)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert "(2, 37, 2) (2, 37)" in output
+
+
+def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
+    from keraslm.inference import main
+
+    root, dataset, coarse, local = cascade_runs
+    path = dataset.records[0].image_path
+    assert main([coarse.model_path, "--refine", local.model_path, path, "--spacing",
+                 str(dataset.image_spacing[0]), "--output-dir", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "predictions.csv").exists()
+    assert main([local.model_path, path, "--output-dir", str(tmp_path / "q")]) == 2
+    assert "local stage" in capsys.readouterr().err
