@@ -15,10 +15,12 @@ from keraslm.cli import grid_shape  # noqa: E402
 
 DEFAULT_ROOT = os.path.join("..", "shared", "data", "isbi2015-train")
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
-FULL = dict(grid_shape=(128, 104), steps=2000, batch_size=8, folds=None, num_images=None,
-            filters=None, jit="auto")
+FULL = dict(grid_shape=(128, 104), steps=1500, batch_size=8, folds=None, num_images=None,
+            filters=None, jit="auto", local_crop_shape=(64, 64), local_spacing=0.4,
+            local_steps=1500, local_batch_size=2, local_translation_mm=6.0)
 QUICK = dict(grid_shape=(32, 32), steps=2, batch_size=2, folds=1, num_images=10, filters=4,
-             jit="off")
+             jit="off", local_crop_shape=(16, 16), local_spacing=4.0, local_steps=2,
+             local_batch_size=1, local_translation_mm=6.0)
 
 
 def parse_args(argv=None):
@@ -27,8 +29,11 @@ def parse_args(argv=None):
             "5-fold cross-validation of SpatialConfiguration-Net and U-Net on the 150 ISBI 2015 "
             "training cephalograms (1935x2400 px at 0.1 mm). Full mode (default): grid "
             f"{FULL['grid_shape']} (rows, columns) = 1.875 mm spacing, {FULL['steps']} steps of "
-            f"batch {FULL['batch_size']}, small model preset - 10 runs. --quick: 10 images, "
-            "32x32 grid (7.5 mm), 2 steps, 4 filters, first fold only."
+            f"batch {FULL['batch_size']}, small model preset, and per fold a local U-Net on "
+            f"{FULL['local_crop_shape'][0]}x{FULL['local_crop_shape'][1]} crops at "
+            f"{FULL['local_spacing']} mm ({FULL['local_steps']} steps) that refines both "
+            "(coarse-to-fine) - 15 runs. --quick: 10 images, 32x32 grid (7.5 mm), 2 steps, 4 "
+            "filters, first fold only."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -46,6 +51,19 @@ def parse_args(argv=None):
     parser.add_argument("--filters", type=int, help="override the preset's filter count")
     parser.add_argument("--jit", choices=("auto", "on", "off"))
     parser.add_argument("--seed", type=int, default=0)
+    local = parser.add_argument_group("local (refinement) stage")
+    local.add_argument("--no-local", action="store_true", help="single-stage models only")
+    local.add_argument("--local-crop-shape", type=grid_shape,
+                       help=f"crop rows,columns (full: {FULL['local_crop_shape']})")
+    local.add_argument("--local-spacing", type=float,
+                       help=f"mm per pixel of the crops (full: {FULL['local_spacing']})")
+    local.add_argument("--local-steps", type=int, help=f"(full: {FULL['local_steps']})")
+    local.add_argument("--local-batch-size", type=int,
+                       help=f"images per step, each giving one crop per landmark (full: "
+                       f"{FULL['local_batch_size']})")
+    local.add_argument("--local-translation-mm", type=float,
+                       help="largest training offset of a crop from its landmark per axis "
+                       f"(full: {FULL['local_translation_mm']})")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key, None) is None:
@@ -60,7 +78,12 @@ def main(argv=None):
               "(pass --dataset-root)")
         return 0
     from keraslm.errors import KeraslmError
-    from keraslm.experiments import isbi2015_cv
+    from keraslm.experiments import LocalStage, isbi2015_cv
+
+    local = None if args.no_local else LocalStage(
+        crop_shape=args.local_crop_shape, grid_spacing=args.local_spacing,
+        steps=args.local_steps, batch_size=args.local_batch_size,
+        translation_mm=args.local_translation_mm)
 
     try:
         result = isbi2015_cv(
@@ -68,7 +91,7 @@ def main(argv=None):
             grid_shape=args.grid_shape, steps=args.steps, batch_size=args.batch_size,
             num_folds=args.num_folds, folds=args.folds, num_images=args.num_images,
             preset=args.model_preset, overrides={"filters": args.filters} if args.filters else None,
-            jit=args.jit, seed=args.seed, log=print,
+            jit=args.jit, seed=args.seed, log=print, local=local,
         )
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -26,4 +26,5 @@ def add_split_arguments(group, held_out="held-out"):
     group.add_argument("--train-ids", help="file with the training record ids, one per line")
     group.add_argument("--test-ids", help=f"file with the {held_out} record ids, one per line")
     group.add_argument("--test-fraction", type=float, default=0.2,
-                       help=f"{held_out} share when neither --fold nor id files are given")
+                       help=f"{held_out} share when neither --fold nor id files are given "
+                       "(0: use every image, hold none out)")

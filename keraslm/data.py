@@ -237,7 +237,7 @@ def select_split(dataset, fold=None, num_folds=5, train_ids=None, test_ids=None,
         fold: int or None. 0-based fold.
         num_folds: int.
         train_ids, test_ids: str or None. Files with one record id per line (both or neither).
-        test_fraction: float.
+        test_fraction: float. 0 trains on every record and holds none out.
         seed: int.
     """
     if train_ids or test_ids:
@@ -246,6 +246,8 @@ def select_split(dataset, fold=None, num_folds=5, train_ids=None, test_ids=None,
         return dataset.subset(read_id_list(train_ids)), dataset.subset(read_id_list(test_ids))
     if fold is not None:
         return dataset.fold(fold, num_folds, seed=seed)
+    if test_fraction == 0:
+        return dataset, dataset.subset([])
     return dataset.split(test_fraction, seed=seed)
 
 

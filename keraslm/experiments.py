@@ -476,9 +476,59 @@ def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
     return paths
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalStage:
+    """The local (refinement) stage of a coarse-to-fine experiment (`train.py --crop-shape`).
+
+    Args:
+        architecture: str. Network of the local stage.
+        crop_shape: tuple of int. Crop (network input) shape, array order.
+        grid_spacing: float. mm per pixel of the fine grid and the crops.
+        steps, batch_size: int. Training steps; images per step (each gives
+            `landmarks_per_image` crops).
+        translation_mm: float. Largest offset of a training crop from its landmark per axis.
+        landmarks_per_image: int or None. Crops per image and step (None: all landmarks).
+    """
+
+    architecture: str = "unet"
+    crop_shape: tuple = (64, 64)
+    grid_spacing: float = 0.4
+    steps: int = 1500
+    batch_size: int = 2
+    translation_mm: float = 6.0
+    landmarks_per_image: int = None
+
+
+REFINED_ERRORS_FILE = "errors_refined_mm.npy"
+
+
+def refined_run_errors(global_dir, local_dir, landmark_names, batch_size=4):
+    """PointErrors of a global run refined by a local run on the global run's held-out images;
+    computed once (`keraslm.evaluation.evaluate_runs` with `refine_runs`) and kept as
+    `<global_dir>/errors_refined_mm.npy` with the local run's name beside it."""
+    path = os.path.join(global_dir, REFINED_ERRORS_FILE)
+    source = os.path.join(global_dir, REFINED_ERRORS_FILE + ".json")
+    if os.path.isfile(path) and os.path.isfile(source):
+        with open(source, encoding="utf-8") as handle:
+            if json.load(handle).get("local_run") == os.path.abspath(local_dir):
+                errors = np.load(path)
+                with open(os.path.join(global_dir, METRICS_FILE), encoding="utf-8") as handle:
+                    ids = json.load(handle)["validation_ids"]
+                missing = np.isnan(errors)
+                return PointErrors(tuple(ids), tuple(landmark_names), errors, missing,
+                                   np.zeros_like(missing), np.zeros(len(ids), dtype=bool),
+                                   np.ones(len(ids)))
+    evaluation = evaluate_runs([global_dir], refine_runs=[local_dir], batch_size=batch_size)
+    with atomic_path(path, suffix=".npy") as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, evaluation.errors.errors_mm)
+    _write_json(source, {"local_run": os.path.abspath(local_dir)})
+    return evaluation.errors
+
+
 def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_shape=(128, 104),
                 steps=2000, batch_size=8, num_folds=5, folds=None, num_images=None,
-                preset="small", overrides=None, jit="auto", seed=0, log=None):
+                preset="small", overrides=None, jit="auto", seed=0, log=None, local=None):
     """k-fold cross-validation on the ISBI 2015 training images (mm, 0.1 mm pixels).
 
     Args:
@@ -490,6 +540,11 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         steps, batch_size, num_folds, folds, preset, overrides, jit, seed, log: as in `table1`.
         num_images: int or None. Cross-validate a random subset of this many images (smoke
             tests; split id files are written to output_dir/splits); None = all.
+        local: LocalStage or None. Also train one local stage per fold and report every
+            architecture refined by it (coarse-to-fine) beside its single-stage row.
+
+    Runs are trained fold by fold (all architectures and the local stage of fold 0 first), so
+    an experiment stopped early with `folds` or by interruption leaves complete folds.
 
     Returns:
         dict with `markdown`, `rows`, `records`, `per_landmark`.
@@ -508,28 +563,63 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
     if num_images is not None:
         id_files = _write_fold_ids(os.path.join(output_dir, "splits"), dataset, num_images,
                                    num_folds, seed)
-    runs = []
-    for architecture in architectures:
-        for fold in range(folds or num_folds):
+
+    def split(config, fold):
+        if id_files:
+            return dataclasses.replace(config, train_ids=id_files[fold][0],
+                                       test_ids=id_files[fold][1])
+        return dataclasses.replace(config, fold=fold, num_folds=num_folds)
+
+    runs, local_runs = [], {}
+    for fold in range(folds or num_folds):
+        for architecture in architectures:
             config = _base_config(
                 "isbi2015", os.path.abspath(dataset_root), architecture, grid_shape, steps,
                 batch_size, preset, overrides, jit,
                 os.path.join(output_dir, "runs", f"{architecture}_fold{fold}"), seed)
-            if id_files:
-                config = dataclasses.replace(config, train_ids=id_files[fold][0],
-                                             test_ids=id_files[fold][1])
-            else:
-                config = dataclasses.replace(config, fold=fold, num_folds=num_folds)
-            runs.append(Run("", architecture, config))
-    records = execute(runs, log)
+            runs.append(Run("", architecture, split(config, fold)))
+        if local is not None:
+            config = _base_config(
+                "isbi2015", os.path.abspath(dataset_root), local.architecture, grid_shape,
+                local.steps, local.batch_size, preset, overrides, jit,
+                os.path.join(output_dir, "runs", f"local_{local.architecture}_fold{fold}"), seed)
+            config = dataclasses.replace(
+                split(config, fold), grid_shape=None, crop_shape=tuple(local.crop_shape),
+                grid_spacing=local.grid_spacing, translation_mm=local.translation_mm,
+                landmarks_per_image=local.landmarks_per_image)
+            local_runs[fold] = Run("local", local.architecture, config)
+    ordered = []
+    for fold in range(folds or num_folds):
+        ordered += [run for run in runs if run.config.output_dir.endswith(f"_fold{fold}")]
+        if fold in local_runs:
+            ordered.append(local_runs[fold])
+    records = execute(ordered, log)
     errors = pooled_errors(runs, dataset.landmark_names)
     rows, landmarks, curves = [], {}, {}
+    local_label = None if local is None else f"local {METHOD_LABELS[local.architecture]}"
     for architecture in architectures:
         label = METHOD_LABELS[architecture]
         pooled = errors[("", architecture)]
         rows.append({"architecture": architecture, "method": label, "summary": summarize(pooled)})
         landmarks[label] = per_landmark(pooled)
         curves[label] = pooled.errors_mm
+        if local is None:
+            continue
+        parts = []
+        for run in runs:
+            if run.architecture == architecture:
+                fold = int(run.config.output_dir.rsplit("_fold", 1)[1])
+                log and log(f"refining {os.path.basename(run.config.output_dir)} with "
+                            f"{os.path.basename(local_runs[fold].config.output_dir)}")
+                parts.append(refined_run_errors(run.config.output_dir,
+                                                local_runs[fold].config.output_dir,
+                                                dataset.landmark_names))
+        refined = pool(parts)
+        refined_label = f"{label} + {local_label}"
+        rows.append({"architecture": architecture, "method": refined_label,
+                     "summary": summarize(refined)})
+        landmarks[refined_label] = per_landmark(refined)
+        curves[refined_label] = refined.errors_mm
     plot_cumulative_error(os.path.join(output_dir, CUMULATIVE_PLOT), curves,
                           title=f"ISBI 2015, {num_folds}-fold cross-validation")
     spacing = _grid_spacing(runs[0].config.output_dir)
@@ -541,6 +631,12 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         "cross_validation": f"{num_folds}-fold" + (f", first {folds} fold(s) only" if folds else ""),
         "seed": seed,
     }
+    if local is not None:
+        settings["local_stage"] = (
+            f"{METHOD_LABELS[local.architecture]} on {_size(local.crop_shape)} crops at "
+            f"{local.grid_spacing} mm, {local.steps} steps of {local.batch_size} images x "
+            f"{local.landmarks_per_image or dataset.num_landmarks} crops, training offsets up to "
+            f"{local.translation_mm} mm per axis")
     tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"
               f"Per landmark:\n\n{format_landmark_table(landmarks)}")
     text = _finish(output_dir, "ISBI 2015 cross-validation", settings, tables, records, start,
@@ -560,6 +656,7 @@ def _json_rows(rows):
 
 
 __all__ = [
+    "LocalStage",
     "METHOD_LABELS",
     "PAPER_ARCHITECTURES",
     "Run",
@@ -569,6 +666,7 @@ __all__ = [
     "format_sdr_table",
     "isbi2015_cv",
     "pooled_errors",
+    "refined_run_errors",
     "run_errors",
     "run_finished",
     "sizes",

@@ -57,7 +57,7 @@ def test_crop_stage_moves_crops_and_landmarks_together(shape):
     crops, heatmaps, weights, moved = (np.asarray(t) for t in crop_stage(
         images, points, index, transforms, codec))
     assert crops.shape == (6, *crop, 1) and heatmaps.shape == (6, *crop, 3)
-    np.testing.assert_array_equal(weights, np.ones((6, 3)))  # outside landmarks train too
+    np.testing.assert_array_equal(weights, np.tile(np.eye(3), (2, 1)))  # own landmark only
     for n in range(6):
         own = n % 3
         # The crop was centred on its own landmark: it moved by at most the translation

@@ -96,8 +96,13 @@ def test_isbi2015_quick(tmp_path):
     output = tmp_path / "isbi"
     assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
                                         "--output-dir", str(output)]) == 0
-    results = _check_results(output, [("", "scn"), ("", "unet")])
+    results = _check_results(output, [("", "scn"), ("", "scn"), ("", "unet"), ("", "unet")])
+    assert [row["method"] for row in results["rows"]] == [
+        "SpatialConf-Net", "SpatialConf-Net + local U-Net", "U-Net", "U-Net + local U-Net"]
     assert len(results["per_landmark"]["U-Net"]) == 19
+    assert len(results["per_landmark"]["U-Net + local U-Net"]) == 19
     assert os.path.isfile(output / "cumulative_error.png")
+    assert os.path.isfile(output / "runs" / "scn_fold0" / "errors_refined_mm.npy")
+    assert "local_stage" in (output / "table.md").read_text()
     with open(output / "splits" / "fold0_test.txt", encoding="utf-8") as handle:
         assert len(handle.read().split()) == 2  # 10 images, 5 folds.

@@ -473,7 +473,8 @@ def choose_crop_landmarks(points, landmarks_per_image, seed=None):
     return ops.cast(ops.argsort(keys, axis=-1)[:, :landmarks_per_image], "int32")
 
 
-def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0):
+def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0,
+               targets="own"):
     """The local (refinement) stage's device work: augmented crops around chosen landmarks of
     larger grid images, with the target heatmaps of every landmark.
 
@@ -483,18 +484,26 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     transforms: dict from `sample_transforms` on the crop grid (`codec.input_shape`) for
         `batch * crops_per_image` crops.
     codec: `HeatmapCodec` of the crop grid.
+    targets: "own" (default): only the heatmap channel of the crop's own landmark has weight 1
+        (it must peak there and nowhere else in the crop, also not on neighbouring landmarks);
+        "all": every annotated landmark is a target in every crop (those outside get the part of
+        their Gaussian that reaches in, mostly zeros).
 
     Crop `b * crops_per_image + j` belongs to image `b` and is centred on its landmark
     `landmark_index[b, j]` (the image centre when that one is missing) before augmentation, so
-    the sampled translation is the offset a coarse estimate would have. Every annotated landmark
-    is a target in every crop: those outside the crop get the part of their Gaussian that
-    reaches in (mostly all zeros), which teaches the network to answer "not here" as well.
+    the sampled translation is the offset a coarse estimate would have. At prediction the local
+    stage reads channel k of the crop around the estimate of landmark k only, which is what
+    "own" trains. ("all" makes the targets far sparser - a 64x64 crop holds 1-3 of 19 peaks - and
+    measured on ISBI 2015 it kept the network near the all-zero output for 600 steps.)
 
     Returns `(crops, heatmaps, weights, crop_points)`: crops `(n, *crop_shape, channels)`,
-    heatmaps `(n, *codec.output_shape, num_landmarks)`, weights `(n, num_landmarks)` (1 for
-    annotated landmarks whose elastic inverse converged, else 0) and the landmarks in crop index
-    units `(n, num_landmarks, ndim)`, with `n = batch * crops_per_image`.
+    heatmaps `(n, *codec.output_shape, num_landmarks)`, weights `(n, num_landmarks)` (0 for
+    missing landmarks and non-converged elastic inverses, and with "own" for all but the crop's
+    own landmark) and the landmarks in crop index units `(n, num_landmarks, ndim)`, with
+    `n = batch * crops_per_image`.
     """
+    if targets not in ("own", "all"):
+        raise ValueError(f"`targets` must be 'own' or 'all'. Received: targets={targets!r}")
     images = ops.convert_to_tensor(images)
     points = ops.cast(ops.convert_to_tensor(points), "float32")
     shape, ndim = check_images(images)
@@ -516,6 +525,9 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     finite = ops.all(ops.isfinite(repeated_points), axis=-1)
     converged = ops.logical_and(finite, ops.where(finite, residual, 0.0) <= 0.05)
     weights = ops.cast(converged, "float32")
+    if targets == "own":
+        own = ops.one_hot(ops.reshape(ops.cast(landmark_index, "int32"), (n,)), num_landmarks)
+        weights = weights * own
     return crops, codec.encode(moved), weights, moved
 
 

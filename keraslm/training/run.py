@@ -36,6 +36,7 @@ from keraslm.models import build_model
 from keraslm.ops.augmentation import AugmentationConfig
 from keraslm.training.callbacks import HeatmapImages
 from keraslm.training.pipeline import (
+    DEFAULT_NORMALIZATION,
     choose_grid,
     covering_grid,
     evaluation_dataset,
@@ -366,9 +367,12 @@ def _train(config, log=None):
             train_set, grid, config.normalization, progress=prepare_log("training")
         )
         train_data = training_dataset(train_samples, settings["batch_size"], seed=config.seed)
-    val_samples = prepare_samples(
-        val_set, grid, config.normalization, progress=prepare_log("validation")
-    )
+    validate = len(val_set) > 0
+    if validate:
+        val_samples = prepare_samples(
+            val_set, grid, config.normalization, progress=prepare_log("validation")
+        )
+    normalization = config.normalization or DEFAULT_NORMALIZATION[grid.ndim]
     steps = int(settings["steps"])
     steps_per_epoch = min(config.steps_per_epoch, steps)
     epochs = math.ceil(steps / steps_per_epoch)
@@ -380,28 +384,31 @@ def _train(config, log=None):
         keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq="epoch"),
     ]
-    if not local:
+    if validate and not local:
         callbacks.append(HeatmapImages(os.path.join(output_dir, "logs"), val_samples.images[:3], network))
     history = trainer.fit(
         train_data,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        validation_data=evaluation_dataset(val_samples, settings["batch_size"]),
+        validation_data=evaluation_dataset(val_samples, settings["batch_size"]) if validate else None,
         callbacks=callbacks,
         shuffle=False,  # tf.data shuffles already.
         verbose=2 if os.environ.get("CI") else 1,
     )
 
-    metadata = model_metadata(network, grid, val_samples.normalization, dataset.landmark_names,
+    metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
                               settings["sigma"], trainer.decode_method,
                               crop_shape=grid_shape if local else None)
-    if local:  # Crops around the truth moved by random offsets (no coarse stage here).
-        points_grid = predict_local_validation_points(trainer, val_samples, settings["batch_size"],
-                                                      metadata)
+    if not validate:  # Every image trained on (--test-fraction 0): no held-out error.
+        errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
-        points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
-    points_mm = val_samples.grid_to_physical(points_grid)
-    errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
+        if local:  # Crops around the truth moved by random offsets (no coarse stage here).
+            points_grid = predict_local_validation_points(trainer, val_samples,
+                                                          settings["batch_size"], metadata)
+        else:
+            points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
+        points_mm = val_samples.grid_to_physical(points_grid)
+        errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)
     with atomic_path(model_path, suffix=".keras") as temporary:
         network.save(temporary)
@@ -410,12 +417,16 @@ def _train(config, log=None):
     if config.export_dir and _is_chief(strategy) and not local:  # One export, by the chief.
         export_path = export_saved_model(network, config.export_dir, metadata)
         log(f"exported for TF Serving: {export_path}")
+    elif config.export_dir and local:
+        log("a local stage is not exported alone: export it with its global model, "
+            "python -m keraslm.export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
     _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))
     _write_json(
         os.path.join(output_dir, "metrics.json"),
         {"validation_ids": list(val_set.ids), "summary": summary,
          "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
-         "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))},
+         "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))
+         if validate else {}},
     )
     return TrainingResult(model_path, output_dir, steps, time.perf_counter() - start, errors_mm, summary,
                           export_path)

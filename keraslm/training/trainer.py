@@ -147,7 +147,8 @@ class LocalHeatmapTrainer(HeatmapTrainer):
 
     The batches hold whole images on a fine grid; inside the compiled step each image gives
     `landmarks_per_image` crops of `crop_shape` centred on its landmarks, augmented (the sampled
-    translation plays the coarse stage's error), and every crop has targets for all landmarks
+    translation plays the coarse stage's error), and each crop trains the heatmap channel of its
+    own landmark: a peak there, zero elsewhere in the crop
     (`keraslm.ops.augmentation.crop_stage`). Validation centres each crop on the true landmark
     moved by a fixed pseudo-random offset within the augmentation's translation range and
     reports the error of that crop's own landmark, in mm.
