@@ -13,6 +13,13 @@ REST request bodies (TF Serving, `POST /v1/models/<name>[/versions/<v>]:predict`
     {"signature_name": "landmarks", "instances": [<grid image (*grid_shape, 1) as nested lists>]}
     {"signature_name": "serving_default", "inputs": {"images": [<grid image>, ...]}}
 
+    {"signature_name": "refine", "inputs": {"images": [<fine grid image>], "centres": [...]}}
+
+The third exists in a coarse-to-fine export (`python -m keraslm.export ... --refine`): after the
+`landmarks` answer, the client puts each image onto the local stage's fine grid
+(`metadata["refine"]`), maps the global estimates there and asks `refine` for the refined
+points, which go back through the fine grid's placement.
+
 Row format ("instances") answers `{"predictions": [{"landmarks": ..., "confidence": ...}, ...]}`
 (one object per image); columnar format ("inputs") answers
 `{"outputs": {"landmarks": [...], "confidence": [...]}}`. Both are read by `parse_response`.
@@ -60,6 +67,8 @@ class PreparedImage:
         grid_image: np.ndarray `(*grid_shape, 1)` float32. The request's input.
         placement: keraslm.preprocessing.GridPlacement. Grid index -> original image index.
         header: keraslm.io.Image. The original image's geometry.
+        fine_image, fine_placement: the same on the local stage's fine grid (cascade exports
+            only, else None).
     """
 
     image_id: str
@@ -67,6 +76,8 @@ class PreparedImage:
     grid_image: np.ndarray
     placement: object
     header: object
+    fine_image: np.ndarray = None
+    fine_placement: object = None
 
 
 def prepare_images(images, metadata, spacing=None):
@@ -93,10 +104,48 @@ def prepare_images(images, metadata, spacing=None):
                 f"{path or f'image {index}'} is {image.ndim}D but the model expects {grid.ndim}D "
                 "images")
         array, placement = prepare_image(image, grid, metadata["normalization"])
+        fine_array = fine_placement = None
+        if "refine" in metadata:  # A coarse-to-fine export: also the local stage's fine grid.
+            local = metadata["refine"]
+            fine_grid = GridSpec(tuple(local["grid_shape"]), tuple(local["grid_spacing"]))
+            fine_array, fine_placement = prepare_image(image, fine_grid, local["normalization"])
+            fine_array = np.asarray(fine_array, np.float32)[..., np.newaxis]
         prepared.append(PreparedImage(_image_id(path, index), path,
                                       np.asarray(array, np.float32)[..., np.newaxis], placement,
-                                      image.header()))
+                                      image.header(), fine_array, fine_placement))
     return prepared
+
+
+def refine_request_body(prepared, predictions, request_format="inputs"):
+    """The body of the `refine` request of a coarse-to-fine export: the images on the fine grid
+    and the global stage's estimates (`predictions`, from `parse_response`) mapped onto it."""
+    if request_format not in FORMATS:
+        raise KeraslmError(f"`request_format` must be one of {FORMATS}. Received: "
+                           f"request_format={request_format!r}")
+    if any(item.fine_placement is None for item in prepared):
+        raise KeraslmError("these images were prepared without a local stage (the metadata has "
+                           "no 'refine' entry)")
+    images = [item.fine_image.tolist() for item in prepared]
+    centres = [item.fine_placement.image_index_to_grid(p.points_index).tolist()
+               for item, p in zip(prepared, predictions)]
+    if request_format == "instances":
+        return {"signature_name": "refine", "instances": [
+            {"images": image, "centres": centre} for image, centre in zip(images, centres)]}
+    return {"signature_name": "refine", "inputs": {"images": images, "centres": centres}}
+
+
+def parse_refine_response(response, prepared, predictions):
+    """Predictions with the refined points (and the local stage's confidence) of a `refine`
+    response."""
+    outputs = _outputs(response, len(prepared))
+    refined = []
+    for item, prediction, points_fine, peaks in zip(prepared, predictions, outputs["landmarks"],
+                                                    outputs["confidence"]):
+        points_index = item.fine_placement.grid_to_image_index(points_fine)
+        refined.append(dataclasses.replace(
+            prediction, points_mm=item.header.index_to_physical(points_index),
+            points_index=points_index, confidence=np.asarray(peaks)))
+    return refined
 
 
 def request_body(prepared, signature_name="landmarks", request_format="instances"):
@@ -260,7 +309,8 @@ class ServingClient:
         spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI).
         batch_size: int >= 1. images per request.
 
-        Returns list of `keraslm.inference.Prediction`, one per image, in order.
+        Returns list of `keraslm.inference.Prediction`, one per image, in order. For a
+        coarse-to-fine export each batch takes two requests (`landmarks`, then `refine`).
         """
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise KeraslmError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
@@ -269,5 +319,9 @@ class ServingClient:
         for start in range(0, len(prepared), batch_size):
             batch = prepared[start:start + batch_size]
             body = request_body(batch, self.signature_name, self.request_format)
-            predictions += parse_response(self.transport(self.path, body), batch, self.metadata)
+            answers = parse_response(self.transport(self.path, body), batch, self.metadata)
+            if "refine" in self.metadata:  # Coarse-to-fine: a second request per batch.
+                body = refine_request_body(batch, answers, self.request_format)
+                answers = parse_refine_response(self.transport(self.path, body), batch, answers)
+            predictions += answers
         return predictions

@@ -258,3 +258,45 @@ def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
     assert (tmp_path / "p" / "predictions.csv").exists()
     assert main([local.model_path, path, "--output-dir", str(tmp_path / "q")]) == 2
     assert "local stage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("request_format", ["inputs", "instances"])
+def test_serving_client_refines_like_predict(cascade_runs, tmp_path, request_format):
+    import tensorflow as tf
+
+    from keraslm.export import main as export_main
+    from keraslm.serving import ServingClient
+
+    root, dataset, coarse, local = cascade_runs
+    assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine",
+                        local.output_dir]) == 0
+    version = str(tmp_path / "served" / "1")
+    loaded = tf.saved_model.load(version)
+    calls = []
+
+    def transport(path, body):  # answers as TF Serving's REST API does, through JSON
+        body = json.loads(json.dumps(body))
+        calls.append(body["signature_name"])
+        signature = loaded.signatures[body["signature_name"]]
+        if "instances" in body:
+            rows = body["instances"]
+            inputs = ({"images": rows} if not isinstance(rows[0], dict) else
+                      {key: [row[key] for row in rows] for key in rows[0]})
+        else:
+            inputs = body["inputs"]
+        outputs = signature(**{k: tf.constant(np.asarray(v, np.float32)) for k, v in inputs.items()})
+        outputs = {k: v.numpy().tolist() for k, v in outputs.items()}
+        if "instances" in body:
+            count = len(next(iter(outputs.values())))
+            return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(count)]}
+        return {"outputs": outputs}
+
+    paths = [r.image_path for r in dataset.records[:3]]
+    client = ServingClient("cascade", version, request_format=request_format,
+                           transport=transport)
+    served = client.predict(paths, spacing=dataset.image_spacing, batch_size=2)
+    assert calls == ["landmarks", "refine", "landmarks", "refine"]
+    expected = predict(coarse.model_path, paths, spacing=dataset.image_spacing,
+                       refine=local.model_path)
+    for a, b in zip(expected, served):
+        np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
