@@ -119,6 +119,10 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
         ({"grid_spacing": 0.5}, KeraslmError, r"is larger than the grid's field of view"),
         ({"grid_shape": (60, 60)}, ValueError, r"divisible by 8"),
         ({"ndim": 3}, KeraslmError, r"is 2D but a 3D model was requested \(--ndim\)"),
+        ({"crop_shape": (16, 16)}, KeraslmError, r"local stage \(--crop-shape\) needs --grid-spacing"),
+        ({"crop_shape": (8, 16, 16), "grid_spacing": 2.0}, KeraslmError,
+         r"is 2D but --crop-shape \(8, 16, 16\) is 3D"),
+        ({"crop_shape": (12, 12), "grid_spacing": 2.0}, ValueError, r"divisible by 8"),
     ],
 )
 def test_bad_configurations_fail_before_training(phantom_root, tmp_path, overrides, error, message):
@@ -130,6 +134,16 @@ def test_bad_configurations_fail_before_training(phantom_root, tmp_path, overrid
     with pytest.raises(error, match=message):
         train(config)
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_test_fraction_zero_trains_on_every_image(phantom_root, tmp_path):
+    result = train(TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), batch_size=4, steps=2, steps_per_epoch=2,
+        test_fraction=0.0, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL))
+    metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert metrics["validation_ids"] == [] and metrics["summary"]["count"] == 0
+    assert result.errors_mm.shape == (0, 37) and os.path.isfile(result.model_path)
+    assert "val_loss" not in json.load(open(tmp_path / "run" / "history.json"))
 
 
 def _free_ports(count):
