@@ -106,3 +106,24 @@ def test_isbi2015_quick(tmp_path):
     assert "local_stage" in (output / "table.md").read_text()
     with open(output / "splits" / "fold0_test.txt", encoding="utf-8") as handle:
         assert len(handle.read().split()) == 2  # 10 images, 5 folds.
+
+
+def test_publish_copies_generated_tables(tmp_path):
+    publish = _script("publish")
+    readme = tmp_path / "README.md"
+    names = ("isbi2015_cv", "table1_phantom2d", "table2_phantom3d")
+    readme.write_text("intro\n" + "".join(
+        f"<!-- results:{n} -->\nold\n<!-- /results:{n} -->\n" for n in names))
+    results = tmp_path / "results"
+    (results / "isbi2015_cv").mkdir(parents=True)
+    (results / "isbi2015_cv" / "table.md").write_text(
+        "# ISBI\n\n## Settings\n| a | b |\n|---|---|\n| 1 | 2 |\n\nCurve: cumulative_error.png\n")
+    assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| 1 | 2 |" in text and "##### Settings" in text
+    assert "# ISBI" not in text  # the table's title gives way to the README heading
+    assert "Not run yet: `python experiments/table1_phantom2d.py`" in text
+    assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("no markers")
+    assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 2

@@ -1,0 +1,86 @@
+"""Copy the generated experiment tables into README.md's "Results" section (see --help).
+
+Each experiment writes `experiments/results/<name>/table.md`; this script puts that file's text
+between the README markers `<!-- results:<name> -->` and `<!-- /results:<name> -->`, so the
+README shows exactly what the experiment generated (nothing typed by hand). Experiments that
+have not been run leave a line saying so. Headings of the table files are demoted to fit under
+the README's "Results" section, and links to files of the experiment (plots) are made relative
+to the repository root.
+"""
+import argparse
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = ("isbi2015_cv", "table1_phantom2d", "table2_phantom3d")
+PLOT = re.compile(r"([A-Za-z0-9_.-]+\.png)")
+
+
+def block(results_dir, name):
+    """The README text for one experiment: its table.md, adapted, or a 'not run' line."""
+    folder = os.path.join(results_dir, name)
+    path = os.path.join(folder, "table.md")
+    if not os.path.isfile(path):
+        return (f"*Not run yet: `python experiments/{name}.py` writes "
+                f"`experiments/results/{name}/table.md`.*")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read().strip()
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            continue  # The README section has its own heading.
+        if line.startswith("#"):
+            line = "###" + line
+        relative = os.path.relpath(folder, REPO)
+
+        def link(match):
+            target = os.path.join(folder, match.group(1))
+            if not os.path.isfile(target):
+                return match.group(1)
+            return f"[{match.group(1)}]({relative}/{match.group(1)})"
+
+        if "|" not in line:
+            line = PLOT.sub(link, line)
+        lines.append(line)
+    return "\n".join(lines).strip()
+
+
+def publish(readme, results_dir, names=EXPERIMENTS):
+    """Replaces every marked block of `readme` (text) by the generated tables; returns the text.
+
+    Raises:
+        ValueError: a marker pair is missing from the README.
+    """
+    for name in names:
+        begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+        if begin not in readme or end not in readme:
+            raise ValueError(f"README has no {begin} ... {end} markers")
+        head, rest = readme.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        readme = f"{head}{begin}\n{block(results_dir, name)}\n{end}{tail}"
+    return readme
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readme", default=os.path.join(REPO, "README.md"))
+    parser.add_argument("--results-dir", default=os.path.join(REPO, "experiments", "results"))
+    args = parser.parse_args(argv)
+    with open(args.readme, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        updated = publish(text, args.results_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    temporary = args.readme + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(updated)
+    os.replace(temporary, args.readme)
+    print(f"updated {args.readme}" if updated != text else f"{args.readme} already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
