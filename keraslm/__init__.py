@@ -8,7 +8,8 @@ Implements Payer et al., "Regressing Heatmaps for Multiple Landmark Localization
 - `keraslm.datasets`: built-in datasets (synthetic phantoms, ISBI 2015 layout).
 - `keraslm.models`, `keraslm.ops`, `keraslm.training`: networks, on-device augmentation and
   heatmap codec, training.
-- `keraslm.predict(model, images)` (`keraslm.inference`): landmarks in mm in new images.
+- `keraslm.predict(model, images)` (`keraslm.inference`): landmarks in mm in new images;
+  `python -m keraslm.predict` / `keraslm-predict` on the command line.
 """
 import importlib.util as _importlib_util
 
@@ -32,12 +33,13 @@ from keraslm.errors import (  # noqa: E402
 
 
 
-def predict(model, images, spacing=None, batch_size=4, metadata=None):
+def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None):
     """Finds landmarks in images; see `keraslm.inference.predict` (imported on first use, so
-    `import keraslm` stays light)."""
+    `import keraslm` stays light). On the command line: `python -m keraslm.predict`."""
     from keraslm.inference import predict as _predict
 
-    return _predict(model, images, spacing=spacing, batch_size=batch_size, metadata=metadata)
+    return _predict(model, images, spacing=spacing, batch_size=batch_size, metadata=metadata,
+                    refine=refine)
 
 
 __all__ = [

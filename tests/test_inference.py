@@ -73,3 +73,24 @@ def test_predict_bad_input(trained, tmp_path):
 
     with pytest.raises(KeraslmError, match=r"a Keras model needs `metadata`"):
         load_predictor(keras.saving.load_model(result.model_path))
+
+
+def test_python_m_keraslm_predict_prints_named_landmarks(trained, tmp_path):
+    import subprocess
+    import sys
+
+    import keraslm.predict as predict_module
+
+    dataset, result = trained
+    path = dataset.records[0].image_path
+    # Importing the module keeps `keraslm.predict(...)` working (the module is callable).
+    assert keraslm.predict is predict_module
+    [prediction] = keraslm.predict(result.model_path, [path], spacing=dataset.image_spacing)
+    assert prediction.points_mm.shape == (37, 2)
+    output = subprocess.run(
+        [sys.executable, "-m", "keraslm.predict", result.model_path, path, "--spacing",
+         str(dataset.image_spacing[0]), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, check=True).stdout
+    for name in dataset.landmark_names:
+        assert name in output
+    assert " mm " in output
