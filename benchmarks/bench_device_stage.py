@@ -146,18 +146,26 @@ def sitk_sample(image, points, transforms, b, shape, spacing, codec):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per measurement")
+    parser.add_argument("--output", help="also write what is printed to this file (Markdown), "
+                        "e.g. experiments/results/benchmarks/bench_device_stage.md for experiments/publish.py")
     args = parser.parse_args()
+    lines = []
+
+    def say(*parts, **kwargs):
+        text = " ".join(str(p) for p in parts)
+        print(text, flush=True)
+        lines.append(text)
     rng = np.random.default_rng(0)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
+    say(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
           f"{[d.device_type for d in tf.config.list_logical_devices()]}, "
           f"CPU cores: {os.cpu_count()}")
     if sitk is None:
-        print("SimpleITK is not installed: the SimpleITK column of P2 is skipped. It is needed "
+        say("SimpleITK is not installed: the SimpleITK column of P2 is skipped. It is needed "
               "only for this benchmark: /work/venv/bin/pip install SimpleITK")
     else:
-        print(f"SimpleITK {sitk.Version.VersionString()} "
+        say(f"SimpleITK {sitk.Version.VersionString()} "
               f"({sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()} threads)")
-    print(f"augmentation: {CONFIG}\nheatmaps: sigma {SIGMA}, stride 1\n")
+    say(f"augmentation: {CONFIG}\nheatmaps: sigma {SIGMA}, stride 1\n")
 
     p2_rows, p3_rows = [], []
     for name, shape, spacing, num_landmarks, batch in CASES:
@@ -203,24 +211,29 @@ def main():
         t_ones = timed(lambda: ones(p_tf), args.repeats)
         p3_rows.append((name, out_shape, t_render, t_ones))
 
-    print("P2: device stage (augment + render) per sample")
-    print("| case | batch | keraslm XLA ms/sample | SimpleITK+NumPy ms/sample | speed-up |")
-    print("|---|---|---|---|---|")
+    say("P2: device stage (augment + render) per sample")
+    say("| case | batch | keraslm XLA ms/sample | SimpleITK+NumPy ms/sample | speed-up |")
+    say("|---|---|---|---|---|")
     for name, batch, device, sitk_time, _ in p2_rows:
         if sitk_time is None:
-            print(f"| {name} | {batch} | {device * 1e3:.1f} | skipped (no SimpleITK) | - |")
+            say(f"| {name} | {batch} | {device * 1e3:.1f} | skipped (no SimpleITK) | - |")
         else:
-            print(f"| {name} | {batch} | {device * 1e3:.1f} | {sitk_time * 1e3:.1f} | "
+            say(f"| {name} | {batch} | {device * 1e3:.1f} | {sitk_time * 1e3:.1f} | "
                   f"{sitk_time / device:.1f}x |")
     for name, *_, check in p2_rows:
         if check:
-            print(f"  cross-check {name}: {check}")
-    print("\nP3: heatmap rendering vs writing a tensor of the same size (both XLA-compiled)")
-    print("| case | heatmap tensor | encode ms | ones ms | ratio |")
-    print("|---|---|---|---|---|")
+            say(f"  cross-check {name}: {check}")
+    say("\nP3: heatmap rendering vs writing a tensor of the same size (both XLA-compiled)")
+    say("| case | heatmap tensor | encode ms | ones ms | ratio |")
+    say("|---|---|---|---|---|")
     for name, out_shape, t_render, t_ones in p3_rows:
-        print(f"| {name} | {out_shape} | {t_render * 1e3:.1f} | {t_ones * 1e3:.1f} | "
+        say(f"| {name} | {out_shape} | {t_render * 1e3:.1f} | {t_ones * 1e3:.1f} | "
               f"{t_render / t_ones:.2f} |")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write("```\n" + "\n".join(lines) + "\n```\n")
+        os.replace(args.output + ".tmp", args.output)
 
 
 if __name__ == "__main__":

@@ -70,13 +70,21 @@ def main():
     parser.add_argument("--min-seconds", type=float, default=2.0,
                         help="minimum measuring time per figure")
     parser.add_argument("--jit-compile", action="store_true", help="compile the steps with XLA")
+    parser.add_argument("--output", help="also write what is printed to this file (Markdown), "
+                        "e.g. experiments/results/benchmarks/bench_models.md for experiments/publish.py")
     args = parser.parse_args()
+    lines = []
+
+    def say(*parts, **kwargs):
+        text = " ".join(str(p) for p in parts)
+        print(text, flush=True)
+        lines.append(text)
 
     peak = matmul_gflops(2048, args.min_seconds)
-    print(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, float32, "
+    say(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, float32, "
           f"batch {args.batch}, XLA {'on' if args.jit_compile else 'off'}")
-    print(f"tf.linalg.matmul 2048x2048: {peak:.1f} GFLOP/s")
-    print(f"{'network':<16}{'input':>10}{'GFLOP fwd':>11}{'fwd ms':>9}{'GFLOP/s':>9}"
+    say(f"tf.linalg.matmul 2048x2048: {peak:.1f} GFLOP/s")
+    say(f"{'network':<16}{'input':>10}{'GFLOP fwd':>11}{'fwd ms':>9}{'GFLOP/s':>9}"
           f"{'fwd+bwd ms':>12}{'GFLOP/s':>9}{'% matmul':>10}")
     for ndim in (2, 3):
         for architecture in ARCHITECTURES:
@@ -84,11 +92,16 @@ def main():
                                                  args.min_seconds, args.jit_compile)
             rate_fwd = flops / fwd / 1e9
             rate_both = 3 * flops / both / 1e9
-            print(f"{architecture + f' {ndim}D':<16}{'x'.join(map(str, size)):>10}"
+            say(f"{architecture + f' {ndim}D':<16}{'x'.join(map(str, size)):>10}"
                   f"{flops / 1e9:>11.2f}{fwd * 1e3:>9.1f}{rate_fwd:>9.1f}"
                   f"{both * 1e3:>12.1f}{rate_both:>9.1f}{100 * rate_both / peak:>9.0f}%")
-    print(f"tf.linalg.matmul 2048x2048 again: {matmul_gflops(2048, args.min_seconds):.1f} "
+    say(f"tf.linalg.matmul 2048x2048 again: {matmul_gflops(2048, args.min_seconds):.1f} "
           "GFLOP/s")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write("```\n" + "\n".join(lines) + "\n```\n")
+        os.replace(args.output + ".tmp", args.output)
 
 
 if __name__ == "__main__":

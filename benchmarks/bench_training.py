@@ -109,19 +109,32 @@ def main():
                         help="on: XLA for the whole step (both sides); auto: as train.py on a CPU, "
                         "XLA for the device stage only, the network and the baseline without XLA")
     parser.add_argument("--cases", default="2d,3d", help="comma-separated: 2d, 3d")
+    parser.add_argument("--output", help="also write what is printed to this file (Markdown), "
+                        "e.g. experiments/results/benchmarks/bench_training.md for experiments/publish.py")
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
+    lines = []
+
+    def say(*parts, **kwargs):
+        text = " ".join(str(p) for p in parts)
+        print(text, flush=True)
+        lines.append(text)
+    say(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}")
-    print(f"jit mode: {args.jit}")
-    print(f"{'case':<16} {'batch':>5} {'full s/step':>12} {'baseline s/step':>16} {'overhead':>9}")
+    say(f"jit mode: {args.jit}")
+    say(f"{'case':<16} {'batch':>5} {'full s/step':>12} {'baseline s/step':>16} {'overhead':>9}")
     wanted = args.cases.lower().split(",")
     for name, architecture, grid_shape, landmarks, batch in CASES:
         if f"{len(grid_shape)}d" not in wanted:
             continue
         name, full, baseline = run_case(name, architecture, grid_shape, landmarks, batch, args.steps,
                                         whole_step_jit=args.jit == "on")
-        print(f"{name:<16} {batch:>5} {full:>12.4f} {baseline:>16.4f} {100 * (full / baseline - 1):>8.1f}%",
+        say(f"{name:<16} {batch:>5} {full:>12.4f} {baseline:>16.4f} {100 * (full / baseline - 1):>8.1f}%",
               flush=True)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write("```\n" + "\n".join(lines) + "\n```\n")
+        os.replace(args.output + ".tmp", args.output)
 
 
 if __name__ == "__main__":

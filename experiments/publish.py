@@ -13,12 +13,36 @@ import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = ("isbi2015_cv", "table1_phantom2d", "table2_phantom3d")
+EXPERIMENTS = ("isbi2015_cv", "table1_phantom2d", "table2_phantom3d", "benchmarks")
+#: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
+BENCHMARKS = (
+    ("bench_training", "P1: training step with on-device augmentation and rendering vs the "
+     "same step on pre-made tensors"),
+    ("bench_device_stage", "P2/P3: device stage vs SimpleITK + NumPy per sample; heatmap "
+     "rendering vs writing a tensor of the same size"),
+    ("bench_models", "Model throughput (GFLOP/s) against a large matmul"),
+)
 PLOT = re.compile(r"([A-Za-z0-9_.-]+\.png)")
+
+
+def benchmark_block(results_dir):
+    """The README text of the benchmark outputs found in `results_dir/benchmarks`."""
+    parts = []
+    for name, title in BENCHMARKS:
+        path = os.path.join(results_dir, "benchmarks", f"{name}.md")
+        command = f"python benchmarks/{name}.py --output experiments/results/benchmarks/{name}.md"
+        if not os.path.isfile(path):
+            parts.append(f"{title}: *not run yet* (`{command}`).")
+            continue
+        with open(path, encoding="utf-8") as handle:
+            parts.append(f"{title} (`{command}`):\n\n{handle.read().strip()}")
+    return "\n\n".join(parts)
 
 
 def block(results_dir, name):
     """The README text for one experiment: its table.md, adapted, or a 'not run' line."""
+    if name == "benchmarks":
+        return benchmark_block(results_dir)
     folder = os.path.join(results_dir, name)
     path = os.path.join(folder, "table.md")
     if not os.path.isfile(path):

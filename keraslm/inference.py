@@ -187,9 +187,13 @@ class CascadePredictor:
     Args:
         global_predictor: predictor of the whole-image (global) stage.
         local_predictor: predictor of the local stage (`metadata["stage"] == "local"`).
+        iterations: int >= 1. Local passes; each centres the crops on the previous estimate.
     """
 
-    def __init__(self, global_predictor, local_predictor):
+    def __init__(self, global_predictor, local_predictor, iterations=1):
+        if not (isinstance(iterations, int) and iterations >= 1):
+            raise KeraslmError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
+        self.iterations = iterations
         coarse, fine = global_predictor.metadata, local_predictor.metadata
         if coarse.get("stage", "global") != "global":
             raise KeraslmError("the first model of a cascade must be a global (whole-image) "
@@ -220,9 +224,9 @@ class CascadePredictor:
         fine = self.local.metadata
         grid = GridSpec(tuple(fine["grid_shape"]), tuple(fine["grid_spacing"]))
         array, placement = prepare_image(image, grid, fine["normalization"])
-        centres = placement.image_index_to_grid(points_index)
-        points, confidence = self.local.refine(array[np.newaxis, ..., np.newaxis],
-                                               centres[np.newaxis].astype(np.float32))
+        points = placement.image_index_to_grid(points_index)[np.newaxis].astype(np.float32)
+        for _ in range(self.iterations):
+            points, confidence = self.local.refine(array[np.newaxis, ..., np.newaxis], points)
         return placement.grid_to_image_index(points[0]), confidence[0]
 
 
