@@ -4,8 +4,8 @@ Each experiment writes `experiments/results/<name>/table.md`; this script puts t
 between the README markers `<!-- results:<name> -->` and `<!-- /results:<name> -->`, so the
 README shows exactly what the experiment generated (nothing typed by hand). Experiments that
 have not been run leave a line saying so. Headings of the table files are demoted to fit under
-the README's "Results" section, and links to files of the experiment (plots) are made relative
-to the repository root.
+the README's "Results" section, and plots the tables name are embedded as images (paths
+relative to the repository root).
 """
 import argparse
 import os
@@ -62,7 +62,7 @@ def block(results_dir, name):
             target = os.path.join(folder, match.group(1))
             if not os.path.isfile(target):
                 return match.group(1)
-            return f"[{match.group(1)}]({relative}/{match.group(1)})"
+            return f"\n\n![{match.group(1)}]({relative}/{match.group(1)})\n"
 
         if "|" not in line:
             line = PLOT.sub(link, line)

@@ -380,6 +380,9 @@ def main(argv=None):
     parser.add_argument("--refine", metavar="LOCAL_MODEL",
                         help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
                         "refines the model's estimates on fine-grid crops")
+    parser.add_argument("--refine-iterations", type=int, default=1, metavar="N",
+                        help="local passes with --refine; each centres the crops on the previous "
+                        "estimate")
     parser.add_argument("images", nargs="+", help="image files, or folders whose image files (and "
                         "sub-folders, as DICOM series) are all predicted")
     parser.add_argument("--series", action="store_true",
@@ -402,8 +405,14 @@ def main(argv=None):
         print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
         return 2
     try:
-        predictions = predict(args.model, paths, spacing=args.spacing, batch_size=args.batch_size,
-                              refine=args.refine)
+        model = args.model
+        if args.refine_iterations != 1:
+            if not args.refine:
+                raise KeraslmError("--refine-iterations needs --refine")
+            model = CascadePredictor(load_predictor(args.model), load_predictor(args.refine),
+                                     iterations=args.refine_iterations)
+        predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size,
+                              refine=None if args.refine_iterations != 1 else args.refine)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -160,6 +160,8 @@ def test_cascade_refines_to_the_true_millimetres():
     [prediction] = predict(coarse, [image], refine=local)
     np.testing.assert_allclose(prediction.points_mm, truth_mm, atol=0.05)
     np.testing.assert_allclose(prediction.points_index, truth_index, atol=0.2)
+    [twice] = predict(CascadePredictor(coarse, local, iterations=2), [image])
+    np.testing.assert_allclose(twice.points_mm, truth_mm, atol=0.05)
     # Without refinement the global stage's offset remains.
     [unrefined] = predict(coarse, [image])
     assert np.linalg.norm(unrefined.points_mm - truth_mm, axis=-1).min() > 1.0
@@ -258,6 +260,11 @@ def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
     assert (tmp_path / "p" / "predictions.csv").exists()
     assert main([local.model_path, path, "--output-dir", str(tmp_path / "q")]) == 2
     assert "local stage" in capsys.readouterr().err
+    assert main([coarse.model_path, "--refine", local.model_path, "--refine-iterations", "2",
+                 path, "--spacing", str(dataset.image_spacing[0]), "--output-dir",
+                 str(tmp_path / "r")]) == 0
+    assert main([coarse.model_path, "--refine-iterations", "2", path]) == 2
+    assert "--refine-iterations needs --refine" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("request_format", ["inputs", "instances"])
