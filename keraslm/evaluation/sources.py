@@ -295,6 +295,9 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
                 raise KeraslmError(
                     f"{local_dir} was validated on other images than {run_dir}; a local stage "
                     "must hold out the same split as the run it refines")
+    if method is None and refine_runs:
+        local = read_run_config(refine_runs[0]).get("architecture")
+        method = f"{configs[0].get('architecture')} + local {local}"
     parts = []
     for number, (run_dir, config) in enumerate(zip(run_dirs, configs), 1):
         test_set = run_test_set(run_dir, config)
