@@ -307,3 +307,19 @@ def test_serving_client_refines_like_predict(cascade_runs, tmp_path, request_for
                        refine=local.model_path)
     for a, b in zip(expected, served):
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
+
+
+def test_evaluate_runs_with_refine_runs(cascade_runs):
+    from keraslm.evaluation import evaluate_runs
+
+    root, dataset, coarse, local = cascade_runs
+    evaluation = evaluate_runs([coarse.output_dir], refine_runs=[local.output_dir])
+    assert evaluation.method == "unet + local unet"
+    test_ids = json.load(open(os.path.join(coarse.output_dir, "metrics.json")))["validation_ids"]
+    test_set = dataset.subset(test_ids)
+    expected = predict(coarse.model_path, [r.image_path for r in test_set.records],
+                       spacing=dataset.image_spacing, refine=local.model_path)
+    errors = np.linalg.norm(np.stack([p.points_mm for p in expected]) - test_set.points_mm, axis=-1)
+    np.testing.assert_allclose(evaluation.errors.errors_mm, errors, atol=1e-3)
+    with pytest.raises(KeraslmError, match="one local-stage run per run"):
+        evaluate_runs([coarse.output_dir], refine_runs=[local.output_dir, local.output_dir])
