@@ -202,6 +202,17 @@ def cascade_runs(tmp_path_factory):
     return root, dataset, coarse, local
 
 
+@pytest.fixture(scope="module")
+def cascade_export(cascade_runs, tmp_path_factory):
+    """The cascade exported once with `python -m keraslm.export`: its version folder."""
+    from keraslm.export import main as export_main
+
+    root, dataset, coarse, local = cascade_runs
+    base = tmp_path_factory.mktemp("served") / "cascade"
+    assert export_main([coarse.output_dir, str(base), "--refine", local.output_dir]) == 0
+    return str(base / "1")
+
+
 def test_local_stage_training_writes_a_local_model(cascade_runs):
     root, dataset, _, local = cascade_runs
     metadata = json.load(open(os.path.join(local.output_dir, "model.json")))
@@ -216,7 +227,7 @@ def test_local_stage_training_writes_a_local_model(cascade_runs):
     assert "val_point_error_mm" in history
 
 
-def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, tmp_path):
+def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_export):
     root, dataset, coarse, local = cascade_runs
     paths = [r.image_path for r in dataset.records[:2]]
     refined = predict(coarse.model_path, paths, spacing=dataset.image_spacing,
@@ -224,11 +235,7 @@ def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, tmp_path):
     unrefined = predict(coarse.model_path, paths, spacing=dataset.image_spacing)
     assert refined[0].points_mm.shape == (37, 2)
     assert not np.allclose(refined[0].points_mm, unrefined[0].points_mm)
-    from keraslm.export import main as export_main
-
-    assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine",
-                        local.output_dir]) == 0
-    version = tmp_path / "served" / "1"
+    version = cascade_export
     predictor = load_predictor(str(version))
     assert isinstance(predictor, CascadePredictor)
     served = predict(str(version), paths, spacing=dataset.image_spacing)
@@ -268,16 +275,13 @@ def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("request_format", ["inputs", "instances"])
-def test_serving_client_refines_like_predict(cascade_runs, tmp_path, request_format):
+def test_serving_client_refines_like_predict(cascade_runs, cascade_export, request_format):
     import tensorflow as tf
 
-    from keraslm.export import main as export_main
     from keraslm.serving import ServingClient
 
     root, dataset, coarse, local = cascade_runs
-    assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine",
-                        local.output_dir]) == 0
-    version = str(tmp_path / "served" / "1")
+    version = cascade_export
     loaded = tf.saved_model.load(version)
     calls = []
 
