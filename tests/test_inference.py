@@ -94,3 +94,32 @@ def test_python_m_keraslm_predict_prints_named_landmarks(trained, tmp_path):
     for name in dataset.landmark_names:
         assert name in output
     assert " mm " in output
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "saved_models", "isbi2015_scn", "1")
+ISBI_IMAGE = os.path.join(os.path.dirname(SHIPPED), "..", "..", "..", "shared", "data",
+                          "isbi2015-train", "images", "001.jpg")
+
+
+@pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not found")
+def test_shipped_isbi2015_model_finds_the_landmarks_of_a_training_image(tmp_path):
+    import subprocess
+    import sys
+
+    from keraslm.datasets import isbi2015
+    from keraslm.inference import CascadePredictor
+
+    assert isinstance(load_predictor(SHIPPED), CascadePredictor)
+    output = subprocess.run(
+        [sys.executable, "-m", "keraslm.predict", SHIPPED, ISBI_IMAGE, "--spacing", "0.1",
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    dataset = isbi2015(os.path.dirname(os.path.dirname(ISBI_IMAGE)))
+    assert len(dataset.landmark_names) == 19
+    for name in dataset.landmark_names:
+        assert name in output
+    predicted = read_landmarks(str(tmp_path / "predictions.csv"))
+    truth = dataset.subset(["001"]).points_mm[0]
+    # A training image of the shipped model: every landmark within a few millimetres.
+    errors = np.linalg.norm(predicted.points[0] - truth, axis=-1)
+    assert np.median(errors) < 2.0 and errors.max() < 10.0
