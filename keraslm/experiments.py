@@ -621,7 +621,8 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         landmarks[refined_label] = per_landmark(refined)
         curves[refined_label] = refined.errors_mm
     plot_cumulative_error(os.path.join(output_dir, CUMULATIVE_PLOT), curves,
-                          title=f"ISBI 2015, {num_folds}-fold cross-validation")
+                          title=f"ISBI 2015, {num_folds}-fold cross-validation"
+                          + (f" (first {folds} fold{'s' if folds > 1 else ''})" if folds else ""))
     spacing = _grid_spacing(runs[0].config.output_dir)
     settings = {
         "dataset": f"ISBI 2015 training images ({num_images or len(dataset)} of {len(dataset)}, "
