@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keraslm.cli import grid_shape  # noqa: E402
+from keraslm.cli import apply_mode_defaults, grid_shape  # noqa: E402
 
 DEFAULT_ROOT = os.path.join("..", "shared", "data", "isbi2015-train")
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
@@ -65,10 +65,7 @@ def parse_args(argv=None):
                        help="largest training offset of a crop from its landmark per axis "
                        f"(full: {FULL['local_translation_mm']})")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+    return apply_mode_defaults(args, QUICK if args.quick else FULL)
 
 
 def main(argv=None):

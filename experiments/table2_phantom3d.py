@@ -10,7 +10,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keraslm.cli import grid_shape  # noqa: E402
+from keraslm.cli import apply_mode_defaults, grid_shape  # noqa: E402
 
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
 FULL = dict(grid_shape=(16, 32, 32), steps=1000, batch_size=2, num_splits=5, num_images=None,
@@ -44,10 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--jit", choices=("auto", "on", "off"))
     parser.add_argument("--seed", type=int, default=0, help="split i uses seed SEED + i")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+    return apply_mode_defaults(args, QUICK if args.quick else FULL)
 
 
 def main(argv=None):

@@ -28,3 +28,12 @@ def add_split_arguments(group, held_out="held-out"):
     group.add_argument("--test-fraction", type=float, default=0.2,
                        help=f"{held_out} share when neither --fold nor id files are given "
                        "(0: use every image, hold none out)")
+
+
+def apply_mode_defaults(args, defaults):
+    """Fill every option of `args` that was not given (None) from `defaults` (a dict, e.g. an
+    experiment's FULL or QUICK sizes); returns `args`."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args

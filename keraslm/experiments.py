@@ -144,6 +144,12 @@ def run_errors(run_dir, landmark_names):
     errors_path = os.path.join(run_dir, ERRORS_FILE)
     if not os.path.isfile(errors_path):
         return evaluate_runs([run_dir]).errors
+    return _stored_errors(errors_path, run_dir, landmark_names)
+
+
+def _stored_errors(errors_path, run_dir, landmark_names):
+    """PointErrors from a saved `(validation images, landmarks)` error array of a run, in the
+    validation order of its metrics.json."""
     with open(os.path.join(run_dir, METRICS_FILE), encoding="utf-8") as handle:
         ids = json.load(handle)["validation_ids"]
     errors = np.load(errors_path)
@@ -511,13 +517,7 @@ def refined_run_errors(global_dir, local_dir, landmark_names, batch_size=4):
     if os.path.isfile(path) and os.path.isfile(source):
         with open(source, encoding="utf-8") as handle:
             if json.load(handle).get("local_run") == os.path.abspath(local_dir):
-                errors = np.load(path)
-                with open(os.path.join(global_dir, METRICS_FILE), encoding="utf-8") as handle:
-                    ids = json.load(handle)["validation_ids"]
-                missing = np.isnan(errors)
-                return PointErrors(tuple(ids), tuple(landmark_names), errors, missing,
-                                   np.zeros_like(missing), np.zeros(len(ids), dtype=bool),
-                                   np.ones(len(ids)))
+                return _stored_errors(path, global_dir, landmark_names)
     evaluation = evaluate_runs([global_dir], refine_runs=[local_dir], batch_size=batch_size)
     with atomic_path(path, suffix=".npy") as temporary:
         with open(temporary, "wb") as handle:
