@@ -270,15 +270,32 @@ def load_predictor(model, metadata=None, refine=None):
     raise KeraslmError(f"{path}: not a .keras file or a SavedModel folder")
 
 
-def _as_image(item, spacing):
+def load_input_image(item, index, ndim, spacing=None):
+    """Reads and checks one input image of `predict` or the serving client.
+
+    Args:
+        item: path (any format `keraslm.io.read_image` reads) or `Image`.
+        index: int. Position of the image in the input; names images without a path.
+        ndim: int. Image dimension the model expects.
+        spacing: optional pixel spacing in mm for formats that do not store one.
+
+    Returns:
+        (image_id, path, image): id from the path (else `image<index>`), the path or None,
+        and the `Image`.
+
+    Raises:
+        KeraslmError: unreadable image, non-finite pixel values or wrong dimension.
+    """
     if isinstance(item, Image):
-        return item, getattr(item, "path", None)
-    return read_image(item, spacing=spacing), os.fspath(item)
-
-
-def _image_id(path, index):
-    """Id of the `index`-th image: from its path, else `image<index>`."""
-    return image_id_from_path(path) if path else f"image{index:04d}"
+        image, path = item, getattr(item, "path", None)
+    else:
+        image, path = read_image(item, spacing=spacing), os.fspath(item)
+    name = path or f"image {index}"
+    if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
+        raise KeraslmError(f"{name} contains non-finite pixel values")
+    if image.ndim != ndim:
+        raise KeraslmError(f"{name} is {image.ndim}D but the model expects {ndim}D images")
+    return (image_id_from_path(path) if path else f"image{index:04d}"), path, image
 
 
 def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None):
@@ -322,25 +339,18 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
     for start in range(0, len(images), batch_size):
         batch, prepared = [], []
         for index, item in enumerate(images[start : start + batch_size], start):
-            image, path = _as_image(item, spacing)
-            if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
-                raise KeraslmError(f"{path or f'image {index}'} contains non-finite pixel values")
-            if image.ndim != grid.ndim:
-                raise KeraslmError(
-                    f"{path or f'image {index}'} is {image.ndim}D but the model expects "
-                    f"{grid.ndim}D images"
-                )
+            image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
             array, placement = prepare_image(image, grid, meta["normalization"])
             batch.append(array[..., np.newaxis])
-            prepared.append((index, path, image, placement))
+            prepared.append((image_id, path, image, placement))
         points_grid, confidence = predictor.grid_points(np.stack(batch))
-        for (index, path, image, placement), points, peaks in zip(prepared, points_grid, confidence):
+        for (image_id, path, image, placement), points, peaks in zip(prepared, points_grid, confidence):
             points_index = placement.grid_to_image_index(points)
             if isinstance(predictor, CascadePredictor):
                 points_index, peaks = predictor.refine_image(image, points_index)
             results.append(
                 Prediction(
-                    _image_id(path, index), path, tuple(meta["landmark_names"]),
+                    image_id, path, tuple(meta["landmark_names"]),
                     image.index_to_physical(points_index), points_index, np.asarray(peaks),
                 )
             )

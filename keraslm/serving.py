@@ -37,7 +37,7 @@ import urllib.request
 import numpy as np
 
 from keraslm.errors import KeraslmError
-from keraslm.inference import Prediction, _as_image, _image_id, check_metadata
+from keraslm.inference import Prediction, check_metadata, load_input_image
 from keraslm.io._files import read_json
 from keraslm.preprocessing import GridSpec
 
@@ -98,11 +98,7 @@ def prepare_images(images, metadata, spacing=None):
         images = [images]
     prepared = []
     for index, item in enumerate(images):
-        image, path = _as_image(item, spacing)
-        if image.ndim != grid.ndim:
-            raise KeraslmError(
-                f"{path or f'image {index}'} is {image.ndim}D but the model expects {grid.ndim}D "
-                "images")
+        image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
         array, placement = prepare_image(image, grid, metadata["normalization"])
         fine_array = fine_placement = None
         if "refine" in metadata:  # A coarse-to-fine export: also the local stage's fine grid.
@@ -110,7 +106,7 @@ def prepare_images(images, metadata, spacing=None):
             fine_grid = GridSpec(tuple(local["grid_shape"]), tuple(local["grid_spacing"]))
             fine_array, fine_placement = prepare_image(image, fine_grid, local["normalization"])
             fine_array = np.asarray(fine_array, np.float32)[..., np.newaxis]
-        prepared.append(PreparedImage(_image_id(path, index), path,
+        prepared.append(PreparedImage(image_id, path,
                                       np.asarray(array, np.float32)[..., np.newaxis], placement,
                                       image.header(), fine_array, fine_placement))
     return prepared

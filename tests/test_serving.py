@@ -141,3 +141,5 @@ def test_client_paths_and_bad_input(served):
     client = ServingClient("hand", metadata, transport=lambda path, body: {})
     with pytest.raises(KeraslmError, match="is 3D but the model expects 2D"):
         client.predict([Image(np.zeros((4, 5, 6), np.float32), spacing=(1.0, 1.0, 1.0))])
+    with pytest.raises(KeraslmError, match="image 1 contains non-finite pixel values"):
+        client.predict([paths[0], Image(np.full((16, 16), np.inf, np.float32), spacing=1.0)])
