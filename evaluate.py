@@ -51,6 +51,11 @@ def parse_args(argv=None):
                         "--runs folder, in the same order")
     choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless layout)")
     source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions")
+    source.add_argument("--ground-truth-subset", action="store_true",
+                        help="with --predictions: the predictions cover only some of the "
+                        "ground truth's images (e.g. one split of a whole dataset's CSV); rows "
+                        "without a prediction are left out and counted. Without it the ids must "
+                        "match exactly")
     data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
     data.add_argument("--dataset", default="phantom2d",
                       help="phantom2d, phantom3d, isbi2015, a folder holding dataset.json, or a "
@@ -81,6 +86,8 @@ def parse_args(argv=None):
         parser.error("--predictions needs --ground-truth")
     if args.ground_truth and not args.predictions:
         parser.error("--ground-truth goes with --predictions")
+    if args.ground_truth_subset and not args.predictions:
+        parser.error("--ground-truth-subset goes with --predictions")
     if args.refine and args.predictions:
         parser.error("--refine goes with --model or --runs")
     if args.refine and args.model and len(args.refine) != 1:
@@ -103,7 +110,11 @@ def main(argv=None):
         if args.predictions:
             result = evaluation.evaluate_predictions(
                 args.predictions, args.ground_truth, ndim=args.ndim,
-                method=args.method or "predictions", **normalize)
+                method=args.method or "predictions", ground_truth_subset=args.ground_truth_subset,
+                **normalize)
+            left_out = result.sources[0].get("ground_truth_rows_left_out")
+            if left_out:
+                log(f"{args.ground_truth}: {left_out} images without a prediction left out")
         elif args.runs:
             result = evaluation.evaluate_runs(
                 args.runs, method=args.method, batch_size=args.batch_size, progress=log,

@@ -163,6 +163,31 @@ def test_evaluate_predictions_matches_ids_and_writes_report(tmp_path):
     assert metrics["per_image"][0]["errors_mm"] == [5.0, 1.0, None]
 
 
+def test_evaluate_predictions_of_a_ground_truth_subset(tmp_path, capsys):
+    predictions, truth = _write_csvs(tmp_path)
+    write_landmarks(tmp_path / "only_b.csv", LandmarkTable(["b"], ["p", "q", "r"], PREDICTED[1:]))
+    with pytest.raises(KeraslmError, match=r"different ids; ids only in .*truth.csv: a"):
+        evaluate_predictions(tmp_path / "only_b.csv", truth)
+    result = evaluate_predictions(tmp_path / "only_b.csv", truth, ground_truth_subset=True)
+    assert result.ids == ("b",) and result.sources[0]["ground_truth_rows_left_out"] == 1
+    np.testing.assert_allclose(result.errors.errors_mm, [[12, 0.5, 3]])
+    full = evaluate_predictions(predictions, truth, ndim=2, ground_truth_subset=True)
+    assert full.sources[0]["ground_truth_rows_left_out"] == 0 and len(full.ids) == 2
+    write_landmarks(tmp_path / "extra.csv", LandmarkTable(["b", "z"], ["p", "q", "r"], PREDICTED))
+    with pytest.raises(KeraslmError, match=r"ids only in .*extra.csv: z"):
+        evaluate_predictions(tmp_path / "extra.csv", truth, ground_truth_subset=True)
+    script = _evaluate_script()
+    arguments = ["--predictions", str(tmp_path / "only_b.csv"), "--ground-truth", truth,
+                 "--output-dir", str(tmp_path / "out"), "--no-plots"]
+    assert script.main(arguments) == 2
+    assert "different ids" in capsys.readouterr().err
+    assert script.main(arguments + ["--ground-truth-subset"]) == 0
+    assert "truth.csv: 1 images without a prediction left out" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--runs", "r", "--ground-truth-subset"])
+    assert "--ground-truth-subset goes with --predictions" in capsys.readouterr().err
+
+
 def test_evaluate_predictions_bad_input(tmp_path):
     predictions, truth = _write_csvs(tmp_path)
     table = read_landmarks(truth)

@@ -20,7 +20,7 @@ import numpy as np
 from keraslm.data import from_csv, select_split
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
-from keraslm.io import read_landmarks
+from keraslm.io import LandmarkTable, read_landmarks
 from keraslm.io._files import read_json
 
 RUN_CONFIG_FILE = "config.json"
@@ -314,7 +314,8 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
 
 
 def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="predictions",
-                         normalize_distance=None, normalize_landmarks=(1, 5)):
+                         normalize_distance=None, normalize_landmarks=(1, 5),
+                         ground_truth_subset=False):
     """Compares a predictions CSV with a ground-truth CSV (both physical mm; named or
     headerless layout, see `keraslm.io.read_landmarks`). Rows are matched by id.
 
@@ -324,13 +325,18 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
         ndim: int or None. Required if either file is headerless; checked otherwise.
         method: str. Report label.
         normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
+        ground_truth_subset: bool. If True, the predictions may cover a subset of the ground
+            truth's ids (e.g. one test split of a whole dataset's CSV): ground-truth rows
+            without a prediction are left out and counted in the source entry
+            (`ground_truth_rows_left_out`). Every predicted id must still have ground truth.
 
     Returns:
         Evaluation (in the ground truth's id order; no image readers).
 
     Raises:
-        KeraslmError: a file is missing or malformed, the ids differ (all differences listed),
-            or the landmark counts or dimensions differ.
+        KeraslmError: a file is missing or malformed, the ids differ (all differences listed;
+            with `ground_truth_subset` only predicted ids lacking ground truth), or the landmark
+            counts or dimensions differ.
     """
     predicted = read_landmarks(predictions_csv, ndim=ndim)
     truth = read_landmarks(ground_truth_csv, ndim=ndim)
@@ -346,6 +352,11 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
         )
     only_predicted = [i for i in predicted.ids if i not in set(truth.ids)]
     only_truth = [i for i in truth.ids if i not in set(predicted.ids)]
+    left_out = 0
+    if ground_truth_subset and only_truth and not only_predicted:
+        keep = [n for n, i in enumerate(truth.ids) if i in set(predicted.ids)]
+        truth = LandmarkTable([truth.ids[n] for n in keep], truth.names, truth.points[keep])
+        left_out, only_truth = len(only_truth), []
     if only_predicted or only_truth:
         parts = []
         if only_predicted:
@@ -358,5 +369,6 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
                           normalize_distance, normalize_landmarks)
     return Evaluation(
         method, truth.ids, truth.names, predicted_mm, truth.points, errors, None,
-        ({"predictions": os.fspath(predictions_csv), "ground_truth": os.fspath(ground_truth_csv)},),
+        ({"predictions": os.fspath(predictions_csv), "ground_truth": os.fspath(ground_truth_csv),
+          **({"ground_truth_rows_left_out": left_out} if ground_truth_subset else {})},),
     )
