@@ -36,7 +36,8 @@ from keraslm.errors import KeraslmError
 from keraslm.evaluation import PointErrors, evaluate_runs, per_landmark, pool, summarize
 from keraslm.evaluation.metrics import SDR_RADII_MM, sdr_key
 from keraslm.evaluation.plots import plot_cumulative_error
-from keraslm.io._files import atomic_path
+from keraslm.inference import MODEL_METADATA_FILE
+from keraslm.io._files import atomic_path, read_json
 from keraslm.models import build_model
 from keraslm.training import TrainingConfig, train
 
@@ -511,18 +512,23 @@ REFINED_ERRORS_FILE = "errors_refined_mm.npy"
 def refined_run_errors(global_dir, local_dir, landmark_names, batch_size=4):
     """PointErrors of a global run refined by a local run on the global run's held-out images;
     computed once (`keraslm.evaluation.evaluate_runs` with `refine_runs`) and kept as
-    `<global_dir>/errors_refined_mm.npy` with the local run's name beside it."""
+    `<global_dir>/errors_refined_mm.npy` with the local run's name and model metadata beside
+    it (a changed local model, e.g. its `offset_prior_mm`, is evaluated again)."""
     path = os.path.join(global_dir, REFINED_ERRORS_FILE)
     source = os.path.join(global_dir, REFINED_ERRORS_FILE + ".json")
+    key = {"local_run": os.path.abspath(local_dir),
+           "local_metadata": read_json(os.path.join(local_dir, MODEL_METADATA_FILE),
+                                       f"{local_dir}: no {MODEL_METADATA_FILE}; the run has not "
+                                       "finished")}
     if os.path.isfile(path) and os.path.isfile(source):
         with open(source, encoding="utf-8") as handle:
-            if json.load(handle).get("local_run") == os.path.abspath(local_dir):
+            if json.load(handle) == key:
                 return _stored_errors(path, global_dir, landmark_names)
     evaluation = evaluate_runs([global_dir], refine_runs=[local_dir], batch_size=batch_size)
     with atomic_path(path, suffix=".npy") as temporary:
         with open(temporary, "wb") as handle:
             np.save(handle, evaluation.errors.errors_mm)
-    _write_json(source, {"local_run": os.path.abspath(local_dir)})
+    _write_json(source, key)
     return evaluation.errors
 
 

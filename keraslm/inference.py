@@ -34,12 +34,14 @@ _METADATA_KEYS = ("landmark_names", "ndim", "grid_shape", "grid_spacing", "norma
 
 
 def model_metadata(network, grid, normalization, landmark_names, sigma, decode_method="quadratic",
-                   crop_shape=None):
+                   crop_shape=None, offset_prior_mm=None):
     """The metadata a trained network needs for prediction (a JSON-serialisable dict).
 
     With `crop_shape` the network is the local stage of a coarse-to-fine model: "stage" is
     "local", `grid` is its fine grid (shape as in training; prediction covers each image) and
-    "crop_shape" the network input.
+    "crop_shape" the network input, and "offset_prior_mm" (None: no prior) the standard
+    deviation of the landmark's offset from the crop centre that `refine_function` weights the
+    heatmap with before taking its peak (`HeatmapCodec.centre_prior`).
     """
     metadata = {
         "format": METADATA_FORMAT,
@@ -57,6 +59,7 @@ def model_metadata(network, grid, normalization, landmark_names, sigma, decode_m
     }
     if crop_shape is not None:
         metadata["crop_shape"] = [int(n) for n in crop_shape]
+        metadata["offset_prior_mm"] = None if offset_prior_mm is None else float(offset_prior_mm)
     return metadata
 
 
@@ -66,7 +69,9 @@ def refine_function(network, metadata):
     images: `(batch, *spatial, 1)` whole images on the local stage's fine grid.
     centres: `(batch, num_landmarks, ndim)` coarse estimates in fine grid index units.
     Crops of `metadata["crop_shape"]` around every centre go through the network; landmark k is
-    decoded from its own crop's channel k and mapped back to fine grid index units. Returns
+    decoded from its own crop's channel k (its peak chosen after weighting by a Gaussian of
+    `metadata["offset_prior_mm"]` around the crop centre, if set) and mapped back to fine grid
+    index units. Returns
     points `(batch, num_landmarks, ndim)` and confidence `(batch, num_landmarks)`. Pure
     `keras.ops` (XLA-compilable with static shapes; used in training, prediction and export).
     """
@@ -78,12 +83,16 @@ def refine_function(network, metadata):
     crop_shape = tuple(metadata["crop_shape"])
     codec = HeatmapCodec(crop_shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
     method = metadata.get("decode_method", "quadratic")
+    prior = None
+    if metadata.get("offset_prior_mm") is not None:
+        prior = codec.centre_prior(metadata["grid_spacing"][::-1], metadata["offset_prior_mm"])
 
     def refine(images, centres):
         batch, num_landmarks, ndim = centres.shape
         crops = extract_crops(images, centres, crop_shape)
         heatmaps = ops.cast(network(crops, training=False), "float32")
-        points, confidence = codec.decode(heatmaps, method=method)  # (batch * L, L, ndim)
+        # (batch * L, L, ndim)
+        points, confidence = codec.decode(heatmaps, method=method, peak_weights=prior)
         points = ops.reshape(points, (batch, num_landmarks, num_landmarks, ndim))
         confidence = ops.reshape(confidence, (batch, num_landmarks, num_landmarks))
         own = ops.arange(num_landmarks, dtype="int32")[None, :, None]  # crop k <-> landmark k

@@ -167,6 +167,28 @@ def test_cascade_refines_to_the_true_millimetres():
     assert np.linalg.norm(unrefined.points_mm - truth_mm, axis=-1).min() > 1.0
 
 
+def test_offset_prior_prefers_the_peak_near_the_coarse_estimate():
+    # Landmark a at x = 20 mm, a brighter look-alike 7 mm to its right; the global stage is
+    # 1 mm off. Without a prior the local stage jumps to the look-alike.
+    spacing = 0.5
+    yy, xx = np.mgrid[:80, :80] * spacing
+    truth_mm, decoy_mm = np.array([[20.0, 20.0]]), np.array([27.0, 20.0])
+    array = (0.6 * np.exp(-((xx - 20.0) ** 2 + (yy - 20.0) ** 2) / 2.0)
+             + np.exp(-((xx - decoy_mm[0]) ** 2 + (yy - decoy_mm[1]) ** 2) / 2.0))
+    image = Image(array.astype(np.float32), spacing=(spacing, spacing))
+    coarse = _OffsetGlobal(_metadata(["a"], (20, 20), 2.0, "global"), truth_mm,
+                           np.array([[0.5, 0.0]]))  # 0.5 of its 2 mm pixels
+    coarse.image = image
+    found = {}
+    for prior_mm in (None, 2.0):
+        metadata = _metadata(["a"], (80, 80), spacing, "local", crop_shape=(40, 40))
+        metadata["offset_prior_mm"] = prior_mm
+        [prediction] = predict(coarse, [image], refine=KerasPredictor(_tiling_network(1, 2), metadata))
+        found[prior_mm] = prediction.points_mm[0]
+    np.testing.assert_allclose(found[None], decoy_mm, atol=0.05)
+    np.testing.assert_allclose(found[2.0], truth_mm[0], atol=0.05)
+
+
 def test_cascade_checks_its_stages():
     names = ["a", "b"]
     local = KerasPredictor(_tiling_network(2, 2), _metadata(names, (32, 32), 0.5, "local", (8, 8)))
@@ -218,6 +240,8 @@ def test_local_stage_training_writes_a_local_model(cascade_runs):
     metadata = json.load(open(os.path.join(local.output_dir, "model.json")))
     assert metadata["stage"] == "local" and metadata["crop_shape"] == [16, 16]
     assert metadata["grid_spacing"] == [2.0, 2.0]
+    # Trained on crop-centre offsets uniform within +-4 mm per axis: their SD is 4 / sqrt(3).
+    assert metadata["offset_prior_mm"] == pytest.approx(4.0 / np.sqrt(3.0))
     # The fine grid covers every image whole (64 px of the phantom's spacing at 2 mm).
     extent = max(dataset.read_image_header(r).size[0] * dataset.read_image_header(r).spacing[0]
                  for r in dataset.records)

@@ -210,6 +210,32 @@ def test_decode_border_flat_and_stride_conventions():
         assert np.all(np.isfinite(points))
 
 
+def test_centre_prior_weights_choose_the_peak_and_leave_refinement_alone():
+    codec = HeatmapCodec((20, 32), stride=2, sigma=1.5)  # output grid (10, 16)
+    prior = codec.centre_prior(spacing=(1.0, 0.5), sigma_mm=3.0)
+    assert prior.shape == (1, 10, 16, 1) and prior.dtype == np.float32
+    # Output cell (row 2, col 12) = input (y 4.5, x 24.5); the input centre is (9.5, 15.5).
+    expected = np.exp(-(((4.5 - 9.5) * 1.0) ** 2 + ((24.5 - 15.5) * 0.5) ** 2) / (2 * 9.0))
+    np.testing.assert_allclose(prior[0, 2, 12, 0], expected, rtol=1e-6)
+    # The nearest cells are 1 input pixel off the centre on both axes: 1 mm and 0.5 mm.
+    np.testing.assert_allclose(prior.max(), np.exp(-(1.0 ** 2 + 0.5 ** 2) / 18.0), rtol=1e-6)
+    # A strong far peak and a weaker one near the centre.
+    near = codec.encode(np.array([[[14.2, 10.7]]], np.float32)).numpy()
+    far = codec.encode(np.array([[[29.0, 2.5]]], np.float32)).numpy()
+    heatmaps = 0.6 * near + far
+    unweighted, _ = codec.decode(heatmaps)
+    np.testing.assert_allclose(unweighted.numpy()[0, 0], [29.0, 2.5], atol=0.3)
+    for method in ("quadratic", "dark"):
+        points, confidence = codec.decode(heatmaps, method, peak_weights=prior)
+        alone, alone_confidence = codec.decode(0.6 * near, method)
+        # The sub-pixel step uses the raw heatmap: the same as with the near peak alone
+        # (the far one is 8 output pixels away, beyond the refinement windows).
+        np.testing.assert_allclose(points.numpy(), alone.numpy(), atol=1e-4)
+        np.testing.assert_allclose(confidence.numpy(), alone_confidence.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match=r"Received: sigma_mm=0"):
+        codec.centre_prior(1.0, 0)
+
+
 def test_codec_shapes_and_config_round_trip():
     codec = HeatmapCodec((64, 48, 32), stride=4, sigma=[1.5, 2.0], truncate=3.0)
     assert codec.output_shape == (16, 12, 8) and codec.ndim == 3

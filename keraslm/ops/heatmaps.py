@@ -189,12 +189,15 @@ class HeatmapCodec:
 
     # -- decode -----------------------------------------------------------------------------
 
-    def decode(self, heatmaps, method="quadratic"):
+    def decode(self, heatmaps, method="quadratic", peak_weights=None):
         """Locate each landmark: argmax plus sub-pixel refinement.
 
         heatmaps: tensor `(batch, *output_shape, num_landmarks)`.
         method: "quadratic" (the authors' per-axis parabola), "dark" (log-Newton step with the
             full Hessian on the Gaussian-smoothed heatmap) or "argmax".
+        peak_weights: optional tensor broadcastable to `heatmaps` (e.g. `centre_prior`). The
+            peak is the argmax of `heatmaps * peak_weights`; the sub-pixel refinement and the
+            confidence use the unweighted heatmap around that peak.
 
         Returns `(points, confidence)`: points `(batch, num_landmarks, ndim)` float32 in INPUT
         grid index units, (x, y[, z]); confidence `(batch, num_landmarks)` = the peak value.
@@ -207,7 +210,34 @@ class HeatmapCodec:
             raise ValueError(
                 f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
                 f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
-        return self._decode(heatmaps, self.output_shape, shape[-1], method)
+        weighted = None
+        if peak_weights is not None:
+            weighted = heatmaps * ops.cast(ops.convert_to_tensor(peak_weights), "float32")
+        return self._decode(heatmaps, self.output_shape, shape[-1], method, weighted)
+
+    def centre_prior(self, spacing, sigma_mm):
+        """Gaussian weights `(1, *output_shape, 1)` float32 (numpy) of each heatmap cell's
+        distance from the centre of the input grid, for `decode(peak_weights=)`.
+
+        The local stage's crops are centred on a coarse estimate, so the landmark's offset from
+        the crop centre has the coarse stage's error distribution; weighting the heatmap by it
+        before the argmax makes a far look-alike peak lose against a near one.
+
+        spacing: float or per-axis sequence (array order). mm per input grid pixel.
+        sigma_mm: float > 0. Standard deviation of the offset, mm.
+        """
+        if not (isinstance(sigma_mm, (int, float)) and sigma_mm > 0):
+            raise ValueError(f"`sigma_mm` must be a number > 0. Received: sigma_mm={sigma_mm!r}")
+        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
+        squared = 0.0
+        for axis, n in enumerate(self.output_shape):
+            position = np.arange(n) * self.stride + (self.stride - 1) / 2.0  # input grid index
+            offset_mm = (position - (self.input_shape[axis] - 1) / 2.0) * spacing[axis]
+            shape = [1] * self.ndim
+            shape[axis] = n
+            squared = squared + (offset_mm ** 2).reshape(shape)
+        prior = np.exp(-squared / (2.0 * float(sigma_mm) ** 2))
+        return prior[np.newaxis, ..., np.newaxis].astype(np.float32)
 
     def decode_dynamic(self, heatmaps, method="quadratic"):
         """`decode` for heatmaps of any spatial size, also unknown until run time.
@@ -237,12 +267,16 @@ class HeatmapCodec:
                      for a in range(self.ndim))
         return self._decode(heatmaps, grid, shape[-1], method)
 
-    def _decode(self, heatmaps, grid, num_landmarks, method):
-        """Argmax + refinement; `grid` = heatmap spatial shape, ints or scalar int32 tensors."""
+    def _decode(self, heatmaps, grid, num_landmarks, method, weighted=None):
+        """Argmax (of `weighted` if given) + refinement; `grid` = heatmap spatial shape, ints or
+        scalar int32 tensors."""
         num = _product(grid)
-        # (batch, L, num): one row per landmark, row-major over the spatial axes.
-        flat = ops.reshape(ops.moveaxis(heatmaps, -1, 1), (-1, num_landmarks, num))
-        peak = ops.cast(ops.argmax(flat, axis=-1), "int32")  # (batch, L)
+
+        def rows(tensor):  # (batch, L, num): one row per landmark, row-major over space.
+            return ops.reshape(ops.moveaxis(tensor, -1, 1), (-1, num_landmarks, num))
+
+        flat = rows(heatmaps)
+        peak = ops.cast(ops.argmax(flat if weighted is None else rows(weighted), axis=-1), "int32")
         confidence = ops.take_along_axis(flat, peak[..., None], axis=-1)[..., 0]
         strides = [_product(grid[a + 1:]) for a in range(self.ndim)]
         index = [(peak // strides[a]) % grid[a] for a in range(self.ndim)]  # array order

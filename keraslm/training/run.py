@@ -212,6 +212,14 @@ def predict_grid_points(trainer, samples, batch_size):
     return np.concatenate(points)[: len(samples)]
 
 
+def local_offset_prior_mm(trainer):
+    """The local stage's offset prior (`model_metadata(offset_prior_mm=)`): the standard
+    deviation of the crop-centre offsets it was trained on, uniform within +-translation_mm per
+    axis, i.e. translation_mm / sqrt(3); None without translation."""
+    translation_mm = float(trainer.augmentation.translation_mm)
+    return translation_mm / np.sqrt(3.0) if translation_mm > 0 else None
+
+
 def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345):
     """Local stage: refined landmarks `(num_images, num_landmarks, ndim)` in fine grid index
     units from crops centred on the truth moved by a fixed random offset, uniform within the
@@ -398,7 +406,8 @@ def _train(config, log=None):
 
     metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
                               settings["sigma"], trainer.decode_method,
-                              crop_shape=grid_shape if local else None)
+                              crop_shape=grid_shape if local else None,
+                              offset_prior_mm=local_offset_prior_mm(trainer) if local else None)
     if not validate:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
