@@ -643,8 +643,11 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
             f"{METHOD_LABELS[local.architecture]} on {_size(local.crop_shape)} crops at "
             f"{local.grid_spacing} mm, {local.steps} steps of {local.batch_size} images x "
             f"{local.landmarks_per_image or dataset.num_landmarks} crops, training offsets up to "
-            f"{local.translation_mm} mm per axis; peaks chosen with an offset prior of SD "
-            f"{local.translation_mm / math.sqrt(3.0):.2f} mm around the global estimate")
+            f"{local.translation_mm} mm per axis")
+        if local.translation_mm:
+            settings["local_stage"] += (
+                f"; peaks chosen with an offset prior of SD "
+                f"{local.translation_mm / math.sqrt(3.0):.2f} mm around the global estimate")
     tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"
               f"Per landmark:\n\n{format_landmark_table(landmarks)}")
     text = _finish(output_dir, "ISBI 2015 cross-validation", settings, tables, records, start,
