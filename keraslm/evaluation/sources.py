@@ -350,11 +350,12 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
             f"{predictions_csv} has {len(predicted.names)} landmarks per row but "
             f"{ground_truth_csv} has {len(truth.names)}"
         )
-    only_predicted = [i for i in predicted.ids if i not in set(truth.ids)]
-    only_truth = [i for i in truth.ids if i not in set(predicted.ids)]
+    predicted_ids, truth_ids = set(predicted.ids), set(truth.ids)
+    only_predicted = [i for i in predicted.ids if i not in truth_ids]
+    only_truth = [i for i in truth.ids if i not in predicted_ids]
     left_out = 0
     if ground_truth_subset and only_truth and not only_predicted:
-        keep = [n for n, i in enumerate(truth.ids) if i in set(predicted.ids)]
+        keep = [n for n, i in enumerate(truth.ids) if i in predicted_ids]
         truth = LandmarkTable([truth.ids[n] for n in keep], truth.names, truth.points[keep])
         left_out, only_truth = len(only_truth), []
     if only_predicted or only_truth:
