@@ -36,7 +36,7 @@ from keraslm.errors import KeraslmError
 from keraslm.evaluation import PointErrors, evaluate_runs, per_landmark, pool, summarize
 from keraslm.evaluation.metrics import SDR_RADII_MM, sdr_key
 from keraslm.evaluation.plots import plot_cumulative_error
-from keraslm.inference import MODEL_METADATA_FILE
+from keraslm.inference import MODEL_METADATA_FILE, offset_prior_mm
 from keraslm.io._files import atomic_path, read_json
 from keraslm.models import build_model
 from keraslm.training import TrainingConfig, train
@@ -647,7 +647,7 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         if local.translation_mm:
             settings["local_stage"] += (
                 f"; peaks chosen with an offset prior of SD "
-                f"{local.translation_mm / math.sqrt(3.0):.2f} mm around the global estimate")
+                f"{offset_prior_mm(local.translation_mm):.2f} mm around the global estimate")
     tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"
               f"Per landmark:\n\n{format_landmark_table(landmarks)}")
     text = _finish(output_dir, "ISBI 2015 cross-validation", settings, tables, records, start,

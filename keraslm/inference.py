@@ -63,6 +63,13 @@ def model_metadata(network, grid, normalization, landmark_names, sigma, decode_m
     return metadata
 
 
+def offset_prior_mm(translation_mm):
+    """A local stage's `offset_prior_mm`: the standard deviation of the crop-centre offsets it
+    was trained on, uniform within +-translation_mm per axis, i.e. translation_mm / sqrt(3);
+    None without translation."""
+    return float(translation_mm) / np.sqrt(3.0) if translation_mm else None
+
+
 def refine_function(network, metadata):
     """The local stage as one function: `(images, centres) -> (points, confidence)`.
 

@@ -231,7 +231,7 @@ class HeatmapCodec:
         spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
         squared = 0.0
         for axis, n in enumerate(self.output_shape):
-            position = np.arange(n) * self.stride + (self.stride - 1) / 2.0  # input grid index
+            position = self.to_input(np.arange(n))  # input grid index
             offset_mm = (position - (self.input_shape[axis] - 1) / 2.0) * spacing[axis]
             shape = [1] * self.ndim
             shape[axis] = n

@@ -30,7 +30,8 @@ from keraslm.datasets import load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
-from keraslm.inference import MODEL_METADATA_FILE, model_metadata, refine_function
+from keraslm.inference import (MODEL_METADATA_FILE, model_metadata, offset_prior_mm,
+                               refine_function)
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
 from keraslm.ops.augmentation import AugmentationConfig
@@ -210,14 +211,6 @@ def predict_grid_points(trainer, samples, batch_size):
     predict = tf.function(lambda x: trainer.codec.decode(trainer.network(x, training=False))[0])
     points = [predict(images).numpy() for images, _ in evaluation_dataset(samples, batch_size)]
     return np.concatenate(points)[: len(samples)]
-
-
-def local_offset_prior_mm(trainer):
-    """The local stage's offset prior (`model_metadata(offset_prior_mm=)`): the standard
-    deviation of the crop-centre offsets it was trained on, uniform within +-translation_mm per
-    axis, i.e. translation_mm / sqrt(3); None without translation."""
-    translation_mm = float(trainer.augmentation.translation_mm)
-    return translation_mm / np.sqrt(3.0) if translation_mm > 0 else None
 
 
 def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345):
@@ -407,7 +400,8 @@ def _train(config, log=None):
     metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
                               settings["sigma"], trainer.decode_method,
                               crop_shape=grid_shape if local else None,
-                              offset_prior_mm=local_offset_prior_mm(trainer) if local else None)
+                              offset_prior_mm=(offset_prior_mm(trainer.augmentation.translation_mm)
+                                               if local else None))
     if not validate:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
