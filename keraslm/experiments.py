@@ -53,6 +53,8 @@ METHOD_LABELS = {
 PAPER_ARCHITECTURES = ("downsampling", "convonly", "unet", "scn")
 ERRORS_FILE = "errors_mm.npy"
 METRICS_FILE = "metrics.json"
+#: Training wall time of a finished run, summed over the invocations that trained it.
+TIMING_FILE = "training_seconds.json"
 TABLE_FILE = "table.md"
 RESULTS_FILE = "results.json"
 CUMULATIVE_PLOT = "cumulative_error.png"
@@ -110,7 +112,10 @@ def execute(runs, log=None):
 
     Returns:
         list of dict, one per run: `run` (folder), `group`, `architecture`, `status`
-        ("trained", "resumed" or "skipped") and `seconds` (training wall time, 0 if skipped).
+        ("trained", "resumed" or "skipped"), `seconds` (training wall time of this invocation, 0
+        if skipped) and `recorded_seconds` (the run's training time kept in its folder, summed
+        over the invocations that finished or resumed it; None for runs finished before this
+        was recorded). Time spent in an attempt that was interrupted is not counted.
     """
     log = log or (lambda message: None)
     records = []
@@ -120,7 +125,8 @@ def execute(runs, log=None):
         if run_finished(run_dir):
             log(f"{label}: finished before, skipped")
             records.append({"run": run_dir, "group": run.group, "architecture": run.architecture,
-                            "status": "skipped", "seconds": 0.0})
+                            "status": "skipped", "seconds": 0.0,
+                            "recorded_seconds": recorded_training_seconds(run_dir)})
             continue
         resume = os.path.isdir(os.path.join(run_dir, "checkpoints")) or os.path.isfile(
             os.path.join(run_dir, "model.keras"))
@@ -129,10 +135,21 @@ def execute(runs, log=None):
         with atomic_path(os.path.join(run_dir, ERRORS_FILE), suffix=".npy") as temporary:
             with open(temporary, "wb") as handle:
                 np.save(handle, result.errors_mm)
+        recorded = (recorded_training_seconds(run_dir) or 0.0) + result.seconds
+        _write_json(os.path.join(run_dir, TIMING_FILE), {"seconds": recorded})
         log(f"{label}: {result.seconds:.1f} s, median {result.summary['median_mm']:.2f} mm")
         records.append({"run": run_dir, "group": run.group, "architecture": run.architecture,
-                        "status": "resumed" if resume else "trained", "seconds": result.seconds})
+                        "status": "resumed" if resume else "trained", "seconds": result.seconds,
+                        "recorded_seconds": recorded})
     return records
+
+
+def recorded_training_seconds(run_dir):
+    """float or None. The training wall time kept in a run folder (`TIMING_FILE`), if any."""
+    path = os.path.join(run_dir, TIMING_FILE)
+    if not os.path.isfile(path):
+        return None
+    return float(read_json(path, f"{path}: no training time record")["seconds"])
 
 
 def run_errors(run_dir, landmark_names):
@@ -295,6 +312,11 @@ def _finish(output_dir, title, settings, tables, records, start, extra=None):
     timing = (f"wall time of this invocation: {wall:.0f} s ({wall / 3600:.2f} h); training time of the "
               f"runs trained now: {trained:.0f} s; {sum(r['status'] == 'skipped' for r in records)} of "
               f"{len(records)} runs were finished before and skipped")
+    recorded = [r["recorded_seconds"] for r in records if r.get("recorded_seconds") is not None]
+    if recorded:
+        total = sum(recorded)
+        timing += (f"\n\ntotal training time recorded in the run folders: {total:.0f} s "
+                   f"({total / 3600:.2f} h) over {len(recorded)} of {len(records)} runs")
     text = f"# {title}\n\nSettings:\n{_settings_text(settings)}\n\n{tables}\n\n{timing}\n"
     _write_text(os.path.join(output_dir, TABLE_FILE), text)
     _write_json(os.path.join(output_dir, RESULTS_FILE), {

@@ -76,6 +76,12 @@ def test_table1_quick_and_rerun_skips(tmp_path, capsys):
     rerun = _check_results(output, [(s, a) for s in ("full", "reduced") for a in architectures])
     assert {r["status"] for r in rerun["runs"]} == {"skipped"}
     assert [r["summary"] for r in rerun["rows"]] == [r["summary"] for r in results["rows"]]
+    # The training time of each run is kept in its folder and summed on the rerun.
+    recorded = [r["recorded_seconds"] for r in rerun["runs"]]
+    assert recorded == [r["seconds"] for r in results["runs"]] and min(recorded) > 0
+    assert f"total training time recorded in the run folders: {sum(recorded):.0f} s" in (
+        output / "table.md").read_text()
+    assert "over 8 of 8 runs" in (output / "table.md").read_text()
 
 
 def test_table2_quick(tmp_path):
