@@ -53,7 +53,7 @@ METHOD_LABELS = {
 PAPER_ARCHITECTURES = ("downsampling", "convonly", "unet", "scn")
 ERRORS_FILE = "errors_mm.npy"
 METRICS_FILE = "metrics.json"
-#: Training wall time of a finished run, summed over the invocations that trained it.
+#: Training wall time of a finished run (of the invocation that finished it).
 TIMING_FILE = "training_seconds.json"
 TABLE_FILE = "table.md"
 RESULTS_FILE = "results.json"
@@ -113,9 +113,9 @@ def execute(runs, log=None):
     Returns:
         list of dict, one per run: `run` (folder), `group`, `architecture`, `status`
         ("trained", "resumed" or "skipped"), `seconds` (training wall time of this invocation, 0
-        if skipped) and `recorded_seconds` (the run's training time kept in its folder, summed
-        over the invocations that finished or resumed it; None for runs finished before this
-        was recorded). Time spent in an attempt that was interrupted is not counted.
+        if skipped) and `recorded_seconds` (the training time kept in the run's folder by the
+        invocation that finished it; None for runs finished before this was recorded). Time
+        spent in an earlier, interrupted attempt of a resumed run is not counted.
     """
     log = log or (lambda message: None)
     records = []
@@ -135,12 +135,11 @@ def execute(runs, log=None):
         with atomic_path(os.path.join(run_dir, ERRORS_FILE), suffix=".npy") as temporary:
             with open(temporary, "wb") as handle:
                 np.save(handle, result.errors_mm)
-        recorded = (recorded_training_seconds(run_dir) or 0.0) + result.seconds
-        _write_json(os.path.join(run_dir, TIMING_FILE), {"seconds": recorded})
+        _write_json(os.path.join(run_dir, TIMING_FILE), {"seconds": result.seconds})
         log(f"{label}: {result.seconds:.1f} s, median {result.summary['median_mm']:.2f} mm")
         records.append({"run": run_dir, "group": run.group, "architecture": run.architecture,
                         "status": "resumed" if resume else "trained", "seconds": result.seconds,
-                        "recorded_seconds": recorded})
+                        "recorded_seconds": result.seconds})
     return records
 
 
