@@ -81,6 +81,10 @@ def parse_args(argv=None):
                          help="overlay plots of this many worst images")
     metrics.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     metrics.add_argument("--batch-size", type=int, default=4, help="images per network call")
+    metrics.add_argument("--precision", default="float32",
+                         choices=["float32", "bfloat16", "float16", "auto"],
+                         help="compute precision of .keras models (auto: bfloat16 where the "
+                         "CPU/GPU has it; float32 gives the SavedModel's numbers)")
     args = parser.parse_args(argv)
     if args.predictions and not args.ground_truth:
         parser.error("--predictions needs --ground-truth")
@@ -118,7 +122,7 @@ def main(argv=None):
         elif args.runs:
             result = evaluation.evaluate_runs(
                 args.runs, method=args.method, batch_size=args.batch_size, progress=log,
-                refine_runs=args.refine, **normalize)
+                refine_runs=args.refine, precision=args.precision, **normalize)
         else:
             dataset = evaluation.open_dataset(args.dataset, args.dataset_root, spacing=args.spacing,
                                               units=args.units, ndim=args.ndim)
@@ -129,7 +133,8 @@ def main(argv=None):
             result = evaluation.evaluate_model(
                 args.model, test_set, method=args.method, batch_size=args.batch_size,
                 progress=log, source={"split_seed": args.seed, "fold": args.fold},
-                refine=args.refine[0] if args.refine else None, **normalize)
+                refine=args.refine[0] if args.refine else None, precision=args.precision,
+                **normalize)
         written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
                                           num_worst=args.num_worst, progress=log)
     except KeraslmError as error:

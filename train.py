@@ -76,7 +76,7 @@ def parse_args(argv=None):
     fit = parser.add_argument_group("training")
     fit.add_argument("--training-preset", default="default", choices=["default", "paper"],
                      help="optimiser and augmentation settings (paper: SGD, momentum 0.99)")
-    fit.add_argument("--steps", type=int, help="total training steps (preset default: 1000 in 2D, 2000 in 3D)")
+    fit.add_argument("--steps", type=int, help="total training steps (preset default: 2000)")
     fit.add_argument("--steps-per-epoch", type=int, default=100,
                      help="steps between validations and checkpoints")
     fit.add_argument("--batch-size", type=int, help="images per step (preset default)")
@@ -97,11 +97,19 @@ def parse_args(argv=None):
                      help="continue an interrupted run in --output-dir from its last checkpoint")
     run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                      help="tf.distribute strategy (multiworker reads TF_CONFIG)")
-    run.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
+    run.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="the network's compute precision (variables, loss, targets and decoding "
+                     "stay float32; the saved model computes in float32): 'auto' = bfloat16 on "
+                     "CPUs with AMX-BF16 or AVX512-BF16 and GPUs of compute capability >= 8.0, "
+                     "float16 on older GPUs with tensor cores, float32 otherwise; the choice and "
+                     "why are printed and kept in config.json")
+    run.add_argument("--mixed-precision", action="store_true",
+                     help="deprecated: the same as --precision float16")
     run.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
                      help="XLA: 'on' compiles the whole training step, 'off' nothing, 'auto' the "
-                     "whole step on a GPU and in 2D, only augmentation + rendering for 3D on a CPU "
-                     "(XLA makes 3D CPU convolutions about 3x slower)")
+                     "whole step on a GPU; on a CPU a short probe (cached per CPU model and "
+                     "configuration) times the device stage and the network with and without XLA "
+                     "and keeps the faster for each")
     return parser.parse_args(argv)
 
 
@@ -128,7 +136,8 @@ def main(argv=None):
         learning_rate=args.learning_rate, fold=args.fold, num_folds=args.num_folds,
         train_ids=args.train_ids, test_ids=args.test_ids, test_fraction=args.test_fraction,
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
-        resume=args.resume, distribute=args.distribute, mixed_precision=args.mixed_precision,
+        resume=args.resume, distribute=args.distribute, precision=args.precision,
+        mixed_precision=args.mixed_precision,
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,

@@ -5,9 +5,12 @@ Times training steps of a small 2D and a small 3D preset two ways, in one run:
              translation, scaling, elastic, intensity), heatmap rendering, weighted L2.
   baseline - the same network and optimiser, compiled the same way, fitted on one pre-made
              batch of images and target heatmaps held as tensors (no pipeline, no augmentation).
-overhead = full / baseline - 1.
+overhead = full / baseline - 1. Each case runs in every precision of --precisions (the network's
+compute; variables, loss and targets stay float32), and the speed-up is the float32 full step
+time over this precision's, measured in the same run.
 
     python benchmarks/bench_training.py [--steps 40] [--jit auto|on] [--cases 2d,3d]
+                                        [--precisions float32,bfloat16]
 """
 import argparse
 import os
@@ -20,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keraslm.models import build_model  # noqa: E402
+from keraslm.precision import POLICIES, describe_machine, dtype_policy  # noqa: E402
 from keraslm.ops.augmentation import AugmentationConfig  # noqa: E402
 from keraslm.training.trainer import HeatmapTrainer, weighted_l2  # noqa: E402
 from keraslm.training.pipeline import PreparedSamples, training_dataset  # noqa: E402
@@ -56,14 +60,17 @@ def _samples(grid_shape, num_landmarks, count, rng):
     return PreparedSamples(tuple(map(str, range(count))), images, points, (), (), grid, "none")
 
 
-def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, whole_step_jit, warmup=5):
+def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, whole_step_jit,
+             precision="float32", warmup=5):
     rng = np.random.default_rng(0)
     samples = _samples(grid_shape, num_landmarks, 4 * batch, rng)
     ndim = len(grid_shape)
     augmentation = AugmentationConfig(rotation_degrees=15, translation_mm=10, scale=0.1,
                                       elastic_mm=3.0, elastic_grid_points=5)
 
-    network = build_model(architecture, ndim, num_landmarks, preset="small")
+    with dtype_policy(POLICIES[precision]):
+        network = build_model(architecture, ndim, num_landmarks, preset="small")
+        baseline_network = build_model(architecture, ndim, num_landmarks, preset="small")
     trainer = HeatmapTrainer(network, grid_shape, samples.grid.spacing, augmentation=augmentation,
                              heatmap_scale=100.0, jit_device_stage=True)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=whole_step_jit)
@@ -72,7 +79,6 @@ def run_case(name, architecture, grid_shape, num_landmarks, batch, steps, whole_
                 callbacks=[timer], verbose=0)
     full = timer.per_step()
 
-    baseline_network = build_model(architecture, ndim, num_landmarks, preset="small")
     images = tf.constant(samples.images[:batch])
     targets = trainer.codec.encode(samples.points_grid[:batch]) * 100.0
     weights = tf.ones((batch, num_landmarks))
@@ -109,6 +115,8 @@ def main():
                         help="on: XLA for the whole step (both sides); auto: as train.py on a CPU, "
                         "XLA for the device stage only, the network and the baseline without XLA")
     parser.add_argument("--cases", default="2d,3d", help="comma-separated: 2d, 3d")
+    parser.add_argument("--precisions", default="float32,bfloat16",
+                        help="comma-separated: float32, bfloat16, float16")
     parser.add_argument("--output", help="also write what is printed to this file (Markdown), "
                         "e.g. experiments/results/benchmarks/bench_training.md for experiments/publish.py")
     args = parser.parse_args()
@@ -120,16 +128,23 @@ def main():
         lines.append(text)
     say(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}")
+    say(describe_machine())
     say(f"jit mode: {args.jit}")
-    say(f"{'case':<16} {'batch':>5} {'full s/step':>12} {'baseline s/step':>16} {'overhead':>9}")
+    say(f"{'case':<16} {'batch':>5} {'precision':>9} {'full s/step':>12} {'baseline s/step':>16} "
+        f"{'overhead':>9} {'speed-up':>9}")
     wanted = args.cases.lower().split(",")
+    precisions = args.precisions.lower().split(",")
     for name, architecture, grid_shape, landmarks, batch in CASES:
         if f"{len(grid_shape)}d" not in wanted:
             continue
-        name, full, baseline = run_case(name, architecture, grid_shape, landmarks, batch, args.steps,
-                                        whole_step_jit=args.jit == "on")
-        say(f"{name:<16} {batch:>5} {full:>12.4f} {baseline:>16.4f} {100 * (full / baseline - 1):>8.1f}%",
-              flush=True)
+        reference = None
+        for precision in precisions:
+            _, full, baseline = run_case(name, architecture, grid_shape, landmarks, batch,
+                                         args.steps, whole_step_jit=args.jit == "on",
+                                         precision=precision)
+            reference = reference or full
+            say(f"{name:<16} {batch:>5} {precision:>9} {full:>12.4f} {baseline:>16.4f} "
+                f"{100 * (full / baseline - 1):>8.1f}% {reference / full:>8.2f}x")
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output + ".tmp", "w", encoding="utf-8") as handle:

@@ -20,7 +20,8 @@ BENCHMARKS = (
      "same step on pre-made tensors"),
     ("bench_device_stage", "P2/P3: device stage vs SimpleITK + NumPy per sample; heatmap "
      "rendering vs writing a tensor of the same size"),
-    ("bench_models", "Model throughput (GFLOP/s) against a large matmul"),
+    ("bench_models", "Model throughput (GFLOP/s) against a large matmul, float32 and bfloat16"),
+    ("bench_predict", "P5: prediction latency of one 1935x2400 ISBI cephalogram, by part"),
 )
 PLOT = re.compile(r"([A-Za-z0-9_.-]+\.png)")
 

@@ -33,13 +33,14 @@ from keraslm.errors import (  # noqa: E402
 
 
 
-def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None):
+def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None,
+            precision="float32"):
     """Finds landmarks in images; see `keraslm.inference.predict` (imported on first use, so
     `import keraslm` stays light). On the command line: `python -m keraslm.predict`."""
     from keraslm.inference import predict as _predict
 
     return _predict(model, images, spacing=spacing, batch_size=batch_size, metadata=metadata,
-                    refine=refine)
+                    refine=refine, precision=precision)
 
 
 __all__ = [

@@ -172,7 +172,8 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
     """Writes a TF Serving version folder `base_dir/<version>/` (see the module docstring).
 
     network: keras.Model. a heatmap network from `keraslm.models.build_model` (trained), with
-        None spatial input sizes.
+        None spatial input sizes. Exported to compute in float32 whatever precision it was
+        trained or loaded in (`keraslm.precision.with_precision`), so any server runs it.
     base_dir: str. the model base folder TF Serving watches, e.g. `saved_models/<name>`.
     metadata: dict. from `keraslm.inference.model_metadata`; stored as `assets/keraslm.json`.
     version: int >= 1 or None. the version to write; default the next integer after the
@@ -211,6 +212,11 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
         raise KeraslmError(
             f"metadata['decode_method'] must be one of {METHODS}. Received: "
             f"{metadata.get('decode_method')!r}")
+    from keraslm.precision import with_precision
+
+    network = with_precision(network, "float32")
+    if local_network is not None:
+        local_network = with_precision(local_network, "float32")
     ndim = int(metadata["ndim"])
     input_shape = tuple(network.input_shape)
     if len(input_shape) != ndim + 2 or input_shape[-1] != 1:

@@ -163,13 +163,19 @@ class KerasPredictor:
     Args:
         network: keras.Model. Maps grid images to heatmaps.
         metadata: dict. See `model_metadata`.
+        precision: str. The network's compute precision for prediction: "float32" (default;
+            the same numbers as the float32 SavedModel export), "bfloat16", "float16" or
+            "auto" (`keraslm.precision.choose_precision`). Decoding is float32 in every case.
     """
 
-    def __init__(self, network, metadata):
+    def __init__(self, network, metadata, precision="float32"):
         import tensorflow as tf  # TF-only edge: the compiled prediction function.
 
         from keraslm.ops.heatmaps import HeatmapCodec
+        from keraslm.precision import choose_precision, with_precision
 
+        self.precision = choose_precision(precision)
+        network = with_precision(network, self.precision)
         self.network = network
         self.metadata = check_metadata(metadata, getattr(network, "name", "model"))
         self.codec = HeatmapCodec(
@@ -246,7 +252,7 @@ class CascadePredictor:
         return placement.grid_to_image_index(points[0]), confidence[0]
 
 
-def load_predictor(model, metadata=None, refine=None):
+def load_predictor(model, metadata=None, refine=None, precision="float32"):
     """A predictor from a Keras model, a `.keras` file or a SavedModel version folder.
 
     Args:
@@ -255,16 +261,18 @@ def load_predictor(model, metadata=None, refine=None):
         metadata: dict, optional. Required for a Keras model object; overrides files.
         refine: str path or predictor, optional. The local stage of a coarse-to-fine model
             (trained with `train.py --crop-shape`); `model` is then its global stage.
+        precision: str. Compute precision of Keras models (see `KerasPredictor`); a SavedModel
+            computes as it was exported (float32), so only "float32" and "auto" apply to it.
     """
     if refine is not None:
-        local = refine if hasattr(refine, "refine") else load_predictor(refine)
-        return CascadePredictor(load_predictor(model, metadata), local)
+        local = refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision)
+        return CascadePredictor(load_predictor(model, metadata, precision=precision), local)
     import keras
 
     if isinstance(model, keras.Model):
         if metadata is None:
             raise KeraslmError("a Keras model needs `metadata` (see keraslm.inference.model_metadata)")
-        return KerasPredictor(model, metadata)
+        return KerasPredictor(model, metadata, precision)
     path = os.fspath(model)
     if path.endswith(".keras"):
         if not os.path.isfile(path):
@@ -278,8 +286,12 @@ def load_predictor(model, metadata=None, refine=None):
             )
         import keraslm.models  # noqa: F401  (registers the custom layers for loading)
 
-        return KerasPredictor(keras.saving.load_model(path), metadata)
+        return KerasPredictor(keras.saving.load_model(path), metadata, precision)
     if os.path.isdir(path):
+        if precision not in ("auto", "float32"):
+            raise KeraslmError(
+                f"{path}: a SavedModel computes in the precision it was exported in (float32); "
+                f"precision={precision!r} applies to .keras models only")
         from keraslm.export import load_saved_model_predictor
 
         return load_saved_model_predictor(path, metadata=metadata)
@@ -314,7 +326,8 @@ def load_input_image(item, index, ndim, spacing=None):
     return (image_id_from_path(path) if path else f"image{index:04d}"), path, image
 
 
-def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None):
+def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None,
+            precision="float32"):
     """Finds the landmarks in images.
 
     Args:
@@ -327,6 +340,8 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         metadata: dict, optional. See `load_predictor`.
         refine: str path or predictor, optional. Local stage refining `model`'s estimates
             (see `load_predictor`); the confidence is then the local stage's.
+        precision: str. Compute precision of the network(s) when loaded here (see
+            `KerasPredictor`): "float32" (default), "bfloat16", "float16" or "auto".
 
     Returns:
         list of Prediction, one per image, in order.
@@ -339,9 +354,9 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
 
     if hasattr(model, "grid_points"):
         predictor = model if refine is None else CascadePredictor(
-            model, refine if hasattr(refine, "refine") else load_predictor(refine))
+            model, refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision))
     else:
-        predictor = load_predictor(model, metadata, refine=refine)
+        predictor = load_predictor(model, metadata, refine=refine, precision=precision)
     meta = predictor.metadata
     if meta.get("stage") == "local":
         raise KeraslmError(
@@ -416,6 +431,10 @@ def main(argv=None):
     parser.add_argument("--spacing", type=float, help="mm per pixel of plain images (PNG/JPEG) that hold none")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "bfloat16", "float16", "auto"],
+                        help="compute precision of .keras models (float32: the same numbers as "
+                        "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
     paths = []
     for item in args.images:
@@ -435,10 +454,12 @@ def main(argv=None):
         if args.refine_iterations != 1:
             if not args.refine:
                 raise KeraslmError("--refine-iterations needs --refine")
-            model = CascadePredictor(load_predictor(args.model), load_predictor(args.refine),
+            model = CascadePredictor(load_predictor(args.model, precision=args.precision),
+                                     load_predictor(args.refine, precision=args.precision),
                                      iterations=args.refine_iterations)
         predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size,
-                              refine=None if args.refine_iterations != 1 else args.refine)
+                              refine=None if args.refine_iterations != 1 else args.refine,
+                              precision=args.precision)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

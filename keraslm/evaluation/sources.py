@@ -115,7 +115,7 @@ def open_dataset(dataset, dataset_root=None, spacing=None, units="mm", ndim=None
 
 def evaluate_model(model, test_set, method=None, normalize_distance=None,
                    normalize_landmarks=(1, 5), batch_size=4, progress=None, source=None,
-                   refine=None):
+                   refine=None, precision="float32"):
     """Predicts the landmarks of a dataset's images with a model and compares them with the
     dataset's ground truth.
 
@@ -131,6 +131,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         source: dict, optional. Extra description stored in `Evaluation.sources`.
         refine: str path or predictor, optional. Local stage of a coarse-to-fine model that
             refines `model`'s estimates (`keraslm.inference.load_predictor`).
+        precision: str. Compute precision of `.keras` models (`keraslm.inference.KerasPredictor`).
 
     Returns:
         Evaluation.
@@ -147,12 +148,13 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         raise KeraslmError(f"{label}: no such model file or folder")
     if refine is not None and isinstance(refine, (str, os.PathLike)) and not os.path.exists(refine):
         raise KeraslmError(f"{os.fspath(refine)}: no such model file or folder")
-    predictor = model if hasattr(model, "grid_points") else load_predictor(model)
+    predictor = model if hasattr(model, "grid_points") else load_predictor(model, precision=precision)
     if refine is not None:
         from keraslm.inference import CascadePredictor
 
         predictor = CascadePredictor(
-            predictor, refine if hasattr(refine, "refine") else load_predictor(refine))
+            predictor,
+            refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision))
         label = f"{label} + {os.fspath(refine) if isinstance(refine, (str, os.PathLike)) else 'local stage'}"
     check_model_matches(predictor.metadata, test_set, label)
     if len(test_set) == 0:
@@ -262,7 +264,7 @@ def combine(evaluations, method=None):
 
 
 def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_landmarks=(1, 5),
-                  batch_size=4, progress=None, refine_runs=None):
+                  batch_size=4, progress=None, refine_runs=None, precision="float32"):
     """Evaluates each training run on its own held-out split and pools them into one table.
 
     Args:
@@ -274,6 +276,7 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
         refine_runs: sequence of str, optional. Local-stage runs (train.py --crop-shape), one
             per run of `run_dirs` in the same order and on the same held-out split; each
             refines its partner's estimates.
+        precision: str. Compute precision of the runs' networks (see `evaluate_model`).
 
     Returns:
         Evaluation (pooled over all runs' test images).
@@ -309,6 +312,7 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
             source={"run": os.fspath(run_dir), "fold": config.get("fold"),
                     "num_folds": config.get("num_folds"), "seed": config.get("seed")},
             refine=os.path.join(refine_runs[number - 1], RUN_MODEL_FILE) if refine_runs else None,
+            precision=precision,
         ))
     return combine(parts, method)
 

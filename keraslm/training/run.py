@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.data import select_split
-from keraslm.datasets import load_dataset
+from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
@@ -34,8 +34,10 @@ from keraslm.inference import (MODEL_METADATA_FILE, model_metadata, offset_prior
                                refine_function)
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
+from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
 from keraslm.training.callbacks import HeatmapImages
+from keraslm.training.jit import JitChoice, choose_jit
 from keraslm.training.pipeline import (
     DEFAULT_NORMALIZATION,
     choose_grid,
@@ -50,7 +52,6 @@ from keraslm.training.trainer import HeatmapTrainer, LocalHeatmapTrainer
 
 DEFAULT_GRID_SHAPE = {2: (64, 64), 3: (32, 64, 64)}
 DISTRIBUTE = ("none", "mirrored", "multiworker")
-JIT_MODES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass
@@ -77,10 +78,15 @@ class TrainingConfig:
         seed: int. Seeds splits, initialisation, shuffling and augmentation.
         resume: bool. Continue from the run folder's last checkpoint.
         distribute: str. "none", "mirrored" or "multiworker" (TF_CONFIG).
-        mixed_precision: bool. mixed_float16 compute.
+        precision: str. The network's compute precision: "auto" (bfloat16 on CPUs with
+            AMX-BF16 / AVX512-BF16 and GPUs of compute capability >= 8.0, float16 on older GPUs
+            with tensor cores, float32 otherwise; `keraslm.precision.choose_precision`),
+            "float32", "bfloat16" or "float16". Variables, optimizer state, loss, targets and
+            decoding stay float32; the saved model and export compute in float32.
+        mixed_precision: bool. Deprecated alias of `precision="float16"`.
         jit: str. XLA compilation: "on" (the whole training step), "off" (nothing), "auto"
-            (the whole step on a GPU and in 2D; for 3D on a CPU only augmentation and
-            rendering, since XLA makes 3D CPU convolutions about 3x slower).
+            (the whole step on a GPU; on a CPU measured per part - device stage, network - by
+            a short probe cached per CPU model, `keraslm.training.jit.choose_jit`).
         elastic_mm: float or None. Elastic deformation amplitude (preset default if None).
         translation_mm: float or None. Largest random translation per axis, mm (preset default
             if None); in a local stage the largest offset of a crop from its landmark.
@@ -121,6 +127,7 @@ class TrainingConfig:
     seed: int = 0
     resume: bool = False
     distribute: str = "none"
+    precision: str = "auto"
     mixed_precision: bool = False
     jit: str = "auto"
     elastic_mm: float = None
@@ -175,15 +182,15 @@ def _strategy(name):
     return tf.distribute.get_strategy()
 
 
-def _whole_step_jit(jit, ndim):
-    """Whether XLA compiles the whole training step. "auto": yes on a GPU and for 2D; no for
-    3D on a CPU, where XLA's 3D convolutions are about 3x slower (benchmarks/bench_training.py:
-    small 3D U-Net 5.8 s/step with XLA vs 2.0 s without; small 2D SCN 0.58 vs 0.85 s)."""
-    if jit not in JIT_MODES:
-        raise KeraslmError(f"`jit` must be one of {JIT_MODES}. Received: jit={jit!r}")
-    if jit == "auto":
-        return ndim == 2 or bool(tf.config.list_physical_devices("GPU"))
-    return jit == "on"
+def _requested_precision(config):
+    """`config.precision`, with the deprecated `mixed_precision=True` meaning float16."""
+    if not config.mixed_precision:
+        return config.precision
+    if config.precision not in ("auto", "float16"):
+        raise KeraslmError(
+            "mixed_precision=True (--mixed-precision) means float16 and contradicts "
+            f"precision={config.precision!r}; use precision alone (--precision)")
+    return "float16"
 
 
 def _is_chief(strategy):
@@ -206,18 +213,22 @@ def _optimizer(settings, steps):
     )
 
 
-def predict_grid_points(trainer, samples, batch_size):
-    """Decoded landmarks `(num_images, num_landmarks, ndim)` in grid index units."""
-    predict = tf.function(lambda x: trainer.codec.decode(trainer.network(x, training=False))[0])
+def predict_grid_points(trainer, samples, batch_size, network=None):
+    """Decoded landmarks `(num_images, num_landmarks, ndim)` in grid index units, by `network`
+    (default: the trainer's)."""
+    network = network or trainer.network
+    predict = tf.function(lambda x: trainer.codec.decode(network(x, training=False))[0])
     points = [predict(images).numpy() for images, _ in evaluation_dataset(samples, batch_size)]
     return np.concatenate(points)[: len(samples)]
 
 
-def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345):
+def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345,
+                                    network=None):
     """Local stage: refined landmarks `(num_images, num_landmarks, ndim)` in fine grid index
     units from crops centred on the truth moved by a fixed random offset, uniform within the
-    augmentation's translation range per axis (what a coarse stage of that accuracy gives)."""
-    refine = tf.function(refine_function(trainer.network, metadata))
+    augmentation's translation range per axis (what a coarse stage of that accuracy gives);
+    `network` defaults to the trainer's."""
+    refine = tf.function(refine_function(network or trainer.network, metadata))
     rng = np.random.default_rng(seed)
     limit = trainer.augmentation.translation_mm / np.asarray(trainer.grid_spacing)
     results = []
@@ -256,7 +267,7 @@ def _check_config(config, dataset):
 
 def train(config, log=None):
     """Runs one training; see the module docstring for what it writes. Keras' global dtype
-    policy (changed by `mixed_precision`) is restored afterwards.
+    policy (set to the chosen precision's while the network is built) is restored afterwards.
 
     Args:
         config: TrainingConfig.
@@ -287,6 +298,7 @@ def _train(config, log=None):
             "or choose another --output-dir"
         )
 
+    precision = choose_precision(_requested_precision(config))
     dataset = load_dataset(config.dataset, root=config.dataset_root)
     grid_shape = _check_config(config, dataset)
     train_set, val_set = select_split(
@@ -307,14 +319,14 @@ def _train(config, log=None):
     )
 
     keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    log(f"precision: {precision.precision} ({precision.reason})")
     strategy = _strategy(config.distribute)
     with strategy.scope():
-        network = build_model(
-            config.architecture, dataset.ndim, dataset.num_landmarks, preset=config.model_preset,
-            **config.model_overrides,
-        )
+        with dtype_policy(precision.policy):
+            network = build_model(
+                config.architecture, dataset.ndim, dataset.num_landmarks,
+                preset=config.model_preset, **config.model_overrides,
+            )
         # Checks the size constraint (the network sees crops of grid_shape in a local stage).
         output_shape = network.output_spatial_shape(grid_shape if local else grid.shape)
         settings = get_training_preset(
@@ -339,16 +351,23 @@ def _train(config, log=None):
             intensity_shift=settings["intensity_shift"],
         )
         common = dict(sigma=settings["sigma"], augmentation=augmentation,
-                      heatmap_scale=settings["heatmap_scale"], seed=config.seed,
-                      jit_device_stage=config.jit != "off")
+                      heatmap_scale=settings["heatmap_scale"], seed=config.seed)
         if local:
             trainer = LocalHeatmapTrainer(network, grid_shape, grid.spacing,
                                           landmarks_per_image=config.landmarks_per_image, **common)
         else:
             trainer = HeatmapTrainer(network, grid.shape, grid.spacing, **common)
-        trainer.compile(
-            optimizer=_optimizer(settings, settings["steps"]), jit_compile=_whole_step_jit(config.jit, dataset.ndim)
-        )
+        if config.distribute == "none" or config.jit != "auto":
+            jit = choose_jit(config.jit, trainer, grid.shape, settings["batch_size"],
+                             cache_folder=cache_dir())
+        else:  # No probe across replicas: the rule the probes found on every CPU measured.
+            on_gpu = bool(tf.config.list_physical_devices("GPU"))
+            jit = JitChoice(on_gpu, True, "distributed: XLA for the whole step on GPUs, for the "
+                            "device stage only on CPUs")
+        log(f"XLA: whole step {'on' if jit.network else 'off'}, device stage "
+            f"{'on' if jit.device_stage else 'off'} ({jit.reason})")
+        trainer.jit_device_stage = jit.device_stage
+        trainer.compile(optimizer=_optimizer(settings, settings["steps"]), jit_compile=jit.network)
         trainer.build((None, *grid_shape, 1))
 
     def prepare_log(name):
@@ -379,7 +398,8 @@ def _train(config, log=None):
     epochs = math.ceil(steps / steps_per_epoch)
     os.makedirs(output_dir, exist_ok=True)
     resolved = {**dataclasses.asdict(config), "grid_shape": list(grid.shape),
-                "grid_spacing": list(grid.spacing), "settings": settings}
+                "grid_spacing": list(grid.spacing), "settings": settings,
+                "resolved_precision": precision.to_dict(), "resolved_jit": jit.to_dict()}
     _write_json(os.path.join(output_dir, "config.json"), resolved)
     callbacks = [
         keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
@@ -402,14 +422,19 @@ def _train(config, log=None):
                               crop_shape=grid_shape if local else None,
                               offset_prior_mm=(offset_prior_mm(trainer.augmentation.translation_mm)
                                                if local else None))
+    metadata["training_precision"] = precision.precision
+    # The saved and exported network computes in float32; the final validation measures it.
+    network = with_precision(network, "float32")
     if not validate:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
         if local:  # Crops around the truth moved by random offsets (no coarse stage here).
             points_grid = predict_local_validation_points(trainer, val_samples,
-                                                          settings["batch_size"], metadata)
+                                                          settings["batch_size"], metadata,
+                                                          network=network)
         else:
-            points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"])
+            points_grid = predict_grid_points(trainer, val_samples, settings["batch_size"],
+                                              network=network)
         points_mm = val_samples.grid_to_physical(points_grid)
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)

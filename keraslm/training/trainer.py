@@ -75,9 +75,7 @@ class HeatmapTrainer(keras.Model):
         self.decode_method = decode_method
         self.codec = HeatmapCodec(self.grid_shape, stride=network.output_stride, sigma=sigma)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self._device_stage = (
-            tf.function(self._augment, jit_compile=True) if jit_device_stage else self._augment
-        )
+        self.jit_device_stage = jit_device_stage
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.point_error_tracker = keras.metrics.Mean(name="point_error_mm")
 
@@ -91,16 +89,32 @@ class HeatmapTrainer(keras.Model):
             self._symbolic_build(data_batch=data_batch)
 
     @property
+    def jit_device_stage(self):
+        """bool. Whether augmentation and rendering are compiled with XLA (settable until the
+        first training step)."""
+        return self._jit_device_stage
+
+    @jit_device_stage.setter
+    def jit_device_stage(self, value):
+        self._jit_device_stage = bool(value)
+        self._device_stage = tf.function(self.augment, jit_compile=True) if value else self.augment
+
+    @property
     def metrics(self):
         return [self.loss_tracker, self.point_error_tracker]
 
     def call(self, images, training=False):
         return self.network(images, training=training)
 
-    def _augment(self, images, points):
-        """Device stage: random transforms, resampled images, target heatmaps, weights."""
+    def augment(self, images, points, seed_generator=None):
+        """Device stage: random transforms, resampled images, target heatmaps, weights.
+
+        images: `(batch, *grid_shape, 1)`; points: `(batch, L, ndim)` grid index. Returns the
+        network's input images, float32 target heatmaps (times `heatmap_scale`) and weights
+        `(batch, L)`. `seed_generator` replaces the trainer's random stream (None: use it).
+        """
         transforms = sample_transforms(
-            self.seed_generator, images.shape[0], self.grid_shape, self.grid_spacing,
+            seed_generator or self.seed_generator, images.shape[0], self.grid_shape, self.grid_spacing,
             self.augmentation,
         )
         images, targets, weights = device_stage(images, points, transforms, self.codec)
@@ -171,11 +185,11 @@ class LocalHeatmapTrainer(HeatmapTrainer):
     def _crops_per_image(self, points):
         return self.landmarks_per_image or points.shape[1]
 
-    def _augment(self, images, points):
-        index = choose_crop_landmarks(points, self._crops_per_image(points),
-                                      seed=self.seed_generator)
+    def augment(self, images, points, seed_generator=None):
+        seed_generator = seed_generator or self.seed_generator
+        index = choose_crop_landmarks(points, self._crops_per_image(points), seed=seed_generator)
         transforms = sample_transforms(
-            self.seed_generator, images.shape[0] * index.shape[1], self.grid_shape,
+            seed_generator, images.shape[0] * index.shape[1], self.grid_shape,
             self.grid_spacing, self.augmentation,
         )
         crops, targets, weights, _ = crop_stage(images, points, index, transforms, self.codec)
