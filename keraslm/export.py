@@ -47,7 +47,8 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import KeraslmError
-from keraslm.inference import check_metadata, refine_function
+from keraslm.detector import decode_image_bytes, image_to_landmarks, refine_function
+from keraslm.inference import check_metadata
 from keraslm.io._files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
@@ -99,11 +100,28 @@ class _LandmarkModule(tf.Module):
                             if key != "heatmaps"},
             input_signature=[spec], autograph=False)
         self.concrete_signatures = {
-            "serving_default": self.serve.get_concrete_function(),
+            "grid_heatmaps": self.serve.get_concrete_function(),
             "landmarks": self.landmarks.get_concrete_function(),
         }
+        local = metadata.get("refine")
+        locate = image_to_landmarks(network, metadata, local_network, local)
+        num_landmarks = len(metadata["landmark_names"])
+        self.predict_array = tf.function(
+            _array_function(locate, ndim), autograph=False, input_signature=[
+                tf.TensorSpec([None] * ndim, tf.float32, name="image"),
+                tf.TensorSpec([ndim], tf.float32, name="spacing"),
+                tf.TensorSpec([ndim], tf.float32, name="origin"),
+                tf.TensorSpec([ndim, ndim], tf.float32, name="direction")])
+        self.concrete_signatures["predict_array"] = self.predict_array.get_concrete_function()
+        if ndim == 2:
+            self.predict_image = tf.function(
+                _image_function(locate, num_landmarks), autograph=False, input_signature=[
+                    tf.TensorSpec([None], tf.string, name="image_bytes"),
+                    tf.TensorSpec([None, 2], tf.float32, name="spacing")])
+            self.concrete_signatures["predict_image"] = self.predict_image.get_concrete_function()
+        self.concrete_signatures["serving_default"] = self.concrete_signatures[
+            "predict_image" if ndim == 2 else "predict_array"]
         if local_network is not None:
-            local = metadata["refine"]
             fine_spec = tf.TensorSpec((None, *local["grid_shape"], 1), tf.float32, name="images")
             centre_spec = tf.TensorSpec((None, len(local["landmark_names"]), ndim), tf.float32,
                                         name="centres")
@@ -116,7 +134,7 @@ class _LandmarkModule(tf.Module):
 
 def _refine_function(network, metadata):
     """(images `(batch, *fine grid, 1)`, centres `(batch, L, ndim)` fine grid index) ->
-    {"landmarks", "confidence"}: `keraslm.inference.refine_function` per image (static shapes
+    {"landmarks", "confidence"}: `keraslm.detector.refine_function` per image (static shapes
     inside, any batch size outside)."""
     refine = refine_function(network, metadata)
     ndim = int(metadata["ndim"])
@@ -136,6 +154,82 @@ def _refine_function(network, metadata):
             fn_output_signature=(tf.TensorSpec((num_landmarks, ndim), tf.float32),
                                  tf.TensorSpec((num_landmarks,), tf.float32)))
         return {"landmarks": points, "confidence": confidence}
+
+    return serve
+
+
+def _as_decimal_float64(values):
+    """float32 geometry -> float64 of the shortest decimal that reads back as the same float32
+    (0.1f -> 0.1, not 0.10000000149): the value the client meant, so the signatures place the
+    image exactly as `keraslm.predict` does with float64 geometry."""
+    return tf.strings.to_number(tf.strings.as_string(values, shortest=True), out_type=tf.float64)
+
+
+def _check_geometry(spacing, origin=None, direction=None, name="spacing"):
+    """InvalidArgument errors for NaN / non-positive spacing and non-finite geometry."""
+    spacing = tf.debugging.check_numerics(spacing, f"`{name}` holds NaN or Inf")
+    checks = [tf.debugging.assert_positive(spacing, message=f"`{name}` must be positive mm per pixel")]
+    if origin is not None:
+        checks.append(tf.debugging.check_numerics(origin, "`origin` holds NaN or Inf"))
+        checks.append(tf.debugging.check_numerics(direction, "`direction` holds NaN or Inf"))
+        checks.append(tf.debugging.assert_greater(
+            tf.abs(tf.linalg.det(tf.cast(direction, tf.float64))), tf.constant(1e-6, tf.float64),
+            message="`direction` must be an invertible matrix (columns: unit directions of the "
+            "index axes)"))
+    return checks
+
+
+def _array_function(locate, ndim):
+    """`predict_array`: one image array of any size with its geometry -> landmarks in original
+    index and LPS mm (see `keraslm.detector.image_to_landmarks`)."""
+
+    def serve(image, spacing, origin, direction):
+        image = tf.ensure_shape(image, [None] * ndim)
+        spacing = tf.ensure_shape(spacing, [ndim])
+        origin, direction = tf.ensure_shape(origin, [ndim]), tf.ensure_shape(direction, [ndim, ndim])
+        tf.debugging.assert_positive(tf.size(image), message="`image` is empty")
+        image = tf.debugging.check_numerics(image, "`image` holds NaN or Inf pixels")
+        with tf.control_dependencies(_check_geometry(spacing, origin, direction)):
+            outputs = locate(image, _as_decimal_float64(spacing), _as_decimal_float64(origin),
+                             _as_decimal_float64(direction))
+        return {"landmarks_index": tf.cast(outputs["landmarks_index"], tf.float32),
+                "landmarks_mm": tf.cast(outputs["landmarks_mm"], tf.float32),
+                "confidence": outputs["confidence"]}
+
+    return serve
+
+
+def _image_function(locate, num_landmarks):
+    """`predict_image` (2D): PNG / JPEG / BMP files and their pixel spacing -> landmarks in
+    original pixel index and mm, one row per image; images may differ in size."""
+
+    def serve(image_bytes, spacing):
+        image_bytes = tf.ensure_shape(image_bytes, [None])
+        spacing = tf.ensure_shape(spacing, [None, 2])
+        checks = [
+            tf.debugging.assert_positive(tf.size(image_bytes),
+                                         message="`image_bytes` is empty: send at least one image"),
+            tf.debugging.assert_equal(tf.shape(spacing)[0], tf.size(image_bytes), message=(
+                "`spacing` needs one row (x, y mm per pixel) per image of `image_bytes`")),
+        ] + _check_geometry(spacing)
+        with tf.control_dependencies(checks):
+            image_bytes = tf.identity(image_bytes)
+
+        def one(item):
+            data, pixel_spacing = item
+            outputs = locate(decode_image_bytes(data), _as_decimal_float64(pixel_spacing),
+                             tf.zeros([2], tf.float64),
+                             tf.eye(2, dtype=tf.float64))
+            return (tf.cast(outputs["landmarks_index"], tf.float32),
+                    tf.cast(outputs["landmarks_mm"], tf.float32), outputs["confidence"])
+
+        points_index, points_mm, confidence = tf.map_fn(
+            one, (image_bytes, spacing), fn_output_signature=(
+                tf.TensorSpec((num_landmarks, 2), tf.float32),
+                tf.TensorSpec((num_landmarks, 2), tf.float32),
+                tf.TensorSpec((num_landmarks,), tf.float32)))
+        return {"landmarks_index": points_index, "landmarks_mm": points_mm,
+                "confidence": confidence}
 
     return serve
 
@@ -243,14 +337,34 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
     metadata = dict(metadata)
     if local_metadata is not None:
         metadata["refine"] = dict(local_metadata)
+    image_outputs = ["landmarks_index", "landmarks_mm", "confidence"]
     metadata["saved_model"] = {
         "signatures": {
-            "serving_default": ["heatmaps", "landmarks", "confidence"],
+            "serving_default": image_outputs,
+            "predict_array": image_outputs,
+            "grid_heatmaps": ["heatmaps", "landmarks", "confidence"],
             "landmarks": ["landmarks", "confidence"],
         },
-        "input": "images: float32 (batch, *grid spatial sizes, 1), normalised grid images",
-        "landmarks_units": "input grid index (x, y[, z]), pixel centres at integers",
+        "serving_default": "predict_image" if ndim == 2 else "predict_array",
+        "inputs": {
+            "predict_image": "image_bytes: string (batch,) PNG/JPEG/BMP files; spacing: float32 "
+                             "(batch, 2) mm per pixel along x, y",
+            "predict_array": "image: float32 (H, W) or (D, H, W); spacing (ndim,) mm per pixel "
+                             "along x, y[, z]; origin (ndim,) LPS mm of index 0; direction "
+                             "(ndim, ndim), columns = index axes' unit directions",
+            "grid_heatmaps/landmarks": "images: float32 (batch, *grid spatial sizes, 1), "
+                                       "normalised grid images",
+        },
+        "units": {
+            "landmarks_index": "original image index (x, y[, z]), pixel centres at integers",
+            "landmarks_mm": "physical millimetres (LPS)",
+            "grid_heatmaps/landmarks": "input grid index (x, y[, z]), pixel centres at integers",
+        },
     }
+    if ndim == 2:
+        metadata["saved_model"]["signatures"]["predict_image"] = image_outputs
+    else:
+        del metadata["saved_model"]["inputs"]["predict_image"]
     if local_metadata is not None:
         metadata["saved_model"]["signatures"]["refine"] = ["landmarks", "confidence"]
         metadata["saved_model"]["refine_inputs"] = (
@@ -289,9 +403,28 @@ class SavedModelPredictor:
                 f"{sorted(self._loaded.signatures)}); export it with keraslm.export")
         self._landmarks = self._loaded.signatures["landmarks"]
 
+    def locate(self, image):
+        """One `keraslm.io.Image` -> (points_index, points_mm, confidence): the export's
+        `predict_array` signature (the whole prediction, local stage included), or for an
+        export without it (keraslm before the image signatures) the grid-level `landmarks`
+        signature with the preprocessing and mapping run here."""
+        if "predict_array" in self._loaded.signatures:
+            outputs = self._loaded.signatures["predict_array"](
+                image=tf.constant(np.asarray(image.array, np.float32)),
+                spacing=tf.constant(np.asarray(image.spacing, np.float32)),
+                origin=tf.constant(np.asarray(image.origin, np.float32)),
+                direction=tf.constant(np.asarray(image.direction, np.float32)))
+            return (outputs["landmarks_index"].numpy().astype(np.float64),
+                    outputs["landmarks_mm"].numpy().astype(np.float64),
+                    outputs["confidence"].numpy())
+        from keraslm.inference import locate_on_grid
+
+        return locate_on_grid(self, image)
+
     def local_stage(self):
-        """The exported local stage (`refine` signature) as a predictor, or None."""
-        if "refine" not in self.metadata:
+        """The exported local stage (`refine` signature) as a predictor, or None; None too
+        when the export's `predict_array` signature runs the local stage itself."""
+        if "refine" not in self.metadata or "predict_array" in self._loaded.signatures:
             return None
         if "refine" not in self._loaded.signatures:
             raise KeraslmError(f"{self.path}: metadata names a local stage but the SavedModel has "
@@ -359,6 +492,48 @@ def load_saved_model_predictor(path, metadata=None):
     return CascadePredictor(predictor, local)
 
 
+def _network_from_variables(metadata, variables, source):
+    """The Keras network of `metadata["architecture"]` whose weights are `variables` (matched by
+    name and shape; the `small` and `paper` presets are tried), or a KeraslmError."""
+    from keraslm.models import build_model
+
+    by_name = {v.name.split(":")[0]: v for v in variables}
+    for preset in ("small", "paper"):
+        network = build_model(metadata["architecture"], int(metadata["ndim"]),
+                              len(metadata["landmark_names"]), preset=preset)
+        weights = {w.path: w for w in network.weights}
+        if set(weights) == set(by_name) and all(
+                tuple(weights[n].shape) == tuple(by_name[n].shape) for n in weights):
+            for name, weight in weights.items():
+                weight.assign(by_name[name].numpy())
+            return network
+    raise KeraslmError(
+        f"{source}: the exported weights do not match the {metadata['architecture']!r} network "
+        "of the small or paper preset; export it again from its .keras model instead")
+
+
+def upgrade_saved_model(path, base_dir, version=None):
+    """Re-exports a keraslm SavedModel with the current signatures (image signatures, one
+    request for a cascade), with the same weights, as the next version of `base_dir`.
+
+    path: str. A version folder written by an earlier keraslm (`landmarks` / `refine`).
+    base_dir: str. Model base folder of the new version.
+
+    Returns str, the new version folder.
+    """
+    predictor = SavedModelPredictor(path)
+    metadata = {k: v for k, v in predictor.metadata.items() if k not in ("saved_model", "refine")}
+    network = _network_from_variables(
+        metadata, predictor._loaded.signatures["landmarks"].variables, path)
+    local_network = local_metadata = None
+    if "refine" in predictor.metadata:
+        local_metadata = dict(predictor.metadata["refine"])
+        local_network = _network_from_variables(
+            local_metadata, predictor._loaded.signatures["refine"].variables, path)
+    return export_saved_model(network, base_dir, metadata, version=version,
+                              local_network=local_network, local_metadata=local_metadata)
+
+
 def main(argv=None):
     """`python -m keraslm.export`: export trained .keras models as a TF Serving version folder."""
     import argparse
@@ -370,11 +545,15 @@ def main(argv=None):
         "train.py writes) as the next version folder <base>/<n>/ of a TF Serving model; with "
         "--refine, a coarse-to-fine pair as one SavedModel (signatures serving_default, "
         "landmarks and refine).")
-    parser.add_argument("model", help="the global (whole-image) model: run folder or .keras file")
+    parser.add_argument("model", help="the global (whole-image) model: run folder or .keras "
+                        "file; with --upgrade an existing SavedModel version folder")
     parser.add_argument("base_dir", help="TF Serving model base folder, e.g. saved_models/isbi2015_scn")
     parser.add_argument("--refine", metavar="LOCAL_MODEL",
                         help="the local stage (train.py --crop-shape): run folder or .keras file")
     parser.add_argument("--version", type=int, help="version number (default: the next one)")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="MODEL is a SavedModel of an earlier keraslm: export its weights again "
+                        "with the current signatures (predict_image / predict_array)")
     args = parser.parse_args(argv)
     from keraslm.inference import load_predictor
 
@@ -382,6 +561,12 @@ def main(argv=None):
         return os.path.join(path, "model.keras") if os.path.isdir(path) else path
 
     try:
+        if args.upgrade:
+            if args.refine:
+                raise KeraslmError("--upgrade takes the SavedModel alone (its local stage is in it)")
+            path = upgrade_saved_model(args.model, args.base_dir, version=args.version)
+            print(f"exported {path}")
+            return 0
         coarse = load_predictor(keras_file(args.model))
         local = load_predictor(keras_file(args.refine)) if args.refine else None
         if local is not None and not hasattr(local, "network"):

@@ -25,7 +25,7 @@ from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
 from keraslm.io._files import atomic_path, read_json
-from keraslm.preprocessing import GridSpec
+from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 
 MODEL_METADATA_FILE = "model.json"
 METADATA_FORMAT = "keraslm-landmarks/1"
@@ -68,46 +68,6 @@ def offset_prior_mm(translation_mm):
     was trained on, uniform within +-translation_mm per axis, i.e. translation_mm / sqrt(3);
     None without translation."""
     return float(translation_mm) / np.sqrt(3.0) if translation_mm else None
-
-
-def refine_function(network, metadata):
-    """The local stage as one function: `(images, centres) -> (points, confidence)`.
-
-    images: `(batch, *spatial, 1)` whole images on the local stage's fine grid.
-    centres: `(batch, num_landmarks, ndim)` coarse estimates in fine grid index units.
-    Crops of `metadata["crop_shape"]` around every centre go through the network; landmark k is
-    decoded from its own crop's channel k (its peak chosen after weighting by a Gaussian of
-    `metadata["offset_prior_mm"]` around the crop centre, if set) and mapped back to fine grid
-    index units. Returns
-    points `(batch, num_landmarks, ndim)` and confidence `(batch, num_landmarks)`. Pure
-    `keras.ops` (XLA-compilable with static shapes; used in training, prediction and export).
-    """
-    from keras import ops
-
-    from keraslm.ops.augmentation import crop_to_grid, extract_crops
-    from keraslm.ops.heatmaps import HeatmapCodec
-
-    crop_shape = tuple(metadata["crop_shape"])
-    codec = HeatmapCodec(crop_shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
-    method = metadata.get("decode_method", "quadratic")
-    prior = None
-    if metadata.get("offset_prior_mm") is not None:
-        prior = codec.centre_prior(metadata["grid_spacing"][::-1], metadata["offset_prior_mm"])
-
-    def refine(images, centres):
-        batch, num_landmarks, ndim = centres.shape
-        crops = extract_crops(images, centres, crop_shape)
-        heatmaps = ops.cast(network(crops, training=False), "float32")
-        # (batch * L, L, ndim)
-        points, confidence = codec.decode(heatmaps, method=method, peak_weights=prior)
-        points = ops.reshape(points, (batch, num_landmarks, num_landmarks, ndim))
-        confidence = ops.reshape(confidence, (batch, num_landmarks, num_landmarks))
-        own = ops.arange(num_landmarks, dtype="int32")[None, :, None]  # crop k <-> landmark k
-        points = ops.take_along_axis(points, own[..., None], axis=2)[:, :, 0]
-        confidence = ops.take_along_axis(confidence, own, axis=2)[:, :, 0]
-        return crop_to_grid(points, centres, crop_shape), confidence
-
-    return refine
 
 
 def check_metadata(metadata, source):
@@ -156,9 +116,64 @@ class Prediction:
         }
 
 
-class KerasPredictor:
-    """A Keras heatmap network with its metadata; `grid_points` runs it on grid images, and for
-    a local stage `refine` runs it on crops around coarse estimates.
+def _pixels(image):
+    pixels = np.asarray(image.array)
+    return pixels.astype(np.uint8) if pixels.dtype == bool else pixels
+
+
+def locate_on_grid(predictor, image):
+    """Stage by stage, for predictors that only run on grid images (`grid_points`, e.g. a
+    SavedModel exported before the image signatures): the image onto the grid
+    (`keraslm.preprocessing.prepare_image`), the predictor, and the mapping back.
+
+    Returns (points_index `(L, ndim)`, points_mm `(L, ndim)`, confidence `(L,)`)."""
+    meta = predictor.metadata
+    grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
+    array, placement = prepare_image(image, grid, meta["normalization"])
+    points, confidence = predictor.grid_points(array[np.newaxis, ..., np.newaxis])
+    points_index = placement.grid_to_image_index(points[0])
+    return points_index, image.index_to_physical(points_index), np.asarray(confidence[0])
+
+
+def locate(predictor, image):
+    """`predictor.locate(image)` where it has one, else `locate_on_grid`."""
+    if hasattr(predictor, "locate"):
+        return predictor.locate(image)
+    return locate_on_grid(predictor, image)
+
+
+class GraphLocator:
+    """`locate(image)` through one compiled `keraslm.detector.image_to_landmarks` graph per
+    pixel dtype (any image size). Subclasses set `self.metadata` and implement `_function()`.
+    """
+
+    def _function(self):
+        raise NotImplementedError
+
+    def locate(self, image):
+        """One `keraslm.io.Image` -> (points_index `(L, ndim)`, points_mm `(L, ndim)`,
+        confidence `(L,)`) as NumPy arrays."""
+        import tensorflow as tf  # TF-only edge: the compiled prediction graph.
+
+        pixels = _pixels(image)
+        cache = self.__dict__.setdefault("_locators", {})
+        if pixels.dtype not in cache:
+            ndim = int(self.metadata["ndim"])
+            cache[pixels.dtype] = tf.function(self._function(), input_signature=[
+                tf.TensorSpec([None] * ndim, tf.as_dtype(pixels.dtype)),
+                tf.TensorSpec([ndim], tf.float64), tf.TensorSpec([ndim], tf.float64),
+                tf.TensorSpec([ndim, ndim], tf.float64)])
+        outputs = cache[pixels.dtype](pixels, np.asarray(image.spacing, np.float64),
+                                      np.asarray(image.origin, np.float64),
+                                      np.asarray(image.direction, np.float64))
+        return (outputs["landmarks_index"].numpy(), outputs["landmarks_mm"].numpy(),
+                outputs["confidence"].numpy())
+
+
+class KerasPredictor(GraphLocator):
+    """A Keras heatmap network with its metadata. `locate(image)` runs the whole prediction
+    graph (`keraslm.detector`); `grid_points` runs the network on grid images, and for a local
+    stage `refine` runs it on crops around coarse estimates.
 
     Args:
         network: keras.Model. Maps grid images to heatmaps.
@@ -171,6 +186,7 @@ class KerasPredictor:
     def __init__(self, network, metadata, precision="float32"):
         import tensorflow as tf  # TF-only edge: the compiled prediction function.
 
+        from keraslm.detector import refine_function
         from keraslm.ops.heatmaps import HeatmapCodec
         from keraslm.precision import choose_precision, with_precision
 
@@ -188,6 +204,11 @@ class KerasPredictor:
         if metadata.get("stage") == "local":
             self._refine = tf.function(refine_function(network, metadata))
 
+    def _function(self):
+        from keraslm.detector import image_to_landmarks
+
+        return image_to_landmarks(self.network, self.metadata)
+
     def grid_points(self, images):
         """`(batch, *grid_shape, 1)` grid images -> (points `(batch, L, ndim)` in grid index,
         confidence `(batch, L)`)."""
@@ -202,9 +223,12 @@ class KerasPredictor:
         return np.asarray(points), np.asarray(confidence)
 
 
-class CascadePredictor:
+class CascadePredictor(GraphLocator):
     """A coarse-to-fine model: a global stage that finds every landmark on a coarse grid of the
     whole image, and a local stage that refines each estimate on a crop of a fine grid.
+
+    Two Keras stages run as one graph (`keraslm.detector.image_to_landmarks`); stages from a
+    SavedModel exported before the image signatures existed run stage by stage.
 
     Args:
         global_predictor: predictor of the whole-image (global) stage.
@@ -233,6 +257,19 @@ class CascadePredictor:
         self.local = local_predictor
         self.metadata = {**coarse, "refine": fine}
 
+    def _function(self):
+        from keraslm.detector import image_to_landmarks
+
+        return image_to_landmarks(self.global_predictor.network, self.global_predictor.metadata,
+                                  self.local.network, self.local.metadata, self.iterations)
+
+    def locate(self, image):
+        if isinstance(self.global_predictor, KerasPredictor) and isinstance(self.local, KerasPredictor):
+            return super().locate(image)
+        points_index, _, _ = locate(self.global_predictor, image)  # Stage by stage.
+        points_index, confidence = self.refine_image(image, points_index)
+        return points_index, image.index_to_physical(points_index), confidence
+
     def grid_points(self, images):
         return self.global_predictor.grid_points(images)
 
@@ -241,8 +278,6 @@ class CascadePredictor:
         local confidence). The image goes onto the local stage's fine grid (its training grid,
         which covered every training image) as onto the global grid: centred, and an error
         when it does not fit."""
-        from keraslm.training.pipeline import prepare_image
-
         fine = self.local.metadata
         grid = GridSpec(tuple(fine["grid_shape"]), tuple(fine["grid_spacing"]))
         array, placement = prepare_image(image, grid, fine["normalization"])
@@ -336,7 +371,8 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         images: sequence of paths (any format `keraslm.io.read_image` reads) or `Image`s.
         spacing: float or sequence, optional. Spacing for plain images (PNG/JPEG) that hold
             none, e.g. 0.1 for ISBI 2015.
-        batch_size: int. Images per network call.
+        batch_size: int. Unused: every image runs through the prediction graph on its own
+            (kept so that existing calls work).
         metadata: dict, optional. See `load_predictor`.
         refine: str path or predictor, optional. Local stage refining `model`'s estimates
             (see `load_predictor`); the confidence is then the local stage's.
@@ -350,9 +386,9 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         KeraslmError: an image cannot be read, has the wrong dimension, or does not fit the
             model's grid; the message names it.
     """
-    from keraslm.training.pipeline import prepare_image
+    import tensorflow as tf  # TF-only edge: errors raised inside the prediction graph.
 
-    if hasattr(model, "grid_points"):
+    if hasattr(model, "locate") or hasattr(model, "grid_points"):
         predictor = model if refine is None else CascadePredictor(
             model, refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision))
     else:
@@ -367,24 +403,15 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
     results = []
-    for start in range(0, len(images), batch_size):
-        batch, prepared = [], []
-        for index, item in enumerate(images[start : start + batch_size], start):
-            image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
-            array, placement = prepare_image(image, grid, meta["normalization"])
-            batch.append(array[..., np.newaxis])
-            prepared.append((image_id, path, image, placement))
-        points_grid, confidence = predictor.grid_points(np.stack(batch))
-        for (image_id, path, image, placement), points, peaks in zip(prepared, points_grid, confidence):
-            points_index = placement.grid_to_image_index(points)
-            if isinstance(predictor, CascadePredictor):
-                points_index, peaks = predictor.refine_image(image, points_index)
-            results.append(
-                Prediction(
-                    image_id, path, tuple(meta["landmark_names"]),
-                    image.index_to_physical(points_index), points_index, np.asarray(peaks),
-                )
-            )
+    for index, item in enumerate(images):
+        image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
+        place_on_grid(image, grid)  # A KeraslmError naming the image when it does not fit.
+        try:
+            points_index, points_mm, confidence = locate(predictor, image)
+        except tf.errors.InvalidArgumentError as error:
+            raise KeraslmError(f"{path or image_id}: {error.message}") from None
+        results.append(Prediction(image_id, path, tuple(meta["landmark_names"]), points_mm,
+                                  points_index, confidence))
     return results
 
 

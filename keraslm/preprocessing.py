@@ -10,11 +10,21 @@ exactly:
 
     grid index --placement.grid_to_image_index--> image index --image.index_to_physical--> mm
 
-This module is NumPy only; it runs once per image before training or prediction.
+ONE implementation, in TensorFlow ops, serves training's one-off preparation of every image
+(`keraslm.training.pipeline.prepare_image`), `keraslm.predict` and the exported SavedModel's
+image signatures (`keraslm.export`): `prepare_on_grid` normalises, places and resamples a
+tensor of any size inside a graph. `GridSpec`, `GridPlacement` and `fitting_spacing` are the
+host-side descriptions (NumPy) of what it computes. The NumPy reference implementations live in
+the tests (`tests/reference_preprocessing.py`).
+
+TF-only edge: dynamic-shape resampling with `tf.gather`, histogram equalisation with
+`tf.math.bincount` / `tf.sort`.
 """
 import dataclasses
+import functools
 
 import numpy as np
+import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 
@@ -95,6 +105,37 @@ class GridPlacement:
         return points_index @ inverse[:-1, :-1].T + inverse[:-1, -1]
 
 
+def grid_to_image_matrix(image_size, image_spacing, grid):
+    """The placement of an image on the grid as a homogeneous affine map, in TF ops (graph-safe).
+
+    The image is centred on the grid and scaled by `grid.spacing / image_spacing` per axis.
+
+    Args:
+        image_size: tensor `(ndim,)`. Image pixels along x, y[, z].
+        image_spacing: tensor `(ndim,)`. Millimetres per image pixel along x, y[, z].
+        grid: GridSpec.
+
+    Returns:
+        float64 tensor `(ndim + 1, ndim + 1)`: grid index `(x, y[, z], 1)` -> image index.
+    """
+    image_size = tf.cast(image_size, tf.float64)
+    scale = tf.constant(grid.spacing, tf.float64) / tf.cast(image_spacing, tf.float64)
+    grid_size = tf.constant(grid.size, tf.float64)
+    offset = (image_size - 1) / 2 - scale * (grid_size - 1) / 2
+    top = tf.concat([tf.linalg.diag(scale), offset[:, tf.newaxis]], axis=1)
+    bottom = tf.one_hot(grid.ndim, grid.ndim + 1, dtype=tf.float64)[tf.newaxis]
+    return tf.concat([top, bottom], axis=0)
+
+
+def field_excess_mm(image_size, image_spacing, grid):
+    """How far the image's extent exceeds the grid's field of view per axis, mm (<= 0: fits).
+
+    A relative tolerance of 1e-6 lets an image that fits exactly (the fitting spacing) pass."""
+    extent = tf.cast(image_size, tf.float64) * tf.cast(image_spacing, tf.float64)
+    field = tf.constant(grid.size, tf.float64) * tf.constant(grid.spacing, tf.float64)
+    return extent - field * (1 + 1e-6)
+
+
 def place_on_grid(image, grid):
     """Centres `image` on `grid`, scaled by `grid.spacing / image.spacing` along each axis.
 
@@ -106,110 +147,177 @@ def place_on_grid(image, grid):
         raise KeraslmError(
             f"{image.path or 'image'} is {image.ndim}D but the grid is {grid.ndim}D"
         )
-    image_size = np.array(image.size, float)
-    grid_size = np.array(grid.size, float)
-    scale = np.array(grid.spacing) / image.spacing  # Image pixels per grid step.
-    extent_mm, field_mm = image_size * image.spacing, grid_size * np.array(grid.spacing)
-    if np.any(extent_mm > field_mm * (1 + 1e-6)):
+    if np.any(field_excess_mm(image.size, image.spacing, grid).numpy() > 0):
+        extent_mm = np.array(image.size, float) * image.spacing
+        field_mm = np.array(grid.size, float) * np.array(grid.spacing)
         raise KeraslmError(
             f"{image.path or 'image'} ({np.round(extent_mm, 2).tolist()} mm) is larger than the "
             f"grid's field of view ({np.round(field_mm, 2).tolist()} mm = {list(grid.size)} x "
             f"{list(grid.spacing)} mm); use a larger grid spacing or shape"
         )
-    matrix = np.eye(grid.ndim + 1)
-    matrix[:-1, :-1] = np.diag(scale)
-    # Centre of the grid maps onto the centre of the image.
-    matrix[:-1, -1] = (image_size - 1) / 2 - scale * (grid_size - 1) / 2
-    return GridPlacement(matrix)
+    return GridPlacement(grid_to_image_matrix(image.size, image.spacing, grid).numpy())
 
 
-def _box_prefilter(array, widths):
-    """Separable centred moving average of odd `widths` (array axis order), edges replicated."""
-    for axis, width in enumerate(widths):
-        if width <= 1:
-            continue
-        half = width // 2
-        padding = [(0, 0)] * array.ndim
-        padding[axis] = (half + 1, half)
-        cumulative = np.cumsum(np.pad(array, padding, mode="edge"), axis=axis, dtype=np.float64)
-        length = array.shape[axis]
-        upper = np.take(cumulative, np.arange(width, width + length), axis=axis)
-        lower = np.take(cumulative, np.arange(0, length), axis=axis)
-        array = ((upper - lower) / width).astype(np.float32)
-    return array
+def _box_filter_axis(array, width, axis):
+    """Centred moving average of odd `width` (a scalar tensor) along `axis`, edges replicated."""
+    length = tf.shape(array)[axis]
+    half = width // 2
+    padded = tf.gather(array, tf.clip_by_value(tf.range(-half - 1, length + half), 0, length - 1),
+                       axis=axis)
+    cumulative = tf.cumsum(tf.cast(padded, tf.float64), axis=axis)
+    upper = tf.gather(cumulative, tf.range(width, width + length), axis=axis)
+    lower = tf.gather(cumulative, tf.range(0, length), axis=axis)
+    return tf.cast((upper - lower) / tf.cast(width, tf.float64), tf.float32)
 
 
 def resample_to_grid(array, placement, grid, fill_value=0.0):
-    """Resamples an image array onto the grid with (bi/tri)linear interpolation.
+    """Resamples an image array onto the grid with (bi/tri)linear interpolation, in TF ops.
 
     Where the grid is coarser than the image, the image is first averaged over centred boxes
     about the scale factor wide (odd widths, anti-aliasing). Outside the image the grid gets
     `fill_value`. The placement is axis-aligned, so interpolation is separable: one array
-    axis at a time.
+    axis at a time. Any image size (dynamic shapes); graph- and eager-safe.
 
     Args:
-        array: np.ndarray. Image array `[y, x]` / `[z, y, x]`.
-        placement: GridPlacement.
+        array: array or tensor. Image `[y, x]` / `[z, y, x]`.
+        placement: GridPlacement, or a tensor `(ndim + 1, ndim + 1)` grid -> image index map.
         grid: GridSpec.
         fill_value: float.
 
     Returns:
-        np.ndarray float32 of shape `grid.shape`.
+        float32 tensor of shape `grid.shape`.
     """
-    scale_xyz = np.diag(placement.grid_to_image)[:-1]
-    widths = [2 * int(s // 2) + 1 if s >= 2 else 1 for s in reversed(scale_xyz)]
-    result = _box_prefilter(np.asarray(array, np.float32), widths)
-    inside_weight = np.ones((1,) * grid.ndim, np.float32)
+    matrix = placement.grid_to_image if isinstance(placement, GridPlacement) else placement
+    matrix = tf.cast(matrix, tf.float64)
+    result = tf.cast(array, tf.float32)
+    inside_weight = tf.ones((1,) * grid.ndim, tf.float32)
     for d, grid_size in enumerate(grid.size):  # d: point axis x, y[, z].
         axis = grid.ndim - 1 - d  # The matching array axis.
-        image_size = result.shape[axis]
-        coordinate = placement.grid_to_image[d, d] * np.arange(grid_size) + placement.grid_to_image[d, -1]
-        low = np.floor(coordinate).astype(np.int64)
-        fraction = (coordinate - low).astype(np.float32)
+        scale = matrix[d, d]
+        width = tf.where(scale >= 2, 2 * tf.cast(tf.floor(scale / 2), tf.int32) + 1, 1)
+        result = _box_filter_axis(result, width, axis)
+        image_size = tf.shape(result)[axis]
+        coordinate = scale * tf.range(grid_size, dtype=tf.float64) + matrix[d, -1]
+        low = tf.cast(tf.floor(coordinate), tf.int32)
+        fraction = tf.cast(coordinate - tf.floor(coordinate), tf.float32)
         # Neighbours outside the image get weight 0 (constant fill below).
-        weight_low = np.where((low >= 0) & (low < image_size), 1 - fraction, 0).astype(np.float32)
-        weight_high = np.where((low + 1 >= 0) & (low + 1 < image_size), fraction, 0).astype(np.float32)
+        weight_low = tf.where((low >= 0) & (low < image_size), 1 - fraction, 0.0)
+        weight_high = tf.where((low + 1 >= 0) & (low + 1 < image_size), fraction, 0.0)
         shape = [1] * grid.ndim
         shape[axis] = grid_size
-        result = np.take(result, np.clip(low, 0, image_size - 1), axis=axis) * weight_low.reshape(
-            shape
-        ) + np.take(result, np.clip(low + 1, 0, image_size - 1), axis=axis) * weight_high.reshape(shape)
-        inside_weight = inside_weight * (weight_low + weight_high).reshape(shape)
-    return (result + (1.0 - inside_weight) * fill_value).astype(np.float32)
+        result = (tf.gather(result, tf.clip_by_value(low, 0, image_size - 1), axis=axis)
+                  * tf.reshape(weight_low, shape)
+                  + tf.gather(result, tf.clip_by_value(low + 1, 0, image_size - 1), axis=axis)
+                  * tf.reshape(weight_high, shape))
+        inside_weight = inside_weight * tf.reshape(weight_low + weight_high, shape)
+    result = result + (1.0 - inside_weight) * fill_value
+    return tf.ensure_shape(result, grid.shape)
 
 
-def _equalize(array):
-    """Histogram equalisation: each value -> fraction of pixels at or below it."""
-    flat = array.reshape(-1)
-    if flat.dtype.kind in "ui" and flat.size and int(flat.max()) - int(flat.min()) < 2**20:
-        offset = flat.astype(np.int64) - int(flat.min())  # Integer pixels: a fast histogram.
-        cdf = np.cumsum(np.bincount(offset), dtype=np.float64) / flat.size
-        return cdf[offset].reshape(array.shape)
-    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    return (np.cumsum(counts, dtype=np.float64)[inverse] / flat.size).reshape(array.shape)
+def equalize(array):
+    """Histogram equalisation, in TF ops: each value -> the fraction of pixels at or below it
+    (float32). Integer images use a histogram, others a sort."""
+    array = tf.convert_to_tensor(array)
+    flat = tf.reshape(array, [-1])
+    count = tf.cast(tf.size(flat), tf.float64)
+
+    def by_sort():
+        ordered = tf.sort(flat)
+        return tf.cast(tf.searchsorted(ordered, flat, side="right"), tf.float64) / count
+
+    def by_histogram():
+        offset = tf.cast(flat, tf.int64) - tf.cast(tf.reduce_min(flat), tf.int64)
+        histogram = tf.math.bincount(tf.cast(offset, tf.int32), dtype=tf.int64)
+        return tf.gather(tf.cast(tf.cumsum(histogram), tf.float64) / count, offset)
+
+    # Integer values over a modest range (8/16-bit pixels, also when sent as floats): a
+    # histogram, much faster than sorting; the same fractions either way.
+    small_range = tf.cast(tf.reduce_max(flat), tf.float64) - tf.cast(tf.reduce_min(flat), tf.float64) < 2**20
+    if array.dtype.is_integer:
+        histogram_ok = small_range
+    else:
+        histogram_ok = tf.logical_and(small_range, tf.reduce_all(tf.equal(flat, tf.round(flat))))
+    fraction = tf.cond(histogram_ok, by_histogram, by_sort)
+    return tf.reshape(tf.cast(fraction, tf.float32), tf.shape(array))
 
 
 def normalize(array, method):
-    """Intensity normalisation of one image (the paper's choices are the defaults per ndim).
+    """Intensity normalisation of one image in TF ops (the paper's choices are the defaults
+    per ndim).
 
     Args:
-        array: np.ndarray. Pixel values.
+        array: array or tensor. Pixel values, any real dtype.
         method: str. "equalize_standardize" (2D in the paper: histogram equalisation, then
             zero mean and unit SD), "standardize" (zero mean, unit SD), "subtract_mean" (3D in
             the paper), or "none".
 
     Returns:
-        np.ndarray float32.
+        float32 tensor of the same shape.
     """
     if method not in NORMALIZATIONS:
         raise KeraslmError(f"`normalization` must be one of {NORMALIZATIONS}. Received: {method!r}")
-    array = np.asarray(array)
+    array = tf.convert_to_tensor(array)
     if method == "equalize_standardize":
-        array = _equalize(array)
-    array = array.astype(np.float32)
+        array = equalize(array)
+    array = tf.cast(array, tf.float32)
     if method in ("equalize_standardize", "standardize"):
-        std = float(array.std())
-        return (array - float(array.mean())) / (std if std > 0 else 1.0)
+        mean = tf.reduce_mean(tf.cast(array, tf.float64))
+        std = tf.math.reduce_std(tf.cast(array, tf.float64))
+        std = tf.where(std > 0, std, tf.ones_like(std))
+        return tf.cast((tf.cast(array, tf.float64) - mean) / std, tf.float32)
     if method == "subtract_mean":
-        return array - float(array.mean())
+        return tf.cast(tf.cast(array, tf.float64) - tf.reduce_mean(tf.cast(array, tf.float64)),
+                       tf.float32)
     return array
+
+
+def prepare_on_grid(array, spacing, grid, normalization):
+    """One image onto the network grid, in TF ops: normalise, place, resample.
+
+    Args:
+        array: tensor `[y, x]` / `[z, y, x]`, any size and real dtype.
+        spacing: tensor `(ndim,)`. mm per pixel along x, y[, z].
+        grid: GridSpec.
+        normalization: str. See `normalize`.
+
+    Returns:
+        (grid image float32 `grid.shape`, grid -> image index map float64 `(ndim+1, ndim+1)`).
+        Inside a graph an image larger than the grid's field of view fails with an
+        InvalidArgument error saying so.
+    """
+    array = tf.convert_to_tensor(array)
+    size = tf.reverse(tf.shape(array), [0])  # x, y[, z]
+    excess = field_excess_mm(size, spacing, grid)
+    check = tf.debugging.assert_less_equal(
+        tf.reduce_max(excess), tf.constant(0.0, tf.float64),
+        message=(f"the image is larger than the field of view of the model "
+                 f"({[round(n * s, 2) for n, s in zip(grid.size, grid.spacing)]} mm along x, y"
+                 f"{', z' if grid.ndim == 3 else ''}); its size in mm is pixels x spacing"))
+    with tf.control_dependencies([check]):
+        matrix = grid_to_image_matrix(size, spacing, grid)
+    return resample_to_grid(normalize(array, normalization), matrix, grid), matrix
+
+
+@functools.lru_cache(maxsize=32)
+def _prepare_function(grid, normalization, dtype, ndim):
+    """`keraslm.preprocessing.prepare_on_grid` compiled for one grid, normalisation, pixel dtype
+    and dimension, any image size."""
+    return tf.function(
+        lambda array, spacing: prepare_on_grid(array, spacing, grid, normalization),
+        input_signature=[tf.TensorSpec([None] * ndim, dtype), tf.TensorSpec([ndim], tf.float64)])
+
+
+def prepare_image(image, grid, normalization):
+    """One `keraslm.io.Image` onto the grid: (grid array `grid.shape` float32, GridPlacement),
+    through `prepare_on_grid`, the implementation the exported model runs.
+
+    Raises:
+        KeraslmError: the image does not fit the grid or has another dimension (names it).
+    """
+    placement = place_on_grid(image, grid)
+    pixels = np.asarray(image.array)
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8)
+    function = _prepare_function(grid, normalization, tf.as_dtype(pixels.dtype), grid.ndim)
+    array, _ = function(pixels, np.asarray(image.spacing, np.float64))
+    return array.numpy(), placement

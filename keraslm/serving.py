@@ -11,7 +11,7 @@ placement, and maps the answered points back:
 REST request bodies (TF Serving, `POST /v1/models/<name>[/versions/<v>]:predict`):
 
     {"signature_name": "landmarks", "instances": [<grid image (*grid_shape, 1) as nested lists>]}
-    {"signature_name": "serving_default", "inputs": {"images": [<grid image>, ...]}}
+    {"signature_name": "grid_heatmaps", "inputs": {"images": [<grid image>, ...]}}
 
     {"signature_name": "refine", "inputs": {"images": [<fine grid image>], "centres": [...]}}
 
@@ -41,7 +41,7 @@ from keraslm.inference import Prediction, check_metadata, load_input_image
 from keraslm.io._files import read_json
 from keraslm.preprocessing import GridSpec
 
-SIGNATURES = ("landmarks", "serving_default")
+SIGNATURES = ("landmarks", "grid_heatmaps")
 FORMATS = ("instances", "inputs")
 
 
@@ -148,7 +148,7 @@ def request_body(prepared, signature_name="landmarks", request_format="instances
     """The JSON body of a TF Serving REST `:predict` request.
 
     prepared: sequence of PreparedImage (from `prepare_images`).
-    signature_name: str. "landmarks" (coordinates and confidences) or "serving_default"
+    signature_name: str. "landmarks" (coordinates and confidences) or "grid_heatmaps"
         (also the heatmaps).
     request_format: str. "instances" (row format) or "inputs" (columnar format).
 
@@ -259,7 +259,7 @@ class ServingClient:
     metadata: dict or str. the model metadata, or a path for `load_metadata` (the exported
         version folder or its `assets/keraslm.json`).
     version: int or None. a fixed model version; None = the newest the server has.
-    signature_name: str. "landmarks" (default, small responses) or "serving_default".
+    signature_name: str. "landmarks" (default, small responses) or "grid_heatmaps".
     request_format: str. "instances" or "inputs".
     transport: callable(path, body) -> response dict, or None for `http_transport(host, port)`.
     host: str. port: int. used by the default transport.

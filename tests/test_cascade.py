@@ -261,7 +261,9 @@ def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_ex
     assert not np.allclose(refined[0].points_mm, unrefined[0].points_mm)
     version = cascade_export
     predictor = load_predictor(str(version))
-    assert isinstance(predictor, CascadePredictor)
+    # One request: the export's predict_array signature runs both stages.
+    assert "refine" in predictor.metadata and hasattr(predictor, "locate")
+    assert not isinstance(predictor, CascadePredictor)
     served = predict(str(version), paths, spacing=dataset.image_spacing)
     for a, b in zip(refined, served):
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)

@@ -103,11 +103,13 @@ def test_decode_dynamic_bad_input():
 def test_signatures_equal_the_keras_model_with_and_without_padding(exports, name):
     network, metadata, path = exports[name]
     loaded = tf.saved_model.load(path)
-    assert set(loaded.signatures) == {"serving_default", "landmarks"}
+    ndim = MODELS[name][1]
+    assert set(loaded.signatures) == {"serving_default", "grid_heatmaps", "landmarks",
+                                      "predict_array"} | ({"predict_image"} if ndim == 2 else set())
     for seed, shape in enumerate(MODELS[name][4]):
         images = _images(shape, seed)
         heatmaps, points, confidence = _keras_reference(network, metadata, images)
-        full = loaded.signatures["serving_default"](images=tf.constant(images))
+        full = loaded.signatures["grid_heatmaps"](images=tf.constant(images))
         small = loaded.signatures["landmarks"](images=tf.constant(images))
         assert set(full) == {"heatmaps", "landmarks", "confidence"}
         assert set(small) == {"landmarks", "confidence"}
@@ -125,7 +127,9 @@ def test_metadata_asset_and_landmark_names(exports):
     with open(os.path.join(path, "assets", "keraslm.json"), encoding="utf-8") as handle:
         stored = json.load(handle)
     assert {key: stored[key] for key in metadata} == metadata
-    assert set(stored["saved_model"]["signatures"]) == {"serving_default", "landmarks"}
+    assert set(stored["saved_model"]["signatures"]) == {
+        "serving_default", "grid_heatmaps", "landmarks", "predict_array", "predict_image"}
+    assert stored["saved_model"]["serving_default"] == "predict_image"
     loaded = tf.saved_model.load(path)
     assert [n.decode() for n in loaded.landmark_names.numpy()] == list(NAMES)
     assert json.loads(loaded.metadata_json.numpy())["grid_shape"] == [32, 32]
@@ -163,7 +167,7 @@ PLAIN_TF = textwrap.dedent("""
     for path, inputs, output in jobs:
         loaded = tf.saved_model.load(path)
         images = tf.constant(np.load(inputs))
-        full = loaded.signatures["serving_default"](images=images)
+        full = loaded.signatures["grid_heatmaps"](images=images)
         small = loaded.signatures["landmarks"](images=images)
         np.savez(output, names=np.array([n.decode() for n in loaded.landmark_names.numpy()]),
                  **{k: v.numpy() for k, v in full.items()},
@@ -240,7 +244,9 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exports, tmp_path):
     show = subprocess.run([CLI, "show", "--all", "--dir", path], capture_output=True, text=True,
                           env=_subprocess_env(), timeout=120)
     assert show.returncode == 0, show.stderr[-3000:]
-    for text in ("signature_def['serving_default']", "signature_def['landmarks']",
+    for text in ("signature_def['serving_default']", "signature_def['grid_heatmaps']",
+                 "signature_def['landmarks']", "signature_def['predict_image']",
+                 "signature_def['predict_array']", "inputs['image_bytes']",
                  "inputs['images']", "outputs['heatmaps']", "outputs['landmarks']",
                  "outputs['confidence']", "shape: (-1, -1, -1, 1)"):
         assert text in show.stdout, text

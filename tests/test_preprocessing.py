@@ -1,16 +1,23 @@
-"""Tests of keraslm.preprocessing: grid placement, resampling onto the grid, normalisation."""
+"""Tests of keraslm.preprocessing: grid placement, resampling onto the grid, normalisation -
+the TF implementation against NumPy references (`reference_preprocessing.py`, the host code
+keraslm used before) and against per-point interpolation."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import reference_preprocessing as reference
 from keraslm import KeraslmError
 from keraslm.io import Image
 from keraslm.preprocessing import (
+    NORMALIZATIONS,
     GridSpec,
     fitting_spacing,
     normalize,
     place_on_grid,
+    prepare_on_grid,
     resample_to_grid,
 )
+from keraslm.training.pipeline import prepare_image
 
 
 def reference_linear(array, points_index, fill_value):
@@ -36,7 +43,7 @@ def test_resample_matches_reference(ndim):
     image = Image(rng.random(shape).astype(np.float32), spacing=(0.7, 0.9, 1.1)[:ndim])
     grid = GridSpec((6, 11, 13)[-ndim:], spacing=1.0)
     placement = place_on_grid(image, grid)
-    resampled = resample_to_grid(image.array, placement, grid, fill_value=-2.0)
+    resampled = resample_to_grid(image.array, placement, grid, fill_value=-2.0).numpy()
     grid_points = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1).reshape(-1, ndim)
     expected = reference_linear(image.array, placement.grid_to_image_index(grid_points), -2.0)
     # meshgrid over (x, y[, z]) with ij indexing gives x-major order; the array is [.., y, x].
@@ -70,19 +77,76 @@ def test_downsampling_averages_before_sampling():
     stripes = np.tile(np.array([0.0, 1.0], np.float32), (40, 20))  # 1-pixel stripes: aliasing bait.
     image = Image(stripes, spacing=0.1)
     grid = GridSpec((8, 8), 0.5)
-    resampled = resample_to_grid(stripes, place_on_grid(image, grid), grid)
+    resampled = resample_to_grid(stripes, place_on_grid(image, grid), grid).numpy()
     np.testing.assert_allclose(resampled, 0.5, atol=0.11)
 
 
 def test_normalizations():
     rng = np.random.default_rng(0)
     array = rng.integers(0, 1000, size=(30, 40)).astype(np.uint16)
-    equalized = normalize(array, "equalize_standardize")
+    equalized = normalize(array, "equalize_standardize").numpy()
     assert abs(equalized.mean()) < 1e-5 and abs(equalized.std() - 1) < 1e-4
     # Equalisation keeps the order of values.
     order = np.argsort(array.reshape(-1), kind="stable")
     assert np.all(np.diff(equalized.reshape(-1)[order]) >= -1e-6)
-    assert abs(normalize(array, "subtract_mean").mean()) < 1e-3
-    np.testing.assert_array_equal(normalize(array, "none"), array.astype(np.float32))
+    assert abs(normalize(array, "subtract_mean").numpy().mean()) < 1e-3
+    np.testing.assert_array_equal(normalize(array, "none").numpy(), array.astype(np.float32))
     with pytest.raises(KeraslmError, match=r"`normalization` must be one of .* Received: 'zscore'"):
         normalize(array, "zscore")
+
+
+def _random_pixels(rng, shape, dtype):
+    if np.issubdtype(dtype, np.integer):
+        high = min(np.iinfo(dtype).max, 4000)
+        return rng.integers(0, high, size=shape).astype(dtype)
+    return (rng.normal(size=shape) * 100).round(1).astype(dtype)  # Ties, as real images have.
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+@pytest.mark.parametrize("method", NORMALIZATIONS)
+def test_normalize_matches_numpy_reference(dtype, method):
+    array = _random_pixels(np.random.default_rng(1), (33, 47), dtype)
+    np.testing.assert_allclose(normalize(array, method).numpy(), reference.normalize(array, method),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_equalize_of_integer_valued_floats_equals_integer_path():
+    array = np.random.default_rng(2).integers(0, 300, (21, 19)).astype(np.uint16)
+    np.testing.assert_array_equal(normalize(array, "equalize_standardize").numpy(),
+                                  normalize(array.astype(np.float32), "equalize_standardize").numpy())
+
+
+@pytest.mark.parametrize("ndim, shape, spacing, grid_shape", [
+    (2, (47, 33), (0.3, 0.4), (16, 12)),        # downsampling, anti-aliased (widths 3..5)
+    (2, (19, 23), (1.1, 0.9), (40, 36)),        # upsampling
+    (3, (13, 21, 17), (0.5, 0.4, 0.9), (8, 10, 9)),
+])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_prepare_image_matches_numpy_reference(ndim, shape, spacing, grid_shape, dtype):
+    rng = np.random.default_rng(ndim)
+    array = _random_pixels(rng, shape, dtype)
+    image = Image(array, spacing=spacing)
+    spacing_mm = fitting_spacing([image.size], [image.spacing], grid_shape) * 1.13
+    grid = GridSpec(grid_shape, spacing_mm)
+    placement = place_on_grid(image, grid)
+    method = "equalize_standardize" if ndim == 2 else "standardize"
+    expected = reference.resample_to_grid(reference.normalize(array, method), placement, grid)
+    got, got_placement = prepare_image(image, grid, method)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
+    np.testing.assert_array_equal(got_placement.grid_to_image, placement.grid_to_image)
+    # The placement equals the former NumPy formula exactly.
+    scale = np.array(grid.spacing) / image.spacing
+    offset = (np.array(image.size) - 1) / 2 - scale * (np.array(grid.size) - 1) / 2
+    np.testing.assert_allclose(placement.grid_to_image[:-1, :-1], np.diag(scale), rtol=1e-15)
+    np.testing.assert_allclose(placement.grid_to_image[:-1, -1], offset, rtol=1e-12, atol=1e-12)
+
+
+def test_prepare_on_grid_in_a_graph_rejects_an_image_larger_than_the_field():
+    grid = GridSpec((16, 16), 1.0)
+    function = tf.function(lambda array, spacing: prepare_on_grid(array, spacing, grid, "standardize"),
+                           input_signature=[tf.TensorSpec([None, None], tf.float32),
+                                            tf.TensorSpec([2], tf.float64)])
+    grid_image, matrix = function(np.ones((10, 12), np.float32), np.array([1.0, 1.0]))
+    assert grid_image.shape == (16, 16) and matrix.shape == (3, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than the field of view of the model"):
+        function(np.ones((10, 12), np.float32), np.array([2.0, 1.0]))

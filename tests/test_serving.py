@@ -33,7 +33,7 @@ def saved_model_transport(version_dir, log):
     def transport(path, body):
         body = json.loads(json.dumps(body))
         log.append((path, body["signature_name"], "instances" in body))
-        signature = loaded.signatures[body.get("signature_name", "serving_default")]
+        signature = loaded.signatures[body.get("signature_name", "grid_heatmaps")]
         images = body["instances"] if "instances" in body else body["inputs"]["images"]
         outputs = signature(images=tf.constant(np.asarray(images, np.float32)))
         outputs = {key: value.numpy().tolist() for key, value in outputs.items()}
@@ -65,7 +65,7 @@ def served(tmp_path_factory):
 
 
 @pytest.mark.parametrize("signature_name, request_format", [
-    ("landmarks", "instances"), ("serving_default", "inputs"), ("serving_default", "instances"),
+    ("landmarks", "instances"), ("grid_heatmaps", "inputs"), ("grid_heatmaps", "instances"),
 ])
 def test_client_equals_inference_predict(served, signature_name, request_format):
     network, metadata, path, paths, spacing = served
@@ -94,7 +94,7 @@ def test_request_body_layout_and_response_parsing(served):
     body = request_body(prepared)
     assert set(body) == {"signature_name", "instances"} and body["signature_name"] == "landmarks"
     assert np.asarray(body["instances"]).shape == (2, 32, 32, 1)
-    body = request_body(prepared, "serving_default", "inputs")
+    body = request_body(prepared, "grid_heatmaps", "inputs")
     assert np.asarray(body["inputs"]["images"]).shape == (2, 32, 32, 1)
     # Grid-centre landmarks map back through each image's placement.
     num = len(metadata["landmark_names"])

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import DatasetError, KeraslmError
-from keraslm.preprocessing import GridSpec, fitting_spacing, normalize, place_on_grid, resample_to_grid
+from keraslm.preprocessing import GridSpec, fitting_spacing, prepare_image
 
 # 2D as in the paper. 3D: the paper subtracts the mean only, which leaves the scanner's
 # intensity scale (thousands for the 3D phantom's MR-like values); the default Adam training then
@@ -100,13 +100,6 @@ def covering_grid(dataset, grid_spacing):
     headers = [dataset.read_image_header(record) for record in dataset.records]
     shape = covering_shape([h.size for h in headers], [h.spacing for h in headers], grid_spacing)
     return GridSpec(shape, grid_spacing)
-
-
-def prepare_image(image, grid, normalization):
-    """One image onto the grid: (grid array `grid.shape` float32, GridPlacement)."""
-    placement = place_on_grid(image, grid)
-    array = resample_to_grid(normalize(image.array, normalization), placement, grid)
-    return array, placement
 
 
 def prepare_samples(dataset, grid, normalization=None, progress=None):

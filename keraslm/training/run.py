@@ -30,8 +30,8 @@ from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
-from keraslm.inference import (MODEL_METADATA_FILE, model_metadata, offset_prior_mm,
-                               refine_function)
+from keraslm.detector import refine_function
+from keraslm.inference import MODEL_METADATA_FILE, model_metadata, offset_prior_mm
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
 from keraslm.precision import choose_precision, dtype_policy, with_precision

@@ -1,0 +1,162 @@
+"""From an image's pixels to landmarks in millimetres as ONE TensorFlow function.
+
+`image_to_landmarks(networks...)` builds `locate(array, spacing, origin, direction)`: the
+preprocessing (`keraslm.preprocessing.prepare_on_grid`: normalisation, placement on the grid,
+anti-aliased resampling), the global network and heatmap decoding, the optional local
+refinement stage (the image on the local stage's fine grid, crops around the global estimates,
+offset prior; `refine_function`) and the mapping back through
+the grid placement and the image geometry:
+
+    grid index --placement--> image index (x, y[, z]) --origin + direction @ (spacing * index)--> mm
+
+`keraslm.predict` runs it eagerly-compiled for Keras models, and `keraslm.export` puts the very
+same function into the SavedModel's `predict_array` and `predict_image` signatures, so a TF
+Serving client sends an image and gets millimetres with nothing re-implemented.
+
+`decode_image_bytes` is the graph's PNG / JPEG / BMP reader (8- or 16-bit, grey or colour ->
+grey float32 as `keraslm.io` reads them).
+
+TF-only edge: `tf.io` decoding, `tf.cond`, float64 geometry.
+"""
+import tensorflow as tf
+from keras import ops
+
+from keraslm.ops.augmentation import crop_to_grid, extract_crops
+from keraslm.ops.heatmaps import HeatmapCodec
+from keraslm.preprocessing import GridSpec, prepare_on_grid
+
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # As keraslm.io.plain reads colour images.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_image_bytes(data):
+    """A PNG / JPEG / BMP file's bytes (scalar tf.string) -> grey float32 `(H, W)`.
+
+    16-bit PNGs keep their 16-bit values; colour images whose channels are all equal keep the
+    channel, others become luma (0.299 R + 0.587 G + 0.114 B); alpha is dropped. Undecodable
+    bytes fail with TensorFlow's InvalidArgument error.
+    """
+    check = tf.debugging.assert_greater(
+        tf.strings.length(data), 0, message="image_bytes holds an empty string, not an image file")
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
+    header = tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32])  # >= 32 bytes.
+    is_png16 = tf.logical_and(
+        tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(header, 24, 1), b"\x10"))  # IHDR bit depth.
+    def other():
+        # INTEGER_ACCURATE: the IDCT Pillow uses, so the pixels equal keraslm.io's exactly.
+        return tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.cast(tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"),
+                            tf.float32),
+            lambda: tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False),
+                            tf.float32))
+
+    pixels = tf.cond(
+        is_png16,
+        lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32), other)
+    channels = tf.shape(pixels)[-1]
+
+    def colour():
+        rgb = pixels[..., :3]
+        same = tf.logical_and(tf.reduce_all(tf.equal(rgb[..., 0], rgb[..., 1])),
+                              tf.reduce_all(tf.equal(rgb[..., 0], rgb[..., 2])))
+        return tf.cond(same, lambda: rgb[..., 0],
+                       lambda: tf.tensordot(rgb, tf.constant(_LUMA_WEIGHTS, tf.float32), 1))
+
+    return tf.cond(channels >= 3, colour, lambda: pixels[..., 0])
+
+
+def refine_function(network, metadata):
+    """The local stage as one function: `(images, centres) -> (points, confidence)`.
+
+    images: `(batch, *spatial, 1)` whole images on the local stage's fine grid.
+    centres: `(batch, num_landmarks, ndim)` coarse estimates in fine grid index units.
+    Crops of `metadata["crop_shape"]` around every centre go through the network; landmark k is
+    decoded from its own crop's channel k (its peak chosen after weighting by a Gaussian of
+    `metadata["offset_prior_mm"]` around the crop centre, if set) and mapped back to fine grid
+    index units. Returns
+    points `(batch, num_landmarks, ndim)` and confidence `(batch, num_landmarks)`. Pure
+    `keras.ops` (XLA-compilable with static shapes; used in training, prediction and export).
+    """
+    crop_shape = tuple(metadata["crop_shape"])
+    codec = HeatmapCodec(crop_shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
+    method = metadata.get("decode_method", "quadratic")
+    prior = None
+    if metadata.get("offset_prior_mm") is not None:
+        prior = codec.centre_prior(metadata["grid_spacing"][::-1], metadata["offset_prior_mm"])
+
+    def refine(images, centres):
+        batch, num_landmarks, ndim = centres.shape
+        crops = extract_crops(images, centres, crop_shape)
+        heatmaps = ops.cast(network(crops, training=False), "float32")
+        # (batch * L, L, ndim)
+        points, confidence = codec.decode(heatmaps, method=method, peak_weights=prior)
+        points = ops.reshape(points, (batch, num_landmarks, num_landmarks, ndim))
+        confidence = ops.reshape(confidence, (batch, num_landmarks, num_landmarks))
+        own = ops.arange(num_landmarks, dtype="int32")[None, :, None]  # crop k <-> landmark k
+        points = ops.take_along_axis(points, own[..., None], axis=2)[:, :, 0]
+        confidence = ops.take_along_axis(confidence, own, axis=2)[:, :, 0]
+        return crop_to_grid(points, centres, crop_shape), confidence
+
+    return refine
+
+
+def _apply(matrix, points):
+    """Homogeneous affine `(ndim+1, ndim+1)` applied to points `(..., ndim)` (float64)."""
+    return tf.linalg.matvec(matrix[:-1, :-1], points) + matrix[:-1, -1]
+
+
+def _grid(metadata):
+    return GridSpec(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))
+
+
+def image_to_landmarks(network, metadata, local_network=None, local_metadata=None, iterations=1):
+    """The whole prediction of one image as a function of TF tensors.
+
+    Args:
+        network: keras.Model. The global (whole-image) network.
+        metadata: dict. Its metadata (`keraslm.inference.model_metadata`).
+        local_network, local_metadata: optional. A local refinement stage and its metadata.
+        iterations: int >= 1. Local passes; each centres the crops on the previous estimate.
+
+    Returns:
+        `locate(array, spacing, origin, direction)`: array `[y, x]` / `[z, y, x]` of any size
+        and real dtype; spacing `(ndim,)` mm per pixel along x, y[, z]; origin `(ndim,)` mm
+        (LPS) of index 0; direction `(ndim, ndim)` whose columns are the index axes' unit
+        directions. Returns a dict of `landmarks_index` `(L, ndim)` float64 (original image
+        index, pixel centres at integers), `landmarks_mm` `(L, ndim)` float64 and `confidence`
+        `(L,)` float32 (the heatmap peak; the local stage's with a local stage).
+    """
+    grid = _grid(metadata)
+    codec = HeatmapCodec(grid.shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
+    method = metadata.get("decode_method", "quadratic")
+    refine = fine = None
+    if local_network is not None:
+        refine = refine_function(local_network, local_metadata)
+        fine = _grid(local_metadata)
+
+    def locate(array, spacing, origin, direction):
+        spacing = tf.cast(spacing, tf.float64)
+        grid_image, grid_to_image = prepare_on_grid(array, spacing, grid, metadata["normalization"])
+        heatmaps = tf.cast(network(grid_image[tf.newaxis, ..., tf.newaxis], training=False), tf.float32)
+        points_grid, confidence = codec.decode(heatmaps, method=method)
+        points_index = _apply(grid_to_image, tf.cast(points_grid[0], tf.float64))
+        confidence = confidence[0]
+        if refine is not None:
+            fine_image, fine_to_image = prepare_on_grid(array, spacing, fine,
+                                                        local_metadata["normalization"])
+            image_to_fine = tf.linalg.inv(fine_to_image)
+            points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
+            for _ in range(iterations):
+                points_fine, local_confidence = refine(fine_image[tf.newaxis, ..., tf.newaxis],
+                                                       points_fine)
+            points_index = _apply(fine_to_image, tf.cast(points_fine[0], tf.float64))
+            confidence = local_confidence[0]
+        index_to_mm = tf.cast(direction, tf.float64) * spacing[tf.newaxis, :]
+        points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
+        return {"landmarks_index": points_index, "landmarks_mm": points_mm,
+                "confidence": confidence}
+
+    return locate

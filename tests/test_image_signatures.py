@@ -1,0 +1,176 @@
+"""The exported image signatures (`predict_image`, `predict_array`) against keraslm.predict: one
+graph from image file to millimetres, on phantom PNG / DICOM / NIfTI files, through a TF Serving
+REST body in a process without keraslm, and with every kind of bad input."""
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keraslm.datasets import make_phantom
+from keraslm.export import export_saved_model
+from keraslm.inference import model_metadata, predict
+from keraslm.io import read_image
+from keraslm.models import build_model
+from keraslm.training import TrainingConfig, train
+from keraslm.training.pipeline import choose_grid
+
+TOLERANCE_MM = 0.01
+
+
+def _subprocess_env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def model_2d(tmp_path_factory):
+    """A briefly trained 2D model (clear heatmap peaks), its SavedModel and phantom files."""
+    base = tmp_path_factory.mktemp("image_signatures")
+    dataset = make_phantom(base / "phantom", ndim=2, num_images=12, seed=4, image_size=(80, 72))
+    result = train(TrainingConfig(
+        dataset=str(base / "phantom"), architecture="unet", grid_shape=(48, 48), steps=60,
+        steps_per_epoch=30, batch_size=4, test_fraction=0.25, output_dir=str(base / "run"),
+        model_overrides={"filters": 8}, jit="off", export_dir=str(base / "export")))
+    return result, dataset
+
+
+def _png_and_dicom(dataset):
+    records = dataset.records[:4]
+    pngs = [r.image_path for r in records if r.image_path.endswith(".png")]
+    others = [r.image_path for r in records if not r.image_path.endswith(".png")]
+    return pngs, others
+
+
+def test_predict_image_equals_keraslm_predict_for_png_of_different_sizes(model_2d, tmp_path):
+    result, dataset = model_2d
+    pngs, _ = _png_and_dicom(dataset)
+    assert pngs, "the phantom writes PNG files"
+    # A second size in the same batch: the first image cropped, written as an 8-bit PNG.
+    from PIL import Image as PILImage
+
+    pixels = np.asarray(PILImage.open(pngs[0]))
+    cropped = tmp_path / "cropped.png"
+    PILImage.fromarray(pixels[5:-3, 2:-7]).save(cropped)
+    files = pngs[:2] + [str(cropped)]
+    spacing = tuple(np.broadcast_to(dataset.image_spacing, (2,)).tolist())
+    expected = predict(result.model_path, files, spacing=spacing)
+    loaded = tf.saved_model.load(result.export_path)
+    data = [open(path, "rb").read() for path in files]
+    outputs = loaded.signatures["predict_image"](
+        image_bytes=tf.constant(data), spacing=tf.constant([spacing] * len(files), tf.float32))
+    assert set(outputs) == {"landmarks_index", "landmarks_mm", "confidence"}
+    for i, reference in enumerate(expected):
+        np.testing.assert_allclose(outputs["landmarks_mm"][i].numpy(), reference.points_mm, atol=TOLERANCE_MM)
+        np.testing.assert_allclose(outputs["landmarks_index"][i].numpy(), reference.points_index,
+                                   atol=TOLERANCE_MM / min(spacing))
+        np.testing.assert_allclose(outputs["confidence"][i].numpy(), reference.confidence, rtol=1e-4, atol=1e-3)
+    # serving_default is predict_image for a 2D export.
+    default = loaded.signatures["serving_default"](
+        image_bytes=tf.constant(data[:1]), spacing=tf.constant([spacing], tf.float32))
+    np.testing.assert_array_equal(default["landmarks_mm"].numpy(), outputs["landmarks_mm"][:1].numpy())
+
+
+def test_predict_array_equals_keraslm_predict_for_dicom(model_2d):
+    result, dataset = model_2d
+    _, others = _png_and_dicom(dataset)
+    assert others, "the phantom writes DICOM files"
+    loaded = tf.saved_model.load(result.export_path)
+    for path in others[:2]:
+        image = read_image(path)
+        reference = predict(result.model_path, [image])[0]
+        outputs = loaded.signatures["predict_array"](
+            image=tf.constant(np.asarray(image.array, np.float32)),
+            spacing=tf.constant(image.spacing, tf.float32), origin=tf.constant(image.origin, tf.float32),
+            direction=tf.constant(image.direction, tf.float32))
+        np.testing.assert_allclose(outputs["landmarks_mm"].numpy(), reference.points_mm, atol=TOLERANCE_MM)
+        # keraslm.predict on the SavedModel goes through predict_array too.
+        np.testing.assert_allclose(predict(result.export_path, [image])[0].points_mm,
+                                   reference.points_mm, atol=TOLERANCE_MM)
+
+
+def test_predict_array_3d_nifti(tmp_path):
+    dataset = make_phantom(tmp_path / "phantom3d", ndim=3, num_images=2, seed=2, image_size=(24, 28, 20))
+    keras.utils.set_random_seed(7)
+    network = build_model("unet", 3, dataset.num_landmarks, preset="small", filters=4)
+    grid = choose_grid(dataset, (16, 16, 16))
+    metadata = model_metadata(network, grid, "standardize", dataset.landmark_names, 2.0, "quadratic")
+    path = export_saved_model(network, tmp_path / "export", metadata)
+    loaded = tf.saved_model.load(path)
+    assert "predict_image" not in loaded.signatures
+    nifti = [r.image_path for r in dataset.records if r.image_path.endswith((".nii", ".nii.gz"))]
+    image = read_image(nifti[0] if nifti else dataset.records[0].image_path)
+    reference = predict(network, [image], metadata=metadata)[0]
+    outputs = loaded.signatures["serving_default"](
+        image=tf.constant(np.asarray(image.array, np.float32)), spacing=tf.constant(image.spacing, tf.float32),
+        origin=tf.constant(image.origin, tf.float32), direction=tf.constant(image.direction, tf.float32))
+    np.testing.assert_allclose(outputs["landmarks_mm"].numpy(), reference.points_mm, atol=TOLERANCE_MM)
+    np.testing.assert_allclose(outputs["landmarks_index"].numpy(), reference.points_index, atol=1e-2)
+
+
+CLIENT = r"""
+import base64, json, sys
+sys.modules["keraslm"] = None  # Any keraslm import fails.
+import numpy as np, tensorflow as tf
+path, body = sys.argv[1], json.loads(sys.argv[2])
+signature = tf.saved_model.load(path).signatures[body["signature_name"]]
+# As TF Serving's REST API does: {"b64": ...} -> the decoded bytes in a string tensor.
+instances = body["instances"]
+image_bytes = tf.constant([base64.b64decode(i["image_bytes"]["b64"]) for i in instances])
+spacing = tf.constant([i["spacing"] for i in instances], tf.float32)
+outputs = signature(image_bytes=image_bytes, spacing=spacing)
+print(json.dumps({"predictions": [{k: v[n].numpy().tolist() for k, v in outputs.items()}
+                                  for n in range(len(instances))]}))
+"""
+
+
+def test_rest_body_runs_without_keraslm(model_2d):
+    result, dataset = model_2d
+    pngs, _ = _png_and_dicom(dataset)
+    spacing = list(np.broadcast_to(dataset.image_spacing, (2,)).tolist())
+    body = {"signature_name": "predict_image", "instances": [
+        {"image_bytes": {"b64": base64.b64encode(open(path, "rb").read()).decode()},
+         "spacing": spacing} for path in pngs[:2]]}
+    run = subprocess.run([sys.executable, "-c", CLIENT, result.export_path, json.dumps(body)],
+                         capture_output=True, text=True, env=_subprocess_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    for prediction, reference in zip(answer["predictions"], predict(result.model_path, pngs[:2], spacing=spacing)):
+        np.testing.assert_allclose(prediction["landmarks_mm"], reference.points_mm, atol=TOLERANCE_MM)
+
+
+def test_bad_inputs_are_invalid_argument_errors(model_2d):
+    result, dataset = model_2d
+    pngs, _ = _png_and_dicom(dataset)
+    loaded = tf.saved_model.load(result.export_path)
+    image_signature, array_signature = loaded.signatures["predict_image"], loaded.signatures["predict_array"]
+    good = open(pngs[0], "rb").read()
+
+    def call_image(data, spacing):
+        return image_signature(image_bytes=tf.constant(data, tf.string), spacing=tf.constant(spacing, tf.float32))
+
+    cases = [
+        (lambda: call_image([b"not an image at all"], [[0.5, 0.5]]), "Unknown image file format"),
+        (lambda: call_image([b""], [[0.5, 0.5]]), "empty string"),
+        (lambda: call_image(np.zeros((0,), object), np.zeros((0, 2))), "`image_bytes` is empty"),
+        (lambda: call_image([good, good], [[0.5, 0.5]]), "one row"),
+        (lambda: call_image([good], [[0.5, 0.5, 0.5]]), "2"),
+        (lambda: call_image([good], [[0.5, -1.0]]), "must be positive"),
+        (lambda: call_image([good], [[np.nan, 0.5]]), "NaN or Inf"),
+        (lambda: call_image([good], [[50.0, 50.0]]), "larger than the field of view"),
+        (lambda: array_signature(image=tf.fill([20, 30], np.nan), spacing=tf.ones([2]),
+                                 origin=tf.zeros([2]), direction=tf.eye(2)), "NaN or Inf pixels"),
+        (lambda: array_signature(image=tf.ones([20, 30]), spacing=tf.ones([2]), origin=tf.zeros([2]),
+                                 direction=tf.zeros([2, 2])), "invertible"),
+        (lambda: array_signature(image=tf.ones([0, 30]), spacing=tf.ones([2]), origin=tf.zeros([2]),
+                                 direction=tf.eye(2)), "`image` is empty"),
+    ]
+    for call, message in cases:
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+            call()
