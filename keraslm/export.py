@@ -162,7 +162,12 @@ def _as_decimal_float64(values):
     """float32 geometry -> float64 of the shortest decimal that reads back as the same float32
     (0.1f -> 0.1, not 0.10000000149): the value the client meant, so the signatures place the
     image exactly as `keraslm.predict` does with float64 geometry."""
-    return tf.strings.to_number(tf.strings.as_string(values, shortest=True), out_type=tf.float64)
+    result = tf.cast(values, tf.float64)
+    for digits in (8, 7, 6, 5, 4, 3, 2, 1, 0):  # 1 + digits significant digits, longest first.
+        candidate = tf.strings.to_number(
+            tf.strings.as_string(values, precision=digits, scientific=True), out_type=tf.float64)
+        result = tf.where(tf.equal(tf.cast(candidate, tf.float32), values), candidate, result)
+    return result
 
 
 def _check_geometry(spacing, origin=None, direction=None, name="spacing"):

@@ -1,6 +1,25 @@
 """Client helpers for TF Serving's REST API: image file -> `:predict` request -> mm landmarks.
 
-A model exported by `keraslm.export.export_saved_model` takes images already on its network
+Current exports answer from the image itself (`keraslm.export`: signatures `predict_image` and
+`predict_array`), so `ServingClient` is thin: a PNG / JPEG / BMP file goes as its bytes,
+
+    {"signature_name": "predict_image",
+     "instances": [{"image_bytes": {"b64": "<base64 of the file>"}, "spacing": [sx, sy]}]}
+
+and any other image (DICOM, NIfTI, TIFF, an `Image`) is read with `keraslm.io` and goes as its
+array and geometry, one image per request,
+
+    {"signature_name": "predict_array",
+     "inputs": {"image": <array>, "spacing": [...], "origin": [...], "direction": [[...]]}}
+
+and the answer's `landmarks_index`, `landmarks_mm` and `confidence` become the same
+`keraslm.inference.Prediction` objects `keraslm.predict` returns. Preprocessing, network, local
+stage and mapping back all run in the served graph.
+
+Exports of earlier keraslm versions (grid-level signatures only), or `signature_name="landmarks"`
+/ `"grid_heatmaps"`, use the grid-level protocol below.
+
+The grid-level signatures take images already on the model's network
 grid and answers landmarks in grid index units `(x, y[, z])`. The client does the rest, exactly
 as `keraslm.inference.predict`: it reads the image (`keraslm.io`), normalises and resamples it
 onto the grid from the model metadata (`assets/keraslm.json` of the export), remembers the
@@ -42,7 +61,33 @@ from keraslm.io._files import read_json
 from keraslm.preprocessing import GridSpec
 
 SIGNATURES = ("landmarks", "grid_heatmaps")
+IMAGE_SIGNATURES = ("predict_image", "predict_array")
+IMAGE_OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence")
 FORMATS = ("instances", "inputs")
+#: Files the `predict_image` signature decodes itself (sent as bytes).
+BYTES_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def image_request_body(paths, spacings):
+    """The `predict_image` body for image files: their bytes, base64 as TF Serving's REST API
+    expects for a string input, and their spacing (x, y) in mm per pixel."""
+    import base64
+
+    instances = []
+    for path, spacing in zip(paths, spacings):
+        with open(path, "rb") as handle:
+            data = base64.b64encode(handle.read()).decode("ascii")
+        instances.append({"image_bytes": {"b64": data}, "spacing": [float(v) for v in spacing]})
+    return {"signature_name": "predict_image", "instances": instances}
+
+
+def array_request_body(image):
+    """The `predict_array` body for one `keraslm.io.Image`: its array and geometry."""
+    return {"signature_name": "predict_array", "inputs": {
+        "image": np.asarray(image.array, np.float32).tolist(),
+        "spacing": np.asarray(image.spacing, float).tolist(),
+        "origin": np.asarray(image.origin, float).tolist(),
+        "direction": np.asarray(image.direction, float).tolist()}}
 
 
 def load_metadata(path):
@@ -170,8 +215,9 @@ def request_body(prepared, signature_name="landmarks", request_format="instances
     return {"signature_name": signature_name, "inputs": {"images": images}}
 
 
-def _outputs(response, count):
-    """`{"landmarks": (count, L, ndim), "confidence": (count, L)}` from either REST format."""
+def _outputs(response, count, keys=("landmarks", "confidence")):
+    """`{"landmarks": (count, L, ndim), "confidence": (count, L)}` (or the given `keys`) from
+    either REST format; `count` None: an unbatched answer, not counted."""
     if not isinstance(response, dict):
         raise KeraslmError(
             f"the TF Serving response must be a JSON object. Received: {type(response).__name__}")
@@ -181,8 +227,8 @@ def _outputs(response, count):
         rows = response["predictions"]
         if not (isinstance(rows, list) and all(isinstance(row, dict) for row in rows)):
             raise KeraslmError("`predictions` in the TF Serving response must be a list of "
-                               "objects with 'landmarks' and 'confidence'")
-        outputs = {key: [row.get(key) for row in rows] for key in ("landmarks", "confidence")}
+                               f"objects with {', '.join(map(repr, keys))}")
+        outputs = {key: [row.get(key) for row in rows] for key in keys}
     elif "outputs" in response and isinstance(response["outputs"], dict):
         outputs = response["outputs"]
     else:
@@ -190,12 +236,12 @@ def _outputs(response, count):
             "the TF Serving response has neither `predictions` nor `outputs` with named "
             f"tensors. Received keys: {sorted(response)}")
     result = {}
-    for key in ("landmarks", "confidence"):
+    for key in keys:
         try:
             result[key] = np.asarray(outputs[key], np.float64)
         except (KeyError, TypeError, ValueError):
             raise KeraslmError(f"the TF Serving response lacks a numeric `{key}` output") from None
-        if len(result[key]) != count:
+        if count is not None and len(result[key]) != count:
             raise KeraslmError(
                 f"the TF Serving response answers {len(result[key])} images for `{key}`; "
                 f"{count} were sent")
@@ -270,7 +316,7 @@ class ServingClient:
     >>> prediction.points_mm                     # (num_landmarks, 2), physical mm
     """
 
-    def __init__(self, model_name, metadata, version=None, signature_name="landmarks",
+    def __init__(self, model_name, metadata, version=None, signature_name=None,
                  request_format="instances", transport=None, host="localhost", port=8501):
         if not (isinstance(model_name, str) and model_name and "/" not in model_name):
             raise KeraslmError(f"`model_name` must be a non-empty name without '/'. Received: "
@@ -278,9 +324,9 @@ class ServingClient:
         if version is not None and not (isinstance(version, int) and not isinstance(version, bool)
                                         and version >= 1):
             raise KeraslmError(f"`version` must be an int >= 1 or None. Received: version={version!r}")
-        if signature_name not in SIGNATURES:
-            raise KeraslmError(f"`signature_name` must be one of {SIGNATURES}. Received: "
-                               f"signature_name={signature_name!r}")
+        if signature_name not in (None,) + SIGNATURES:
+            raise KeraslmError(f"`signature_name` must be None (the image signatures) or one "
+                               f"of {SIGNATURES}. Received: signature_name={signature_name!r}")
         if request_format not in FORMATS:
             raise KeraslmError(f"`request_format` must be one of {FORMATS}. Received: "
                                f"request_format={request_format!r}")
@@ -288,7 +334,10 @@ class ServingClient:
         self.metadata = (check_metadata(metadata, "metadata") if isinstance(metadata, dict)
                          else load_metadata(metadata))
         self.version = version
-        self.signature_name = signature_name
+        exported = self.metadata.get("saved_model", {}).get("signatures", {})
+        # None: the image signatures where the export has them, else the grid-level protocol.
+        self.image_signatures = signature_name is None and "predict_array" in exported
+        self.signature_name = signature_name or "landmarks"
         self.request_format = request_format
         self.transport = transport or http_transport(host, port)
 
@@ -310,6 +359,8 @@ class ServingClient:
         """
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise KeraslmError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+        if self.image_signatures:
+            return self._predict_images(images, spacing, batch_size)
         prepared = prepare_images(images, self.metadata, spacing=spacing)
         predictions = []
         for start in range(0, len(prepared), batch_size):
@@ -321,3 +372,43 @@ class ServingClient:
                 answers = parse_refine_response(self.transport(self.path, body), batch, answers)
             predictions += answers
         return predictions
+
+    def _predict_images(self, images, spacing, batch_size):
+        """One `predict_image` request per batch of PNG / JPEG / BMP files, one `predict_array`
+        request per other image; the answers as `Prediction`s."""
+        from keraslm.data import image_id_from_path
+        from keraslm.io import Image, read_image_header
+
+        if isinstance(images, (str, os.PathLike, Image)):
+            images = [images]
+        names = tuple(self.metadata["landmark_names"])
+        ndim = int(self.metadata["ndim"])
+        results = [None] * len(images)
+        files = []  # (position, path, spacing) of images sent as bytes.
+        for index, item in enumerate(images):
+            path = None if isinstance(item, Image) else os.fspath(item)
+            if ndim == 2 and path and path.lower().endswith(BYTES_EXTENSIONS):
+                header = read_image_header(path, spacing=spacing)  # Checks the file, no decoding.
+                files.append((index, path, header))
+                continue
+            image_id, path, image = load_input_image(item, index, ndim, spacing)
+            outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
+                               IMAGE_OUTPUTS)
+            results[index] = _prediction(image_id, path, names, outputs, header=image)
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            body = image_request_body([path for _, path, _ in batch],
+                                      [header.spacing for _, _, header in batch])
+            outputs = _outputs(self.transport(self.path, body), len(batch), IMAGE_OUTPUTS)
+            for n, (index, path, header) in enumerate(batch):
+                row = {key: value[n] for key, value in outputs.items()}
+                results[index] = _prediction(image_id_from_path(path), path, names, row, header)
+        return results
+
+
+def _prediction(image_id, path, names, outputs, header):
+    """A `Prediction` from one image's answer of an image signature."""
+    points_index = np.asarray(outputs["landmarks_index"], np.float64).reshape(len(names), -1)
+    points_mm = np.asarray(outputs["landmarks_mm"], np.float64).reshape(len(names), -1)
+    return Prediction(image_id, path, names, points_mm, points_index,
+                      np.asarray(outputs["confidence"], np.float64).reshape(len(names)))

@@ -42,7 +42,7 @@ def model_2d(tmp_path_factory):
 
 
 def _png_and_dicom(dataset):
-    records = dataset.records[:4]
+    records = dataset.records[:6]
     pngs = [r.image_path for r in records if r.image_path.endswith(".png")]
     others = [r.image_path for r in records if not r.image_path.endswith(".png")]
     return pngs, others
@@ -174,3 +174,73 @@ def test_bad_inputs_are_invalid_argument_errors(model_2d):
     for call, message in cases:
         with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
             call()
+
+
+def rest_transport(version_dir, log):
+    """Answers like TF Serving's REST API for the image signatures: {"b64": ...} values become
+    the decoded bytes; row format -> {"predictions": [...]}, columnar -> {"outputs": {...}}."""
+    loaded = tf.saved_model.load(version_dir)
+
+    def value(item):
+        return base64.b64decode(item["b64"]) if isinstance(item, dict) and "b64" in item else item
+
+    def transport(path, body):
+        body = json.loads(json.dumps(body))
+        log.append(body["signature_name"])
+        signature = loaded.signatures[body["signature_name"]]
+        specs = signature.structured_input_signature[1]
+        if "instances" in body:
+            rows = body["instances"]
+            inputs = {name: tf.constant([value(row[name]) for row in rows], specs[name].dtype)
+                      for name in specs}
+        else:
+            inputs = {name: tf.constant(body["inputs"][name], specs[name].dtype) for name in specs}
+        try:
+            outputs = {k: v.numpy().tolist() for k, v in signature(**inputs).items()}
+        except tf.errors.InvalidArgumentError as error:
+            return {"error": error.message}
+        if "instances" in body:
+            return {"predictions": [{k: v[n] for k, v in outputs.items()} for n in range(len(rows))]}
+        return {"outputs": outputs}
+
+    return transport
+
+
+def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, tmp_path):
+    from keraslm.serving import ServingClient
+
+    result, dataset = model_2d
+    pngs, others = _png_and_dicom(dataset)
+    spacing = tuple(np.broadcast_to(dataset.image_spacing, (2,)).tolist())
+    items = pngs[:3] + others[:1]
+    log = []
+    client = ServingClient("phantom", result.export_path, transport=rest_transport(result.export_path, log))
+    answers = client.predict(items, spacing=spacing, batch_size=2)
+    # Each DICOM alone through predict_array; the PNG files as bytes, 2 per predict_image request.
+    assert log == ["predict_array"] * len(others[:1]) + ["predict_image"] * ((len(pngs[:3]) + 1) // 2)
+    for answer, reference in zip(answers, predict(result.model_path, items, spacing=spacing)):
+        assert answer.image_id == reference.image_id and answer.landmark_names == reference.landmark_names
+        np.testing.assert_allclose(answer.points_mm, reference.points_mm, atol=TOLERANCE_MM)
+        np.testing.assert_allclose(answer.points_index, reference.points_index, atol=1e-2)
+    from keraslm import KeraslmError
+
+    with pytest.raises(KeraslmError, match="larger than the field of view"):
+        client.predict(pngs[:1], spacing=50.0)
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
+                       "isbi2015_scn", "2")
+ISBI_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                          "data", "isbi2015-train", "images", "001.jpg")
+
+
+@pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
+def test_shipped_model_predict_image_equals_predict_on_an_isbi_jpeg():
+    expected = predict(SHIPPED, [ISBI_IMAGE], spacing=0.1)[0]
+    loaded = tf.saved_model.load(SHIPPED)
+    outputs = loaded.signatures["predict_image"](
+        image_bytes=tf.constant([open(ISBI_IMAGE, "rb").read()]), spacing=tf.constant([[0.1, 0.1]]))
+    np.testing.assert_allclose(outputs["landmarks_mm"][0].numpy(), expected.points_mm, atol=TOLERANCE_MM)
+    # The version-1 export (grid-level signatures, host-side preparation) gives the same points.
+    legacy = predict(SHIPPED[:-1] + "1", [ISBI_IMAGE], spacing=0.1)[0]
+    np.testing.assert_allclose(legacy.points_mm, expected.points_mm, atol=TOLERANCE_MM)
