@@ -18,12 +18,13 @@ grey float32 as `keraslm.io` reads them).
 
 TF-only edge: `tf.io` decoding, `tf.cond`, float64 geometry.
 """
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keraslm.ops.augmentation import crop_to_grid, extract_crops
 from keraslm.ops.heatmaps import HeatmapCodec
-from keraslm.preprocessing import GridSpec, prepare_on_grid
+from keraslm.preprocessing import GridSpec, prepare_image, prepare_on_grid
 
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # As keraslm.io.plain reads colour images.
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -101,6 +102,20 @@ def refine_function(network, metadata):
         return crop_to_grid(points, centres, crop_shape), confidence
 
     return refine
+
+
+def locate_on_grid(predictor, image):
+    """Stage by stage, for predictors that only run on grid images (`grid_points`, e.g. a
+    SavedModel exported before the image signatures): the image onto the grid
+    (`keraslm.preprocessing.prepare_image`), the predictor, and the mapping back.
+
+    Returns (points_index `(L, ndim)`, points_mm `(L, ndim)`, confidence `(L,)`)."""
+    meta = predictor.metadata
+    grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
+    array, placement = prepare_image(image, grid, meta["normalization"])
+    points, confidence = predictor.grid_points(array[np.newaxis, ..., np.newaxis])
+    points_index = placement.grid_to_image_index(points[0])
+    return points_index, image.index_to_physical(points_index), np.asarray(confidence[0])
 
 
 def _apply(matrix, points):

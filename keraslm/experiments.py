@@ -36,7 +36,7 @@ from keraslm.errors import KeraslmError
 from keraslm.evaluation import PointErrors, evaluate_runs, per_landmark, pool, summarize
 from keraslm.evaluation.metrics import SDR_RADII_MM, sdr_key
 from keraslm.evaluation.plots import plot_cumulative_error
-from keraslm.inference import MODEL_METADATA_FILE, offset_prior_mm
+from keraslm.metadata import MODEL_METADATA_FILE, offset_prior_mm
 from keraslm.io._files import atomic_path, read_json
 from keraslm.models import build_model
 from keraslm.training import TrainingConfig, train

@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 from keraslm.detector import decode_image_bytes, image_to_landmarks, refine_function
-from keraslm.inference import check_metadata
+from keraslm.metadata import MODEL_METADATA_FILE, check_metadata
 from keraslm.io._files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
@@ -422,7 +422,7 @@ class SavedModelPredictor:
             return (outputs["landmarks_index"].numpy().astype(np.float64),
                     outputs["landmarks_mm"].numpy().astype(np.float64),
                     outputs["confidence"].numpy())
-        from keraslm.inference import locate_on_grid
+        from keraslm.detector import locate_on_grid
 
         return locate_on_grid(self, image)
 
@@ -481,20 +481,16 @@ def load_saved_model_predictor(path, metadata=None):
     path: str. `<base>/<version>/` (a base folder is refused with the versions it holds).
     metadata: dict or None. overrides the exported `assets/keraslm.json`.
 
-    Returns SavedModelPredictor (`.metadata`, `.grid_points(images)`), or for a cascade export
-    (with a `refine` signature) a `keraslm.inference.CascadePredictor` of both stages.
+    Returns SavedModelPredictor (`.metadata`, `.locate(image)`, `.grid_points(images)`); for a
+    coarse-to-fine export of an earlier keraslm (no `predict_array` signature)
+    `.local_stage()` gives its `refine` signature, which `keraslm.inference.load_predictor`
+    pairs with it.
 
     Raises:
         KeraslmError: the folder is missing, a base folder, not a SavedModel or lacks the
             metadata or the `landmarks` signature.
     """
-    predictor = SavedModelPredictor(path, metadata)
-    local = predictor.local_stage()
-    if local is None:
-        return predictor
-    from keraslm.inference import CascadePredictor
-
-    return CascadePredictor(predictor, local)
+    return SavedModelPredictor(path, metadata)
 
 
 def _network_from_variables(metadata, variables, source):
@@ -560,10 +556,18 @@ def main(argv=None):
                         help="MODEL is a SavedModel of an earlier keraslm: export its weights again "
                         "with the current signatures (predict_image / predict_array)")
     args = parser.parse_args(argv)
-    from keraslm.inference import load_predictor
+    def keras_model(path):
+        """(network, metadata) of a run folder or `.keras` file (model.json beside it)."""
+        import keras
 
-    def keras_file(path):
-        return os.path.join(path, "model.keras") if os.path.isdir(path) else path
+        import keraslm.models  # noqa: F401  (registers the custom layers for loading)
+
+        path = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+        if not (path.endswith(".keras") and os.path.isfile(path)):
+            raise KeraslmError(f"{path}: no such .keras model file")
+        metadata = read_json(os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_METADATA_FILE),
+                             f"{path}: no {MODEL_METADATA_FILE} beside the model (written by train.py)")
+        return keras.saving.load_model(path), check_metadata(metadata, path)
 
     try:
         if args.upgrade:
@@ -572,14 +576,10 @@ def main(argv=None):
             path = upgrade_saved_model(args.model, args.base_dir, version=args.version)
             print(f"exported {path}")
             return 0
-        coarse = load_predictor(keras_file(args.model))
-        local = load_predictor(keras_file(args.refine)) if args.refine else None
-        if local is not None and not hasattr(local, "network"):
-            raise KeraslmError(f"{args.refine}: give the local stage as a .keras model")
-        path = export_saved_model(
-            coarse.network, args.base_dir, coarse.metadata, version=args.version,
-            local_network=local.network if local else None,
-            local_metadata=local.metadata if local else None)
+        network, metadata = keras_model(args.model)
+        local_network, local_metadata = keras_model(args.refine) if args.refine else (None, None)
+        path = export_saved_model(network, args.base_dir, metadata, version=args.version,
+                                  local_network=local_network, local_metadata=local_metadata)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,59 +25,17 @@ from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
 from keraslm.io._files import atomic_path, read_json
+from keraslm.detector import locate_on_grid
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 
-MODEL_METADATA_FILE = "model.json"
-METADATA_FORMAT = "keraslm-landmarks/1"
-_METADATA_KEYS = ("landmark_names", "ndim", "grid_shape", "grid_spacing", "normalization",
-                  "output_stride", "sigma")
-
-
-def model_metadata(network, grid, normalization, landmark_names, sigma, decode_method="quadratic",
-                   crop_shape=None, offset_prior_mm=None):
-    """The metadata a trained network needs for prediction (a JSON-serialisable dict).
-
-    With `crop_shape` the network is the local stage of a coarse-to-fine model: "stage" is
-    "local", `grid` is its fine grid (shape as in training; prediction covers each image) and
-    "crop_shape" the network input, and "offset_prior_mm" (None: no prior) the standard
-    deviation of the landmark's offset from the crop centre that `refine_function` weights the
-    heatmap with before taking its peak (`HeatmapCodec.centre_prior`).
-    """
-    metadata = {
-        "format": METADATA_FORMAT,
-        "architecture": getattr(network, "architecture", None),
-        "landmark_names": list(landmark_names),
-        "ndim": int(grid.ndim),
-        "grid_shape": [int(n) for n in grid.shape],
-        "grid_spacing": [float(s) for s in grid.spacing],
-        "normalization": normalization,
-        "output_stride": int(network.output_stride),
-        "size_divisor": int(getattr(network, "size_divisor", 1)),
-        "sigma": float(sigma),
-        "decode_method": decode_method,
-        "stage": "global" if crop_shape is None else "local",
-    }
-    if crop_shape is not None:
-        metadata["crop_shape"] = [int(n) for n in crop_shape]
-        metadata["offset_prior_mm"] = None if offset_prior_mm is None else float(offset_prior_mm)
-    return metadata
-
-
-def offset_prior_mm(translation_mm):
-    """A local stage's `offset_prior_mm`: the standard deviation of the crop-centre offsets it
-    was trained on, uniform within +-translation_mm per axis, i.e. translation_mm / sqrt(3);
-    None without translation."""
-    return float(translation_mm) / np.sqrt(3.0) if translation_mm else None
-
-
-def check_metadata(metadata, source):
-    """Validates a metadata dict read from `source`; returns it."""
-    missing = [key for key in _METADATA_KEYS if key not in metadata]
-    if missing:
-        raise KeraslmError(f"{source}: model metadata lacks {', '.join(missing)}")
-    if metadata["ndim"] not in (2, 3) or len(metadata["grid_shape"]) != metadata["ndim"]:
-        raise KeraslmError(f"{source}: inconsistent ndim / grid_shape in model metadata")
-    return metadata
+# Re-exported: the metadata helpers live in keraslm.metadata (below inference and export).
+from keraslm.metadata import (  # noqa: E402,F401
+    METADATA_FORMAT,
+    MODEL_METADATA_FILE,
+    check_metadata,
+    model_metadata,
+    offset_prior_mm,
+)
 
 
 @dataclasses.dataclass
@@ -119,20 +77,6 @@ class Prediction:
 def _pixels(image):
     pixels = np.asarray(image.array)
     return pixels.astype(np.uint8) if pixels.dtype == bool else pixels
-
-
-def locate_on_grid(predictor, image):
-    """Stage by stage, for predictors that only run on grid images (`grid_points`, e.g. a
-    SavedModel exported before the image signatures): the image onto the grid
-    (`keraslm.preprocessing.prepare_image`), the predictor, and the mapping back.
-
-    Returns (points_index `(L, ndim)`, points_mm `(L, ndim)`, confidence `(L,)`)."""
-    meta = predictor.metadata
-    grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
-    array, placement = prepare_image(image, grid, meta["normalization"])
-    points, confidence = predictor.grid_points(array[np.newaxis, ..., np.newaxis])
-    points_index = placement.grid_to_image_index(points[0])
-    return points_index, image.index_to_physical(points_index), np.asarray(confidence[0])
 
 
 def locate(predictor, image):
@@ -329,7 +273,9 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
                 f"precision={precision!r} applies to .keras models only")
         from keraslm.export import load_saved_model_predictor
 
-        return load_saved_model_predictor(path, metadata=metadata)
+        predictor = load_saved_model_predictor(path, metadata=metadata)
+        local = predictor.local_stage()  # Exports without image signatures: stage by stage.
+        return predictor if local is None else CascadePredictor(predictor, local)
     raise KeraslmError(f"{path}: not a .keras file or a SavedModel folder")
 
 

@@ -329,8 +329,9 @@ def test_serving_client_refines_like_predict(cascade_runs, cascade_export, reque
         return {"outputs": outputs}
 
     paths = [r.image_path for r in dataset.records[:3]]
-    client = ServingClient("cascade", version, request_format=request_format,
-                           transport=transport)
+    # The grid-level protocol (exports of earlier keraslm versions, or asked for by name).
+    client = ServingClient("cascade", version, signature_name="landmarks",
+                           request_format=request_format, transport=transport)
     served = client.predict(paths, spacing=dataset.image_spacing, batch_size=2)
     assert calls == ["landmarks", "refine", "landmarks", "refine"]
     expected = predict(coarse.model_path, paths, spacing=dataset.image_spacing,

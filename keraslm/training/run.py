@@ -31,7 +31,7 @@ from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
 from keraslm.detector import refine_function
-from keraslm.inference import MODEL_METADATA_FILE, model_metadata, offset_prior_mm
+from keraslm.metadata import MODEL_METADATA_FILE, model_metadata, offset_prior_mm
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
 from keraslm.precision import choose_precision, dtype_policy, with_precision
