@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -414,7 +415,8 @@ def _train(config, log=None):
         validation_data=evaluation_dataset(val_samples, settings["batch_size"]) if validate else None,
         callbacks=callbacks,
         shuffle=False,  # tf.data shuffles already.
-        verbose=2 if os.environ.get("CI") else 1,
+        # A progress bar on a terminal; one line per epoch into files, pipes and CI logs.
+        verbose=1 if sys.stdout.isatty() else 2,
     )
 
     metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
