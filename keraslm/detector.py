@@ -18,9 +18,14 @@ grey float32 as `keraslm.io` reads them).
 
 TF-only edge: `tf.io` decoding, `tf.cond`, float64 geometry.
 """
+import os
+
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from keraslm.errors import KeraslmError
 
 from keraslm.ops.augmentation import crop_to_grid, extract_crops
 from keraslm.ops.heatmaps import HeatmapCodec
@@ -175,3 +180,99 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
                 "confidence": confidence}
 
     return locate
+
+
+@keras.saving.register_keras_serializable(package="keraslm")
+class LandmarkDetector(keras.Model):
+    """A trained landmark detector as one Keras object, saved as one `.keras` file: the
+    network(s) and everything prediction needs (grid, normalisation, heatmap codec, landmark
+    names, the local stage) in its config, as a keras-hub task carries its preprocessor.
+
+    `call(images)` runs the global network on grid images (heatmaps); `locate_function()` gives
+    the whole prediction of one image (`image_to_landmarks`). `keraslm.predict` and
+    `keraslm.inference.load_predictor` take a `.keras` file holding a LandmarkDetector without
+    any `model.json`; it loads with `keras.saving.load_model(path)` in safe mode.
+
+    Args:
+        network: keras.Model. The global network (or a local stage's network, with
+            `metadata["stage"] == "local"`, for a local stage saved alone).
+        metadata: dict. `keraslm.metadata.model_metadata` of `network`.
+        local_network: keras.Model, optional. A local refinement stage.
+        local_metadata: dict, optional. Its metadata.
+    """
+
+    def __init__(self, network, metadata, local_network=None, local_metadata=None, **kwargs):
+        from keraslm.metadata import check_metadata
+
+        super().__init__(**kwargs)
+        if (local_network is None) != (local_metadata is None):
+            raise KeraslmError("`local_network` and `local_metadata` go together")
+        self.network = network
+        self.metadata = check_metadata(dict(metadata), "metadata")
+        self.local_network = local_network
+        self.local_metadata = None if local_metadata is None else check_metadata(
+            dict(local_metadata), "local_metadata")
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def locate_function(self, iterations=1):
+        """`image_to_landmarks` of this detector's network(s)."""
+        return image_to_landmarks(self.network, self.metadata, self.local_network,
+                                  self.local_metadata, iterations)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "network": keras.saving.serialize_keras_object(self.network),
+            "metadata": self.metadata,
+            "local_network": (None if self.local_network is None
+                              else keras.saving.serialize_keras_object(self.local_network)),
+            "local_metadata": self.local_metadata,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        if config.get("local_network") is not None:
+            config["local_network"] = keras.saving.deserialize_keras_object(config["local_network"])
+        return cls(**config)
+
+
+def load_detector(path, metadata=None):
+    """A `LandmarkDetector` from a `.keras` file: one saved by keraslm today, or a run folder's
+    bare network of an earlier keraslm with its `model.json` beside it. `metadata`, if given,
+    replaces the (global) metadata the file or model.json holds.
+
+    Raises:
+        KeraslmError: the file is missing, not a readable `.keras` model (e.g. truncated), or an
+            older bare network without `model.json`.
+    """
+    import zipfile
+
+    import keraslm.models  # noqa: F401  (registers the custom layers for loading)
+    from keraslm.io._files import read_json
+    from keraslm.metadata import MODEL_METADATA_FILE
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise KeraslmError(f"{path}: no such model file")
+    try:
+        loaded = keras.saving.load_model(path)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise KeraslmError(f"{path}: not a readable .keras model file (truncated or corrupt?): "
+                           f"{type(error).__name__}: {error}") from None
+    if isinstance(loaded, LandmarkDetector):
+        if metadata is None:
+            return loaded
+        return LandmarkDetector(loaded.network, metadata, loaded.local_network, loaded.local_metadata)
+    if metadata is not None:
+        return LandmarkDetector(loaded, metadata)
+    metadata = read_json(
+        os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_METADATA_FILE),
+        f"{path}: no {MODEL_METADATA_FILE} beside the model (a bare network saved by an earlier "
+        "keraslm needs the model.json train.py wrote beside it); pass metadata=")
+    return LandmarkDetector(loaded, metadata)

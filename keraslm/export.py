@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 from keraslm.detector import decode_image_bytes, image_to_landmarks, refine_function
-from keraslm.metadata import MODEL_METADATA_FILE, check_metadata
+from keraslm.metadata import check_metadata
 from keraslm.io._files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
@@ -556,18 +556,11 @@ def main(argv=None):
                         help="MODEL is a SavedModel of an earlier keraslm: export its weights again "
                         "with the current signatures (predict_image / predict_array)")
     args = parser.parse_args(argv)
-    def keras_model(path):
-        """(network, metadata) of a run folder or `.keras` file (model.json beside it)."""
-        import keras
+    def detector(path):
+        """The LandmarkDetector of a run folder or `.keras` file."""
+        from keraslm.detector import load_detector
 
-        import keraslm.models  # noqa: F401  (registers the custom layers for loading)
-
-        path = os.path.join(path, "model.keras") if os.path.isdir(path) else path
-        if not (path.endswith(".keras") and os.path.isfile(path)):
-            raise KeraslmError(f"{path}: no such .keras model file")
-        metadata = read_json(os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_METADATA_FILE),
-                             f"{path}: no {MODEL_METADATA_FILE} beside the model (written by train.py)")
-        return keras.saving.load_model(path), check_metadata(metadata, path)
+        return load_detector(os.path.join(path, "model.keras") if os.path.isdir(path) else path)
 
     try:
         if args.upgrade:
@@ -576,10 +569,14 @@ def main(argv=None):
             path = upgrade_saved_model(args.model, args.base_dir, version=args.version)
             print(f"exported {path}")
             return 0
-        network, metadata = keras_model(args.model)
-        local_network, local_metadata = keras_model(args.refine) if args.refine else (None, None)
-        path = export_saved_model(network, args.base_dir, metadata, version=args.version,
-                                  local_network=local_network, local_metadata=local_metadata)
+        model = detector(args.model)
+        local_network, local_metadata = model.local_network, model.local_metadata
+        if args.refine:
+            local = detector(args.refine)
+            local_network, local_metadata = local.network, local.metadata
+        path = export_saved_model(model.network, args.base_dir, model.metadata,
+                                  version=args.version, local_network=local_network,
+                                  local_metadata=local_metadata)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

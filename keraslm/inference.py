@@ -231,13 +231,25 @@ class CascadePredictor(GraphLocator):
         return placement.grid_to_image_index(points[0]), confidence[0]
 
 
+def detector_predictor(detector, precision="float32"):
+    """The predictor of a `keraslm.detector.LandmarkDetector`: a KerasPredictor, or a
+    CascadePredictor when it holds a local stage."""
+    global_predictor = KerasPredictor(detector.network, detector.metadata, precision)
+    if detector.local_network is None:
+        return global_predictor
+    return CascadePredictor(global_predictor,
+                            KerasPredictor(detector.local_network, detector.local_metadata, precision))
+
+
 def load_predictor(model, metadata=None, refine=None, precision="float32"):
     """A predictor from a Keras model, a `.keras` file or a SavedModel version folder.
 
     Args:
-        model: keras.Model, str path to a `.keras` file (metadata from `model.json` beside it)
-            or to a SavedModel version folder (`<base>/<version>/`, metadata in its assets).
-        metadata: dict, optional. Required for a Keras model object; overrides files.
+        model: a `keraslm.detector.LandmarkDetector`, a keras.Model (with `metadata`), a path
+            to a `.keras` file (a LandmarkDetector, as train.py saves it, or an earlier
+            keraslm's bare network with `model.json` beside it) or to a SavedModel version
+            folder (`<base>/<version>/`, metadata in its assets).
+        metadata: dict, optional. Required for a bare Keras network; overrides files.
         refine: str path or predictor, optional. The local stage of a coarse-to-fine model
             (trained with `train.py --crop-shape`); `model` is then its global stage.
         precision: str. Compute precision of Keras models (see `KerasPredictor`); a SavedModel
@@ -248,24 +260,17 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
         return CascadePredictor(load_predictor(model, metadata, precision=precision), local)
     import keras
 
+    from keraslm.detector import LandmarkDetector, load_detector
+
+    if isinstance(model, LandmarkDetector) and metadata is None:
+        return detector_predictor(model, precision)
     if isinstance(model, keras.Model):
         if metadata is None:
             raise KeraslmError("a Keras model needs `metadata` (see keraslm.inference.model_metadata)")
         return KerasPredictor(model, metadata, precision)
     path = os.fspath(model)
     if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise KeraslmError(f"{path}: no such model file")
-        if metadata is None:
-            metadata_path = os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_METADATA_FILE)
-            metadata = read_json(
-                metadata_path,
-                f"{path}: no {MODEL_METADATA_FILE} beside the model (written by train.py); "
-                "pass metadata=",
-            )
-        import keraslm.models  # noqa: F401  (registers the custom layers for loading)
-
-        return KerasPredictor(keras.saving.load_model(path), metadata, precision)
+        return detector_predictor(load_detector(path, metadata), precision)
     if os.path.isdir(path):
         if precision not in ("auto", "float32"):
             raise KeraslmError(

@@ -58,21 +58,35 @@ def test_predict_cli_writes_csv_and_json(trained, tmp_path, capsys):
 
 
 def test_predict_bad_input(trained, tmp_path):
-    _, result = trained
+    dataset, result = trained
     volume = Image(np.zeros((8, 16, 16), np.float32), spacing=1.0)
     with pytest.raises(KeraslmError, match=r"image 0 is 3D but the model expects 2D images"):
         predict(result.model_path, [volume])
     broken = Image(np.full((16, 16), np.nan, np.float32), spacing=1.0)
     with pytest.raises(KeraslmError, match=r"image 0 contains non-finite pixel values"):
         predict(result.model_path, [broken])
+    # model.keras is self-describing: a copy alone predicts the same, without model.json.
     lonely = tmp_path / "lonely.keras"
     shutil.copy(result.model_path, lonely)
-    with pytest.raises(KeraslmError, match=r"lonely\.keras: no model\.json beside the model"):
-        load_predictor(str(lonely))
+    image = dataset.read_image(dataset.records[0])
+    np.testing.assert_array_equal(predict(str(lonely), [image])[0].points_mm,
+                                  predict(result.model_path, [image])[0].points_mm)
     import keras
 
+    detector = keras.saving.load_model(result.model_path, safe_mode=True)
+    assert detector.metadata["landmark_names"] == list(dataset.landmark_names)
+    # An earlier keraslm's bare network needs its model.json.
+    bare = tmp_path / "bare.keras"
+    detector.network.save(bare)
+    with pytest.raises(KeraslmError, match=r"bare\.keras: no model\.json beside the model"):
+        load_predictor(str(bare))
     with pytest.raises(KeraslmError, match=r"a Keras model needs `metadata`"):
-        load_predictor(keras.saving.load_model(result.model_path))
+        load_predictor(detector.network)
+    # A truncated file is named as such, not "file not found".
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(open(result.model_path, "rb").read()[:1000])
+    with pytest.raises(KeraslmError, match=r"truncated\.keras: not a readable \.keras model file"):
+        load_predictor(str(truncated))
 
 
 def test_python_m_keraslm_predict_prints_named_landmarks(trained, tmp_path):

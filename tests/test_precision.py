@@ -129,8 +129,8 @@ def test_bfloat16_run_trains_saves_reloads_and_exports(tmp_path):
     assert np.isfinite(result.summary["mean_mm"])
     import keraslm.models  # noqa: F401  (custom layers)
 
-    saved = keras.saving.load_model(result.model_path)
-    assert network_precision(saved) == "float32"
+    saved = keras.saving.load_model(result.model_path, safe_mode=True)  # A LandmarkDetector.
+    assert network_precision(saved.network) == "float32"
     images = [dataset.read_image(record) for record in dataset.records[:3]]
     float32 = predict(result.model_path, images)
     exported = predict(result.export_path, images)

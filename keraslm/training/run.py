@@ -6,8 +6,9 @@ optional `log` callable (library code does not print) and returns a `TrainingRes
 Output folder layout (`config.output_dir`):
 
     config.json        the resolved configuration
-    model.keras        the trained network (written atomically at the end)
-    model.json         metadata to predict with model.keras: landmark names, grid, normalisation
+    model.keras        the trained detector (`keraslm.detector.LandmarkDetector`: the network and
+                       what prediction needs), written atomically at the end
+    model.json         the same metadata, readable (landmark names, grid, normalisation, ...)
     metrics.json       validation point errors in physical mm (written atomically)
     checkpoints/       BackupAndRestore state while training (removed when the run finishes)
     logs/              TensorBoard: loss, validation point error, heatmap images
@@ -31,7 +32,7 @@ from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
-from keraslm.detector import refine_function
+from keraslm.detector import LandmarkDetector, refine_function
 from keraslm.metadata import MODEL_METADATA_FILE, model_metadata, offset_prior_mm
 from keraslm.io._files import atomic_path
 from keraslm.models import build_model
@@ -441,7 +442,7 @@ def _train(config, log=None):
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)
     with atomic_path(model_path, suffix=".keras") as temporary:
-        network.save(temporary)
+        LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
     _write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
     export_path = None
     if config.export_dir and _is_chief(strategy) and not local:  # One export, by the chief.
