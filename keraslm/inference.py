@@ -427,6 +427,9 @@ def main(argv=None):
     if not paths:
         print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
         return 2
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        print(f"error: --output-dir {args.output_dir} is a file, not a folder", file=sys.stderr)
+        return 2
     try:
         model = args.model
         if args.refine_iterations != 1:

@@ -57,6 +57,15 @@ def test_predict_cli_writes_csv_and_json(trained, tmp_path, capsys):
     assert len(payload["predictions"]) == 2
 
 
+def test_predict_cli_output_dir_that_is_a_file(trained, tmp_path, capsys):
+    dataset, result = trained
+    (tmp_path / "taken").write_text("keep me")
+    assert main([result.model_path, dataset.records[0].image_path, "--output-dir",
+                 str(tmp_path / "taken")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
 def test_predict_bad_input(trained, tmp_path):
     dataset, result = trained
     volume = Image(np.zeros((8, 16, 16), np.float32), spacing=1.0)

@@ -107,7 +107,23 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["optimizer_iterations"] == 40  # Same total step count as an unbroken run.
     history = json.loads((output / "history.json").read_text())
-    assert len(history["loss"]) < 8  # Only the epochs after the checkpoint were run again.
+    # The whole run's curve: the epochs before the kill kept, those after the checkpoint re-run.
+    assert len(history["loss"]) == len(history["val_loss"]) == 8
+    assert np.all(np.isfinite(history["loss"]))
+
+
+def test_resume_with_nothing_to_resume_and_output_dir_a_file(phantom_root, tmp_path):
+    command = [sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
+               "--steps", "2", "--no-export"]
+    nothing = subprocess.run(command + ["--output-dir", str(tmp_path / "empty"), "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert nothing.returncode == 2 and "nothing to resume in" in nothing.stderr
+    assert "Traceback" not in nothing.stderr
+    (tmp_path / "file").write_text("not a folder")
+    clash = subprocess.run(command + ["--output-dir", str(tmp_path / "file")],
+                           capture_output=True, text=True, timeout=300)
+    assert clash.returncode == 2 and "is a file, not a folder" in clash.stderr
+    assert "Traceback" not in clash.stderr and (tmp_path / "file").read_text() == "not a folder"
 
 
 @pytest.mark.parametrize(

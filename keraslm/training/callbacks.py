@@ -47,3 +47,40 @@ class HeatmapImages(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
+
+
+class EpochHistory(keras.callbacks.Callback):
+    """Keeps `history.json` (one list per metric, one entry per epoch) up to date after every
+    epoch, written atomically, so a run killed at any moment and resumed ends with the curve of
+    the whole run: on (re)start the file is cut to the epochs the run resumes after (the
+    checkpoint's epoch, set by `BackupAndRestore`, which must come earlier in the callbacks).
+
+    Args:
+        path: str. The history file.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.history = {}
+
+    def on_train_begin(self, logs=None):
+        import json
+        import os
+
+        done = int(getattr(self.model, "_initial_epoch", None) or 0)
+        self.history = {}
+        if done and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as handle:
+                self.history = {key: list(values)[:done] for key, values in json.load(handle).items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        import json
+
+        from keraslm.io._files import atomic_path
+
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(np.asarray(value).reshape(-1)[0]))
+        with atomic_path(self.path, suffix=".json") as temporary:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(self.history, handle, indent=2)

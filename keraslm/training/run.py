@@ -38,7 +38,7 @@ from keraslm.io._files import atomic_path
 from keraslm.models import build_model
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
-from keraslm.training.callbacks import HeatmapImages
+from keraslm.training.callbacks import EpochHistory, HeatmapImages
 from keraslm.training.jit import JitChoice, choose_jit
 from keraslm.training.pipeline import (
     DEFAULT_NORMALIZATION,
@@ -162,16 +162,6 @@ def _write_json(path, payload):
             json.dump(payload, handle, indent=2)
 
 
-def _history(output_dir, history):
-    """Per-epoch metrics of this run appended to those of the interrupted runs it resumes."""
-    path = os.path.join(output_dir, "history.json")
-    previous = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            previous = json.load(handle)
-    return {key: previous.get(key, []) + [float(v) for v in values] for key, values in history.items()}
-
-
 def _strategy(name):
     if name not in DISTRIBUTE:
         raise KeraslmError(f"`distribute` must be one of {DISTRIBUTE}. Received: {name!r}")
@@ -292,6 +282,11 @@ def _train(config, log=None):
     output_dir = os.path.abspath(config.output_dir)
     model_path = os.path.join(output_dir, "model.keras")
     checkpoint_dir = os.path.join(output_dir, "checkpoints")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise KeraslmError(f"--output-dir {output_dir} is a file, not a folder; choose another")
+    if config.resume and not (os.path.isdir(checkpoint_dir) or os.path.exists(model_path)):
+        raise KeraslmError(f"nothing to resume in {output_dir}: it holds no checkpoints of an "
+                           "interrupted run; drop --resume to start a new run there")
     if os.path.exists(model_path) and not config.resume:
         raise KeraslmError(f"{output_dir} holds a finished run (model.keras); choose another --output-dir")
     if os.path.isdir(checkpoint_dir) and not config.resume:
@@ -405,11 +400,12 @@ def _train(config, log=None):
     _write_json(os.path.join(output_dir, "config.json"), resolved)
     callbacks = [
         keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
+        EpochHistory(os.path.join(output_dir, "history.json")),  # After BackupAndRestore.
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq="epoch"),
     ]
     if validate and not local:
         callbacks.append(HeatmapImages(os.path.join(output_dir, "logs"), val_samples.images[:3], network))
-    history = trainer.fit(
+    trainer.fit(
         train_data,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
@@ -451,7 +447,6 @@ def _train(config, log=None):
     elif config.export_dir and local:
         log("a local stage is not exported alone: export it with its global model, "
             "python -m keraslm.export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
-    _write_json(os.path.join(output_dir, "history.json"), _history(output_dir, history.history))
     _write_json(
         os.path.join(output_dir, "metrics.json"),
         {"validation_ids": list(val_set.ids), "summary": summary,
