@@ -109,6 +109,24 @@ def refine_function(network, metadata):
     return refine
 
 
+class Predictor:
+    """What `keraslm.predict` needs of a model: `metadata` (`keraslm.metadata`) and
+    `locate(image) -> (points_index (L, ndim), points_mm (L, ndim), confidence (L,))` for one
+    `keraslm.io.Image`. Subclasses that only run on grid images implement
+    `grid_points(images) -> (points (batch, L, ndim) grid index, confidence (batch, L))` and
+    inherit a `locate` that prepares the image and maps the answer back (`locate_on_grid`); a
+    local stage also implements `refine(images, centres)`.
+    """
+
+    metadata = None
+
+    def grid_points(self, images):
+        raise NotImplementedError(f"{type(self).__name__} runs on whole images only (locate)")
+
+    def locate(self, image):
+        return locate_on_grid(self, image)
+
+
 def locate_on_grid(predictor, image):
     """Stage by stage, for predictors that only run on grid images (`grid_points`, e.g. a
     SavedModel exported before the image signatures): the image onto the grid

@@ -47,7 +47,13 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import KeraslmError
-from keraslm.detector import decode_image_bytes, image_to_landmarks, refine_function
+from keraslm.detector import (
+    Predictor,
+    decode_image_bytes,
+    image_to_landmarks,
+    locate_on_grid,
+    refine_function,
+)
 from keraslm.metadata import check_metadata
 from keraslm.io._files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
@@ -385,7 +391,7 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
     return path
 
 
-class SavedModelPredictor:
+class SavedModelPredictor(Predictor):
     """Runs an exported SavedModel's `landmarks` signature; the interface of
     `keraslm.inference.KerasPredictor` (`.metadata`, `.grid_points`).
 
@@ -422,8 +428,6 @@ class SavedModelPredictor:
             return (outputs["landmarks_index"].numpy().astype(np.float64),
                     outputs["landmarks_mm"].numpy().astype(np.float64),
                     outputs["confidence"].numpy())
-        from keraslm.detector import locate_on_grid
-
         return locate_on_grid(self, image)
 
     def local_stage(self):
@@ -444,7 +448,7 @@ class SavedModelPredictor:
         return outputs["landmarks"].numpy(), outputs["confidence"].numpy()
 
 
-class _SavedModelRefiner:
+class _SavedModelRefiner(Predictor):
     """The `refine` signature of a cascade export; the interface of a local-stage predictor."""
 
     def __init__(self, signature, metadata):

@@ -25,7 +25,7 @@ from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
 from keraslm.io._files import atomic_path, read_json
-from keraslm.detector import locate_on_grid
+from keraslm.detector import Predictor
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 
 # Re-exported: the metadata helpers live in keraslm.metadata (below inference and export).
@@ -79,14 +79,7 @@ def _pixels(image):
     return pixels.astype(np.uint8) if pixels.dtype == bool else pixels
 
 
-def locate(predictor, image):
-    """`predictor.locate(image)` where it has one, else `locate_on_grid`."""
-    if hasattr(predictor, "locate"):
-        return predictor.locate(image)
-    return locate_on_grid(predictor, image)
-
-
-class GraphLocator:
+class GraphLocator(Predictor):
     """`locate(image)` through one compiled `keraslm.detector.image_to_landmarks` graph per
     pixel dtype (any image size). Subclasses set `self.metadata` and implement `_function()`.
     """
@@ -210,7 +203,7 @@ class CascadePredictor(GraphLocator):
     def locate(self, image):
         if isinstance(self.global_predictor, KerasPredictor) and isinstance(self.local, KerasPredictor):
             return super().locate(image)
-        points_index, _, _ = locate(self.global_predictor, image)  # Stage by stage.
+        points_index, _, _ = self.global_predictor.locate(image)  # Stage by stage.
         points_index, confidence = self.refine_image(image, points_index)
         return points_index, image.index_to_physical(points_index), confidence
 
@@ -256,7 +249,7 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
             computes as it was exported (float32), so only "float32" and "auto" apply to it.
     """
     if refine is not None:
-        local = refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision)
+        local = refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision)
         return CascadePredictor(load_predictor(model, metadata, precision=precision), local)
     import keras
 
@@ -339,9 +332,9 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
     """
     import tensorflow as tf  # TF-only edge: errors raised inside the prediction graph.
 
-    if hasattr(model, "locate") or hasattr(model, "grid_points"):
+    if isinstance(model, Predictor):
         predictor = model if refine is None else CascadePredictor(
-            model, refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision))
+            model, refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision))
     else:
         predictor = load_predictor(model, metadata, refine=refine, precision=precision)
     meta = predictor.metadata
@@ -358,7 +351,7 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
         place_on_grid(image, grid)  # A KeraslmError naming the image when it does not fit.
         try:
-            points_index, points_mm, confidence = locate(predictor, image)
+            points_index, points_mm, confidence = predictor.locate(image)
         except tf.errors.InvalidArgumentError as error:
             raise KeraslmError(f"{path or image_id}: {error.message}") from None
         results.append(Prediction(image_id, path, tuple(meta["landmark_names"]), points_mm,

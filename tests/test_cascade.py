@@ -11,6 +11,7 @@ import pytest
 
 from keraslm import KeraslmError
 from keraslm.datasets import make_phantom
+from keraslm.detector import Predictor
 from keraslm.inference import CascadePredictor, KerasPredictor, load_predictor, predict
 from keraslm.io import Image
 from keraslm.ops import (
@@ -114,7 +115,7 @@ def _tiling_network(num_landmarks, ndim):
     return network
 
 
-class _OffsetGlobal:
+class _OffsetGlobal(Predictor):
     """A global stage stub: the true landmarks on its grid, moved by a fixed offset."""
 
     def __init__(self, metadata, truth_mm, offset):
@@ -262,7 +263,7 @@ def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_ex
     version = cascade_export
     predictor = load_predictor(str(version))
     # One request: the export's predict_array signature runs both stages.
-    assert "refine" in predictor.metadata and hasattr(predictor, "locate")
+    assert "refine" in predictor.metadata and isinstance(predictor, Predictor)
     assert not isinstance(predictor, CascadePredictor)
     served = predict(str(version), paths, spacing=dataset.image_spacing)
     for a, b in zip(refined, served):

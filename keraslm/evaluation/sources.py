@@ -140,6 +140,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         KeraslmError: the model cannot be loaded or does not fit the dataset (dimension,
             number of landmarks), or an image cannot be read.
     """
+    from keraslm.detector import Predictor
     from keraslm.inference import load_predictor, predict
 
     progress = _progress(progress)
@@ -148,13 +149,13 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         raise KeraslmError(f"{label}: no such model file or folder")
     if refine is not None and isinstance(refine, (str, os.PathLike)) and not os.path.exists(refine):
         raise KeraslmError(f"{os.fspath(refine)}: no such model file or folder")
-    predictor = model if hasattr(model, "grid_points") else load_predictor(model, precision=precision)
+    predictor = model if isinstance(model, Predictor) else load_predictor(model, precision=precision)
     if refine is not None:
         from keraslm.inference import CascadePredictor
 
         predictor = CascadePredictor(
             predictor,
-            refine if hasattr(refine, "refine") else load_predictor(refine, precision=precision))
+            refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision))
         label = f"{label} + {os.fspath(refine) if isinstance(refine, (str, os.PathLike)) else 'local stage'}"
     check_model_matches(predictor.metadata, test_set, label)
     if len(test_set) == 0:
