@@ -13,7 +13,6 @@ A model is a trained Keras network plus its *metadata* (`MODEL_METADATA_FILE` be
 shape and spacing, normalisation, output stride and sigma.
 """
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -24,7 +23,7 @@ import numpy as np
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
-from keraslm.io._files import atomic_path, read_json
+from keraslm.io._files import atomic_path
 from keraslm.detector import Predictor
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 

@@ -1,7 +1,6 @@
 """Tests of keraslm.precision and keraslm.training.jit: the precision and XLA choices, the
 float32 <-> bfloat16 rebuild, and a bfloat16 training run that saves, reloads and exports."""
 import json
-import os
 
 import keras
 import numpy as np
