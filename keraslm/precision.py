@@ -137,8 +137,7 @@ class dtype_policy:
 
 def network_precision(network):
     """str. The precision a network computes in ("float32", "bfloat16" or "float16")."""
-    compute = keras.backend.standardize_dtype(network.dtype_policy.compute_dtype)
-    return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(compute, compute)
+    return keras.backend.standardize_dtype(network.dtype_policy.compute_dtype)
 
 
 def with_precision(network, precision):

@@ -1,6 +1,6 @@
 """Whether XLA compiles the training step's two parts: the device stage and the network.
 
-`choose_jit(mode, trainer, batch_size)`:
+`choose_jit(mode, trainer, grid_shape, batch_size)`:
 
 - "on": XLA for the whole step (the device stage included); "off": XLA for nothing.
 - "auto" on a GPU: XLA for the whole step.
