@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import subprocess_env
 from keraslm import KeraslmError
 from keraslm.datasets import make_phantom
 from keraslm.export import export_saved_model, load_saved_model_predictor, saved_model_versions
@@ -30,11 +31,6 @@ MODELS = {
     "down3d": ("downsampling", 3, "quadratic", (8, 8, 8), [(10, 6, 14), (9, 7, 11)]),  # stride 2
 }
 
-
-def _subprocess_env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("PYTHONPATH", None)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +178,7 @@ PLAIN_TF = textwrap.dedent("""
 def _run_plain_tf(jobs):
     result = subprocess.run(
         [sys.executable, "-c", PLAIN_TF, json.dumps(jobs)], capture_output=True, text=True,
-        env=_subprocess_env(), timeout=300,
+        env=subprocess_env(), timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "keraslm not importable" in result.stdout
@@ -242,7 +238,7 @@ def test_export_runs_in_plain_tensorflow_without_keraslm(exports, trained_run, t
 def test_saved_model_cli_shows_and_runs_the_signatures(exports, tmp_path):
     _, _, path = exports["down2d"]
     show = subprocess.run([CLI, "show", "--all", "--dir", path], capture_output=True, text=True,
-                          env=_subprocess_env(), timeout=120)
+                          env=subprocess_env(), timeout=120)
     assert show.returncode == 0, show.stderr[-3000:]
     for text in ("signature_def['serving_default']", "signature_def['grid_heatmaps']",
                  "signature_def['landmarks']", "signature_def['predict_image']",
@@ -256,7 +252,7 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exports, tmp_path):
     run = subprocess.run(
         [CLI, "run", "--dir", path, "--tag_set", "serve", "--signature_def", "landmarks",
          "--inputs", f"images={tmp_path / 'images.npy'}"],
-        capture_output=True, text=True, env=_subprocess_env(), timeout=120,
+        capture_output=True, text=True, env=subprocess_env(), timeout=120,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Result for output key landmarks" in run.stdout

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import subprocess_env
 from keraslm.datasets import make_phantom
 from keraslm.export import export_saved_model
 from keraslm.inference import model_metadata, predict
@@ -22,11 +23,6 @@ from keraslm.training.pipeline import choose_grid
 
 TOLERANCE_MM = 0.01
 
-
-def _subprocess_env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("PYTHONPATH", None)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +134,7 @@ def test_rest_body_runs_without_keraslm(model_2d):
         {"image_bytes": {"b64": base64.b64encode(open(path, "rb").read()).decode()},
          "spacing": spacing} for path in pngs[:2]]}
     run = subprocess.run([sys.executable, "-c", CLIENT, result.export_path, json.dumps(body)],
-                         capture_output=True, text=True, env=_subprocess_env(), timeout=300)
+                         capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     answer = json.loads(run.stdout.strip().splitlines()[-1])
     for prediction, reference in zip(answer["predictions"], predict(result.model_path, pngs[:2], spacing=spacing)):
