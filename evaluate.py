@@ -79,6 +79,11 @@ def parse_args(argv=None):
     metrics.add_argument("--output-dir", default="evaluation", help="where to write the results")
     metrics.add_argument("--num-worst", type=int, default=4,
                          help="overlay plots of this many worst images")
+    metrics.add_argument("--calibrate", metavar="JSON",
+                         help="fit the expected error per landmark (keraslm.calibration) to these "
+                         "held-out predictions and write it here; store it in an export with "
+                         "python -m keraslm.export ... --calibration JSON. Use predictions of "
+                         "images the models did not train on (--runs of cross-validation folds)")
     metrics.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     metrics.add_argument("--batch-size", type=int, default=4, help="images per network call")
     metrics.add_argument("--precision", default="float32",
@@ -94,6 +99,9 @@ def parse_args(argv=None):
         parser.error("--ground-truth-subset goes with --predictions")
     if args.refine and args.predictions:
         parser.error("--refine goes with --model or --runs")
+    if args.calibrate and args.predictions:
+        parser.error("--calibrate needs a model (--model or --runs): CSV predictions carry no "
+                     "confidence or spread")
     if args.refine and args.model and len(args.refine) != 1:
         parser.error("--refine takes one local model with --model")
     return args
@@ -137,10 +145,22 @@ def main(argv=None):
                 **normalize)
         written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
                                           num_worst=args.num_worst, progress=log)
+        if args.calibrate:
+            _, quality, files = evaluation.write_calibration(
+                args.calibrate, result, args.output_dir, plots=not args.no_plots)
+            written += files
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(evaluation.format_summary(result.summary(), result.method))
+    if result.expected_error_mm is not None:
+        from keraslm.calibration import calibration_quality
+
+        print("expected error of the model: "
+              + evaluation.format_calibration_quality(calibration_quality(result.expected_error_mm, result.errors.errors_mm)))
+    if args.calibrate:
+        print(f"calibration written to {args.calibrate}; cross-fitted on these images: "
+              + evaluation.format_calibration_quality(quality))
     print(f"wrote {len(written)} files into {args.output_dir}: "
           + ", ".join(os.path.basename(path) for path in written))
     return 0

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keraslm.calibration import check_calibration, expected_error_mm
 from keraslm.errors import KeraslmError
 
 from keraslm.ops.augmentation import crop_to_grid, extract_crops
@@ -74,7 +75,7 @@ def decode_image_bytes(data):
     return tf.cond(channels >= 3, colour, lambda: pixels[..., 0])
 
 
-def refine_function(network, metadata):
+def refine_function(network, metadata, with_spread=False):
     """The local stage as one function: `(images, centres) -> (points, confidence)`.
 
     images: `(batch, *spatial, 1)` whole images on the local stage's fine grid.
@@ -83,8 +84,10 @@ def refine_function(network, metadata):
     decoded from its own crop's channel k (its peak chosen after weighting by a Gaussian of
     `metadata["offset_prior_mm"]` around the crop centre, if set) and mapped back to fine grid
     index units. Returns
-    points `(batch, num_landmarks, ndim)` and confidence `(batch, num_landmarks)`. Pure
-    `keras.ops` (XLA-compilable with static shapes; used in training, prediction and export).
+    points `(batch, num_landmarks, ndim)` and confidence `(batch, num_landmarks)`, and with
+    `with_spread` also each landmark's heatmap spread in mm (`HeatmapCodec.spread` of its own
+    crop channel) `(batch, num_landmarks)`. Pure `keras.ops` (XLA-compilable with static
+    shapes; used in training, prediction and export).
     """
     crop_shape = tuple(metadata["crop_shape"])
     codec = HeatmapCodec(crop_shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
@@ -104,15 +107,21 @@ def refine_function(network, metadata):
         own = ops.arange(num_landmarks, dtype="int32")[None, :, None]  # crop k <-> landmark k
         points = ops.take_along_axis(points, own[..., None], axis=2)[:, :, 0]
         confidence = ops.take_along_axis(confidence, own, axis=2)[:, :, 0]
-        return crop_to_grid(points, centres, crop_shape), confidence
+        points = crop_to_grid(points, centres, crop_shape)
+        if not with_spread:
+            return points, confidence
+        spread = ops.reshape(codec.spread(heatmaps, metadata["grid_spacing"]),
+                             (batch, num_landmarks, num_landmarks))
+        return points, confidence, ops.take_along_axis(spread, own, axis=2)[:, :, 0]
 
     return refine
 
 
 class Predictor:
     """What `keraslm.predict` needs of a model: `metadata` (`keraslm.metadata`) and
-    `locate(image) -> (points_index (L, ndim), points_mm (L, ndim), confidence (L,))` for one
-    `keraslm.io.Image`. Subclasses that only run on grid images implement
+    `locate(image) -> dict` for one `keraslm.io.Image`: NumPy arrays `landmarks_index`
+    `(L, ndim)`, `landmarks_mm` `(L, ndim)`, `confidence` `(L,)` and, where the model gives them,
+    `spread_mm` and `expected_error_mm` `(L,)` (see `image_to_landmarks`). Subclasses that only run on grid images implement
     `grid_points(images) -> (points (batch, L, ndim) grid index, confidence (batch, L))` and
     inherit a `locate` that prepares the image and maps the answer back (`locate_on_grid`); a
     local stage also implements `refine(images, centres)`.
@@ -132,13 +141,14 @@ def locate_on_grid(predictor, image):
     SavedModel exported before the image signatures): the image onto the grid
     (`keraslm.preprocessing.prepare_image`), the predictor, and the mapping back.
 
-    Returns (points_index `(L, ndim)`, points_mm `(L, ndim)`, confidence `(L,)`)."""
+    Returns the `Predictor.locate` dict (without spread or expected error)."""
     meta = predictor.metadata
     grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
     array, placement = prepare_image(image, grid, meta["normalization"])
     points, confidence = predictor.grid_points(array[np.newaxis, ..., np.newaxis])
     points_index = placement.grid_to_image_index(points[0])
-    return points_index, image.index_to_physical(points_index), np.asarray(confidence[0])
+    return {"landmarks_index": points_index, "landmarks_mm": image.index_to_physical(points_index),
+            "confidence": np.asarray(confidence[0])}
 
 
 def _apply(matrix, points):
@@ -164,22 +174,28 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
         and real dtype; spacing `(ndim,)` mm per pixel along x, y[, z]; origin `(ndim,)` mm
         (LPS) of index 0; direction `(ndim, ndim)` whose columns are the index axes' unit
         directions. Returns a dict of `landmarks_index` `(L, ndim)` float64 (original image
-        index, pixel centres at integers), `landmarks_mm` `(L, ndim)` float64 and `confidence`
-        `(L,)` float32 (the heatmap peak; the local stage's with a local stage).
+        index, pixel centres at integers), `landmarks_mm` `(L, ndim)` float64, `confidence`
+        `(L,)` float32 (the heatmap peak; the local stage's with a local stage), `spread_mm`
+        `(L,)` float32 (the last stage's `HeatmapCodec.spread`) and, when `metadata` holds a
+        `calibration` (`keraslm.calibration`), `expected_error_mm` `(L,)` float32.
     """
     grid = _grid(metadata)
     codec = HeatmapCodec(grid.shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
     method = metadata.get("decode_method", "quadratic")
     refine = fine = None
     if local_network is not None:
-        refine = refine_function(local_network, local_metadata)
+        refine = refine_function(local_network, local_metadata, with_spread=True)
         fine = _grid(local_metadata)
+    calibration = metadata.get("calibration")
+    if calibration is not None:
+        check_calibration(calibration, metadata["landmark_names"])
 
     def locate(array, spacing, origin, direction):
         spacing = tf.cast(spacing, tf.float64)
         grid_image, grid_to_image = prepare_on_grid(array, spacing, grid, metadata["normalization"])
         heatmaps = tf.cast(network(grid_image[tf.newaxis, ..., tf.newaxis], training=False), tf.float32)
         points_grid, confidence = codec.decode(heatmaps, method=method)
+        spread = codec.spread(heatmaps, metadata["grid_spacing"])[0]
         points_index = _apply(grid_to_image, tf.cast(points_grid[0], tf.float64))
         confidence = confidence[0]
         if refine is not None:
@@ -188,14 +204,17 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
             image_to_fine = tf.linalg.inv(fine_to_image)
             points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
             for _ in range(iterations):
-                points_fine, local_confidence = refine(fine_image[tf.newaxis, ..., tf.newaxis],
-                                                       points_fine)
+                points_fine, local_confidence, local_spread = refine(
+                    fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
             points_index = _apply(fine_to_image, tf.cast(points_fine[0], tf.float64))
-            confidence = local_confidence[0]
+            confidence, spread = local_confidence[0], local_spread[0]
         index_to_mm = tf.cast(direction, tf.float64) * spacing[tf.newaxis, :]
         points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
-        return {"landmarks_index": points_index, "landmarks_mm": points_mm,
-                "confidence": confidence}
+        outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,
+                   "confidence": confidence, "spread_mm": spread}
+        if calibration is not None:
+            outputs["expected_error_mm"] = expected_error_mm(calibration, confidence, spread)
+        return outputs
 
     return locate
 

@@ -121,7 +121,8 @@ class _LandmarkModule(tf.Module):
         self.concrete_signatures["predict_array"] = self.predict_array.get_concrete_function()
         if ndim == 2:
             self.predict_image = tf.function(
-                _image_function(locate, num_landmarks), autograph=False, input_signature=[
+                _image_function(locate, num_landmarks, _locate_keys(metadata)), autograph=False,
+                input_signature=[
                     tf.TensorSpec([None], tf.string, name="image_bytes"),
                     tf.TensorSpec([None, 2], tf.float32, name="spacing")])
             self.concrete_signatures["predict_image"] = self.predict_image.get_concrete_function()
@@ -203,14 +204,18 @@ def _array_function(locate, ndim):
         with tf.control_dependencies(_check_geometry(spacing, origin, direction)):
             outputs = locate(image, _as_decimal_float64(spacing), _as_decimal_float64(origin),
                              _as_decimal_float64(direction))
-        return {"landmarks_index": tf.cast(outputs["landmarks_index"], tf.float32),
-                "landmarks_mm": tf.cast(outputs["landmarks_mm"], tf.float32),
-                "confidence": outputs["confidence"]}
+        return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
     return serve
 
 
-def _image_function(locate, num_landmarks):
+def _locate_keys(metadata):
+    """The outputs of `keraslm.detector.image_to_landmarks` for this metadata."""
+    keys = ["landmarks_index", "landmarks_mm", "confidence", "spread_mm"]
+    return keys + (["expected_error_mm"] if metadata.get("calibration") is not None else [])
+
+
+def _image_function(locate, num_landmarks, keys):
     """`predict_image` (2D): PNG / JPEG / BMP files and their pixel spacing -> landmarks in
     original pixel index and mm, one row per image; images may differ in size."""
 
@@ -231,16 +236,11 @@ def _image_function(locate, num_landmarks):
             outputs = locate(decode_image_bytes(data), _as_decimal_float64(pixel_spacing),
                              tf.zeros([2], tf.float64),
                              tf.eye(2, dtype=tf.float64))
-            return (tf.cast(outputs["landmarks_index"], tf.float32),
-                    tf.cast(outputs["landmarks_mm"], tf.float32), outputs["confidence"])
+            return {key: tf.cast(outputs[key], tf.float32) for key in keys}
 
-        points_index, points_mm, confidence = tf.map_fn(
-            one, (image_bytes, spacing), fn_output_signature=(
-                tf.TensorSpec((num_landmarks, 2), tf.float32),
-                tf.TensorSpec((num_landmarks, 2), tf.float32),
-                tf.TensorSpec((num_landmarks,), tf.float32)))
-        return {"landmarks_index": points_index, "landmarks_mm": points_mm,
-                "confidence": confidence}
+        return tf.map_fn(one, (image_bytes, spacing), fn_output_signature={
+            key: tf.TensorSpec((num_landmarks, 2) if key.startswith("landmarks_")
+                               else (num_landmarks,), tf.float32) for key in keys})
 
     return serve
 
@@ -415,7 +415,7 @@ class SavedModelPredictor(Predictor):
         self._landmarks = self._loaded.signatures["landmarks"]
 
     def locate(self, image):
-        """One `keraslm.io.Image` -> (points_index, points_mm, confidence): the export's
+        """One `keraslm.io.Image` -> the `Predictor.locate` dict: the export's
         `predict_array` signature (the whole prediction, local stage included), or for an
         export without it (keraslm before the image signatures) the grid-level `landmarks`
         signature with the preprocessing and mapping run here."""
@@ -425,9 +425,10 @@ class SavedModelPredictor(Predictor):
                 spacing=tf.constant(np.asarray(image.spacing, np.float32)),
                 origin=tf.constant(np.asarray(image.origin, np.float32)),
                 direction=tf.constant(np.asarray(image.direction, np.float32)))
-            return (outputs["landmarks_index"].numpy().astype(np.float64),
-                    outputs["landmarks_mm"].numpy().astype(np.float64),
-                    outputs["confidence"].numpy())
+            found = {key: value.numpy() for key, value in outputs.items()}
+            for key in ("landmarks_index", "landmarks_mm"):
+                found[key] = found[key].astype(np.float64)
+            return found
         return locate_on_grid(self, image)
 
     def local_stage(self):
@@ -559,6 +560,9 @@ def main(argv=None):
     parser.add_argument("--upgrade", action="store_true",
                         help="MODEL is a SavedModel of an earlier keraslm: export its weights again "
                         "with the current signatures (predict_image / predict_array)")
+    parser.add_argument("--calibration", metavar="JSON",
+                        help="a calibration (evaluate.py --calibrate) to store in the model, so "
+                        "every prediction carries expected_error_mm per landmark")
     args = parser.parse_args(argv)
     def detector(path):
         """The LandmarkDetector of a run folder or `.keras` file."""
@@ -578,7 +582,17 @@ def main(argv=None):
         if args.refine:
             local = detector(args.refine)
             local_network, local_metadata = local.network, local.metadata
-        path = export_saved_model(model.network, args.base_dir, model.metadata,
+        metadata = dict(model.metadata)
+        if args.calibration:
+            from keraslm.calibration import check_calibration
+            from keraslm.io._files import read_json
+
+            metadata["calibration"] = read_json(args.calibration, f"{args.calibration}: no such file")
+            try:
+                check_calibration(metadata["calibration"], metadata["landmark_names"])
+            except KeraslmError as error:
+                raise KeraslmError(f"{args.calibration}: {error}") from None
+        path = export_saved_model(model.network, args.base_dir, metadata,
                                   version=args.version, local_network=local_network,
                                   local_metadata=local_metadata)
     except KeraslmError as error:

@@ -37,6 +37,9 @@ from keraslm.metadata import (  # noqa: E402,F401
 )
 
 
+EXPECTED_ERROR_FILE = "expected_error.csv"
+
+
 @dataclasses.dataclass
 class Prediction:
     """Landmarks found in one image.
@@ -49,6 +52,11 @@ class Prediction:
         points_index: np.ndarray `(num_landmarks, ndim)`. Original image index `(x, y[, z])`.
         confidence: np.ndarray `(num_landmarks,)`. Heatmap peak value (scale of training
             targets: about `heatmap_scale` for a sure detection).
+        spread_mm: np.ndarray `(num_landmarks,)` or None. How wide the heatmap's peak is, mm
+            (`keraslm.ops.heatmaps.HeatmapCodec.spread`); None for old SavedModels.
+        expected_error_mm: np.ndarray `(num_landmarks,)` or None. The error to expect for each
+            landmark, mm, from the model's calibration (`keraslm.calibration`); None when the
+            model has none. Check the landmarks whose expected error is high.
     """
 
     image_id: str
@@ -57,20 +65,20 @@ class Prediction:
     points_mm: np.ndarray
     points_index: np.ndarray
     confidence: np.ndarray
+    spread_mm: np.ndarray = None
+    expected_error_mm: np.ndarray = None
 
     def to_dict(self):
-        return {
-            "id": self.image_id,
-            "image_path": self.image_path,
-            "landmarks": {
-                name: {
-                    "mm": self.points_mm[i].tolist(),
-                    "index": self.points_index[i].tolist(),
-                    "confidence": float(self.confidence[i]),
-                }
-                for i, name in enumerate(self.landmark_names)
-            },
-        }
+        landmarks = {}
+        for i, name in enumerate(self.landmark_names):
+            entry = {"mm": self.points_mm[i].tolist(), "index": self.points_index[i].tolist(),
+                     "confidence": float(self.confidence[i])}
+            if self.spread_mm is not None:
+                entry["spread_mm"] = float(self.spread_mm[i])
+            if self.expected_error_mm is not None:
+                entry["expected_error_mm"] = float(self.expected_error_mm[i])
+            landmarks[name] = entry
+        return {"id": self.image_id, "image_path": self.image_path, "landmarks": landmarks}
 
 
 def _pixels(image):
@@ -87,8 +95,7 @@ class GraphLocator(Predictor):
         raise NotImplementedError
 
     def locate(self, image):
-        """One `keraslm.io.Image` -> (points_index `(L, ndim)`, points_mm `(L, ndim)`,
-        confidence `(L,)`) as NumPy arrays."""
+        """One `keraslm.io.Image` -> the `Predictor.locate` dict of NumPy arrays."""
         import tensorflow as tf  # TF-only edge: the compiled prediction graph.
 
         pixels = _pixels(image)
@@ -102,8 +109,7 @@ class GraphLocator(Predictor):
         outputs = cache[pixels.dtype](pixels, np.asarray(image.spacing, np.float64),
                                       np.asarray(image.origin, np.float64),
                                       np.asarray(image.direction, np.float64))
-        return (outputs["landmarks_index"].numpy(), outputs["landmarks_mm"].numpy(),
-                outputs["confidence"].numpy())
+        return {key: value.numpy() for key, value in outputs.items()}
 
 
 class KerasPredictor(GraphLocator):
@@ -202,9 +208,10 @@ class CascadePredictor(GraphLocator):
     def locate(self, image):
         if isinstance(self.global_predictor, KerasPredictor) and isinstance(self.local, KerasPredictor):
             return super().locate(image)
-        points_index, _, _ = self.global_predictor.locate(image)  # Stage by stage.
-        points_index, confidence = self.refine_image(image, points_index)
-        return points_index, image.index_to_physical(points_index), confidence
+        coarse = self.global_predictor.locate(image)  # Stage by stage.
+        points_index, confidence = self.refine_image(image, coarse["landmarks_index"])
+        return {"landmarks_index": points_index, "landmarks_mm": image.index_to_physical(points_index),
+                "confidence": confidence}
 
     def grid_points(self, images):
         return self.global_predictor.grid_points(images)
@@ -350,17 +357,22 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
         place_on_grid(image, grid)  # A KeraslmError naming the image when it does not fit.
         try:
-            points_index, points_mm, confidence = predictor.locate(image)
+            found = predictor.locate(image)
         except tf.errors.InvalidArgumentError as error:
             raise KeraslmError(f"{path or image_id}: {error.message}") from None
-        results.append(Prediction(image_id, path, tuple(meta["landmark_names"]), points_mm,
-                                  points_index, confidence))
+        results.append(Prediction(image_id, path, tuple(meta["landmark_names"]),
+                                  found["landmarks_mm"], found["landmarks_index"],
+                                  found["confidence"], found.get("spread_mm"),
+                                  found.get("expected_error_mm")))
     return results
 
 
 def write_predictions(folder, predictions):
-    """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index) and
-    `predictions.json` into `folder`, atomically."""
+    """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
+    `predictions.json` and, for a calibrated model, `expected_error.csv` (one column per
+    landmark, mm) into `folder`, atomically. Returns the written paths."""
+    import csv
+
     from keraslm.io import LandmarkTable, write_landmarks
 
     os.makedirs(folder, exist_ok=True)
@@ -376,8 +388,21 @@ def write_predictions(folder, predictions):
     )
     with atomic_path(os.path.join(folder, "predictions.json"), suffix=".json") as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])"},
+            json.dump({"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
+                                 "expected_error_mm": "calibrated expected point error, mm"},
                        "predictions": [p.to_dict() for p in predictions]}, handle, indent=2)
+    written = [os.path.join(folder, name) for name in
+               ("predictions.csv", "predictions_index.csv", "predictions.json")]
+    if all(p.expected_error_mm is not None for p in predictions):
+        path = os.path.join(folder, EXPECTED_ERROR_FILE)
+        with atomic_path(path, suffix=".csv") as temporary:
+            with open(temporary, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["id", *names])
+                for p in predictions:
+                    writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm)])
+        written.append(path)
+    return written
 
 
 def main(argv=None):
@@ -436,12 +461,22 @@ def main(argv=None):
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    flag_mm = 2.5
     for prediction in predictions:
         print(f"{prediction.image_id}:")
-        for name, point, peak in zip(prediction.landmark_names, prediction.points_mm, prediction.confidence):
-            print(f"  {name:<28} {'  '.join(f'{v:9.2f}' for v in point)} mm   confidence {peak:7.2f}")
-    write_predictions(args.output_dir, predictions)
-    print(f"wrote {os.path.join(args.output_dir, 'predictions.csv')} and predictions.json")
+        expected = prediction.expected_error_mm
+        for i, (name, point) in enumerate(zip(prediction.landmark_names, prediction.points_mm)):
+            line = (f"  {name:<28} {'  '.join(f'{v:9.2f}' for v in point)} mm   "
+                    f"confidence {prediction.confidence[i]:7.2f}")
+            if expected is not None:
+                line += f"   expected error {expected[i]:5.2f} mm"
+                line += "   CHECK" if expected[i] > flag_mm else ""
+            print(line)
+    if predictions and predictions[0].expected_error_mm is not None:
+        print(f"CHECK: expected error above {flag_mm:g} mm (the model's calibration on held-out "
+              "images); look at these landmarks by hand")
+    written = write_predictions(args.output_dir, predictions)
+    print("wrote " + ", ".join(written))
     return 0
 
 

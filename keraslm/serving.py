@@ -63,6 +63,8 @@ from keraslm.preprocessing import GridSpec
 SIGNATURES = ("landmarks", "grid_heatmaps")
 IMAGE_SIGNATURES = ("predict_image", "predict_array")
 IMAGE_OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence")
+#: Image-signature outputs of newer exports (expected_error_mm: calibrated models only).
+OPTIONAL_IMAGE_OUTPUTS = ("spread_mm", "expected_error_mm")
 FORMATS = ("instances", "inputs")
 #: Files the `predict_image` signature decodes itself (sent as bytes).
 BYTES_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -215,9 +217,10 @@ def request_body(prepared, signature_name="landmarks", request_format="instances
     return {"signature_name": signature_name, "inputs": {"images": images}}
 
 
-def _outputs(response, count, keys=("landmarks", "confidence")):
-    """`{"landmarks": (count, L, ndim), "confidence": (count, L)}` (or the given `keys`) from
-    either REST format; `count` None: an unbatched answer, not counted."""
+def _outputs(response, count, keys=("landmarks", "confidence"), optional=()):
+    """`{"landmarks": (count, L, ndim), "confidence": (count, L)}` (or the given `keys`, and
+    those of `optional` the answer holds) from either REST format; `count` None: an unbatched
+    answer, not counted."""
     if not isinstance(response, dict):
         raise KeraslmError(
             f"the TF Serving response must be a JSON object. Received: {type(response).__name__}")
@@ -228,7 +231,8 @@ def _outputs(response, count, keys=("landmarks", "confidence")):
         if not (isinstance(rows, list) and all(isinstance(row, dict) for row in rows)):
             raise KeraslmError("`predictions` in the TF Serving response must be a list of "
                                f"objects with {', '.join(map(repr, keys))}")
-        outputs = {key: [row.get(key) for row in rows] for key in keys}
+        present = [key for key in optional if rows and all(key in row for row in rows)]
+        outputs = {key: [row.get(key) for row in rows] for key in list(keys) + present}
     elif "outputs" in response and isinstance(response["outputs"], dict):
         outputs = response["outputs"]
     else:
@@ -236,7 +240,7 @@ def _outputs(response, count, keys=("landmarks", "confidence")):
             "the TF Serving response has neither `predictions` nor `outputs` with named "
             f"tensors. Received keys: {sorted(response)}")
     result = {}
-    for key in keys:
+    for key in list(keys) + [key for key in optional if key in outputs]:
         try:
             result[key] = np.asarray(outputs[key], np.float64)
         except (KeyError, TypeError, ValueError):
@@ -393,13 +397,14 @@ class ServingClient:
                 continue
             image_id, path, image = load_input_image(item, index, ndim, spacing)
             outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
-                               IMAGE_OUTPUTS)
+                               IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS)
             results[index] = _prediction(image_id, path, names, outputs, header=image)
         for start in range(0, len(files), batch_size):
             batch = files[start:start + batch_size]
             body = image_request_body([path for _, path, _ in batch],
                                       [header.spacing for _, _, header in batch])
-            outputs = _outputs(self.transport(self.path, body), len(batch), IMAGE_OUTPUTS)
+            outputs = _outputs(self.transport(self.path, body), len(batch), IMAGE_OUTPUTS,
+                               OPTIONAL_IMAGE_OUTPUTS)
             for n, (index, path, header) in enumerate(batch):
                 row = {key: value[n] for key, value in outputs.items()}
                 results[index] = _prediction(image_id_from_path(path), path, names, row, header)
@@ -410,5 +415,7 @@ def _prediction(image_id, path, names, outputs, header):
     """A `Prediction` from one image's answer of an image signature."""
     points_index = np.asarray(outputs["landmarks_index"], np.float64).reshape(len(names), -1)
     points_mm = np.asarray(outputs["landmarks_mm"], np.float64).reshape(len(names), -1)
+    optional = {key: np.asarray(outputs[key], np.float64).reshape(len(names))
+                for key in OPTIONAL_IMAGE_OUTPUTS if key in outputs}
     return Prediction(image_id, path, names, points_mm, points_index,
-                      np.asarray(outputs["confidence"], np.float64).reshape(len(names)))
+                      np.asarray(outputs["confidence"], np.float64).reshape(len(names)), **optional)

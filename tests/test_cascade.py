@@ -355,3 +355,75 @@ def test_evaluate_runs_with_refine_runs(cascade_runs):
     np.testing.assert_allclose(evaluation.errors.errors_mm, errors, atol=1e-3)
     with pytest.raises(KeraslmError, match="one local-stage run per run"):
         evaluate_runs([coarse.output_dir], refine_runs=[local.output_dir, local.output_dir])
+
+
+def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(cascade_runs, tmp_path,
+                                                                              capsys):
+    """evaluate.py --calibrate -> export --calibration -> every prediction path returns the same
+    expected_error_mm, which is the calibration applied to the prediction's confidence/spread."""
+    import tensorflow as tf
+
+    from evaluate import main as evaluate_main
+    from keraslm.calibration import check_calibration, expected_error_mm
+    from keraslm.evaluation import evaluate_model, write_report
+    from keraslm.export import main as export_main
+    from keraslm.inference import main as predict_main
+
+    root, dataset, coarse, local = cascade_runs
+    calibration_path = tmp_path / "calibration.json"
+    assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir,
+                          "--output-dir", str(tmp_path / "eval"), "--calibrate",
+                          str(calibration_path)]) == 0
+    assert "cross-fitted on these images: Spearman" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "calibration_reliability.png").exists()
+    calibration = json.loads(calibration_path.read_text())
+    check_calibration(calibration, dataset.landmark_names)
+    assert calibration["num_points"] > 0 and "spearman" in calibration["quality_cross_fitted"]
+
+    base = tmp_path / "served"
+    assert export_main([coarse.output_dir, str(base), "--refine", local.output_dir,
+                        "--calibration", str(calibration_path)]) == 0
+    paths = [r.image_path for r in dataset.records[:2]]
+    served = predict(str(base / "1"), paths, spacing=dataset.image_spacing)
+    meta = json.loads((base / "1" / "assets" / "keraslm.json").read_text())
+    keras_side = predict(load_predictor(coarse.model_path, metadata={**meta, "calibration": calibration},
+                                        refine=local.model_path), paths, spacing=dataset.image_spacing)
+    for a, b in zip(served, keras_side):
+        assert a.expected_error_mm is not None and a.expected_error_mm.shape == (37,)
+        np.testing.assert_allclose(
+            a.expected_error_mm, np.asarray(expected_error_mm(calibration, a.confidence, a.spread_mm)),
+            rtol=1e-4)
+        np.testing.assert_allclose(a.expected_error_mm, b.expected_error_mm, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(a.spread_mm, b.spread_mm, rtol=1e-3, atol=1e-3)
+    # The image signature (TF Serving's default) answers it too.
+    png = next(r.image_path for r in dataset.records if r.image_path.endswith(".png"))
+    outputs = tf.saved_model.load(str(base / "1")).signatures["serving_default"](
+        image_bytes=tf.constant([open(png, "rb").read()]),
+        spacing=tf.constant([dataset.image_spacing[:2]], tf.float32))
+    reference = predict(str(base / "1"), [png], spacing=dataset.image_spacing)[0]
+    np.testing.assert_allclose(outputs["expected_error_mm"][0].numpy(), reference.expected_error_mm,
+                               rtol=1e-3)
+    # The CLI prints and writes it; an uncalibrated model writes no expected_error.csv.
+    assert predict_main([str(base / "1"), paths[0], "--spacing", str(dataset.image_spacing[0]),
+                         "--output-dir", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "expected error" in out and "CHECK: expected error above 2.5 mm" in out
+    header = (tmp_path / "p" / "expected_error.csv").read_text().splitlines()[0]
+    assert header == ",".join(["id", *dataset.landmark_names])
+    payload = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert "expected_error_mm" in next(iter(payload["predictions"][0]["landmarks"].values()))
+    assert predict_main([coarse.model_path, paths[0], "--spacing", str(dataset.image_spacing[0]),
+                         "--output-dir", str(tmp_path / "q")]) == 0
+    assert not (tmp_path / "q" / "expected_error.csv").exists()
+    # Evaluating the calibrated export reports how well its expected errors rank the errors.
+    test_set = dataset.subset(dataset.ids[:2])
+    evaluation = evaluate_model(str(base / "1"), test_set)
+    written = write_report(str(tmp_path / "eval2"), evaluation)
+    metrics = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert metrics["expected_error"]["num_points"] == 2 * 37
+    assert any(path.endswith("reliability.png") for path in written)
+    # A calibration of other landmarks is refused, naming the file.
+    other = dict(calibration, landmark_names=["x"] * 37)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert export_main([coarse.output_dir, str(base), "--calibration", str(tmp_path / "other.json")]) == 2
+    assert "other.json" in capsys.readouterr().err

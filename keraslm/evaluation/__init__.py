@@ -6,7 +6,8 @@
 - `keraslm.evaluation.sources`: `evaluate_model`, `evaluate_runs` (training run folders,
   pooled), `evaluate_predictions` (two CSVs) -> `Evaluation`.
 - `keraslm.evaluation.report`: `write_report` (prediction CSVs, metrics.json, report.md,
-  plots), `format_summary`, `table1_row`.
+  plots), `write_calibration` (expected errors fitted to held-out predictions),
+  `format_summary`, `table1_row`.
 - `keraslm.evaluation.plots`: cumulative error curve, per-landmark box plot, overlays.
 
 Examples:
@@ -22,7 +23,7 @@ from keraslm.evaluation.metrics import (
     pool,
     summarize,
 )
-from keraslm.evaluation.report import format_summary, table1_row, write_report
+from keraslm.evaluation.report import format_calibration_quality, format_summary, table1_row, write_calibration, write_report
 from keraslm.evaluation.sources import (
     Evaluation,
     combine,
@@ -42,6 +43,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_predictions",
     "evaluate_runs",
+    "format_calibration_quality",
     "format_summary",
     "open_dataset",
     "per_landmark",
@@ -50,5 +52,6 @@ __all__ = [
     "run_test_set",
     "summarize",
     "table1_row",
+    "write_calibration",
     "write_report",
 ]

@@ -2,6 +2,7 @@
 
 - `plot_cumulative_error`: share of points within each error radius (the CPE curve).
 - `plot_landmark_errors`: one box of point errors per landmark.
+- `plot_reliability`: expected (calibrated) vs actual error per landmark.
 - `plot_overlay`: an image with ground truth and predicted landmarks joined by lines. 2D images
   are shown as they are; 3D volumes as maximum intensity projections along z, y and x.
 
@@ -78,6 +79,43 @@ def plot_landmark_errors(path, errors_mm, landmark_names, title="Point error per
     axes.set_ylabel("point error (mm)")
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
+    _save(figure, path)
+
+
+def plot_reliability(path, expected_mm, actual_mm, flag_mm=2.5, title="Expected vs actual error"):
+    """Writes the reliability plot of expected errors: every point (expected, actual) and the
+    mean actual error per bin of expected error, against the diagonal.
+
+    Args:
+        path: str. PNG file.
+        expected_mm, actual_mm: arrays of the same shape (NaN ignored).
+        flag_mm: float. The flagging threshold, drawn as a dotted line.
+        title: str.
+    """
+    from keraslm.calibration import calibration_quality
+
+    expected = np.asarray(expected_mm, np.float64).ravel()
+    actual = np.asarray(actual_mm, np.float64).ravel()
+    keep = np.isfinite(expected) & np.isfinite(actual)
+    quality = calibration_quality(expected[keep], actual[keep], flag_mm=flag_mm, num_bins=10)
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.scatter(expected[keep], actual[keep], s=4, alpha=0.3, color="grey", label="landmarks")
+    bins = quality["bins"]
+    axes.plot([b["expected_mm"] for b in bins], [b["actual_mm"] for b in bins], "o-",
+              color="tab:blue", label="mean actual per bin of expected")
+    top = 1.0  # Axes up to the 99th percentiles: a few far-off points would squeeze the rest.
+    if keep.any():
+        top = 1.1 * max(float(np.percentile(actual[keep], 99)),
+                        float(np.percentile(expected[keep], 99)), flag_mm)
+    axes.plot([0, top], [0, top], color="black", linewidth=0.8, label="expected = actual")
+    axes.axvline(flag_mm, color="tab:red", linestyle=":", linewidth=0.8, label=f"flag > {flag_mm:g} mm")
+    axes.set_xlim(0, top)
+    axes.set_ylim(0, top)
+    axes.set_xlabel("expected error (mm)")
+    axes.set_ylabel("actual error (mm)")
+    axes.set_title(f"{title}\nSpearman {quality['spearman']:.2f}, n={quality['num_points']}")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
     _save(figure, path)
 
 

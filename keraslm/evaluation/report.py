@@ -9,6 +9,9 @@
     cumulative_error.png     cumulative error curve
     landmark_errors.png      per-landmark error box plot
     worst_<rank>_<id>.png    ground truth vs prediction on the worst images (if images are known)
+    reliability.png          expected vs actual error (when the model gives expected errors)
+
+`write_calibration` fits expected errors to the held-out predictions (`keraslm.calibration`).
 
 `format_summary` gives the console table the scripts print.
 """
@@ -17,6 +20,7 @@ import math
 import os
 import re
 
+from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import OUTLIER_RADII_MM, SDR_RADII_MM, outlier_key, sdr_key
 from keraslm.io import LandmarkTable, write_landmarks
 from keraslm.io._files import atomic_path
@@ -27,6 +31,8 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CUMULATIVE_PLOT = "cumulative_error.png"
 LANDMARK_PLOT = "landmark_errors.png"
+RELIABILITY_PLOT = "reliability.png"
+CALIBRATION_PLOT = "calibration_reliability.png"
 
 
 def _number(value, digits=2):
@@ -114,6 +120,9 @@ def _markdown(evaluation, summary, landmarks, plots):
             f"{_number(row['mean_mm'])} | {_number(row['std_mm'])} | {_number(row['median_mm'])} | "
             f"{_number(row['max_mm'])} | {_number(row[sdr_key(2.0)], 1)} % | {row['outliers']} |"
         )
+    quality = _expected_error_quality(evaluation)
+    if quality is not None:
+        lines += ["", "## Expected error (the model's calibration)", "", format_calibration_quality(quality)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     lines += ["", "## Sources", ""]
@@ -122,6 +131,24 @@ def _markdown(evaluation, summary, landmarks, plots):
             f"{key}: {value}" for key, value in source.items() if key != "ids" and value is not None
         ) + (f" ({len(source['ids'])} images)" if "ids" in source else ""))
     return "\n".join(lines) + "\n"
+
+
+def _expected_error_quality(evaluation):
+    if evaluation.expected_error_mm is None:
+        return None
+    from keraslm.calibration import calibration_quality
+
+    return calibration_quality(evaluation.expected_error_mm, evaluation.errors.errors_mm)
+
+
+def format_calibration_quality(quality):
+    """One Markdown/console line describing `keraslm.calibration.calibration_quality`."""
+    return (f"Spearman correlation of expected and actual error {quality['spearman']:.3f} over "
+            f"{quality['num_points']} points; expected > {quality['flag_mm']:g} mm flags "
+            f"{100 * quality['flagged_fraction']:.1f} % of the landmarks and catches "
+            f"{100 * quality['caught_fraction']:.1f} % of the {quality['num_large']} errors > "
+            f"{quality['large_mm']:g} mm; mean expected {quality['mean_expected_mm']:.2f} mm, "
+            f"mean actual {quality['mean_actual_mm']:.2f} mm.")
 
 
 def _json_number(value):
@@ -143,6 +170,7 @@ def _metrics(evaluation, summary, landmarks):
         ],
         "landmark_names": list(evaluation.landmark_names),
         "sources": list(evaluation.sources),
+        "expected_error": _expected_error_quality(evaluation),
     }
 
 
@@ -154,6 +182,48 @@ def _write_text(path, text):
 
 def _file_label(image_id):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
+
+
+def write_calibration(path, evaluation, output_dir=None, plots=True):
+    """Fits a calibration of expected errors (`keraslm.calibration`) to an evaluation's
+    held-out predictions and writes it to `path` (JSON), with its quality measured by
+    cross-fitting (each image's expected errors from a calibration fitted without it) and, in
+    `output_dir`, the cross-fitted reliability plot.
+
+    Returns:
+        (calibration dict, quality dict, list of written paths).
+
+    Raises:
+        KeraslmError: the predictions carry no confidence / spread (an export made before
+            keraslm gave them; use the .keras models).
+    """
+    from keraslm.calibration import (calibration_quality, cross_fitted_expected_error,
+                                     fit_calibration)
+
+    if evaluation.confidence is None or evaluation.spread_mm is None:
+        raise KeraslmError(
+            "these predictions carry no heatmap spread to calibrate (an export made before "
+            "keraslm gave spread_mm); calibrate with the .keras models (--runs)")
+    errors = evaluation.errors.errors_mm
+    sources = "; ".join(str(source.get("run") or source.get("model")) for source in evaluation.sources)
+    calibration = fit_calibration(
+        evaluation.confidence, evaluation.spread_mm, errors, evaluation.landmark_names,
+        source=f"held-out predictions of {len(evaluation.ids)} images: {sources}")
+    expected = cross_fitted_expected_error(evaluation.confidence, evaluation.spread_mm, errors,
+                                           evaluation.landmark_names)
+    quality = calibration_quality(expected, errors)
+    calibration["quality_cross_fitted"] = {k: v for k, v in quality.items() if k != "bins"}
+    written = [path]
+    _write_text(path, json.dumps(calibration, indent=2) + "\n")
+    if plots and output_dir is not None:
+        from keraslm.evaluation import plots as plotting
+
+        os.makedirs(output_dir, exist_ok=True)
+        plot_path = os.path.join(output_dir, CALIBRATION_PLOT)
+        plotting.plot_reliability(plot_path, expected, errors,
+                                  title="Expected vs actual error (cross-fitted)")
+        written.append(plot_path)
+    return calibration, quality, written
 
 
 def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None):
@@ -188,6 +258,10 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
             os.path.join(output_dir, LANDMARK_PLOT), evaluation.errors.errors_mm, evaluation.landmark_names
         )
         plot_files += [CUMULATIVE_PLOT, LANDMARK_PLOT]
+        if evaluation.expected_error_mm is not None:
+            plotting.plot_reliability(os.path.join(output_dir, RELIABILITY_PLOT),
+                                      evaluation.expected_error_mm, evaluation.errors.errors_mm)
+            plot_files.append(RELIABILITY_PLOT)
         if evaluation.image_readers is not None:
             means = evaluation.errors.image_mean_mm()
             for rank, index in enumerate(evaluation.errors.worst_images(num_worst), 1):

@@ -42,6 +42,9 @@ class Evaluation:
         image_readers: tuple or None. Per image a callable returning its `keraslm.io.Image`
             (for overlays), or None where the image is not known.
         sources: tuple of dict. What was evaluated (model, dataset, split, run folder, ids).
+        confidence, spread_mm, expected_error_mm: np.ndarray `(num_images, num_landmarks)` or
+            None. The predictions' uncertainty outputs (`keraslm.inference.Prediction`), where
+            the model gave them.
     """
 
     method: str
@@ -52,6 +55,9 @@ class Evaluation:
     errors: object
     image_readers: tuple = None
     sources: tuple = ()
+    confidence: np.ndarray = None
+    spread_mm: np.ndarray = None
+    expected_error_mm: np.ndarray = None
 
     @property
     def ndim(self):
@@ -161,13 +167,18 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     if len(test_set) == 0:
         raise KeraslmError(f"dataset {test_set.name!r}: no images to evaluate")
     records = test_set.records
-    predicted = []
+    predictions = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         images = [test_set.read_image(record) for record in chunk]
-        predicted += [p.points_mm for p in predict(predictor, images, batch_size=batch_size)]
+        predictions += predict(predictor, images, batch_size=batch_size)
         progress(f"predicted {min(start + batch_size, len(records))}/{len(records)} images")
-    predicted = np.stack(predicted)
+    predicted = np.stack([p.points_mm for p in predictions])
+
+    def stacked(field):
+        values = [getattr(p, field) for p in predictions]
+        return None if any(v is None for v in values) else np.stack(values).astype(np.float64)
+
     errors = point_errors(predicted, test_set.points_mm, test_set.ids, test_set.landmark_names,
                           normalize_distance, normalize_landmarks)
     method = method or predictor.metadata.get("architecture") or os.path.basename(label)
@@ -175,6 +186,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         method, test_set.ids, test_set.landmark_names, predicted, test_set.points_mm, errors,
         tuple(functools.partial(test_set.read_image, record) for record in records),
         ({"model": label, "dataset": test_set.name, "ids": list(test_set.ids), **(source or {})},),
+        stacked("confidence"), stacked("spread_mm"), stacked("expected_error_mm"),
     )
 
 
@@ -255,12 +267,18 @@ def combine(evaluations, method=None):
     readers = None
     if all(part.image_readers is not None for part in evaluations):
         readers = tuple(r for part in evaluations for r in part.image_readers)
+
+    def pooled(field):
+        values = [getattr(part, field) for part in evaluations]
+        return None if any(v is None for v in values) else np.concatenate(values)
+
     return Evaluation(
         method or first.method, tuple(ids), first.landmark_names,
         np.concatenate([part.predicted_mm for part in evaluations]),
         np.concatenate([part.ground_truth_mm for part in evaluations]),
         dataclasses.replace(errors, ids=tuple(ids)), readers,
         tuple(source for part in evaluations for source in part.sources),
+        pooled("confidence"), pooled("spread_mm"), pooled("expected_error_mm"),
     )
 
 

@@ -38,6 +38,7 @@ from keras import ops
 from keraslm.ops.geometry import check_points, static_shape
 
 METHODS = ("quadratic", "dark", "argmax")
+SPREAD_FLOOR = 0.1  # HeatmapCodec.spread ignores values below this fraction of the peak.
 
 
 def _check_sigma(sigma, arg="sigma"):
@@ -238,6 +239,42 @@ class HeatmapCodec:
             squared = squared + (offset_mm ** 2).reshape(shape)
         prior = np.exp(-squared / (2.0 * float(sigma_mm) ** 2))
         return prior[np.newaxis, ..., np.newaxis].astype(np.float32)
+
+    def spread(self, heatmaps, spacing, floor=SPREAD_FLOOR):
+        """How far each heatmap's mass lies from its centre, in mm: an uncertainty feature.
+
+        The root-mean-square distance from the centre of mass of `heatmap - floor * peak`
+        (clipped at 0, so the flat background does not count): proportional to the width of a
+        clean Gaussian peak (1.1 mm for a 2D Gaussian of sigma 1 mm), larger for an elongated,
+        blurred or split (two look-alike places) response.
+
+        heatmaps: tensor `(batch, *output_shape, num_landmarks)`.
+        spacing: float or per-axis sequence (x, y[, z]). mm per INPUT grid pixel.
+        floor: float in [0, 1). Fraction of the peak below which values are ignored.
+
+        Returns `(batch, num_landmarks)` float32, mm.
+        """
+        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
+        shape = static_shape(heatmaps)
+        if len(shape) != self.ndim + 2 or tuple(shape[1:-1]) != self.output_shape:
+            raise ValueError(
+                f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
+                f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
+        spacing_xyz = np.broadcast_to(np.asarray(spacing, np.float64), (self.ndim,))
+        spatial = tuple(range(1, self.ndim + 1))
+        peak = ops.max(heatmaps, axis=spatial, keepdims=True)
+        mass = ops.relu(heatmaps - floor * ops.relu(peak))
+        mass = mass / ops.maximum(ops.sum(mass, axis=spatial, keepdims=True), 1e-12)
+        variance = 0.0
+        for axis, n in enumerate(self.output_shape):
+            # mm along this axis of each heatmap pixel centre (input grid index * spacing).
+            shape = [1] * (self.ndim + 2)
+            shape[1 + axis] = n
+            position = (self.to_input(np.arange(n, dtype=np.float64))
+                        * spacing_xyz[self.ndim - 1 - axis]).astype(np.float32).reshape(shape)
+            mean = ops.sum(mass * position, axis=spatial, keepdims=True)
+            variance = variance + ops.sum(mass * ops.square(position - mean), axis=spatial)
+        return ops.sqrt(ops.maximum(variance, 0.0))
 
     def decode_dynamic(self, heatmaps, method="quadratic"):
         """`decode` for heatmaps of any spatial size, also unknown until run time.

@@ -1,0 +1,240 @@
+"""Expected error per landmark: the heatmap's confidence and spread calibrated against errors
+measured on held-out images.
+
+Every prediction carries two uncertainty features of its last stage's heatmap: `confidence`
+(the peak value) and `spread_mm` (`keraslm.ops.heatmaps.HeatmapCodec.spread`). They combine
+into one score, higher = surer,
+
+    score = log(max(confidence, 1e-3)) - log(spread_mm + 0.1)
+
+and a calibration maps it to the error one should expect, in mm, for landmark k:
+
+    expected_error_mm = landmark_scale[k] * g(score)
+
+`g` is a decreasing (isotonic, pool-adjacent-violators) fit of held-out errors on the score,
+pooled over all landmarks after dividing each error by its landmark's scale; `landmark_scale[k]`
+is landmark k's mean held-out error over its mean `g` (the two are fitted alternately). `g` is
+stored as knots (score) and values (mm), interpolated linearly and constant beyond the ends.
+The calibration lives in a model's metadata (`metadata["calibration"]`), so `keraslm.predict`,
+the SavedModel signatures and TF Serving return `expected_error_mm` with every landmark.
+
+Fit it on predictions of images the model did not train on (the held-out folds of a
+cross-validation): `evaluate.py ... --calibrate calibration.json`, then
+`python -m keraslm.export ... --calibration calibration.json`.
+"""
+import numpy as np
+from keras import ops
+
+from keraslm.errors import KeraslmError
+
+CALIBRATION_FORMAT = "keraslm-calibration-1"
+_SPREAD_OFFSET_MM = 0.1
+_MIN_CONFIDENCE = 1e-3
+_ROUNDS = 3
+
+
+def calibration_score(confidence, spread_mm):
+    """Score (higher = surer) of confidences and spreads of any matching shapes (keras.ops)."""
+    confidence = ops.cast(ops.convert_to_tensor(confidence), "float32")
+    spread_mm = ops.cast(ops.convert_to_tensor(spread_mm), "float32")
+    return (ops.log(ops.maximum(confidence, _MIN_CONFIDENCE))
+            - ops.log(ops.maximum(spread_mm, 0.0) + _SPREAD_OFFSET_MM))
+
+
+def _score_numpy(confidence, spread_mm):
+    confidence = np.asarray(confidence, np.float64)
+    spread_mm = np.asarray(spread_mm, np.float64)
+    return (np.log(np.maximum(confidence, _MIN_CONFIDENCE))
+            - np.log(np.maximum(spread_mm, 0.0) + _SPREAD_OFFSET_MM))
+
+
+def _isotonic_decreasing(x, y):
+    """Pool-adjacent-violators: the decreasing step function of x closest to y (least squares).
+    Returns (knots, values): each pooled block's mean x and fitted value, x ascending."""
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    means, weights, sums_x = [], [], []
+    for xi, yi in zip(x, y):
+        means.append(yi)
+        weights.append(1.0)
+        sums_x.append(xi)
+        while len(means) > 1 and means[-2] < means[-1]:  # decreasing: a later block may not exceed
+            mean, weight, sum_x = means.pop(), weights.pop(), sums_x.pop()
+            means[-1] = (means[-1] * weights[-1] + mean * weight) / (weights[-1] + weight)
+            weights[-1] += weight
+            sums_x[-1] += sum_x
+    knots = np.asarray(sums_x) / np.asarray(weights)
+    return knots, np.asarray(means)
+
+
+def _thin(knots, values, max_knots):
+    """At most `max_knots` knots, keeping both ends (values stay decreasing)."""
+    if len(knots) <= max_knots:
+        return knots, values
+    keep = np.unique(np.round(np.linspace(0, len(knots) - 1, max_knots)).astype(int))
+    return knots[keep], values[keep]
+
+
+def _interp(knots, values, score):
+    return np.interp(score, knots, values) if len(knots) > 1 else np.full_like(score, values[0])
+
+
+def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=None, max_knots=48):
+    """Fits a calibration (see the module docstring) to held-out predictions.
+
+    Args:
+        confidence, spread_mm, errors_mm: arrays `(num_images, num_landmarks)`: the predictions'
+            confidence and spread and their actual point errors in mm. Entries where any of the
+            three is not finite (e.g. a missing ground-truth landmark) are left out.
+        landmark_names: sequence of str, one per landmark.
+        source: str, optional. What the calibration was fitted on (kept in the result).
+        max_knots: int >= 2. Knots kept of the isotonic fit.
+
+    Returns:
+        dict, JSON-serialisable: format, knots, values, landmark_scale, landmark_names, the
+        number of points fitted and `source`.
+
+    Raises:
+        KeraslmError: shapes do not match, or a landmark has no usable point.
+    """
+    confidence, spread_mm, errors_mm = (np.asarray(a, np.float64)
+                                        for a in (confidence, spread_mm, errors_mm))
+    names = [str(name) for name in landmark_names]
+    if not (confidence.shape == spread_mm.shape == errors_mm.shape and confidence.ndim == 2
+            and confidence.shape[1] == len(names)):
+        raise KeraslmError(
+            "confidence, spread_mm and errors_mm must have the same shape (num_images, "
+            f"num_landmarks={len(names)}). Received: {confidence.shape}, {spread_mm.shape}, "
+            f"{errors_mm.shape}")
+    score = _score_numpy(confidence, spread_mm)
+    usable = np.isfinite(score) & np.isfinite(errors_mm)
+    empty = [name for name, count in zip(names, usable.sum(0)) if count == 0]
+    if empty:
+        raise KeraslmError(f"no held-out point with an error to calibrate landmark(s) {', '.join(empty)}")
+    scale = np.ones(len(names))
+    for _ in range(_ROUNDS):
+        knots, values = _isotonic_decreasing(score[usable], (errors_mm / scale)[usable])
+        fitted = np.where(usable, _interp(knots, values, np.where(usable, score, 0.0)), np.nan)
+        scale = (np.nansum(np.where(usable, errors_mm, np.nan), 0)
+                 / np.maximum(np.nansum(fitted, 0), 1e-9))
+    knots, values = _thin(knots, values, max_knots)
+    return {
+        "format": CALIBRATION_FORMAT,
+        "score": "log(max(confidence, 1e-3)) - log(spread_mm + 0.1)",
+        "knots": [float(k) for k in knots],
+        "values": [float(v) for v in values],
+        "landmark_scale": [float(s) for s in scale],
+        "landmark_names": names,
+        "num_points": int(usable.sum()),
+        "source": source,
+    }
+
+
+def check_calibration(calibration, landmark_names):
+    """Raises KeraslmError unless `calibration` is a calibration for these landmarks."""
+    if not isinstance(calibration, dict) or calibration.get("format") != CALIBRATION_FORMAT:
+        raise KeraslmError(f"not a keraslm calibration (expected format {CALIBRATION_FORMAT!r})")
+    names = [str(name) for name in landmark_names]
+    if list(calibration.get("landmark_names", [])) != names:
+        raise KeraslmError(
+            f"the calibration is for landmarks {calibration.get('landmark_names')}, the model "
+            f"has {names}")
+    knots, values = calibration.get("knots", []), calibration.get("values", [])
+    scale = calibration.get("landmark_scale", [])
+    if (len(knots) < 1 or len(knots) != len(values) or len(scale) != len(names)
+            or not np.all(np.isfinite(np.asarray(knots + values + scale, np.float64)))
+            or np.any(np.diff(knots) < 0)):
+        raise KeraslmError("the calibration's knots, values and landmark_scale are malformed")
+
+
+def expected_error_mm(calibration, confidence, spread_mm):
+    """Expected error in mm `(..., num_landmarks)` of predictions with these confidences and
+    spreads (keras.ops; runs in the prediction graph)."""
+    score = calibration_score(confidence, spread_mm)
+    knots = np.asarray(calibration["knots"], np.float32)
+    values = np.asarray(calibration["values"], np.float32)
+    scale = np.asarray(calibration["landmark_scale"], np.float32)
+    if len(knots) == 1:
+        return ops.ones_like(score) * values[0] * scale
+    # Linear interpolation between knots, constant beyond the ends.
+    clipped = ops.clip(score, float(knots[0]), float(knots[-1]))
+    upper = ops.clip(ops.sum(ops.cast(clipped[..., None] > knots, "int32"), axis=-1),
+                     1, len(knots) - 1)
+    x0, x1 = ops.take(knots, upper - 1), ops.take(knots, upper)
+    y0, y1 = ops.take(values, upper - 1), ops.take(values, upper)
+    weight = ops.where(x1 > x0, (clipped - x0) / ops.maximum(x1 - x0, 1e-12), 0.0)
+    return (y0 + weight * (y1 - y0)) * scale
+
+
+def _rank(values):
+    """Ranks 0..n-1; ties get their average rank."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    end = np.cumsum(counts)
+    return ((end - counts + end - 1) / 2.0)[inverse]
+
+
+def spearman(a, b):
+    """Spearman rank correlation of two 1D arrays (ties get their average rank)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.size < 2:
+        return float("nan")
+    return float(np.corrcoef(_rank(a), _rank(b))[0, 1])
+
+
+def calibration_quality(expected_mm, actual_mm, flag_mm=2.5, large_mm=4.0, num_bins=8):
+    """How well expected errors tell which landmarks to check, on held-out points.
+
+    Args:
+        expected_mm, actual_mm: arrays of the same shape (NaN entries are left out).
+        flag_mm: float. Landmarks with expected error above it are flagged for checking.
+        large_mm: float. An actual error above it is one a flag should catch.
+        num_bins: int. Bins (equal counts of expected error) of the reliability table.
+
+    Returns:
+        dict: spearman, flagged_fraction, caught_fraction (flagged among the errors >
+        large_mm), num_large, num_points, mean_expected_mm, mean_actual_mm, and `bins`: one
+        dict per bin with mean expected, mean actual and count (the reliability plot).
+    """
+    expected = np.asarray(expected_mm, np.float64).ravel()
+    actual = np.asarray(actual_mm, np.float64).ravel()
+    keep = np.isfinite(expected) & np.isfinite(actual)
+    expected, actual = expected[keep], actual[keep]
+    flagged = expected > flag_mm
+    large = actual > large_mm
+    bins = []
+    if expected.size:
+        order = np.argsort(expected, kind="stable")
+        for chunk in np.array_split(order, min(num_bins, expected.size)):
+            bins.append({"expected_mm": float(expected[chunk].mean()),
+                         "actual_mm": float(actual[chunk].mean()), "count": int(chunk.size)})
+    return {
+        "spearman": spearman(expected, actual),
+        "flag_mm": flag_mm,
+        "large_mm": large_mm,
+        "flagged_fraction": float(flagged.mean()) if expected.size else float("nan"),
+        "caught_fraction": float((flagged & large).sum() / large.sum()) if large.any() else float("nan"),
+        "num_large": int(large.sum()),
+        "num_points": int(expected.size),
+        "mean_expected_mm": float(expected.mean()) if expected.size else float("nan"),
+        "mean_actual_mm": float(actual.mean()) if expected.size else float("nan"),
+        "bins": bins,
+    }
+
+
+def cross_fitted_expected_error(confidence, spread_mm, errors_mm, landmark_names, num_folds=5):
+    """Expected errors of every point from calibrations fitted WITHOUT its image (images split
+    into `num_folds` groups by position): an honest measure of a calibration fitted on all of
+    them. Returns `(num_images, num_landmarks)` mm."""
+    confidence, spread_mm, errors_mm = (np.asarray(a, np.float64)
+                                        for a in (confidence, spread_mm, errors_mm))
+    num_images = confidence.shape[0]
+    if num_images < 2:
+        raise KeraslmError("cross-fitting a calibration needs at least 2 images")
+    expected = np.full(confidence.shape, np.nan)
+    groups = np.arange(num_images) % min(num_folds, num_images)
+    for group in np.unique(groups):
+        test = groups == group
+        calibration = fit_calibration(confidence[~test], spread_mm[~test], errors_mm[~test],
+                                      landmark_names)
+        expected[test] = np.asarray(expected_error_mm(calibration, confidence[test], spread_mm[test]))
+    return expected

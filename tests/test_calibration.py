@@ -1,0 +1,139 @@
+"""Expected errors: the heatmap spread feature, the calibration fit and its use in the
+prediction graph, exports and reports (`keraslm.calibration`)."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keraslm.calibration import (
+    calibration_quality,
+    check_calibration,
+    cross_fitted_expected_error,
+    expected_error_mm,
+    fit_calibration,
+    spearman,
+)
+from keraslm.errors import KeraslmError
+from keraslm.ops.heatmaps import HeatmapCodec
+
+NAMES = ["a", "b", "c"]
+
+
+def _spread_reference(heatmap, stride, spacing_xyz, floor=0.1):
+    """Brute-force spread of one heatmap `(*spatial,)` in mm."""
+    mass = np.maximum(heatmap - floor * max(heatmap.max(), 0.0), 0.0)
+    mass = mass / mass.sum()
+    positions = np.meshgrid(*[np.arange(n) * stride + (stride - 1) / 2.0 for n in heatmap.shape],
+                            indexing="ij")
+    variance = 0.0
+    for axis, position in enumerate(positions):
+        position = position * spacing_xyz[heatmap.ndim - 1 - axis]
+        mean = (mass * position).sum()
+        variance += (mass * (position - mean) ** 2).sum()
+    return np.sqrt(variance)
+
+
+@pytest.mark.parametrize("shape,stride,spacing", [((40, 36), 1, (0.5, 0.5)),
+                                                  ((16, 20, 12), 2, (1.0, 2.0, 1.5))])
+def test_spread_matches_a_brute_force_reference(shape, stride, spacing):
+    rng = np.random.default_rng(0)
+    codec = HeatmapCodec(shape, stride=stride, sigma=1.5)
+    heatmaps = rng.random((2, *codec.output_shape, 3)).astype(np.float32) ** 4
+    got = np.asarray(codec.spread(heatmaps, spacing))
+    for b in range(2):
+        for k in range(3):
+            assert got[b, k] == pytest.approx(
+                _spread_reference(heatmaps[b, ..., k], stride, spacing), rel=1e-4)
+
+
+def test_spread_grows_with_width_and_with_a_second_peak():
+    codec = HeatmapCodec((64, 64), sigma=2.0)
+    points = np.array([[[30.0, 30.0]]], np.float32)
+    narrow = float(np.asarray(codec.spread(codec.encode(points), 0.5))[0, 0])
+    wide = float(np.asarray(codec.spread(HeatmapCodec((64, 64), sigma=4.0).encode(points), 0.5))[0, 0])
+    assert wide == pytest.approx(2 * narrow, rel=0.02)
+    assert narrow == pytest.approx(1.1, abs=0.05)  # 2D Gaussian, sigma 1 mm.
+    two = codec.encode(np.array([[[30.0, 30.0], [50.0, 30.0]]], np.float32))
+    split = np.maximum(two[..., :1], 0.9 * two[..., 1:])  # Two look-alike places 10 mm apart.
+    assert float(np.asarray(codec.spread(split, 0.5))[0, 0]) > 3 * narrow
+
+
+def _synthetic(num_images=60, seed=0):
+    """Errors that grow as the score falls, per-landmark scales 1, 2, 4."""
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(5, 100, (num_images, 3))
+    spread = rng.uniform(0.5, 3.0, (num_images, 3))
+    typical = 30.0 * spread / confidence  # exp(-score) up to the 0.1 mm offset.
+    errors = typical * np.array([1.0, 2.0, 4.0]) * rng.gamma(8.0, 1 / 8.0, typical.shape)
+    return confidence, spread, errors
+
+
+def test_fit_recovers_a_monotone_relation_and_landmark_scales():
+    confidence, spread, errors = _synthetic()
+    calibration = fit_calibration(confidence, spread, errors, NAMES, source="synthetic")
+    check_calibration(calibration, NAMES)
+    json.dumps(calibration)  # Serialisable as it is stored in model metadata.
+    assert np.all(np.diff(calibration["knots"]) >= 0)
+    assert np.all(np.diff(calibration["values"]) <= 1e-12)  # Decreasing in the score.
+    scale = np.asarray(calibration["landmark_scale"])
+    np.testing.assert_allclose(scale / scale[0], [1, 2, 4], rtol=0.25)
+    expected = cross_fitted_expected_error(confidence, spread, errors, NAMES)
+    quality = calibration_quality(expected, errors)
+    assert quality["spearman"] > 0.8
+    assert quality["mean_expected_mm"] == pytest.approx(quality["mean_actual_mm"], rel=0.2)
+
+
+def test_cross_fitting_finds_no_relation_where_there_is_none():
+    rng = np.random.default_rng(1)
+    confidence, spread = rng.uniform(5, 100, (60, 3)), rng.uniform(0.5, 3, (60, 3))
+    errors = rng.gamma(2.0, 1.0, (60, 3))  # Independent of the features and the landmark.
+    quality = calibration_quality(cross_fitted_expected_error(confidence, spread, errors, NAMES), errors)
+    assert abs(quality["spearman"]) < 0.25
+
+
+def test_expected_error_in_the_graph_equals_numpy_interpolation():
+    confidence, spread, errors = _synthetic()
+    calibration = fit_calibration(confidence, spread, errors, NAMES, max_knots=6)
+    assert len(calibration["knots"]) == 6
+    # Scores inside, at and beyond the knots.
+    test_confidence = np.array([[1.0, 50.0, 1e4], [20.0, 5.0, 80.0]], np.float32)
+    test_spread = np.array([[9.0, 1.0, 0.01], [2.0, 0.5, 1.0]], np.float32)
+    score = np.log(np.maximum(test_confidence, 1e-3)) - np.log(test_spread + 0.1)
+    reference = np.interp(score, calibration["knots"], calibration["values"]) * np.asarray(
+        calibration["landmark_scale"])
+    graph = tf.function(lambda c, s: expected_error_mm(calibration, c, s))
+    np.testing.assert_allclose(graph(test_confidence, test_spread).numpy(), reference, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(expected_error_mm(calibration, test_confidence, test_spread)),
+                               reference, rtol=1e-5)
+
+
+def test_bad_calibrations_and_inputs_are_named():
+    confidence, spread, errors = _synthetic()
+    calibration = fit_calibration(confidence, spread, errors, NAMES)
+    with pytest.raises(KeraslmError, match="the model has"):
+        check_calibration(calibration, ["a", "b", "x"])
+    with pytest.raises(KeraslmError, match="not a keraslm calibration"):
+        check_calibration({"knots": [1.0]}, NAMES)
+    with pytest.raises(KeraslmError, match="malformed"):
+        check_calibration({**calibration, "landmark_scale": [1.0]}, NAMES)
+    with pytest.raises(KeraslmError, match="same shape"):
+        fit_calibration(confidence, spread[:, :2], errors, NAMES)
+    missing = errors.copy()
+    missing[:, 1] = np.nan
+    with pytest.raises(KeraslmError, match="landmark.s. b"):
+        fit_calibration(confidence, spread, missing, NAMES)
+
+
+def test_quality_counts_flags_and_catches():
+    expected = np.array([0.5, 3.0, 1.0, 2.6, np.nan, 0.7])
+    actual = np.array([0.4, 5.0, 4.5, 1.0, 9.0, 0.2])
+    quality = calibration_quality(expected, actual, flag_mm=2.5, large_mm=4.0, num_bins=2)
+    assert quality["num_points"] == 5 and quality["num_large"] == 2
+    assert quality["flagged_fraction"] == pytest.approx(2 / 5)
+    assert quality["caught_fraction"] == pytest.approx(1 / 2)
+    assert [b["count"] for b in quality["bins"]] == [3, 2]
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties get average ranks: [1, 2, 2, 3] has ranks [0, 1.5, 1.5, 3].
+    assert spearman([1, 2, 2, 3], [0, 1, 2, 3]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1])
