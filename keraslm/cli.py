@@ -13,6 +13,41 @@ def grid_shape(text):
     return shape
 
 
+def spacing(text):
+    """argparse type: "0.1" (all axes) or "0.1,0.12" (x, y) mm per pixel -> float or tuple."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected mm per pixel like 0.1 or 0.1,0.12, got {text!r}") from None
+    if not values or len(values) > 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive numbers, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def add_dataset_arguments(group):
+    """Adds the options that name a dataset as `keraslm.datasets.load_dataset` does:
+    --dataset, --dataset-root (alias --image-root), --units, --spacing, --ndim."""
+    group.add_argument(
+        "--dataset", default="phantom2d",
+        help="phantom2d, phantom3d, isbi2015; a landmark CSV (id,<name>_x,<name>_y[,<name>_z] / "
+        "id,landmark,x,y[,z] / headerless with --ndim); or a folder holding dataset.json, one "
+        "landmark CSV, or images each with a landmark file of the same name (3D Slicer .mrk.json "
+        "or .fcsv, or .txt with x,y[,z] per line)")
+    group.add_argument(
+        "--dataset-root", "--image-root", dest="dataset_root",
+        help="isbi2015's folder (e.g. ../shared/data/isbi2015-train); the folder a CSV's image "
+        "ids or paths refer to (default: the CSV's folder); where to generate a phantom")
+    group.add_argument("--units", choices=["index", "mm"],
+                       help="units of CSV and .txt landmark coordinates: index (pixels) or mm "
+                       "(physical, LPS); required for them, Slicer markups are mm")
+    group.add_argument("--spacing", type=spacing, metavar="MM",
+                       help="mm per pixel of plain images (PNG/JPEG hold none), e.g. 0.1 for ISBI "
+                       "2015, or x,y")
+    group.add_argument("--ndim", type=int, choices=[2, 3],
+                       help="expected dimension: an error if the dataset differs; needed for "
+                       "headerless CSVs")
+
+
 def add_split_arguments(group, held_out="held-out"):
     """Adds the options that choose a dataset split as `keraslm.data.select_split` does:
     --fold, --num-folds, --train-ids, --test-ids, --test-fraction.

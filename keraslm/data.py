@@ -15,7 +15,15 @@ import os
 import numpy as np
 
 from keraslm.errors import DatasetError, KeraslmError
-from keraslm.io import is_image_path, read_image, read_image_header, read_landmarks
+from keraslm.io import (
+    is_image_path,
+    landmark_file_stem,
+    natural_key,
+    read_image,
+    read_image_header,
+    read_landmark_file,
+    read_landmarks,
+)
 from keraslm.io._files import read_json
 from keraslm.io.dicom import DICOM_EXTENSIONS
 from keraslm.io.nifti import NIFTI_EXTENSIONS
@@ -281,6 +289,15 @@ def _resolve_images(image_root, keys):
     return paths
 
 
+def _check_units(units, source):
+    if units is None:
+        raise DatasetError(
+            f"{source}: say whether its coordinates are pixel indices or millimetres: "
+            "units='index' or 'mm' (--units index|mm)")
+    if units not in LANDMARK_UNITS:
+        raise DatasetError(f"`units` must be one of {LANDMARK_UNITS}. Received: units={units!r}")
+
+
 def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, name=None):
     """Describes a dataset by a landmark CSV and the folder holding its images.
 
@@ -298,9 +315,8 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
     Raises:
         DatasetError: units unknown, or images missing on disk (all of them listed).
     """
-    if units not in LANDMARK_UNITS:
-        raise DatasetError(f"`units` must be one of {LANDMARK_UNITS}. Received: units={units!r}")
     csv_path = os.fspath(csv_path)
+    _check_units(units, csv_path)
     image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(csv_path))
     table = read_landmarks(csv_path, ndim=ndim)
     resolved = list(zip(table.ids, _resolve_images(image_root, table.ids)))
@@ -334,6 +350,93 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
             points = header.index_to_physical(points)
         records.append(Record(image_id_from_path(key), path, points))
     return dataclasses.replace(dataset, records=tuple(records))
+
+
+def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
+    """Describes a folder of images, each with its landmark file beside it (same name, other
+    extension): 3D Slicer markups `.mrk.json` / `.fcsv` (physical mm; RAS turned to LPS;
+    labels are the landmark names; undefined points are missing) or point lists `.txt`
+    (`x,y[,z]` per line, landmarks named 1, 2, ...; `units` says index or mm).
+
+    Landmark names are the union over all files, in order of first appearance (numeric order
+    when all are numbers); a landmark absent from a file is missing (NaN) for that image.
+    Images are looked for in `folder` and `folder/images`, landmark files in both too.
+
+    Raises:
+        DatasetError: naming every image without a landmark file, every landmark file without
+            an image, images with two landmark files, unreadable files, mixed dimensions.
+    """
+    folder = os.fspath(folder)
+    images, landmark_files = {}, {}
+    for sub in (folder, os.path.join(folder, "images")):
+        if not os.path.isdir(sub):
+            continue
+        for entry in sorted(os.listdir(sub)):
+            path = os.path.join(sub, entry)
+            stem = landmark_file_stem(entry)
+            if entry.startswith("."):
+                continue
+            if stem is not None and os.path.isfile(path):
+                landmark_files.setdefault(stem, []).append(path)
+            elif entry != "images" and is_image_path(path):
+                images.setdefault(image_id_from_path(entry), path)
+    problems = []
+    twice = sorted((k for k, v in landmark_files.items() if len(v) > 1), key=natural_key)
+    if twice:
+        problems.append("images with more than one landmark file: " + "; ".join(
+            ", ".join(landmark_files[k]) for k in twice))
+    orphans = sorted(set(landmark_files) - set(images), key=natural_key)
+    if orphans:
+        problems.append(f"{len(orphans)} landmark files without an image: "
+                        + ", ".join(landmark_files[k][0] for k in orphans))
+    unlabelled = sorted(set(images) - set(landmark_files), key=natural_key)
+    if unlabelled:
+        problems.append(f"{len(unlabelled)} images without a landmark file: "
+                        + ", ".join(images[k] for k in unlabelled))
+    if problems:
+        raise DatasetError(f"{folder}: " + "; ".join(problems))
+    if not images:
+        raise DatasetError(f"{folder}: no images with landmark files found")
+    ids = sorted(images, key=natural_key)
+    contents = {}
+    for image_id in ids:
+        path = landmark_files[image_id][0]
+        file_names, file_points, file_units = read_landmark_file(path)
+        if file_units is None:
+            _check_units(units, path)
+        contents[image_id] = (path, file_names, file_points, file_units or units)
+    names = []
+    for _, file_names, _, _ in contents.values():
+        names += [n for n in file_names if n not in names]
+    if all(n.isdigit() for n in names):
+        names.sort(key=natural_key)
+    plain_spacing = None if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (2,))
+    records, dims = [], {}
+    for image_id in ids:
+        path, file_names, file_points, file_units = contents[image_id]
+        plain = images[image_id].lower().endswith(PLAIN_EXTENSIONS)
+        header = read_image_header(images[image_id], spacing=plain_spacing if plain else None)
+        dims.setdefault(header.ndim, []).append(images[image_id])
+        if file_points.shape[1] < header.ndim:
+            raise DatasetError(f"{path}: {file_points.shape[1]}D points for the {header.ndim}D "
+                               f"image {images[image_id]}")
+        points = np.full((len(names), header.ndim), np.nan)
+        for label, point in zip(file_names, file_points):
+            points[names.index(label)] = point[: header.ndim]
+        if file_units == "index":
+            points = header.index_to_physical(points)
+        records.append(Record(image_id, images[image_id], points))
+    if len(dims) > 1:
+        raise DatasetError(f"{folder}: mixes " + " and ".join(
+            f"{d}D images ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})"
+            for d, paths in sorted(dims.items())))
+    data_ndim = next(iter(dims))
+    if ndim is not None and ndim != data_ndim:
+        raise DatasetError(f"{folder}: its images are {data_ndim}D, not {ndim}D")
+    if spacing is not None:
+        spacing = tuple(np.broadcast_to(np.asarray(spacing, np.float64), (data_ndim,)))
+    return LandmarkDataset(name or os.path.basename(os.path.normpath(folder)), tuple(records),
+                           tuple(names), data_ndim, image_spacing=spacing)
 
 
 def load_folder(root):

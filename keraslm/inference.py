@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from keraslm import cli
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, is_image_path, read_image
@@ -38,6 +39,7 @@ from keraslm.metadata import (  # noqa: E402,F401
 
 
 EXPECTED_ERROR_FILE = "expected_error.csv"
+MARKUPS_FOLDER = "markups"
 
 
 @dataclasses.dataclass
@@ -369,11 +371,12 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
 
 def write_predictions(folder, predictions):
     """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
-    `predictions.json` and, for a calibrated model, `expected_error.csv` (one column per
-    landmark, mm) into `folder`, atomically. Returns the written paths."""
+    `predictions.json`, one 3D Slicer markups file per image (`markups/<id>.mrk.json`, LPS
+    mm: open it over the image in Slicer) and, for a calibrated model, `expected_error.csv`
+    (one column per landmark, mm) into `folder`, atomically. Returns the written paths."""
     import csv
 
-    from keraslm.io import LandmarkTable, write_landmarks
+    from keraslm.io import LandmarkTable, write_landmarks, write_markups
 
     os.makedirs(folder, exist_ok=True)
     names = predictions[0].landmark_names
@@ -393,6 +396,11 @@ def write_predictions(folder, predictions):
                        "predictions": [p.to_dict() for p in predictions]}, handle, indent=2)
     written = [os.path.join(folder, name) for name in
                ("predictions.csv", "predictions_index.csv", "predictions.json")]
+    os.makedirs(os.path.join(folder, MARKUPS_FOLDER), exist_ok=True)
+    for p in predictions:
+        path = os.path.join(folder, MARKUPS_FOLDER, f"{p.image_id}.mrk.json")
+        write_markups(path, names, p.points_mm, description=f"keraslm {p.image_id}")
+    written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
     if all(p.expected_error_mm is not None for p in predictions):
         path = os.path.join(folder, EXPECTED_ERROR_FILE)
         with atomic_path(path, suffix=".csv") as temporary:
@@ -423,7 +431,8 @@ def main(argv=None):
                         "sub-folders, as DICOM series) are all predicted")
     parser.add_argument("--series", action="store_true",
                         help="the given folders are DICOM series themselves (one 3D image each)")
-    parser.add_argument("--spacing", type=float, help="mm per pixel of plain images (PNG/JPEG) that hold none")
+    parser.add_argument("--spacing", type=cli.spacing, metavar="MM",
+                        help="mm per pixel of plain images (PNG/JPEG) that hold none: 0.1 or x,y")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--precision", default="float32",

@@ -1,12 +1,14 @@
-"""Built-in datasets: synthetic hand phantoms (no download) and the ISBI 2015 layout.
+"""Built-in datasets (synthetic hand phantoms, no download; the ISBI 2015 layout) and the one
+way to name any dataset.
 
-`load_dataset(name_or_folder)` resolves the names scripts accept: "phantom2d" and "phantom3d"
-(generated once into the cache folder), "isbi2015" (needs `root`), or a folder with a
-`dataset.json`.
+`load_dataset(name_or_path)` resolves every name the scripts accept (`--dataset`): "phantom2d"
+and "phantom3d" (generated once into the cache folder), "isbi2015" (needs `root`), a landmark
+CSV, or a folder holding a `dataset.json`, exactly one landmark CSV, or images with one
+landmark file each (3D Slicer `.mrk.json` / `.fcsv`, point lists `.txt`).
 """
 import os
 
-from keraslm.data import DATASET_JSON, load_folder
+from keraslm.data import DATASET_JSON, from_csv, from_landmark_files, load_folder
 from keraslm.datasets.isbi2015 import ISBI2015_LANDMARKS, ISBI2015_SPACING_MM, isbi2015
 from keraslm.datasets.phantom import make_phantom
 from keraslm.errors import DatasetError
@@ -21,31 +23,73 @@ def cache_dir():
     )
 
 
-def load_dataset(name_or_folder, root=None):
-    """Loads a built-in dataset by name, or a dataset folder holding a `dataset.json`.
+def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
+    """Loads a dataset by name or path: the one way train.py, evaluate.py and the API name one.
 
     Args:
-        name_or_folder: str. "phantom2d" / "phantom3d" (default phantoms, generated into
-            `cache_dir()` on first use), "isbi2015", or a folder path.
-        root: str, optional. For "isbi2015", the folder holding its images and landmarks.csv;
-            for the phantoms, where to generate them instead of the cache folder.
+        name_or_path: str.
+            - "phantom2d" / "phantom3d": default phantoms, generated into `cache_dir()` (or
+              `root`) on first use; "isbi2015": the ISBI 2015 folder given as `root`.
+            - a landmark CSV file (`keraslm.io.read_landmarks`: named `id,<name>_x,<name>_y`,
+              long `id,landmark,x,y`, or headerless with `ndim`); its first column holds image
+              ids (file names without extension) or paths relative to `root` (default: the
+              CSV's folder).
+            - a folder with `dataset.json` (`keraslm.data.load_folder`);
+            - a folder with exactly one landmark CSV beside its images (or in `images/`);
+            - a folder of images each with a landmark file of the same name
+              (`keraslm.data.from_landmark_files`).
+        root: str, optional. See above.
+        units: "index" or "mm". Units of CSV and `.txt` coordinates (required for them; Slicer
+            markups are mm).
+        spacing: float or sequence, optional. mm per pixel of plain images (PNG/JPEG).
+        ndim: int, optional. Expected dimension (checked; needed for headerless CSVs).
 
     Returns:
         LandmarkDataset.
+
+    Raises:
+        DatasetError: an unknown name, a folder that holds none of the above or several CSVs,
+            missing or unreadable files (named).
     """
-    if name_or_folder in ("phantom2d", "phantom3d"):
-        ndim = 2 if name_or_folder == "phantom2d" else 3
-        return make_phantom(root or os.path.join(cache_dir(), name_or_folder), ndim=ndim)
-    if name_or_folder == "isbi2015":
+    name = os.fspath(name_or_path)
+    if name in ("phantom2d", "phantom3d"):
+        dataset = make_phantom(root or os.path.join(cache_dir(), name), ndim=2 if name == "phantom2d" else 3)
+    elif name == "isbi2015":
         if root is None:
-            raise DatasetError("dataset 'isbi2015' needs its folder: pass root=<folder>")
-        return isbi2015(root)
-    if os.path.isfile(os.path.join(name_or_folder, DATASET_JSON)):
-        return load_folder(name_or_folder)
-    raise DatasetError(
-        f"unknown dataset {name_or_folder!r}: use one of {', '.join(BUILTIN_DATASETS)} or a "
-        f"folder holding {DATASET_JSON}"
-    )
+            raise DatasetError("dataset 'isbi2015' needs its folder: pass root=<folder> "
+                               "(--dataset-root)")
+        dataset = isbi2015(root)
+    elif os.path.isfile(name):
+        if not name.lower().endswith(".csv"):
+            raise DatasetError(f"{name}: a dataset file must be a landmark CSV (.csv)")
+        dataset = from_csv(name, image_root=root, units=units, spacing=spacing, ndim=ndim)
+    elif os.path.isdir(name):
+        dataset = _load_folder_any(name, root, units, spacing, ndim)
+    else:
+        raise DatasetError(
+            f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, a landmark "
+            "CSV, or a folder (dataset.json, one landmark CSV, or images with landmark files)")
+    if ndim is not None and dataset.ndim != ndim:
+        raise DatasetError(
+            f"dataset {dataset.name!r} is {dataset.ndim}D but a {ndim}D model was requested (--ndim)")
+    return dataset
+
+
+def _load_folder_any(folder, root, units, spacing, ndim):
+    if os.path.isfile(os.path.join(folder, DATASET_JSON)):
+        return load_folder(folder)
+    csvs = sorted(
+        os.path.join(sub, entry) for sub in (folder, os.path.join(folder, "images"))
+        if os.path.isdir(sub) for entry in os.listdir(sub)
+        if entry.lower().endswith(".csv") and not entry.startswith("."))
+    if len(csvs) > 1:
+        raise DatasetError(
+            f"{folder}: holds {len(csvs)} CSV files ({', '.join(csvs)}); name the landmark CSV "
+            "itself as the dataset (--dataset FOLDER/FILE.csv)")
+    if csvs:
+        return from_csv(csvs[0], image_root=root or folder, units=units, spacing=spacing, ndim=ndim,
+                        name=os.path.basename(os.path.normpath(folder)))
+    return from_landmark_files(folder, units=units, spacing=spacing, ndim=ndim)
 
 
 __all__ = [

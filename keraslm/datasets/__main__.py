@@ -1,6 +1,8 @@
-"""Command line: generate a built-in phantom dataset, or check a dataset folder.
+"""`keraslm-dataset` (also `python -m keraslm.datasets`): generate a built-in phantom dataset,
+or load any dataset and summarise it.
 
-    python -m keraslm.datasets                      # the default 2D phantom, into the cache
+    keraslm-dataset                                 # the default 2D phantom, into the cache
+    keraslm-dataset my_xrays/ --units index --spacing 0.1
     python -m keraslm.datasets phantom3d --root /tmp/p3 --num-images 20
     python -m keraslm.datasets isbi2015 --root ../shared/data/isbi2015-train
 """
@@ -11,13 +13,14 @@ import time
 
 import numpy as np
 
+from keraslm.cli import spacing
 from keraslm.datasets import BUILTIN_DATASETS, cache_dir, load_dataset, make_phantom
 from keraslm.errors import KeraslmError
 
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="python -m keraslm.datasets",
+        prog="keraslm-dataset",
         description=(
             "Generate a built-in synthetic phantom dataset (hand-like 2D radiographs with 37 "
             "landmarks or 3D volumes with 28, in PNG/DICOM/NIfTI files with landmarks in mm), "
@@ -29,9 +32,14 @@ def _parser():
         "dataset",
         nargs="?",
         default="phantom2d",
-        help=f"one of {', '.join(BUILTIN_DATASETS)}, or a folder holding dataset.json "
-        "(default: phantom2d)",
+        help=f"one of {', '.join(BUILTIN_DATASETS)}, a landmark CSV, or a folder (dataset.json, one "
+        "landmark CSV, or images with a .mrk.json / .fcsv / .txt landmark file each); "
+        "default: phantom2d",
     )
+    parser.add_argument("--units", choices=["index", "mm"],
+                        help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
+    parser.add_argument("--spacing", type=spacing, metavar="MM",
+                        help="mm per pixel of plain images (PNG/JPEG): 0.1 or x,y")
     parser.add_argument(
         "--root",
         help=f"where to generate a phantom (default: {cache_dir()}/<dataset>), or the isbi2015 folder",
@@ -58,7 +66,8 @@ def main(argv=None):
                 **options,
             )
         else:
-            dataset = load_dataset(args.dataset, root=args.root)
+            dataset = load_dataset(args.dataset, root=args.root, units=args.units,
+                                   spacing=args.spacing)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from keraslm.data import from_csv, select_split
+from keraslm.data import select_split
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
 from keraslm.io import LandmarkTable, read_landmarks
@@ -93,30 +93,11 @@ def check_model_matches(metadata, dataset, model_label):
         )
 
 
-def open_dataset(dataset, dataset_root=None, spacing=None, units="mm", ndim=None):
-    """A `LandmarkDataset` by name, folder or landmark CSV file.
-
-    Args:
-        dataset: str. "phantom2d", "phantom3d", "isbi2015", a folder with dataset.json, or a
-            landmark CSV (its first column: image ids or paths relative to `dataset_root`).
-        dataset_root: str or None. isbi2015's folder, a phantom's folder, or the image folder
-            of a CSV (default: the CSV's folder).
-        spacing: float or None. mm per pixel of plain images (PNG/JPEG) of a CSV dataset.
-        units: str. Units of a CSV's coordinates: "mm" or "index".
-        ndim: int or None. Expected dimension (checked); required for headerless CSVs.
-
-    Raises:
-        KeraslmError: unknown dataset, missing files, or a dimension other than `ndim`.
-    """
+def open_dataset(dataset, dataset_root=None, spacing=None, units=None, ndim=None):
+    """`keraslm.datasets.load_dataset` (kept under this name for evaluate.py's callers)."""
     from keraslm.datasets import load_dataset
 
-    if os.path.isfile(dataset):
-        loaded = from_csv(dataset, image_root=dataset_root, units=units, spacing=spacing, ndim=ndim)
-    else:
-        loaded = load_dataset(dataset, root=dataset_root)
-    if ndim is not None and loaded.ndim != ndim:
-        raise KeraslmError(f"dataset {dataset!r} is {loaded.ndim}D, but --ndim {ndim} was given")
-    return loaded
+    return load_dataset(dataset, root=dataset_root, units=units, spacing=spacing, ndim=ndim)
 
 
 def evaluate_model(model, test_set, method=None, normalize_distance=None,
@@ -221,7 +202,8 @@ def run_test_set(run_dir, config=None):
     from keraslm.datasets import load_dataset
 
     config = config or read_run_config(run_dir)
-    dataset = load_dataset(config["dataset"], root=config.get("dataset_root"))
+    dataset = load_dataset(config["dataset"], root=config.get("dataset_root"),
+                           units=config.get("units"), spacing=config.get("image_spacing"))
     _, test_set = select_split(
         dataset, fold=config.get("fold"), num_folds=config.get("num_folds", 5),
         train_ids=config.get("train_ids"), test_ids=config.get("test_ids"),

@@ -7,21 +7,33 @@ from keraslm.io.dicom import read_dicom_series, write_dicom, write_dicom_series
 from keraslm.io.image import Image
 from keraslm.io.images import SUPPORTED_FORMATS, is_image_path, read_image, read_image_header
 from keraslm.io.landmarks import LandmarkTable, read_landmarks, write_landmarks
+from keraslm.io.markups import (
+    LANDMARK_FILE_EXTENSIONS,
+    landmark_file_stem,
+    natural_key,
+    read_landmark_file,
+    write_markups,
+)
 from keraslm.io.nifti import write_nifti
 from keraslm.io.plain import write_png
 
 __all__ = [
     "Image",
+    "LANDMARK_FILE_EXTENSIONS",
     "LandmarkTable",
     "SUPPORTED_FORMATS",
     "is_image_path",
+    "landmark_file_stem",
+    "natural_key",
     "read_dicom_series",
     "read_image",
     "read_image_header",
+    "read_landmark_file",
     "read_landmarks",
     "write_dicom",
     "write_dicom_series",
     "write_landmarks",
+    "write_markups",
     "write_nifti",
     "write_png",
 ]

@@ -1,11 +1,14 @@
 """Landmark CSV files.
 
-Two layouts are read and written:
+Three layouts are read (the first two also written):
 
 - named (with a header): `id,<name>_x,<name>_y[,<name>_z],...`; the first column's header may be
   any word (ISBI 2015 uses `image`). The dimension follows from the header.
 - headerless, as in the authors' setup files: `id,x0,y0[,z0],x1,y1[,z1],...`; the caller states
   `ndim`, since 6 numbers could be three 2D or two 3D points.
+- long (with a header): `<id>,landmark,x,y[,z]`, one row per image and landmark (the second
+  column may also be called `name` or `label`); landmarks in order of first appearance, or in
+  numeric order when all names are numbers. Absent rows are missing landmarks.
 
 An empty cell or `nan` is a missing landmark: NaN in arrays, never dropped. Coordinates are
 stored as they are; whether they are pixel indices or millimetres is stated by the caller or
@@ -127,8 +130,53 @@ def _names_from_header(header, path):
     return names, ndim
 
 
+_LONG_NAME_COLUMNS = ("landmark", "name", "label")
+
+
+def _is_long_header(header):
+    cells = [cell.strip().lower() for cell in header]
+    return (len(cells) in (4, 5) and cells[1] in _LONG_NAME_COLUMNS
+            and cells[2:] == list(_AXES[: len(cells) - 2]))
+
+
+def _read_long(path, header, rows, ndim):
+    """The long layout `<id>,landmark,x,y[,z]`."""
+    from keraslm.io.markups import natural_key
+
+    header_ndim = len(header) - 2
+    if ndim is not None and ndim != header_ndim:
+        raise LandmarkFileError(
+            f"{path}: header describes {header_ndim}D landmarks, but ndim={ndim} was requested")
+    ids, names, values = [], [], {}
+    for number, row in rows:
+        if len(row) != len(header):
+            raise LandmarkFileError(
+                f"{path}, line {number}: {len(row)} columns; expected {len(header)} "
+                f"({','.join(header)})")
+        image_id, name = row[0].strip(), row[1].strip()
+        if not image_id or not name:
+            raise LandmarkFileError(f"{path}, line {number}: empty image id or landmark name")
+        if (image_id, name) in values:
+            raise LandmarkFileError(
+                f"{path}, line {number}: landmark {name!r} of {image_id!r} given twice")
+        values[image_id, name] = [_parse_value(cell, path, number, column)
+                                  for column, cell in enumerate(row[2:], 3)]
+        if image_id not in ids:
+            ids.append(image_id)
+        if name not in names:
+            names.append(name)
+    if not ids:
+        raise LandmarkFileError(f"{path}: header only, no landmark rows")
+    if all(name.isdigit() for name in names):
+        names.sort(key=natural_key)
+    points = np.full((len(ids), len(names), header_ndim), np.nan)
+    for (image_id, name), point in values.items():
+        points[ids.index(image_id), names.index(name)] = point
+    return LandmarkTable(ids, names, points)
+
+
 def read_landmarks(path, ndim=None):
-    """Reads a landmark CSV (named or headerless layout, see the module docstring).
+    """Reads a landmark CSV (named, headerless or long layout, see the module docstring).
 
     Args:
         path: str. The CSV file.
@@ -156,6 +204,8 @@ def read_landmarks(path, ndim=None):
     if not rows:
         raise LandmarkFileError(f"{path}: file holds no landmarks")
     first = rows[0][1]
+    if _is_long_header(first):
+        return _read_long(path, first, rows[1:], ndim)
     if not all(_is_number(cell) for cell in first[1:]):
         names, header_ndim = _names_from_header(first, path)
         if ndim is not None and ndim != header_ndim:

@@ -61,8 +61,12 @@ class TrainingConfig:
     """Everything that defines a training run (defaults: small SCN on the 2D phantom).
 
     Args:
-        dataset: str. "phantom2d", "phantom3d", "isbi2015" or a folder with dataset.json.
-        dataset_root: str or None. Folder of "isbi2015"; where to generate a phantom.
+        dataset: str. Any name `keraslm.datasets.load_dataset` takes: "phantom2d",
+            "phantom3d", "isbi2015", a landmark CSV, or a dataset folder.
+        dataset_root: str or None. Folder of "isbi2015"; a CSV's image folder; where to
+            generate a phantom.
+        units: str or None. "index" or "mm": units of CSV / .txt landmark coordinates.
+        image_spacing: float or None. mm per pixel of plain images (PNG/JPEG).
         architecture: str. "scn", "unet", "downsampling", "convonly" or "scn2019".
         model_preset: str. "small" or "paper" (`keraslm.models.PRESETS`).
         training_preset: str. "default" or "paper" (`keraslm.training.presets`).
@@ -110,6 +114,8 @@ class TrainingConfig:
 
     dataset: str = "phantom2d"
     dataset_root: str = None
+    units: str = None
+    image_spacing: float = None
     architecture: str = "scn"
     model_preset: str = "small"
     training_preset: str = "default"
@@ -296,7 +302,8 @@ def _train(config, log=None):
         )
 
     precision = choose_precision(_requested_precision(config))
-    dataset = load_dataset(config.dataset, root=config.dataset_root)
+    dataset = load_dataset(config.dataset, root=config.dataset_root, units=config.units,
+                           spacing=config.image_spacing, ndim=config.ndim)
     grid_shape = _check_config(config, dataset)
     train_set, val_set = select_split(
         dataset, fold=config.fold, num_folds=config.num_folds, train_ids=config.train_ids,

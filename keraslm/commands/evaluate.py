@@ -1,0 +1,162 @@
+"""Evaluate landmark predictions the way the paper reports them. See --help.
+
+Three ways in:
+  python evaluate.py --model runs/default/model.keras --dataset phantom2d --fold 0 --num-folds 5
+  python evaluate.py --runs runs/fold0 runs/fold1 runs/fold2        (cross-validation, pooled)
+  python evaluate.py --predictions predictions.csv --ground-truth landmarks.csv [--ndim 2]
+"""
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
+
+from keraslm.cli import add_dataset_arguments, add_split_arguments  # noqa: E402
+
+
+def _landmark_pair(text):
+    try:
+        pair = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two landmark indices like 1,5, got {text!r}") from None
+    if len(pair) != 2:
+        raise argparse.ArgumentTypeError(f"expected two landmark indices like 1,5, got {text!r}")
+    return pair
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="keraslm-evaluate",
+        description=(
+            "Evaluate landmark localization: point error per landmark and image in physical mm, "
+            "the paper's summary (median, mean +- SD, outliers > 10 mm), success detection rates "
+            "at 2 / 2.5 / 3 / 4 mm, outlier counts at 2 / 4 / 10 mm and a per-landmark table. "
+            "Missing ground truth is excluded and counted. Input: a model plus a dataset split, "
+            "training run folders (each on its own held-out split, pooled as in a "
+            "cross-validation), or a predictions CSV plus a ground-truth CSV. Writes "
+            "predictions.csv (headerless id,x0,y0,... in mm), predictions_named.csv, "
+            "metrics.json, report.md and PNG plots into --output-dir."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_argument_group("what to evaluate (choose one)")
+    choice = source.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--model", help="a .keras file (model.json beside it) or a SavedModel "
+                        "version folder; evaluated on --dataset's test split")
+    choice.add_argument("--runs", nargs="+", metavar="RUN",
+                        help="train.py run folders; each is evaluated on the held-out split its "
+                        "config.json names, and all are pooled into one table")
+    source.add_argument("--refine", nargs="+", metavar="LOCAL",
+                        help="local stage(s) of a coarse-to-fine model (train.py --crop-shape) "
+                        "refining the estimates: one model with --model, or one run folder per "
+                        "--runs folder, in the same order")
+    choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless layout)")
+    source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions")
+    source.add_argument("--ground-truth-subset", action="store_true",
+                        help="with --predictions: the predictions cover only some of the "
+                        "ground truth's images (e.g. one split of a whole dataset's CSV); rows "
+                        "without a prediction are left out and counted. Without it the ids must "
+                        "match exactly")
+    data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
+    add_dataset_arguments(data)
+    add_split_arguments(data, held_out="test")
+    data.add_argument("--seed", type=int, default=0, help="seed of the split (as in train.py)")
+    metrics = parser.add_argument_group("metrics and output")
+    metrics.add_argument("--normalize-distance", type=float, metavar="MM",
+                         help="rescale each image's errors so that the distance between the "
+                         "--normalize-landmarks is this many mm (the paper's hand data: 50)")
+    metrics.add_argument("--normalize-landmarks", type=_landmark_pair, default=(1, 5), metavar="A,B",
+                         help="zero-based reference landmarks of --normalize-distance")
+    metrics.add_argument("--method", help="row label in the report (default: the architecture)")
+    metrics.add_argument("--output-dir", default="evaluation", help="where to write the results")
+    metrics.add_argument("--num-worst", type=int, default=4,
+                         help="overlay plots of this many worst images")
+    metrics.add_argument("--calibrate", metavar="JSON",
+                         help="fit the expected error per landmark (keraslm.calibration) to these "
+                         "held-out predictions and write it here; store it in an export with "
+                         "python -m keraslm.export ... --calibration JSON. Use predictions of "
+                         "images the models did not train on (--runs of cross-validation folds)")
+    metrics.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    metrics.add_argument("--batch-size", type=int, default=4, help="images per network call")
+    metrics.add_argument("--precision", default="float32",
+                         choices=["float32", "bfloat16", "float16", "auto"],
+                         help="compute precision of .keras models (auto: bfloat16 where the "
+                         "CPU/GPU has it; float32 gives the SavedModel's numbers)")
+    args = parser.parse_args(argv)
+    if args.predictions and not args.ground_truth:
+        parser.error("--predictions needs --ground-truth")
+    if args.ground_truth and not args.predictions:
+        parser.error("--ground-truth goes with --predictions")
+    if args.ground_truth_subset and not args.predictions:
+        parser.error("--ground-truth-subset goes with --predictions")
+    if args.refine and args.predictions:
+        parser.error("--refine goes with --model or --runs")
+    if args.calibrate and args.predictions:
+        parser.error("--calibrate needs a model (--model or --runs): CSV predictions carry no "
+                     "confidence or spread")
+    if args.refine and args.model and len(args.refine) != 1:
+        parser.error("--refine takes one local model with --model")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keraslm.data import select_split
+    from keraslm.errors import KeraslmError
+    from keraslm import evaluation
+
+    def log(message):
+        print(message, flush=True)
+
+    normalize = {"normalize_distance": args.normalize_distance,
+                 "normalize_landmarks": args.normalize_landmarks}
+    try:
+        if args.predictions:
+            result = evaluation.evaluate_predictions(
+                args.predictions, args.ground_truth, ndim=args.ndim,
+                method=args.method or "predictions", ground_truth_subset=args.ground_truth_subset,
+                **normalize)
+            left_out = result.sources[0].get("ground_truth_rows_left_out")
+            if left_out:
+                log(f"{args.ground_truth}: {left_out} images without a prediction left out")
+        elif args.runs:
+            result = evaluation.evaluate_runs(
+                args.runs, method=args.method, batch_size=args.batch_size, progress=log,
+                refine_runs=args.refine, precision=args.precision, **normalize)
+        else:
+            dataset = evaluation.open_dataset(args.dataset, args.dataset_root, spacing=args.spacing,
+                                              units=args.units, ndim=args.ndim)
+            _, test_set = select_split(
+                dataset, fold=args.fold, num_folds=args.num_folds, train_ids=args.train_ids,
+                test_ids=args.test_ids, test_fraction=args.test_fraction, seed=args.seed)
+            log(f"{dataset.name}: evaluating {len(test_set)} test images")
+            result = evaluation.evaluate_model(
+                args.model, test_set, method=args.method, batch_size=args.batch_size,
+                progress=log, source={"split_seed": args.seed, "fold": args.fold},
+                refine=args.refine[0] if args.refine else None, precision=args.precision,
+                **normalize)
+        written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
+                                          num_worst=args.num_worst, progress=log)
+        if args.calibrate:
+            _, quality, files = evaluation.write_calibration(
+                args.calibrate, result, args.output_dir, plots=not args.no_plots)
+            written += files
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(evaluation.format_summary(result.summary(), result.method))
+    if result.expected_error_mm is not None:
+        from keraslm.calibration import calibration_quality
+
+        print("expected error of the model: "
+              + evaluation.format_calibration_quality(calibration_quality(result.expected_error_mm, result.errors.errors_mm)))
+    if args.calibrate:
+        print(f"calibration written to {args.calibrate}; cross-fitted on these images: "
+              + evaluation.format_calibration_quality(quality))
+    print(f"wrote {len(written)} files into {args.output_dir}: "
+          + ", ".join(os.path.basename(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Train a heatmap regression network for landmark localization.
+
+With no arguments: a small SpatialConfiguration-Net on the built-in 2D hand phantom (generated
+into the cache folder on first use), a few minutes on a 2-core CPU. See --help.
+"""
+import argparse
+import ast
+import os
+import sys
+
+from keraslm.cli import add_dataset_arguments, add_split_arguments, grid_shape
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
+
+
+def _model_option(text):
+    key, separator, value = text.partition("=")
+    if not separator or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # A plain string, e.g. kernel_initializer=he_normal.
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="keraslm-train",
+        description=(
+            "Train a CNN that regresses one Gaussian heatmap per landmark (Payer et al. 2016). "
+            "Images are resampled once onto a fixed network grid; augmentation (rotation, "
+            "translation in mm, scaling, optional elastic deformation, intensity) and heatmap "
+            "rendering run batched inside the compiled training step. Writes model.keras, "
+            "metrics.json (validation point error in mm), TensorBoard logs and checkpoints "
+            "into --output-dir."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    add_dataset_arguments(data)
+    data.add_argument("--cache-file", help="stream training images through this tf.data cache "
+                      "file instead of holding them in memory (for large datasets)")
+    add_split_arguments(data, held_out="validation")
+    data.add_argument("--train-size", type=int, help="train on a reduced set of this many images")
+    model = parser.add_argument_group("model")
+    model.add_argument("--architecture", default="scn",
+                       choices=["scn", "unet", "downsampling", "convonly", "scn2019"])
+    model.add_argument("--model-preset", default="small", choices=["small", "paper"],
+                       help="layer settings: the paper's, or small ones that train fast on a CPU")
+    model.add_argument("--model-option", action="append", default=[], type=_model_option,
+                       metavar="KEY=VALUE",
+                       help="override one model setting, e.g. filters=16 or kernel_size=3 "
+                       "(repeatable; values are Python literals)")
+    model.add_argument("--grid-shape", type=grid_shape,
+                       help="network input grid, array order (2D: H,W; 3D: D,H,W); "
+                       "default 64,64 in 2D and 32,64,64 in 3D (quick; use e.g. 256,256 for real data)")
+    model.add_argument("--normalization",
+                       choices=["equalize_standardize", "standardize", "subtract_mean", "none"],
+                       help="intensity normalisation; default: equalize_standardize in 2D (the "
+                       "paper's), standardize in 3D (the paper's subtract_mean keeps the scanner's "
+                       "intensity scale, on which the default training diverged)")
+    model.add_argument("--grid-spacing", type=float,
+                       help="mm per grid pixel; default: the smallest at which every image fits")
+    model.add_argument("--crop-shape", type=grid_shape,
+                       help="train the LOCAL stage of a coarse-to-fine model instead: images go "
+                       "whole onto a fine grid of --grid-spacing mm and the network learns on "
+                       "crops of this shape (array order) around the landmarks, shifted by up to "
+                       "the augmentation's translation; predict with "
+                       "`keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL`")
+    model.add_argument("--landmarks-per-image", type=int,
+                       help="local stage: crops per image and step (default: one per landmark)")
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--training-preset", default="default", choices=["default", "paper"],
+                     help="optimiser and augmentation settings (paper: SGD, momentum 0.99)")
+    fit.add_argument("--steps", type=int, help="total training steps (preset default: 2000)")
+    fit.add_argument("--steps-per-epoch", type=int, default=100,
+                     help="steps between validations and checkpoints")
+    fit.add_argument("--batch-size", type=int, help="images per step (preset default)")
+    fit.add_argument("--learning-rate", type=float, help="initial learning rate (preset default)")
+    fit.add_argument("--elastic-mm", type=float, help="elastic deformation amplitude in mm (0 = off)")
+    fit.add_argument("--translation-mm", type=float,
+                     help="largest random translation per axis in mm (preset default 10); for a "
+                     "local stage the largest offset of a crop from its landmark: about the "
+                     "coarse stage's error")
+    fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
+    run.add_argument("--export-dir", default=argparse.SUPPRESS,
+                     help="TF Serving model base folder; the trained model is exported as its "
+                     "next version <export-dir>/<n>/ (default: saved_models/<name of --output-dir>)")
+    run.add_argument("--no-export", action="store_true", help="do not export a SavedModel")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --output-dir from its last checkpoint")
+    run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
+                     help="tf.distribute strategy (multiworker reads TF_CONFIG)")
+    run.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="the network's compute precision (variables, loss, targets and decoding "
+                     "stay float32; the saved model computes in float32): 'auto' = bfloat16 on "
+                     "CPUs with AMX-BF16 or AVX512-BF16 and GPUs of compute capability >= 8.0, "
+                     "float16 on older GPUs with tensor cores, float32 otherwise; the choice and "
+                     "why are printed and kept in config.json")
+    run.add_argument("--mixed-precision", action="store_true",
+                     help="deprecated: the same as --precision float16")
+    run.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
+                     help="XLA: 'on' compiles the whole training step, 'off' nothing, 'auto' the "
+                     "whole step on a GPU; on a CPU a short probe (cached per CPU model and "
+                     "configuration) times the device stage and the network with and without XLA "
+                     "and keeps the faster for each")
+    return parser.parse_args(argv)
+
+
+def _export_dir(args):
+    """--export-dir, by default saved_models/<basename of --output-dir>; None with --no-export."""
+    if args.no_export:
+        return None
+    if getattr(args, "export_dir", None):
+        return args.export_dir
+    name = os.path.basename(os.path.normpath(os.path.abspath(args.output_dir)))
+    return os.path.join("saved_models", name)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keraslm.errors import KeraslmError
+    from keraslm.training import TrainingConfig, train
+
+    config = TrainingConfig(
+        dataset=args.dataset, dataset_root=args.dataset_root, units=args.units,
+        image_spacing=args.spacing, architecture=args.architecture,
+        model_preset=args.model_preset, training_preset=args.training_preset,
+        grid_shape=args.grid_shape, grid_spacing=args.grid_spacing, steps=args.steps,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, fold=args.fold, num_folds=args.num_folds,
+        train_ids=args.train_ids, test_ids=args.test_ids, test_fraction=args.test_fraction,
+        train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
+        resume=args.resume, distribute=args.distribute, precision=args.precision,
+        mixed_precision=args.mixed_precision,
+        jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm, model_overrides=dict(args.model_option),
+        ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
+        crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
+    )
+    try:
+        result = train(config, log=lambda message: print(message, flush=True))
+    except (KeraslmError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = result.summary
+    if not summary["count"]:
+        print("no validation landmarks with ground truth: no point error to report")
+    else:
+        print(
+            f"validation point error over {summary['count']} landmarks: median "
+            f"{summary['median_mm']:.2f} mm, mean {summary['mean_mm']:.2f} +- {summary['std_mm']:.2f} mm, "
+            f"outliers > 10 mm: {summary['outliers']} ({summary['outlier_percent']:.1f} %), "
+            f"SDR@2mm {summary['sdr_2.0mm_percent']:.1f} %"
+        )
+    print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min; model: {result.model_path}")
+    if result.export_path:
+        print(f"SavedModel for TF Serving: {result.export_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Your own data: landmark files (3D Slicer markups, point lists, long CSVs), the one way to name
+a dataset (`keraslm.datasets.load_dataset`), and the walk from a plain folder through the
+installed commands: train -> evaluate -> predict (Slicer markups out) -> export."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from keraslm.datasets import load_dataset, make_phantom
+from keraslm.errors import DatasetError, LandmarkFileError
+from keraslm.io import (
+    LandmarkTable,
+    read_image_header,
+    read_landmark_file,
+    read_landmarks,
+    write_landmarks,
+    write_markups,
+)
+
+
+# -- landmark files -------------------------------------------------------------------------
+
+def test_markups_round_trip_in_lps_with_undefined_points(tmp_path):
+    points = np.array([[1.5, -2.25, 3.0], [np.nan, np.nan, np.nan], [10.0, 20.0, -30.125]])
+    path = tmp_path / "case.mrk.json"
+    write_markups(str(path), ["sella", "nasion", "10"], points)
+    names, read, units = read_landmark_file(str(path))
+    assert names == ["sella", "nasion", "10"] and units == "mm"
+    np.testing.assert_array_equal(read, points)
+    document = json.loads(path.read_text())
+    assert document["markups"][0]["coordinateSystem"] == "LPS"
+    assert document["markups"][0]["controlPoints"][1]["positionStatus"] == "undefined"
+    # 2D points get z = 0.
+    write_markups(str(path), ["a"], np.array([[4.0, 5.0]]))
+    np.testing.assert_array_equal(read_landmark_file(str(path))[1], [[4.0, 5.0, 0.0]])
+
+
+def test_ras_markups_and_fcsv_are_turned_to_lps(tmp_path):
+    ras = {"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": [
+        {"label": "A", "position": [1.0, 2.0, 3.0], "positionStatus": "defined"},
+        {"label": "B", "position": [0.0, 0.0, 0.0], "positionStatus": "missing"}]}]}
+    (tmp_path / "r.mrk.json").write_text(json.dumps(ras))
+    names, points, _ = read_landmark_file(str(tmp_path / "r.mrk.json"))
+    assert names == ["A", "B"]
+    np.testing.assert_array_equal(points[0], [-1.0, -2.0, 3.0])
+    assert np.all(np.isnan(points[1]))
+    # Slicer 4.x .fcsv: "CoordinateSystem = 0" is RAS; LPS files stay as they are.
+    header = "# Markups fiducial file version = 4.10\n# CoordinateSystem = {}\n" \
+             "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+    row = "vtkMRMLMarkupsFiducialNode_0,1.5,-2,7,0,0,0,1,1,1,0,L1,,\n"
+    (tmp_path / "old.fcsv").write_text(header.format("0") + row)
+    (tmp_path / "new.fcsv").write_text(header.format("LPS") + row)
+    np.testing.assert_array_equal(read_landmark_file(str(tmp_path / "old.fcsv"))[1], [[-1.5, 2.0, 7.0]])
+    names, points, _ = read_landmark_file(str(tmp_path / "new.fcsv"))
+    assert names == ["L1"]
+    np.testing.assert_array_equal(points, [[1.5, -2.0, 7.0]])
+
+
+def test_point_lists_stop_at_the_isbi_classification_lines(tmp_path):
+    (tmp_path / "001.txt").write_text("835,996\n1473,1029\n1289,1279\n1\n3\n")
+    names, points, units = read_landmark_file(str(tmp_path / "001.txt"))
+    assert names == ["1", "2", "3"] and units is None
+    np.testing.assert_array_equal(points, [[835, 996], [1473, 1029], [1289, 1279]])
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{", "not valid JSON"),
+    ('{"markups": []}', "no 'markups' list"),
+    ('{"markups": [{"controlPoints": [{"label": "a", "position": [1, 2]}]}]}', "expected three numbers"),
+    ('{"markups": [{"coordinateSystem": "XYZ", "controlPoints": [{"label": "a", "position": [1, 2, 3]}]}]}',
+     "neither RAS nor LPS"),
+    ('{"markups": [{"controlPoints": [{"label": "a", "position": [1, 2, 3]}, '
+     '{"label": "a", "position": [1, 2, 3]}]}]}', "used twice: a"),
+])
+def test_bad_markups_name_the_file_and_problem(tmp_path, content, message):
+    path = tmp_path / "bad.mrk.json"
+    path.write_text(content)
+    with pytest.raises(LandmarkFileError, match=message) as error:
+        read_landmark_file(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_long_csv_layout_sorts_numeric_names_as_numbers(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("image,landmark,x,y\nb,10,1,2\nb,2,3,4\na,1,5,6\na,10,7,8\n")
+    table = read_landmarks(str(path))
+    assert table.ids == ("b", "a") and table.names == ("1", "2", "10")
+    np.testing.assert_array_equal(table.points[0], [[np.nan, np.nan], [3, 4], [1, 2]])
+    np.testing.assert_array_equal(table.points[1], [[5, 6], [np.nan, np.nan], [7, 8]])
+    path.write_text("image,landmark,x,y\na,1,5,6\na,1,7,8\n")
+    with pytest.raises(LandmarkFileError, match="line 3: landmark '1' of 'a' given twice"):
+        read_landmarks(str(path))
+
+
+# -- one way to name a dataset --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_phantom(tmp_path_factory.mktemp("own") / "phantom", ndim=2, num_images=10, seed=3,
+                        image_size=(64, 56))
+
+
+def _flat_copy(dataset, folder):
+    """The phantom's images copied into one plain folder; returns {id: (path, Image header)}."""
+    os.makedirs(folder, exist_ok=True)
+    copied = {}
+    for record in dataset.records:
+        target = os.path.join(folder, os.path.basename(record.image_path))
+        if os.path.isdir(record.image_path):  # A DICOM series folder.
+            shutil.copytree(record.image_path, target)
+        else:
+            shutil.copy(record.image_path, target)
+        copied[record.id] = (target, dataset.read_image_header(record))
+    return copied
+
+
+def test_folder_with_one_pixel_csv_and_with_per_image_files_load_the_same_landmarks(phantom, tmp_path):
+    spacing = phantom.image_spacing
+    # (a) images + one CSV in pixels, id column called image_path, numbered landmarks.
+    copied = _flat_copy(phantom, tmp_path / "csv")
+    names = [str(k + 1) for k in range(phantom.num_landmarks)]
+    index = np.stack([copied[r.id][1].physical_to_index(r.points_mm) for r in phantom.records])
+    write_landmarks(str(tmp_path / "csv" / "annotations.csv"),
+                    LandmarkTable([os.path.basename(copied[r.id][0]) for r in phantom.records],
+                                  names, index), id_header="image_path")
+    with pytest.raises(DatasetError, match="--units index\\|mm"):
+        load_dataset(str(tmp_path / "csv"), spacing=spacing)
+    from_csv_folder = load_dataset(str(tmp_path / "csv"), units="index", spacing=spacing)
+    # (b) images + one Slicer markups file each (mm, LPS); (c) ISBI-style point lists in pixels.
+    slicer = _flat_copy(phantom, tmp_path / "slicer")
+    _flat_copy(phantom, tmp_path / "txt")
+    for r, row in zip(phantom.records, index):
+        stem = os.path.splitext(os.path.basename(slicer[r.id][0]))[0]
+        write_markups(str(tmp_path / "slicer" / f"{stem}.mrk.json"), names, r.points_mm)
+        (tmp_path / "txt" / f"{stem}.txt").write_text("".join(f"{x},{y}\n" for x, y in row) + "1\n")
+    from_slicer = load_dataset(str(tmp_path / "slicer"), spacing=spacing)
+    from_txt = load_dataset(str(tmp_path / "txt"), units="index", spacing=spacing)
+    for loaded in (from_csv_folder, from_slicer, from_txt):
+        assert loaded.landmark_names == tuple(names) and loaded.ndim == 2
+        for r in phantom.records:
+            np.testing.assert_allclose(loaded.record(r.id).points_mm, r.points_mm, atol=1e-6)
+
+
+def test_folder_problems_are_all_named(phantom, tmp_path):
+    copied = _flat_copy(phantom, tmp_path / "f")
+    first, second = (copied[r.id][0] for r in phantom.records[:2])
+    stem = os.path.splitext(os.path.basename(first))[0]
+    write_markups(str(tmp_path / "f" / f"{stem}.mrk.json"), ["a"], np.zeros((1, 3)))
+    write_markups(str(tmp_path / "f" / "ghost.mrk.json"), ["a"], np.zeros((1, 3)))
+    with pytest.raises(DatasetError) as error:
+        load_dataset(str(tmp_path / "f"))
+    message = str(error.value)
+    assert "ghost.mrk.json" in message and "landmark files without an image" in message
+    assert second in message and f"{len(copied) - 1} images without a landmark file" in message
+    (tmp_path / "f" / "a.csv").write_text("id,a_x,a_y\n")
+    (tmp_path / "f" / "b.csv").write_text("id,a_x,a_y\n")
+    with pytest.raises(DatasetError, match="holds 2 CSV files .*a.csv.*b.csv.*name the landmark CSV"):
+        load_dataset(str(tmp_path / "f"))
+    with pytest.raises(DatasetError, match="unknown dataset 'nowhere'"):
+        load_dataset("nowhere")
+
+
+def test_nifti_volumes_with_slicer_markups_in_ras(tmp_path):
+    volumes = make_phantom(tmp_path / "p3", ndim=3, num_images=2, seed=1, image_size=(20, 24, 16))
+    folder = tmp_path / "mine"
+    copied = _flat_copy(volumes, folder)
+    for r in volumes.records:
+        stem = os.path.basename(copied[r.id][0]).split(".")[0]
+        ras = r.points_mm * np.array([-1.0, -1.0, 1.0])
+        points = [{"label": f"L{k}", "position": list(map(float, p))} for k, p in enumerate(ras)]
+        (folder / f"{stem}.mrk.json").write_text(json.dumps(
+            {"markups": [{"coordinateSystem": "RAS", "controlPoints": points}]}))
+    loaded = load_dataset(str(folder))
+    assert loaded.ndim == 3 and loaded.landmark_names[:3] == ("L0", "L1", "L2")
+    for r in volumes.records:
+        np.testing.assert_allclose(loaded.record(r.id).points_mm, r.points_mm, atol=1e-9)
+        assert read_image_header(loaded.record(r.id).image_path).ndim == 3
+
+
+# -- the walk through the installed commands ------------------------------------------------
+
+def test_walkthrough_train_evaluate_predict_export_on_a_plain_folder(phantom, tmp_path, capsys):
+    """README "Your own data": a folder of images + one pixel CSV, through the commands."""
+    from keraslm.commands.evaluate import main as evaluate_main
+    from keraslm.commands.train import main as train_main
+    from keraslm.export import main as export_main
+    from keraslm.inference import main as predict_main
+
+    copied = _flat_copy(phantom, tmp_path / "xrays")
+    index = np.stack([copied[r.id][1].physical_to_index(r.points_mm) for r in phantom.records])
+    write_landmarks(str(tmp_path / "xrays" / "landmarks.csv"),
+                    LandmarkTable(list(phantom.ids), phantom.landmark_names, index))
+    spacing = ",".join(map(str, phantom.image_spacing))
+    data = ["--dataset", str(tmp_path / "xrays"), "--units", "index", "--spacing", spacing]
+    assert train_main(data + ["--architecture", "unet", "--grid-shape", "32,32", "--steps", "4",
+                              "--steps-per-epoch", "2", "--batch-size", "2", "--model-option",
+                              "filters=4", "--model-option", "num_levels=2", "--jit", "off",
+                              "--output-dir", str(tmp_path / "run"), "--no-export"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["units"] == "index" and config["image_spacing"] == list(phantom.image_spacing)
+    assert evaluate_main(["--runs", str(tmp_path / "run"), "--output-dir", str(tmp_path / "eval"),
+                          "--no-plots"]) == 0
+    assert "points evaluated" in capsys.readouterr().out
+    image = copied[phantom.records[0].id][0]
+    assert predict_main([str(tmp_path / "run" / "model.keras"), image, "--spacing", spacing,
+                         "--output-dir", str(tmp_path / "pred")]) == 0
+    stem = phantom.records[0].id
+    names, points, _ = read_landmark_file(str(tmp_path / "pred" / "markups" / f"{stem}.mrk.json"))
+    table = read_landmarks(str(tmp_path / "pred" / "predictions.csv"))
+    assert names == list(phantom.landmark_names)
+    np.testing.assert_allclose(points[:, :2], table.points[0], atol=1e-6)
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "served")]) == 0
+    assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
