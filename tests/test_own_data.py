@@ -198,6 +198,11 @@ def test_walkthrough_train_evaluate_predict_export_on_a_plain_folder(phantom, tm
                               "--steps-per-epoch", "2", "--batch-size", "2", "--model-option",
                               "filters=4", "--model-option", "num_levels=2", "--jit", "off",
                               "--output-dir", str(tmp_path / "run"), "--no-export"]) == 0
+    out = capsys.readouterr().out
+    pictures = [line.split("picture: ")[1] for line in out.splitlines() if line.startswith("picture: ")]
+    assert os.path.basename(pictures[0]) == "validation_cumulative_error.png"
+    assert len(pictures) >= 2 and all(os.path.isfile(p) for p in pictures)
+    assert any("validation_overlay_" in p for p in pictures)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["units"] == "index" and config["image_spacing"] == list(phantom.image_spacing)
     assert evaluate_main(["--runs", str(tmp_path / "run"), "--output-dir", str(tmp_path / "eval"),

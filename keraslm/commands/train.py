@@ -89,6 +89,9 @@ def parse_args(argv=None):
                      help="TF Serving model base folder; the trained model is exported as its "
                      "next version <export-dir>/<n>/ (default: saved_models/<name of --output-dir>)")
     run.add_argument("--no-export", action="store_true", help="do not export a SavedModel")
+    run.add_argument("--no-plots", action="store_true",
+                     help="skip the closing pictures (validation cumulative error curve and "
+                     "truth-vs-prediction overlays on the best, median and worst validation image)")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in --output-dir from its last checkpoint")
     run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
@@ -138,6 +141,7 @@ def main(argv=None):
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
+        plots=not args.no_plots,
     )
     try:
         result = train(config, log=lambda message: print(message, flush=True))
@@ -155,6 +159,8 @@ def main(argv=None):
             f"SDR@2mm {summary['sdr_2.0mm_percent']:.1f} %"
         )
     print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min; model: {result.model_path}")
+    for path in result.pictures:
+        print(f"picture: {path}")
     if result.export_path:
         print(f"SavedModel for TF Serving: {result.export_path}")
     return 0

@@ -67,6 +67,8 @@ class TrainingConfig:
             generate a phantom.
         units: str or None. "index" or "mm": units of CSV / .txt landmark coordinates.
         image_spacing: float or None. mm per pixel of plain images (PNG/JPEG).
+        plots: bool. End with pictures of the validation (cumulative error curve; truth vs
+            prediction on the best, median and worst validation image) in the run folder.
         architecture: str. "scn", "unet", "downsampling", "convonly" or "scn2019".
         model_preset: str. "small" or "paper" (`keraslm.models.PRESETS`).
         training_preset: str. "default" or "paper" (`keraslm.training.presets`).
@@ -116,6 +118,7 @@ class TrainingConfig:
     dataset_root: str = None
     units: str = None
     image_spacing: float = None
+    plots: bool = True
     architecture: str = "scn"
     model_preset: str = "small"
     training_preset: str = "default"
@@ -160,6 +163,37 @@ class TrainingResult:
     errors_mm: np.ndarray  # (num_val_images, num_landmarks), NaN where ground truth is missing
     summary: dict
     export_path: str = None  # SavedModel version folder, when config.export_dir was set
+    pictures: list = dataclasses.field(default_factory=list)  # validation plots written
+
+
+VALIDATION_CUMULATIVE_PLOT = "validation_cumulative_error.png"
+
+
+def _write_pictures(output_dir, val_set, points_mm, errors_mm, label, num_overlays=3):
+    """The cumulative error curve of the validation points and overlays of truth vs prediction
+    on the best, the median and the worst validation image (3D: maximum-intensity
+    projections). Returns the written paths."""
+    from keraslm.evaluation import plots
+
+    written = [os.path.join(output_dir, VALIDATION_CUMULATIVE_PLOT)]
+    plots.plot_cumulative_error(written[0], {label: errors_mm},
+                                title="Validation point error (cumulative)")
+    means = np.nanmean(np.where(np.isfinite(errors_mm), errors_mm, np.nan), axis=1)
+    order = [int(i) for i in np.argsort(np.where(np.isfinite(means), means, np.inf))
+             if np.isfinite(means[i])]
+    if not order:
+        return written
+    picks = sorted({order[0], order[len(order) // 2], order[-1]}, key=lambda i: means[i])
+    for rank, index in enumerate(picks[:num_overlays], 1):
+        record = val_set.records[index]
+        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.id)
+        path = os.path.join(output_dir, f"validation_overlay_{rank}_{safe_id}.png")
+        plots.plot_overlay(path, val_set.read_image(record), val_set.points_mm[index],
+                           points_mm[index],
+                           title=f"{record.id}: mean error {means[index]:.2f} mm "
+                                 "(green: truth, red: prediction)")
+        written.append(path)
+    return written
 
 
 def _write_json(path, payload):
@@ -461,5 +495,9 @@ def _train(config, log=None):
          "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))
          if validate else {}},
     )
+    pictures = []
+    if validate and config.plots and _is_chief(strategy):
+        pictures = _write_pictures(output_dir, val_set, points_mm, errors_mm,
+                                   f"{config.architecture}{' (local stage)' if local else ''}")
     return TrainingResult(model_path, output_dir, steps, time.perf_counter() - start, errors_mm, summary,
-                          export_path)
+                          export_path, pictures)
