@@ -335,13 +335,14 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
         ndim=table.ndim,
         image_spacing=None if spacing is None else tuple(spacing),
     )
-    records = []
+    records, unreadable = [], []
     for (key, path), points in zip(resolved, table.points):
         if units == "index":
             try:
                 header = dataset.read_image_header(Record(key, path, points))
             except KeraslmError as error:
-                raise DatasetError(f"{csv_path}: row {key!r}: {error}") from None
+                unreadable.append(f"row {key!r}: {error}")
+                continue
             if header.ndim != table.ndim:
                 raise DatasetError(
                     f"{csv_path}: row {key!r} has {table.ndim}D landmarks but its image {path} is "
@@ -349,6 +350,9 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
                 )
             points = header.index_to_physical(points)
         records.append(Record(image_id_from_path(key), path, points))
+    if unreadable:
+        raise DatasetError(f"{csv_path}: {len(unreadable)} images cannot be read: "
+                           + "; ".join(unreadable))
     return dataclasses.replace(dataset, records=tuple(records))
 
 
@@ -443,8 +447,10 @@ def load_folder(root):
     """Loads a dataset folder described by its `dataset.json` (as written by
     `keraslm.datasets.make_phantom`).
 
-    `dataset.json` keys: `name`, `ndim`, `landmarks_csv` (relative to root), `landmark_units`
-    ("index" or "mm"), `plain_image_spacing` (list or null), optional `landmark_names`.
+    `dataset.json` keys: `name`, `ndim`, `landmarks_csv` (relative to root) or `landmark_files`
+    (the extension of the landmark file beside each image, `from_landmark_files`),
+    `landmark_units` ("index" or "mm"), `plain_image_spacing` (list or null), optional
+    `landmark_names`. `keraslm-dataset init FOLDER` writes one.
     """
     root = os.fspath(root)
     description_path = os.path.join(root, DATASET_JSON)
@@ -454,22 +460,31 @@ def load_folder(root):
         "(landmark CSV, units, spacing) instead",
         DatasetError,
     )
-    required = ("name", "ndim", "landmarks_csv", "landmark_units")
+    required = ("name", "ndim", "landmark_units")
     absent = [key for key in required if key not in description]
+    if "landmarks_csv" not in description and "landmark_files" not in description:
+        absent.append("landmarks_csv (or landmark_files)")
     if absent:
         raise DatasetError(f"{description_path}: missing keys: {', '.join(absent)}")
-    dataset = from_csv(
-        os.path.join(root, description["landmarks_csv"]),
-        image_root=root,
-        units=description["landmark_units"],
-        spacing=description.get("plain_image_spacing"),
-        ndim=description["ndim"],
-        name=description["name"],
-    )
+    if "landmarks_csv" in description:
+        dataset = from_csv(
+            os.path.join(root, description["landmarks_csv"]),
+            image_root=root,
+            units=description["landmark_units"],
+            spacing=description.get("plain_image_spacing"),
+            ndim=description["ndim"],
+            name=description["name"],
+        )
+    else:
+        dataset = from_landmark_files(
+            root, units=description["landmark_units"],
+            spacing=description.get("plain_image_spacing"), ndim=description["ndim"],
+            name=description["name"])
     names = description.get("landmark_names")
     if names is not None and tuple(names) != dataset.landmark_names:
         raise DatasetError(
-            f"{description_path}: landmark_names differ from the columns of "
-            f"{description['landmarks_csv']}"
+            f"{description_path}: landmark_names differ from those of "
+            f"{description.get('landmarks_csv') or 'the landmark files'}: "
+            f"{list(dataset.landmark_names)}"
         )
     return dataset

@@ -218,3 +218,98 @@ def test_walkthrough_train_evaluate_predict_export_on_a_plain_folder(phantom, tm
     np.testing.assert_allclose(points[:, :2], table.points[0], atol=1e-6)
     assert export_main([str(tmp_path / "run"), str(tmp_path / "served")]) == 0
     assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
+
+
+# -- keraslm-dataset check / init -----------------------------------------------------------
+
+def _csv_folder(phantom, folder, units="index"):
+    """The phantom as a plain folder + one CSV; returns (copied, index points, csv path)."""
+    copied = _flat_copy(phantom, folder)
+    index = np.stack([copied[r.id][1].physical_to_index(r.points_mm) for r in phantom.records])
+    values = index if units == "index" else np.stack([r.points_mm for r in phantom.records])
+    path = os.path.join(folder, "landmarks.csv")
+    write_landmarks(path, LandmarkTable(list(phantom.ids), phantom.landmark_names, values))
+    return copied, index, path
+
+
+def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_path, capsys):
+    from keraslm.datasets.__main__ import main as dataset_main
+    from keraslm.io import read_image, write_dicom
+
+    names = phantom.landmark_names
+    folder = tmp_path / "planted"
+    copied, index, csv_path = _csv_folder(phantom, folder)
+    ids = list(phantom.ids)
+    table = read_landmarks(csv_path)
+    points = table.points.copy()
+    points[0, 2] = [-40.0, 10.0]                      # outside the image
+    points[1, 7] = points[1, 8]                       # two landmarks at the same place
+    points[2, [0, 12]] = points[2, [12, 0]]           # two far-apart landmarks swapped
+    write_landmarks(csv_path, LandmarkTable(table.ids, names, points))
+    # One image re-written as DICOM with 10x the pixel spacing (mixed units).
+    odd = copied[ids[3]][0]
+    image = read_image(odd, spacing=phantom.image_spacing)
+    os.remove(odd)
+    write_dicom(str(folder / f"{ids[3]}.dcm"), dataclasses_replace(image, spacing=image.spacing * 10))
+    spacing = ",".join(map(str, phantom.image_spacing))
+    overview = tmp_path / "overview.png"
+    status = dataset_main(["check", str(folder), "--units", "index", "--spacing", spacing,
+                           "--overview", str(overview)])
+    out = capsys.readouterr().out
+    assert status == 1 and overview.exists()
+    lines = [line for line in out.splitlines() if line.startswith(("error:", "warning:"))]
+
+    def found(severity, path, landmark, text):
+        return any(line.startswith(f"{severity}: {path}, landmark {landmark!r}") and text in line
+                   for line in lines)
+
+    assert found("error", copied[ids[0]][0], names[2], "outside the image")
+    assert found("error", copied[ids[1]][0], names[7], f"same place as landmark {names[8]!r}")
+    assert found("warning", copied[ids[2]][0], names[0], f"swapped with {names[12]!r}?"), "\n".join(lines)
+    assert found("warning", copied[ids[2]][0], names[12], f"swapped with {names[0]!r}?"), "\n".join(lines)
+    assert any(line.startswith("warning: ") and "mixed units" in line and f"{ids[3]}.dcm" in line
+               for line in lines)
+    # Nothing else is flagged on the clean images.
+    flagged = {line.split(":")[1].split(",")[0].strip() for line in lines}
+    assert flagged <= {copied[i][0] for i in ids[:3]} | {str(folder / f"{ids[3]}.dcm")}, "\n".join(lines)
+    assert f"dataset 'planted': {len(ids)} 2D images" in out and "missing" in out
+
+    # Unreadable images: every one is named (loading in index units reads every header).
+    for i in ids[4:6]:
+        with open(copied[i][0], "wb") as handle:
+            handle.write(b"not an image")
+    assert dataset_main(["check", str(folder), "--units", "index", "--spacing", spacing]) == 1
+    err = capsys.readouterr().err
+    assert "2 images cannot be read" in err and all(copied[i][0] in err for i in ids[4:6])
+
+
+def dataclasses_replace(image, **changes):
+    import dataclasses
+
+    return dataclasses.replace(image, **changes)
+
+
+def test_init_writes_the_inferred_dataset_json(phantom, tmp_path, capsys):
+    from keraslm.datasets.__main__ import main as dataset_main
+
+    folder = tmp_path / "slicer"
+    copied = _flat_copy(phantom, folder)
+    for r in phantom.records:
+        stem = os.path.splitext(os.path.basename(copied[r.id][0]))[0]
+        write_markups(str(folder / f"{stem}.mrk.json"), phantom.landmark_names, r.points_mm)
+    spacing = ",".join(map(str, phantom.image_spacing))
+    assert dataset_main(["init", str(folder), "--spacing", spacing]) == 0
+    description = json.loads((folder / "dataset.json").read_text())
+    assert description["landmark_files"] == ".mrk.json" and description["landmark_units"] == "mm"
+    assert description["landmark_names"] == list(phantom.landmark_names)
+    loaded = load_dataset(str(folder))  # Now through dataset.json, without --spacing.
+    for r in phantom.records:
+        np.testing.assert_allclose(loaded.record(r.id).points_mm, r.points_mm, atol=1e-9)
+    assert dataset_main(["init", str(folder)]) == 1
+    assert "exists already" in capsys.readouterr().err
+    # A CSV folder records its CSV and units.
+    _csv_folder(phantom, tmp_path / "csv")
+    assert dataset_main(["init", str(tmp_path / "csv"), "--units", "index", "--spacing", spacing]) == 0
+    description = json.loads((tmp_path / "csv" / "dataset.json").read_text())
+    assert description["landmarks_csv"] == "landmarks.csv" and description["landmark_units"] == "index"
+    assert dataset_main(["check", str(tmp_path / "csv")]) == 0

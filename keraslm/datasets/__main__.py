@@ -3,6 +3,8 @@ or load any dataset and summarise it.
 
     keraslm-dataset                                 # the default 2D phantom, into the cache
     keraslm-dataset my_xrays/ --units index --spacing 0.1
+    keraslm-dataset check my_xrays/ --units index --spacing 0.1   # findings + overview picture
+    keraslm-dataset init my_xrays/ --units index --spacing 0.1    # writes my_xrays/dataset.json
     python -m keraslm.datasets phantom3d --root /tmp/p3 --num-images 20
     python -m keraslm.datasets isbi2015 --root ../shared/data/isbi2015-train
 """
@@ -21,6 +23,8 @@ from keraslm.errors import KeraslmError
 def _parser():
     parser = argparse.ArgumentParser(
         prog="keraslm-dataset",
+        epilog="Subcommands: 'keraslm-dataset check DATASET' (findings, overview picture) and "
+        "'keraslm-dataset init FOLDER' (writes the inferred dataset.json); see their --help.",
         description=(
             "Generate a built-in synthetic phantom dataset (hand-like 2D radiographs with 37 "
             "landmarks or 3D volumes with 28, in PNG/DICOM/NIfTI files with landmarks in mm), "
@@ -50,7 +54,87 @@ def _parser():
     return parser
 
 
+def _data_arguments(parser):
+    parser.add_argument("dataset", help="a landmark CSV, a dataset folder, or a built-in name")
+    parser.add_argument("--root", help="image folder of a CSV; isbi2015's folder")
+    parser.add_argument("--units", choices=["index", "mm"],
+                        help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
+    parser.add_argument("--spacing", type=spacing, metavar="MM",
+                        help="mm per pixel of plain images (PNG/JPEG): 0.1 or x,y")
+
+
+def check_main(argv):
+    """`keraslm-dataset check DATASET`: summary, findings, overview picture; exit 1 on errors."""
+    from keraslm.datasets.check import check_dataset, format_check, write_overview
+
+    parser = argparse.ArgumentParser(
+        prog="keraslm-dataset check",
+        description="Check a dataset before training: a summary (images, sizes, spacings and "
+        "where they came from, landmarks missing per landmark) and findings that name the file "
+        "and landmark - unreadable images, landmarks outside their image, two landmarks at the "
+        "same place (errors), a landmark far from where the others put it (a likely "
+        "mislabelled or swapped point) and mixed pixel spacings (warnings). Writes an overview "
+        "picture of all images' landmarks on the mean shape. Exit status 1 when there are "
+        "errors.")
+    _data_arguments(parser)
+    parser.add_argument("--far-sd", type=float, default=4.0,
+                        help="standard deviations that make a landmark far from its mean position")
+    parser.add_argument("--overview", default="dataset_overview.png",
+                        help="where to write the overview picture")
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_dataset(args.dataset, root=args.root, units=args.units, spacing=args.spacing)
+        check = check_dataset(dataset, far_sd=args.far_sd,
+                              progress=lambda message: print(message, flush=True))
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for line in format_check(check):
+        print(line)
+    if write_overview(args.overview, check, dataset.landmark_names):
+        print(f"overview: {args.overview}")
+    return 1 if check.errors else 0
+
+
+def init_main(argv):
+    """`keraslm-dataset init FOLDER`: write the dataset.json inferred for the folder."""
+    import json
+
+    from keraslm.data import DATASET_JSON
+    from keraslm.datasets.check import describe_folder
+    from keraslm.io._files import atomic_path
+
+    parser = argparse.ArgumentParser(
+        prog="keraslm-dataset init",
+        description="Write FOLDER/dataset.json describing the folder as keraslm reads it (its "
+        "one landmark CSV or the landmark files beside its images, units, plain-image spacing, "
+        "landmark names), so the choice is visible and editable; --dataset FOLDER then reads it.")
+    parser.add_argument("folder")
+    parser.add_argument("--units", choices=["index", "mm"],
+                        help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
+    parser.add_argument("--spacing", type=spacing, metavar="MM",
+                        help="mm per pixel of plain images (PNG/JPEG): 0.1 or x,y")
+    args = parser.parse_args(argv)
+    try:
+        description, dataset = describe_folder(args.folder, units=args.units, spacing=args.spacing)
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    path = os.path.join(args.folder, DATASET_JSON)
+    with atomic_path(path, suffix=".json") as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(description, handle, indent=2)
+            handle.write("\n")
+    print(f"wrote {path}: {len(dataset)} {dataset.ndim}D images, {dataset.num_landmarks} landmarks")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "check":
+        return check_main(argv[1:])
+    if argv and argv[0] == "init":
+        return init_main(argv[1:])
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
