@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from keraslm.errors import DatasetError, KeraslmError
+from keraslm.errors import DatasetError, DatasetArgumentError, KeraslmError
 from keraslm.io import (
     is_image_path,
     landmark_file_stem,
@@ -291,7 +291,7 @@ def _resolve_images(image_root, keys):
 
 def _check_units(units, source):
     if units is None:
-        raise DatasetError(
+        raise DatasetArgumentError(
             f"{source}: say whether its coordinates are pixel indices or millimetres: "
             "units='index' or 'mm' (--units index|mm)")
     if units not in LANDMARK_UNITS:

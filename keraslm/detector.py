@@ -26,7 +26,7 @@ import tensorflow as tf
 from keras import ops
 
 from keraslm.calibration import check_calibration, expected_error_mm
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, ModelFileError
 
 from keraslm.ops.augmentation import crop_to_grid, extract_crops
 from keraslm.ops.heatmaps import HeatmapCodec
@@ -296,11 +296,11 @@ def load_detector(path, metadata=None):
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise KeraslmError(f"{path}: no such model file")
+        raise ModelFileError(f"{path}: no such model file")
     try:
         loaded = keras.saving.load_model(path)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
-        raise KeraslmError(f"{path}: not a readable .keras model file (truncated or corrupt?): "
+        raise ModelFileError(f"{path}: not a readable .keras model file (truncated or corrupt?): "
                            f"{type(error).__name__}: {error}") from None
     if isinstance(loaded, LandmarkDetector):
         if metadata is None:

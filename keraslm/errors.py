@@ -24,3 +24,29 @@ class LandmarkFileError(KeraslmError, ValueError):
 
 class DatasetError(KeraslmError, ValueError):
     """A dataset description is inconsistent (ids without images, missing files, bad splits)."""
+
+
+class UsageError(KeraslmError, ValueError):
+    """A bad argument value: an unknown name, a missing choice the data cannot make itself."""
+
+
+class DatasetArgumentError(DatasetError, UsageError):
+    """A bad dataset argument: a name or path that names nothing keraslm can load, or a choice
+    the files cannot make (units)."""
+
+
+class ModelFileError(KeraslmError, OSError):
+    """A model file or folder is missing, truncated or not a keraslm model."""
+
+
+#: Errors about the data or files a command was given (exit status 1); any other error is a
+#: bad argument (exit status 2).
+DATA_ERRORS = (ImageReadError, LandmarkFileError, DatasetError, ModelFileError)
+
+
+def exit_status(error):
+    """The command-line exit status for an error: 1 for bad data or files, 2 otherwise (a
+    `UsageError` is always 2)."""
+    if isinstance(error, UsageError):
+        return 2
+    return 1 if isinstance(error, DATA_ERRORS) else 2

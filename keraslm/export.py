@@ -46,7 +46,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, exit_status
 from keraslm.detector import (
     Predictor,
     decode_image_bytes,
@@ -597,7 +597,7 @@ def main(argv=None):
                                   local_metadata=local_metadata)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_status(error)
     size = sum(os.path.getsize(os.path.join(root, name))
                for root, _, names in os.walk(path) for name in names)
     print(f"exported {path} ({size / 1e6:.1f} MB)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from keraslm import cli
 from keraslm.data import image_id_from_path
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, exit_status
 from keraslm.io import Image, is_image_path, read_image
 from keraslm.io._files import atomic_path
 from keraslm.detector import Predictor
@@ -469,7 +469,7 @@ def main(argv=None):
                               precision=args.precision)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_status(error)
     flag_mm = 2.5
     for prediction in predictions:
         print(f"{prediction.image_id}:")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keraslm.datasets import load_dataset, make_phantom
-from keraslm.errors import DatasetError, LandmarkFileError
+from keraslm.errors import DatasetError, KeraslmError, LandmarkFileError
 from keraslm.io import (
     LandmarkTable,
     read_image_header,
@@ -125,7 +125,7 @@ def test_folder_with_one_pixel_csv_and_with_per_image_files_load_the_same_landma
     write_landmarks(str(tmp_path / "csv" / "annotations.csv"),
                     LandmarkTable([os.path.basename(copied[r.id][0]) for r in phantom.records],
                                   names, index), id_header="image_path")
-    with pytest.raises(DatasetError, match="--units index\\|mm"):
+    with pytest.raises(KeraslmError, match="--units index\\|mm"):
         load_dataset(str(tmp_path / "csv"), spacing=spacing)
     from_csv_folder = load_dataset(str(tmp_path / "csv"), units="index", spacing=spacing)
     # (b) images + one Slicer markups file each (mm, LPS); (c) ISBI-style point lists in pixels.
@@ -156,9 +156,9 @@ def test_folder_problems_are_all_named(phantom, tmp_path):
     assert second in message and f"{len(copied) - 1} images without a landmark file" in message
     (tmp_path / "f" / "a.csv").write_text("id,a_x,a_y\n")
     (tmp_path / "f" / "b.csv").write_text("id,a_x,a_y\n")
-    with pytest.raises(DatasetError, match="holds 2 CSV files .*a.csv.*b.csv.*name the landmark CSV"):
+    with pytest.raises(KeraslmError, match="holds 2 CSV files .*a.csv.*b.csv.*name the landmark CSV"):
         load_dataset(str(tmp_path / "f"))
-    with pytest.raises(DatasetError, match="unknown dataset 'nowhere'"):
+    with pytest.raises(KeraslmError, match="unknown dataset 'nowhere'"):
         load_dataset("nowhere")
 
 

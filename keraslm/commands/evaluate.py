@@ -102,7 +102,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from keraslm.data import select_split
-    from keraslm.errors import KeraslmError
+    from keraslm.errors import KeraslmError, exit_status
     from keraslm import evaluation
 
     def log(message):
@@ -143,7 +143,7 @@ def main(argv=None):
             written += files
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_status(error)
     print(evaluation.format_summary(result.summary(), result.method))
     if result.expected_error_mm is not None:
         from keraslm.calibration import calibration_quality

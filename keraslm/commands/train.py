@@ -124,7 +124,7 @@ def _export_dir(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keraslm.errors import KeraslmError
+    from keraslm.errors import KeraslmError, exit_status
     from keraslm.training import TrainingConfig, train
 
     config = TrainingConfig(
@@ -147,7 +147,7 @@ def main(argv=None):
         result = train(config, log=lambda message: print(message, flush=True))
     except (KeraslmError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_status(error)
     summary = result.summary
     if not summary["count"]:
         print("no validation landmarks with ground truth: no point error to report")

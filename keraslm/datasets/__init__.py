@@ -11,7 +11,7 @@ import os
 from keraslm.data import DATASET_JSON, from_csv, from_landmark_files, load_folder
 from keraslm.datasets.isbi2015 import ISBI2015_LANDMARKS, ISBI2015_SPACING_MM, isbi2015
 from keraslm.datasets.phantom import make_phantom
-from keraslm.errors import DatasetError
+from keraslm.errors import DatasetError, DatasetArgumentError
 
 BUILTIN_DATASETS = ("phantom2d", "phantom3d", "isbi2015")
 
@@ -66,7 +66,7 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
     elif os.path.isdir(name):
         dataset = _load_folder_any(name, root, units, spacing, ndim)
     else:
-        raise DatasetError(
+        raise DatasetArgumentError(
             f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, a landmark "
             "CSV, or a folder (dataset.json, one landmark CSV, or images with landmark files)")
     if ndim is not None and dataset.ndim != ndim:
@@ -83,7 +83,7 @@ def _load_folder_any(folder, root, units, spacing, ndim):
         if os.path.isdir(sub) for entry in os.listdir(sub)
         if entry.lower().endswith(".csv") and not entry.startswith("."))
     if len(csvs) > 1:
-        raise DatasetError(
+        raise DatasetArgumentError(
             f"{folder}: holds {len(csvs)} CSV files ({', '.join(csvs)}); name the landmark CSV "
             "itself as the dataset (--dataset FOLDER/FILE.csv)")
     if csvs:

@@ -17,7 +17,7 @@ import numpy as np
 
 from keraslm.cli import spacing
 from keraslm.datasets import BUILTIN_DATASETS, cache_dir, load_dataset, make_phantom
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, exit_status
 
 
 def _parser():
@@ -88,7 +88,7 @@ def check_main(argv):
                               progress=lambda message: print(message, flush=True))
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return exit_status(error)
     for line in format_check(check):
         print(line)
     if write_overview(args.overview, check, dataset.landmark_names):
@@ -119,7 +119,7 @@ def init_main(argv):
         description, dataset = describe_folder(args.folder, units=args.units, spacing=args.spacing)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return exit_status(error)
     path = os.path.join(args.folder, DATASET_JSON)
     with atomic_path(path, suffix=".json") as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
@@ -154,7 +154,7 @@ def main(argv=None):
                                    spacing=args.spacing)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return exit_status(error)
     seconds = time.perf_counter() - start
     header = dataset.read_image_header(dataset.records[0])
     points = dataset.points_mm

@@ -1,0 +1,103 @@
+"""Command-line errors as a user meets them: one line on stderr naming the file or value and
+the problem, exit status 2 for a bad argument and 1 for bad data or files, no traceback, and
+nothing half-written. (Run in-process: an exception escaping `main` fails the test.)
+
+Cases here: unknown dataset; CSV without --units; landmark file without an image; unreadable
+image in a CSV dataset (all named); --output-dir that is a file; --resume with nothing to resume;
+a bad --grid-shape; evaluate on a missing run folder, with a malformed predictions CSV, or
+--predictions without --ground-truth; predict with a missing or truncated model; check of a
+missing dataset. Elsewhere: export with another model's calibration (test_cascade), the
+dataset check's findings (test_own_data), truncated model loading (test_inference).
+"""
+import os
+
+import numpy as np
+import pytest
+
+from keraslm.commands.evaluate import main as evaluate_main
+from keraslm.commands.train import main as train_main
+from keraslm.datasets.__main__ import main as dataset_main
+from keraslm.inference import main as predict_main
+from keraslm.io import write_markups, write_png
+
+
+def _one_error_line(capsys, *fragments):
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two small PNGs in a folder."""
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_png(str(folder / f"{name}.png"), np.zeros((16, 12), np.uint8))
+    return folder
+
+
+def test_train_errors(images, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--dataset", "nowhere", "--output-dir", str(out)]) == 2
+    _one_error_line(capsys, "unknown dataset 'nowhere'")
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    assert train_main(["--dataset", str(images), "--output-dir", str(out)]) == 2
+    _one_error_line(capsys, "landmarks.csv", "--units index|mm")
+    os.remove(images / "landmarks.csv")
+    write_markups(str(images / "a.mrk.json"), ["p"], np.zeros((1, 3)))
+    write_markups(str(images / "ghost.mrk.json"), ["p"], np.zeros((1, 3)))
+    assert train_main(["--dataset", str(images), "--output-dir", str(out)]) == 1
+    _one_error_line(capsys, "ghost.mrk.json", "without an image", "b.png", "without a landmark file")
+    assert not out.exists()  # Nothing half-written.
+    (tmp_path / "file").write_text("x")
+    assert train_main(["--output-dir", str(tmp_path / "file")]) == 2
+    _one_error_line(capsys, str(tmp_path / "file"))
+    (tmp_path / "empty").mkdir()
+    assert train_main(["--resume", "--output-dir", str(tmp_path / "empty")]) == 2
+    _one_error_line(capsys, "nothing to resume")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--grid-shape", "0,5"])
+    assert exit_info.value.code == 2
+    assert "expected 2 or 3 positive sizes" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_data_errors_named_all(images, tmp_path, capsys):
+    for name in ("a", "b"):
+        (images / f"{name}.png").write_bytes(b"not a png")
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    assert train_main(["--dataset", str(images), "--units", "index", "--spacing", "0.5",
+                       "--output-dir", str(tmp_path / "run")]) == 1
+    _one_error_line(capsys, "2 images cannot be read", "a.png", "b.png")
+    assert dataset_main(["check", str(images), "--units", "index"]) == 1
+    _one_error_line(capsys, "a.png", "b.png")
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    assert evaluate_main(["--runs", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "e")]) == 2
+    _one_error_line(capsys, "no such training run folder")
+    (tmp_path / "p.csv").write_text("id,a_x,a_y\nx,1\n")
+    (tmp_path / "g.csv").write_text("id,a_x,a_y\nx,1,2\n")
+    assert evaluate_main(["--predictions", str(tmp_path / "p.csv"), "--ground-truth",
+                          str(tmp_path / "g.csv"), "--output-dir", str(tmp_path / "e")]) == 1
+    _one_error_line(capsys, "p.csv, line 2")
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--predictions", str(tmp_path / "p.csv")])
+    assert exit_info.value.code == 2
+
+
+def test_predict_errors(images, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert predict_main([str(tmp_path / "none.keras"), str(images / "a.png"), "--output-dir", str(out)]) == 1
+    _one_error_line(capsys, "none.keras", "no such model file")
+    (tmp_path / "cut.keras").write_bytes(b"PK\x03\x04 truncated")
+    assert predict_main([str(tmp_path / "cut.keras"), str(images / "a.png"), "--output-dir", str(out)]) == 1
+    _one_error_line(capsys, "cut.keras", "truncated or corrupt")
+    assert not out.exists()
+    assert dataset_main(["check", str(tmp_path / "nowhere")]) == 2
+    _one_error_line(capsys, "unknown dataset")
