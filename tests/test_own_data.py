@@ -313,3 +313,33 @@ def test_init_writes_the_inferred_dataset_json(phantom, tmp_path, capsys):
     description = json.loads((tmp_path / "csv" / "dataset.json").read_text())
     assert description["landmarks_csv"] == "landmarks.csv" and description["landmark_units"] == "index"
     assert dataset_main(["check", str(tmp_path / "csv")]) == 0
+
+
+def test_walkthrough_on_nifti_volumes_with_slicer_markups(tmp_path, capsys):
+    """The same walk for 3D: NIfTI/DICOM volumes each with a .mrk.json (LPS mm) beside it."""
+    from keraslm.commands.evaluate import main as evaluate_main
+    from keraslm.commands.train import main as train_main
+    from keraslm.inference import main as predict_main
+
+    volumes = make_phantom(tmp_path / "p3", ndim=3, num_images=5, seed=2, image_size=(20, 24, 16))
+    folder = tmp_path / "volumes"
+    copied = _flat_copy(volumes, folder)
+    for r in volumes.records:
+        stem = os.path.basename(copied[r.id][0]).split(".")[0]
+        write_markups(str(folder / f"{stem}.mrk.json"), volumes.landmark_names, r.points_mm)
+    assert train_main(["--dataset", str(folder), "--architecture", "unet", "--grid-shape", "16,16,16",
+                       "--steps", "2", "--steps-per-epoch", "1", "--batch-size", "1",
+                       "--model-option", "filters=4", "--model-option", "num_levels=2",
+                       "--jit", "off", "--test-fraction", "0.4", "--output-dir", str(tmp_path / "run"),
+                       "--no-export"]) == 0
+    assert "validation_overlay_" in capsys.readouterr().out
+    assert evaluate_main(["--runs", str(tmp_path / "run"), "--output-dir", str(tmp_path / "eval"),
+                          "--no-plots"]) == 0
+    volume = copied[volumes.records[0].id][0]
+    assert predict_main([str(tmp_path / "run" / "model.keras"), volume, "--output-dir",
+                         str(tmp_path / "pred")]) == 0
+    markups = list((tmp_path / "pred" / "markups").glob("*.mrk.json"))
+    assert len(markups) == 1
+    names, points, _ = read_landmark_file(str(markups[0]))
+    np.testing.assert_allclose(points, read_landmarks(str(tmp_path / "pred" / "predictions.csv")).points[0],
+                               atol=1e-6)
