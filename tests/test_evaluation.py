@@ -306,7 +306,7 @@ def test_model_and_run_bad_input(runs, capsys, tmp_path):
     with pytest.raises(KeraslmError, match=r"moved: the split rebuilt from config.json holds ids"):
         run_test_set(str(tmp_path / "moved"))
     script = _evaluate_script()
-    assert script.main(["--predictions", str(tmp_path / "p.csv"), "--ground-truth", str(tmp_path / "t.csv")]) == 2
+    assert script.main(["--predictions", str(tmp_path / "p.csv"), "--ground-truth", str(tmp_path / "t.csv")]) == 1  # A missing file is bad data.
     assert "p.csv: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--predictions", str(tmp_path / "p.csv")])
