@@ -241,3 +241,27 @@ def test_shipped_model_predict_image_equals_predict_on_an_isbi_jpeg():
     # The version-1 export (grid-level signatures, host-side preparation) gives the same points.
     legacy = predict(SHIPPED[:-1] + "1", [ISBI_IMAGE], spacing=0.1)[0]
     np.testing.assert_allclose(legacy.points_mm, expected.points_mm, atol=TOLERANCE_MM)
+
+
+@pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
+def test_shipped_calibrated_model_answers_expected_errors_in_every_path():
+    """Version 3 (coarse-to-fine, calibrated): predict_image gives keraslm.predict's points and
+    expected errors; the expected errors are the stored calibration of the answer's peak and
+    spread."""
+    import json
+
+    from keraslm.calibration import expected_error_mm
+
+    version = SHIPPED[:-1] + "3"
+    expected = predict(version, [ISBI_IMAGE], spacing=0.1)[0]
+    outputs = tf.saved_model.load(version).signatures["serving_default"](
+        image_bytes=tf.constant([open(ISBI_IMAGE, "rb").read()]), spacing=tf.constant([[0.1, 0.1]]))
+    np.testing.assert_allclose(outputs["landmarks_mm"][0].numpy(), expected.points_mm, atol=TOLERANCE_MM)
+    np.testing.assert_allclose(outputs["expected_error_mm"][0].numpy(), expected.expected_error_mm,
+                               rtol=1e-3)
+    with open(os.path.join(version, "assets", "keraslm.json"), encoding="utf-8") as handle:
+        calibration = json.load(handle)["calibration"]
+    np.testing.assert_allclose(
+        expected.expected_error_mm,
+        np.asarray(expected_error_mm(calibration, expected.confidence, expected.spread_mm)), rtol=1e-4)
+    assert 0.2 < float(np.median(expected.expected_error_mm)) < 5.0
