@@ -344,14 +344,13 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
                 unreadable.append(f"row {key!r}: {error}")
                 continue
             if header.ndim != table.ndim:
-                raise DatasetError(
-                    f"{csv_path}: row {key!r} has {table.ndim}D landmarks but its image {path} is "
-                    f"{header.ndim}D"
-                )
+                unreadable.append(f"row {key!r} has {table.ndim}D landmarks but its image {path} "
+                                  f"is {header.ndim}D")
+                continue
             points = header.index_to_physical(points)
         records.append(Record(image_id_from_path(key), path, points))
     if unreadable:
-        raise DatasetError(f"{csv_path}: {len(unreadable)} images cannot be read: "
+        raise DatasetError(f"{csv_path}: {len(unreadable)} images cannot be read or do not fit: "
                            + "; ".join(unreadable))
     return dataclasses.replace(dataset, records=tuple(records))
 

@@ -72,7 +72,7 @@ def test_unreadable_images_are_data_errors_named_all(images, tmp_path, capsys):
     (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
     assert train_main(["--dataset", str(images), "--units", "index", "--spacing", "0.5",
                        "--output-dir", str(tmp_path / "run")]) == 1
-    _one_error_line(capsys, "2 images cannot be read", "a.png", "b.png")
+    _one_error_line(capsys, "2 images cannot be read or do not fit", "a.png", "b.png")
     assert dataset_main(["check", str(images), "--units", "index"]) == 1
     _one_error_line(capsys, "a.png", "b.png")
 

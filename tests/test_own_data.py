@@ -281,6 +281,26 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     assert dataset_main(["check", str(folder), "--units", "index", "--spacing", spacing]) == 1
     err = capsys.readouterr().err
     assert "2 images cannot be read" in err and all(copied[i][0] in err for i in ids[4:6])
+    # Images listed but absent: every one named.
+    for i in ids[4:6]:
+        os.remove(copied[i][0])
+    assert dataset_main(["check", str(folder), "--units", "index", "--spacing", spacing]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 10 landmark rows have no image" in err and ids[4] in err and ids[5] in err
+    # Mixed dimensions: a 3D volume among 2D images is named.
+    mixed = tmp_path / "mixed"
+    copied2 = _flat_copy(phantom, mixed)
+    for r in phantom.records[:3]:
+        stem = os.path.splitext(os.path.basename(copied2[r.id][0]))[0]
+        write_markups(str(mixed / f"{stem}.mrk.json"), names, r.points_mm)
+    for r in phantom.records[3:]:
+        os.remove(copied2[r.id][0])
+    from keraslm.io import Image, write_nifti
+    write_nifti(str(mixed / "vol.nii.gz"), Image(np.zeros((4, 5, 6), np.float32), spacing=(1, 1, 1)))
+    write_markups(str(mixed / "vol.mrk.json"), names, np.zeros((len(names), 3)))
+    assert dataset_main(["check", str(mixed)]) == 1
+    err = capsys.readouterr().err
+    assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
 
 
 def dataclasses_replace(image, **changes):
