@@ -76,6 +76,10 @@ def parse_args(argv=None):
                          "held-out predictions and write it here; store it in an export with "
                          "python -m keraslm.export ... --calibration JSON. Use predictions of "
                          "images the models did not train on (--runs of cross-validation folds)")
+    metrics.add_argument("--calibration", metavar="JSON",
+                         help="apply this calibration (from --calibrate) to the predictions and "
+                         "report how well its expected errors rank the actual ones here, e.g. a "
+                         "calibration fitted on one fold measured on another")
     metrics.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     metrics.add_argument("--batch-size", type=int, default=4, help="images per network call")
     metrics.add_argument("--precision", default="float32",
@@ -91,12 +95,36 @@ def parse_args(argv=None):
         parser.error("--ground-truth-subset goes with --predictions")
     if args.refine and args.predictions:
         parser.error("--refine goes with --model or --runs")
+    if args.calibration and args.predictions:
+        parser.error("--calibration needs a model (--model or --runs)")
     if args.calibrate and args.predictions:
         parser.error("--calibrate needs a model (--model or --runs): CSV predictions carry no "
                      "confidence or spread")
     if args.refine and args.model and len(args.refine) != 1:
         parser.error("--refine takes one local model with --model")
     return args
+
+
+def _with_calibration(result, path):
+    """The evaluation with expected errors from the calibration in `path`."""
+    import dataclasses
+
+    from keraslm.calibration import check_calibration, expected_error_mm
+    from keraslm.errors import KeraslmError
+    from keraslm.io._files import read_json
+
+    calibration = read_json(path, f"{path}: no such file")
+    try:
+        check_calibration(calibration, result.landmark_names)
+    except KeraslmError as error:
+        raise KeraslmError(f"{path}: {error}") from None
+    if result.confidence is None or result.spread_mm is None:
+        raise KeraslmError(f"{path}: these predictions carry no confidence / spread to apply it to")
+    import numpy as np
+
+    expected = np.asarray(expected_error_mm(calibration, result.confidence, result.spread_mm),
+                          np.float64)
+    return dataclasses.replace(result, expected_error_mm=expected)
 
 
 def main(argv=None):
@@ -135,6 +163,8 @@ def main(argv=None):
                 progress=log, source={"split_seed": args.seed, "fold": args.fold},
                 refine=args.refine[0] if args.refine else None, precision=args.precision,
                 **normalize)
+        if args.calibration:
+            result = _with_calibration(result, args.calibration)
         written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
                                           num_worst=args.num_worst, progress=log)
         if args.calibrate:
