@@ -27,7 +27,10 @@ class DatasetError(KeraslmError, ValueError):
 
 
 class UsageError(KeraslmError, ValueError):
-    """A bad argument value: an unknown name, a missing choice the data cannot make itself."""
+    """A bad argument value (an unknown name, a shape or number out of range, a choice the
+    data cannot make itself). Models, ops and presets raise it too, so callers catch
+    `KeraslmError` alone; it is a `ValueError` as well, for code written against the earlier
+    `ValueError`s."""
 
 
 class DatasetArgumentError(DatasetError, UsageError):

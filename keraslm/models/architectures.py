@@ -12,6 +12,7 @@ import numbers
 
 import keras
 
+from keraslm.errors import UsageError
 from keraslm.models import blocks
 from keraslm.models.presets import get_preset
 
@@ -22,7 +23,7 @@ def _is_int(value):
 
 def _check_positive_int(arg, value, minimum=1):
     if not _is_int(value) or value < minimum:
-        raise ValueError(f"`{arg}` must be an int >= {minimum}. Received: {arg}={value!r}")
+        raise UsageError(f"`{arg}` must be an int >= {minimum}. Received: {arg}={value!r}")
     return int(value)
 
 
@@ -36,7 +37,7 @@ def _check_kernel_size(arg, value, ndim):
         and all(_is_int(v) and v >= 1 for v in value)
     ):
         return tuple(int(v) for v in value)
-    raise ValueError(
+    raise UsageError(
         f"`{arg}` must be a positive int or a tuple of {ndim} positive ints for ndim={ndim}. "
         f"Received: {arg}={value!r}"
     )
@@ -44,7 +45,7 @@ def _check_kernel_size(arg, value, ndim):
 
 def _check_rate(arg, value, upper):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < upper:
-        raise ValueError(f"`{arg}` must be a number in [0, {upper}). Received: {arg}={value!r}")
+        raise UsageError(f"`{arg}` must be a number in [0, {upper}). Received: {arg}={value!r}")
     return float(value)
 
 
@@ -52,7 +53,7 @@ def _check_initializer(value):
     try:
         keras.initializers.get(value)
     except (ValueError, TypeError) as error:
-        raise ValueError(
+        raise UsageError(
             f"Unknown `kernel_initializer`. Received: kernel_initializer={value!r}"
         ) from error
     return value
@@ -69,13 +70,13 @@ def _check_input_shape(input_shape, ndim, size_divisor, architecture):
         or not all(d is None or (_is_int(d) and d >= 1) for d in shape[:-1])
         or not (_is_int(shape[-1]) and shape[-1] >= 1)
     ):
-        raise ValueError(
+        raise UsageError(
             f"`input_shape` must be (*spatial, channels) with {ndim} spatial sizes (int or "
             f"None) and an int number of channels for ndim={ndim}. "
             f"Received: input_shape={input_shape!r}"
         )
     if any(d is not None and d % size_divisor for d in shape[:-1]):
-        raise ValueError(
+        raise UsageError(
             f"architecture={architecture!r} needs every spatial size divisible by "
             f"{size_divisor}. Received: input_shape={input_shape!r}"
         )
@@ -135,12 +136,12 @@ class LandmarkModel(keras.Model):
 
     def _check_spatial(self, spatial, arg):
         if len(spatial) != self.ndim:
-            raise ValueError(
+            raise UsageError(
                 f"Model '{self.name}' is {self.ndim}D and needs {self.ndim} spatial sizes. "
                 f"Received: {arg}={spatial}"
             )
         if any(d is not None and d % self.size_divisor for d in spatial):
-            raise ValueError(
+            raise UsageError(
                 f"Model '{self.name}' ({self.architecture}, {self.ndim}D) needs every spatial "
                 f"size divisible by {self.size_divisor}. Received: {arg}={spatial}"
             )
@@ -151,14 +152,14 @@ class LandmarkModel(keras.Model):
         if shape is not None:
             shape = tuple(shape)
             if len(shape) != self.ndim + 2:
-                raise ValueError(
+                raise UsageError(
                     f"Model '{self.name}' is {self.ndim}D and expects inputs of rank "
                     f"{self.ndim + 2}, (batch, {self.ndim} spatial sizes, channels). "
                     f"Received: inputs.shape={shape}"
                 )
             self._check_spatial(shape[1:-1], "inputs.shape[1:-1]")
             if shape[-1] is not None and shape[-1] != self.image_shape[-1]:
-                raise ValueError(
+                raise UsageError(
                     f"Model '{self.name}' expects {self.image_shape[-1]} input channel(s). "
                     f"Received: inputs.shape={shape}"
                 )
@@ -573,7 +574,7 @@ def build_model(architecture, ndim, num_landmarks, preset="paper", input_shape=N
     2
     """
     if architecture not in ARCHITECTURES:
-        raise ValueError(
+        raise UsageError(
             f"Unknown `architecture`. Expected one of {sorted(ARCHITECTURES)}. "
             f"Received: architecture={architecture!r}"
         )
@@ -582,7 +583,7 @@ def build_model(architecture, ndim, num_landmarks, preset="paper", input_shape=N
     allowed = set(settings) | {"name"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"Unknown setting {unknown[0]!r} for architecture={architecture!r}. Expected one "
             f"of {sorted(allowed)}. Received: {unknown[0]}={overrides[unknown[0]]!r}"
         )

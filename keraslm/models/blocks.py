@@ -7,6 +7,7 @@ Tensors are channels-last: `(batch, dim_0, ..., dim_{ndim-1}, channels)`.
 """
 import keras
 
+from keraslm.errors import UsageError
 from keraslm.models.layers import LinearUpsampling
 
 _LAYER_CLASSES = {
@@ -23,7 +24,7 @@ def check_ndim(ndim):
     Raises ValueError naming the value when it is neither 2 nor 3.
     """
     if isinstance(ndim, bool) or ndim not in _LAYER_CLASSES:
-        raise ValueError(f"`ndim` must be 2 or 3. Received: ndim={ndim!r}")
+        raise UsageError(f"`ndim` must be 2 or 3. Received: ndim={ndim!r}")
     return ndim
 
 

@@ -17,6 +17,8 @@ so it works with `None` spatial sizes, in XLA, and in an exported SavedModel.
 import keras
 from keras import ops
 
+from keraslm.errors import UsageError
+
 
 def _phase_weights(factor):
     """Interpolation taps of each output phase along one axis.
@@ -67,7 +69,7 @@ class LinearUpsampling(keras.layers.Layer):
             not (single or len(sizes) in (2, 3))
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
         ):
-            raise ValueError(
+            raise UsageError(
                 "`size` must be a positive int or a tuple of 2 or 3 positive ints. "
                 f"Received: size={size}"
             )
@@ -76,14 +78,14 @@ class LinearUpsampling(keras.layers.Layer):
     def _sizes(self, rank):
         ndim = rank - 2
         if ndim not in (2, 3):
-            raise ValueError(
+            raise UsageError(
                 f"LinearUpsampling '{self.name}' expects a channels-last 2D or 3D input of "
                 f"rank 4 or 5. Received: input rank={rank}"
             )
         if isinstance(self.size, int):
             return (self.size,) * ndim
         if len(self.size) != ndim:
-            raise ValueError(
+            raise UsageError(
                 f"LinearUpsampling '{self.name}' has one factor per spatial axis, but the input "
                 f"has {ndim} spatial axes. Received: size={self.size}"
             )

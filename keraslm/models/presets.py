@@ -18,6 +18,8 @@ axis has 0.9 mm spacing and the fewest voxels) is therefore (5, 9, 9).
 """
 import copy
 
+from keraslm.errors import UsageError
+
 #: The paper's initialisation: weights from a Gaussian with std 0.01 (biases are always zero).
 PAPER_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.01}}
 
@@ -105,7 +107,7 @@ def get_preset(preset, architecture, ndim):
     Raises ValueError naming `preset` when it is unknown.
     """
     if preset not in PRESETS:
-        raise ValueError(
+        raise UsageError(
             f"Unknown `preset`. Expected one of {sorted(PRESETS)}. Received: preset={preset!r}"
         )
     return copy.deepcopy(PRESETS[preset][architecture][ndim])

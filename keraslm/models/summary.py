@@ -11,6 +11,7 @@ import math
 
 import keras
 
+from keraslm.errors import UsageError
 from keraslm.models.architectures import ARCHITECTURES, build_model
 
 #: The paper's Table 1: weights relative to SpatialConfiguration-Net, 2D, 37 landmarks.
@@ -49,7 +50,7 @@ def conv_flops(model):
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv3D):
             spatial = layer.output.shape[1:-1]
             if any(d is None for d in spatial):
-                raise ValueError(
+                raise UsageError(
                     "conv_flops needs a model built with a static input shape. "
                     f"Received: model.input_shape={model.input_shape}"
                 )

@@ -43,6 +43,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keraslm.errors import UsageError
 from keraslm.ops.geometry import (
     bspline_at,
     bspline_dense,
@@ -106,11 +107,11 @@ class AugmentationConfig:
             if not ok:
                 bound = (f"in [0, {upper}]" if name == "rotation_degrees" else
                          f"in [0, {upper})" if upper is not None else "a finite number >= 0")
-                raise ValueError(f"`{name}` must be {bound}. Received: {name}={value!r}")
+                raise UsageError(f"`{name}` must be {bound}. Received: {name}={value!r}")
         points = self.elastic_grid_points
         if not (isinstance(points, (int, np.integer)) and not isinstance(points, bool)
                 and points >= 4):
-            raise ValueError(
+            raise UsageError(
                 "`elastic_grid_points` must be an int >= 4 (cubic B-spline control points per "
                 f"axis). Received: elastic_grid_points={points!r}")
 
@@ -188,14 +189,14 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
     """
     config = AugmentationConfig() if config is None else config
     if not isinstance(config, AugmentationConfig):
-        raise ValueError(
+        raise UsageError(
             f"`config` must be an AugmentationConfig. Received: config={config!r}")
     if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
             and batch_size >= 1):
-        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+        raise UsageError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
     if not isinstance(seed, (int, np.integer, keras.random.SeedGenerator)) or isinstance(
             seed, bool):
-        raise ValueError(
+        raise UsageError(
             "`seed` must be a keras.random.SeedGenerator or an int. "
             f"Received: seed={seed!r}")
     grid_shape = check_grid_shape(grid_shape)
@@ -203,7 +204,7 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
     spacing = check_spacing(grid_spacing, ndim)
     elastic = config.elastic_mm > 0
     if elastic and min(grid_shape) < 2:
-        raise ValueError(
+        raise UsageError(
             "elastic deformation needs a grid of at least 2 pixels along every axis. "
             f"Received: grid_shape={grid_shape}")
     num_angles = 1 if ndim == 2 else 3
@@ -263,12 +264,12 @@ _KEYS = ("matrix", "inverse_matrix", "grid_size", "intensity_scale", "intensity_
 def _check_transforms(transforms, ndim):
     if not isinstance(transforms, dict) or any(k not in transforms for k in _KEYS):
         keys = sorted(transforms) if isinstance(transforms, dict) else type(transforms).__name__
-        raise ValueError(
+        raise UsageError(
             f"`transforms` must be the dict returned by sample_transforms with keys {_KEYS}. "
             f"Received: transforms keys={keys}")
     shape = static_shape(transforms["matrix"])
     if len(shape) != 3 or shape[1:] != (ndim + 1, ndim + 1):
-        raise ValueError(
+        raise UsageError(
             f"`transforms` are for a different number of dimensions: expected matrices of shape "
             f"(batch, {ndim + 1}, {ndim + 1}) for {ndim}D data. Received: "
             f"transforms['matrix'].shape={shape}")
@@ -281,7 +282,7 @@ def _check_grid(transforms, grid_shape):
 
     value = tf.get_static_value(transforms["grid_size"])
     if value is not None and not np.array_equal(np.asarray(value)[0], grid_size_xyz(grid_shape)):
-        raise ValueError(
+        raise UsageError(
             "`transforms` were sampled for a grid of size (x, y[, z]) = "
             f"{tuple(np.asarray(value)[0].tolist())}, not for these images. Received: images "
             f"spatial shape={grid_shape}")
@@ -314,7 +315,7 @@ def crop_transforms(transforms, centres):
     batch = _check_transforms(transforms, ndim)
     centres = ops.cast(ops.convert_to_tensor(centres), "float32")
     if static_shape(centres) != (batch, ndim):
-        raise ValueError(f"`centres` must have shape (batch, ndim) = ({batch}, {ndim}). "
+        raise UsageError(f"`centres` must have shape (batch, ndim) = ({batch}, {ndim}). "
                          f"Received: centres.shape={static_shape(centres)}")
     offset = centres - (transforms["grid_size"] - 1.0) / 2.0
     eye = ops.broadcast_to(np.eye(ndim, dtype=np.float32), (batch, ndim, ndim))
@@ -374,9 +375,9 @@ def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_re
     """
     if not (isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool)
             and iterations >= 1):
-        raise ValueError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
+        raise UsageError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
     if not (isinstance(tolerance, (int, float)) and tolerance > 0):
-        raise ValueError(f"`tolerance` must be a number > 0. Received: tolerance={tolerance!r}")
+        raise UsageError(f"`tolerance` must be a number > 0. Received: tolerance={tolerance!r}")
     points = ops.cast(ops.convert_to_tensor(points), "float32")
     shape = static_shape(points)
     if not isinstance(transforms, dict) or "matrix" not in transforms:
@@ -441,7 +442,7 @@ def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
     shape, ndim = check_images(images)
     check_points(points, ndim)
     if tuple(codec.input_shape) != tuple(shape[1:-1]):
-        raise ValueError(
+        raise UsageError(
             "`codec.input_shape` must equal the spatial shape of `images`. Received: "
             f"codec.input_shape={tuple(codec.input_shape)}, images.shape={shape}")
     augmented = apply_to_images(images, transforms, fill_value=fill_value)
@@ -463,7 +464,7 @@ def choose_crop_landmarks(points, landmarks_per_image, seed=None):
     batch, num_landmarks, _ = static_shape(points)
     if not (isinstance(landmarks_per_image, (int, np.integer)) and
             1 <= landmarks_per_image <= num_landmarks):
-        raise ValueError(f"`landmarks_per_image` must be an int in [1, {num_landmarks}]. "
+        raise UsageError(f"`landmarks_per_image` must be an int in [1, {num_landmarks}]. "
                          f"Received: landmarks_per_image={landmarks_per_image!r}")
     if landmarks_per_image == num_landmarks:
         return ops.broadcast_to(ops.arange(num_landmarks, dtype="int32"),
@@ -503,7 +504,7 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     `n = batch * crops_per_image`.
     """
     if targets not in ("own", "all"):
-        raise ValueError(f"`targets` must be 'own' or 'all'. Received: targets={targets!r}")
+        raise UsageError(f"`targets` must be 'own' or 'all'. Received: targets={targets!r}")
     images = ops.convert_to_tensor(images)
     points = ops.cast(ops.convert_to_tensor(points), "float32")
     shape, ndim = check_images(images)

@@ -29,6 +29,8 @@ import itertools
 import numpy as np
 from keras import ops
 
+from keraslm.errors import UsageError
+
 # ---------------------------------------------------------------------------------------------
 # Argument checks (static shapes; raise ValueError naming the argument and what was received)
 # ---------------------------------------------------------------------------------------------
@@ -45,11 +47,11 @@ def check_images(images, arg="images"):
     dims; return `(shape, ndim)`."""
     shape = static_shape(images)
     if len(shape) not in (4, 5):
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` must have shape (batch, y, x, channels) or (batch, z, y, x, channels). "
             f"Received: {arg}.shape={shape}")
     if any(d is None for d in shape):
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` must have a static shape (batch size, spatial size and channels known when "
             f"traced). Received: {arg}.shape={shape}")
     return shape, len(shape) - 2
@@ -59,7 +61,7 @@ def check_points(points, ndim, arg="points"):
     """Check a point batch `(batch, num_landmarks, ndim)`; return its static shape."""
     shape = static_shape(points)
     if len(shape) != 3 or shape[-1] != ndim:
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` must have shape (batch, num_landmarks, {ndim}) with coordinates (x, y"
             f"{', z' if ndim == 3 else ''}) matching the {ndim}D grid. Received: "
             f"{arg}.shape={shape}")
@@ -69,7 +71,7 @@ def check_points(points, ndim, arg="points"):
 def check_batch(batch, other, arg, other_arg):
     """Raise when two static batch sizes differ."""
     if batch is not None and other is not None and batch != other:
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` and `{other_arg}` must have the same batch size. Received: "
             f"{arg} batch size={batch}, {other_arg} batch size={other}")
 
@@ -83,7 +85,7 @@ def check_grid_shape(grid_shape, arg="grid_shape"):
     if (values is None or len(values) not in (2, 3)
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
                        for v in values)):
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` must be a tuple of 2 or 3 ints >= 1 in array order (y, x) or (z, y, x). "
             f"Received: {arg}={grid_shape!r}")
     return tuple(int(v) for v in values)
@@ -96,7 +98,7 @@ def check_spacing(grid_spacing, ndim, arg="grid_spacing"):
     except (TypeError, ValueError):
         values = None
     if values is None or not np.all(np.isfinite(values)) or not np.all(values > 0):
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` must be a positive number or {ndim} positive numbers (mm per index step "
             f"along x, y{', z' if ndim == 3 else ''}). Received: {arg}={grid_spacing!r}")
     return values.astype(np.float32)
@@ -232,7 +234,7 @@ def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=
     output_shape = spatial if output_shape is None else check_grid_shape(output_shape,
                                                                           "output_shape")
     if len(output_shape) != ndim:
-        raise ValueError(f"`output_shape` must have {ndim} sizes for {ndim}D images. Received: "
+        raise UsageError(f"`output_shape` must have {ndim} sizes for {ndim}D images. Received: "
                          f"output_shape={output_shape}")
     num_in = int(np.prod(spatial))
     num = int(np.prod(output_shape))

@@ -35,6 +35,7 @@ import math
 import numpy as np
 from keras import ops
 
+from keraslm.errors import UsageError
 from keraslm.ops.geometry import check_points, static_shape
 
 METHODS = ("quadratic", "dark", "argmax")
@@ -49,7 +50,7 @@ def _check_sigma(sigma, arg="sigma"):
         values = None
     if (values is None or values.ndim > 1 or values.size == 0 or not np.all(np.isfinite(values))
             or not np.all(values > 0)):
-        raise ValueError(
+        raise UsageError(
             f"`{arg}` must be a positive number or a 1D sequence of positive numbers (one per "
             f"landmark), in output pixels. Received: {arg}={sigma!r}")
     return float(values) if values.ndim == 0 else values.astype(np.float32)
@@ -80,18 +81,18 @@ class HeatmapCodec:
         if (shape is None or len(shape) not in (2, 3) or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
                 for v in shape)):
-            raise ValueError(
+            raise UsageError(
                 "`input_shape` must be a tuple of 2 or 3 ints >= 1 (spatial shape in array "
                 f"order). Received: input_shape={input_shape!r}")
         if not (isinstance(stride, (int, np.integer)) and not isinstance(stride, bool)
                 and stride >= 1):
-            raise ValueError(f"`stride` must be an int >= 1. Received: stride={stride!r}")
+            raise UsageError(f"`stride` must be an int >= 1. Received: stride={stride!r}")
         if any(n % stride for n in shape):
-            raise ValueError(
+            raise UsageError(
                 "`input_shape` must be divisible by `stride`. Received: "
                 f"input_shape={shape}, stride={stride}")
         if not (isinstance(truncate, (int, float)) and math.isfinite(truncate) and truncate > 0):
-            raise ValueError(f"`truncate` must be a number > 0. Received: truncate={truncate!r}")
+            raise UsageError(f"`truncate` must be a number > 0. Received: truncate={truncate!r}")
         self.input_shape = tuple(int(n) for n in shape)
         self.stride = int(stride)
         self.output_shape = tuple(n // self.stride for n in self.input_shape)
@@ -171,7 +172,7 @@ class HeatmapCodec:
         if len(shape) == 0:
             return sigma
         if len(shape) != 1 or shape[0] not in (1, num_landmarks):
-            raise ValueError(
+            raise UsageError(
                 "`sigma` must be a scalar or have shape (num_landmarks,) = "
                 f"({num_landmarks},). Received: sigma.shape={shape}")
         return ops.reshape(sigma, (1, 1, shape[0]))
@@ -204,11 +205,11 @@ class HeatmapCodec:
         grid index units, (x, y[, z]); confidence `(batch, num_landmarks)` = the peak value.
         """
         if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+            raise UsageError(f"`method` must be one of {METHODS}. Received: method={method!r}")
         heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
         shape = static_shape(heatmaps)
         if len(shape) != self.ndim + 2 or tuple(shape[1:-1]) != self.output_shape:
-            raise ValueError(
+            raise UsageError(
                 f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
                 f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
         weighted = None
@@ -228,7 +229,7 @@ class HeatmapCodec:
         sigma_mm: float > 0. Standard deviation of the offset, mm.
         """
         if not (isinstance(sigma_mm, (int, float)) and sigma_mm > 0):
-            raise ValueError(f"`sigma_mm` must be a number > 0. Received: sigma_mm={sigma_mm!r}")
+            raise UsageError(f"`sigma_mm` must be a number > 0. Received: sigma_mm={sigma_mm!r}")
         spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
         squared = 0.0
         for axis, n in enumerate(self.output_shape):
@@ -257,7 +258,7 @@ class HeatmapCodec:
         heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
         shape = static_shape(heatmaps)
         if len(shape) != self.ndim + 2 or tuple(shape[1:-1]) != self.output_shape:
-            raise ValueError(
+            raise UsageError(
                 f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
                 f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
         spacing_xyz = np.broadcast_to(np.asarray(spacing, np.float64), (self.ndim,))
@@ -292,11 +293,11 @@ class HeatmapCodec:
         input coordinate = stride * heatmap coordinate + (stride - 1) / 2.
         """
         if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+            raise UsageError(f"`method` must be one of {METHODS}. Received: method={method!r}")
         heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
         shape = static_shape(heatmaps)
         if len(shape) != self.ndim + 2 or shape[-1] is None:
-            raise ValueError(
+            raise UsageError(
                 f"`heatmaps` must have shape (batch, {', '.join(['n'] * self.ndim)}, "
                 f"num_landmarks) with a known num_landmarks. Received: heatmaps.shape={shape}")
         dynamic = ops.shape(heatmaps)
@@ -352,7 +353,7 @@ class HeatmapCodec:
         where the smoothing window would reach outside the grid."""
         sigma = np.asarray(self.sigma, dtype=np.float64)
         if sigma.ndim == 1 and sigma.shape[0] != num_landmarks:
-            raise ValueError(
+            raise UsageError(
                 f"the codec has {sigma.shape[0]} per-landmark sigmas but the heatmaps have "
                 f"{num_landmarks} channels. Received: sigma={self.sigma!r}")
         sigma = np.broadcast_to(sigma, (num_landmarks,))

@@ -17,6 +17,8 @@
 """
 import copy
 
+from keraslm.errors import UsageError
+
 TRAINING_PRESETS = {
     "default": {
         2: dict(optimizer="adam", learning_rate=1e-3, momentum=None, weight_decay=0.0,
@@ -57,7 +59,7 @@ def get_training_preset(preset, ndim, architecture, heatmap_pixels, num_landmark
         num_landmarks: int.
     """
     if preset not in TRAINING_PRESETS:
-        raise ValueError(
+        raise UsageError(
             f"Unknown training preset. Expected one of {sorted(TRAINING_PRESETS)}. "
             f"Received: preset={preset!r}"
         )
