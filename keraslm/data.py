@@ -24,7 +24,7 @@ from keraslm.io import (
     read_landmark_file,
     read_landmarks,
 )
-from keraslm.io._files import read_json
+from keraslm.files import read_json
 from keraslm.io.dicom import DICOM_EXTENSIONS
 from keraslm.io.nifti import NIFTI_EXTENSIONS
 from keraslm.io.plain import PLAIN_EXTENSIONS

@@ -291,7 +291,7 @@ def load_detector(path, metadata=None):
     import zipfile
 
     import keraslm.models  # noqa: F401  (registers the custom layers for loading)
-    from keraslm.io._files import read_json
+    from keraslm.files import read_json
     from keraslm.metadata import MODEL_METADATA_FILE
 
     path = os.fspath(path)

@@ -37,7 +37,7 @@ from keraslm.evaluation import PointErrors, evaluate_runs, per_landmark, pool, s
 from keraslm.evaluation.metrics import SDR_RADII_MM, sdr_key
 from keraslm.evaluation.plots import plot_cumulative_error
 from keraslm.metadata import MODEL_METADATA_FILE, offset_prior_mm
-from keraslm.io._files import atomic_path, read_json
+from keraslm.files import atomic_path, read_json, write_json, write_text
 from keraslm.models import build_model
 from keraslm.training import TrainingConfig, train
 
@@ -75,14 +75,8 @@ class Run:
     config: TrainingConfig
 
 
-def _write_text(path, text):
-    with atomic_path(path, suffix=os.path.splitext(path)[1]) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-
 def _write_json(path, payload):
-    _write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
+    write_json(path, payload, default=_json_default)
 
 
 def _json_default(value):
@@ -317,7 +311,7 @@ def _finish(output_dir, title, settings, tables, records, start, extra=None):
         timing += (f"\n\ntotal training time recorded in the run folders: {total:.0f} s "
                    f"({total / 3600:.2f} h) over {len(recorded)} of {len(records)} runs")
     text = f"# {title}\n\nSettings:\n{_settings_text(settings)}\n\n{tables}\n\n{timing}\n"
-    _write_text(os.path.join(output_dir, TABLE_FILE), text)
+    write_text(os.path.join(output_dir, TABLE_FILE), text)
     _write_json(os.path.join(output_dir, RESULTS_FILE), {
         "title": title, "settings": settings, "wall_seconds": wall, "runs": records, **(extra or {}),
     })
@@ -498,7 +492,7 @@ def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
         pair = []
         for part, ids in (("train", train_set.ids), ("test", test_set.ids)):
             path = os.path.join(folder, f"fold{fold}_{part}.txt")
-            _write_text(path, "".join(f"{i}\n" for i in ids))
+            write_text(path, "".join(f"{i}\n" for i in ids))
             pair.append(path)
         paths.append(tuple(pair))
     return paths

@@ -55,7 +55,7 @@ from keraslm.detector import (
     refine_function,
 )
 from keraslm.metadata import check_metadata
-from keraslm.io._files import atomic_folder, read_json
+from keraslm.files import atomic_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
 METADATA_ASSET = "keraslm.json"
@@ -585,7 +585,7 @@ def main(argv=None):
         metadata = dict(model.metadata)
         if args.calibration:
             from keraslm.calibration import check_calibration
-            from keraslm.io._files import read_json
+            from keraslm.files import read_json
 
             metadata["calibration"] = read_json(args.calibration, f"{args.calibration}: no such file")
             try:

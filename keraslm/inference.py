@@ -14,7 +14,6 @@ shape and spacing, normalisation, output stride and sigma.
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ from keraslm import cli
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError, exit_status
 from keraslm.io import Image, is_image_path, read_image
-from keraslm.io._files import atomic_path
+from keraslm.files import atomic_path, write_json
 from keraslm.detector import Predictor
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 
@@ -389,11 +388,10 @@ def write_predictions(folder, predictions):
         os.path.join(folder, "predictions_index.csv"),
         LandmarkTable(ids, names, np.stack([p.points_index for p in predictions])),
     )
-    with atomic_path(os.path.join(folder, "predictions.json"), suffix=".json") as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
-                                 "expected_error_mm": "calibrated expected point error, mm"},
-                       "predictions": [p.to_dict() for p in predictions]}, handle, indent=2)
+    write_json(os.path.join(folder, "predictions.json"),
+               {"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
+                          "expected_error_mm": "calibrated expected point error, mm"},
+                "predictions": [p.to_dict() for p in predictions]})
     written = [os.path.join(folder, name) for name in
                ("predictions.csv", "predictions_index.csv", "predictions.json")]
     os.makedirs(os.path.join(folder, MARKUPS_FOLDER), exist_ok=True)

@@ -57,7 +57,7 @@ import numpy as np
 
 from keraslm.errors import KeraslmError
 from keraslm.inference import Prediction, check_metadata, load_input_image
-from keraslm.io._files import read_json
+from keraslm.files import read_json
 from keraslm.preprocessing import GridSpec
 
 SIGNATURES = ("landmarks", "grid_heatmaps")

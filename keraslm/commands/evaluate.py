@@ -111,7 +111,7 @@ def _with_calibration(result, path):
 
     from keraslm.calibration import check_calibration, expected_error_mm
     from keraslm.errors import KeraslmError
-    from keraslm.io._files import read_json
+    from keraslm.files import read_json
 
     calibration = read_json(path, f"{path}: no such file")
     try:

@@ -98,11 +98,10 @@ def check_main(argv):
 
 def init_main(argv):
     """`keraslm-dataset init FOLDER`: write the dataset.json inferred for the folder."""
-    import json
 
     from keraslm.data import DATASET_JSON
     from keraslm.datasets.check import describe_folder
-    from keraslm.io._files import atomic_path
+    from keraslm.files import write_json
 
     parser = argparse.ArgumentParser(
         prog="keraslm-dataset init",
@@ -121,10 +120,7 @@ def init_main(argv):
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
     path = os.path.join(args.folder, DATASET_JSON)
-    with atomic_path(path, suffix=".json") as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(description, handle, indent=2)
-            handle.write("\n")
+    write_json(path, description)
     print(f"wrote {path}: {len(dataset)} {dataset.ndim}D images, {dataset.num_landmarks} landmarks")
     return 0
 

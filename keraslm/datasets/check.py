@@ -313,7 +313,7 @@ def write_overview(path, check, landmark_names):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keraslm.io._files import atomic_path
+    from keraslm.files import atomic_path
 
     if check.aligned_mm is None:
         return None

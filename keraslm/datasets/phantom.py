@@ -41,7 +41,7 @@ from keraslm.io import (
     write_nifti,
     write_png,
 )
-from keraslm.io._files import atomic_folder
+from keraslm.files import atomic_folder
 
 _log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keraslm.evaluation.metrics import SDR_RADII_MM  # noqa: E402
-from keraslm.io._files import atomic_path  # noqa: E402
+from keraslm.files import atomic_path  # noqa: E402
 
 _TRUTH_STYLE = {"marker": "o", "s": 22, "facecolors": "none", "edgecolors": "lime", "linewidths": 1.2}
 _PREDICTION_STYLE = {"marker": "x", "s": 22, "c": "red", "linewidths": 1.2}

@@ -23,7 +23,7 @@ import re
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import OUTLIER_RADII_MM, SDR_RADII_MM, outlier_key, sdr_key
 from keraslm.io import LandmarkTable, write_landmarks
-from keraslm.io._files import atomic_path
+from keraslm.files import write_text
 
 PREDICTIONS_FILE = "predictions.csv"
 NAMED_PREDICTIONS_FILE = "predictions_named.csv"
@@ -174,12 +174,6 @@ def _metrics(evaluation, summary, landmarks):
     }
 
 
-def _write_text(path, text):
-    with atomic_path(path, suffix=os.path.splitext(path)[1]) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-
 def _file_label(image_id):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
 
@@ -214,7 +208,7 @@ def write_calibration(path, evaluation, output_dir=None, plots=True):
     quality = calibration_quality(expected, errors)
     calibration["quality_cross_fitted"] = {k: v for k, v in quality.items() if k != "bins"}
     written = [path]
-    _write_text(path, json.dumps(calibration, indent=2) + "\n")
+    write_text(path, json.dumps(calibration, indent=2) + "\n")
     if plots and output_dir is not None:
         from keraslm.evaluation import plots as plotting
 
@@ -275,7 +269,7 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
                 plot_files.append(name)
         written += [os.path.join(output_dir, name) for name in plot_files]
     metrics_path = os.path.join(output_dir, METRICS_FILE)
-    _write_text(metrics_path, json.dumps(_metrics(evaluation, summary, landmarks), indent=2) + "\n")
+    write_text(metrics_path, json.dumps(_metrics(evaluation, summary, landmarks), indent=2) + "\n")
     report_path = os.path.join(output_dir, REPORT_FILE)
-    _write_text(report_path, _markdown(evaluation, summary, landmarks, plot_files))
+    write_text(report_path, _markdown(evaluation, summary, landmarks, plot_files))
     return written + [metrics_path, report_path]

@@ -21,7 +21,7 @@ from keraslm.data import select_split
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
 from keraslm.io import LandmarkTable, read_landmarks
-from keraslm.io._files import read_json
+from keraslm.files import read_json
 
 RUN_CONFIG_FILE = "config.json"
 RUN_METRICS_FILE = "metrics.json"

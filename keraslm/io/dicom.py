@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from keraslm.errors import ImageReadError, ImageWriteError
-from keraslm.io._files import atomic_folder, atomic_path
+from keraslm.files import atomic_folder, atomic_path
 from keraslm.io.image import Image
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")

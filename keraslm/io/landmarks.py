@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from keraslm.errors import LandmarkFileError
-from keraslm.io._files import atomic_path
+from keraslm.files import atomic_path
 
 _AXES = ("x", "y", "z")
 

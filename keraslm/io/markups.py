@@ -20,7 +20,7 @@ import re
 import numpy as np
 
 from keraslm.errors import LandmarkFileError
-from keraslm.io._files import atomic_path
+from keraslm.files import write_json
 
 MARKUPS_EXTENSIONS = (".mrk.json", ".fcsv")
 POINT_LIST_EXTENSIONS = (".txt",)
@@ -212,6 +212,4 @@ def write_markups(path, names, points_mm, description=None):
     document = {"@schema": _SCHEMA, "markups": [{
         "type": "Fiducial", "coordinateSystem": "LPS", "coordinateUnits": "mm",
         "name": description or "keraslm", "controlPoints": control_points}]}
-    with atomic_path(path, suffix=".json") as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
+    write_json(path, document)

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 
 from keraslm.errors import ImageReadError, ImageWriteError
-from keraslm.io._files import atomic_path
+from keraslm.files import atomic_path
 from keraslm.io.image import Image
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")

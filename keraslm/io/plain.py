@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 
 from keraslm.errors import ImageReadError, ImageWriteError
-from keraslm.io._files import atomic_path
+from keraslm.files import atomic_path
 from keraslm.io.image import Image
 
 PLAIN_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -75,12 +75,8 @@ class EpochHistory(keras.callbacks.Callback):
                 self.history = {key: list(values)[:done] for key, values in json.load(handle).items()}
 
     def on_epoch_end(self, epoch, logs=None):
-        import json
-
-        from keraslm.io._files import atomic_path
+        from keraslm.files import write_json
 
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(np.asarray(value).reshape(-1)[0]))
-        with atomic_path(self.path, suffix=".json") as temporary:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump(self.history, handle, indent=2)
+        write_json(self.path, self.history)

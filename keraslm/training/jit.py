@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import KeraslmError
-from keraslm.io._files import atomic_path
+from keraslm.files import write_json
 from keraslm.precision import cpu_description
 
 JIT_MODES = ("auto", "on", "off")
@@ -166,9 +166,7 @@ def choose_jit(mode, trainer, grid_shape, batch_size, cache_folder=None, on_gpu=
         if path:
             os.makedirs(cache_folder, exist_ok=True)
             cache = {**_read_cache(path), key: timings}
-            with atomic_path(path, suffix=".json") as temporary:
-                with open(temporary, "w", encoding="utf-8") as handle:
-                    json.dump(cache, handle, indent=1)
+            write_json(path, cache, indent=1)
     device_xla = timings["device_stage_xla"] < timings["device_stage_plain"]
     # Whole-step XLA also compiles the device stage: compare the two parts together.
     whole = timings["network_xla"] + timings["device_stage_xla"]

@@ -17,7 +17,6 @@ With `config.export_dir` set, the trained network is also exported for TF Servin
 version folder `<export_dir>/<version>/` (`keraslm.export.export_saved_model`).
 """
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
 from keraslm.detector import LandmarkDetector, refine_function
 from keraslm.metadata import MODEL_METADATA_FILE, model_metadata, offset_prior_mm
-from keraslm.io._files import atomic_path
+from keraslm.files import atomic_path, write_json
 from keraslm.models import build_model
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
@@ -194,12 +193,6 @@ def _write_pictures(output_dir, val_set, points_mm, errors_mm, label, num_overla
                                  "(green: truth, red: prediction)")
         written.append(path)
     return written
-
-
-def _write_json(path, payload):
-    with atomic_path(path, suffix=".json") as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
 
 
 def _strategy(name):
@@ -438,7 +431,7 @@ def _train(config, log=None):
     resolved = {**dataclasses.asdict(config), "grid_shape": list(grid.shape),
                 "grid_spacing": list(grid.spacing), "settings": settings,
                 "resolved_precision": precision.to_dict(), "resolved_jit": jit.to_dict()}
-    _write_json(os.path.join(output_dir, "config.json"), resolved)
+    write_json(os.path.join(output_dir, "config.json"), resolved)
     callbacks = [
         keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
         EpochHistory(os.path.join(output_dir, "history.json")),  # After BackupAndRestore.
@@ -480,7 +473,7 @@ def _train(config, log=None):
     summary = summarize(errors_mm)
     with atomic_path(model_path, suffix=".keras") as temporary:
         LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
-    _write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
+    write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
     export_path = None
     if config.export_dir and _is_chief(strategy) and not local:  # One export, by the chief.
         export_path = export_saved_model(network, config.export_dir, metadata)
@@ -488,7 +481,7 @@ def _train(config, log=None):
     elif config.export_dir and local:
         log("a local stage is not exported alone: export it with its global model, "
             "python -m keraslm.export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
-    _write_json(
+    write_json(
         os.path.join(output_dir, "metrics.json"),
         {"validation_ids": list(val_set.ids), "summary": summary,
          "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),

@@ -1,5 +1,6 @@
-"""Atomic file writing (write to a temporary name beside the target, then rename) and JSON
-reading with keraslm errors."""
+"""Files written whole or not at all, and JSON read with keraslm errors: `atomic_path`,
+`atomic_folder` (write to a temporary name beside the target, then rename), `write_json`,
+`write_text`, `read_json`. Used by every package that writes files."""
 import contextlib
 import json
 import os
@@ -81,3 +82,19 @@ def atomic_folder(path, overwrite=False):
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def write_json(path, payload, indent=2, default=None):
+    """Writes `payload` as JSON (plus a final newline) to `path`, atomically; `default` as in
+    `json.dump` (for values JSON has no type for)."""
+    with atomic_path(path, suffix=".json") as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=indent, default=default)
+            handle.write("\n")
+
+
+def write_text(path, text):
+    """Writes `text` to `path` (UTF-8), atomically."""
+    with atomic_path(path, suffix=os.path.splitext(os.fspath(path))[1]) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
