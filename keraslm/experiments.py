@@ -39,6 +39,7 @@ from keraslm.evaluation.plots import plot_cumulative_error
 from keraslm.metadata import MODEL_METADATA_FILE, offset_prior_mm
 from keraslm.files import atomic_path, read_json, write_json, write_text
 from keraslm.models import build_model
+from keraslm.run_folder import METRICS_FILE as RUN_METRICS_FILE, RunFolder
 from keraslm.training import TrainingConfig, train
 
 #: Table labels of the architectures, as in the paper.
@@ -52,7 +53,7 @@ METHOD_LABELS = {
 #: The paper's four architectures, in its table order.
 PAPER_ARCHITECTURES = ("downsampling", "convonly", "unet", "scn")
 ERRORS_FILE = "errors_mm.npy"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = RUN_METRICS_FILE  # The run folder's (`keraslm.run_folder`).
 #: Training wall time of a finished run (of the invocation that finished it).
 TIMING_FILE = "training_seconds.json"
 TABLE_FILE = "table.md"
@@ -122,8 +123,7 @@ def execute(runs, log=None):
                             "status": "skipped", "seconds": 0.0,
                             "recorded_seconds": recorded_training_seconds(run_dir)})
             continue
-        resume = os.path.isdir(os.path.join(run_dir, "checkpoints")) or os.path.isfile(
-            os.path.join(run_dir, "model.keras"))
+        resume = RunFolder(run_dir).has_checkpoints() or RunFolder(run_dir).is_finished()
         log(f"{label}: {'resuming' if resume else 'training'}")
         result = train(dataclasses.replace(run.config, resume=resume), log=log)
         with atomic_path(os.path.join(run_dir, ERRORS_FILE), suffix=".npy") as temporary:
@@ -673,7 +673,7 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
 
 def _grid_spacing(run_dir):
     """float. The grid spacing (mm) a finished run recorded in its config.json."""
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
+    with open(RunFolder(run_dir).config_path, encoding="utf-8") as handle:
         return float(json.load(handle)["grid_spacing"][0])
 
 

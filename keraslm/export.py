@@ -568,7 +568,9 @@ def main(argv=None):
         """The LandmarkDetector of a run folder or `.keras` file."""
         from keraslm.detector import load_detector
 
-        return load_detector(os.path.join(path, "model.keras") if os.path.isdir(path) else path)
+        from keraslm.run_folder import RunFolder
+
+        return load_detector(RunFolder(path).model_path if os.path.isdir(path) else path)
 
     try:
         if args.upgrade:

@@ -12,7 +12,6 @@ are known) a way to read each image back for overlay plots.
 """
 import dataclasses
 import functools
-import json
 import os
 
 import numpy as np
@@ -21,11 +20,10 @@ from keraslm.data import select_split
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
 from keraslm.io import LandmarkTable, read_landmarks
-from keraslm.files import read_json
+from keraslm.run_folder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunFolder
 
-RUN_CONFIG_FILE = "config.json"
-RUN_METRICS_FILE = "metrics.json"
-RUN_MODEL_FILE = "model.keras"
+# Re-exported names of the run folder's files (`keraslm.run_folder`).
+RUN_CONFIG_FILE, RUN_METRICS_FILE, RUN_MODEL_FILE = CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -177,16 +175,13 @@ def read_run_config(run_dir):
     Raises:
         KeraslmError: the folder, its config.json or its model.keras is missing or unreadable.
     """
-    run_dir = os.fspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise KeraslmError(f"{run_dir}: no such training run folder")
-    path = os.path.join(run_dir, RUN_CONFIG_FILE)
-    config = read_json(path, f"{run_dir}: no {RUN_CONFIG_FILE}; not a train.py run folder")
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
     if "dataset" not in config:
-        raise KeraslmError(f"{path}: has no 'dataset' entry")
-    if not os.path.isfile(os.path.join(run_dir, RUN_MODEL_FILE)):
+        raise KeraslmError(f"{folder.config_path}: has no 'dataset' entry")
+    if not folder.is_finished():
         raise KeraslmError(
-            f"{run_dir}: no {RUN_MODEL_FILE}; the run has not finished (resume it with "
+            f"{os.fspath(run_dir)}: no {MODEL_FILE}; the run has not finished (resume it with "
             "train.py --resume)"
         )
     return config
@@ -209,10 +204,9 @@ def run_test_set(run_dir, config=None):
         train_ids=config.get("train_ids"), test_ids=config.get("test_ids"),
         test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 0),
     )
-    metrics_path = os.path.join(run_dir, RUN_METRICS_FILE)
-    if os.path.isfile(metrics_path):
-        with open(metrics_path, encoding="utf-8") as handle:
-            recorded = json.load(handle).get("validation_ids")
+    folder = RunFolder(run_dir)
+    if os.path.isfile(folder.metrics_path):
+        recorded = folder.read_metrics().get("validation_ids")
         if recorded is not None and sorted(recorded) != sorted(test_set.ids):
             raise KeraslmError(
                 f"{run_dir}: the split rebuilt from {RUN_CONFIG_FILE} holds ids "
@@ -307,12 +301,12 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
         test_set = run_test_set(run_dir, config)
         progress(f"run {number}/{len(run_dirs)} {run_dir}: {len(test_set)} held-out images")
         parts.append(evaluate_model(
-            os.path.join(run_dir, RUN_MODEL_FILE), test_set, method=method or config.get("architecture"),
+            RunFolder(run_dir).model_path, test_set, method=method or config.get("architecture"),
             normalize_distance=normalize_distance, normalize_landmarks=normalize_landmarks,
             batch_size=batch_size, progress=progress,
             source={"run": os.fspath(run_dir), "fold": config.get("fold"),
                     "num_folds": config.get("num_folds"), "seed": config.get("seed")},
-            refine=os.path.join(refine_runs[number - 1], RUN_MODEL_FILE) if refine_runs else None,
+            refine=RunFolder(refine_runs[number - 1]).model_path if refine_runs else None,
             precision=precision,
         ))
     return combine(parts, method)

@@ -32,9 +32,10 @@ from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
 from keraslm.detector import LandmarkDetector, refine_function
-from keraslm.metadata import MODEL_METADATA_FILE, model_metadata, offset_prior_mm
-from keraslm.files import atomic_path, write_json
+from keraslm.metadata import model_metadata, offset_prior_mm
+from keraslm.files import atomic_path
 from keraslm.models import build_model
+from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
 from keraslm.training.callbacks import EpochHistory, HeatmapImages
@@ -312,9 +313,9 @@ def _train(config, log=None):
     """The body of `train`."""
     log = log or (lambda message: None)
     start = time.perf_counter()
-    output_dir = os.path.abspath(config.output_dir)
-    model_path = os.path.join(output_dir, "model.keras")
-    checkpoint_dir = os.path.join(output_dir, "checkpoints")
+    run_folder = RunFolder(config.output_dir)
+    output_dir = run_folder.path
+    model_path, checkpoint_dir = run_folder.model_path, run_folder.checkpoint_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise KeraslmError(f"--output-dir {output_dir} is a file, not a folder; choose another")
     if config.resume and not (os.path.isdir(checkpoint_dir) or os.path.exists(model_path)):
@@ -431,14 +432,14 @@ def _train(config, log=None):
     resolved = {**dataclasses.asdict(config), "grid_shape": list(grid.shape),
                 "grid_spacing": list(grid.spacing), "settings": settings,
                 "resolved_precision": precision.to_dict(), "resolved_jit": jit.to_dict()}
-    write_json(os.path.join(output_dir, "config.json"), resolved)
+    run_folder.write_config(resolved)
     callbacks = [
         keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch", double_checkpoint=True),
-        EpochHistory(os.path.join(output_dir, "history.json")),  # After BackupAndRestore.
-        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq="epoch"),
+        EpochHistory(run_folder.history_path),  # After BackupAndRestore.
+        keras.callbacks.TensorBoard(run_folder.log_dir, update_freq="epoch"),
     ]
     if validate and not local:
-        callbacks.append(HeatmapImages(os.path.join(output_dir, "logs"), val_samples.images[:3], network))
+        callbacks.append(HeatmapImages(run_folder.log_dir, val_samples.images[:3], network))
     trainer.fit(
         train_data,
         epochs=epochs,
@@ -471,9 +472,7 @@ def _train(config, log=None):
         points_mm = val_samples.grid_to_physical(points_grid)
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)
-    with atomic_path(model_path, suffix=".keras") as temporary:
-        LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
-    write_json(os.path.join(output_dir, MODEL_METADATA_FILE), metadata)
+    run_folder.write_metadata(metadata)
     export_path = None
     if config.export_dir and _is_chief(strategy) and not local:  # One export, by the chief.
         export_path = export_saved_model(network, config.export_dir, metadata)
@@ -481,13 +480,14 @@ def _train(config, log=None):
     elif config.export_dir and local:
         log("a local stage is not exported alone: export it with its global model, "
             "python -m keraslm.export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
-    write_json(
-        os.path.join(output_dir, "metrics.json"),
+    run_folder.write_metrics(
         {"validation_ids": list(val_set.ids), "summary": summary,
          "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
          "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))
          if validate else {}},
     )
+    with atomic_path(model_path, suffix=".keras") as temporary:  # Last: its presence = finished.
+        LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
     pictures = []
     if validate and config.plots and _is_chief(strategy):
         pictures = _write_pictures(output_dir, val_set, points_mm, errors_mm,

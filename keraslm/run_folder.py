@@ -1,0 +1,97 @@
+"""A training run folder and the names of what it holds, in one place.
+
+    <run>/config.json     the run's settings as resolved (dataset, split, grid, precision, XLA)
+    <run>/model.keras     the trained LandmarkDetector (written last: its presence = finished)
+    <run>/model.json      the same metadata, readable
+    <run>/metrics.json    validation point errors in mm and the validation ids
+    <run>/history.json    per-epoch losses and errors
+    <run>/checkpoints/    BackupAndRestore state of an unfinished run (--resume)
+    <run>/logs/           TensorBoard logs
+
+`train.py` writes it (`keraslm.training.run`); `evaluate.py --runs`, `keraslm.export` and the
+experiment drivers read it.
+"""
+import os
+
+from keraslm.errors import KeraslmError
+from keraslm.files import read_json, write_json
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+METADATA_FILE = "model.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_FOLDER = "checkpoints"
+LOG_FOLDER = "logs"
+
+
+class RunFolder:
+    """Paths and reads / atomic writes of one run folder.
+
+    Args:
+        path: str. The run folder (need not exist yet).
+    """
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.fspath(path))
+
+    def __repr__(self):
+        return f"RunFolder({self.path!r})"
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    @property
+    def config_path(self):
+        return self.file(CONFIG_FILE)
+
+    @property
+    def model_path(self):
+        return self.file(MODEL_FILE)
+
+    @property
+    def metadata_path(self):
+        return self.file(METADATA_FILE)
+
+    @property
+    def metrics_path(self):
+        return self.file(METRICS_FILE)
+
+    @property
+    def history_path(self):
+        return self.file(HISTORY_FILE)
+
+    @property
+    def checkpoint_dir(self):
+        return self.file(CHECKPOINT_FOLDER)
+
+    @property
+    def log_dir(self):
+        return self.file(LOG_FOLDER)
+
+    def is_finished(self):
+        """bool. Whether the run wrote its model (the last thing a run writes)."""
+        return os.path.isfile(self.model_path)
+
+    def has_checkpoints(self):
+        """bool. Whether an interrupted run left checkpoints to resume from."""
+        return os.path.isdir(self.checkpoint_dir)
+
+    def read_config(self):
+        """dict. `config.json`; KeraslmError when the folder or file is missing or unreadable."""
+        if not os.path.isdir(self.path):
+            raise KeraslmError(f"{self.path}: no such training run folder")
+        return read_json(self.config_path, f"{self.path}: no {CONFIG_FILE}; not a train.py run folder")
+
+    def read_metrics(self):
+        """dict. `metrics.json`; KeraslmError when missing or unreadable."""
+        return read_json(self.metrics_path, f"{self.path}: no {METRICS_FILE}; the run has not finished")
+
+    def write_config(self, payload):
+        write_json(self.config_path, payload)
+
+    def write_metrics(self, payload):
+        write_json(self.metrics_path, payload)
+
+    def write_metadata(self, payload):
+        write_json(self.metadata_path, payload)
