@@ -206,12 +206,7 @@ class HeatmapCodec:
         """
         if method not in METHODS:
             raise UsageError(f"`method` must be one of {METHODS}. Received: method={method!r}")
-        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
-        shape = static_shape(heatmaps)
-        if len(shape) != self.ndim + 2 or tuple(shape[1:-1]) != self.output_shape:
-            raise UsageError(
-                f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
-                f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
+        heatmaps, shape = self._checked_heatmaps(heatmaps)
         weighted = None
         if peak_weights is not None:
             weighted = heatmaps * ops.cast(ops.convert_to_tensor(peak_weights), "float32")
@@ -241,6 +236,16 @@ class HeatmapCodec:
         prior = np.exp(-squared / (2.0 * float(sigma_mm) ** 2))
         return prior[np.newaxis, ..., np.newaxis].astype(np.float32)
 
+    def _checked_heatmaps(self, heatmaps):
+        """float32 heatmaps on this codec's output grid, and their static shape."""
+        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
+        shape = static_shape(heatmaps)
+        if len(shape) != self.ndim + 2 or tuple(shape[1:-1]) != self.output_shape:
+            raise UsageError(
+                f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
+                f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
+        return heatmaps, shape
+
     def spread(self, heatmaps, spacing, floor=SPREAD_FLOOR):
         """How far each heatmap's mass lies from its centre, in mm: an uncertainty feature.
 
@@ -255,12 +260,7 @@ class HeatmapCodec:
 
         Returns `(batch, num_landmarks)` float32, mm.
         """
-        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
-        shape = static_shape(heatmaps)
-        if len(shape) != self.ndim + 2 or tuple(shape[1:-1]) != self.output_shape:
-            raise UsageError(
-                f"`heatmaps` must have shape (batch, {', '.join(map(str, self.output_shape))}, "
-                f"num_landmarks) for this codec. Received: heatmaps.shape={shape}")
+        heatmaps, shape = self._checked_heatmaps(heatmaps)
         spacing_xyz = np.broadcast_to(np.asarray(spacing, np.float64), (self.ndim,))
         spatial = tuple(range(1, self.ndim + 1))
         peak = ops.max(heatmaps, axis=spatial, keepdims=True)
