@@ -6,6 +6,8 @@
     <run>/metrics.json    validation point errors in mm and the validation ids
     <run>/history.json    per-epoch losses and errors
     <run>/checkpoints/    BackupAndRestore state of an unfinished run (--resume)
+    <run>/trained.weights.h5  the weights after the last step, until model.keras is written
+                          (a run that fails in its final validation resumes from them)
     <run>/logs/           TensorBoard logs
 
 `train.py` writes it (`keraslm.training.run`); `evaluate.py --runs`, `keraslm.export` and the
@@ -21,6 +23,7 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
+TRAINED_WEIGHTS_FILE = "trained.weights.h5"
 CHECKPOINT_FOLDER = "checkpoints"
 LOG_FOLDER = "logs"
 
@@ -62,6 +65,10 @@ class RunFolder:
         return self.file(HISTORY_FILE)
 
     @property
+    def trained_weights_path(self):
+        return self.file(TRAINED_WEIGHTS_FILE)
+
+    @property
     def checkpoint_dir(self):
         return self.file(CHECKPOINT_FOLDER)
 
@@ -74,8 +81,9 @@ class RunFolder:
         return os.path.isfile(self.model_path)
 
     def has_checkpoints(self):
-        """bool. Whether an interrupted run left checkpoints to resume from."""
-        return os.path.isdir(self.checkpoint_dir)
+        """bool. Whether an interrupted run left checkpoints (or its trained weights) to resume
+        from."""
+        return os.path.isdir(self.checkpoint_dir) or os.path.isfile(self.trained_weights_path)
 
     def read_config(self):
         """dict. `config.json`; KeraslmError when the folder or file is missing or unreadable."""

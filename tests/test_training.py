@@ -1,4 +1,5 @@
 """Tests of keraslm.training: pipeline, a short training run, resume after SIGKILL, bad input."""
+import dataclasses
 import json
 import os
 import signal
@@ -160,6 +161,37 @@ def test_test_fraction_zero_trains_on_every_image(phantom_root, tmp_path):
     assert metrics["validation_ids"] == [] and metrics["summary"]["count"] == 0
     assert result.errors_mm.shape == (0, 37) and os.path.isfile(result.model_path)
     assert "val_loss" not in json.load(open(tmp_path / "run" / "history.json"))
+
+
+def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_path, monkeypatch):
+    """fit() ends by deleting its checkpoints; a failure in the final validation must not lose
+    the trained weights: --resume goes straight to the final validation with them."""
+    import keraslm.training.run as run_module
+
+    config = TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=4, steps_per_epoch=2,
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False)
+    original = run_module.summarize
+
+    def fail(errors):
+        raise RuntimeError("simulated failure in the final validation")
+
+    monkeypatch.setattr(run_module, "summarize", fail)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train(config)
+    weights = tmp_path / "run" / "trained.weights.h5"
+    assert weights.is_file() and not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "model.keras").exists()
+    with pytest.raises(KeraslmError, match="pass --resume"):
+        train(config)  # Not silently retrained from scratch.
+    monkeypatch.setattr(run_module, "summarize", original)
+    messages = []
+    result = train(dataclasses.replace(config, resume=True), log=messages.append)
+    assert any("resuming at the final validation" in m for m in messages)
+    assert os.path.isfile(result.model_path) and not weights.exists()
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 4
+    assert len(json.load(open(tmp_path / "run" / "history.json"))["loss"]) == 2  # Kept, not rerun.
 
 
 def _free_ports(count):

@@ -169,6 +169,19 @@ class TrainingResult:
 VALIDATION_CUMULATIVE_PLOT = "validation_cumulative_error.png"
 
 
+def _fit(trainer, train_data, epochs, steps_per_epoch, val_samples, batch_size, callbacks):
+    trainer.fit(
+        train_data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=evaluation_dataset(val_samples, batch_size) if val_samples is not None else None,
+        callbacks=callbacks,
+        shuffle=False,  # tf.data shuffles already.
+        # A progress bar on a terminal; one line per epoch into files, pipes and CI logs.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
 def _write_pictures(output_dir, val_set, points_mm, errors_mm, label, num_overlays=3):
     """The cumulative error curve of the validation points and overlays of truth vs prediction
     on the best, the median and the worst validation image (3D: maximum-intensity
@@ -318,12 +331,12 @@ def _train(config, log=None):
     model_path, checkpoint_dir = run_folder.model_path, run_folder.checkpoint_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise KeraslmError(f"--output-dir {output_dir} is a file, not a folder; choose another")
-    if config.resume and not (os.path.isdir(checkpoint_dir) or os.path.exists(model_path)):
+    if config.resume and not (run_folder.has_checkpoints() or os.path.exists(model_path)):
         raise KeraslmError(f"nothing to resume in {output_dir}: it holds no checkpoints of an "
                            "interrupted run; drop --resume to start a new run there")
     if os.path.exists(model_path) and not config.resume:
         raise KeraslmError(f"{output_dir} holds a finished run (model.keras); choose another --output-dir")
-    if os.path.isdir(checkpoint_dir) and not config.resume:
+    if run_folder.has_checkpoints() and not config.resume:
         raise KeraslmError(
             f"{output_dir} holds checkpoints of an unfinished run; pass --resume to continue it "
             "or choose another --output-dir"
@@ -440,16 +453,18 @@ def _train(config, log=None):
     ]
     if validate and not local:
         callbacks.append(HeatmapImages(run_folder.log_dir, val_samples.images[:3], network))
-    trainer.fit(
-        train_data,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=evaluation_dataset(val_samples, settings["batch_size"]) if validate else None,
-        callbacks=callbacks,
-        shuffle=False,  # tf.data shuffles already.
-        # A progress bar on a terminal; one line per epoch into files, pipes and CI logs.
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    trained = config.resume and os.path.isfile(run_folder.trained_weights_path)
+    if trained:  # Every step ran before; what failed came after training.
+        network.load_weights(run_folder.trained_weights_path)
+        log(f"all {steps} steps were trained before: resuming at the final validation")
+    else:
+        _fit(trainer, train_data, epochs, steps_per_epoch, val_samples if validate else None,
+             settings["batch_size"], callbacks)
+        # BackupAndRestore removes its checkpoints when fit ends: keep the trained weights until
+        # model.keras is written, so a failure in between does not lose the training.
+        with atomic_path(run_folder.trained_weights_path, suffix=".weights.h5") as temporary:
+            network.save_weights(temporary)
+    optimizer_steps = steps if trained else int(trainer.optimizer.iterations.numpy())
 
     metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
                               settings["sigma"], trainer.decode_method,
@@ -482,12 +497,14 @@ def _train(config, log=None):
             "python -m keraslm.export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
     run_folder.write_metrics(
         {"validation_ids": list(val_set.ids), "summary": summary,
-         "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
+         "optimizer_iterations": optimizer_steps,
          "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))
          if validate else {}},
     )
     with atomic_path(model_path, suffix=".keras") as temporary:  # Last: its presence = finished.
         LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
+    if os.path.isfile(run_folder.trained_weights_path):
+        os.remove(run_folder.trained_weights_path)
     pictures = []
     if validate and config.plots and _is_chief(strategy):
         pictures = _write_pictures(output_dir, val_set, points_mm, errors_mm,
