@@ -75,13 +75,18 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
     return dataset
 
 
-def _load_folder_any(folder, root, units, spacing, ndim):
-    if os.path.isfile(os.path.join(folder, DATASET_JSON)):
-        return load_folder(folder)
-    csvs = sorted(
+def landmark_csvs(folder):
+    """Sorted paths of the CSV files in `folder` and `folder/images` (hidden files left out)."""
+    return sorted(
         os.path.join(sub, entry) for sub in (folder, os.path.join(folder, "images"))
         if os.path.isdir(sub) for entry in os.listdir(sub)
         if entry.lower().endswith(".csv") and not entry.startswith("."))
+
+
+def _load_folder_any(folder, root, units, spacing, ndim):
+    if os.path.isfile(os.path.join(folder, DATASET_JSON)):
+        return load_folder(folder)
+    csvs = landmark_csvs(folder)
     if len(csvs) > 1:
         raise DatasetArgumentError(
             f"{folder}: holds {len(csvs)} CSV files ({', '.join(csvs)}); name the landmark CSV "

@@ -357,7 +357,7 @@ def describe_folder(folder, units=None, spacing=None):
     import os
 
     from keraslm.data import DATASET_JSON
-    from keraslm.datasets import load_dataset
+    from keraslm.datasets import landmark_csvs, load_dataset
     from keraslm.errors import DatasetError
     from keraslm.io import landmark_file_stem
 
@@ -367,9 +367,7 @@ def describe_folder(folder, units=None, spacing=None):
                            "remove it to infer a new one")
     dataset = load_dataset(folder, units=units, spacing=spacing)
     description = {"name": dataset.name, "ndim": dataset.ndim}
-    csvs = [os.path.relpath(os.path.join(sub, entry), folder)
-            for sub in (folder, os.path.join(folder, "images")) if os.path.isdir(sub)
-            for entry in sorted(os.listdir(sub)) if entry.lower().endswith(".csv")]
+    csvs = [os.path.relpath(path, folder) for path in landmark_csvs(folder)]
     if csvs:
         description["landmarks_csv"] = csvs[0]
         description["landmark_units"] = units
