@@ -195,7 +195,6 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
         grid_image, grid_to_image = prepare_on_grid(array, spacing, grid, metadata["normalization"])
         heatmaps = tf.cast(network(grid_image[tf.newaxis, ..., tf.newaxis], training=False), tf.float32)
         points_grid, confidence = codec.decode(heatmaps, method=method)
-        spread = codec.spread(heatmaps, metadata["grid_spacing"])[0]
         points_index = _apply(grid_to_image, tf.cast(points_grid[0], tf.float64))
         confidence = confidence[0]
         if refine is not None:
@@ -208,6 +207,8 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
                     fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
             points_index = _apply(fine_to_image, tf.cast(points_fine[0], tf.float64))
             confidence, spread = local_confidence[0], local_spread[0]
+        else:
+            spread = codec.spread(heatmaps, metadata["grid_spacing"])[0]
         index_to_mm = tf.cast(direction, tf.float64) * spacing[tf.newaxis, :]
         points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
         outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,
