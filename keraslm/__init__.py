@@ -9,7 +9,7 @@ Implements Payer et al., "Regressing Heatmaps for Multiple Landmark Localization
 - `keraslm.models`, `keraslm.ops`, `keraslm.training`: networks, on-device augmentation and
   heatmap codec, training.
 - `keraslm.predict(model, images)` (`keraslm.inference`): landmarks in mm in new images;
-  `python -m keraslm.predict` / `keraslm-predict` on the command line.
+  `keraslm-predict` / `python -m keraslm predict` on the command line.
 """
 import importlib.util as _importlib_util
 
@@ -36,7 +36,7 @@ from keraslm.errors import (  # noqa: E402
 def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None,
             precision="float32"):
     """Finds landmarks in images; see `keraslm.inference.predict` (imported on first use, so
-    `import keraslm` stays light). On the command line: `python -m keraslm.predict`."""
+    `import keraslm` stays light). On the command line: `keraslm-predict`."""
     from keraslm.inference import predict as _predict
 
     return _predict(model, images, spacing=spacing, batch_size=batch_size, metadata=metadata,

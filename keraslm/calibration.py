@@ -20,7 +20,7 @@ the SavedModel signatures and TF Serving return `expected_error_mm` with every l
 
 Fit it on predictions of images the model did not train on (the held-out folds of a
 cross-validation): `evaluate.py ... --calibrate calibration.json`, then
-`python -m keraslm.export ... --calibration calibration.json`.
+`keraslm-export ... --calibration calibration.json`.
 """
 import numpy as np
 from keras import ops

@@ -16,6 +16,7 @@ import numpy as np
 
 from keraslm.errors import DatasetError, DatasetArgumentError, KeraslmError
 from keraslm.io import (
+    holds_geometry,
     is_image_path,
     landmark_file_stem,
     natural_key,
@@ -23,14 +24,11 @@ from keraslm.io import (
     read_image_header,
     read_landmark_file,
     read_landmarks,
+    strip_image_extension,
 )
 from keraslm.files import read_json
-from keraslm.io.dicom import DICOM_EXTENSIONS
-from keraslm.io.nifti import NIFTI_EXTENSIONS
-from keraslm.io.plain import PLAIN_EXTENSIONS
 
 DATASET_JSON = "dataset.json"
-_IMAGE_EXTENSIONS = NIFTI_EXTENSIONS + PLAIN_EXTENSIONS + DICOM_EXTENSIONS
 LANDMARK_UNITS = ("index", "mm")
 
 
@@ -51,11 +49,7 @@ class Record:
 
 def image_id_from_path(path):
     """str. An image's id: its file or series folder name without the image extension."""
-    name = os.path.basename(os.path.normpath(path))
-    for extension in _IMAGE_EXTENSIONS:
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return name
+    return strip_image_extension(os.path.basename(os.path.normpath(path)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,7 +136,7 @@ class LandmarkDataset:
     def _spacing_for(self, path):
         if self.image_spacing is None:
             return None
-        return self.image_spacing if path.lower().endswith(PLAIN_EXTENSIONS) else None
+        return None if holds_geometry(path) else self.image_spacing
 
     # ------------------------------------------------------------------------------- splits
 
@@ -417,7 +411,7 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
     records, dims = [], {}
     for image_id in ids:
         path, file_names, file_points, file_units = contents[image_id]
-        plain = images[image_id].lower().endswith(PLAIN_EXTENSIONS)
+        plain = not holds_geometry(images[image_id])
         header = read_image_header(images[image_id], spacing=plain_spacing if plain else None)
         dims.setdefault(header.ndim, []).append(images[image_id])
         if file_points.shape[1] < header.ndim:

@@ -1,7 +1,8 @@
-"""Finding landmarks in new images: `predict(model, images)` and the `keraslm-predict` CLI.
+"""Finding landmarks in new images: `predict(model, images)` (the `keraslm-predict` command is
+`keraslm.commands.predict`).
 
 One image's way: it is read (`keraslm.io`), normalised and resampled onto the model's network
-grid exactly as in training (`keraslm.training.pipeline.prepare_image`), the network gives
+grid exactly as in training (`keraslm.preprocessing.prepare_image`), the network gives
 heatmaps, the heatmap codec decodes them (argmax plus sub-pixel refinement) into grid index
 points, and the recorded placement and the image geometry map them to the original image's
 index `(x, y[, z])` and to physical millimetres (LPS):
@@ -12,17 +13,14 @@ A model is a trained Keras network plus its *metadata* (`MODEL_METADATA_FILE` be
 `.keras` file, or the SavedModel's `assets/` for exports): landmark names, dimension, grid
 shape and spacing, normalisation, output stride and sigma.
 """
-import argparse
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
-from keraslm import cli
 from keraslm.data import image_id_from_path
-from keraslm.errors import KeraslmError, exit_status
-from keraslm.io import Image, is_image_path, read_image
+from keraslm.errors import KeraslmError
+from keraslm.io import Image, read_image
 from keraslm.files import atomic_path, write_json
 from keraslm.detector import Predictor
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
@@ -409,83 +407,3 @@ def write_predictions(folder, predictions):
                     writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm)])
         written.append(path)
     return written
-
-
-def main(argv=None):
-    """`keraslm-predict` / `python -m keraslm.inference`."""
-    parser = argparse.ArgumentParser(
-        prog="keraslm-predict",
-        description="Find landmarks in images with a trained keraslm model and write them as "
-        "CSV (physical mm and image index) and JSON.",
-    )
-    parser.add_argument("model", help="a .keras file (with model.json beside it) or a SavedModel version folder")
-    parser.add_argument("--refine", metavar="LOCAL_MODEL",
-                        help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
-                        "refines the model's estimates on fine-grid crops")
-    parser.add_argument("--refine-iterations", type=int, default=1, metavar="N",
-                        help="local passes with --refine; each centres the crops on the previous "
-                        "estimate")
-    parser.add_argument("images", nargs="+", help="image files, or folders whose image files (and "
-                        "sub-folders, as DICOM series) are all predicted")
-    parser.add_argument("--series", action="store_true",
-                        help="the given folders are DICOM series themselves (one 3D image each)")
-    parser.add_argument("--spacing", type=cli.spacing, metavar="MM",
-                        help="mm per pixel of plain images (PNG/JPEG) that hold none: 0.1 or x,y")
-    parser.add_argument("--output-dir", default="predictions", help="where to write the results")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--precision", default="float32",
-                        choices=["float32", "bfloat16", "float16", "auto"],
-                        help="compute precision of .keras models (float32: the same numbers as "
-                        "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
-    args = parser.parse_args(argv)
-    paths = []
-    for item in args.images:
-        if os.path.isdir(item) and not args.series:
-            # A folder of images: its image files, and its sub-folders as DICOM series.
-            paths += sorted(
-                os.path.join(item, name) for name in os.listdir(item)
-                if not name.startswith(".") and is_image_path(os.path.join(item, name))
-            )
-        else:
-            paths.append(item)
-    if not paths:
-        print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
-        return 2
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        print(f"error: --output-dir {args.output_dir} is a file, not a folder", file=sys.stderr)
-        return 2
-    try:
-        model = args.model
-        if args.refine_iterations != 1:
-            if not args.refine:
-                raise KeraslmError("--refine-iterations needs --refine")
-            model = CascadePredictor(load_predictor(args.model, precision=args.precision),
-                                     load_predictor(args.refine, precision=args.precision),
-                                     iterations=args.refine_iterations)
-        predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size,
-                              refine=None if args.refine_iterations != 1 else args.refine,
-                              precision=args.precision)
-    except KeraslmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return exit_status(error)
-    flag_mm = 2.5
-    for prediction in predictions:
-        print(f"{prediction.image_id}:")
-        expected = prediction.expected_error_mm
-        for i, (name, point) in enumerate(zip(prediction.landmark_names, prediction.points_mm)):
-            line = (f"  {name:<28} {'  '.join(f'{v:9.2f}' for v in point)} mm   "
-                    f"confidence {prediction.confidence[i]:7.2f}")
-            if expected is not None:
-                line += f"   expected error {expected[i]:5.2f} mm"
-                line += "   CHECK" if expected[i] > flag_mm else ""
-            print(line)
-    if predictions and predictions[0].expected_error_mm is not None:
-        print(f"CHECK: expected error above {flag_mm:g} mm (the model's calibration on held-out "
-              "images); look at these landmarks by hand")
-    written = write_predictions(args.output_dir, predictions)
-    print("wrote " + ", ".join(written))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

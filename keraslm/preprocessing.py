@@ -11,7 +11,7 @@ exactly:
     grid index --placement.grid_to_image_index--> image index --image.index_to_physical--> mm
 
 ONE implementation, in TensorFlow ops, serves training's one-off preparation of every image
-(`keraslm.training.pipeline.prepare_image`), `keraslm.predict` and the exported SavedModel's
+(`keraslm.training.pipeline` through `prepare_image`), `keraslm.predict` and the exported SavedModel's
 image signatures (`keraslm.export`): `prepare_on_grid` normalises, places and resamples a
 tensor of any size inside a graph. `GridSpec`, `GridPlacement` and `fitting_spacing` are the
 host-side descriptions (NumPy) of what it computes. The NumPy reference implementations live in

@@ -34,7 +34,7 @@ REST request bodies (TF Serving, `POST /v1/models/<name>[/versions/<v>]:predict`
 
     {"signature_name": "refine", "inputs": {"images": [<fine grid image>], "centres": [...]}}
 
-The third exists in a coarse-to-fine export (`python -m keraslm.export ... --refine`): after the
+The third exists in a coarse-to-fine export (`keraslm-export ... --refine`): after the
 `landmarks` answer, the client puts each image onto the local stage's fine grid
 (`metadata["refine"]`), maps the global estimates there and asks `refine` for the refined
 points, which go back through the fine grid's placement.
@@ -137,7 +137,7 @@ def prepare_images(images, metadata, spacing=None):
     Returns list of PreparedImage.
     """
     from keraslm.io import Image
-    from keraslm.training.pipeline import prepare_image
+    from keraslm.preprocessing import prepare_image
 
     metadata = check_metadata(metadata, "metadata")
     grid = GridSpec(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))

@@ -227,8 +227,8 @@ def cascade_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cascade_export(cascade_runs, tmp_path_factory):
-    """The cascade exported once with `python -m keraslm.export`: its version folder."""
-    from keraslm.export import main as export_main
+    """The cascade exported once with `keraslm-export`: its version folder."""
+    from keraslm.commands.export import main as export_main
 
     root, dataset, coarse, local = cascade_runs
     base = tmp_path_factory.mktemp("served") / "cascade"
@@ -285,7 +285,7 @@ def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_ex
 
 
 def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
-    from keraslm.inference import main
+    from keraslm.commands.predict import main
 
     root, dataset, coarse, local = cascade_runs
     path = dataset.records[0].image_path
@@ -366,8 +366,8 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     from evaluate import main as evaluate_main
     from keraslm.calibration import check_calibration, expected_error_mm
     from keraslm.evaluation import evaluate_model, write_report
-    from keraslm.export import main as export_main
-    from keraslm.inference import main as predict_main
+    from keraslm.commands.export import main as export_main
+    from keraslm.commands.predict import main as predict_main
 
     root, dataset, coarse, local = cascade_runs
     calibration_path = tmp_path / "calibration.json"

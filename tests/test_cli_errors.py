@@ -16,8 +16,8 @@ import pytest
 
 from keraslm.commands.evaluate import main as evaluate_main
 from keraslm.commands.train import main as train_main
-from keraslm.datasets.__main__ import main as dataset_main
-from keraslm.inference import main as predict_main
+from keraslm.commands.dataset import main as dataset_main
+from keraslm.commands.predict import main as predict_main
 from keraslm.io import write_markups, write_png
 
 

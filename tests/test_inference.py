@@ -102,21 +102,21 @@ def test_python_m_keraslm_predict_prints_named_landmarks(trained, tmp_path):
     import subprocess
     import sys
 
-    import keraslm.predict as predict_module
-
     dataset, result = trained
     path = dataset.records[0].image_path
-    # Importing the module keeps `keraslm.predict(...)` working (the module is callable).
-    assert keraslm.predict is predict_module
     [prediction] = keraslm.predict(result.model_path, [path], spacing=dataset.image_spacing)
     assert prediction.points_mm.shape == (37, 2)
     output = subprocess.run(
-        [sys.executable, "-m", "keraslm.predict", result.model_path, path, "--spacing",
+        [sys.executable, "-m", "keraslm", "predict", result.model_path, path, "--spacing",
          str(dataset.image_spacing[0]), "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, check=True).stdout
     for name in dataset.landmark_names:
         assert name in output
     assert " mm " in output
+    # `keraslm.predict` stays the function (no module of that name replaces it).
+    assert callable(keraslm.predict) and not hasattr(keraslm.predict, "__path__")
+    usage = subprocess.run([sys.executable, "-m", "keraslm"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "predict" in usage.stderr and "export" in usage.stderr
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -135,7 +135,7 @@ def test_shipped_isbi2015_model_finds_the_landmarks_of_a_training_image(tmp_path
 
     assert isinstance(load_predictor(SHIPPED), CascadePredictor)
     output = subprocess.run(
-        [sys.executable, "-m", "keraslm.predict", SHIPPED, ISBI_IMAGE, "--spacing", "0.1",
+        [sys.executable, "-m", "keraslm", "predict", SHIPPED, ISBI_IMAGE, "--spacing", "0.1",
          "--output-dir", str(tmp_path)], capture_output=True, text=True, check=True).stdout
     dataset = isbi2015(os.path.dirname(os.path.dirname(ISBI_IMAGE)))
     assert len(dataset.landmark_names) == 19

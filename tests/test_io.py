@@ -410,3 +410,56 @@ def test_bad_landmark_files(tmp_path, content, message):
 def test_missing_landmark_file(tmp_path):
     with pytest.raises(LandmarkFileError, match=r"none\.csv: no such file"):
         read_landmarks(tmp_path / "none.csv")
+
+
+# -- the image-format registry ----------------------------------------------------------------
+
+@pytest.fixture
+def npy_format():
+    """A toy format registered for one test: NumPy .npy arrays with 0.5 mm pixels."""
+    from keraslm.io import IMAGE_FORMATS, ImageFormat, register_image_format
+
+    def read(path, spacing=None):
+        return Image(np.load(path).astype(np.float32), spacing=spacing or 0.5, path=path)
+
+    def read_header(path, spacing=None):
+        shape = np.load(path, mmap_mode="r").shape
+        return Image(np.broadcast_to(np.zeros((), np.float32), shape), spacing=spacing or 0.5,
+                     path=path)
+
+    image_format = register_image_format(ImageFormat(
+        "NumPy", (".npy",), read, read_header, write=lambda path, image: np.save(path, image.array)))
+    yield image_format
+    del IMAGE_FORMATS[image_format.name]
+
+
+def test_a_registered_format_is_read_written_and_named_everywhere(npy_format, tmp_path):
+    """Adding a format is one registration: reading, headers, writing, image ids and datasets
+    follow from it."""
+    from keraslm.data import from_csv, image_id_from_path
+    from keraslm.io import is_image_path, register_image_format, write_image
+    from keraslm.io.images import supported_formats
+
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = str(tmp_path / "scan_01.npy")
+    write_image(path, Image(array, spacing=1.0))
+    assert is_image_path(path) and image_id_from_path(path) == "scan_01"
+    image = read_image(path)
+    np.testing.assert_array_equal(image.array, array)
+    assert read_image_header(path).array.shape == (3, 4) and image.spacing[0] == 0.5
+    assert "NumPy (.npy)" in supported_formats()
+    (tmp_path / "landmarks.csv").write_text("id,a_x,a_y\nscan_01,1,2\n")
+    dataset = from_csv(str(tmp_path / "landmarks.csv"), str(tmp_path), units="index")
+    np.testing.assert_allclose(dataset.points_mm[0, 0], [0.5, 1.0])
+    with pytest.raises(KeraslmError, match="registered already"):
+        register_image_format(npy_format)
+
+
+def test_unregistered_extensions_are_named_in_the_error(tmp_path):
+    path = tmp_path / "scan.xyz"
+    path.write_bytes(b"0")
+    with pytest.raises(ImageReadError, match=r"scan\.xyz: unsupported file type.*NIfTI \(\.nii, \.nii\.gz\)"):
+        read_image(str(path))
+    with pytest.raises(ImageWriteError, match=r"scan\.xyz: keraslm writes images as"):
+        from keraslm.io import write_image
+        write_image(str(path), Image(np.zeros((2, 2)), spacing=1.0))

@@ -185,8 +185,8 @@ def test_walkthrough_train_evaluate_predict_export_on_a_plain_folder(phantom, tm
     """README "Your own data": a folder of images + one pixel CSV, through the commands."""
     from keraslm.commands.evaluate import main as evaluate_main
     from keraslm.commands.train import main as train_main
-    from keraslm.export import main as export_main
-    from keraslm.inference import main as predict_main
+    from keraslm.commands.export import main as export_main
+    from keraslm.commands.predict import main as predict_main
 
     copied = _flat_copy(phantom, tmp_path / "xrays")
     index = np.stack([copied[r.id][1].physical_to_index(r.points_mm) for r in phantom.records])
@@ -233,7 +233,7 @@ def _csv_folder(phantom, folder, units="index"):
 
 
 def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_path, capsys):
-    from keraslm.datasets.__main__ import main as dataset_main
+    from keraslm.commands.dataset import main as dataset_main
     from keraslm.io import read_image, write_dicom
 
     names = phantom.landmark_names
@@ -310,7 +310,7 @@ def dataclasses_replace(image, **changes):
 
 
 def test_init_writes_the_inferred_dataset_json(phantom, tmp_path, capsys):
-    from keraslm.datasets.__main__ import main as dataset_main
+    from keraslm.commands.dataset import main as dataset_main
 
     folder = tmp_path / "slicer"
     copied = _flat_copy(phantom, folder)
@@ -339,7 +339,7 @@ def test_walkthrough_on_nifti_volumes_with_slicer_markups(tmp_path, capsys):
     """The same walk for 3D: NIfTI/DICOM volumes each with a .mrk.json (LPS mm) beside it."""
     from keraslm.commands.evaluate import main as evaluate_main
     from keraslm.commands.train import main as train_main
-    from keraslm.inference import main as predict_main
+    from keraslm.commands.predict import main as predict_main
 
     volumes = make_phantom(tmp_path / "p3", ndim=3, num_images=5, seed=2, image_size=(20, 24, 16))
     folder = tmp_path / "volumes"

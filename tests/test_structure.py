@@ -76,3 +76,65 @@ def test_no_import_cycles():
     graph = _module_graph()
     assert "keraslm.export" in graph and "keraslm.inference" in graph
     assert _cycles(graph) == []
+
+
+#: The layers of keraslm, lowest first (ARCHITECTURE.md draws them). A module may import modules
+#: of lower layers, and of its own layer inside its own package; never a higher layer.
+LAYERS = [
+    ("errors", ["keraslm.errors"]),
+    ("foundation", ["keraslm.files", "keraslm.cli"]),
+    ("run folders", ["keraslm.run_folder"]),
+    ("files on disk", ["keraslm.io"]),
+    ("dataset records", ["keraslm.data"]),
+    ("datasets", ["keraslm.datasets"]),
+    ("tensors", ["keraslm.ops", "keraslm.models", "keraslm.preprocessing", "keraslm.precision",
+                 "keraslm.metadata", "keraslm.calibration"]),
+    ("prediction graph", ["keraslm.detector"]),
+    ("engines", ["keraslm.training.trainer", "keraslm.training.pipeline", "keraslm.training.jit",
+                 "keraslm.training.presets", "keraslm.training.callbacks",
+                 "keraslm.training.stages", "keraslm.evaluation.metrics",
+                 "keraslm.evaluation.plots", "keraslm.evaluation.report", "keraslm.export"]),
+    ("prediction", ["keraslm.inference"]),
+    ("clients", ["keraslm.serving"]),
+    ("workflows", ["keraslm.training", "keraslm.evaluation"]),
+    ("experiments", ["keraslm.experiments"]),
+    ("commands", ["keraslm.commands"]),
+    ("entry points", ["keraslm.__main__", "keraslm"]),
+]
+
+
+def _layer(module):
+    """(rank, the layer entry that claims `module`: the longest matching prefix)."""
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "keraslm" and module.startswith(prefix + ".")):
+                if best is None or len(prefix) > len(best[1]):
+                    best = (rank, prefix)
+    assert best is not None, f"{module} is in no layer of tests/test_structure.py's LAYERS"
+    return best
+
+
+def _upward(graph):
+    found = []
+    for module, imported in graph.items():
+        rank, owner = _layer(module)
+        for other in imported:
+            other_rank, other_owner = _layer(other)
+            if other_rank > rank or (other_rank == rank and other_owner.split(".")[:2]
+                                     != owner.split(".")[:2]):
+                found.append(f"{module} ({LAYERS[rank][0]}) imports {other} "
+                             f"({LAYERS[other_rank][0]})")
+    return sorted(found)
+
+
+def test_upward_finder_finds_an_upward_import():
+    graph = {"keraslm.io.plain": {"keraslm.training.run"}, "keraslm.ops.heatmaps": {"keraslm.models"},
+             "keraslm.training.run": {"keraslm.io.plain"}}
+    assert _upward(graph) == [
+        "keraslm.io.plain (files on disk) imports keraslm.training.run (workflows)",
+        "keraslm.ops.heatmaps (tensors) imports keraslm.models (tensors)"]
+
+
+def test_no_upward_imports():
+    assert _upward(_module_graph()) == []

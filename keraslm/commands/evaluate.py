@@ -74,7 +74,7 @@ def parse_args(argv=None):
     metrics.add_argument("--calibrate", metavar="JSON",
                          help="fit the expected error per landmark (keraslm.calibration) to these "
                          "held-out predictions and write it here; store it in an export with "
-                         "python -m keraslm.export ... --calibration JSON. Use predictions of "
+                         "keraslm-export ... --calibration JSON. Use predictions of "
                          "images the models did not train on (--runs of cross-validation folds)")
     metrics.add_argument("--calibration", metavar="JSON",
                          help="apply this calibration (from --calibrate) to the predictions and "

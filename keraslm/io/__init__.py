@@ -4,6 +4,15 @@ Conventions (details in `keraslm.io.image`): arrays are `[y, x]` / `[z, y, x]`; 
 `(x, y[, z])` in continuous index units or in millimetres of the LPS patient frame.
 """
 from keraslm.io.dicom import read_dicom_series, write_dicom, write_dicom_series
+from keraslm.io.formats import (
+    IMAGE_FORMATS,
+    ImageFormat,
+    holds_geometry,
+    image_extensions,
+    register_image_format,
+    strip_image_extension,
+    write_image,
+)
 from keraslm.io.image import Image
 from keraslm.io.images import SUPPORTED_FORMATS, is_image_path, read_image, read_image_header
 from keraslm.io.landmarks import LandmarkTable, read_landmarks, write_landmarks
@@ -18,10 +27,14 @@ from keraslm.io.nifti import write_nifti
 from keraslm.io.plain import write_png
 
 __all__ = [
+    "IMAGE_FORMATS",
     "Image",
+    "ImageFormat",
     "LANDMARK_FILE_EXTENSIONS",
     "LandmarkTable",
     "SUPPORTED_FORMATS",
+    "holds_geometry",
+    "image_extensions",
     "is_image_path",
     "landmark_file_stem",
     "natural_key",
@@ -30,8 +43,11 @@ __all__ = [
     "read_image_header",
     "read_landmark_file",
     "read_landmarks",
+    "register_image_format",
+    "strip_image_extension",
     "write_dicom",
     "write_dicom_series",
+    "write_image",
     "write_landmarks",
     "write_markups",
     "write_nifti",

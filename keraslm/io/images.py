@@ -1,31 +1,14 @@
-"""`read_image` / `read_image_header`: one entry point for every supported image format."""
+"""`read_image` / `read_image_header`: one entry point for every registered image format
+(`keraslm.io.formats`)."""
 import os
 
 import numpy as np
 
 from keraslm.errors import ImageReadError
-from keraslm.io import dicom, nifti, plain
+from keraslm.io.formats import format_for_path, is_image_path, supported_formats  # noqa: F401
 
-SUPPORTED_FORMATS = (
-    "PNG/JPEG/BMP/TIFF (" + ", ".join(plain.PLAIN_EXTENSIONS) + "), "
-    "DICOM files (" + ", ".join(dicom.DICOM_EXTENSIONS) + " or no extension), "
-    "a folder holding one DICOM series, NIfTI (" + ", ".join(nifti.NIFTI_EXTENSIONS) + ")"
-)
-
-
-def _reader(path):
-    if os.path.isdir(path):
-        return dicom.read_dicom_series
-    if not os.path.exists(path):
-        raise ImageReadError(f"{path}: no such file or folder")
-    lower = path.lower()
-    if lower.endswith(nifti.NIFTI_EXTENSIONS):
-        return nifti.read_nifti
-    if lower.endswith(plain.PLAIN_EXTENSIONS):
-        return None
-    if lower.endswith(dicom.DICOM_EXTENSIONS) or not os.path.splitext(lower)[1]:
-        return dicom.read_dicom_file
-    raise ImageReadError(f"{path}: unsupported file type; keraslm reads {SUPPORTED_FORMATS}")
+#: The registered formats, for messages (see `keraslm.io.formats.supported_formats`).
+SUPPORTED_FORMATS = supported_formats()
 
 
 def _check_spacing(spacing, path):
@@ -63,10 +46,7 @@ def read_image(path, spacing=None):
     """
     path = os.fspath(path)
     spacing = _check_spacing(spacing, path)
-    reader = _reader(path)
-    if reader is None:
-        return plain.read_plain(path, spacing)
-    return reader(path, spacing)
+    return format_for_path(path).read(path, spacing)
 
 
 def read_image_header(path, spacing=None):
@@ -78,19 +58,4 @@ def read_image_header(path, spacing=None):
     """
     path = os.fspath(path)
     spacing = _check_spacing(spacing, path)
-    reader = _reader(path)
-    if reader is None:
-        return plain.read_plain_header(path, spacing)
-    return reader(path, spacing, header_only=True)
-
-
-def is_image_path(path):
-    """bool. Whether `path` looks like something `read_image` reads (by name or folder)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return True
-    lower = path.lower()
-    return lower.endswith(
-        nifti.NIFTI_EXTENSIONS + plain.PLAIN_EXTENSIONS + dicom.DICOM_EXTENSIONS
-    )
-
+    return format_for_path(path).read_header(path, spacing)

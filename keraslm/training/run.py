@@ -494,7 +494,7 @@ def _train(config, log=None):
         log(f"exported for TF Serving: {export_path}")
     elif config.export_dir and local:
         log("a local stage is not exported alone: export it with its global model, "
-            "python -m keraslm.export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
+            "keraslm-export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
     run_folder.write_metrics(
         {"validation_ids": list(val_set.ids), "summary": summary,
          "optimizer_iterations": optimizer_steps,

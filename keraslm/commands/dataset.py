@@ -1,12 +1,12 @@
-"""`keraslm-dataset` (also `python -m keraslm.datasets`): generate a built-in phantom dataset,
+"""`keraslm-dataset` (also `python -m keraslm dataset`): generate a built-in phantom dataset,
 or load any dataset and summarise it.
 
     keraslm-dataset                                 # the default 2D phantom, into the cache
     keraslm-dataset my_xrays/ --units index --spacing 0.1
     keraslm-dataset check my_xrays/ --units index --spacing 0.1   # findings + overview picture
     keraslm-dataset init my_xrays/ --units index --spacing 0.1    # writes my_xrays/dataset.json
-    python -m keraslm.datasets phantom3d --root /tmp/p3 --num-images 20
-    python -m keraslm.datasets isbi2015 --root ../shared/data/isbi2015-train
+    keraslm-dataset phantom3d --root /tmp/p3 --num-images 20
+    keraslm-dataset isbi2015 --root ../shared/data/isbi2015-train
 """
 import argparse
 import os
