@@ -10,12 +10,14 @@ import tensorflow as tf
 from keraslm.models import (
     ARCHITECTURES,
     PAPER_INITIALIZER,
-    PRESETS,
+    PRESET_NAMES,
     LandmarkModel,
     LinearUpsampling,
     build_model,
+    get_preset,
 )
 from keraslm.models.summary import PAPER_TABLE1, conv_flops
+from keraslm.errors import KeraslmError
 
 # Keras 3.15's TensorFlow backend calls np.array(variable, copy=False) when saving; NumPy 2 warns.
 pytestmark = pytest.mark.filterwarnings(
@@ -170,9 +172,9 @@ def test_paper_preset_layers_and_initialisation():
 
 
 @pytest.mark.parametrize("preset, architecture, ndim",
-                         list(itertools.product(PRESETS, ARCHITECTURES, (2, 3))))
+                         list(itertools.product(PRESET_NAMES, ARCHITECTURES, (2, 3))))
 def test_every_preset_setting_can_be_overridden(preset, architecture, ndim):
-    settings = PRESETS[preset][architecture][ndim]
+    settings = get_preset(preset, architecture, ndim)
     model = build_model(architecture, ndim, 2, preset=preset, **settings)
     config = model.get_config()
     for key, value in settings.items():
@@ -319,3 +321,61 @@ def test_bad_inputs_at_call_time():
         model3d(np.zeros((1, 8, 8, 8, 2), np.float32))
     with pytest.raises(ValueError, match=r"divisible by 8\. Received: spatial_shape=\(12, 16\)"):
         _tiny_model("scn", 2).output_spatial_shape((12, 16))
+
+
+# -- the architecture registry ----------------------------------------------------------------
+
+@pytest.fixture
+def tiny_architecture():
+    """A fifth architecture registered for one test: one convolution, then the heatmap head."""
+    from keraslm.models import Architecture, LandmarkModel, register_architecture
+    from keraslm.models import blocks
+    from keraslm.models.base import common_args
+    from keraslm.models.registry import ARCHITECTURES
+
+    @keras.saving.register_keras_serializable(package="keraslm_test")
+    class TinyNet(LandmarkModel):
+        architecture = "tiny"
+
+        def __init__(self, ndim, num_landmarks, *, filters, kernel_initializer,
+                     input_shape=None, name=None, **kwargs):
+            shape, inputs = common_args(self.architecture, ndim, num_landmarks, input_shape,
+                                        kernel_initializer, 1)
+            x = blocks.conv(inputs, ndim, filters, 3, kernel_initializer, name="conv")
+            outputs = blocks.heatmap_head(x, ndim, num_landmarks, kernel_initializer, "heatmaps")
+            super().__init__(inputs, outputs, ndim, num_landmarks, shape, kernel_initializer,
+                             output_stride=1, size_divisor=1, name=name or "tiny", **kwargs)
+            self.filters = filters
+
+        def get_config(self):
+            return {**super().get_config(), "filters": self.filters}
+
+    settings = {2: dict(filters=4, kernel_initializer="he_normal"),
+                3: dict(filters=2, kernel_initializer="he_normal")}
+    entry = register_architecture(Architecture(
+        "tiny", TinyNet, {"paper": settings, "small": settings}, paper_caffe_learning_rate=1e-5,
+        description="one convolution (a test)"))
+    yield entry
+    del ARCHITECTURES["tiny"]
+
+
+def test_a_registered_architecture_builds_and_is_a_command_line_choice(tiny_architecture):
+    """Adding an architecture is one class plus its registration: build_model, the presets,
+    the paper's learning rate and `--architecture` follow from it."""
+    from keraslm.commands.train import parse_args
+    from keraslm.models import register_architecture
+    from keraslm.training.presets import get_training_preset
+
+    model = build_model("tiny", 2, 5, preset="small", input_shape=(16, 16, 1))
+    assert model.output_shape == (None, 16, 16, 5) and model.filters == 4
+    assert build_model("tiny", 3, 2, preset="paper", filters=1).filters == 1
+    assert parse_args(["--architecture", "tiny"]).architecture == "tiny"
+    paper = get_training_preset("paper", 2, "tiny", heatmap_pixels=100, num_landmarks=2)
+    assert paper["learning_rate"] == pytest.approx(1e-5 * 100 * 2 / 2)
+    with pytest.raises(KeraslmError, match="registered already"):
+        register_architecture(tiny_architecture)
+
+
+def test_unknown_architecture_names_the_registered_ones():
+    with pytest.raises(KeraslmError, match=r"Expected one of \['convonly', 'downsampling', 'scn', 'scn2019', 'unet'\]"):
+        build_model("resnet", 2, 5)

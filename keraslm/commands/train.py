@@ -24,6 +24,8 @@ def _model_option(text):
 
 
 def parse_args(argv=None):
+    from keraslm.models import ARCHITECTURES, PRESET_NAMES  # after the TF log level is set
+
     parser = argparse.ArgumentParser(
         prog="keraslm-train",
         description=(
@@ -43,9 +45,9 @@ def parse_args(argv=None):
     add_split_arguments(data, held_out="validation")
     data.add_argument("--train-size", type=int, help="train on a reduced set of this many images")
     model = parser.add_argument_group("model")
-    model.add_argument("--architecture", default="scn",
-                       choices=["scn", "unet", "downsampling", "convonly", "scn2019"])
-    model.add_argument("--model-preset", default="small", choices=["small", "paper"],
+    model.add_argument("--architecture", default="scn", choices=list(ARCHITECTURES),
+                       help="; ".join(f"{a.name}: {a.description}" for a in ARCHITECTURES.values()))
+    model.add_argument("--model-preset", default="small", choices=list(PRESET_NAMES),
                        help="layer settings: the paper's, or small ones that train fast on a CPU")
     model.add_argument("--model-option", action="append", default=[], type=_model_option,
                        metavar="KEY=VALUE",

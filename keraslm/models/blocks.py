@@ -163,3 +163,18 @@ def unet(x, ndim, num_levels, convs_per_level, filters, kernel_size, kernel_init
             x = keras.layers.Add(name=f"{name}_combine{level}")([skips[level], x])
         x = conv_stack(x, name=f"{name}_up{level}", **stack)
     return x
+
+
+def spatial_configuration(local, ndim, num_landmarks, factor, num_convs, filters,
+                           kernel_size, kernel_initializer, negative_slope, activation):
+    """Spatial configuration block: pool the local heatmaps, large-kernel convs, upsample.
+
+    The last convolution maps to `num_landmarks` channels, so with `num_convs=0` it is exactly
+    Eqs. 1-2 of the paper: `H_acc_i = sum_j H_app_j * K_ij`.
+    """
+    x = downsample(local, ndim, factor, name="spatial_pool")
+    x = conv_stack(x, ndim, num_convs, filters, kernel_size, kernel_initializer,
+                          negative_slope=negative_slope, name="spatial")
+    x = conv(x, ndim, num_landmarks, kernel_size, kernel_initializer,
+                    activation=activation, name="spatial_heatmaps")
+    return upsample(x, ndim, factor, name="spatial_upsample")

@@ -12,7 +12,7 @@ import math
 import keras
 
 from keraslm.errors import UsageError
-from keraslm.models.architectures import ARCHITECTURES, build_model
+from keraslm.models.registry import ARCHITECTURES, build_model
 
 #: The paper's Table 1: weights relative to SpatialConfiguration-Net, 2D, 37 landmarks.
 PAPER_TABLE1 = {"downsampling": 1.8, "convonly": 8.7, "unet": 2.0, "scn": 1.0}

@@ -18,6 +18,7 @@
 import copy
 
 from keraslm.errors import UsageError
+from keraslm.models import get_architecture
 
 TRAINING_PRESETS = {
     "default": {
@@ -42,9 +43,6 @@ TRAINING_PRESETS = {
     },
 }
 
-#: The paper's Caffe learning rates: 1e-5 for ConvOnly-/Downsampling-Net, 1e-6 for U-Net/SCN.
-PAPER_CAFFE_LEARNING_RATES = {"convonly": 1e-5, "downsampling": 1e-5, "unet": 1e-6, "scn": 1e-6,
-                              "scn2019": 1e-6}
 
 
 def get_training_preset(preset, ndim, architecture, heatmap_pixels, num_landmarks):
@@ -66,7 +64,9 @@ def get_training_preset(preset, ndim, architecture, heatmap_pixels, num_landmark
     settings = copy.deepcopy(TRAINING_PRESETS[preset][ndim])
     caffe_rate = settings.pop("caffe_learning_rate", None)
     if settings["learning_rate"] is None:
-        caffe_rate = PAPER_CAFFE_LEARNING_RATES.get(architecture, caffe_rate)
+        # The paper's Caffe learning rates: 1e-5 for ConvOnly-/Downsampling-Net, 1e-6 for
+        # U-Net/SCN; each architecture's registration holds its rate.
+        caffe_rate = get_architecture(architecture).paper_caffe_learning_rate
         settings["learning_rate"] = caffe_learning_rate(caffe_rate, heatmap_pixels, num_landmarks)
     return settings
 
