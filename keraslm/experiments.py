@@ -125,7 +125,7 @@ def execute(runs, log=None):
             continue
         resume = RunFolder(run_dir).has_checkpoints() or RunFolder(run_dir).is_finished()
         log(f"{label}: {'resuming' if resume else 'training'}")
-        result = train(dataclasses.replace(run.config, resume=resume), log=log)
+        result = train(run.config.replace(resume=resume), log=log)
         with atomic_path(os.path.join(run_dir, ERRORS_FILE), suffix=".npy") as temporary:
             with open(temporary, "wb") as handle:
                 np.save(handle, result.errors_mm)
@@ -411,9 +411,9 @@ def table1(output_dir, architectures=PAPER_ARCHITECTURES, grid_shape=(64, 64), s
                     dataset_name, None, architecture, grid_shape, steps, batch_size, preset,
                     overrides, jit, os.path.join(output_dir, "runs", f"{group}_{architecture}_fold{fold}"),
                     seed)
-                config = dataclasses.replace(config, fold=fold, num_folds=num_folds)
+                config = config.replace(fold=fold, num_folds=num_folds)
                 if group == "reduced":
-                    config = dataclasses.replace(config, train_size=reduced_size,
+                    config = config.replace(train_size=reduced_size,
                                                  elastic_mm=reduced_elastic_mm)
                 runs.append(Run(group, architecture, config))
     records = execute(runs, log)
@@ -465,7 +465,7 @@ def table2(output_dir, architectures=PAPER_ARCHITECTURES, grid_shape=(32, 64, 64
             config = _base_config(
                 dataset_name, None, architecture, grid_shape, steps, batch_size, preset, overrides,
                 jit, os.path.join(output_dir, "runs", f"{architecture}_split{split}"), seed + split)
-            runs.append(Run("", architecture, dataclasses.replace(config, test_fraction=test_fraction)))
+            runs.append(Run("", architecture, config.replace(test_fraction=test_fraction)))
     records = execute(runs, log)
     rows = _paper_rows(runs, dataset, grid_shape, preset, overrides, [""])
     num_test = int(round(test_fraction * len(dataset)))
@@ -587,9 +587,9 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
 
     def split(config, fold):
         if id_files:
-            return dataclasses.replace(config, train_ids=id_files[fold][0],
+            return config.replace(train_ids=id_files[fold][0],
                                        test_ids=id_files[fold][1])
-        return dataclasses.replace(config, fold=fold, num_folds=num_folds)
+        return config.replace(fold=fold, num_folds=num_folds)
 
     runs, local_runs = [], {}
     for fold in range(folds or num_folds):
@@ -604,8 +604,8 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
                 "isbi2015", os.path.abspath(dataset_root), local.architecture, grid_shape,
                 local.steps, local.batch_size, preset, overrides, jit,
                 os.path.join(output_dir, "runs", f"local_{local.architecture}_fold{fold}"), seed)
-            config = dataclasses.replace(
-                split(config, fold), grid_shape=None, crop_shape=tuple(local.crop_shape),
+            config = split(config, fold).replace(
+                grid_shape=None, crop_shape=tuple(local.crop_shape),
                 grid_spacing=local.grid_spacing, translation_mm=local.translation_mm,
                 landmarks_per_image=local.landmarks_per_image)
             local_runs[fold] = Run("local", local.architecture, config)

@@ -1,5 +1,4 @@
 """Tests of keraslm.training: pipeline, a short training run, resume after SIGKILL, bad input."""
-import dataclasses
 import json
 import os
 import signal
@@ -187,7 +186,7 @@ def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_pat
         train(config)  # Not silently retrained from scratch.
     monkeypatch.setattr(run_module, "summarize", original)
     messages = []
-    result = train(dataclasses.replace(config, resume=True), log=messages.append)
+    result = train(config.replace(resume=True), log=messages.append)
     assert any("resuming at the final validation" in m for m in messages)
     assert os.path.isfile(result.model_path) and not weights.exists()
     assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 4
@@ -234,3 +233,23 @@ def test_two_workers_finish_with_identical_weights(phantom_root, tmp_path):
         np.testing.assert_array_equal(a, b)
     metrics = [json.loads((tmp_path / f"worker{i}" / "metrics.json").read_text()) for i in range(2)]
     assert metrics[0]["optimizer_iterations"] == metrics[1]["optimizer_iterations"] == 6
+
+
+def test_training_config_parts_flat_settings_and_copies():
+    from keraslm.training import ModelSettings, RunSettings, TrainingConfig, stage_for
+    from keraslm.training import GlobalStage, LocalStage
+
+    config = TrainingConfig(model=ModelSettings(architecture="unet"), steps=40, dataset="isbi2015")
+    assert config.model.architecture == "unet" and config.run.steps == 40 == config.steps
+    assert config.data.dataset == "isbi2015" and config.run.output_dir == RunSettings().output_dir
+    local = config.replace(crop_shape=(32, 32), grid_spacing=0.4, resume=True)
+    assert local.model.crop_shape == (32, 32) and local.run.resume and local.steps == 40
+    assert config.model.crop_shape is None and not config.resume  # The original is unchanged.
+    assert isinstance(stage_for(config), GlobalStage) and isinstance(stage_for(local), LocalStage)
+    flat = local.to_dict()
+    assert flat["architecture"] == "unet" and flat["grid_spacing"] == 0.4 and "model" not in flat
+    assert TrainingConfig(**flat) == local
+    with pytest.raises(TypeError, match="unexpected setting 'stepz'"):
+        TrainingConfig(stepz=3)
+    with pytest.raises(AttributeError, match="read-only"):
+        config.steps = 3

@@ -10,10 +10,25 @@ from keraslm.training.pipeline import (
     training_dataset,
 )
 from keraslm.training.presets import TRAINING_PRESETS, get_training_preset
-from keraslm.training.run import TrainingConfig, TrainingResult, train
+from keraslm.training.config import (
+    AugmentationSettings,
+    DataSettings,
+    ModelSettings,
+    RunSettings,
+    TrainingConfig,
+)
+from keraslm.training.run import TrainingResult, train
+from keraslm.training.stages import GlobalStage, LocalStage, TrainingStage, stage_for
 from keraslm.training.trainer import HeatmapTrainer, weighted_l2
 
 __all__ = [
+    "AugmentationSettings",
+    "DataSettings",
+    "GlobalStage",
+    "LocalStage",
+    "ModelSettings",
+    "RunSettings",
+    "TrainingStage",
     "HeatmapTrainer",
     "PreparedSamples",
     "TRAINING_PRESETS",
@@ -24,6 +39,7 @@ __all__ = [
     "get_training_preset",
     "prepare_image",
     "prepare_samples",
+    "stage_for",
     "streaming_training_dataset",
     "train",
     "training_dataset",

@@ -1,0 +1,178 @@
+"""Training stages: what differs between the stages of a coarse-to-fine model.
+
+`keraslm.training.run.train` runs every stage the same way (data, split, network, compiled fit,
+checkpoints, metadata, run folder) and asks its `TrainingStage` for the parts that differ:
+
+- `GlobalStage`: the network sees the whole image on a grid of `grid_shape`; validation decodes
+  the heatmaps of whole validation images.
+- `LocalStage` (`crop_shape` set): the images go onto a fine grid of `grid_spacing` mm that covers
+  them whole, the network learns on crops around the landmarks
+  (`keraslm.training.trainer.LocalHeatmapTrainer`), and validation refines crops centred on the
+  truth moved by random offsets of the training translation's size (what a coarse stage of that
+  accuracy gives).
+
+A third stage is one new subclass and one line in `stage_for`.
+"""
+import numpy as np
+import tensorflow as tf
+
+from keraslm.detector import refine_function
+from keraslm.errors import KeraslmError
+from keraslm.metadata import offset_prior_mm
+from keraslm.training.callbacks import HeatmapImages
+from keraslm.training.pipeline import choose_grid, covering_grid, evaluation_dataset
+from keraslm.training.trainer import HeatmapTrainer, LocalHeatmapTrainer
+
+#: The global stage's grid shape when none is given, per dimension (array order).
+DEFAULT_GRID_SHAPE = {2: (64, 64), 3: (32, 64, 64)}
+
+
+class TrainingStage:
+    """One stage of a model. Subclasses set `name` and implement the methods that raise.
+
+    Args:
+        config: TrainingConfig. The stage reads its model part (grid, crops) and what it
+            cannot support.
+    """
+
+    name = None
+    #: Whether a run of this stage alone can be exported as a SavedModel.
+    exportable = True
+
+    def __init__(self, config):
+        self.config = config
+
+    def network_input_shape(self, dataset):
+        """tuple of int. The spatial shape the network sees (array order), checked against the
+        dataset's dimension; raises KeraslmError naming the flag."""
+        raise NotImplementedError
+
+    def grid(self, dataset, input_shape):
+        """GridSpec. The grid the training images are put on."""
+        raise NotImplementedError
+
+    def describe(self, input_shape):
+        """str. Appended to the log line that describes the run."""
+        return ""
+
+    def trainer(self, network, grid, input_shape, **common):
+        """The compiled-step trainer (`keraslm.training.trainer`)."""
+        raise NotImplementedError
+
+    def callbacks(self, log_dir, val_samples, network):
+        """Extra Keras callbacks (beside checkpoints, history and TensorBoard)."""
+        return []
+
+    def metadata(self, trainer, input_shape):
+        """dict. Keyword arguments of `keraslm.metadata.model_metadata` for this stage."""
+        return {}
+
+    def validation_points(self, trainer, samples, batch_size, metadata, network):
+        """Predicted landmarks `(num_images, num_landmarks, ndim)` of the validation samples in
+        grid index units, by `network` (the float32 network that is saved)."""
+        raise NotImplementedError
+
+    def picture_label(self):
+        """str. The curve label of the validation pictures."""
+        return self.config.model.architecture
+
+
+class GlobalStage(TrainingStage):
+    """The whole image on the network grid (`grid_shape`, spacing: the smallest that fits)."""
+
+    name = "global"
+
+    def network_input_shape(self, dataset):
+        shape = tuple(self.config.model.grid_shape or DEFAULT_GRID_SHAPE[dataset.ndim])
+        if len(shape) != dataset.ndim:
+            raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but --grid-shape "
+                               f"{shape} is {len(shape)}D")
+        return shape
+
+    def grid(self, dataset, input_shape):
+        return choose_grid(dataset, input_shape, self.config.model.grid_spacing)
+
+    def trainer(self, network, grid, input_shape, **common):
+        return HeatmapTrainer(network, grid.shape, grid.spacing, **common)
+
+    def callbacks(self, log_dir, val_samples, network):
+        if val_samples is None:
+            return []
+        return [HeatmapImages(log_dir, val_samples.images[:3], network)]
+
+    def validation_points(self, trainer, samples, batch_size, metadata, network):
+        return predict_grid_points(trainer, samples, batch_size, network=network)
+
+
+class LocalStage(TrainingStage):
+    """Crops of `crop_shape` on a fine grid of `grid_spacing` mm around the landmarks."""
+
+    name = "local"
+    exportable = False  # Exported together with its global stage (keraslm-export --refine).
+
+    def network_input_shape(self, dataset):
+        model = self.config.model
+        if len(model.crop_shape) != dataset.ndim:
+            raise KeraslmError(
+                f"dataset {dataset.name!r} is {dataset.ndim}D but --crop-shape "
+                f"{tuple(model.crop_shape)} is {len(model.crop_shape)}D")
+        if model.grid_spacing is None:
+            raise KeraslmError("a local stage (--crop-shape) needs --grid-spacing: the mm per "
+                               "pixel of its fine grid, e.g. 0.4 for ISBI 2015")
+        if self.config.data.cache_file:
+            raise KeraslmError("--cache-file is not supported for a local stage (--crop-shape)")
+        return tuple(model.crop_shape)
+
+    def grid(self, dataset, input_shape):
+        return covering_grid(dataset, self.config.model.grid_spacing)
+
+    def describe(self, input_shape):
+        return f", local stage on {input_shape} crops"
+
+    def trainer(self, network, grid, input_shape, **common):
+        return LocalHeatmapTrainer(network, input_shape, grid.spacing,
+                                   landmarks_per_image=self.config.model.landmarks_per_image,
+                                   **common)
+
+    def metadata(self, trainer, input_shape):
+        return {"crop_shape": input_shape,
+                "offset_prior_mm": offset_prior_mm(trainer.augmentation.translation_mm)}
+
+    def validation_points(self, trainer, samples, batch_size, metadata, network):
+        return predict_local_validation_points(trainer, samples, batch_size, metadata,
+                                               network=network)
+
+    def picture_label(self):
+        return f"{self.config.model.architecture} (local stage)"
+
+
+def stage_for(config):
+    """The TrainingStage a TrainingConfig asks for: local with `crop_shape`, else global."""
+    return LocalStage(config) if config.model.crop_shape is not None else GlobalStage(config)
+
+
+def predict_grid_points(trainer, samples, batch_size, network=None):
+    """Decoded landmarks `(num_images, num_landmarks, ndim)` in grid index units, by `network`
+    (default: the trainer's)."""
+    network = network or trainer.network
+    predict = tf.function(lambda x: trainer.codec.decode(network(x, training=False))[0])
+    points = [predict(images).numpy() for images, _ in evaluation_dataset(samples, batch_size)]
+    return np.concatenate(points)[: len(samples)]
+
+
+def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345,
+                                    network=None):
+    """Local stage: refined landmarks `(num_images, num_landmarks, ndim)` in fine grid index
+    units from crops centred on the truth moved by a fixed random offset, uniform within the
+    augmentation's translation range per axis (what a coarse stage of that accuracy gives);
+    `network` defaults to the trainer's."""
+    refine = tf.function(refine_function(network or trainer.network, metadata))
+    rng = np.random.default_rng(seed)
+    limit = trainer.augmentation.translation_mm / np.asarray(trainer.grid_spacing)
+    results = []
+    for images, points in evaluation_dataset(samples, batch_size):
+        points = points.numpy()
+        centres = points + rng.uniform(-1, 1, points.shape) * limit
+        centres = np.where(np.isfinite(centres), centres, 0.0).astype(np.float32)
+        results.append(refine(images, centres)[0].numpy())
+    return np.concatenate(results)[: len(samples)]
