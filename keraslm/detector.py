@@ -94,7 +94,7 @@ def refine_function(network, metadata, with_spread=False):
     method = metadata.get("decode_method", "quadratic")
     prior = None
     if metadata.get("offset_prior_mm") is not None:
-        prior = codec.centre_prior(metadata["grid_spacing"][::-1], metadata["offset_prior_mm"])
+        prior = codec.centre_prior(metadata["grid_spacing"], metadata["offset_prior_mm"])
 
     def refine(images, centres):
         batch, num_landmarks, ndim = centres.shape

@@ -252,7 +252,7 @@ def _serving_function(network, metadata):
     divisor = int(metadata.get("size_divisor", getattr(network, "size_divisor", 1)))
     stride = int(metadata["output_stride"])
     method = metadata.get("decode_method", "quadratic")
-    # input_shape is unused by decode_dynamic; any shape divisible by the stride will do.
+    # decode takes the grid from the heatmaps; any input_shape divisible by the stride will do.
     codec = HeatmapCodec((stride,) * ndim, stride=stride, sigma=metadata["sigma"])
 
     def serve(images):
@@ -266,7 +266,7 @@ def _serving_function(network, metadata):
         heatmaps = tf.cast(network(padded, training=False), tf.float32)
         crop = tuple(slice(None, n // stride) for n in sizes)
         heatmaps = heatmaps[(slice(None),) + crop]  # Keeps the static number of landmarks.
-        landmarks, confidence = codec.decode_dynamic(heatmaps, method)
+        landmarks, confidence = codec.decode(heatmaps, method)
         return {"heatmaps": heatmaps, "landmarks": landmarks, "confidence": confidence}
 
     return serve

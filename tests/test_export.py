@@ -1,5 +1,5 @@
 """Tests of keraslm.export: SavedModel signatures vs the Keras model, plain-TF loading,
-saved_model_cli, versions, bad input; and `HeatmapCodec.decode_dynamic` (used by the export)."""
+saved_model_cli, versions, bad input; and `HeatmapCodec.decode` on run-time shapes (as the export uses it)."""
 import json
 import os
 import subprocess
@@ -64,10 +64,10 @@ def _keras_reference(network, metadata, images):
     return heatmaps, np.asarray(points), np.asarray(confidence)
 
 
-# -- decode_dynamic -------------------------------------------------------------------------
+# -- decode on run-time shapes ----------------------------------------------------------------
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_decode_dynamic_equals_decode_on_static_shapes(ndim):
+def test_decode_on_run_time_shapes_equals_decode_on_static_shapes(ndim):
     shape = (13, 17) if ndim == 2 else (7, 9, 6)
     rng = np.random.default_rng(ndim)
     heatmaps = rng.random((2, *shape, 4)).astype(np.float32)
@@ -75,22 +75,23 @@ def test_decode_dynamic_equals_decode_on_static_shapes(ndim):
     for stride in (1, 3):
         codec = HeatmapCodec(tuple(n * stride for n in shape), stride=stride, sigma=1.0)
         for method in ("quadratic", "dark", "argmax"):
-            traced = tf.function(lambda h, m=method: codec.decode_dynamic(h, m),
+            traced = tf.function(lambda h, m=method: codec.decode(h, m),
                                  input_signature=[tf.TensorSpec((None,) * (ndim + 1) + (4,))])
             points, confidence = traced(heatmaps)
             expected = codec.decode(heatmaps, method)
             np.testing.assert_array_equal(points.numpy(), expected[0].numpy())
             np.testing.assert_array_equal(confidence.numpy(), expected[1].numpy())
-            eager = codec.decode_dynamic(heatmaps, method)  # static shapes also work
-            np.testing.assert_array_equal(eager[0].numpy(), expected[0].numpy())
+            # The grid is the tensor's: a codec of another input_shape decodes the same.
+            other = HeatmapCodec((stride,) * ndim, stride=stride, sigma=1.0).decode(heatmaps, method)
+            np.testing.assert_array_equal(other[0].numpy(), expected[0].numpy())
 
 
-def test_decode_dynamic_bad_input():
+def test_decode_bad_input():
     codec = HeatmapCodec((8, 8), stride=2)
     with pytest.raises(ValueError, match=r"Received: heatmaps.shape=\(2, 4, 4\)"):
-        codec.decode_dynamic(np.zeros((2, 4, 4), np.float32))
+        codec.decode(np.zeros((2, 4, 4), np.float32))
     with pytest.raises(ValueError, match="Received: method='mean'"):
-        codec.decode_dynamic(np.zeros((2, 4, 4, 1), np.float32), method="mean")
+        codec.decode(np.zeros((2, 4, 4, 1), np.float32), method="mean")
 
 
 # -- signatures vs Keras --------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_decode_border_flat_and_stride_conventions():
 
 def test_centre_prior_weights_choose_the_peak_and_leave_refinement_alone():
     codec = HeatmapCodec((20, 32), stride=2, sigma=1.5)  # output grid (10, 16)
-    prior = codec.centre_prior(spacing=(1.0, 0.5), sigma_mm=3.0)
+    prior = codec.centre_prior(spacing=(0.5, 1.0), sigma_mm=3.0)  # (x, y): 0.5 mm, 1 mm
     assert prior.shape == (1, 10, 16, 1) and prior.dtype == np.float32
     # Output cell (row 2, col 12) = input (y 4.5, x 24.5); the input centre is (9.5, 15.5).
     expected = np.exp(-(((4.5 - 9.5) * 1.0) ** 2 + ((24.5 - 15.5) * 0.5) ** 2) / (2 * 9.0))
@@ -279,10 +279,25 @@ def test_bad_encode_decode_input():
         codec.encode(np.zeros((2, 5, 2), np.float32), sigma=-2)
     with pytest.raises(ValueError, match=r"Received: sigma.shape=\(4,\)"):
         codec.encode(np.zeros((2, 5, 2), np.float32), sigma=tf.ones(4))
-    with pytest.raises(ValueError, match=r"\(batch, 16, 12, num_landmarks\) for this codec. "
-                                         r"Received: heatmaps.shape=\(2, 32, 24, 5\)"):
-        codec.decode(np.zeros((2, 32, 24, 5), np.float32))
+    with pytest.raises(ValueError, match=r"\(batch, n, n, num_landmarks\) with a known "
+                                         r"num_landmarks. Received: heatmaps.shape=\(2, 32, 5\)"):
+        codec.decode(np.zeros((2, 32, 5), np.float32))
     with pytest.raises(ValueError) as info:
         codec.decode(np.zeros((2, 16, 12, 5), np.float32), method="softargmax")
     assert str(info.value) == ("`method` must be one of ('quadratic', 'dark', 'argmax'). "
                                "Received: method='softargmax'")
+
+
+def test_amplitude_scales_the_targets_and_nothing_else():
+    points = np.array([[[10.3, 7.8], [np.nan, np.nan]]], np.float32)
+    unit = HeatmapCodec((24, 20), stride=2, sigma=1.5)
+    scaled = HeatmapCodec((24, 20), stride=2, sigma=1.5, amplitude=100.0)
+    np.testing.assert_allclose(scaled.encode(points).numpy(), 100.0 * unit.encode(points).numpy(),
+                               rtol=1e-6)
+    assert float(np.max(scaled.encode(points))) == pytest.approx(100.0 * float(np.max(unit.encode(points))))
+    for method in ("quadratic", "dark"):
+        np.testing.assert_allclose(scaled.decode(scaled.encode(points), method)[0].numpy()[0, 0],
+                                   unit.decode(unit.encode(points), method)[0].numpy()[0, 0], atol=1e-4)
+    assert HeatmapCodec.from_config(scaled.get_config()).amplitude == 100.0
+    with pytest.raises(ValueError, match="Received: amplitude=0"):
+        HeatmapCodec((24, 20), amplitude=0)

@@ -11,7 +11,8 @@ after `s`-fold average pooling), so its centre lies at input coordinate `s*j + (
     output coordinate = (input coordinate - (s - 1) / 2) / s
     input coordinate  = s * output coordinate + (s - 1) / 2
 
-Encoding renders `exp(-|p - mu|^2 / (2 sigma^2))` (peak 1, as in Payer et al. 2016) at every
+Encoding renders `amplitude * exp(-|p - mu|^2 / (2 sigma^2))` (the paper: amplitude 1; keraslm's
+default training preset 100, see `keraslm.training.presets`) at every
 output pixel centre `p`, with `mu` the landmark in output coordinates (sub-pixel) and sigma in
 OUTPUT pixels; values are set to 0 where a landmark is more than `truncate * sigma` away along
 an axis, and a missing (NaN) landmark renders all zeros. It is separable: one 1D Gaussian per
@@ -27,8 +28,10 @@ Hessian from central finite differences, `offset = -H^-1 grad`, clipped to |offs
 axis (0 where H is not negative definite); where the smoothing window (3 sigma + 1 pixels around
 the peak) would reach outside the grid, the quadratic fit is used instead, since any padding
 would bias the smoothed peak.
-`decode_dynamic` does the same for heatmaps whose spatial size is only known at run time
-(None in a traced signature, as in `keraslm.export`); `decode` is it on the codec's static grid.
+`decode` takes the heatmap grid from the tensor: static sizes where known, run-time sizes where
+they are None (a traced SavedModel signature, `keraslm.export`), so one entry point serves both.
+
+Spacings are per axis in point order `(x, y[, z])`, like points (`centre_prior`, `spread`).
 """
 import math
 
@@ -65,6 +68,8 @@ class HeatmapCodec:
     sigma: float > 0 or sequence of floats > 0 (one per landmark). Gaussian sigma in OUTPUT
         pixels (the paper: 1.5-3).
     truncate: float > 0. the Gaussian is 0 beyond `truncate * sigma` along any axis.
+    amplitude: float > 0. peak value of the rendered targets (the paper: 1). Decoding does not
+        depend on it; confidences are on the scale the network learnt.
 
     Examples:
     >>> codec = HeatmapCodec((256, 256), stride=1, sigma=2.0)
@@ -73,7 +78,7 @@ class HeatmapCodec:
     >>> points, confidence = codec.decode(heatmaps, method="dark")
     """
 
-    def __init__(self, input_shape, stride=1, sigma=2.0, truncate=4.0):
+    def __init__(self, input_shape, stride=1, sigma=2.0, truncate=4.0, amplitude=1.0):
         try:
             shape = tuple(input_shape)
         except TypeError:
@@ -93,18 +98,21 @@ class HeatmapCodec:
                 f"input_shape={shape}, stride={stride}")
         if not (isinstance(truncate, (int, float)) and math.isfinite(truncate) and truncate > 0):
             raise UsageError(f"`truncate` must be a number > 0. Received: truncate={truncate!r}")
+        if not (isinstance(amplitude, (int, float)) and math.isfinite(amplitude) and amplitude > 0):
+            raise UsageError(f"`amplitude` must be a number > 0. Received: amplitude={amplitude!r}")
         self.input_shape = tuple(int(n) for n in shape)
         self.stride = int(stride)
         self.output_shape = tuple(n // self.stride for n in self.input_shape)
         self.ndim = len(shape)
         self.sigma = _check_sigma(sigma)
         self.truncate = float(truncate)
+        self.amplitude = float(amplitude)
 
     def get_config(self):
         """Constructor arguments (JSON-serialisable)."""
         sigma = self.sigma if isinstance(self.sigma, float) else self.sigma.tolist()
         return {"input_shape": list(self.input_shape), "stride": self.stride, "sigma": sigma,
-                "truncate": self.truncate}
+                "truncate": self.truncate, "amplitude": self.amplitude}
 
     @classmethod
     def from_config(cls, config):
@@ -113,7 +121,7 @@ class HeatmapCodec:
 
     def __repr__(self):
         return (f"HeatmapCodec(input_shape={self.input_shape}, stride={self.stride}, "
-                f"sigma={self.sigma!r}, truncate={self.truncate})")
+                f"sigma={self.sigma!r}, truncate={self.truncate}, amplitude={self.amplitude})")
 
     # -- coordinates ------------------------------------------------------------------------
 
@@ -140,7 +148,7 @@ class HeatmapCodec:
         sigma: optional scalar or `(num_landmarks,)` tensor/array overriding `self.sigma`
             (output pixels), e.g. a learnable variable; gradients flow into it.
 
-        Returns float32 `(batch, *output_shape, num_landmarks)`.
+        Returns float32 `(batch, *output_shape, num_landmarks)`, peak `amplitude`.
         """
         points = self._points(points)
         _, num_landmarks, _ = static_shape(points)
@@ -161,7 +169,7 @@ class HeatmapCodec:
             shape[1 + axis] = n
             profile = ops.reshape(profile, shape)
             heatmaps = profile if heatmaps is None else heatmaps * profile
-        return heatmaps
+        return heatmaps if self.amplitude == 1.0 else heatmaps * self.amplitude
 
     def _sigma(self, sigma, num_landmarks):
         """Sigma as a float32 tensor broadcastable to `(1, 1, num_landmarks)`."""
@@ -194,7 +202,12 @@ class HeatmapCodec:
     def decode(self, heatmaps, method="quadratic", peak_weights=None):
         """Locate each landmark: argmax plus sub-pixel refinement.
 
-        heatmaps: tensor `(batch, *output_shape, num_landmarks)`.
+        The grid is the tensor's: static spatial sizes where known, run-time sizes where they
+        are None (a traced function with a signature `(batch, None, None, num_landmarks)`, as in
+        `keraslm.export`). The codec's stride and sigma apply; its `input_shape` does not.
+
+        heatmaps: tensor `(batch, *spatial, num_landmarks)` with `ndim` spatial axes and a known
+            number of landmarks.
         method: "quadratic" (the authors' per-axis parabola), "dark" (log-Newton step with the
             full Hessian on the Gaussian-smoothed heatmap) or "argmax".
         peak_weights: optional tensor broadcastable to `heatmaps` (e.g. `centre_prior`). The
@@ -202,15 +215,27 @@ class HeatmapCodec:
             confidence use the unweighted heatmap around that peak.
 
         Returns `(points, confidence)`: points `(batch, num_landmarks, ndim)` float32 in INPUT
-        grid index units, (x, y[, z]); confidence `(batch, num_landmarks)` = the peak value.
+        grid index units, (x, y[, z]) (input coordinate = stride * heatmap coordinate +
+        (stride - 1) / 2); confidence `(batch, num_landmarks)` = the peak value.
         """
         if method not in METHODS:
             raise UsageError(f"`method` must be one of {METHODS}. Received: method={method!r}")
-        heatmaps, shape = self._checked_heatmaps(heatmaps)
+        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
+        shape = static_shape(heatmaps)
+        if len(shape) != self.ndim + 2 or shape[-1] is None:
+            raise UsageError(
+                f"`heatmaps` must have shape (batch, {', '.join(['n'] * self.ndim)}, "
+                f"num_landmarks) with a known num_landmarks. Received: heatmaps.shape={shape}")
+        if any(n is None for n in shape[1:-1]):
+            dynamic = ops.shape(heatmaps)
+            grid = tuple(shape[1 + a] if shape[1 + a] is not None else dynamic[1 + a]
+                         for a in range(self.ndim))
+        else:
+            grid = tuple(shape[1:-1])
         weighted = None
         if peak_weights is not None:
             weighted = heatmaps * ops.cast(ops.convert_to_tensor(peak_weights), "float32")
-        return self._decode(heatmaps, self.output_shape, shape[-1], method, weighted)
+        return self._decode(heatmaps, grid, shape[-1], method, weighted)
 
     def centre_prior(self, spacing, sigma_mm):
         """Gaussian weights `(1, *output_shape, 1)` float32 (numpy) of each heatmap cell's
@@ -220,16 +245,17 @@ class HeatmapCodec:
         the crop centre has the coarse stage's error distribution; weighting the heatmap by it
         before the argmax makes a far look-alike peak lose against a near one.
 
-        spacing: float or per-axis sequence (array order). mm per input grid pixel.
+        spacing: float or per-axis sequence (x, y[, z]). mm per input grid pixel.
         sigma_mm: float > 0. Standard deviation of the offset, mm.
         """
         if not (isinstance(sigma_mm, (int, float)) and sigma_mm > 0):
             raise UsageError(f"`sigma_mm` must be a number > 0. Received: sigma_mm={sigma_mm!r}")
-        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
+        spacing_xyz = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
         squared = 0.0
-        for axis, n in enumerate(self.output_shape):
+        for axis, n in enumerate(self.output_shape):  # array order; spacing in (x, y[, z])
             position = self.to_input(np.arange(n))  # input grid index
-            offset_mm = (position - (self.input_shape[axis] - 1) / 2.0) * spacing[axis]
+            offset_mm = ((position - (self.input_shape[axis] - 1) / 2.0)
+                         * spacing_xyz[self.ndim - 1 - axis])
             shape = [1] * self.ndim
             shape[axis] = n
             squared = squared + (offset_mm ** 2).reshape(shape)
@@ -276,34 +302,6 @@ class HeatmapCodec:
             mean = ops.sum(mass * position, axis=spatial, keepdims=True)
             variance = variance + ops.sum(mass * ops.square(position - mean), axis=spatial)
         return ops.sqrt(ops.maximum(variance, 0.0))
-
-    def decode_dynamic(self, heatmaps, method="quadratic"):
-        """`decode` for heatmaps of any spatial size, also unknown until run time.
-
-        The same argmax and refinement as `decode` with the codec's stride and sigma, but the
-        grid is taken from the tensor (`ops.shape`, dynamic where the static size is None), so
-        it works in a traced function with None spatial dims, e.g. a SavedModel signature
-        `(batch, None, None, num_landmarks)`. `input_shape` of the codec is not used.
-
-        heatmaps: tensor `(batch, *spatial, num_landmarks)` with `ndim` spatial dims (sizes may
-            be None) and a known number of landmarks.
-        method: "quadratic", "dark" or "argmax" (see `decode`).
-
-        Returns `(points, confidence)` as `decode`: points in INPUT grid index units (x, y[, z]),
-        input coordinate = stride * heatmap coordinate + (stride - 1) / 2.
-        """
-        if method not in METHODS:
-            raise UsageError(f"`method` must be one of {METHODS}. Received: method={method!r}")
-        heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
-        shape = static_shape(heatmaps)
-        if len(shape) != self.ndim + 2 or shape[-1] is None:
-            raise UsageError(
-                f"`heatmaps` must have shape (batch, {', '.join(['n'] * self.ndim)}, "
-                f"num_landmarks) with a known num_landmarks. Received: heatmaps.shape={shape}")
-        dynamic = ops.shape(heatmaps)
-        grid = tuple(shape[1 + a] if shape[1 + a] is not None else dynamic[1 + a]
-                     for a in range(self.ndim))
-        return self._decode(heatmaps, grid, shape[-1], method)
 
     def _decode(self, heatmaps, grid, num_landmarks, method, weighted=None):
         """Argmax (of `weighted` if given) + refinement; `grid` = heatmap spatial shape, ints or

@@ -73,7 +73,8 @@ class HeatmapTrainer(keras.Model):
         self.augmentation = augmentation if augmentation is not None else AugmentationConfig()
         self.heatmap_scale = float(heatmap_scale)
         self.decode_method = decode_method
-        self.codec = HeatmapCodec(self.grid_shape, stride=network.output_stride, sigma=sigma)
+        self.codec = HeatmapCodec(self.grid_shape, stride=network.output_stride, sigma=sigma,
+                                  amplitude=self.heatmap_scale)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.jit_device_stage = jit_device_stage
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -110,7 +111,8 @@ class HeatmapTrainer(keras.Model):
         """Device stage: random transforms, resampled images, target heatmaps, weights.
 
         images: `(batch, *grid_shape, 1)`; points: `(batch, L, ndim)` grid index. Returns the
-        network's input images, float32 target heatmaps (times `heatmap_scale`) and weights
+        network's input images, float32 target heatmaps (peak `heatmap_scale`, the codec's
+        amplitude) and weights
         `(batch, L)`. `seed_generator` replaces the trainer's random stream (None: use it).
         """
         transforms = sample_transforms(
@@ -118,7 +120,7 @@ class HeatmapTrainer(keras.Model):
             self.augmentation,
         )
         images, targets, weights = device_stage(images, points, transforms, self.codec)
-        return images, targets * self.heatmap_scale, weights
+        return images, targets, weights
 
     def train_step(self, data):
         images, points = data
@@ -137,7 +139,7 @@ class HeatmapTrainer(keras.Model):
     def test_step(self, data):
         images, points = data
         heatmaps = self.network(images, training=False)
-        targets = self.codec.encode(points) * self.heatmap_scale
+        targets = self.codec.encode(points)
         weights = self.codec.weights(points)
         self.loss_tracker.update_state(weighted_l2(heatmaps, targets, weights))
         decoded, _ = self.codec.decode(ops.cast(heatmaps, "float32"), method=self.decode_method)
@@ -193,7 +195,7 @@ class LocalHeatmapTrainer(HeatmapTrainer):
             self.grid_spacing, self.augmentation,
         )
         crops, targets, weights, _ = crop_stage(images, points, index, transforms, self.codec)
-        return crops, targets * self.heatmap_scale, weights
+        return crops, targets, weights
 
     def test_step(self, data):
         images, points = data
@@ -207,7 +209,7 @@ class LocalHeatmapTrainer(HeatmapTrainer):
                                                           self.codec)
         heatmaps = self.network(crops, training=False)
         self.loss_tracker.update_state(
-            weighted_l2(heatmaps, targets * self.heatmap_scale, weights))
+            weighted_l2(heatmaps, targets, weights))
         decoded, _ = self.codec.decode(ops.cast(heatmaps, "float32"), method=self.decode_method)
         errors = point_error_mm(decoded, crop_points, self.grid_spacing)  # (n, L)
         own = ops.tile(ops.eye(num_landmarks), (images.shape[0], 1))  # crop j <-> landmark j
