@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from keraslm import KeraslmError
-from keraslm.datasets import make_phantom
 from keraslm.detector import Predictor
 from keraslm.inference import CascadePredictor, KerasPredictor, load_predictor, predict
 from keraslm.io import Image
@@ -24,7 +23,6 @@ from keraslm.ops import (
     sample_transforms,
 )
 from keraslm.preprocessing import GridSpec, place_on_grid
-from keraslm.training import TrainingConfig, train
 
 # ---------------------------------------------------------------------------------------------
 # Device ops
@@ -212,28 +210,15 @@ def test_cascade_checks_its_stages():
 
 
 @pytest.fixture(scope="module")
-def cascade_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cascade")
-    dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=5, image_size=(64, 64))
-    common = dict(dataset=str(root / "phantom"), architecture="unet", steps=4, steps_per_epoch=2,
-                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2})
-    coarse = train(TrainingConfig(grid_shape=(32, 32), batch_size=2,
-                                  output_dir=str(root / "global"), **common))
-    local = train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
-                                 landmarks_per_image=8, translation_mm=4.0,
-                                 output_dir=str(root / "local"), **common))
-    return root, dataset, coarse, local
+def cascade_runs(cascade_2d):
+    """(root, dataset, global result, local result) of the shared cascade (conftest.py)."""
+    return cascade_2d[:4]
 
 
 @pytest.fixture(scope="module")
-def cascade_export(cascade_runs, tmp_path_factory):
-    """The cascade exported once with `keraslm-export`: its version folder."""
-    from keraslm.commands.export import main as export_main
-
-    root, dataset, coarse, local = cascade_runs
-    base = tmp_path_factory.mktemp("served") / "cascade"
-    assert export_main([coarse.output_dir, str(base), "--refine", local.output_dir]) == 0
-    return str(base / "1")
+def cascade_export(cascade_2d):
+    """The shared cascade exported once with `keraslm-export --refine`: its version folder."""
+    return cascade_2d[4]
 
 
 def test_local_stage_training_writes_a_local_model(cascade_runs):

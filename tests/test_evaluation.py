@@ -222,19 +222,15 @@ def test_overlays_2d_and_3d(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two run folders of one tiny trained model: fold 0 and (a copy relabelled) fold 1 of a
-    2-fold split, so pooling covers every phantom image once without training twice."""
-    from keraslm.datasets import make_phantom
-    from keraslm.training import TrainingConfig, train
-
+def runs(trained_2d, tmp_path_factory):
+    """Two run folders of one small trained model (conftest.py's `trained_2d`, fold 0 of a
+    2-fold split) and (a copy relabelled) fold 1, so pooling covers every phantom image once
+    without training twice; `phantom` is a copy of its dataset."""
+    result, dataset = trained_2d
     root = tmp_path_factory.mktemp("evaluation")
-    make_phantom(root / "phantom", ndim=2, num_images=8, image_size=(64, 64))
-    train(TrainingConfig(
-        dataset=str(root / "phantom"), architecture="unet", grid_shape=(32, 32), steps=2,
-        steps_per_epoch=2, batch_size=2, fold=0, num_folds=2, output_dir=str(root / "fold0"),
-        model_overrides={"filters": 4},
-    ))
+    shutil.copytree(os.path.dirname(os.path.dirname(dataset.records[0].image_path)),
+                    root / "phantom")
+    shutil.copytree(result.output_dir, root / "fold0")
     shutil.copytree(root / "fold0", root / "fold1")
     config = json.loads((root / "fold1" / "config.json").read_text())
     config["fold"] = 1
@@ -251,20 +247,20 @@ def test_evaluate_script_pools_runs_and_writes_all_outputs(runs, capsys):
     )
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "predicted 4/4 images" in text and "tiny-unet" in text and "outliers > 10 mm" in text
-    assert "296 points evaluated in 8 images x 37 landmarks" in text
+    assert "predicted 6/6 images" in text and "tiny-unet" in text and "outliers > 10 mm" in text
+    assert "444 points evaluated in 12 images x 37 landmarks" in text
     files = sorted(os.listdir(output))
     assert [f for f in files if not f.startswith("worst_")] == [
         "cumulative_error.png", "landmark_errors.png", "metrics.json", "predictions.csv",
         "predictions_named.csv", "report.md"]
     assert len([f for f in files if f.startswith("worst_")]) == 2
     metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["summary"]["num_images"] == 8 and len(metrics["sources"]) == 2
+    assert metrics["summary"]["num_images"] == 12 and len(metrics["sources"]) == 2
     # Fold 0 alone reproduces what training measured on its validation split.
     trained = json.loads((runs / "fold0" / "metrics.json").read_text())["summary"]
     fold0 = evaluate_runs([str(runs / "fold0")]).summary()
     assert fold0["mean_mm"] == pytest.approx(trained["mean_mm"], rel=1e-4)
-    assert set(read_landmarks(output / "predictions.csv", ndim=2).ids) == {f"phantom2d_{i:03d}" for i in range(8)}
+    assert set(read_landmarks(output / "predictions.csv", ndim=2).ids) == {f"phantom2d_{i:03d}" for i in range(12)}
 
 
 def test_evaluate_script_with_model_and_dataset(runs, capsys):
@@ -318,5 +314,5 @@ def test_combine_prefixes_repeated_ids(runs):
 
     part = evaluate_runs([str(runs / "fold0")])
     both = combine([part, dataclasses.replace(part, sources=({"run": "again"},))])
-    assert isinstance(both, Evaluation) and len(set(both.ids)) == 8
-    assert both.ids[0].startswith("fold0/") and both.ids[4].startswith("again/")
+    assert isinstance(both, Evaluation) and len(set(both.ids)) == 12
+    assert both.ids[0].startswith("fold0/") and both.ids[6].startswith("again/")

@@ -13,14 +13,12 @@ import tensorflow as tf
 
 from helpers import subprocess_env
 from keraslm import KeraslmError
-from keraslm.datasets import make_phantom
 from keraslm.export import export_saved_model, load_saved_model_predictor, saved_model_versions
 from keraslm.inference import KerasPredictor, load_predictor, model_metadata
 from keraslm.models import build_model
 from keraslm.ops.heatmaps import HeatmapCodec
 from keraslm.preprocessing import GridSpec
 from keraslm.serving import prepare_images
-from keraslm.training import TrainingConfig, train
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 NAMES = ("nasion", "sella", "menton")
@@ -186,17 +184,10 @@ def _run_plain_tf(jobs):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A brief training on the 2D phantom that exports at the end: (TrainingResult, dataset)."""
-    base = tmp_path_factory.mktemp("trained")
-    dataset = make_phantom(base / "phantom2d", ndim=2, num_images=8, image_size=(64, 64))
-    config = TrainingConfig(
-        dataset=str(base / "phantom2d"), architecture="downsampling", grid_shape=(32, 32),
-        steps=4, steps_per_epoch=2, batch_size=2, test_fraction=0.25,
-        output_dir=str(base / "run"), model_overrides={"filters": 4}, jit="off",
-        export_dir=str(base / "saved_models" / "run"),
-    )
-    return train(config), dataset
+def trained_run(trained_2d):
+    """A brief training on the 2D phantom that exported at the end: (TrainingResult, dataset)
+    (conftest.py's `trained_2d`)."""
+    return trained_2d
 
 
 def test_export_runs_in_plain_tensorflow_without_keraslm(exports, trained_run, tmp_path):

@@ -18,7 +18,6 @@ from keraslm.export import export_saved_model
 from keraslm.inference import model_metadata, predict
 from keraslm.io import read_image
 from keraslm.models import build_model
-from keraslm.training import TrainingConfig, train
 from keraslm.training.pipeline import choose_grid
 
 TOLERANCE_MM = 0.01
@@ -26,15 +25,10 @@ TOLERANCE_MM = 0.01
 
 
 @pytest.fixture(scope="module")
-def model_2d(tmp_path_factory):
-    """A briefly trained 2D model (clear heatmap peaks), its SavedModel and phantom files."""
-    base = tmp_path_factory.mktemp("image_signatures")
-    dataset = make_phantom(base / "phantom", ndim=2, num_images=12, seed=4, image_size=(80, 72))
-    result = train(TrainingConfig(
-        dataset=str(base / "phantom"), architecture="unet", grid_shape=(48, 48), steps=60,
-        steps_per_epoch=30, batch_size=4, test_fraction=0.25, output_dir=str(base / "run"),
-        model_overrides={"filters": 8}, jit="off", export_dir=str(base / "export")))
-    return result, dataset
+def model_2d(trained_2d):
+    """A briefly trained 2D model (clear heatmap peaks), its SavedModel and phantom files
+    (conftest.py's `trained_2d`)."""
+    return trained_2d
 
 
 def _png_and_dicom(dataset):

@@ -8,22 +8,16 @@ import pytest
 
 import keraslm
 from keraslm import KeraslmError
-from keraslm.datasets import make_phantom
-from keraslm.inference import load_predictor, main, predict
+from keraslm.commands.predict import main
+from keraslm.inference import load_predictor, predict
 from keraslm.io import Image, read_landmarks
-from keraslm.training import TrainingConfig, train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=3, image_size=(64, 64))
-    config = TrainingConfig(
-        dataset=str(root / "phantom"), architecture="unet", grid_shape=(32, 32), steps=4,
-        steps_per_epoch=2, batch_size=2, test_fraction=0.25, output_dir=str(root / "run"),
-        model_overrides={"filters": 4},
-    )
-    return dataset, train(config)
+def trained(trained_2d):
+    """(dataset, TrainingResult) of conftest.py's `trained_2d`."""
+    result, dataset = trained_2d
+    return dataset, result
 
 
 def test_predict_reproduces_training_validation_errors(trained):

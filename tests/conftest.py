@@ -1,0 +1,73 @@
+"""Fixtures shared by the test modules, built once per test run.
+
+- `phantom2d`: a 12-image 2D phantom (PNG and DICOM files, 80x72 pixels, 37 landmarks).
+- `trained_2d`: a small U-Net briefly trained on it (fold 0 of a 2-fold split: 6 training, 6
+  validation images; 60 steps, clear heatmap peaks), its run folder and its SavedModel export.
+- `cascade_2d`: a coarse-to-fine pair (global U-Net + local stage) on an 8-image phantom, and
+  its export with `keraslm-export --refine`.
+
+Tests must not change what these fixtures wrote (copy a run folder first, as test_evaluation
+does). Markers: `slow` marks tests that start subprocesses, several workers or whole experiment
+drivers (`pytest -m "not slow"` runs the rest in a fraction of the time).
+"""
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: starts subprocesses, several workers or experiment drivers "
+                   "(deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def phantom2d_root(tmp_path_factory):
+    """The folder of the 12-image 2D phantom (dataset.json, images/, landmarks.csv)."""
+    from keraslm.datasets import make_phantom
+
+    root = tmp_path_factory.mktemp("shared") / "phantom2d"
+    make_phantom(root, ndim=2, num_images=12, seed=4, image_size=(80, 72))
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom2d(phantom2d_root):
+    """The 12-image 2D phantom dataset (`keraslm.data.LandmarkDataset`)."""
+    from keraslm.data import load_folder
+
+    return load_folder(str(phantom2d_root))
+
+
+@pytest.fixture(scope="session")
+def trained_2d(phantom2d_root, phantom2d, tmp_path_factory):
+    """(TrainingResult, dataset): a small U-Net on `phantom2d`, fold 0 of 2, exported (version
+    folder `result.export_path`)."""
+    from keraslm.training import TrainingConfig, train
+
+    base = tmp_path_factory.mktemp("trained_2d")
+    result = train(TrainingConfig(
+        dataset=str(phantom2d_root), architecture="unet",
+        grid_shape=(48, 48), steps=60, steps_per_epoch=30, batch_size=3, fold=0, num_folds=2,
+        output_dir=str(base / "run"), model_overrides={"filters": 8}, jit="off",
+        export_dir=str(base / "saved_models" / "run")))
+    return result, phantom2d
+
+
+@pytest.fixture(scope="session")
+def cascade_2d(tmp_path_factory):
+    """(root, dataset, global TrainingResult, local TrainingResult, export version folder)."""
+    from keraslm.commands.export import main as export_main
+    from keraslm.datasets import make_phantom
+    from keraslm.training import TrainingConfig, train
+
+    root = tmp_path_factory.mktemp("cascade")
+    dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=5, image_size=(64, 64))
+    common = dict(dataset=str(root / "phantom"), architecture="unet", steps=4, steps_per_epoch=2,
+                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2})
+    coarse = train(TrainingConfig(grid_shape=(32, 32), batch_size=2,
+                                  output_dir=str(root / "global"), **common))
+    local = train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
+                                 landmarks_per_image=8, translation_mm=4.0,
+                                 output_dir=str(root / "local"), **common))
+    base = root / "served" / "cascade"
+    assert export_main([coarse.output_dir, str(base), "--refine", local.output_dir]) == 0
+    return root, dataset, coarse, local, str(base / "1")
