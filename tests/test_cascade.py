@@ -237,6 +237,7 @@ def test_local_stage_training_writes_a_local_model(cascade_runs):
     assert "val_point_error_mm" in history
 
 
+@pytest.mark.slow
 def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_export):
     root, dataset, coarse, local = cascade_runs
     paths = [r.image_path for r in dataset.records[:2]]

@@ -65,6 +65,7 @@ def test_format_sdr_and_landmark_tables():
     ]
 
 
+@pytest.mark.slow
 def test_table1_quick_and_rerun_skips(tmp_path, capsys):
     output = tmp_path / "table1"
     assert _script("table1_phantom2d").main(["--quick", "--output-dir", str(output)]) == 0
@@ -84,6 +85,7 @@ def test_table1_quick_and_rerun_skips(tmp_path, capsys):
     assert "over 8 of 8 runs" in (output / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_table2_quick(tmp_path):
     output = tmp_path / "table2"
     assert _script("table2_phantom3d").main(["--quick", "--output-dir", str(output)]) == 0
@@ -97,6 +99,7 @@ def test_isbi2015_missing_folder(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 training images not found at {ISBI_ROOT}")
 def test_isbi2015_quick(tmp_path):
     output = tmp_path / "isbi"

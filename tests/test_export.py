@@ -190,6 +190,7 @@ def trained_run(trained_2d):
     return trained_2d
 
 
+@pytest.mark.slow
 def test_export_runs_in_plain_tensorflow_without_keraslm(exports, trained_run, tmp_path):
     """Also the trained phantom model: trained, exported by `train`, reloaded without keraslm,
     the same landmarks as the trained Keras model."""
@@ -227,6 +228,7 @@ def test_export_runs_in_plain_tensorflow_without_keraslm(exports, trained_run, t
                 np.testing.assert_allclose(answer[prefix + "confidence"], confidence, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_and_runs_the_signatures(exports, tmp_path):
     _, _, path = exports["down2d"]
     show = subprocess.run([CLI, "show", "--all", "--dir", path], capture_output=True, text=True,

@@ -121,6 +121,7 @@ print(json.dumps({"predictions": [{k: v[n].numpy().tolist() for k, v in outputs.
 """
 
 
+@pytest.mark.slow
 def test_rest_body_runs_without_keraslm(model_2d):
     result, dataset = model_2d
     pngs, _ = _png_and_dicom(dataset)

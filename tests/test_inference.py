@@ -92,6 +92,7 @@ def test_predict_bad_input(trained, tmp_path):
         load_predictor(str(truncated))
 
 
+@pytest.mark.slow
 def test_python_m_keraslm_predict_prints_named_landmarks(trained, tmp_path):
     import subprocess
     import sys
@@ -119,6 +120,7 @@ ISBI_IMAGE = os.path.join(os.path.dirname(SHIPPED), "..", "..", "..", "shared", 
                           "isbi2015-train", "images", "001.jpg")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not found")
 def test_shipped_isbi2015_model_finds_the_landmarks_of_a_training_image(tmp_path):
     import subprocess

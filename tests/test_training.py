@@ -81,6 +81,7 @@ def test_short_training_lowers_loss_and_point_error(phantom_root, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")  # Removed when finished.
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(phantom_root, tmp_path):
     output = tmp_path / "run"
     command = [
@@ -112,6 +113,7 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
     assert np.all(np.isfinite(history["loss"]))
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_resume_and_output_dir_a_file(phantom_root, tmp_path):
     command = [sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,
                "--steps", "2", "--no-export"]
@@ -205,6 +207,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_finish_with_identical_weights(phantom_root, tmp_path):
     """MultiWorkerMirroredStrategy with two local worker processes on 127.0.0.1."""
     import keras
