@@ -75,9 +75,9 @@ def main(argv=None):
               "(pass --dataset-root)")
         return 0
     from keraslm.errors import KeraslmError
-    from keraslm.experiments import LocalStage, isbi2015_cv
+    from keraslm.experiments import LocalStageSettings, isbi2015_cv
 
-    local = None if args.no_local else LocalStage(
+    local = None if args.no_local else LocalStageSettings(
         crop_shape=args.local_crop_shape, grid_spacing=args.local_spacing,
         steps=args.local_steps, batch_size=args.local_batch_size,
         translation_mm=args.local_translation_mm)

@@ -16,12 +16,12 @@
 `format_summary` gives the console table the scripts print.
 """
 import json
-import math
 import os
 import re
 
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import OUTLIER_RADII_MM, SDR_RADII_MM, outlier_key, sdr_key
+from keraslm.evaluation.tables import format_number, json_number, table1_row
 from keraslm.io import LandmarkTable, write_landmarks
 from keraslm.files import write_text
 
@@ -35,25 +35,12 @@ RELIABILITY_PLOT = "reliability.png"
 CALIBRATION_PLOT = "calibration_reliability.png"
 
 
-def _number(value, digits=2):
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _unit(summary):
     normalization = summary.get("normalization")
     if normalization:
         return f"mm, normalised to {normalization['distance_mm']:g} mm between landmarks " \
                f"{normalization['landmarks'][0]} and {normalization['landmarks'][1]}"
     return "mm"
-
-
-def table1_row(summary, method):
-    """str. A markdown row `| method | median | mean +- SD | outliers > 10 mm (count, %) |`."""
-    return (
-        f"| {method} | {_number(summary.get('median_mm'))} | {_number(summary.get('mean_mm'))} "
-        f"+- {_number(summary.get('std_mm'))} | {summary.get('outliers', 0)} "
-        f"({_number(summary.get('outlier_percent'))} %) |"
-    )
 
 
 def _missing_line(summary):
@@ -71,11 +58,11 @@ def format_summary(summary, method):
     outlier = f"outliers > {summary.get('outlier_mm', 10.0):g} mm"
     header = f"{'method':<16} {'median':>8} {'mean +- SD':>16} {outlier:>22}"
     row = (
-        f"{method:<16} {_number(summary.get('median_mm')):>8} "
-        f"{_number(summary.get('mean_mm')) + ' +- ' + _number(summary.get('std_mm')):>16} "
-        f"{str(summary.get('outliers', 0)) + ' (' + _number(summary.get('outlier_percent')) + ' %)':>22}"
+        f"{method:<16} {format_number(summary.get('median_mm')):>8} "
+        f"{format_number(summary.get('mean_mm')) + ' +- ' + format_number(summary.get('std_mm')):>16} "
+        f"{str(summary.get('outliers', 0)) + ' (' + format_number(summary.get('outlier_percent')) + ' %)':>22}"
     )
-    sdr = "  ".join(f"{r:g} mm {_number(summary.get(sdr_key(r)), 1)} %" for r in SDR_RADII_MM)
+    sdr = "  ".join(f"{r:g} mm {format_number(summary.get(sdr_key(r)), 1)} %" for r in SDR_RADII_MM)
     outliers = "  ".join(
         f"> {r:g} mm {summary.get(outlier_key(r), 0)}" for r in OUTLIER_RADII_MM
     )
@@ -105,9 +92,9 @@ def _markdown(evaluation, summary, landmarks, plots):
         "| " + " | ".join(f"SDR {r:g} mm" for r in SDR_RADII_MM) + " | "
         + " | ".join(f"> {r:g} mm" for r in OUTLIER_RADII_MM) + " | max |",
         "|" + "---|" * (len(SDR_RADII_MM) + len(OUTLIER_RADII_MM) + 1),
-        "| " + " | ".join(f"{_number(summary.get(sdr_key(r)), 1)} %" for r in SDR_RADII_MM) + " | "
+        "| " + " | ".join(f"{format_number(summary.get(sdr_key(r)), 1)} %" for r in SDR_RADII_MM) + " | "
         + " | ".join(f"{summary.get(outlier_key(r), 0)}" for r in OUTLIER_RADII_MM)
-        + f" | {_number(summary.get('max_mm'))} |",
+        + f" | {format_number(summary.get('max_mm'))} |",
         "",
         "## Per landmark",
         "",
@@ -117,8 +104,8 @@ def _markdown(evaluation, summary, landmarks, plots):
     for index, row in enumerate(landmarks):
         lines.append(
             f"| {index} | {row['name']} | {row['count']} | {row['missing']} | "
-            f"{_number(row['mean_mm'])} | {_number(row['std_mm'])} | {_number(row['median_mm'])} | "
-            f"{_number(row['max_mm'])} | {_number(row[sdr_key(2.0)], 1)} % | {row['outliers']} |"
+            f"{format_number(row['mean_mm'])} | {format_number(row['std_mm'])} | {format_number(row['median_mm'])} | "
+            f"{format_number(row['max_mm'])} | {format_number(row[sdr_key(2.0)], 1)} % | {row['outliers']} |"
         )
     quality = _expected_error_quality(evaluation)
     if quality is not None:
@@ -151,10 +138,6 @@ def format_calibration_quality(quality):
             f"mean actual {quality['mean_actual_mm']:.2f} mm.")
 
 
-def _json_number(value):
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
 def _metrics(evaluation, summary, landmarks):
     errors = evaluation.errors
     image_means = errors.image_mean_mm()
@@ -164,8 +147,8 @@ def _metrics(evaluation, summary, landmarks):
         "summary": summary,
         "per_landmark": landmarks,
         "per_image": [
-            {"id": image_id, "mean_mm": _json_number(float(mean)),
-             "errors_mm": [_json_number(float(e)) for e in row]}
+            {"id": image_id, "mean_mm": json_number(float(mean)),
+             "errors_mm": [json_number(float(e)) for e in row]}
             for image_id, mean, row in zip(evaluation.ids, image_means, errors.errors_mm)
         ],
         "landmark_names": list(evaluation.landmark_names),

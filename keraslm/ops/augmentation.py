@@ -495,7 +495,7 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     the sampled translation is the offset a coarse estimate would have. At prediction the local
     stage reads channel k of the crop around the estimate of landmark k only, which is what
     "own" trains. ("all" makes the targets far sparser - a 64x64 crop holds 1-3 of 19 peaks - and
-    measured on ISBI 2015 it kept the network near the all-zero output for 600 steps.)
+    keeps the network near the all-zero output much longer; README, "Design notes".)
 
     Returns `(crops, heatmaps, weights, crop_points)`: crops `(n, *crop_shape, channels)`,
     heatmaps `(n, *codec.output_shape, num_landmarks)`, weights `(n, num_landmarks)` (0 for

@@ -20,9 +20,9 @@ from keraslm.errors import DatasetError, KeraslmError
 from keraslm.preprocessing import GridSpec, fitting_spacing, prepare_image
 
 # 2D as in the paper. 3D: the paper subtracts the mean only, which leaves the scanner's
-# intensity scale (thousands for the 3D phantom's MR-like values); the default Adam training then
-# diverged (measured: loss 1.9e9 in the first 100 steps, 72 mm mean error after 200), so keraslm
-# standardises by default. `normalize(..., "subtract_mean")` is the paper's choice.
+# intensity scale (thousands for the 3D phantom's MR-like values) and made the default Adam
+# training diverge (README, "Design notes"), so keraslm standardises by default.
+# `normalize(..., "subtract_mean")` is the paper's choice.
 DEFAULT_NORMALIZATION = {2: "equalize_standardize", 3: "standardize"}
 
 

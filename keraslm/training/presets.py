@@ -2,11 +2,8 @@
 
 - `"default"`: converges out of the box on the phantoms and ISBI 2015: Adam, learning rate
   1e-3 with cosine decay, fresh augmentation every step, target heatmaps with peak 100 (with
-  peak 1 the all-zero output is so close in L2 that training collapses onto it: measured on
-  the 2D phantom, 300 steps of a small U-Net ended at 160 mm mean error with peak 1 and
-  46 mm with peak 100). 2000 steps in 2D: the step-time gain of the measured XLA choice and
-  bfloat16 (keraslm.training.jit, keraslm.precision) pays for twice the steps of the earlier
-  default in less wall time (README, "Precision and XLA").
+  peak 1 the all-zero output is so close in L2 that training collapses onto it; README,
+  "Design notes"), 2000 steps in 2D.
 - `"paper"`: Payer et al. 2016: SGD with momentum 0.99, weight decay 5e-4, batch 5 (2D) / 2
   (3D), the paper's learning rates. The paper trained with Caffe's Euclidean loss, a SUM over
   pixels and landmarks divided by 2 x batch; keraslm's loss is a MEAN over pixels and landmarks

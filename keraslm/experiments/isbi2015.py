@@ -1,0 +1,191 @@
+"""k-fold cross-validation on the ISBI 2015 training images, single-stage and coarse-to-fine:
+MRE +- SD, SDR at 2 / 2.5 / 3 / 4 mm, per-landmark table, cumulative error curve."""
+import dataclasses
+import os
+import time
+
+from keraslm.datasets import load_dataset
+from keraslm.errors import KeraslmError
+from keraslm.evaluation import per_landmark, pool, summarize
+from keraslm.evaluation.plots import plot_cumulative_error
+from keraslm.evaluation.tables import format_landmark_table, format_sdr_table
+from keraslm.experiments.runs import (
+    CUMULATIVE_PLOT,
+    METHOD_LABELS,
+    Run,
+    base_config,
+    check_architectures,
+    check_parts,
+    clean_summary,
+    execute,
+    finish,
+    grid_spacing,
+    json_rows,
+    pooled_errors,
+    refined_run_errors,
+    size_text,
+)
+from keraslm.files import write_text
+from keraslm.metadata import offset_prior_mm
+
+
+def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
+    """Writes train/test id files of the folds of a `num_images` subset; returns their paths."""
+    subset = dataset.reduced(num_images, seed=seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for fold, (train_set, test_set) in enumerate(subset.kfold(num_folds, seed=seed)):
+        pair = []
+        for part, ids in (("train", train_set.ids), ("test", test_set.ids)):
+            path = os.path.join(folder, f"fold{fold}_{part}.txt")
+            write_text(path, "".join(f"{i}\n" for i in ids))
+            pair.append(path)
+        paths.append(tuple(pair))
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalStageSettings:
+    """The local (refinement) stage of a coarse-to-fine experiment (`train.py --crop-shape`).
+
+    Args:
+        architecture: str. Network of the local stage.
+        crop_shape: tuple of int. Crop (network input) shape, array order.
+        grid_spacing: float. mm per pixel of the fine grid and the crops.
+        steps, batch_size: int. Training steps; images per step (each gives
+            `landmarks_per_image` crops).
+        translation_mm: float. Largest offset of a training crop from its landmark per axis.
+        landmarks_per_image: int or None. Crops per image and step (None: all landmarks).
+    """
+
+    architecture: str = "unet"
+    crop_shape: tuple = (64, 64)
+    grid_spacing: float = 0.4
+    steps: int = 1500
+    batch_size: int = 2
+    translation_mm: float = 6.0
+    landmarks_per_image: int = None
+
+
+def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_shape=(128, 104),
+                steps=2000, batch_size=8, num_folds=5, folds=None, num_images=None,
+                preset="small", overrides=None, jit="auto", seed=0, log=None, local=None):
+    """k-fold cross-validation on the ISBI 2015 training images (mm, 0.1 mm pixels).
+
+    Args:
+        output_dir: str. Experiment folder.
+        dataset_root: str. Folder of the ISBI 2015 training images and landmarks.csv.
+        architectures: sequence of str.
+        grid_shape: tuple of int. Network grid (rows, columns); the spacing is the smallest
+            at which the 2400 x 1935 px (240 x 193.5 mm) images fit.
+        steps, batch_size, num_folds, folds, preset, overrides, jit, seed, log: as in `table1`.
+        num_images: int or None. Cross-validate a random subset of this many images (smoke
+            tests; split id files are written to output_dir/splits); None = all.
+        local: LocalStageSettings or None. Also train one local stage per fold and report every
+            architecture refined by it (coarse-to-fine) beside its single-stage row.
+
+    Runs are trained fold by fold (all architectures and the local stage of fold 0 first), so
+    an experiment stopped early with `folds` or by interruption leaves complete folds.
+
+    Returns:
+        dict with `markdown`, `rows`, `records`, `per_landmark`.
+
+    Raises:
+        KeraslmError: `dataset_root` is not a folder.
+    """
+    check_architectures(architectures)
+    check_parts("folds", folds, num_folds)
+    if not os.path.isdir(dataset_root):
+        raise KeraslmError(f"{dataset_root}: no such folder; the ISBI 2015 training images are needed")
+    start = time.perf_counter()
+    os.makedirs(output_dir, exist_ok=True)
+    dataset = load_dataset("isbi2015", root=dataset_root)
+    id_files = None
+    if num_images is not None:
+        id_files = _write_fold_ids(os.path.join(output_dir, "splits"), dataset, num_images,
+                                   num_folds, seed)
+
+    def split(config, fold):
+        if id_files:
+            return config.replace(train_ids=id_files[fold][0],
+                                       test_ids=id_files[fold][1])
+        return config.replace(fold=fold, num_folds=num_folds)
+
+    runs, local_runs = [], {}
+    for fold in range(folds or num_folds):
+        for architecture in architectures:
+            config = base_config(
+                "isbi2015", os.path.abspath(dataset_root), architecture, grid_shape, steps,
+                batch_size, preset, overrides, jit,
+                os.path.join(output_dir, "runs", f"{architecture}_fold{fold}"), seed)
+            runs.append(Run("", architecture, split(config, fold)))
+        if local is not None:
+            config = base_config(
+                "isbi2015", os.path.abspath(dataset_root), local.architecture, grid_shape,
+                local.steps, local.batch_size, preset, overrides, jit,
+                os.path.join(output_dir, "runs", f"local_{local.architecture}_fold{fold}"), seed)
+            config = split(config, fold).replace(
+                grid_shape=None, crop_shape=tuple(local.crop_shape),
+                grid_spacing=local.grid_spacing, translation_mm=local.translation_mm,
+                landmarks_per_image=local.landmarks_per_image)
+            local_runs[fold] = Run("local", local.architecture, config)
+    ordered = []
+    for fold in range(folds or num_folds):
+        ordered += [run for run in runs if run.config.output_dir.endswith(f"_fold{fold}")]
+        if fold in local_runs:
+            ordered.append(local_runs[fold])
+    records = execute(ordered, log)
+    errors = pooled_errors(runs, dataset.landmark_names)
+    rows, landmarks, curves = [], {}, {}
+    local_label = None if local is None else f"local {METHOD_LABELS[local.architecture]}"
+    for architecture in architectures:
+        label = METHOD_LABELS[architecture]
+        pooled = errors[("", architecture)]
+        rows.append({"architecture": architecture, "method": label, "summary": summarize(pooled)})
+        landmarks[label] = per_landmark(pooled)
+        curves[label] = pooled.errors_mm
+        if local is None:
+            continue
+        parts = []
+        for run in runs:
+            if run.architecture == architecture:
+                fold = int(run.config.output_dir.rsplit("_fold", 1)[1])
+                log and log(f"refining {os.path.basename(run.config.output_dir)} with "
+                            f"{os.path.basename(local_runs[fold].config.output_dir)}")
+                parts.append(refined_run_errors(run.config.output_dir,
+                                                local_runs[fold].config.output_dir,
+                                                dataset.landmark_names))
+        refined = pool(parts)
+        refined_label = f"{label} + {local_label}"
+        rows.append({"architecture": architecture, "method": refined_label,
+                     "summary": summarize(refined)})
+        landmarks[refined_label] = per_landmark(refined)
+        curves[refined_label] = refined.errors_mm
+    plot_cumulative_error(os.path.join(output_dir, CUMULATIVE_PLOT), curves,
+                          title=f"ISBI 2015, {num_folds}-fold cross-validation"
+                          + (f" (first {folds} fold{'s' if folds > 1 else ''})" if folds else ""))
+    spacing = grid_spacing(runs[0].config.output_dir)
+    settings = {
+        "dataset": f"ISBI 2015 training images ({num_images or len(dataset)} of {len(dataset)}, "
+                   f"{dataset.num_landmarks} landmarks)",
+        "grid": f"{size_text(grid_shape)} at {spacing:.4f} mm", "steps": steps, "batch_size": batch_size,
+        "model_preset": preset, "model_overrides": overrides or {},
+        "cross_validation": f"{num_folds}-fold" + (f", first {folds} fold(s) only" if folds else ""),
+        "seed": seed,
+    }
+    if local is not None:
+        settings["local_stage"] = (
+            f"{METHOD_LABELS[local.architecture]} on {size_text(local.crop_shape)} crops at "
+            f"{local.grid_spacing} mm, {local.steps} steps of {local.batch_size} images x "
+            f"{local.landmarks_per_image or dataset.num_landmarks} crops, training offsets up to "
+            f"{local.translation_mm} mm per axis")
+        if local.translation_mm:
+            settings["local_stage"] += (
+                f"; peaks chosen with an offset prior of SD "
+                f"{offset_prior_mm(local.translation_mm):.2f} mm around the global estimate")
+    tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"
+              f"Per landmark:\n\n{format_landmark_table(landmarks)}")
+    text = finish(output_dir, "ISBI 2015 cross-validation", settings, tables, records, start,
+                   {"rows": json_rows(rows), "per_landmark": {
+                       method: [clean_summary(row) for row in table] for method, table in landmarks.items()}})
+    return {"markdown": text, "rows": rows, "records": records, "per_landmark": landmarks}
