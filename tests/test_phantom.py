@@ -8,13 +8,14 @@ import pytest
 
 from keraslm import DatasetError
 from keraslm.datasets import phantom
+from keraslm.datasets.phantom import files as phantom_files
 from keraslm.datasets.phantom import (
     PHANTOM2D_LANDMARKS,
     PHANTOM3D_LANDMARKS,
     make_phantom,
     render_phantom,
 )
-from keraslm.io import Image, read_image, read_landmarks
+from keraslm.io import Image, read_image, read_landmarks, write_png
 
 
 def _read_folder(root):
@@ -220,7 +221,7 @@ def test_2d_landmarks_sit_on_the_anatomy_they_name():
 
 
 def test_3d_landmarks_sit_on_the_anatomy():
-    geometry = phantom._geometry(3, (64, 96, 32), (2.5, 2.2, 3.0), "volume")
+    geometry = phantom_files.file_geometry(3, (64, 96, 32), (2.5, 2.2, 3.0), "volume")
     image, points_mm = render_phantom(np.random.default_rng(0), geometry, noise=0.0)
     values = _value_at(image, image.physical_to_index(points_mm)).astype(float)
     corners = image.array[:, :6, :6]
@@ -236,7 +237,7 @@ def test_existing_dataset_is_reused_and_never_silently_replaced(tmp_path, monkey
         raise AssertionError("regenerated")
 
     with monkeypatch.context() as patch:
-        patch.setattr(phantom, "_write_dataset", fail)
+        patch.setattr(phantom, "write_dataset", fail)
         make_phantom(root, num_images=2, image_size=64)  # Cache hit.
         make_phantom(root, num_images=2, image_size=64, overwrite=True)  # Still the same data.
     assert os.stat(root / "dataset.json").st_mtime_ns == stamp
@@ -264,9 +265,9 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
         calls.append(path)
         if len(calls) == 2:
             raise OSError("disk full")
-        phantom.write_png(path, image)
+        write_png(path, image)
 
-    monkeypatch.setattr(phantom, "write_png", failing_write_png)
+    monkeypatch.setattr(phantom_files, "write_png", failing_write_png)
     with pytest.raises(OSError, match="disk full"):
         make_phantom(tmp_path / "p", num_images=4, image_size=64)
     assert os.listdir(tmp_path) == []
