@@ -9,10 +9,14 @@ from keraslm.commands import COMMANDS
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
-        print("usage: python -m keraslm {" + ",".join(COMMANDS) + "} [ARGS...]\n"
-              "  (the same as keraslm-train, keraslm-evaluate, ...; '--help' after a command "
-              "explains it)", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        wants_help = argv[:1] in (["-h"], ["--help"])
+        usage = ("usage: python -m keraslm {" + ",".join(COMMANDS) + "} [ARGS...]\n"
+                 "  (the same as keraslm-train, keraslm-evaluate, ...; '--help' after a command "
+                 "explains it)")
+        if argv and not wants_help:
+            usage += f"\nerror: unknown command {argv[0]!r}"
+        print(usage, file=sys.stdout if wants_help else sys.stderr)
+        return 0 if wants_help else 2
     command = importlib.import_module(COMMANDS[argv[0]])
     return command.main(argv[1:])
 

@@ -538,3 +538,7 @@ def upgrade_saved_model(path, base_dir, version=None):
             local_metadata, predictor._loaded.signatures["refine"].variables, path)
     return export_saved_model(network, base_dir, metadata, version=version,
                               local_network=local_network, local_metadata=local_metadata)
+
+
+if __name__ == "__main__":  # The command moved to keraslm.commands; say so instead of doing nothing.
+    raise SystemExit("keraslm.export is a library module; run keraslm-export (python -m keraslm export)")

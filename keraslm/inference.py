@@ -407,3 +407,7 @@ def write_predictions(folder, predictions):
                     writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm)])
         written.append(path)
     return written
+
+
+if __name__ == "__main__":  # The command moved to keraslm.commands; say so instead of doing nothing.
+    raise SystemExit("keraslm.inference is a library module; run keraslm-predict (python -m keraslm predict)")

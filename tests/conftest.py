@@ -6,17 +6,30 @@
 - `cascade_2d`: a coarse-to-fine pair (global U-Net + local stage) on an 8-image phantom, and
   its export with `keraslm-export --refine`.
 
-Tests must not change what these fixtures wrote (copy a run folder first, as test_evaluation
+Tests that use a training fixture run in one pytest-xdist worker (`SHARED_TRAININGS`), so each
+is built once per run. Tests must not change what these fixtures wrote (copy a run folder first, as test_evaluation
 does). Markers: `slow` marks tests that start subprocesses, several workers or whole experiment
 drivers (`pytest -m "not slow"` runs the rest in a fraction of the time).
 """
 import pytest
 
 
+#: Session fixtures that train: every test using one runs in the same pytest-xdist worker
+#: (`--dist loadgroup`), so each is built once per test run, not once per worker.
+SHARED_TRAININGS = ("trained_2d", "cascade_2d")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: starts subprocesses, several workers or experiment drivers "
                    "(deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "xdist_group(name): run in one pytest-xdist worker")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SHARED_TRAININGS):
+            item.add_marker(pytest.mark.xdist_group("shared_trainings"))
 
 
 @pytest.fixture(scope="session")

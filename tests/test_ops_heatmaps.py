@@ -234,6 +234,9 @@ def test_centre_prior_weights_choose_the_peak_and_leave_refinement_alone():
         np.testing.assert_allclose(confidence.numpy(), alone_confidence.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match=r"Received: sigma_mm=0"):
         codec.centre_prior(1.0, 0)
+    with pytest.raises(ValueError, match=r"broadcast to the heatmaps' grid \(batch, 12, 16, "
+                                         r"num_landmarks\). Received: peak_weights.shape=\(1, 10, 16, 1\)"):
+        codec.decode(np.zeros((1, 12, 16, 2), np.float32), peak_weights=prior)
 
 
 def test_codec_shapes_and_config_round_trip():

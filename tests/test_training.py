@@ -1,4 +1,5 @@
 """Tests of keraslm.training: pipeline, a short training run, resume after SIGKILL, bad input."""
+import dataclasses
 import json
 import os
 import signal
@@ -256,3 +257,9 @@ def test_training_config_parts_flat_settings_and_copies():
         TrainingConfig(stepz=3)
     with pytest.raises(AttributeError, match="read-only"):
         config.steps = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.run.steps = 3
+    overrides = TrainingConfig(model_overrides={"filters": 4})
+    copy = overrides.replace(seed=2)
+    copy.model.model_overrides["filters"] = 8  # A copy's dict is its own.
+    assert overrides.model.model_overrides == {"filters": 4}

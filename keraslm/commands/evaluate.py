@@ -41,7 +41,7 @@ def parse_args(argv=None):
     )
     source = parser.add_argument_group("what to evaluate (choose one)")
     choice = source.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--model", help="a .keras file (model.json beside it) or a SavedModel "
+    choice.add_argument("--model", help="a .keras file (as train.py writes it) or a SavedModel "
                         "version folder; evaluated on --dataset's test split")
     choice.add_argument("--runs", nargs="+", metavar="RUN",
                         help="train.py run folders; each is evaluated on the held-out split its "

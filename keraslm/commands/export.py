@@ -12,7 +12,7 @@ def main(argv=None):
     """`keraslm-export` / `python -m keraslm export`."""
     parser = argparse.ArgumentParser(
         prog="keraslm-export",
-        description="Export a trained model (a .keras file with model.json beside it, as "
+        description="Export a trained model (a run folder or its model.keras, as "
         "train.py writes) as the next version folder <base>/<n>/ of a TF Serving model; with "
         "--refine, a coarse-to-fine pair as one SavedModel (signatures serving_default, "
         "landmarks and refine).")

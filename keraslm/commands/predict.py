@@ -17,7 +17,7 @@ def main(argv=None):
         description="Find landmarks in images with a trained keraslm model and write them as "
         "CSV (physical mm and image index) and JSON.",
     )
-    parser.add_argument("model", help="a .keras file (with model.json beside it) or a SavedModel version folder")
+    parser.add_argument("model", help="a .keras file (as train.py writes it) or a SavedModel version folder")
     parser.add_argument("--refine", metavar="LOCAL_MODEL",
                         help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
                         "refines the model's estimates on fine-grid crops")

@@ -234,7 +234,16 @@ class HeatmapCodec:
             grid = tuple(shape[1:-1])
         weighted = None
         if peak_weights is not None:
-            weighted = heatmaps * ops.cast(ops.convert_to_tensor(peak_weights), "float32")
+            peak_weights = ops.cast(ops.convert_to_tensor(peak_weights), "float32")
+            weight_shape = static_shape(peak_weights)
+            if len(weight_shape) != len(shape) or any(
+                    w is not None and h is not None and w not in (1, h)
+                    for w, h in zip(weight_shape[1:-1], shape[1:-1])):
+                raise UsageError(
+                    "`peak_weights` must broadcast to the heatmaps' grid "
+                    f"(batch, {', '.join(str(n) for n in shape[1:-1])}, num_landmarks). "
+                    f"Received: peak_weights.shape={weight_shape}")
+            weighted = heatmaps * peak_weights
         return self._decode(heatmaps, grid, shape[-1], method, weighted)
 
     def centre_prior(self, spacing, sigma_mm):

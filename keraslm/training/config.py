@@ -7,7 +7,7 @@ import dataclasses
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DataSettings:
     """Which images train and which validate.
 
@@ -44,7 +44,7 @@ class DataSettings:
     normalization: str = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """The network, its grid and its stage.
 
@@ -71,7 +71,7 @@ class ModelSettings:
     landmarks_per_image: int = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AugmentationSettings:
     """Augmentation beyond the training preset's (None: the preset's value).
 
@@ -85,7 +85,7 @@ class AugmentationSettings:
     translation_mm: float = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
     """How the run goes and where it writes.
 
@@ -147,8 +147,9 @@ class TrainingConfig:
         TrainingConfig(model=ModelSettings(architecture="unet"), run=RunSettings(steps=400))
         TrainingConfig(architecture="unet", steps=400, dataset="isbi2015")
 
-    A flat name also reads its part's value (`config.steps` is `config.run.steps`).
-    `replace(**settings)` returns a changed copy; `to_dict()` the flat settings (config.json).
+    A flat name also reads its part's value (`config.steps` is `config.run.steps`). Parts and
+    config are read-only (settings are keywords only): `replace(**settings)` returns a changed
+    copy; `to_dict()` the flat settings (config.json).
     """
 
     def __init__(self, data=None, model=None, augmentation=None, run=None, **settings):
@@ -166,6 +167,9 @@ class TrainingConfig:
             mine = {key: value for key, value in settings.items() if _GROUP_OF[key] == name}
             if mine:
                 parts[name] = dataclasses.replace(parts[name], **mine)
+        # Own copy of the one mutable setting, so copies never share it.
+        parts["model"] = dataclasses.replace(parts["model"],
+                                             model_overrides=dict(parts["model"].model_overrides))
         self.__dict__.update(parts)
 
     def __getattr__(self, name):  # Only for names that are not attributes: the flat settings.

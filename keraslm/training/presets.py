@@ -29,11 +29,11 @@ TRAINING_PRESETS = {
                 intensity_scale=0.0, intensity_shift=0.0, decay="cosine"),
     },
     "paper": {
-        2: dict(optimizer="sgd", learning_rate=None, caffe_learning_rate=1e-6, momentum=0.99,
+        2: dict(optimizer="sgd", learning_rate=None, momentum=0.99,
                 weight_decay=5e-4, batch_size=5, steps=40000, sigma=2.0, heatmap_scale=1.0,
                 rotation_degrees=30.0, translation_mm=10.0, scale=0.0, elastic_mm=0.0,
                 intensity_scale=0.1, intensity_shift=0.1, decay="none"),
-        3: dict(optimizer="sgd", learning_rate=None, caffe_learning_rate=1e-6, momentum=0.99,
+        3: dict(optimizer="sgd", learning_rate=None, momentum=0.99,
                 weight_decay=5e-4, batch_size=2, steps=15000, sigma=2.0, heatmap_scale=1.0,
                 rotation_degrees=30.0, translation_mm=10.0, scale=0.0, elastic_mm=0.0,
                 intensity_scale=0.0, intensity_shift=0.0, decay="none"),
@@ -59,7 +59,6 @@ def get_training_preset(preset, ndim, architecture, heatmap_pixels, num_landmark
             f"Received: preset={preset!r}"
         )
     settings = copy.deepcopy(TRAINING_PRESETS[preset][ndim])
-    caffe_rate = settings.pop("caffe_learning_rate", None)
     if settings["learning_rate"] is None:
         # The paper's Caffe learning rates: 1e-5 for ConvOnly-/Downsampling-Net, 1e-6 for
         # U-Net/SCN; each architecture's registration holds its rate.
