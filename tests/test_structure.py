@@ -139,3 +139,21 @@ def test_upward_finder_finds_an_upward_import():
 
 def test_no_upward_imports():
     assert _upward(_module_graph()) == []
+
+
+if __name__ == "__main__":  # `python tests/test_structure.py`: the module map, layer by layer.
+    graph = _module_graph()
+    by_layer = {}
+    for module in graph:
+        by_layer.setdefault(_layer(module)[0], []).append(module)
+    for rank, (layer, _) in enumerate(LAYERS):
+        print(f"{layer}:")
+        for module in sorted(by_layer.get(rank, [])):
+            relative = module.replace(".", os.sep)
+            path = os.path.join(os.path.dirname(PACKAGE), relative + ".py")
+            if not os.path.isfile(path):
+                path = os.path.join(os.path.dirname(PACKAGE), relative, "__init__.py")
+            with open(path, encoding="utf-8") as handle:
+                lines = sum(1 for _ in handle)
+            print(f"  {module:<40} {lines:5d}  -> {', '.join(sorted(graph[module])) or '-'}")
+    print(f"cycles: {_cycles(graph)}; upward imports: {_upward(graph)}")
