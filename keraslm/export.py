@@ -66,7 +66,8 @@ _VERSION = re.compile(r"^[0-9]+$")
 def saved_model_versions(base_dir):
     """Sorted integer versions found as numeric sub-folders of `base_dir` (empty if none).
 
-    base_dir: str. a TF Serving model base folder.
+    Args:
+        base_dir: str. a TF Serving model base folder.
     """
     base_dir = os.fspath(base_dir)
     if not os.path.isdir(base_dir):
@@ -276,22 +277,24 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
                        local_metadata=None):
     """Writes a TF Serving version folder `base_dir/<version>/` (see the module docstring).
 
-    network: keras.Model. a heatmap network from `keraslm.models.build_model` (trained), with
-        None spatial input sizes. Exported to compute in float32 whatever precision it was
-        trained or loaded in (`keraslm.precision.with_precision`), so any server runs it.
-    base_dir: str. the model base folder TF Serving watches, e.g. `saved_models/<name>`.
-    metadata: dict. from `keraslm.inference.model_metadata`; stored as `assets/keraslm.json`.
-    version: int >= 1 or None. the version to write; default the next integer after the
-        existing numeric versions (1 for an empty base folder). An existing version is never
-        overwritten.
-    local_network, local_metadata: optional. the local stage of a coarse-to-fine model
-        (trained with `--crop-shape`, metadata "stage" "local"): exported with it as the
-        signature `refine` (inputs `images` on the local stage's fine grid
-        `(batch, *local_metadata["grid_shape"], 1)` and `centres` `(batch, L, ndim)`, the
-        global estimates in fine grid index units; outputs refined `landmarks` in fine grid index
-        units and `confidence`); the metadata then holds the local one under "refine".
+    Args:
+        network: keras.Model. a heatmap network from `keraslm.models.build_model` (trained), with
+            None spatial input sizes. Exported to compute in float32 whatever precision it was
+            trained or loaded in (`keraslm.precision.with_precision`), so any server runs it.
+        base_dir: str. the model base folder TF Serving watches, e.g. `saved_models/<name>`.
+        metadata: dict. from `keraslm.inference.model_metadata`; stored as `assets/keraslm.json`.
+        version: int >= 1 or None. the version to write; default the next integer after the
+            existing numeric versions (1 for an empty base folder). An existing version is never
+            overwritten.
+        local_network, local_metadata: optional. the local stage of a coarse-to-fine model
+            (trained with `--crop-shape`, metadata "stage" "local"): exported with it as the
+            signature `refine` (inputs `images` on the local stage's fine grid
+            `(batch, *local_metadata["grid_shape"], 1)` and `centres` `(batch, L, ndim)`, the
+            global estimates in fine grid index units; outputs refined `landmarks` in fine grid
+            index units and `confidence`); the metadata then holds the local one under "refine".
 
-    Returns str, the absolute path of the version folder.
+    Returns:
+        str, the absolute path of the version folder.
 
     Raises:
         KeraslmError: bad metadata or version, or the version folder exists.
@@ -395,8 +398,9 @@ class SavedModelPredictor(Predictor):
     """Runs an exported SavedModel's `landmarks` signature; the interface of
     `keraslm.inference.KerasPredictor` (`.metadata`, `.grid_points`).
 
-    path: str. a SavedModel version folder `<base>/<version>/`.
-    metadata: dict or None. overrides `assets/keraslm.json`.
+    Args:
+        path: str. a SavedModel version folder `<base>/<version>/`.
+        metadata: dict or None. overrides `assets/keraslm.json`.
     """
 
     def __init__(self, path, metadata=None):
@@ -483,13 +487,15 @@ def _version_folder(path):
 def load_saved_model_predictor(path, metadata=None):
     """A predictor for a SavedModel version folder written by `export_saved_model`.
 
-    path: str. `<base>/<version>/` (a base folder is refused with the versions it holds).
-    metadata: dict or None. overrides the exported `assets/keraslm.json`.
+    Args:
+        path: str. `<base>/<version>/` (a base folder is refused with the versions it holds).
+        metadata: dict or None. overrides the exported `assets/keraslm.json`.
 
-    Returns SavedModelPredictor (`.metadata`, `.locate(image)`, `.grid_points(images)`); for a
-    coarse-to-fine export of an earlier keraslm (no `predict_array` signature)
-    `.local_stage()` gives its `refine` signature, which `keraslm.inference.load_predictor`
-    pairs with it.
+    Returns:
+        SavedModelPredictor (`.metadata`, `.locate(image)`, `.grid_points(images)`); for a
+        coarse-to-fine export of an earlier keraslm (no `predict_array` signature)
+        `.local_stage()` gives its `refine` signature, which `keraslm.inference.load_predictor`
+        pairs with it.
 
     Raises:
         KeraslmError: the folder is missing, a base folder, not a SavedModel or lacks the
@@ -522,10 +528,12 @@ def upgrade_saved_model(path, base_dir, version=None):
     """Re-exports a keraslm SavedModel with the current signatures (image signatures, one
     request for a cascade), with the same weights, as the next version of `base_dir`.
 
-    path: str. A version folder written by an earlier keraslm (`landmarks` / `refine`).
-    base_dir: str. Model base folder of the new version.
+    Args:
+        path: str. A version folder written by an earlier keraslm (`landmarks` / `refine`).
+        base_dir: str. Model base folder of the new version.
 
-    Returns str, the new version folder.
+    Returns:
+        str, the new version folder.
     """
     predictor = SavedModelPredictor(path)
     metadata = {k: v for k, v in predictor.metadata.items() if k not in ("saved_model", "refine")}

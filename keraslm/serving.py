@@ -96,7 +96,8 @@ def load_metadata(path):
     """Model metadata from a SavedModel version folder (its `assets/keraslm.json`) or a JSON
     file (`keraslm.json` of an export, or `model.json` of a training run).
 
-    path: str. folder or file.
+    Args:
+        path: str. folder or file.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -130,11 +131,13 @@ class PreparedImage:
 def prepare_images(images, metadata, spacing=None):
     """Reads images and puts them on the model's grid, as `keraslm.inference.predict` does.
 
-    images: sequence of str paths or `keraslm.io.Image`s (one path or Image allowed).
-    metadata: dict. the model metadata (`load_metadata`).
-    spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none.
+    Args:
+        images: sequence of str paths or `keraslm.io.Image`s (one path or Image allowed).
+        metadata: dict. the model metadata (`load_metadata`).
+        spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none.
 
-    Returns list of PreparedImage.
+    Returns:
+        list of PreparedImage.
     """
     from keraslm.io import Image
     from keraslm.preprocessing import prepare_image
@@ -194,12 +197,14 @@ def parse_refine_response(response, prepared, predictions):
 def request_body(prepared, signature_name="landmarks", request_format="instances"):
     """The JSON body of a TF Serving REST `:predict` request.
 
-    prepared: sequence of PreparedImage (from `prepare_images`).
-    signature_name: str. "landmarks" (coordinates and confidences) or "grid_heatmaps"
-        (also the heatmaps).
-    request_format: str. "instances" (row format) or "inputs" (columnar format).
+    Args:
+        prepared: sequence of PreparedImage (from `prepare_images`).
+        signature_name: str. "landmarks" (coordinates and confidences) or "grid_heatmaps"
+            (also the heatmaps).
+        request_format: str. "instances" (row format) or "inputs" (columnar format).
 
-    Returns dict.
+    Returns:
+        dict.
     """
     if signature_name not in SIGNATURES:
         raise KeraslmError(
@@ -255,11 +260,13 @@ def _outputs(response, count, keys=("landmarks", "confidence"), optional=()):
 def parse_response(response, prepared, metadata):
     """Turns a `:predict` response into one `keraslm.inference.Prediction` per image.
 
-    response: dict. the decoded JSON response (row or columnar format).
-    prepared: sequence of PreparedImage. the images of the request, in order.
-    metadata: dict. the model metadata.
+    Args:
+        response: dict. the decoded JSON response (row or columnar format).
+        prepared: sequence of PreparedImage. the images of the request, in order.
+        metadata: dict. the model metadata.
 
-    Returns list of Prediction with `points_mm` (LPS), `points_index` and `confidence`.
+    Returns:
+        list of Prediction with `points_mm` (LPS), `points_index` and `confidence`.
     """
     outputs = _outputs(response, len(prepared))
     names = tuple(metadata["landmark_names"])
@@ -280,10 +287,13 @@ def parse_response(response, prepared, metadata):
 def http_transport(host="localhost", port=8501, timeout=60.0):
     """A transport that POSTs to TF Serving's REST API with urllib.
 
-    host: str. server name. port: int. REST port (8501 in the official container).
-    timeout: float. seconds per request.
+    Args:
+        host: str. server name.
+        port: int. REST port (8501 in the official container).
+        timeout: float. seconds per request.
 
-    Returns callable(path, body) -> response dict.
+    Returns:
+        callable(path, body) -> response dict.
     """
     def transport(path, body):
         url = f"http://{host}:{port}{path}"
@@ -305,14 +315,16 @@ def http_transport(host="localhost", port=8501, timeout=60.0):
 class ServingClient:
     """Finds landmarks with a model served by TF Serving.
 
-    model_name: str. the served model name (`MODEL_NAME` of the container).
-    metadata: dict or str. the model metadata, or a path for `load_metadata` (the exported
-        version folder or its `assets/keraslm.json`).
-    version: int or None. a fixed model version; None = the newest the server has.
-    signature_name: str. "landmarks" (default, small responses) or "grid_heatmaps".
-    request_format: str. "instances" or "inputs".
-    transport: callable(path, body) -> response dict, or None for `http_transport(host, port)`.
-    host: str. port: int. used by the default transport.
+    Args:
+        model_name: str. the served model name (`MODEL_NAME` of the container).
+        metadata: dict or str. the model metadata, or a path for `load_metadata` (the exported
+            version folder or its `assets/keraslm.json`).
+        version: int or None. a fixed model version; None = the newest the server has.
+        signature_name: str. "landmarks" (default, small responses) or "grid_heatmaps".
+        request_format: str. "instances" or "inputs".
+        transport: callable(path, body) -> response dict, or None for `http_transport(host, port)`.
+        host: str. used by the default transport.
+        port: int. used by the default transport.
 
     Examples:
     >>> client = ServingClient("hand", "saved_models/hand/1")
@@ -354,12 +366,14 @@ class ServingClient:
     def predict(self, images, spacing=None, batch_size=4):
         """Landmarks of images, one request per batch.
 
-        images: sequence of str paths or `keraslm.io.Image`s.
-        spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI).
-        batch_size: int >= 1. images per request.
+        Args:
+            images: sequence of str paths or `keraslm.io.Image`s.
+            spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI).
+            batch_size: int >= 1. images per request.
 
-        Returns list of `keraslm.inference.Prediction`, one per image, in order. For a
-        coarse-to-fine export each batch takes two requests (`landmarks`, then `refine`).
+        Returns:
+            list of `keraslm.inference.Prediction`, one per image, in order. For a
+            coarse-to-fine export each batch takes two requests (`landmarks`, then `refine`).
         """
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise KeraslmError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")

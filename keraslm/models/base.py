@@ -128,7 +128,8 @@ class LandmarkModel(keras.Model):
     def output_spatial_shape(self, spatial_shape):
         """Heatmap spatial shape for an input spatial shape.
 
-        spatial_shape: tuple of ints or None. input spatial sizes, `ndim` of them.
+        Args:
+            spatial_shape: tuple of ints or None. input spatial sizes, `ndim` of them.
         """
         self._check_spatial(tuple(spatial_shape), "spatial_shape")
         return tuple(None if d is None else d // self.output_stride for d in spatial_shape)

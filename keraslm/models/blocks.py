@@ -19,9 +19,11 @@ _LAYER_CLASSES = {
 def check_ndim(ndim):
     """Validate a number of spatial dimensions.
 
-    ndim: int. number of spatial dimensions, 2 or 3.
+    Args:
+        ndim: int. number of spatial dimensions, 2 or 3.
 
-    Raises ValueError naming the value when it is neither 2 nor 3.
+    Raises:
+        ValueError: naming the value when it is neither 2 nor 3.
     """
     if isinstance(ndim, bool) or ndim not in _LAYER_CLASSES:
         raise UsageError(f"`ndim` must be 2 or 3. Received: ndim={ndim!r}")
@@ -31,9 +33,11 @@ def check_ndim(ndim):
 def layer_classes(ndim):
     """The concrete Keras layer classes for `ndim` spatial dimensions.
 
-    ndim: int. number of spatial dimensions, 2 or 3.
+    Args:
+        ndim: int. number of spatial dimensions, 2 or 3.
 
-    Returns a dict with keys `"conv"` and `"pool"`.
+    Returns:
+        a dict with keys `"conv"` and `"pool"`.
     """
     return _LAYER_CLASSES[check_ndim(ndim)]
 
@@ -42,16 +46,17 @@ def conv(x, ndim, filters, kernel_size, kernel_initializer, activation="relu",
          negative_slope=0.0, name=None):
     """One convolution with 'same' padding, zero-initialised bias and an activation.
 
-    x: tensor. input `(batch, *spatial, channels)`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    filters: int. output channels.
-    kernel_size: int or tuple of `ndim` ints. kernel extent per spatial axis.
-    kernel_initializer: str or dict. Keras initializer identifier; every layer gets its own
-        instance, so unseeded initializers draw different values per layer.
-    activation: str or None. `"relu"` (leaky when `negative_slope > 0`), `"tanh"` or None.
-    negative_slope: float. slope for negative inputs when `activation="relu"`; a separate
-        `LeakyReLU` layer named `f"{name}_act"` is added when it is positive.
-    name: str. layer name.
+    Args:
+        x: tensor. input `(batch, *spatial, channels)`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        filters: int. output channels.
+        kernel_size: int or tuple of `ndim` ints. kernel extent per spatial axis.
+        kernel_initializer: str or dict. Keras initializer identifier; every layer gets its own
+            instance, so unseeded initializers draw different values per layer.
+        activation: str or None. `"relu"` (leaky when `negative_slope > 0`), `"tanh"` or None.
+        negative_slope: float. slope for negative inputs when `activation="relu"`; a separate
+            `LeakyReLU` layer named `f"{name}_act"` is added when it is positive.
+        name: str. layer name.
     """
     leaky = activation == "relu" and negative_slope > 0
     x = layer_classes(ndim)["conv"](
@@ -72,16 +77,17 @@ def conv_stack(x, ndim, num_convs, filters, kernel_size, kernel_initializer,
                negative_slope=0.0, dropout=0.0, name=None):
     """`num_convs` ReLU convolutions named `f"{name}_conv{i}"`.
 
-    x: tensor. input `(batch, *spatial, channels)`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    num_convs: int. number of convolutions.
-    filters: int. output channels of every convolution.
-    kernel_size: int or tuple of `ndim` ints. kernel extent per spatial axis.
-    kernel_initializer: str or dict. Keras initializer identifier.
-    negative_slope: float. leaky ReLU slope, 0 for plain ReLU.
-    dropout: float. dropout rate after the first convolution (layer `f"{name}_dropout"`),
-        0 for none.
-    name: str. prefix of the layer names.
+    Args:
+        x: tensor. input `(batch, *spatial, channels)`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        num_convs: int. number of convolutions.
+        filters: int. output channels of every convolution.
+        kernel_size: int or tuple of `ndim` ints. kernel extent per spatial axis.
+        kernel_initializer: str or dict. Keras initializer identifier.
+        negative_slope: float. leaky ReLU slope, 0 for plain ReLU.
+        dropout: float. dropout rate after the first convolution (layer `f"{name}_dropout"`),
+            0 for none.
+        name: str. prefix of the layer names.
     """
     for i in range(num_convs):
         x = conv(x, ndim, filters, kernel_size, kernel_initializer,
@@ -94,10 +100,11 @@ def conv_stack(x, ndim, num_convs, filters, kernel_size, kernel_initializer,
 def downsample(x, ndim, factor, name=None):
     """Average pooling dividing every spatial size by `factor`.
 
-    x: tensor. input `(batch, *spatial, channels)`, spatial sizes divisible by `factor`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    factor: int. pooling size and stride.
-    name: str. layer name.
+    Args:
+        x: tensor. input `(batch, *spatial, channels)`, spatial sizes divisible by `factor`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        factor: int. pooling size and stride.
+        name: str. layer name.
     """
     return layer_classes(ndim)["pool"](pool_size=factor, strides=factor, name=name)(x)
 
@@ -105,10 +112,11 @@ def downsample(x, ndim, factor, name=None):
 def upsample(x, ndim, factor, name=None):
     """Fixed linear upsampling multiplying every spatial size by `factor`.
 
-    x: tensor. input `(batch, *spatial, channels)`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    factor: int. upsampling factor.
-    name: str. layer name.
+    Args:
+        x: tensor. input `(batch, *spatial, channels)`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        factor: int. upsampling factor.
+        name: str. layer name.
     """
     return LinearUpsampling(size=(factor,) * check_ndim(ndim), name=name)(x)
 
@@ -116,11 +124,12 @@ def upsample(x, ndim, factor, name=None):
 def heatmap_head(x, ndim, num_landmarks, kernel_initializer, name=None):
     """Final convolution with kernel 1 to one heatmap per landmark, no activation.
 
-    x: tensor. input `(batch, *spatial, channels)`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    num_landmarks: int. number of output channels.
-    kernel_initializer: str or dict. Keras initializer identifier.
-    name: str. layer name.
+    Args:
+        x: tensor. input `(batch, *spatial, channels)`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        num_landmarks: int. number of output channels.
+        kernel_initializer: str or dict. Keras initializer identifier.
+        name: str. layer name.
     """
     return conv(x, ndim, num_landmarks, 1, kernel_initializer, activation=None, name=name)
 
@@ -129,22 +138,24 @@ def unet(x, ndim, num_levels, convs_per_level, filters, kernel_size, kernel_init
          combine="concat", negative_slope=0.0, dropout=0.0, name=None):
     """U-Net body: contracting path with average pooling, expanding path with linear upsampling.
 
-    x: tensor. input `(batch, *spatial, channels)`, spatial sizes divisible by
-        `2 ** (num_levels - 1)`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    num_levels: int. resolution levels; there are `num_levels - 1` pooling steps.
-    convs_per_level: int. convolutions per level on each path.
-    filters: int. channels of every convolution.
-    kernel_size: int or tuple of `ndim` ints. kernel extent per spatial axis.
-    kernel_initializer: str or dict. Keras initializer identifier.
-    combine: str. how an upsampled map meets its skip: `"concat"` (2016 paper) or `"add"`
-        (2019 SCN).
-    negative_slope: float. leaky ReLU slope, 0 for plain ReLU.
-    dropout: float. dropout rate inside every level, 0 for none.
-    name: str. prefix: layers are `f"{name}_pool{level}"`, `f"{name}_down{level}_*"`,
-        `f"{name}_upsample{level}"`, `f"{name}_combine{level}"` and `f"{name}_up{level}_*"`.
+    Args:
+        x: tensor. input `(batch, *spatial, channels)`, spatial sizes divisible by
+            `2 ** (num_levels - 1)`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        num_levels: int. resolution levels; there are `num_levels - 1` pooling steps.
+        convs_per_level: int. convolutions per level on each path.
+        filters: int. channels of every convolution.
+        kernel_size: int or tuple of `ndim` ints. kernel extent per spatial axis.
+        kernel_initializer: str or dict. Keras initializer identifier.
+        combine: str. how an upsampled map meets its skip: `"concat"` (2016 paper) or `"add"`
+            (2019 SCN).
+        negative_slope: float. leaky ReLU slope, 0 for plain ReLU.
+        dropout: float. dropout rate inside every level, 0 for none.
+        name: str. prefix: layers are `f"{name}_pool{level}"`, `f"{name}_down{level}_*"`,
+            `f"{name}_upsample{level}"`, `f"{name}_combine{level}"` and `f"{name}_up{level}_*"`.
 
-    Returns a tensor `(batch, *spatial, filters)` at the input resolution.
+    Returns:
+        a tensor `(batch, *spatial, filters)` at the input resolution.
     """
     stack = dict(ndim=ndim, num_convs=convs_per_level, filters=filters, kernel_size=kernel_size,
                  kernel_initializer=kernel_initializer, negative_slope=negative_slope,

@@ -23,10 +23,12 @@ from keraslm.errors import UsageError
 def _phase_weights(factor):
     """Interpolation taps of each output phase along one axis.
 
-    factor: int. upsampling factor.
+    Args:
+        factor: int. upsampling factor.
 
-    Returns a list of `factor` pairs `((offset_a, weight_a), (offset_b, weight_b))`: output
-    `factor * i + r` is `weight_a * x[i + offset_a] + weight_b * x[i + offset_b]`.
+    Returns:
+        a list of `factor` pairs `((offset_a, weight_a), (offset_b, weight_b))`: output
+        `factor * i + r` is `weight_a * x[i + offset_a] + weight_b * x[i + offset_b]`.
     """
     phases = []
     for r in range(factor):

@@ -65,11 +65,13 @@ def get_architecture(name):
 def get_preset(preset, architecture, ndim):
     """A fresh copy of the settings of one preset.
 
-    preset: str. `"paper"` or `"small"` (`keraslm.models.presets`).
-    architecture: str. a registered architecture name.
-    ndim: int. number of spatial dimensions, 2 or 3.
+    Args:
+        preset: str. `"paper"` or `"small"` (`keraslm.models.presets`).
+        architecture: str. a registered architecture name.
+        ndim: int. number of spatial dimensions, 2 or 3.
 
-    Raises UsageError naming `preset` when it is unknown.
+    Raises:
+        UsageError: naming `preset` when it is unknown.
     """
     if preset not in PRESET_NAMES:
         raise UsageError(
@@ -82,24 +84,27 @@ def build_model(architecture, ndim, num_landmarks, preset="paper", input_shape=N
                 **overrides):
     """Build a heatmap regression network from a preset, with settings overridden by keyword.
 
-    architecture: str. a registered name (`ARCHITECTURES`): `"downsampling"`, `"convonly"`,
-        `"unet"`, `"scn"`, `"scn2019"`.
-    ndim: int. number of spatial dimensions, 2 or 3.
-    num_landmarks: int. number of heatmaps (output channels), >= 1.
-    preset: str. `"paper"` (Payer et al. 2016, Section 3) or `"small"` (CPU-sized); see
-        `keraslm.models.presets`.
-    input_shape: tuple or None. `(*spatial, channels)` without the batch axis; spatial sizes
-        may be None and must otherwise be divisible by the model's `size_divisor`. Default
-        `(None,) * ndim + (1,)`.
-    **overrides: any setting of the preset (e.g. `filters=16`, `kernel_size=(3, 3, 1)`,
-        `kernel_initializer="he_normal"`) and `name`.
+    Args:
+        architecture: str. a registered name (`ARCHITECTURES`): `"downsampling"`, `"convonly"`,
+            `"unet"`, `"scn"`, `"scn2019"`.
+        ndim: int. number of spatial dimensions, 2 or 3.
+        num_landmarks: int. number of heatmaps (output channels), >= 1.
+        preset: str. `"paper"` (Payer et al. 2016, Section 3) or `"small"` (CPU-sized); see
+            `keraslm.models.presets`.
+        input_shape: tuple or None. `(*spatial, channels)` without the batch axis; spatial sizes
+            may be None and must otherwise be divisible by the model's `size_divisor`. Default
+            `(None,) * ndim + (1,)`.
+        **overrides: any setting of the preset (e.g. `filters=16`, `kernel_size=(3, 3, 1)`,
+            `kernel_initializer="he_normal"`) and `name`.
 
-    Returns a `LandmarkModel` mapping `(batch, *spatial, channels)` images to
-    `(batch, *spatial / output_stride, num_landmarks)` heatmaps, with attributes
-    `architecture`, `ndim`, `num_landmarks`, `output_stride` and `size_divisor`.
+    Returns:
+        a `LandmarkModel` mapping `(batch, *spatial, channels)` images to
+        `(batch, *spatial / output_stride, num_landmarks)` heatmaps, with attributes
+        `architecture`, `ndim`, `num_landmarks`, `output_stride` and `size_divisor`.
 
-    Raises ValueError naming the argument for an unknown architecture, preset or setting, an
-    `ndim` other than 2 or 3, `num_landmarks < 1` or an input size violating the constraint.
+    Raises:
+        ValueError: naming the argument for an unknown architecture, preset or setting, an
+            `ndim` other than 2 or 3, `num_landmarks < 1` or an input size violating the constraint.
 
     Examples:
     >>> model = build_model("unet", 2, 37, preset="small", input_shape=(128, 96, 1))

@@ -32,9 +32,10 @@ NUM_LANDMARKS = {2: 37, 3: 28}
 def input_size(preset, ndim, architecture):
     """Spatial input size used for FLOP counts and benchmarks.
 
-    preset: str. `"paper"` or `"small"`.
-    ndim: int. 2 or 3.
-    architecture: str. architecture name.
+    Args:
+        preset: str. `"paper"` or `"small"`.
+        ndim: int. 2 or 3.
+        architecture: str. architecture name.
     """
     sizes = INPUT_SIZES[(preset, ndim)]
     return sizes.get(architecture, sizes[None])
@@ -43,7 +44,8 @@ def input_size(preset, ndim, architecture):
 def conv_flops(model):
     """FLOPs (2 x multiply-accumulates) of all convolutions of a model with static shapes.
 
-    model: keras.Model. a model built with a fully static input shape (batch excluded).
+    Args:
+        model: keras.Model. a model built with a fully static input shape (batch excluded).
     """
     total = 0
     for layer in model.layers:
@@ -62,9 +64,10 @@ def conv_flops(model):
 def rows(preset, ndim, num_landmarks=None):
     """One dict per architecture: weights, ratio to SCN, FLOPs and the input size used.
 
-    preset: str. `"paper"` or `"small"`.
-    ndim: int. 2 or 3.
-    num_landmarks: int or None. heatmaps; default 37 in 2D, 28 in 3D (the paper's datasets).
+    Args:
+        preset: str. `"paper"` or `"small"`.
+        ndim: int. 2 or 3.
+        num_landmarks: int or None. heatmaps; default 37 in 2D, 28 in 3D (the paper's datasets).
     """
     num_landmarks = num_landmarks or NUM_LANDMARKS[ndim]
     result = []

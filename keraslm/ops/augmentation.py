@@ -66,20 +66,21 @@ from keraslm.ops.geometry import (
 class AugmentationConfig:
     """Ranges of the random augmentation (all uniform; everything 0 gives the identity).
 
-    rotation_degrees: float >= 0. max |angle| in degrees, about the grid centre (3D: about each
-        of the x, y and z axes independently).
-    translation_mm: float >= 0. max |translation| per axis, mm.
-    scale: float in [0, 1). isotropic scaling factor in [1 - scale, 1 + scale].
-    axis_scale: float in [0, 1). extra per-axis factor in [1 - axis_scale, 1 + axis_scale].
-    elastic_mm: float >= 0. max |displacement| of each control point per axis, mm (the dense
-        displacement is a convex combination of them, so it stays within the bound); 0 = off.
-    elastic_grid_points: int >= 4. control points per axis of the cubic B-spline; the grid is
-        covered by `elastic_grid_points - 3` mesh intervals (4: one global cubic; more: more
-        local deformation).
-    intensity_scale: float in [0, 1). intensity factor in [1 - intensity_scale,
-        1 + intensity_scale].
-    intensity_shift: float >= 0. intensity offset in [-intensity_shift, intensity_shift]
-        (units of the image intensities, e.g. standard deviations after normalisation).
+    Args:
+        rotation_degrees: float >= 0. max |angle| in degrees, about the grid centre (3D: about each
+            of the x, y and z axes independently).
+        translation_mm: float >= 0. max |translation| per axis, mm.
+        scale: float in [0, 1). isotropic scaling factor in [1 - scale, 1 + scale].
+        axis_scale: float in [0, 1). extra per-axis factor in [1 - axis_scale, 1 + axis_scale].
+        elastic_mm: float >= 0. max |displacement| of each control point per axis, mm (the dense
+            displacement is a convex combination of them, so it stays within the bound); 0 = off.
+        elastic_grid_points: int >= 4. control points per axis of the cubic B-spline; the grid is
+            covered by `elastic_grid_points - 3` mesh intervals (4: one global cubic; more: more
+            local deformation).
+        intensity_scale: float in [0, 1). intensity factor in [1 - intensity_scale,
+            1 + intensity_scale].
+        intensity_shift: float >= 0. intensity offset in [-intensity_shift, intensity_shift]
+            (units of the image intensities, e.g. standard deviations after normalisation).
 
     Examples:
     >>> AugmentationConfig(rotation_degrees=15, elastic_mm=3.0, elastic_grid_points=6)
@@ -167,21 +168,23 @@ def _diag(values):
 def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
     """Draw one random augmentation transform per sample.
 
-    seed: `keras.random.SeedGenerator` (stateful; use it in training) or int (stateless).
-    batch_size: int >= 1. static batch size.
-    grid_shape: tuple of 2 or 3 ints. spatial shape of the network grid, array order (y, x) /
-        (z, y, x).
-    grid_spacing: float or sequence of ndim floats. mm per index step along x, y[, z].
-    config: `AugmentationConfig` (default: `AugmentationConfig()`).
+    Args:
+        seed: `keras.random.SeedGenerator` (stateful; use it in training) or int (stateless).
+        batch_size: int >= 1. static batch size.
+        grid_shape: tuple of 2 or 3 ints. spatial shape of the network grid, array order (y, x) /
+            (z, y, x).
+        grid_spacing: float or sequence of ndim floats. mm per index step along x, y[, z].
+        config: `AugmentationConfig` (default: `AugmentationConfig()`).
 
-    Returns a dict of float32 tensors:
-        "matrix": `(batch, ndim + 1, ndim + 1)`. sampling map, output index -> input index.
-        "inverse_matrix": `(batch, ndim + 1, ndim + 1)`. its exact inverse.
-        "grid_size": `(batch, ndim)`. grid size along (x, y[, z]) the transform belongs to.
-        "intensity_scale", "intensity_shift": `(batch,)`.
-        "elastic" (only when `config.elastic_mm > 0`): `(batch, G, ..., G, ndim)` B-spline
-            control point displacements in input index units, (x, y[, z]) components, control
-            grid axes in array order (G = `config.elastic_grid_points`).
+    Returns:
+        a dict of float32 tensors:
+            "matrix": `(batch, ndim + 1, ndim + 1)`. sampling map, output index -> input index.
+            "inverse_matrix": `(batch, ndim + 1, ndim + 1)`. its exact inverse.
+            "grid_size": `(batch, ndim)`. grid size along (x, y[, z]) the transform belongs to.
+            "intensity_scale", "intensity_shift": `(batch,)`.
+            "elastic" (only when `config.elastic_mm > 0`): `(batch, G, ..., G, ndim)` B-spline
+                control point displacements in input index units, (x, y[, z]) components, control
+                grid axes in array order (G = `config.elastic_grid_points`).
 
     Examples:
     >>> seeds = keras.random.SeedGenerator(0)
@@ -305,11 +308,13 @@ def crop_transforms(transforms, centres):
     crop centre, the translation moves the crop's content as usual), and `apply_to_points`
     moves input landmarks into crop index units. Input and crop share the grid spacing.
 
-    transforms: dict from `sample_transforms(..., grid_shape=crop_shape, ...)`.
-    centres: tensor `(batch, ndim)`. (x, y[, z]) input grid index of each crop's centre.
+    Args:
+        transforms: dict from `sample_transforms(..., grid_shape=crop_shape, ...)`.
+        centres: tensor `(batch, ndim)`. (x, y[, z]) input grid index of each crop's centre.
 
-    Returns a new dict: `matrix = T(o) @ matrix`, `inverse_matrix = inverse_matrix @ T(-o)`
-    with `o = centres - crop centre`; other entries unchanged.
+    Returns:
+        a new dict: `matrix = T(o) @ matrix`, `inverse_matrix = inverse_matrix @ T(-o)`
+        with `o = centres - crop centre`; other entries unchanged.
     """
     ndim = static_shape(transforms["matrix"])[-1] - 1
     batch = _check_transforms(transforms, ndim)
@@ -329,16 +334,18 @@ def crop_transforms(transforms, centres):
 def apply_to_images(images, transforms, fill_value=0.0, intensity=True, output_shape=None):
     """Resample images through the sampled transforms (bi/trilinear, constant fill).
 
-    images: tensor `(batch, *spatial, channels)` on the grid the transforms were sampled for
-        (with `output_shape`: any larger grid of the same spacing).
-    transforms: dict from `sample_transforms` (or `crop_transforms`).
-    fill_value: float. value outside the input grid (not changed by the intensity transform).
-    intensity: bool. apply `x * intensity_scale + intensity_shift` to the image content; set it
-        to False for masks or label images.
-    output_shape: optional tuple of ints. spatial shape of the output, array order: the crop
-        grid the transforms were sampled for (default: the images' own shape).
+    Args:
+        images: tensor `(batch, *spatial, channels)` on the grid the transforms were sampled for
+            (with `output_shape`: any larger grid of the same spacing).
+        transforms: dict from `sample_transforms` (or `crop_transforms`).
+        fill_value: float. value outside the input grid (not changed by the intensity transform).
+        intensity: bool. apply `x * intensity_scale + intensity_shift` to the image content; set it
+            to False for masks or label images.
+        output_shape: optional tuple of ints. spatial shape of the output, array order: the crop
+            grid the transforms were sampled for (default: the images' own shape).
 
-    Returns augmented images `(batch, *output_shape, channels)` in the images' dtype.
+    Returns:
+        augmented images `(batch, *output_shape, channels)` in the images' dtype.
     """
     images = ops.convert_to_tensor(images)
     shape, ndim = check_images(images)
@@ -358,20 +365,22 @@ def apply_to_images(images, transforms, fill_value=0.0, intensity=True, output_s
 def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_residual=False):
     """Move landmarks with the exact inverse of the sampling map.
 
-    points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) input grid index units; NaN =
-        missing.
-    transforms: dict from `sample_transforms`.
-    iterations: int >= 1. fixed-point iterations for the elastic inverse (static; unused
-        without elastic deformation).
-    tolerance: float > 0. largest accepted residual |matrix @ p_out + u(p_out) - p_in| (index
-        units, max over axes); a landmark whose inverse did not converge gets validity 0.
-    return_residual: bool. also return the residual `(batch, num_landmarks)` (0 without elastic
-        deformation, NaN for missing landmarks).
+    Args:
+        points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) input grid index units; NaN =
+            missing.
+        transforms: dict from `sample_transforms`.
+        iterations: int >= 1. fixed-point iterations for the elastic inverse (static; unused
+            without elastic deformation).
+        tolerance: float > 0. largest accepted residual |matrix @ p_out + u(p_out) - p_in| (index
+            units, max over axes); a landmark whose inverse did not converge gets validity 0.
+        return_residual: bool. also return the residual `(batch, num_landmarks)` (0 without elastic
+            deformation, NaN for missing landmarks).
 
-    Returns `(moved_points, valid)`: moved points `(batch, num_landmarks, ndim)` on the output
-    grid (NaN stays NaN) and validity `(batch, num_landmarks)` float32: 1 for finite landmarks
-    inside the output field `[-0.5, size - 0.5)` per axis whose residual is within `tolerance`,
-    else 0. With `return_residual`, `(moved_points, valid, residual)`.
+    Returns:
+        `(moved_points, valid)`: moved points `(batch, num_landmarks, ndim)` on the output
+        grid (NaN stays NaN) and validity `(batch, num_landmarks)` float32: 1 for finite landmarks
+        inside the output field `[-0.5, size - 0.5)` per axis whose residual is within `tolerance`,
+        else 0. With `return_residual`, `(moved_points, valid, residual)`.
     """
     if not (isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool)
             and iterations >= 1):
@@ -420,17 +429,20 @@ def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_re
 def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
     """Augment a batch and render its targets: the work of the compiled training step.
 
-    images: tensor `(batch, *spatial, channels)` on the network input grid.
-    points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) grid index units, NaN = missing.
-    transforms: dict from `sample_transforms` (same batch size and grid).
-    codec: `keraslm.ops.heatmaps.HeatmapCodec` whose `input_shape` is the images' spatial shape.
-    fill_value: float. image value outside the input grid.
-    sigma: optional scalar or `(num_landmarks,)` tensor overriding `codec.sigma` (e.g. a
-        learnable per-landmark sigma; gradients flow into it).
+    Args:
+        images: tensor `(batch, *spatial, channels)` on the network input grid.
+        points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) grid index units, NaN = missing.
+        transforms: dict from `sample_transforms` (same batch size and grid).
+        codec: `keraslm.ops.heatmaps.HeatmapCodec` whose `input_shape` is the images' spatial shape.
+        fill_value: float. image value outside the input grid.
+        sigma: optional scalar or `(num_landmarks,)` tensor overriding `codec.sigma` (e.g. a
+            learnable per-landmark sigma; gradients flow into it).
 
-    Returns `(augmented_images, heatmaps, weights)`: images as `apply_to_images`, target heatmaps
-    `(batch, *codec.output_shape, num_landmarks)` and weights `(batch, num_landmarks)` float32:
-    0 for missing landmarks, landmarks moved out of the field and non-converged elastic inverses.
+    Returns:
+        `(augmented_images, heatmaps, weights)`: images as `apply_to_images`, target heatmaps
+        `(batch, *codec.output_shape, num_landmarks)` and weights `(batch, num_landmarks)` float32:
+        0 for missing landmarks, landmarks moved out of the field and non-converged elastic
+        inverses.
 
     Examples:
     >>> codec = HeatmapCodec((64, 48), stride=1, sigma=2.0)
@@ -455,11 +467,12 @@ def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
 def choose_crop_landmarks(points, landmarks_per_image, seed=None):
     """Which landmarks to crop around: `(batch, landmarks_per_image)` int32 indices per image.
 
-    points: tensor `(batch, num_landmarks, ndim)`; NaN = missing (never chosen while enough
-        annotated landmarks remain).
-    landmarks_per_image: int in [1, num_landmarks]. all landmarks in order when equal to
-        `num_landmarks`, else a random subset without repetition.
-    seed: `keras.random.SeedGenerator` or int for the random subset.
+    Args:
+        points: tensor `(batch, num_landmarks, ndim)`; NaN = missing (never chosen while enough
+            annotated landmarks remain).
+        landmarks_per_image: int in [1, num_landmarks]. all landmarks in order when equal to
+            `num_landmarks`, else a random subset without repetition.
+        seed: `keras.random.SeedGenerator` or int for the random subset.
     """
     batch, num_landmarks, _ = static_shape(points)
     if not (isinstance(landmarks_per_image, (int, np.integer)) and
@@ -479,17 +492,6 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     """The local (refinement) stage's device work: augmented crops around chosen landmarks of
     larger grid images, with the target heatmaps of every landmark.
 
-    images: tensor `(batch, *spatial, channels)`. whole images on the fine grid.
-    points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) fine grid index, NaN = missing.
-    landmark_index: int tensor `(batch, crops_per_image)` from `choose_crop_landmarks`.
-    transforms: dict from `sample_transforms` on the crop grid (`codec.input_shape`) for
-        `batch * crops_per_image` crops.
-    codec: `HeatmapCodec` of the crop grid.
-    targets: "own" (default): only the heatmap channel of the crop's own landmark has weight 1
-        (it must peak there and nowhere else in the crop, also not on neighbouring landmarks);
-        "all": every annotated landmark is a target in every crop (those outside get the part of
-        their Gaussian that reaches in, mostly zeros).
-
     Crop `b * crops_per_image + j` belongs to image `b` and is centred on its landmark
     `landmark_index[b, j]` (the image centre when that one is missing) before augmentation, so
     the sampled translation is the offset a coarse estimate would have. At prediction the local
@@ -497,11 +499,24 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     "own" trains. ("all" makes the targets far sparser - a 64x64 crop holds 1-3 of 19 peaks - and
     keeps the network near the all-zero output much longer; README, "Design notes".)
 
-    Returns `(crops, heatmaps, weights, crop_points)`: crops `(n, *crop_shape, channels)`,
-    heatmaps `(n, *codec.output_shape, num_landmarks)`, weights `(n, num_landmarks)` (0 for
-    missing landmarks and non-converged elastic inverses, and with "own" for all but the crop's
-    own landmark) and the landmarks in crop index units `(n, num_landmarks, ndim)`, with
-    `n = batch * crops_per_image`.
+    Args:
+        images: tensor `(batch, *spatial, channels)`. whole images on the fine grid.
+        points: tensor `(batch, num_landmarks, ndim)`. (x, y[, z]) fine grid index, NaN = missing.
+        landmark_index: int tensor `(batch, crops_per_image)` from `choose_crop_landmarks`.
+        transforms: dict from `sample_transforms` on the crop grid (`codec.input_shape`) for
+            `batch * crops_per_image` crops.
+        codec: `HeatmapCodec` of the crop grid.
+        targets: "own" (default): only the heatmap channel of the crop's own landmark has weight 1
+            (it must peak there and nowhere else in the crop, also not on neighbouring landmarks);
+            "all": every annotated landmark is a target in every crop (those outside get the part of
+            their Gaussian that reaches in, mostly zeros).
+
+    Returns:
+        `(crops, heatmaps, weights, crop_points)`: crops `(n, *crop_shape, channels)`,
+        heatmaps `(n, *codec.output_shape, num_landmarks)`, weights `(n, num_landmarks)` (0 for
+        missing landmarks and non-converged elastic inverses, and with "own" for all but the crop's
+        own landmark) and the landmarks in crop index units `(n, num_landmarks, ndim)`, with
+        `n = batch * crops_per_image`.
     """
     if targets not in ("own", "all"):
         raise UsageError(f"`targets` must be 'own' or 'all'. Received: targets={targets!r}")
@@ -535,13 +550,15 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
 def extract_crops(images, centres, crop_shape, fill_value=0.0):
     """Plain (un-augmented) crops around points: what the local stage sees at prediction time.
 
-    images: tensor `(batch, *spatial, channels)`.
-    centres: tensor `(batch, num_crops, ndim)`. (x, y[, z]) grid index of the crop centres
-        (finite; sub-pixel centres are interpolated).
-    crop_shape: tuple of ints. array order.
+    Args:
+        images: tensor `(batch, *spatial, channels)`.
+        centres: tensor `(batch, num_crops, ndim)`. (x, y[, z]) grid index of the crop centres
+            (finite; sub-pixel centres are interpolated).
+        crop_shape: tuple of ints. array order.
 
-    Returns `(batch * num_crops, *crop_shape, channels)`; crop `b * num_crops + k` is centred on
-    `centres[b, k]`. Map crop index points back with `crop_to_grid`.
+    Returns:
+        `(batch * num_crops, *crop_shape, channels)`; crop `b * num_crops + k` is centred on
+        `centres[b, k]`. Map crop index points back with `crop_to_grid`.
     """
     images = ops.convert_to_tensor(images)
     shape, ndim = check_images(images)

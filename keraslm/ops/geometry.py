@@ -153,12 +153,14 @@ def _bspline_axis_weights_np(n, num_points):
 def bspline_dense(coefficients, grid_shape):
     """Evaluate a B-spline displacement at every pixel centre of the grid.
 
-    coefficients: tensor `(batch, G_0, ..., G_{ndim-1}, ndim)`. control point values, grid axes
-        in array order, components in (x, y[, z]) order, index units.
-    grid_shape: tuple of ints. spatial shape in array order.
+    Args:
+        coefficients: tensor `(batch, G_0, ..., G_{ndim-1}, ndim)`. control point values, grid axes
+            in array order, components in (x, y[, z]) order, index units.
+        grid_shape: tuple of ints. spatial shape in array order.
 
-    Returns `(batch, *grid_shape, ndim)`. Computed separably (one small contraction per axis),
-    so the cost is linear in the number of pixels.
+    Returns:
+        `(batch, *grid_shape, ndim)`. Computed separably (one small contraction per axis),
+        so the cost is linear in the number of pixels.
     """
     ndim = len(grid_shape)
     letters = "ijk"[:ndim]
@@ -178,11 +180,13 @@ def bspline_dense(coefficients, grid_shape):
 def bspline_at(coefficients, points, grid_size):
     """Evaluate a B-spline displacement at arbitrary continuous points.
 
-    coefficients: tensor `(batch, G_0, ..., G_{ndim-1}, ndim)` (see `bspline_dense`).
-    points: tensor `(batch, num_points, ndim)`. finite points, (x, y[, z]) index units.
-    grid_size: tensor `(batch, ndim)`. grid size along (x, y[, z]) the field was defined on.
+    Args:
+        coefficients: tensor `(batch, G_0, ..., G_{ndim-1}, ndim)` (see `bspline_dense`).
+        points: tensor `(batch, num_points, ndim)`. finite points, (x, y[, z]) index units.
+        grid_size: tensor `(batch, ndim)`. grid size along (x, y[, z]) the field was defined on.
 
-    Returns `(batch, num_points, ndim)`, equal to `bspline_dense` at pixel centres.
+    Returns:
+        `(batch, num_points, ndim)`, equal to `bspline_dense` at pixel centres.
     """
     shape = static_shape(coefficients)
     ndim = len(shape) - 2
@@ -212,22 +216,24 @@ def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=
              intensity_shift=None, output_shape=None):
     """Resample images at `matrix @ p + displacement(p)` for every output pixel centre p.
 
-    images: tensor `(batch, *spatial, channels)`.
-    matrix: tensor `(batch, ndim + 1, ndim + 1)`. output grid index -> input grid index.
-    displacement: optional tensor `(batch, *spatial, ndim)`. added to the mapped coordinates
-        (input index units, (x, y[, z]) components).
-    fill_value: float. value of everything outside the input grid; a corner outside the grid
-        contributes `fill_value` with its interpolation weight (the image extended by the
-        constant, then interpolated).
-    intensity_scale, intensity_shift: optional tensors `(batch,)`. applied to the image content
-        before blending with the fill, so the fill stays exactly `fill_value`.
-    output_shape: optional tuple of ndim ints. spatial shape of the output grid in array order
-        (default: the input's); a smaller one with a shifted `matrix` cuts crops out of larger
-        images (`keraslm.ops.augmentation.crop_transforms`).
+    Args:
+        images: tensor `(batch, *spatial, channels)`.
+        matrix: tensor `(batch, ndim + 1, ndim + 1)`. output grid index -> input grid index.
+        displacement: optional tensor `(batch, *spatial, ndim)`. added to the mapped coordinates
+            (input index units, (x, y[, z]) components).
+        fill_value: float. value of everything outside the input grid; a corner outside the grid
+            contributes `fill_value` with its interpolation weight (the image extended by the
+            constant, then interpolated).
+        intensity_scale, intensity_shift: optional tensors `(batch,)`. applied to the image content
+            before blending with the fill, so the fill stays exactly `fill_value`.
+        output_shape: optional tuple of ndim ints. spatial shape of the output grid in array order
+            (default: the input's); a smaller one with a shifted `matrix` cuts crops out of larger
+            images (`keraslm.ops.augmentation.crop_transforms`).
 
-    Returns `(batch, *output_shape, channels)` in the dtype of `images` (computed in float32).
-    The 2**ndim corners are gathered from the flattened batch
-    `(batch * prod(spatial), channels)`.
+    Returns:
+        `(batch, *output_shape, channels)` in the dtype of `images` (computed in float32).
+        The 2**ndim corners are gathered from the flattened batch
+        `(batch * prod(spatial), channels)`.
     """
     shape, ndim = check_images(images)
     batch, spatial, channels = shape[0], shape[1:-1], shape[-1]

@@ -62,14 +62,15 @@ def _check_sigma(sigma, arg="sigma"):
 class HeatmapCodec:
     """Render (encode) and locate (decode) Gaussian landmark heatmaps on one grid.
 
-    input_shape: tuple of 2 or 3 ints. spatial shape of the network input, array order (y, x)
-        or (z, y, x).
-    stride: int >= 1. input pixels per heatmap pixel along each axis; must divide input_shape.
-    sigma: float > 0 or sequence of floats > 0 (one per landmark). Gaussian sigma in OUTPUT
-        pixels (the paper: 1.5-3).
-    truncate: float > 0. the Gaussian is 0 beyond `truncate * sigma` along any axis.
-    amplitude: float > 0. peak value of the rendered targets (the paper: 1). Decoding does not
-        depend on it; confidences are on the scale the network learnt.
+    Args:
+        input_shape: tuple of 2 or 3 ints. spatial shape of the network input, array order (y, x)
+            or (z, y, x).
+        stride: int >= 1. input pixels per heatmap pixel along each axis; must divide input_shape.
+        sigma: float > 0 or sequence of floats > 0 (one per landmark). Gaussian sigma in OUTPUT
+            pixels (the paper: 1.5-3).
+        truncate: float > 0. the Gaussian is 0 beyond `truncate * sigma` along any axis.
+        amplitude: float > 0. peak value of the rendered targets (the paper: 1). Decoding does not
+            depend on it; confidences are on the scale the network learnt.
 
     Examples:
     >>> codec = HeatmapCodec((256, 256), stride=1, sigma=2.0)
@@ -143,12 +144,14 @@ class HeatmapCodec:
     def encode(self, points, sigma=None):
         """Render target heatmaps.
 
-        points: tensor `(batch, num_landmarks, ndim)`. input grid index, (x, y[, z]); NaN =
-            missing (rendered as zeros).
-        sigma: optional scalar or `(num_landmarks,)` tensor/array overriding `self.sigma`
-            (output pixels), e.g. a learnable variable; gradients flow into it.
+        Args:
+            points: tensor `(batch, num_landmarks, ndim)`. input grid index, (x, y[, z]); NaN =
+                missing (rendered as zeros).
+            sigma: optional scalar or `(num_landmarks,)` tensor/array overriding `self.sigma`
+                (output pixels), e.g. a learnable variable; gradients flow into it.
 
-        Returns float32 `(batch, *output_shape, num_landmarks)`, peak `amplitude`.
+        Returns:
+            float32 `(batch, *output_shape, num_landmarks)`, peak `amplitude`.
         """
         points = self._points(points)
         _, num_landmarks, _ = static_shape(points)
@@ -206,17 +209,19 @@ class HeatmapCodec:
         are None (a traced function with a signature `(batch, None, None, num_landmarks)`, as in
         `keraslm.export`). The codec's stride and sigma apply; its `input_shape` does not.
 
-        heatmaps: tensor `(batch, *spatial, num_landmarks)` with `ndim` spatial axes and a known
-            number of landmarks.
-        method: "quadratic" (the authors' per-axis parabola), "dark" (log-Newton step with the
-            full Hessian on the Gaussian-smoothed heatmap) or "argmax".
-        peak_weights: optional tensor broadcastable to `heatmaps` (e.g. `centre_prior`). The
-            peak is the argmax of `heatmaps * peak_weights`; the sub-pixel refinement and the
-            confidence use the unweighted heatmap around that peak.
+        Args:
+            heatmaps: tensor `(batch, *spatial, num_landmarks)` with `ndim` spatial axes and a known
+                number of landmarks.
+            method: "quadratic" (the authors' per-axis parabola), "dark" (log-Newton step with the
+                full Hessian on the Gaussian-smoothed heatmap) or "argmax".
+            peak_weights: optional tensor broadcastable to `heatmaps` (e.g. `centre_prior`). The
+                peak is the argmax of `heatmaps * peak_weights`; the sub-pixel refinement and the
+                confidence use the unweighted heatmap around that peak.
 
-        Returns `(points, confidence)`: points `(batch, num_landmarks, ndim)` float32 in INPUT
-        grid index units, (x, y[, z]) (input coordinate = stride * heatmap coordinate +
-        (stride - 1) / 2); confidence `(batch, num_landmarks)` = the peak value.
+        Returns:
+            `(points, confidence)`: points `(batch, num_landmarks, ndim)` float32 in INPUT
+            grid index units, (x, y[, z]) (input coordinate = stride * heatmap coordinate +
+            (stride - 1) / 2); confidence `(batch, num_landmarks)` = the peak value.
         """
         if method not in METHODS:
             raise UsageError(f"`method` must be one of {METHODS}. Received: method={method!r}")
@@ -254,8 +259,9 @@ class HeatmapCodec:
         the crop centre has the coarse stage's error distribution; weighting the heatmap by it
         before the argmax makes a far look-alike peak lose against a near one.
 
-        spacing: float or per-axis sequence (x, y[, z]). mm per input grid pixel.
-        sigma_mm: float > 0. Standard deviation of the offset, mm.
+        Args:
+            spacing: float or per-axis sequence (x, y[, z]). mm per input grid pixel.
+            sigma_mm: float > 0. Standard deviation of the offset, mm.
         """
         if not (isinstance(sigma_mm, (int, float)) and sigma_mm > 0):
             raise UsageError(f"`sigma_mm` must be a number > 0. Received: sigma_mm={sigma_mm!r}")
@@ -289,11 +295,13 @@ class HeatmapCodec:
         clean Gaussian peak (1.1 mm for a 2D Gaussian of sigma 1 mm), larger for an elongated,
         blurred or split (two look-alike places) response.
 
-        heatmaps: tensor `(batch, *output_shape, num_landmarks)`.
-        spacing: float or per-axis sequence (x, y[, z]). mm per INPUT grid pixel.
-        floor: float in [0, 1). Fraction of the peak below which values are ignored.
+        Args:
+            heatmaps: tensor `(batch, *output_shape, num_landmarks)`.
+            spacing: float or per-axis sequence (x, y[, z]). mm per INPUT grid pixel.
+            floor: float in [0, 1). Fraction of the peak below which values are ignored.
 
-        Returns `(batch, num_landmarks)` float32, mm.
+        Returns:
+            `(batch, num_landmarks)` float32, mm.
         """
         heatmaps, shape = self._checked_heatmaps(heatmaps)
         spacing_xyz = np.broadcast_to(np.asarray(spacing, np.float64), (self.ndim,))

@@ -110,10 +110,14 @@ class HeatmapTrainer(keras.Model):
     def augment(self, images, points, seed_generator=None):
         """Device stage: random transforms, resampled images, target heatmaps, weights.
 
-        images: `(batch, *grid_shape, 1)`; points: `(batch, L, ndim)` grid index. Returns the
-        network's input images, float32 target heatmaps (peak `heatmap_scale`, the codec's
-        amplitude) and weights
-        `(batch, L)`. `seed_generator` replaces the trainer's random stream (None: use it).
+        Args:
+            images: `(batch, *grid_shape, 1)`.
+            points: `(batch, L, ndim)` grid index.
+            seed_generator: replaces the trainer's random stream (None: use it).
+
+        Returns:
+            the network's input images, float32 target heatmaps (peak `heatmap_scale`, the
+            codec's amplitude) and weights `(batch, L)`.
         """
         transforms = sample_transforms(
             seed_generator or self.seed_generator, images.shape[0], self.grid_shape, self.grid_spacing,
