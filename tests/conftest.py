@@ -6,40 +6,52 @@
 - `cascade_2d`: a coarse-to-fine pair (global U-Net + local stage) on an 8-image phantom, and
   its export with `keraslm-export --refine`.
 
-Tests that use a training fixture run in one pytest-xdist worker (`SHARED_TRAININGS`), so each
-is built once per run. Tests must not change what these fixtures wrote (copy a run folder first, as test_evaluation
+The suite runs in pytest-xdist workers, a test file per worker at a time (`--dist loadfile`,
+setup.cfg). `phantom2d` and `trained_2d` are built once per run for all workers (the first
+builds under a file lock, the others load its result); `cascade_2d` serves one file. Tests must
+not change what these fixtures wrote (copy a run folder first, as test_evaluation
 does). Markers: `slow` marks tests that start subprocesses, several workers or whole experiment
 drivers (`pytest -m "not slow"` runs the rest in a fraction of the time).
 """
+import os
+import pickle
+
 import pytest
-
-
-#: Session fixtures that train: every test using one runs in the same pytest-xdist worker
-#: (`--dist loadgroup`), so each is built once per test run, not once per worker.
-SHARED_TRAININGS = ("trained_2d", "cascade_2d")
+from filelock import FileLock
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: starts subprocesses, several workers or experiment drivers "
                    "(deselect with -m 'not slow')")
-    config.addinivalue_line("markers", "xdist_group(name): run in one pytest-xdist worker")
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if any(name in getattr(item, "fixturenames", ()) for name in SHARED_TRAININGS):
-            item.add_marker(pytest.mark.xdist_group("shared_trainings"))
+def _built_once(tmp_path_factory, name, build):
+    """`build(folder)`'s result, computed once per test run even across pytest-xdist workers:
+    the first worker builds it into a folder every worker sees, under a file lock, and keeps the
+    result as a pickle; the others wait for it and load it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # Shared by the workers of this run.
+    folder = base / f"shared_{name}"
+    done = base / f"shared_{name}.pickle"
+    with FileLock(str(base / f"shared_{name}.lock")):
+        if not done.exists():
+            result = build(folder)
+            done.write_bytes(pickle.dumps(result))
+    return pickle.loads(done.read_bytes())
 
 
 @pytest.fixture(scope="session")
 def phantom2d_root(tmp_path_factory):
     """The folder of the 12-image 2D phantom (dataset.json, images/, landmarks.csv)."""
-    from keraslm.datasets import make_phantom
+    def build(folder):
+        from keraslm.datasets import make_phantom
 
-    root = tmp_path_factory.mktemp("shared") / "phantom2d"
-    make_phantom(root, ndim=2, num_images=12, seed=4, image_size=(80, 72))
-    return root
+        make_phantom(folder, ndim=2, num_images=12, seed=4, image_size=(80, 72))
+        return folder
+
+    return _built_once(tmp_path_factory, "phantom2d", build)
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +66,16 @@ def phantom2d(phantom2d_root):
 def trained_2d(phantom2d_root, phantom2d, tmp_path_factory):
     """(TrainingResult, dataset): a small U-Net on `phantom2d`, fold 0 of 2, exported (version
     folder `result.export_path`)."""
-    from keraslm.training import TrainingConfig, train
+    def build(folder):
+        from keraslm.training import TrainingConfig, train
 
-    base = tmp_path_factory.mktemp("trained_2d")
-    result = train(TrainingConfig(
-        dataset=str(phantom2d_root), architecture="unet",
-        grid_shape=(48, 48), steps=60, steps_per_epoch=30, batch_size=3, fold=0, num_folds=2,
-        output_dir=str(base / "run"), model_overrides={"filters": 8}, jit="off",
-        export_dir=str(base / "saved_models" / "run")))
-    return result, phantom2d
+        return train(TrainingConfig(
+            dataset=str(phantom2d_root), architecture="unet",
+            grid_shape=(48, 48), steps=60, steps_per_epoch=30, batch_size=3, fold=0, num_folds=2,
+            output_dir=str(folder / "run"), model_overrides={"filters": 8}, jit="off",
+            export_dir=str(folder / "saved_models" / "run")))
+
+    return _built_once(tmp_path_factory, "trained_2d", build), phantom2d
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +88,7 @@ def cascade_2d(tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade")
     dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=5, image_size=(64, 64))
     common = dict(dataset=str(root / "phantom"), architecture="unet", steps=4, steps_per_epoch=2,
-                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2})
+                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2}, jit="off")
     coarse = train(TrainingConfig(grid_shape=(32, 32), batch_size=2,
                                   output_dir=str(root / "global"), **common))
     local = train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,

@@ -102,17 +102,16 @@ def test_jit_modes_and_cached_probe_decide(tmp_path):
         assert choice.reason.startswith("cached probe on this CPU")
 
 
-def test_bfloat16_run_trains_saves_reloads_and_exports(tmp_path):
+def test_bfloat16_run_trains_saves_reloads_and_exports(phantom2d_root, phantom2d, tmp_path):
     """A bfloat16 training run: float32 variables, a finite falling loss, the choice recorded,
     model.keras and the SavedModel computing in float32 and agreeing, and bfloat16 prediction
     from the saved model within the decoding tolerance of float32."""
-    from keraslm.datasets import make_phantom
     from keraslm.inference import load_predictor, predict
     from keraslm.training import TrainingConfig, train
 
-    dataset = make_phantom(tmp_path / "phantom", ndim=2, num_images=12, seed=3, image_size=(80, 80))
+    dataset = phantom2d  # conftest.py's shared 12-image phantom
     result = train(TrainingConfig(
-        dataset=str(tmp_path / "phantom"), architecture="unet", grid_shape=(48, 48), steps=60,
+        dataset=str(phantom2d_root), architecture="unet", grid_shape=(48, 48), steps=60,
         steps_per_epoch=30, batch_size=4, test_fraction=0.25, output_dir=str(tmp_path / "run"),
         model_overrides={"filters": 8}, precision="bfloat16", jit="auto",
         export_dir=str(tmp_path / "export")))
