@@ -17,6 +17,7 @@ from keraslm.ops import (
     apply_to_points,
     device_stage,
     displacement_field,
+    gaussian_blur,
     resample,
     sample_transforms,
 )
@@ -326,6 +327,76 @@ def test_landmark_pushed_out_of_field_gets_weight_zero():
     assert 0 < valid.numpy().sum() < 16
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_gaussian_blur_of_a_dot_has_each_images_own_standard_deviation_per_axis(ndim):
+    spatial = (41, 37) if ndim == 2 else (25, 29, 27)
+    images = np.zeros((3, *spatial, 1), np.float32)
+    centre = tuple(n // 2 for n in spatial)
+    images[(slice(None), *centre, 0)] = 1.0
+    # sigma >= 1 pixel: narrower Gaussians sampled at the pixels have a smaller discrete SD.
+    sigma_xyz = np.array([[0.0] * ndim, [2.0, 3.0, 1.5][:ndim], [1.0, 1.2, 2.5][:ndim]], np.float32)
+    blurred = gaussian_blur(images, sigma_xyz).numpy()[..., 0]
+    np.testing.assert_allclose(blurred[0], images[0, ..., 0], atol=1e-6)  # sigma 0: unchanged
+    for b in (1, 2):
+        np.testing.assert_allclose(blurred[b].sum(), 1.0, rtol=2e-3)  # rows at the border: renormalised
+        assert np.unravel_index(blurred[b].argmax(), spatial) == centre
+        grids = np.meshgrid(*[np.arange(n) for n in spatial], indexing="ij")
+        for axis in range(ndim):  # array axis `axis` is x, y[, z] component ndim - 1 - axis
+            sd = np.sqrt((blurred[b] * (grids[axis] - centre[axis]) ** 2).sum())
+            np.testing.assert_allclose(sd, sigma_xyz[b, ndim - 1 - axis], rtol=0.02)
+
+
+def test_gaussian_blur_keeps_a_constant_image_constant_up_to_the_border():
+    images = np.full((2, 16, 20, 1), 3.0, np.float32)
+    blurred = gaussian_blur(images, np.array([[4.0, 4.0], [9.0, 2.0]], np.float32)).numpy()
+    np.testing.assert_allclose(blurred, images, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_blur_and_noise_augmentation_touch_images_only_and_only_when_on(ndim):
+    spatial, spacing = GRIDS[ndim]
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(64, *spatial, 1)).astype(np.float32)
+    plain = AugmentationConfig.identity()
+    assert not {"blur_sigma", "noise"} & set(sample_transforms(0, 2, spatial, spacing, plain))
+    noisy = AugmentationConfig(**{**plain.__dict__, "noise_std": 0.5})
+    t = sample_transforms(0, 64, spatial, spacing, noisy)
+    assert t["noise"].shape == (64, *spatial, 1) and "blur_sigma" not in t
+    out = apply_to_images(images, t).numpy()
+    np.testing.assert_allclose(out - images, t["noise"].numpy(), atol=1e-5)
+    per_sample_sd = (out - images).reshape(64, -1).std(1)
+    assert per_sample_sd.max() <= 0.5 * 1.1 and per_sample_sd.min() < 0.1 and per_sample_sd.max() > 0.4
+    np.testing.assert_allclose(apply_to_images(images, t, intensity=False).numpy(), images, atol=1e-5)
+    blurry = AugmentationConfig(**{**plain.__dict__, "blur_mm": 3.0})
+    t = sample_transforms(0, 64, spatial, spacing, blurry)
+    sigma_mm = t["blur_sigma"].numpy() * np.asarray(spacing)
+    np.testing.assert_allclose(sigma_mm, np.repeat(sigma_mm[:, :1], ndim, 1), rtol=1e-5)  # isotropic in mm
+    assert sigma_mm.max() <= 3.0 + 1e-5 and sigma_mm.min() < 0.5 and sigma_mm.max() > 2.5
+    out = apply_to_images(images, t).numpy()
+    np.testing.assert_allclose(out, gaussian_blur(images, t["blur_sigma"]).numpy(), atol=1e-5)
+    assert out.std() < images.std()  # blurring removes the white noise
+    np.testing.assert_allclose(apply_to_images(images, t, intensity=False).numpy(), images, atol=1e-5)
+
+
+def test_local_stage_crops_get_noise_of_the_crop_grid():
+    from keraslm.ops import choose_crop_landmarks, crop_stage
+
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(2, 40, 48, 1)).astype(np.float32)
+    points = np.array([[[10.0, 12.0], [30.0, 20.0]], [[20.0, 25.0], [40.0, 30.0]]], np.float32)
+    codec = HeatmapCodec((16, 16), stride=1, sigma=1.5)
+    config = AugmentationConfig(rotation_degrees=0, translation_mm=0, scale=0, intensity_scale=0,
+                                intensity_shift=0, blur_mm=1.0, noise_std=0.3)
+    index = choose_crop_landmarks(points, 2, seed=0)
+    transforms = sample_transforms(0, 4, (16, 16), 1.0, config)
+    crops, heatmaps, weights, _ = crop_stage(images, points, index, transforms, codec)
+    assert crops.shape == (4, 16, 16, 1) and np.all(np.isfinite(crops.numpy()))
+    np.testing.assert_array_equal(weights.numpy().sum(1), [1, 1, 1, 1])
+    wrong = sample_transforms(0, 2, (40, 48), 1.0, config)  # drawn on the whole grid
+    with pytest.raises(ValueError, match="grid"):
+        apply_to_images(images, wrong, output_shape=(16, 16))
+
+
 # ---------------------------------------------------------------------------------------------
 # The device stage under XLA
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +447,9 @@ def test_device_stage_compiles_with_xla(ndim):
                                "control points per axis). Received: elastic_grid_points=3"),
     ("intensity_scale", 2.0, "`intensity_scale` must be in [0, 1.0). Received: "
                              "intensity_scale=2.0"),
+    ("blur_mm", -0.5, "`blur_mm` must be a finite number >= 0. Received: blur_mm=-0.5"),
+    ("noise_std", float("inf"), "`noise_std` must be a finite number >= 0. Received: "
+                                "noise_std=inf"),
 ])
 def test_bad_config_values(field, value, message):
     with pytest.raises(ValueError) as info:

@@ -84,6 +84,13 @@ def parse_args(argv=None):
                      help="largest random translation per axis in mm (preset default 10); for a "
                      "local stage the largest offset of a crop from its landmark: about the "
                      "coarse stage's error")
+    fit.add_argument("--blur-mm", type=float,
+                     help="random Gaussian blur of every training image with a standard deviation "
+                     "up to this many mm (robustness to other X-ray machines' sharpness; default 0 "
+                     "= off; e.g. 1.0)")
+    fit.add_argument("--noise-std", type=float,
+                     help="random pixel noise with a standard deviation up to this, in normalised "
+                     "intensity units (default 0 = off; e.g. 0.2)")
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
@@ -140,7 +147,8 @@ def main(argv=None):
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, precision=args.precision,
         mixed_precision=args.mixed_precision,
-        jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm, model_overrides=dict(args.model_option),
+        jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm,
+        blur_mm=args.blur_mm, noise_std=args.noise_std, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
         plots=not args.no_plots,

@@ -10,7 +10,8 @@ channels)` with spatial axes `(y, x)` / `(z, y, x)`; points `(batch, num_landmar
 missing; `grid_spacing` in mm per index step along x, y[, z].
 
 - `keraslm.ops.augmentation`: `AugmentationConfig`, `sample_transforms` (sampling),
-  `apply_to_images` / `apply_to_points` (applying), `device_stage` (augment + render);
+  `apply_to_images` / `apply_to_points` (applying; `gaussian_blur` for the blur), `device_stage`
+  (augment + render);
   `crop_transforms`, `choose_crop_landmarks`, `crop_stage`, `extract_crops` and
   `crop_to_grid` for the local stage of a
   coarse-to-fine model (augmented crops of larger images around landmarks).
@@ -28,6 +29,7 @@ from keraslm.ops.augmentation import (
     device_stage,
     displacement_field,
     extract_crops,
+    gaussian_blur,
     sample_transforms,
 )
 from keraslm.ops.geometry import resample
@@ -45,6 +47,7 @@ __all__ = [
     "device_stage",
     "displacement_field",
     "extract_crops",
+    "gaussian_blur",
     "resample",
     "sample_transforms",
 ]

@@ -81,6 +81,11 @@ class AugmentationConfig:
             1 + intensity_scale].
         intensity_shift: float >= 0. intensity offset in [-intensity_shift, intensity_shift]
             (units of the image intensities, e.g. standard deviations after normalisation).
+        blur_mm: float >= 0. Gaussian blur of the resampled image with a standard deviation in
+            [0, blur_mm] mm (another X-ray machine's or exposure's sharpness); 0 = off.
+        noise_std: float >= 0. additive Gaussian pixel noise with a standard deviation in
+            [0, noise_std] (image intensity units); 0 = off. Intensity scaling, shift, blur and
+            noise touch images only (`apply_to_images(..., intensity=True)`), never masks.
 
     Examples:
     >>> AugmentationConfig(rotation_degrees=15, elastic_mm=3.0, elastic_grid_points=6)
@@ -95,11 +100,14 @@ class AugmentationConfig:
     elastic_grid_points: int = 4
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    blur_mm: float = 0.0
+    noise_std: float = 0.0
 
     def __post_init__(self):
         for name, upper in (("rotation_degrees", 180.0), ("translation_mm", None),
                             ("scale", 1.0), ("axis_scale", 1.0), ("elastic_mm", None),
-                            ("intensity_scale", 1.0), ("intensity_shift", None)):
+                            ("intensity_scale", 1.0), ("intensity_shift", None),
+                            ("blur_mm", None), ("noise_std", None)):
             value = getattr(self, name)
             ok = (isinstance(value, (int, float, np.integer, np.floating))
                   and not isinstance(value, bool) and math.isfinite(value) and value >= 0
@@ -120,7 +128,8 @@ class AugmentationConfig:
     def identity(cls):
         """A config whose transforms are all the identity."""
         return cls(rotation_degrees=0.0, translation_mm=0.0, scale=0.0, axis_scale=0.0,
-                   elastic_mm=0.0, intensity_scale=0.0, intensity_shift=0.0)
+                   elastic_mm=0.0, intensity_scale=0.0, intensity_shift=0.0, blur_mm=0.0,
+                   noise_std=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +191,10 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
             "inverse_matrix": `(batch, ndim + 1, ndim + 1)`. its exact inverse.
             "grid_size": `(batch, ndim)`. grid size along (x, y[, z]) the transform belongs to.
             "intensity_scale", "intensity_shift": `(batch,)`.
+            "blur_sigma" (only when `config.blur_mm > 0`): `(batch, ndim)` standard deviation
+                of the Gaussian blur in grid index units along x, y[, z].
+            "noise" (only when `config.noise_std > 0`): `(batch, *grid_shape, 1)` the additive
+                noise (each sample's standard deviation drawn in [0, `config.noise_std`]).
             "elastic" (only when `config.elastic_mm > 0`): `(batch, G, ..., G, ndim)` B-spline
                 control point displacements in input index units, (x, y[, z]) components, control
                 grid axes in array order (G = `config.elastic_grid_points`).
@@ -212,7 +225,9 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
             f"Received: grid_shape={grid_shape}")
     num_angles = 1 if ndim == 2 else 3
     num_control = config.elastic_grid_points ** ndim * ndim if elastic else 0
-    sizes = [num_angles, ndim, 1, ndim, 1, 1, num_control]
+    blur, noise = config.blur_mm > 0, config.noise_std > 0
+    # Blur and noise draw only when on, so that runs without them keep their random stream.
+    sizes = [num_angles, ndim, 1, ndim, 1, 1, num_control, int(blur), int(noise)]
     seed = int(seed) if isinstance(seed, np.integer) else seed
     # One draw for all parameters, so that an int seed does not repeat numbers across them.
     u = keras.random.uniform((batch_size, sum(sizes)), minval=-1.0, maxval=1.0, seed=seed)
@@ -221,7 +236,7 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
     for n in sizes:
         parts.append(u[:, start:start + n])
         start += n
-    u_angle, u_trans, u_iso, u_axis, u_iscale, u_ishift, u_elastic = parts
+    u_angle, u_trans, u_iso, u_axis, u_iscale, u_ishift, u_elastic, u_blur, u_noise = parts
 
     angles = u_angle * math.radians(config.rotation_degrees)
     translation = u_trans * config.translation_mm  # mm
@@ -254,7 +269,48 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
         g = config.elastic_grid_points
         control = ops.reshape(u_elastic, (batch_size, *([g] * ndim), ndim))
         transforms["elastic"] = control * (config.elastic_mm / spacing)  # mm -> index units
+    if blur:  # u in [-1, 1] -> sigma in [0, blur_mm], mm -> index units per axis
+        transforms["blur_sigma"] = (u_blur + 1.0) * 0.5 * (config.blur_mm / spacing)
+    if noise:
+        noise_seed = seed + 1 if isinstance(seed, int) else seed
+        field = keras.random.normal((batch_size, *grid_shape, 1), seed=noise_seed)
+        std = (u_noise[:, 0] + 1.0) * 0.5 * config.noise_std
+        transforms["noise"] = field * ops.reshape(std, (batch_size,) + (1,) * (ndim + 1))
     return transforms
+
+
+def gaussian_blur(images, sigma):
+    """Blurs each image with its own Gaussian (keras.ops; exact, any sigma, 2D and 3D).
+
+    Separable: along each spatial axis the image is multiplied by a `(length, length)` matrix of
+    Gaussian weights whose rows are normalised (so the border keeps its brightness), one matrix
+    per image. The cost grows with the axis length, not with sigma.
+
+    Args:
+        images: tensor `(batch, *spatial, channels)`.
+        sigma: tensor `(batch, ndim)`. Standard deviation in index units along x, y[, z]; 0 leaves
+            that axis unchanged.
+
+    Returns:
+        blurred images, float32, same shape.
+    """
+    blurred = ops.cast(ops.convert_to_tensor(images), "float32")
+    shape, ndim = check_images(blurred)
+    sigma = ops.cast(ops.convert_to_tensor(sigma), "float32")
+    check_batch(shape[0], static_shape(sigma)[0], "images", "sigma")
+    for axis in range(1, ndim + 1):  # array order: (y, x) / (z, y, x)
+        length = shape[axis]
+        position = ops.arange(length, dtype="float32")
+        squared = ops.square(position[:, None] - position[None, :])  # (length, length)
+        axis_sigma = ops.maximum(sigma[:, ndim - axis], 1e-3)[:, None, None]  # x is the last axis
+        weights = ops.exp(-squared[None] / (2.0 * ops.square(axis_sigma)))
+        weights = weights / ops.sum(weights, axis=-1, keepdims=True)  # (batch, length, length)
+        moved = ops.moveaxis(blurred, axis, -1)
+        moved_shape = static_shape(moved)
+        flat = ops.reshape(moved, (shape[0], -1, length))
+        flat = ops.matmul(flat, ops.transpose(weights, (0, 2, 1)))
+        blurred = ops.moveaxis(ops.reshape(flat, moved_shape), -1, axis)
+    return blurred
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +395,9 @@ def apply_to_images(images, transforms, fill_value=0.0, intensity=True, output_s
             (with `output_shape`: any larger grid of the same spacing).
         transforms: dict from `sample_transforms` (or `crop_transforms`).
         fill_value: float. value outside the input grid (not changed by the intensity transform).
-        intensity: bool. apply `x * intensity_scale + intensity_shift` to the image content; set it
-            to False for masks or label images.
+        intensity: bool. apply `x * intensity_scale + intensity_shift` to the image content, then
+            the blur and noise when the transforms hold them; set it to False for masks or label
+            images.
         output_shape: optional tuple of ints. spatial shape of the output, array order: the crop
             grid the transforms were sampled for (default: the images' own shape).
 
@@ -354,12 +411,26 @@ def apply_to_images(images, transforms, fill_value=0.0, intensity=True, output_s
     output_shape = tuple(shape[1:-1]) if output_shape is None else check_grid_shape(
         output_shape, "output_shape")
     _check_grid(transforms, output_shape)
-    return resample(
+    resampled = resample(
         images, transforms["matrix"], displacement_field(transforms, output_shape),
         fill_value=fill_value,
         intensity_scale=transforms["intensity_scale"] if intensity else None,
         intensity_shift=transforms["intensity_shift"] if intensity else None,
         output_shape=output_shape)
+    if not intensity or ("blur_sigma" not in transforms and "noise" not in transforms):
+        return resampled
+    dtype = resampled.dtype
+    if "blur_sigma" in transforms:
+        resampled = gaussian_blur(resampled, transforms["blur_sigma"])
+    if "noise" in transforms:
+        noise = transforms["noise"]
+        if tuple(static_shape(noise)[1:-1]) != tuple(output_shape):
+            raise UsageError(
+                "the transforms' noise was drawn for a grid of shape "
+                f"{tuple(static_shape(noise)[1:-1])}, the output has {tuple(output_shape)}: sample "
+                "the transforms on the output (crop) grid")
+        resampled = ops.cast(resampled, "float32") + ops.cast(noise, "float32")
+    return ops.cast(resampled, dtype)
 
 
 def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_residual=False):

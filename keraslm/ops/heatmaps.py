@@ -74,6 +74,7 @@ class HeatmapCodec:
 
     Examples:
     >>> codec = HeatmapCodec((256, 256), stride=1, sigma=2.0)
+    >>> points = np.array([[[30.0, 40.5], [128.2, 200.0]]], "float32")  # (batch, L, (x, y))
     >>> heatmaps = codec.encode(points)          # (batch, 256, 256, num_landmarks)
     >>> weights = codec.weights(points)          # (batch, num_landmarks)
     >>> points, confidence = codec.decode(heatmaps, method="dark")

@@ -79,10 +79,16 @@ class AugmentationSettings:
         elastic_mm: float or None. Elastic deformation amplitude, mm.
         translation_mm: float or None. Largest random translation per axis, mm; in a local
             stage the largest offset of a crop from its landmark.
+        blur_mm: float or None. Largest standard deviation of the random Gaussian blur, mm
+            (robustness to other machines' sharpness; 0 = off).
+        noise_std: float or None. Largest standard deviation of the random pixel noise, in
+            normalised intensity units (0 = off).
     """
 
     elastic_mm: float = None
     translation_mm: float = None
+    blur_mm: float = None
+    noise_std: float = None
 
 
 @dataclasses.dataclass(frozen=True)

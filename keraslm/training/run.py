@@ -193,7 +193,8 @@ def _resolved_settings(config, dataset, network, input_shape):
         int(np.prod(network.output_spatial_shape(input_shape))), dataset.num_landmarks,
     )
     for part, key in (("run", "batch_size"), ("run", "learning_rate"), ("run", "steps"),
-                      ("augmentation", "elastic_mm"), ("augmentation", "translation_mm")):
+                      ("augmentation", "elastic_mm"), ("augmentation", "translation_mm"),
+                      ("augmentation", "blur_mm"), ("augmentation", "noise_std")):
         value = getattr(getattr(config, part), key)
         if value is not None:
             settings[key] = value
@@ -205,6 +206,7 @@ def _augmentation(settings):
         rotation_degrees=settings["rotation_degrees"], translation_mm=settings["translation_mm"],
         scale=settings["scale"], elastic_mm=settings["elastic_mm"], elastic_grid_points=5,
         intensity_scale=settings["intensity_scale"], intensity_shift=settings["intensity_shift"],
+        blur_mm=settings["blur_mm"], noise_std=settings["noise_std"],
     )
 
 
