@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keraslm.cli import apply_mode_defaults, grid_shape  # noqa: E402
+from keraslm.cli import apply_mode_defaults, grid_shape, model_option  # noqa: E402
 
 DEFAULT_ROOT = os.path.join("..", "shared", "data", "isbi2015-train")
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
@@ -49,6 +49,10 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=int, help="cross-validate a random subset (default: all)")
     parser.add_argument("--model-preset", default="small", choices=("small", "paper"))
     parser.add_argument("--filters", type=int, help="override the preset's filter count")
+    parser.add_argument("--model-option", action="append", default=[], type=model_option,
+                        metavar="KEY=VALUE",
+                        help="override one model setting of the global networks, e.g. "
+                        "dropout=0.5 (repeatable; as train.py --model-option)")
     parser.add_argument("--jit", choices=("auto", "on", "off"))
     parser.add_argument("--seed", type=int, default=0)
     local = parser.add_argument_group("local (refinement) stage")
@@ -64,6 +68,10 @@ def parse_args(argv=None):
     local.add_argument("--local-translation-mm", type=float,
                        help="largest training offset of a crop from its landmark per axis "
                        f"(full: {FULL['local_translation_mm']})")
+    local.add_argument("--local-model-option", action="append", default=[], type=model_option,
+                       metavar="KEY=VALUE",
+                       help="override one model setting of the local network (repeatable; "
+                       "default: the global networks' --filters / --model-option)")
     args = parser.parse_args(argv)
     return apply_mode_defaults(args, QUICK if args.quick else FULL)
 
@@ -80,14 +88,16 @@ def main(argv=None):
     local = None if args.no_local else LocalStageSettings(
         crop_shape=args.local_crop_shape, grid_spacing=args.local_spacing,
         steps=args.local_steps, batch_size=args.local_batch_size,
-        translation_mm=args.local_translation_mm)
+        translation_mm=args.local_translation_mm,
+        model_overrides=dict(args.local_model_option) if args.local_model_option else None)
+    overrides = {**({"filters": args.filters} if args.filters else {}), **dict(args.model_option)}
 
     try:
         result = isbi2015_cv(
             args.output_dir, args.dataset_root, architectures=args.architectures.split(","),
             grid_shape=args.grid_shape, steps=args.steps, batch_size=args.batch_size,
             num_folds=args.num_folds, folds=args.folds, num_images=args.num_images,
-            preset=args.model_preset, overrides={"filters": args.filters} if args.filters else None,
+            preset=args.model_preset, overrides=overrides or None,
             jit=args.jit, seed=args.seed, log=print, local=local,
         )
     except KeraslmError as error:

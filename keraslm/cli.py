@@ -1,5 +1,6 @@
 """Argument parsing shared by the scripts (`train.py`, `evaluate.py`, `experiments/`)."""
 import argparse
+import ast
 
 
 def grid_shape(text):
@@ -11,6 +12,18 @@ def grid_shape(text):
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected 2 or 3 positive sizes, got {text!r}")
     return shape
+
+
+def model_option(text):
+    """argparse type: "dropout=0.5" -> ("dropout", 0.5); values are Python literals, anything
+    else a plain string (e.g. kernel_initializer=he_normal)."""
+    key, separator, value = text.partition("=")
+    if not separator or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def spacing(text):

@@ -92,6 +92,26 @@ def test_table2_quick(tmp_path):
     _check_results(output, [("", a) for a in ("downsampling", "convonly", "unet", "scn")])
 
 
+def test_isbi2015_driver_passes_global_and_local_model_options(tmp_path, monkeypatch):
+    import keraslm.experiments
+
+    seen = {}
+
+    def fake(output_dir, dataset_root, **kwargs):
+        seen.update(kwargs)
+        return {"markdown": ""}
+
+    monkeypatch.setattr(keraslm.experiments, "isbi2015_cv", fake)
+    argv = ["--dataset-root", str(tmp_path), "--output-dir", str(tmp_path / "out"),
+            "--architectures", "scn2019", "--model-option", "dropout=0.5", "--filters", "16"]
+    assert _script("isbi2015_cv").main(argv + ["--local-model-option", "filters=48"]) == 0
+    assert seen["architectures"] == ["scn2019"]
+    assert seen["overrides"] == {"filters": 16, "dropout": 0.5}
+    assert seen["local"].model_overrides == {"filters": 48}
+    assert _script("isbi2015_cv").main(argv) == 0
+    assert seen["local"].model_overrides is None  # the local stage takes the global overrides
+
+
 def test_isbi2015_missing_folder(tmp_path, capsys):
     assert _script("isbi2015_cv").main(["--quick", "--dataset-root", str(tmp_path / "absent"),
                                         "--output-dir", str(tmp_path / "out")]) == 0

@@ -4,23 +4,12 @@ With no arguments: a small SpatialConfiguration-Net on the built-in 2D hand phan
 into the cache folder on first use), a few minutes on a 2-core CPU. See --help.
 """
 import argparse
-import ast
 import os
 import sys
 
-from keraslm.cli import add_dataset_arguments, add_split_arguments, grid_shape
+from keraslm.cli import add_dataset_arguments, add_split_arguments, grid_shape, model_option
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
-
-
-def _model_option(text):
-    key, separator, value = text.partition("=")
-    if not separator or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # A plain string, e.g. kernel_initializer=he_normal.
 
 
 def parse_args(argv=None):
@@ -49,7 +38,7 @@ def parse_args(argv=None):
                        help="; ".join(f"{a.name}: {a.description}" for a in ARCHITECTURES.values()))
     model.add_argument("--model-preset", default="small", choices=list(PRESET_NAMES),
                        help="layer settings: the paper's, or small ones that train fast on a CPU")
-    model.add_argument("--model-option", action="append", default=[], type=_model_option,
+    model.add_argument("--model-option", action="append", default=[], type=model_option,
                        metavar="KEY=VALUE",
                        help="override one model setting, e.g. filters=16 or kernel_size=3 "
                        "(repeatable; values are Python literals)")

@@ -56,6 +56,8 @@ class LocalStageSettings:
             `landmarks_per_image` crops).
         translation_mm: float. Largest offset of a training crop from its landmark per axis.
         landmarks_per_image: int or None. Crops per image and step (None: all landmarks).
+        model_overrides: dict or None. Model settings of the local network (None: the
+            experiment's `overrides`, as for the global stage).
     """
 
     architecture: str = "unet"
@@ -65,6 +67,7 @@ class LocalStageSettings:
     batch_size: int = 2
     translation_mm: float = 6.0
     landmarks_per_image: int = None
+    model_overrides: dict = None
 
 
 def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_shape=(128, 104),
@@ -122,7 +125,8 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         if local is not None:
             config = base_config(
                 "isbi2015", os.path.abspath(dataset_root), local.architecture, grid_shape,
-                local.steps, local.batch_size, preset, overrides, jit,
+                local.steps, local.batch_size, preset,
+                overrides if local.model_overrides is None else local.model_overrides, jit,
                 os.path.join(output_dir, "runs", f"local_{local.architecture}_fold{fold}"), seed)
             config = split(config, fold).replace(
                 grid_shape=None, crop_shape=tuple(local.crop_shape),
