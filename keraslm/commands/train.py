@@ -75,11 +75,11 @@ def parse_args(argv=None):
                      "coarse stage's error")
     fit.add_argument("--blur-mm", type=float,
                      help="random Gaussian blur of every training image with a standard deviation "
-                     "up to this many mm (robustness to other X-ray machines' sharpness; default 0 "
-                     "= off; e.g. 1.0)")
+                     "up to this many mm (robustness to other X-ray machines' sharpness; e.g. "
+                     "1.0; None = off)")
     fit.add_argument("--noise-std", type=float,
                      help="random pixel noise with a standard deviation up to this, in normalised "
-                     "intensity units (default 0 = off; e.g. 0.2)")
+                     "intensity units (e.g. 0.2; None = off)")
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
