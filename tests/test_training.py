@@ -165,7 +165,8 @@ def test_test_fraction_zero_trains_on_every_image(phantom_root, tmp_path):
     assert "val_loss" not in json.load(open(tmp_path / "run" / "history.json"))
 
 
-def test_blur_and_noise_reach_the_trainer_and_the_run_record(phantom_root, tmp_path, monkeypatch):
+def test_blur_noise_and_sigma_reach_the_trainer_and_the_run_record(phantom_root, tmp_path,
+                                                                   monkeypatch):
     from keraslm.training import trainer as trainer_module
 
     seen = []
@@ -173,16 +174,17 @@ def test_blur_and_noise_reach_the_trainer_and_the_run_record(phantom_root, tmp_p
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        seen.append(self.augmentation)
+        seen.append((self.augmentation, self.codec.sigma))
 
     monkeypatch.setattr(trainer_module.HeatmapTrainer, "__init__", spy)
     train(TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), batch_size=4, steps=2, steps_per_epoch=2,
         test_fraction=0.0, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
-        blur_mm=1.5, noise_std=0.2, jit="on"))
-    assert [(a.blur_mm, a.noise_std) for a in seen] == [(1.5, 0.2)]
+        blur_mm=1.5, noise_std=0.2, sigma=3.0, jit="on"))
+    assert [(a.blur_mm, a.noise_std, float(sigma)) for a, sigma in seen] == [(1.5, 0.2, 3.0)]
     recorded = json.load(open(tmp_path / "run" / "config.json"))
-    assert recorded["blur_mm"] == 1.5 and recorded["noise_std"] == 0.2
+    assert recorded["blur_mm"] == 1.5 and recorded["noise_std"] == 0.2 and recorded["sigma"] == 3.0
+    assert json.load(open(tmp_path / "run" / "model.json"))["sigma"] == 3.0
 
 
 def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_path, monkeypatch):

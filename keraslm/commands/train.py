@@ -58,6 +58,10 @@ def parse_args(argv=None):
                        "crops of this shape (array order) around the landmarks, shifted by up to "
                        "the augmentation's translation; predict with "
                        "`keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL`")
+    model.add_argument("--sigma", type=float,
+                       help="standard deviation of the target heatmaps' Gaussians in grid pixels "
+                       "(None: the training preset's, 2.0; keep sigma x grid spacing when "
+                       "changing the spacing to keep the target's width in mm)")
     model.add_argument("--landmarks-per-image", type=int,
                        help="local stage: crops per image and step (default: one per landmark)")
     fit = parser.add_argument_group("training")
@@ -139,7 +143,7 @@ def main(argv=None):
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm,
         blur_mm=args.blur_mm, noise_std=args.noise_std, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
-        crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
+        crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image, sigma=args.sigma,
         plots=not args.no_plots,
     )
     try:

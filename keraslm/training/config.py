@@ -60,6 +60,8 @@ class ModelSettings:
             on a fine grid of `grid_spacing` mm; `grid_shape` is then ignored.
         landmarks_per_image: int or None. Local stage: crops per image and step (None: one
             around every landmark).
+        sigma: float or None. Standard deviation of the target Gaussians in grid pixels
+            (None: the training preset's, 2.0).
     """
 
     architecture: str = "scn"
@@ -69,6 +71,7 @@ class ModelSettings:
     grid_spacing: float = None
     crop_shape: tuple = None
     landmarks_per_image: int = None
+    sigma: float = None
 
 
 @dataclasses.dataclass(frozen=True)
