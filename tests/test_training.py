@@ -165,7 +165,7 @@ def test_test_fraction_zero_trains_on_every_image(phantom_root, tmp_path):
     assert "val_loss" not in json.load(open(tmp_path / "run" / "history.json"))
 
 
-def test_blur_noise_and_sigma_reach_the_trainer_and_the_run_record(phantom_root, tmp_path,
+def test_augmentation_flags_and_sigma_reach_the_trainer_and_the_run_record(phantom_root, tmp_path,
                                                                    monkeypatch):
     from keraslm.training import trainer as trainer_module
 
@@ -180,10 +180,13 @@ def test_blur_noise_and_sigma_reach_the_trainer_and_the_run_record(phantom_root,
     train(TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), batch_size=4, steps=2, steps_per_epoch=2,
         test_fraction=0.0, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
-        blur_mm=1.5, noise_std=0.2, sigma=3.0, jit="on"))
-    assert [(a.blur_mm, a.noise_std, float(sigma)) for a, sigma in seen] == [(1.5, 0.2, 3.0)]
+        blur_mm=1.5, noise_std=0.2, sigma=3.0, rotation_degrees=4.0, scale=0.03, jit="on"))
+    assert [(a.blur_mm, a.noise_std, float(sigma), a.rotation_degrees, a.scale)
+            for a, sigma in seen] == [(1.5, 0.2, 3.0, 4.0, 0.03)]
     recorded = json.load(open(tmp_path / "run" / "config.json"))
     assert recorded["blur_mm"] == 1.5 and recorded["noise_std"] == 0.2 and recorded["sigma"] == 3.0
+    assert recorded["rotation_degrees"] == 4.0 and recorded["scale"] == 0.03
+    assert recorded["settings"]["rotation_degrees"] == 4.0 and recorded["settings"]["scale"] == 0.03
     assert json.load(open(tmp_path / "run" / "model.json"))["sigma"] == 3.0
 
 
@@ -285,3 +288,23 @@ def test_training_config_parts_flat_settings_and_copies():
     copy = overrides.replace(seed=2)
     copy.model.model_overrides["filters"] = 8  # A copy's dict is its own.
     assert overrides.model.model_overrides == {"filters": 4}
+
+
+def test_augmentation_flags_of_the_command_line_reach_the_training_config(monkeypatch):
+    import keraslm.training
+    from keraslm.commands.train import main as train_main
+    from keraslm.errors import KeraslmError
+
+    seen = []
+
+    def fake_train(config, log=None):
+        seen.append(config)
+        raise KeraslmError("stopped by the test")
+
+    monkeypatch.setattr(keraslm.training, "train", fake_train)
+    status = train_main(["--rotation-degrees", "5", "--scale-range", "0.03", "--blur-mm", "1",
+                         "--noise-std", "0.2", "--translation-mm", "6", "--sigma", "4"])
+    augmentation = seen[0].augmentation
+    assert status != 0 and (augmentation.rotation_degrees, augmentation.scale) == (5.0, 0.03)
+    assert (augmentation.blur_mm, augmentation.noise_std, augmentation.translation_mm) == (1.0, 0.2, 6.0)
+    assert seen[0].model.sigma == 4.0

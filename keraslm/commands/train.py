@@ -77,6 +77,13 @@ def parse_args(argv=None):
                      help="largest random translation per axis in mm (preset default 10); for a "
                      "local stage the largest offset of a crop from its landmark: about the "
                      "coarse stage's error")
+    fit.add_argument("--rotation-degrees", type=float,
+                     help="largest random rotation in degrees (preset default 15 in 2D with the "
+                     "default training preset)")
+    fit.add_argument("--scale-range", type=float,
+                     help="largest random isotropic scaling: factors in [1 - this, 1 + this] "
+                     "(preset default 0.1; e.g. 0.03 for images of one machine and "
+                     "magnification)")
     fit.add_argument("--blur-mm", type=float,
                      help="random Gaussian blur of every training image with a standard deviation "
                      "up to this many mm (robustness to other X-ray machines' sharpness; e.g. "
@@ -141,7 +148,8 @@ def main(argv=None):
         resume=args.resume, distribute=args.distribute, precision=args.precision,
         mixed_precision=args.mixed_precision,
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm,
-        blur_mm=args.blur_mm, noise_std=args.noise_std, model_overrides=dict(args.model_option),
+        blur_mm=args.blur_mm, noise_std=args.noise_std, rotation_degrees=args.rotation_degrees,
+        scale=args.scale_range, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image, sigma=args.sigma,
         plots=not args.no_plots,

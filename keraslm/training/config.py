@@ -86,12 +86,17 @@ class AugmentationSettings:
             (robustness to other machines' sharpness; 0 = off).
         noise_std: float or None. Largest standard deviation of the random pixel noise, in
             normalised intensity units (0 = off).
+        rotation_degrees: float or None. Largest random rotation, degrees.
+        scale: float or None. Largest random isotropic scaling: factors in [1 - scale,
+            1 + scale].
     """
 
     elastic_mm: float = None
     translation_mm: float = None
     blur_mm: float = None
     noise_std: float = None
+    rotation_degrees: float = None
+    scale: float = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -195,6 +195,7 @@ def _resolved_settings(config, dataset, network, input_shape):
     for part, key in (("run", "batch_size"), ("run", "learning_rate"), ("run", "steps"),
                       ("augmentation", "elastic_mm"), ("augmentation", "translation_mm"),
                       ("augmentation", "blur_mm"), ("augmentation", "noise_std"),
+                      ("augmentation", "rotation_degrees"), ("augmentation", "scale"),
                       ("model", "sigma")):
         value = getattr(getattr(config, part), key)
         if value is not None:
