@@ -23,7 +23,8 @@ def model_metadata(network, grid, normalization, landmark_names, sigma, decode_m
     "local", `grid` is its fine grid (shape as in training; prediction covers each image) and
     "crop_shape" the network input, and "offset_prior_mm" (None: no prior) the standard
     deviation of the landmark's offset from the crop centre that `refine_function` weights the
-    heatmap with before taking its peak (`HeatmapCodec.centre_prior`).
+    heatmap with before taking its peak (`HeatmapCodec.centre_prior`). `sigma` (output pixels)
+    is one float, or one per landmark (a learned sigma).
     """
     metadata = {
         "format": METADATA_FORMAT,
@@ -35,7 +36,7 @@ def model_metadata(network, grid, normalization, landmark_names, sigma, decode_m
         "normalization": normalization,
         "output_stride": int(network.output_stride),
         "size_divisor": int(getattr(network, "size_divisor", 1)),
-        "sigma": float(sigma),
+        "sigma": float(sigma) if np.ndim(sigma) == 0 else [float(s) for s in sigma],
         "decode_method": decode_method,
         "stage": "global" if crop_shape is None else "local",
     }

@@ -8,6 +8,7 @@
     <run>/checkpoints/    BackupAndRestore state of an unfinished run (--resume)
     <run>/trained.weights.h5  the weights after the last step, until model.keras is written
                           (a run that fails in its final validation resumes from them)
+    <run>/trained_sigma.json  with them, the learned target sigmas (--learn-sigma)
     <run>/logs/           TensorBoard logs
 
 `train.py` writes it (`keraslm.training.run`); `evaluate.py --runs`, `keraslm.export` and the
@@ -24,6 +25,7 @@ METADATA_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 TRAINED_WEIGHTS_FILE = "trained.weights.h5"
+TRAINED_SIGMA_FILE = "trained_sigma.json"
 CHECKPOINT_FOLDER = "checkpoints"
 LOG_FOLDER = "logs"
 
@@ -67,6 +69,10 @@ class RunFolder:
     @property
     def trained_weights_path(self):
         return self.file(TRAINED_WEIGHTS_FILE)
+
+    @property
+    def trained_sigma_path(self):
+        return self.file(TRAINED_SIGMA_FILE)
 
     @property
     def checkpoint_dir(self):

@@ -303,8 +303,10 @@ def test_augmentation_flags_of_the_command_line_reach_the_training_config(monkey
 
     monkeypatch.setattr(keraslm.training, "train", fake_train)
     status = train_main(["--rotation-degrees", "5", "--scale-range", "0.03", "--blur-mm", "1",
-                         "--noise-std", "0.2", "--translation-mm", "6", "--sigma", "4"])
+                         "--noise-std", "0.2", "--translation-mm", "6", "--sigma", "4",
+                         "--learn-sigma", "--sigma-penalty", "3"])
     augmentation = seen[0].augmentation
     assert status != 0 and (augmentation.rotation_degrees, augmentation.scale) == (5.0, 0.03)
     assert (augmentation.blur_mm, augmentation.noise_std, augmentation.translation_mm) == (1.0, 0.2, 6.0)
-    assert seen[0].model.sigma == 4.0
+    assert seen[0].model.sigma == 4.0 and seen[0].model.learn_sigma is True
+    assert seen[0].model.sigma_penalty == 3.0

@@ -62,6 +62,14 @@ def parse_args(argv=None):
                        help="standard deviation of the target heatmaps' Gaussians in grid pixels "
                        "(None: the training preset's, 2.0; keep sigma x grid spacing when "
                        "changing the spacing to keep the target's width in mm)")
+    model.add_argument("--learn-sigma", action="store_true", default=None,
+                       help="learn one target sigma per landmark, starting at --sigma (Payer et "
+                       "al. 2019): targets keep the volume of the --sigma Gaussian, so surer "
+                       "landmarks get sharper, higher targets; the model decodes with the "
+                       "learned values (printed at the end and kept in model.json)")
+    model.add_argument("--sigma-penalty", type=float,
+                       help="strength of the learned sigma's pull towards small values (default "
+                       "2.36: a landmark keeps --sigma when its error SD per axis is --sigma)")
     model.add_argument("--landmarks-per-image", type=int,
                        help="local stage: crops per image and step (default: one per landmark)")
     fit = parser.add_argument_group("training")
@@ -152,6 +160,7 @@ def main(argv=None):
         scale=args.scale_range, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image, sigma=args.sigma,
+        learn_sigma=args.learn_sigma, sigma_penalty=args.sigma_penalty,
         plots=not args.no_plots,
     )
     try:

@@ -497,7 +497,8 @@ def apply_to_points(points, transforms, iterations=20, tolerance=0.05, return_re
     return moved, valid
 
 
-def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
+def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None,
+                 return_points=False):
     """Augment a batch and render its targets: the work of the compiled training step.
 
     Args:
@@ -508,12 +509,15 @@ def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
         fill_value: float. image value outside the input grid.
         sigma: optional scalar or `(num_landmarks,)` tensor overriding `codec.sigma` (e.g. a
             learnable per-landmark sigma; gradients flow into it).
+        return_points: bool. Also return the moved landmarks (to render targets elsewhere,
+            e.g. with a learned sigma inside the gradient tape).
 
     Returns:
         `(augmented_images, heatmaps, weights)`: images as `apply_to_images`, target heatmaps
         `(batch, *codec.output_shape, num_landmarks)` and weights `(batch, num_landmarks)` float32:
         0 for missing landmarks, landmarks moved out of the field and non-converged elastic
-        inverses.
+        inverses; with `return_points` also the moved landmarks `(batch, num_landmarks, ndim)`
+        in input grid index units.
 
     Examples:
     >>> codec = HeatmapCodec((64, 48), stride=1, sigma=2.0)
@@ -532,6 +536,8 @@ def device_stage(images, points, transforms, codec, fill_value=0.0, sigma=None):
     moved, valid = apply_to_points(points, transforms)
     heatmaps = codec.encode(moved, sigma=sigma)
     weights = valid * codec.weights(moved)
+    if return_points:
+        return augmented, heatmaps, weights, moved
     return augmented, heatmaps, weights
 
 

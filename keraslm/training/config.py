@@ -62,6 +62,10 @@ class ModelSettings:
             around every landmark).
         sigma: float or None. Standard deviation of the target Gaussians in grid pixels
             (None: the training preset's, 2.0).
+        learn_sigma: bool or None. Learn one target sigma per landmark, starting at `sigma`
+            (`keraslm.training.trainer.HeatmapTrainer`; None: the preset's, off).
+        sigma_penalty: float or None. Strength of the learned sigma's penalty (None: the
+            preset's, `keraslm.training.trainer.DEFAULT_SIGMA_PENALTY`).
     """
 
     architecture: str = "scn"
@@ -72,6 +76,8 @@ class ModelSettings:
     crop_shape: tuple = None
     landmarks_per_image: int = None
     sigma: float = None
+    learn_sigma: bool = None
+    sigma_penalty: float = None
 
 
 @dataclasses.dataclass(frozen=True)

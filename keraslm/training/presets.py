@@ -16,6 +16,7 @@ import copy
 
 from keraslm.errors import UsageError
 from keraslm.models import get_architecture
+from keraslm.training.trainer import DEFAULT_SIGMA_PENALTY
 
 TRAINING_PRESETS = {
     "default": {
@@ -23,24 +24,28 @@ TRAINING_PRESETS = {
                 batch_size=8, steps=2000, sigma=2.0, heatmap_scale=100.0,
                 rotation_degrees=15.0, translation_mm=10.0, scale=0.1, elastic_mm=0.0,
                 intensity_scale=0.1, intensity_shift=0.1, blur_mm=0.0,
-                noise_std=0.0, decay="cosine"),
+                noise_std=0.0, decay="cosine", learn_sigma=False,
+                sigma_penalty=DEFAULT_SIGMA_PENALTY),
         3: dict(optimizer="adam", learning_rate=1e-3, momentum=None, weight_decay=0.0,
                 batch_size=2, steps=2000, sigma=2.0, heatmap_scale=100.0,
                 rotation_degrees=15.0, translation_mm=10.0, scale=0.1, elastic_mm=0.0,
                 intensity_scale=0.0, intensity_shift=0.0, blur_mm=0.0,
-                noise_std=0.0, decay="cosine"),
+                noise_std=0.0, decay="cosine", learn_sigma=False,
+                sigma_penalty=DEFAULT_SIGMA_PENALTY),
     },
     "paper": {
         2: dict(optimizer="sgd", learning_rate=None, momentum=0.99,
                 weight_decay=5e-4, batch_size=5, steps=40000, sigma=2.0, heatmap_scale=1.0,
                 rotation_degrees=30.0, translation_mm=10.0, scale=0.0, elastic_mm=0.0,
                 intensity_scale=0.1, intensity_shift=0.1, blur_mm=0.0,
-                noise_std=0.0, decay="none"),
+                noise_std=0.0, decay="none", learn_sigma=False,
+                sigma_penalty=DEFAULT_SIGMA_PENALTY),
         3: dict(optimizer="sgd", learning_rate=None, momentum=0.99,
                 weight_decay=5e-4, batch_size=2, steps=15000, sigma=2.0, heatmap_scale=1.0,
                 rotation_degrees=30.0, translation_mm=10.0, scale=0.0, elastic_mm=0.0,
                 intensity_scale=0.0, intensity_shift=0.0, blur_mm=0.0,
-                noise_std=0.0, decay="none"),
+                noise_std=0.0, decay="none", learn_sigma=False,
+                sigma_penalty=DEFAULT_SIGMA_PENALTY),
     },
 }
 

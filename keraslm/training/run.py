@@ -33,7 +33,7 @@ from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
 from keraslm.detector import LandmarkDetector
 from keraslm.metadata import model_metadata
-from keraslm.files import atomic_path
+from keraslm.files import atomic_path, read_json, write_json
 from keraslm.models import build_model
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
@@ -196,7 +196,7 @@ def _resolved_settings(config, dataset, network, input_shape):
                       ("augmentation", "elastic_mm"), ("augmentation", "translation_mm"),
                       ("augmentation", "blur_mm"), ("augmentation", "noise_std"),
                       ("augmentation", "rotation_degrees"), ("augmentation", "scale"),
-                      ("model", "sigma")):
+                      ("model", "sigma"), ("model", "learn_sigma"), ("model", "sigma_penalty")):
         value = getattr(getattr(config, part), key)
         if value is not None:
             settings[key] = value
@@ -260,7 +260,9 @@ def _train(config, log=None):
             )
         trainer = stage.trainer(network, grid, input_shape, sigma=settings["sigma"],
                                 augmentation=_augmentation(settings),
-                                heatmap_scale=settings["heatmap_scale"], seed=run.seed)
+                                heatmap_scale=settings["heatmap_scale"], seed=run.seed,
+                                learn_sigma=settings["learn_sigma"],
+                                sigma_penalty=settings["sigma_penalty"])
         if run.distribute == "none" or run.jit != "auto":
             jit = choose_jit(run.jit, trainer, grid.shape, settings["batch_size"],
                              cache_folder=cache_dir())
@@ -315,18 +317,29 @@ def _train(config, log=None):
     trained = run.resume and os.path.isfile(run_folder.trained_weights_path)
     if trained:  # Every step ran before; what failed came after training.
         network.load_weights(run_folder.trained_weights_path)
+        if trainer.learn_sigma:
+            trainer.target_sigma.assign(read_json(
+                run_folder.trained_sigma_path,
+                f"{run_folder.trained_sigma_path} is missing: the learned sigma of the trained "
+                "weights is lost; train again without --resume in a new --output-dir")["sigma"])
         log(f"all {steps} steps were trained before: resuming at the final validation")
     else:
         _fit(trainer, train_data, epochs, steps_per_epoch, val_samples, settings["batch_size"],
              callbacks)
         # BackupAndRestore removes its checkpoints when fit ends: keep the trained weights until
         # model.keras is written, so a failure in between does not lose the training.
+        if trainer.learn_sigma:  # Before the weights: their presence means "trained".
+            write_json(run_folder.trained_sigma_path, {"sigma": trainer.learned_sigma()})
         with atomic_path(run_folder.trained_weights_path, suffix=".weights.h5") as temporary:
             network.save_weights(temporary)
     optimizer_steps = steps if trained else int(trainer.optimizer.iterations.numpy())
+    sigma = trainer.learned_sigma() if trainer.learn_sigma else settings["sigma"]
+    if trainer.learn_sigma:
+        log("learned target sigma per landmark (output pixels): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in zip(dataset.landmark_names, sigma)))
 
     metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
-                              settings["sigma"], trainer.decode_method,
+                              sigma, trainer.decode_method,
                               **stage.metadata(trainer, input_shape))
     metadata["training_precision"] = precision.precision
     # The saved and exported network computes in float32; the final validation measures it.
@@ -355,8 +368,9 @@ def _train(config, log=None):
     )
     with atomic_path(run_folder.model_path, suffix=".keras") as temporary:  # Last: presence = finished.
         LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
-    if os.path.isfile(run_folder.trained_weights_path):
-        os.remove(run_folder.trained_weights_path)
+    for leftover in (run_folder.trained_weights_path, run_folder.trained_sigma_path):
+        if os.path.isfile(leftover):
+            os.remove(leftover)
     pictures = []
     if val_samples is not None and run.plots and _is_chief(strategy):
         pictures = _write_pictures(output_dir, val_set, points_mm, errors_mm, stage.picture_label())

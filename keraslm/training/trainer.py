@@ -13,6 +13,7 @@ orthonormal frame with `grid.spacing` mm per step).
 TF-only edge: `train_step` uses `tf.GradientTape` (Keras 3's TensorFlow trainer).
 """
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -23,6 +24,7 @@ from keraslm.ops.augmentation import (
     device_stage,
     sample_transforms,
 )
+from keraslm.errors import UsageError
 from keraslm.ops.heatmaps import HeatmapCodec
 
 
@@ -45,6 +47,51 @@ def weighted_l2(heatmaps, targets, weights):
     return ops.mean(per_landmark * weights)
 
 
+#: Default weight of the learned-sigma penalty (`HeatmapTrainer(learn_sigma=True)`): with it a
+#: landmark keeps the starting sigma when its per-axis error SD equals that sigma (2D, for a
+#: network that predicts the target blurred by its error; `sigma_penalty`); sharper for surer
+#: landmarks.
+DEFAULT_SIGMA_PENALTY = 2.36
+#: Smallest target sigma a learned sigma can take, output pixels.
+MIN_LEARNED_SIGMA = 0.5
+
+
+def learned_sigma_targets(codec, points, sigma, reference_sigma):
+    """Target heatmaps with per-landmark `sigma` (a tensor; gradients flow into it) whose
+    peak is `codec.amplitude * (reference_sigma / sigma)^ndim`: the volume of every Gaussian
+    stays that of the reference sigma's, as in Payer et al. 2019's normalised targets, so a
+    wider target is also a lower one and sigma cannot grow without bound to ease the fit.
+
+    Args:
+        codec: HeatmapCodec. Output grid and the amplitude at the reference sigma.
+        points: tensor `(batch, L, ndim)`, input grid index (NaN: missing).
+        sigma: tensor `(L,)`, output pixels (clipped below at `MIN_LEARNED_SIGMA`).
+        reference_sigma: float. The sigma at which the peak is `codec.amplitude`.
+
+    Returns:
+        float32 `(batch, *codec.output_shape, L)`.
+    """
+    sigma = ops.maximum(ops.cast(sigma, "float32"), MIN_LEARNED_SIGMA)
+    return codec.encode(points, sigma=sigma) * ops.power(float(reference_sigma) / sigma, codec.ndim)
+
+
+def sigma_penalty(sigma, weights, heatmap_scale, output_pixels, strength):
+    """The learned sigma's penalty, in the units of `weighted_l2`: `strength * heatmap_scale^2 /
+    output_pixels` times the mean over batch and landmarks of `weight * sigma^2` (sigma in output
+    pixels; weighted like the heatmap loss, so that the balance is the same for a global stage and
+    for a local stage, where each crop weights one landmark).
+
+    The balance, in 2D, for a network that predicts the best heatmap for a landmark it finds
+    with a Gaussian error of SD `e` per axis (the target averaged over that error): the expected
+    loss falls with sigma as `pi s^2 sigma0^4 e^2 / (P sigma^2 (sigma^2 + e^2))` (amplitude `s` at
+    `sigma0`, `P` pixels), so the learned sigma stays at `sigma0` when `strength = pi k^2 (2 + k^2)
+    / (1 + k^2)^2` with `k = e / sigma0`: 2.36 for `e = sigma0` (`DEFAULT_SIGMA_PENALTY`); surer
+    landmarks end below `sigma0`, less sure ones above."""
+    sigma = ops.cast(sigma, "float32")
+    scale = float(strength) * float(heatmap_scale) ** 2 / float(output_pixels)
+    return scale * ops.mean(weights * ops.square(sigma)[None, :])
+
+
 class HeatmapTrainer(keras.Model):
     """Trains a heatmap network with on-device augmentation; `call` is the network.
 
@@ -61,11 +108,16 @@ class HeatmapTrainer(keras.Model):
         jit_device_stage: bool. Compile augmentation and rendering with XLA even when the
             whole step is not (`compile(jit_compile=False)`): on a CPU, XLA speeds up the
             resampling but slows the convolutions down.
+        learn_sigma: bool. Learn one target sigma per landmark (Payer et al. 2019), starting
+            at `sigma`: targets keep the volume of a `sigma` Gaussian of peak `heatmap_scale`
+            (`learned_sigma_targets`) and `sigma_penalty` pulls the sigmas down. The learned
+            values are `learned_sigma()`; the trained model decodes with them.
+        sigma_penalty: float > 0. Strength of that pull (`DEFAULT_SIGMA_PENALTY`).
     """
 
     def __init__(self, network, grid_shape, grid_spacing, sigma=2.0, augmentation=None,
                  heatmap_scale=1.0, seed=0, decode_method="quadratic", jit_device_stage=True,
-                 **kwargs):
+                 learn_sigma=False, sigma_penalty=DEFAULT_SIGMA_PENALTY, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.grid_shape = tuple(int(n) for n in grid_shape)
@@ -76,6 +128,18 @@ class HeatmapTrainer(keras.Model):
         self.codec = HeatmapCodec(self.grid_shape, stride=network.output_stride, sigma=sigma,
                                   amplitude=self.heatmap_scale)
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.learn_sigma = bool(learn_sigma)
+        self.sigma_penalty = float(sigma_penalty)
+        self.target_sigma = None
+        if self.learn_sigma:
+            if not isinstance(sigma, (int, float)):
+                raise UsageError(f"a learned sigma starts from one sigma for all landmarks. "
+                                 f"Received: sigma={sigma!r}")
+            if not (self.sigma_penalty > 0):
+                raise UsageError(f"`sigma_penalty` must be > 0. Received: {sigma_penalty!r}")
+            self.target_sigma = self.add_weight(
+                shape=(int(network.num_landmarks),), name="target_sigma", dtype="float32",
+                initializer=keras.initializers.Constant(float(sigma)), trainable=True)
         self.jit_device_stage = jit_device_stage
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.point_error_tracker = keras.metrics.Mean(name="point_error_mm")
@@ -98,7 +162,24 @@ class HeatmapTrainer(keras.Model):
     @jit_device_stage.setter
     def jit_device_stage(self, value):
         self._jit_device_stage = bool(value)
-        self._device_stage = tf.function(self.augment, jit_compile=True) if value else self.augment
+        stage = self.augment_with_points
+        self._device_stage = tf.function(stage, jit_compile=True) if value else stage
+
+    def learned_sigma(self):
+        """The learned per-landmark target sigmas (output pixels, list of float), or None when
+        the sigma is not learned."""
+        if self.target_sigma is None:
+            return None
+        values = np.maximum(np.asarray(self.target_sigma.numpy(), np.float64), MIN_LEARNED_SIGMA)
+        return [float(v) for v in values]
+
+    def _targets(self, points):
+        """Targets of moved points with the learned sigma (inside the gradient tape)."""
+        return learned_sigma_targets(self.codec, points, self.target_sigma, self.codec.sigma)
+
+    def _sigma_penalty(self, weights):
+        return sigma_penalty(self.target_sigma, weights, self.heatmap_scale,
+                             np.prod(self.codec.output_shape), self.sigma_penalty)
 
     @property
     def metrics(self):
@@ -117,24 +198,35 @@ class HeatmapTrainer(keras.Model):
 
         Returns:
             the network's input images, float32 target heatmaps (peak `heatmap_scale`, the
-            codec's amplitude) and weights `(batch, L)`.
+            codec's amplitude, at the codec's sigma) and weights `(batch, L)`.
         """
+        images, targets, weights, _ = self.augment_with_points(images, points, seed_generator)
+        return images, targets, weights
+
+    def augment_with_points(self, images, points, seed_generator=None):
+        """`augment` plus the moved landmarks `(batch, L, ndim)` in the network input's grid
+        index (the training step renders a learned sigma's targets from them)."""
         transforms = sample_transforms(
             seed_generator or self.seed_generator, images.shape[0], self.grid_shape, self.grid_spacing,
             self.augmentation,
         )
-        images, targets, weights = device_stage(images, points, transforms, self.codec)
-        return images, targets, weights
+        return device_stage(images, points, transforms, self.codec, return_points=True)
 
     def train_step(self, data):
         images, points = data
-        images, targets, weights = self._device_stage(images, points)
+        images, targets, weights, moved = self._device_stage(images, points)
+        variables = list(self.network.trainable_variables)
         with tf.GradientTape() as tape:
             heatmaps = self.network(images, training=True)
+            if self.learn_sigma:
+                targets = self._targets(moved)
             loss = weighted_l2(heatmaps, targets, weights)
             total = loss + ops.sum(self.network.losses) if self.network.losses else loss
+            if self.learn_sigma:
+                total = total + self._sigma_penalty(weights)
             scaled = self.optimizer.scale_loss(total)
-        variables = self.network.trainable_variables
+        if self.learn_sigma:
+            variables.append(self.target_sigma)
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(loss)
@@ -143,7 +235,7 @@ class HeatmapTrainer(keras.Model):
     def test_step(self, data):
         images, points = data
         heatmaps = self.network(images, training=False)
-        targets = self.codec.encode(points)
+        targets = self._targets(points) if self.learn_sigma else self.codec.encode(points)
         weights = self.codec.weights(points)
         self.loss_tracker.update_state(weighted_l2(heatmaps, targets, weights))
         decoded, _ = self.codec.decode(ops.cast(heatmaps, "float32"), method=self.decode_method)
@@ -191,15 +283,15 @@ class LocalHeatmapTrainer(HeatmapTrainer):
     def _crops_per_image(self, points):
         return self.landmarks_per_image or points.shape[1]
 
-    def augment(self, images, points, seed_generator=None):
+    def augment_with_points(self, images, points, seed_generator=None):
         seed_generator = seed_generator or self.seed_generator
         index = choose_crop_landmarks(points, self._crops_per_image(points), seed=seed_generator)
         transforms = sample_transforms(
             seed_generator, images.shape[0] * index.shape[1], self.grid_shape,
             self.grid_spacing, self.augmentation,
         )
-        crops, targets, weights, _ = crop_stage(images, points, index, transforms, self.codec)
-        return crops, targets, weights
+        crops, targets, weights, moved = crop_stage(images, points, index, transforms, self.codec)
+        return crops, targets, weights, moved
 
     def test_step(self, data):
         images, points = data
@@ -212,6 +304,8 @@ class LocalHeatmapTrainer(HeatmapTrainer):
         crops, targets, weights, crop_points = crop_stage(images, points, index, transforms,
                                                           self.codec)
         heatmaps = self.network(crops, training=False)
+        if self.learn_sigma:
+            targets = self._targets(crop_points)
         self.loss_tracker.update_state(
             weighted_l2(heatmaps, targets, weights))
         decoded, _ = self.codec.decode(ops.cast(heatmaps, "float32"), method=self.decode_method)
