@@ -80,6 +80,9 @@ def test_a_global_run_learns_records_and_predicts_with_per_landmark_sigma(phanto
     assert config["learn_sigma"] is True and config["settings"]["sigma_penalty"] == 3.0
     assert any(m.startswith("learned target sigma per landmark") for m in messages)
     assert result.summary["count"] > 0
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    assert len(history["sigma_mean"]) == 2 and history["sigma_min"][-1] == pytest.approx(min(sigma))
+    assert history["sigma_max"][-1] == pytest.approx(max(sigma))
     dataset = make_phantom(phantom_root, ndim=2, num_images=12, seed=3, image_size=(96, 96))
     image = dataset.read_image(dataset.record(dataset.ids[0]))
     [prediction] = predict(result.model_path, [image])

@@ -230,7 +230,12 @@ class HeatmapTrainer(keras.Model):
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(loss)
-        return self._logs({"loss": self.loss_tracker.result()})
+        logs = {"loss": self.loss_tracker.result()}
+        if self.learn_sigma:  # Shown per epoch and kept in history.json.
+            sigma = ops.maximum(self.target_sigma, MIN_LEARNED_SIGMA)
+            logs.update(sigma_min=ops.min(sigma), sigma_mean=ops.mean(sigma),
+                        sigma_max=ops.max(sigma))
+        return self._logs(logs)
 
     def test_step(self, data):
         images, points = data
