@@ -117,3 +117,17 @@ def test_a_run_that_fails_after_training_resumes_with_its_learned_sigma(phantom_
     train(config.replace(resume=True))
     assert json.load(open(tmp_path / "run" / "model.json"))["sigma"] == pytest.approx(saved)
     assert not os.path.exists(tmp_path / "run" / "trained_sigma.json")
+
+
+def test_bad_learned_sigma_settings_are_named():
+    from keraslm.errors import UsageError
+    from keraslm.models import build_model
+    from keraslm.training.trainer import HeatmapTrainer
+
+    network = build_model("unet", 2, 3, preset="small", filters=4, num_levels=2,
+                          input_shape=(16, 16, 1))
+    with pytest.raises(UsageError, match=r"`sigma_penalty` must be > 0. Received: 0.0"):
+        HeatmapTrainer(network, (16, 16), (1.0, 1.0), learn_sigma=True, sigma_penalty=0.0)
+    with pytest.raises(UsageError, match="starts from one sigma for all landmarks"):
+        HeatmapTrainer(network, (16, 16), (1.0, 1.0), sigma=[2.0, 1.0, 2.0], learn_sigma=True)
+    assert HeatmapTrainer(network, (16, 16), (1.0, 1.0), sigma=[2.0, 1.0, 2.0]).target_sigma is None

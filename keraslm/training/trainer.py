@@ -129,13 +129,13 @@ class HeatmapTrainer(keras.Model):
                                   amplitude=self.heatmap_scale)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.learn_sigma = bool(learn_sigma)
-        self.sigma_penalty = float(sigma_penalty)
+        self.sigma_penalty_strength = float(sigma_penalty)
         self.target_sigma = None
         if self.learn_sigma:
             if not isinstance(sigma, (int, float)):
                 raise UsageError(f"a learned sigma starts from one sigma for all landmarks. "
                                  f"Received: sigma={sigma!r}")
-            if not (self.sigma_penalty > 0):
+            if not (self.sigma_penalty_strength > 0):
                 raise UsageError(f"`sigma_penalty` must be > 0. Received: {sigma_penalty!r}")
             self.target_sigma = self.add_weight(
                 shape=(int(network.num_landmarks),), name="target_sigma", dtype="float32",
@@ -179,7 +179,7 @@ class HeatmapTrainer(keras.Model):
 
     def _sigma_penalty(self, weights):
         return sigma_penalty(self.target_sigma, weights, self.heatmap_scale,
-                             np.prod(self.codec.output_shape), self.sigma_penalty)
+                             np.prod(self.codec.output_shape), self.sigma_penalty_strength)
 
     @property
     def metrics(self):
