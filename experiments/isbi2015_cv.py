@@ -53,6 +53,12 @@ def parse_args(argv=None):
                         metavar="KEY=VALUE",
                         help="override one model setting of the global networks, e.g. "
                         "dropout=0.5 (repeatable; as train.py --model-option)")
+    parser.add_argument("--rotation-degrees", type=float,
+                        help="largest random rotation of the global stage's training images "
+                        "(default: the training preset's, 15 degrees; as train.py)")
+    parser.add_argument("--scale-range", type=float,
+                        help="largest random scaling of the global stage's training images: "
+                        "factors in [1 - this, 1 + this] (default: the preset's, 0.1)")
     parser.add_argument("--jit", choices=("auto", "on", "off"))
     parser.add_argument("--seed", type=int, default=0)
     local = parser.add_argument_group("local (refinement) stage")
@@ -99,6 +105,7 @@ def main(argv=None):
             num_folds=args.num_folds, folds=args.folds, num_images=args.num_images,
             preset=args.model_preset, overrides=overrides or None,
             jit=args.jit, seed=args.seed, log=print, local=local,
+            rotation_degrees=args.rotation_degrees, scale_range=args.scale_range,
         )
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

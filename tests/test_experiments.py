@@ -108,8 +108,10 @@ def test_isbi2015_driver_passes_global_and_local_model_options(tmp_path, monkeyp
     assert seen["architectures"] == ["scn2019"]
     assert seen["overrides"] == {"filters": 16, "dropout": 0.5}
     assert seen["local"].model_overrides == {"filters": 48}
-    assert _script("isbi2015_cv").main(argv) == 0
+    assert seen["rotation_degrees"] is None and seen["scale_range"] is None  # the preset's
+    assert _script("isbi2015_cv").main(argv + ["--rotation-degrees", "8", "--scale-range", "0.05"]) == 0
     assert seen["local"].model_overrides is None  # the local stage takes the global overrides
+    assert (seen["rotation_degrees"], seen["scale_range"]) == (8.0, 0.05)
 
 
 def test_isbi2015_missing_folder(tmp_path, capsys):
@@ -124,8 +126,14 @@ def test_isbi2015_missing_folder(tmp_path, capsys):
 def test_isbi2015_quick(tmp_path):
     output = tmp_path / "isbi"
     assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
-                                        "--output-dir", str(output)]) == 0
+                                        "--output-dir", str(output), "--rotation-degrees", "8",
+                                        "--scale-range", "0.05"]) == 0
     results = _check_results(output, [("", "scn"), ("", "scn"), ("", "unet"), ("", "unet")])
+    for run, expected in (("scn_fold0", (8.0, 0.05)), ("local_unet_fold0", (15.0, 0.1))):
+        with open(output / "runs" / run / "config.json", encoding="utf-8") as handle:
+            settings = json.load(handle)["settings"]
+        assert (settings["rotation_degrees"], settings["scale"]) == expected  # global stage only
+    assert "rotation up to 8 degrees, scaling up to 0.05" in (output / "table.md").read_text()
     assert [row["method"] for row in results["rows"]] == [
         "SpatialConf-Net", "SpatialConf-Net + local U-Net", "U-Net", "U-Net + local U-Net"]
     assert len(results["per_landmark"]["U-Net"]) == 19

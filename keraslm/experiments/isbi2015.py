@@ -25,8 +25,9 @@ from keraslm.experiments.runs import (
     refined_run_errors,
     size_text,
 )
-from keraslm.files import write_text
+from keraslm.files import read_json, write_text
 from keraslm.metadata import offset_prior_mm
+from keraslm.run_folder import RunFolder
 
 
 def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
@@ -42,6 +43,13 @@ def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
             pair.append(path)
         paths.append(tuple(pair))
     return paths
+
+
+def _augmentation_text(run_dir):
+    """str. The geometric augmentation a finished global run trained with (its config.json)."""
+    settings = read_json(RunFolder(run_dir).config_path, f"{run_dir}: no config.json")["settings"]
+    return (f"rotation up to {settings['rotation_degrees']:g} degrees, scaling up to "
+            f"{settings['scale']:g}, translation up to {settings['translation_mm']:g} mm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +80,8 @@ class LocalStageSettings:
 
 def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_shape=(128, 104),
                 steps=2000, batch_size=8, num_folds=5, folds=None, num_images=None,
-                preset="small", overrides=None, jit="auto", seed=0, log=None, local=None):
+                preset="small", overrides=None, jit="auto", seed=0, log=None, local=None,
+                rotation_degrees=None, scale_range=None):
     """k-fold cross-validation on the ISBI 2015 training images (mm, 0.1 mm pixels).
 
     Args:
@@ -121,6 +130,7 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
                 "isbi2015", os.path.abspath(dataset_root), architecture, grid_shape, steps,
                 batch_size, preset, overrides, jit,
                 os.path.join(output_dir, "runs", f"{architecture}_fold{fold}"), seed)
+            config = config.replace(rotation_degrees=rotation_degrees, scale=scale_range)
             runs.append(Run("", architecture, split(config, fold)))
         if local is not None:
             config = base_config(
@@ -174,6 +184,7 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
                    f"{dataset.num_landmarks} landmarks)",
         "grid": f"{size_text(grid_shape)} at {spacing:.4f} mm", "steps": steps, "batch_size": batch_size,
         "model_preset": preset, "model_overrides": overrides or {},
+        "augmentation": _augmentation_text(runs[0].config.output_dir),
         "cross_validation": f"{num_folds}-fold" + (f", first {folds} fold(s) only" if folds else ""),
         "seed": seed,
     }
