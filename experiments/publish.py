@@ -13,7 +13,13 @@ import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = ("isbi2015_cv", "table1_phantom2d", "table2_phantom3d", "benchmarks")
+EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "table1_phantom2d", "table2_phantom3d", "benchmarks")
+#: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
+COMMANDS = {
+    "isbi2015_v4": "python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v4 "
+                   "--architectures scn --grid-shape 192,160 --steps 4000 --rotation-degrees 8 "
+                   "--scale-range 0.05 --local-crop-shape 96,96 --local-steps 4000",
+}
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (
     ("bench_training", "P1: training step with on-device augmentation and rendering vs the "
@@ -47,7 +53,8 @@ def block(results_dir, name):
     folder = os.path.join(results_dir, name)
     path = os.path.join(folder, "table.md")
     if not os.path.isfile(path):
-        return (f"*Not run yet: `python experiments/{name}.py` writes "
+        command = COMMANDS.get(name, f"python experiments/{name}.py")
+        return (f"*Not run yet: `{command}` writes "
                 f"`experiments/results/{name}/table.md`.*")
     with open(path, encoding="utf-8") as handle:
         text = handle.read().strip()

@@ -148,7 +148,7 @@ def test_isbi2015_quick(tmp_path):
 def test_publish_copies_generated_tables(tmp_path):
     publish = _script("publish")
     readme = tmp_path / "README.md"
-    names = ("isbi2015_cv", "table1_phantom2d", "table2_phantom3d", "benchmarks")
+    names = ("isbi2015_cv", "isbi2015_v4", "table1_phantom2d", "table2_phantom3d", "benchmarks")
     readme.write_text("intro\n" + "".join(
         f"<!-- results:{n} -->\nold\n<!-- /results:{n} -->\n" for n in names))
     results = tmp_path / "results"
@@ -160,6 +160,7 @@ def test_publish_copies_generated_tables(tmp_path):
     assert "old" not in text and "| 1 | 2 |" in text and "##### Settings" in text
     assert "# ISBI" not in text  # the table's title gives way to the README heading
     assert "Not run yet: `python experiments/table1_phantom2d.py`" in text
+    assert "Not run yet: `python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v4" in text
     assert "P1: training step" in text and "*not run yet*" in text
     assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     assert readme.read_text() == text  # idempotent
