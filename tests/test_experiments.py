@@ -133,7 +133,14 @@ def test_isbi2015_quick(tmp_path):
         with open(output / "runs" / run / "config.json", encoding="utf-8") as handle:
             settings = json.load(handle)["settings"]
         assert (settings["rotation_degrees"], settings["scale"]) == expected  # global stage only
-    assert "rotation up to 8 degrees, scaling up to 0.05" in (output / "table.md").read_text()
+    table = (output / "table.md").read_text()
+    assert "rotation up to 8 degrees, scaling up to 0.05" in table
+    # One row per method and fold, each over that fold's held-out images (2 of the 10).
+    assert [row["method"] for row in results["per_fold"]] == [
+        f"{method}, fold 0 (2 images)" for method in (
+            "SpatialConf-Net", "SpatialConf-Net + local U-Net", "U-Net", "U-Net + local U-Net")]
+    assert "| SpatialConf-Net + local U-Net, fold 0 (2 images) |" in table
+    assert results["per_fold"][1]["summary"] == results["rows"][1]["summary"]  # one fold = pooled
     assert [row["method"] for row in results["rows"]] == [
         "SpatialConf-Net", "SpatialConf-Net + local U-Net", "U-Net", "U-Net + local U-Net"]
     assert len(results["per_landmark"]["U-Net"]) == 19

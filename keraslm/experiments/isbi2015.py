@@ -21,8 +21,8 @@ from keraslm.experiments.runs import (
     finish,
     grid_spacing,
     json_rows,
-    pooled_errors,
     refined_run_errors,
+    run_errors,
     size_text,
 )
 from keraslm.files import read_json, write_text
@@ -43,6 +43,17 @@ def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
             pair.append(path)
         paths.append(tuple(pair))
     return paths
+
+
+def _fold(run):
+    """int. The fold of a run (its folder is named `<architecture>_fold<k>`)."""
+    return int(run.config.output_dir.rsplit("_fold", 1)[1])
+
+
+def _fold_rows(label, runs, errors):
+    """Table rows of one method, one per fold: `errors` holds each run's PointErrors."""
+    return [{"method": f"{label}, fold {_fold(run)} ({len(part.ids)} images)",
+             "summary": summarize(part)} for run, part in zip(runs, errors)]
 
 
 def _augmentation_text(run_dir):
@@ -149,28 +160,32 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         if fold in local_runs:
             ordered.append(local_runs[fold])
     records = execute(ordered, log)
-    errors = pooled_errors(runs, dataset.landmark_names)
-    rows, landmarks, curves = [], {}, {}
+    run_parts = {run.config.output_dir: run_errors(run.config.output_dir, dataset.landmark_names)
+                 for run in runs}
+    rows, landmarks, curves, fold_rows = [], {}, {}, []
     local_label = None if local is None else f"local {METHOD_LABELS[local.architecture]}"
     for architecture in architectures:
         label = METHOD_LABELS[architecture]
-        pooled = errors[("", architecture)]
+        architecture_runs = [run for run in runs if run.architecture == architecture]
+        parts = [run_parts[run.config.output_dir] for run in architecture_runs]
+        pooled = pool(parts)
         rows.append({"architecture": architecture, "method": label, "summary": summarize(pooled)})
         landmarks[label] = per_landmark(pooled)
         curves[label] = pooled.errors_mm
+        fold_rows += _fold_rows(label, architecture_runs, parts)
         if local is None:
             continue
         parts = []
-        for run in runs:
-            if run.architecture == architecture:
-                fold = int(run.config.output_dir.rsplit("_fold", 1)[1])
-                log and log(f"refining {os.path.basename(run.config.output_dir)} with "
-                            f"{os.path.basename(local_runs[fold].config.output_dir)}")
-                parts.append(refined_run_errors(run.config.output_dir,
-                                                local_runs[fold].config.output_dir,
-                                                dataset.landmark_names))
+        for run in architecture_runs:
+            fold = _fold(run)
+            log and log(f"refining {os.path.basename(run.config.output_dir)} with "
+                        f"{os.path.basename(local_runs[fold].config.output_dir)}")
+            parts.append(refined_run_errors(run.config.output_dir,
+                                            local_runs[fold].config.output_dir,
+                                            dataset.landmark_names))
         refined = pool(parts)
         refined_label = f"{label} + {local_label}"
+        fold_rows += _fold_rows(refined_label, architecture_runs, parts)
         rows.append({"architecture": architecture, "method": refined_label,
                      "summary": summarize(refined)})
         landmarks[refined_label] = per_landmark(refined)
@@ -199,8 +214,10 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
                 f"; peaks chosen with an offset prior of SD "
                 f"{offset_prior_mm(local.translation_mm):.2f} mm around the global estimate")
     tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"
+              f"Per fold:\n\n{format_sdr_table(fold_rows)}\n\n"
               f"Per landmark:\n\n{format_landmark_table(landmarks)}")
     text = finish(output_dir, "ISBI 2015 cross-validation", settings, tables, records, start,
                    {"rows": json_rows(rows), "per_landmark": {
-                       method: [clean_summary(row) for row in table] for method, table in landmarks.items()}})
+                       method: [clean_summary(row) for row in table] for method, table in landmarks.items()},
+                    "per_fold": json_rows(fold_rows)})
     return {"markdown": text, "rows": rows, "records": records, "per_landmark": landmarks}
