@@ -239,15 +239,16 @@ def test_shipped_model_predict_image_equals_predict_on_an_isbi_jpeg():
 
 
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
-def test_shipped_calibrated_model_answers_expected_errors_in_every_path():
-    """Version 3 (coarse-to-fine, calibrated): predict_image gives keraslm.predict's points and
-    expected errors; the expected errors are the stored calibration of the answer's peak and
-    spread."""
+@pytest.mark.parametrize("number", ["3", "4"])
+def test_shipped_calibrated_model_answers_expected_errors_in_every_path(number):
+    """Versions 3 and 4 (coarse-to-fine, calibrated): predict_image gives keraslm.predict's
+    points and expected errors; the expected errors are the stored calibration of the answer's
+    peak and spread."""
     import json
 
     from keraslm.calibration import expected_error_mm
 
-    version = SHIPPED[:-1] + "3"
+    version = SHIPPED[:-1] + number
     expected = predict(version, [ISBI_IMAGE], spacing=0.1)[0]
     outputs = tf.saved_model.load(version).signatures["serving_default"](
         image_bytes=tf.constant([open(ISBI_IMAGE, "rb").read()]), spacing=tf.constant([[0.1, 0.1]]))
