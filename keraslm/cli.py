@@ -3,6 +3,19 @@ import argparse
 import ast
 
 
+#: The built-in architectures (`keraslm.models.ARCHITECTURES`) and model presets
+#: (`keraslm.models.PRESET_NAMES`), named here so that `--help` answers without loading
+#: TensorFlow (importing `keraslm.models` does); a test keeps them equal to the registry.
+ARCHITECTURE_HELP = {
+    "downsampling": "Downsampling-Net (Payer et al. 2016, Fig. 2a)",
+    "convonly": "ConvOnly-Net (Fig. 2b)",
+    "unet": "U-Net (Fig. 2c)",
+    "scn": "SpatialConfiguration-Net (Fig. 2d)",
+    "scn2019": "the authors' 2019 SCN (U-Net local appearance x spatial configuration)",
+}
+MODEL_PRESETS = ("paper", "small")
+
+
 def grid_shape(text):
     """argparse type: "128,128" or "32x64x64" -> a tuple of 2 or 3 positive ints."""
     try:

@@ -101,3 +101,29 @@ def test_predict_errors(images, tmp_path, capsys):
     assert not out.exists()
     assert dataset_main(["check", str(tmp_path / "nowhere")]) == 2
     _one_error_line(capsys, "unknown dataset")
+
+
+def test_help_answers_without_loading_tensorflow():
+    """`--help` of every command is instant: nothing imports TensorFlow before the arguments are
+    parsed (it takes seconds to load)."""
+    import subprocess
+    import sys
+
+    from keraslm.commands import COMMANDS
+
+    for name, module in COMMANDS.items():
+        code = (f"import sys; from {module} import main\n"
+                "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True)
+        assert "usage:" in result.stdout, name
+        assert result.stdout.splitlines()[-1] == "False False", f"keraslm-{name} --help loads TF"
+
+
+def test_help_names_every_registered_architecture_and_preset():
+    from keraslm.cli import ARCHITECTURE_HELP, MODEL_PRESETS
+    from keraslm.models import ARCHITECTURES, PRESET_NAMES
+
+    assert list(ARCHITECTURE_HELP) == list(ARCHITECTURES)
+    assert tuple(MODEL_PRESETS) == tuple(PRESET_NAMES)

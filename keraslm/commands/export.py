@@ -5,7 +5,6 @@ import os
 import sys
 
 from keraslm.errors import KeraslmError, exit_status
-from keraslm.export import export_saved_model, upgrade_saved_model
 
 
 def main(argv=None):
@@ -29,6 +28,9 @@ def main(argv=None):
                         help="a calibration (evaluate.py --calibrate) to store in the model, so "
                         "every prediction carries expected_error_mm per landmark")
     args = parser.parse_args(argv)
+    # Imported after the arguments are parsed: it loads TensorFlow, which --help does not need.
+    from keraslm.export import export_saved_model, upgrade_saved_model
+
     def detector(path):
         """The LandmarkDetector of a run folder or `.keras` file."""
         from keraslm.detector import load_detector

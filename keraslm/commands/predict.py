@@ -6,7 +6,6 @@ import sys
 
 from keraslm import cli
 from keraslm.errors import KeraslmError, exit_status
-from keraslm.inference import CascadePredictor, load_predictor, predict, write_predictions
 from keraslm.io import is_image_path
 
 
@@ -37,6 +36,9 @@ def main(argv=None):
                         help="compute precision of .keras models (float32: the same numbers as "
                         "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
+    # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
+    from keraslm.inference import CascadePredictor, load_predictor, predict, write_predictions
+
     paths = []
     for item in args.images:
         if os.path.isdir(item) and not args.series:

@@ -7,14 +7,19 @@ import argparse
 import os
 import sys
 
-from keraslm.cli import add_dataset_arguments, add_split_arguments, grid_shape, model_option
+from keraslm.cli import (
+    ARCHITECTURE_HELP,
+    MODEL_PRESETS,
+    add_dataset_arguments,
+    add_split_arguments,
+    grid_shape,
+    model_option,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
 
 
 def parse_args(argv=None):
-    from keraslm.models import ARCHITECTURES, PRESET_NAMES  # after the TF log level is set
-
     parser = argparse.ArgumentParser(
         prog="keraslm-train",
         description=(
@@ -34,9 +39,9 @@ def parse_args(argv=None):
     add_split_arguments(data, held_out="validation")
     data.add_argument("--train-size", type=int, help="train on a reduced set of this many images")
     model = parser.add_argument_group("model")
-    model.add_argument("--architecture", default="scn", choices=list(ARCHITECTURES),
-                       help="; ".join(f"{a.name}: {a.description}" for a in ARCHITECTURES.values()))
-    model.add_argument("--model-preset", default="small", choices=list(PRESET_NAMES),
+    model.add_argument("--architecture", default="scn", choices=list(ARCHITECTURE_HELP),
+                       help="; ".join(f"{name}: {text}" for name, text in ARCHITECTURE_HELP.items()))
+    model.add_argument("--model-preset", default="small", choices=list(MODEL_PRESETS),
                        help="layer settings: the paper's, or small ones that train fast on a CPU")
     model.add_argument("--model-option", action="append", default=[], type=model_option,
                        metavar="KEY=VALUE",
