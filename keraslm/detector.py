@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keraslm.calibration import check_calibration, expected_error_mm
+from keraslm.calibration import blend_stages, check_calibration, expected_error_mm
 from keraslm.errors import KeraslmError, ModelFileError
 
 from keraslm.ops.augmentation import crop_to_grid, extract_crops
@@ -177,7 +177,12 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
         index, pixel centres at integers), `landmarks_mm` `(L, ndim)` float64, `confidence`
         `(L,)` float32 (the heatmap peak; the local stage's with a local stage), `spread_mm`
         `(L,)` float32 (the last stage's `HeatmapCodec.spread`) and, when `metadata` holds a
-        `calibration` (`keraslm.calibration`), `expected_error_mm` `(L,)` float32.
+        `calibration` (`keraslm.calibration`), `expected_error_mm` `(L,)` float32. A
+        calibration with `local_weight` blends the global and the refined point per landmark
+        (`keraslm.calibration.blend_stages`).
+
+    Raises:
+        KeraslmError: a calibration with `local_weight` for a model without a local stage.
     """
     grid = _grid(metadata)
     codec = HeatmapCodec(grid.shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
@@ -187,8 +192,13 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
         refine = refine_function(local_network, local_metadata, with_spread=True)
         fine = _grid(local_metadata)
     calibration = metadata.get("calibration")
+    local_weight = None
     if calibration is not None:
         check_calibration(calibration, metadata["landmark_names"])
+        local_weight = calibration.get("local_weight")
+        if local_weight is not None and refine is None:
+            raise KeraslmError("the calibration blends a global and a local stage "
+                               "(local_weight); this model has no local stage")
 
     def locate(array, spacing, origin, direction):
         spacing = tf.cast(spacing, tf.float64)
@@ -205,7 +215,9 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
             for _ in range(iterations):
                 points_fine, local_confidence, local_spread = refine(
                     fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
-            points_index = _apply(fine_to_image, tf.cast(points_fine[0], tf.float64))
+            refined_index = _apply(fine_to_image, tf.cast(points_fine[0], tf.float64))
+            points_index = (refined_index if local_weight is None
+                            else blend_stages(points_index, refined_index, local_weight))
             confidence, spread = local_confidence[0], local_spread[0]
         else:
             spread = codec.spread(heatmaps, metadata["grid_spacing"])[0]

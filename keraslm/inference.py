@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from keraslm.calibration import blend_stages
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, read_image
@@ -209,6 +210,9 @@ class CascadePredictor(GraphLocator):
             return super().locate(image)
         coarse = self.global_predictor.locate(image)  # Stage by stage.
         points_index, confidence = self.refine_image(image, coarse["landmarks_index"])
+        local_weight = (self.global_predictor.metadata.get("calibration") or {}).get("local_weight")
+        if local_weight is not None:
+            points_index = np.asarray(blend_stages(coarse["landmarks_index"], points_index, local_weight))
         return {"landmarks_index": points_index, "landmarks_mm": image.index_to_physical(points_index),
                 "confidence": confidence}
 

@@ -137,3 +137,46 @@ def test_quality_counts_flags_and_catches():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # Ties get average ranks: [1, 2, 2, 3] has ranks [0, 1.5, 1.5, 3].
     assert spearman([1, 2, 2, 3], [0, 1, 2, 3]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1])
+
+
+def test_local_weight_follows_the_stages_error_variances():
+    """Per landmark, the weight of the refined point that minimises the mean error: about the
+    inverse-variance weight of two independent estimates (global SD 1; refined SD 0.3, 1, 5 ->
+    0.92, 0.5, 0.04)."""
+    from keraslm.calibration import blend_stages, cross_fitted_blend, fit_local_weight
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(400, 3, 2)) * 10
+    global_mm = truth + rng.normal(size=truth.shape)
+    refined_mm = truth + rng.normal(size=truth.shape) * np.array([0.3, 1.0, 5.0])[None, :, None]
+    np.testing.assert_allclose(fit_local_weight(global_mm, refined_mm, truth), [0.9, 0.5, 0.0])
+    blended = np.asarray(blend_stages(global_mm, refined_mm, [0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(blended[:, 0], global_mm[:, 0])
+    np.testing.assert_allclose(blended[:, 1], (global_mm[:, 1] + refined_mm[:, 1]) / 2)
+    np.testing.assert_allclose(blended[:, 2], refined_mm[:, 2])
+    # Cross-fitted: an image's blended points do not depend on its own truth.
+    crossed = cross_fitted_blend(global_mm, refined_mm, truth)
+    moved = truth.copy()
+    moved[0] = refined_mm[0]  # its refined points would now look perfect
+    np.testing.assert_allclose(cross_fitted_blend(global_mm, refined_mm, moved)[0], crossed[0])
+    errors = lambda p: np.linalg.norm(p - truth, axis=-1).mean(0)  # noqa: E731
+    assert np.all(errors(crossed) <= np.minimum(errors(global_mm), errors(refined_mm)) + 0.02)
+    # Missing truth is left out of the fit; a landmark without any is named.
+    truth_gaps = truth.copy()
+    truth_gaps[:200, 1] = np.nan
+    assert fit_local_weight(global_mm, refined_mm, truth_gaps)[1] == pytest.approx(0.5, abs=0.1)
+    truth_gaps[:, 2] = np.nan
+    with pytest.raises(KeraslmError, match=r"landmark\(s\) \[2\]"):
+        fit_local_weight(global_mm, refined_mm, truth_gaps)
+
+
+def test_check_calibration_names_a_bad_local_weight():
+    from keraslm.calibration import check_calibration, fit_calibration
+
+    rng = np.random.default_rng(1)
+    calibration = fit_calibration(rng.uniform(1, 9, (5, 2)), rng.uniform(1, 3, (5, 2)),
+                                  rng.uniform(0, 3, (5, 2)), ["a", "b"])
+    check_calibration({**calibration, "local_weight": [0.0, 1.0]}, ["a", "b"])
+    for bad in ([0.5], [0.5, 1.5], [0.5, float("nan")]):
+        with pytest.raises(KeraslmError, match="local_weight must hold one weight in"):
+            check_calibration({**calibration, "local_weight": bad}, ["a", "b"])

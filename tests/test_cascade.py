@@ -360,10 +360,23 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir,
                           "--output-dir", str(tmp_path / "eval"), "--calibrate",
                           str(calibration_path)]) == 0
-    assert "cross-fitted on these images: Spearman" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cross-fitted on these images: Spearman" in out
+    assert "stages blended per landmark (weights fitted on the other images)" in out
     assert (tmp_path / "eval" / "calibration_reliability.png").exists()
     calibration = json.loads(calibration_path.read_text())
     check_calibration(calibration, dataset.landmark_names)
+    assert len(calibration["local_weight"]) == 37
+    # --no-blend keeps the refined points: a calibration without weights.
+    assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir, "--no-plots",
+                          "--output-dir", str(tmp_path / "eval_n"), "--no-blend", "--calibrate",
+                          str(tmp_path / "plain.json")]) == 0
+    assert "local_weight" not in json.loads((tmp_path / "plain.json").read_text())
+    assert "stages blended" not in capsys.readouterr().out
+    # A blending calibration applied without the local stage is refused, naming the file.
+    assert evaluate_main(["--runs", coarse.output_dir, "--output-dir", str(tmp_path / "eval_x"),
+                          "--no-plots", "--calibration", str(calibration_path)]) == 2
+    assert "calibration.json: this calibration blends" in capsys.readouterr().err
     # Applied to (other) held-out predictions, its quality is reported.
     assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir, "--output-dir",
                           str(tmp_path / "eval_c"), "--no-plots", "--calibration", str(calibration_path)]) == 0
@@ -418,3 +431,38 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert export_main([coarse.output_dir, str(base), "--calibration", str(tmp_path / "other.json")]) == 2
     assert "other.json" in capsys.readouterr().err
+
+
+def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_path, capsys):
+    """A calibration's `local_weight` makes the cascade answer `w * refined + (1 - w) * global`
+    per landmark: the Keras graph and the export alike; a single-stage export refuses it."""
+    from keraslm.calibration import fit_calibration
+    from keraslm.commands.export import main as export_main
+
+    root, dataset, coarse, local = cascade_runs
+    paths = [r.image_path for r in dataset.records[:2]]
+    spacing = dataset.image_spacing
+    global_only = predict(coarse.model_path, paths, spacing=spacing)
+    refined = predict(coarse.model_path, paths, spacing=spacing, refine=local.model_path)
+    rng = np.random.default_rng(0)
+    calibration = fit_calibration(rng.uniform(1, 100, (6, 37)), rng.uniform(0.5, 3, (6, 37)),
+                                  rng.uniform(0, 3, (6, 37)), dataset.landmark_names)
+    weight = np.resize([0.0, 0.5, 1.0, 0.3], 37)
+    calibration["local_weight"] = weight.tolist()
+    with open(os.path.join(coarse.output_dir, "model.json"), encoding="utf-8") as handle:
+        metadata = {**json.load(handle), "calibration": calibration}
+    keras_side = predict(load_predictor(coarse.model_path, metadata=metadata, refine=local.model_path),
+                         paths, spacing=spacing)
+    (tmp_path / "blend.json").write_text(json.dumps(calibration))
+    assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine", local.output_dir,
+                        "--calibration", str(tmp_path / "blend.json")]) == 0
+    served = predict(str(tmp_path / "served" / "1"), paths, spacing=spacing)
+    for g, r, k, s in zip(global_only, refined, keras_side, served):
+        expected = g.points_mm + weight[:, None] * (r.points_mm - g.points_mm)
+        np.testing.assert_allclose(k.points_mm, expected, atol=1e-3)
+        np.testing.assert_allclose(s.points_mm, expected, atol=1e-3)
+        assert np.abs(s.points_mm - r.points_mm).max() > 0.01  # the blend moved points
+    capsys.readouterr()
+    assert export_main([coarse.output_dir, str(tmp_path / "single"), "--calibration",
+                        str(tmp_path / "blend.json")]) != 0
+    assert "this model has no local stage" in capsys.readouterr().err

@@ -76,6 +76,12 @@ def parse_args(argv=None):
                          "held-out predictions and write it here; store it in an export with "
                          "keraslm-export ... --calibration JSON. Use predictions of "
                          "images the models did not train on (--runs of cross-validation folds)")
+    metrics.add_argument("--no-blend", action="store_true",
+                         help="with --calibrate and --refine: keep the refined points as they are "
+                         "(default: also fit, per landmark, how much of the global stage's "
+                         "estimate to mix into the refined one - keraslm.calibration.blend_stages "
+                         "- store the weights in the calibration and report the blended points, "
+                         "each image's from weights fitted on the other images)")
     metrics.add_argument("--calibration", metavar="JSON",
                          help="apply this calibration (from --calibrate) to the predictions and "
                          "report how well its expected errors rank the actual ones here, e.g. a "
@@ -105,8 +111,21 @@ def parse_args(argv=None):
     return args
 
 
-def _with_calibration(result, path):
-    """The evaluation with expected errors from the calibration in `path`."""
+def _blends(path):
+    """bool. Whether the calibration file at `path` blends two stages (has `local_weight`);
+    False for an unreadable file (`_with_calibration` names the problem)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("local_weight") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _with_calibration(result, path, global_only=None):
+    """The evaluation with expected errors from the calibration in `path` (and, for a
+    calibration with `local_weight`, the points blended with `global_only`'s)."""
     import dataclasses
 
     from keraslm.calibration import check_calibration, expected_error_mm
@@ -124,7 +143,23 @@ def _with_calibration(result, path):
 
     expected = np.asarray(expected_error_mm(calibration, result.confidence, result.spread_mm),
                           np.float64)
-    return dataclasses.replace(result, expected_error_mm=expected)
+    result = dataclasses.replace(result, expected_error_mm=expected)
+    if calibration.get("local_weight") is None:
+        return result
+    if global_only is None:
+        raise KeraslmError(f"{path}: this calibration blends a global and a local stage "
+                           "(local_weight); give the local stage with --refine")
+    from keraslm.calibration import blend_stages
+    from keraslm.evaluation import point_errors
+
+    blended = np.asarray(blend_stages(global_only.predicted_mm, result.predicted_mm,
+                                      calibration["local_weight"]))
+    normalization = result.errors.normalization or {}
+    errors = point_errors(blended, result.ground_truth_mm, result.ids, result.landmark_names,
+                          normalization.get("distance_mm"),
+                          tuple(normalization.get("landmarks", (1, 5))))
+    return dataclasses.replace(result, method=f"{result.method} (stages blended)",
+                               predicted_mm=blended, errors=errors)
 
 
 def main(argv=None):
@@ -163,13 +198,32 @@ def main(argv=None):
                 progress=log, source={"split_seed": args.seed, "fold": args.fold},
                 refine=args.refine[0] if args.refine else None, precision=args.precision,
                 **normalize)
+        global_only = local_weight = None
+        if args.refine and ((args.calibrate and not args.no_blend)
+                            or (args.calibration and _blends(args.calibration))):
+            log("the global stage alone on the same images (to blend the stages per landmark)")
+            if args.runs:
+                global_only = evaluation.evaluate_runs(
+                    args.runs, batch_size=args.batch_size, precision=args.precision, **normalize)
+            else:
+                global_only = evaluation.evaluate_model(
+                    args.model, test_set, batch_size=args.batch_size, precision=args.precision,
+                    **normalize)
         if args.calibration:
-            result = _with_calibration(result, args.calibration)
+            result = _with_calibration(result, args.calibration, global_only)
+        elif global_only is not None:
+            refined_summary = result.summary()
+            result, local_weight = evaluation.blend_evaluation(result, global_only)
+            log(f"stages blended per landmark (weights fitted on the other images): MRE "
+                f"{refined_summary['mean_mm']:.3f} -> {result.summary()['mean_mm']:.3f} mm; "
+                "weights on the refined point: " + ", ".join(
+                    f"{name} {weight:.1f}" for name, weight in zip(result.landmark_names, local_weight)))
         written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
                                           num_worst=args.num_worst, progress=log)
         if args.calibrate:
             _, quality, files = evaluation.write_calibration(
-                args.calibrate, result, args.output_dir, plots=not args.no_plots)
+                args.calibrate, result, args.output_dir, plots=not args.no_plots,
+                local_weight=local_weight)
             written += files
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

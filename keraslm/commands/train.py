@@ -39,8 +39,9 @@ def parse_args(argv=None):
     add_split_arguments(data, held_out="validation")
     data.add_argument("--train-size", type=int, help="train on a reduced set of this many images")
     model = parser.add_argument_group("model")
-    model.add_argument("--architecture", default="scn", choices=list(ARCHITECTURE_HELP),
-                       help="; ".join(f"{name}: {text}" for name, text in ARCHITECTURE_HELP.items()))
+    model.add_argument("--architecture", default="scn", metavar="{" + ",".join(ARCHITECTURE_HELP) + "}",
+                       help="; ".join(f"{name}: {text}" for name, text in ARCHITECTURE_HELP.items())
+                       + " (or one the program registered: keraslm.models.register_architecture)")
     model.add_argument("--model-preset", default="small", choices=list(MODEL_PRESETS),
                        help="layer settings: the paper's, or small ones that train fast on a CPU")
     model.add_argument("--model-option", action="append", default=[], type=model_option,
@@ -131,7 +132,15 @@ def parse_args(argv=None):
                      "whole step on a GPU; on a CPU a short probe (cached per CPU model and "
                      "configuration) times the device stage and the network with and without XLA "
                      "and keeps the faster for each")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.architecture not in ARCHITECTURE_HELP:
+        # Not built in: an architecture the program registered (keraslm.models.register_architecture).
+        from keraslm.models import ARCHITECTURES
+
+        if args.architecture not in ARCHITECTURES:
+            parser.error(f"argument --architecture: invalid choice: {args.architecture!r} "
+                         f"(choose from {', '.join(ARCHITECTURES)})")
+    return args
 
 
 def _export_dir(args):

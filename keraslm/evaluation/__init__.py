@@ -27,6 +27,7 @@ from keraslm.evaluation.report import format_calibration_quality, format_summary
 from keraslm.evaluation.tables import table1_row
 from keraslm.evaluation.sources import (
     Evaluation,
+    blend_evaluation,
     combine,
     evaluate_model,
     evaluate_predictions,
@@ -40,6 +41,7 @@ __all__ = [
     "OUTLIER_RADII_MM",
     "PointErrors",
     "SDR_RADII_MM",
+    "blend_evaluation",
     "combine",
     "evaluate_model",
     "evaluate_predictions",

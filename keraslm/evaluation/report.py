@@ -161,11 +161,13 @@ def _file_label(image_id):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
 
 
-def write_calibration(path, evaluation, output_dir=None, plots=True):
+def write_calibration(path, evaluation, output_dir=None, plots=True, local_weight=None):
     """Fits a calibration of expected errors (`keraslm.calibration`) to an evaluation's
     held-out predictions and writes it to `path` (JSON), with its quality measured by
     cross-fitting (each image's expected errors from a calibration fitted without it) and, in
-    `output_dir`, the cross-fitted reliability plot.
+    `output_dir`, the cross-fitted reliability plot. `local_weight` (a coarse-to-fine model's
+    per-landmark blend of its stages, `keraslm.evaluation.blend_evaluation`; the evaluation
+    then holds the blended points) is stored with it.
 
     Returns:
         (calibration dict, quality dict, list of written paths).
@@ -190,6 +192,8 @@ def write_calibration(path, evaluation, output_dir=None, plots=True):
                                            evaluation.landmark_names)
     quality = calibration_quality(expected, errors)
     calibration["quality_cross_fitted"] = {k: v for k, v in quality.items() if k != "bins"}
+    if local_weight is not None:
+        calibration["local_weight"] = [float(w) for w in local_weight]
     written = [path]
     write_text(path, json.dumps(calibration, indent=2) + "\n")
     if plots and output_dir is not None:

@@ -216,6 +216,41 @@ def run_test_set(run_dir, config=None):
     return test_set
 
 
+def blend_evaluation(cascade, global_only, num_folds=5):
+    """A coarse-to-fine evaluation with each point replaced by the per-landmark blend of its
+    refined and its global estimate (`keraslm.calibration.blend_stages`).
+
+    The blended points of each image come from weights fitted without it (`num_folds` groups,
+    `keraslm.calibration.cross_fitted_blend`): what weights fitted on all these images give on
+    new ones. Those weights, fitted on all images, are returned for the calibration.
+
+    Args:
+        cascade: Evaluation of a coarse-to-fine model (the refined points).
+        global_only: Evaluation of its global stage alone, on the same images.
+
+    Returns:
+        (Evaluation, np.ndarray `(num_landmarks,)` local weights fitted on all images).
+
+    Raises:
+        KeraslmError: the two evaluations differ in images or landmarks.
+    """
+    from keraslm.calibration import cross_fitted_blend, fit_local_weight
+
+    if (tuple(global_only.ids) != tuple(cascade.ids)
+            or list(global_only.landmark_names) != list(cascade.landmark_names)):
+        raise KeraslmError("the global stage's evaluation must cover the same images and "
+                           "landmarks as the coarse-to-fine one")
+    blended = cross_fitted_blend(global_only.predicted_mm, cascade.predicted_mm,
+                                 cascade.ground_truth_mm, num_folds)
+    weight = fit_local_weight(global_only.predicted_mm, cascade.predicted_mm, cascade.ground_truth_mm)
+    normalization = cascade.errors.normalization or {}
+    errors = point_errors(blended, cascade.ground_truth_mm, cascade.ids, cascade.landmark_names,
+                          normalization.get("distance_mm"),
+                          tuple(normalization.get("landmarks", (1, 5))))
+    return dataclasses.replace(cascade, method=f"{cascade.method} (stages blended)",
+                               predicted_mm=blended, errors=errors), weight
+
+
 def combine(evaluations, method=None):
     """Pools several evaluations (e.g. cross-validation folds) into one. Ids that occur in more
     than one part (repeated random splits) are prefixed by the part's run or method label.
