@@ -215,19 +215,23 @@ def blend_stages(global_points, refined_points, local_weight):
     return global_points + weight * (refined_points - global_points)
 
 
+def _held_out_groups(num_images, num_folds, what):
+    """Cross-fitting: boolean masks `(num_images,)` of the held-out images of each round (images
+    split into `num_folds` groups by position)."""
+    if num_images < 2:
+        raise KeraslmError(f"cross-fitting {what} needs at least 2 images")
+    groups = np.arange(num_images) % min(num_folds, num_images)
+    return [groups == group for group in np.unique(groups)]
+
+
 def cross_fitted_blend(global_mm, refined_mm, ground_truth_mm, num_folds=5):
     """Blended points of every image with local weights fitted WITHOUT it (images split into
     `num_folds` groups by position, as `cross_fitted_expected_error`): the honest measure of
     weights fitted on all of them. Returns `(num_images, num_landmarks, ndim)` mm."""
     global_mm, refined_mm, ground_truth_mm = (np.asarray(a, np.float64)
                                               for a in (global_mm, refined_mm, ground_truth_mm))
-    num_images = global_mm.shape[0]
-    if num_images < 2:
-        raise KeraslmError("cross-fitting the local weights needs at least 2 images")
     blended = np.full(global_mm.shape, np.nan)
-    groups = np.arange(num_images) % min(num_folds, num_images)
-    for group in np.unique(groups):
-        test = groups == group
+    for test in _held_out_groups(global_mm.shape[0], num_folds, "the local weights"):
         weight = fit_local_weight(global_mm[~test], refined_mm[~test], ground_truth_mm[~test])
         blended[test] = np.asarray(blend_stages(global_mm[test], refined_mm[test], weight))
     return blended
@@ -313,13 +317,8 @@ def cross_fitted_expected_error(confidence, spread_mm, errors_mm, landmark_names
     them. Returns `(num_images, num_landmarks)` mm."""
     confidence, spread_mm, errors_mm = (np.asarray(a, np.float64)
                                         for a in (confidence, spread_mm, errors_mm))
-    num_images = confidence.shape[0]
-    if num_images < 2:
-        raise KeraslmError("cross-fitting a calibration needs at least 2 images")
     expected = np.full(confidence.shape, np.nan)
-    groups = np.arange(num_images) % min(num_folds, num_images)
-    for group in np.unique(groups):
-        test = groups == group
+    for test in _held_out_groups(confidence.shape[0], num_folds, "a calibration"):
         calibration = fit_calibration(confidence[~test], spread_mm[~test], errors_mm[~test],
                                       landmark_names)
         expected[test] = np.asarray(expected_error_mm(calibration, confidence[test], spread_mm[test]))
