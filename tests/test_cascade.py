@@ -381,6 +381,7 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir, "--output-dir",
                           str(tmp_path / "eval_c"), "--no-plots", "--calibration", str(calibration_path)]) == 0
     assert "expected error of the model: Spearman" in capsys.readouterr().out
+    assert "(stages blended)" in (tmp_path / "eval_c" / "report.md").read_text()  # its weights applied
     assert json.loads((tmp_path / "eval_c" / "metrics.json").read_text())["expected_error"]["num_points"] > 0
     assert calibration["num_points"] > 0 and "spearman" in calibration["quality_cross_fitted"]
 

@@ -150,16 +150,11 @@ def _with_calibration(result, path, global_only=None):
         raise KeraslmError(f"{path}: this calibration blends a global and a local stage "
                            "(local_weight); give the local stage with --refine")
     from keraslm.calibration import blend_stages
-    from keraslm.evaluation import point_errors
+    from keraslm.evaluation.sources import with_points
 
     blended = np.asarray(blend_stages(global_only.predicted_mm, result.predicted_mm,
                                       calibration["local_weight"]))
-    normalization = result.errors.normalization or {}
-    errors = point_errors(blended, result.ground_truth_mm, result.ids, result.landmark_names,
-                          normalization.get("distance_mm"),
-                          tuple(normalization.get("landmarks", (1, 5))))
-    return dataclasses.replace(result, method=f"{result.method} (stages blended)",
-                               predicted_mm=blended, errors=errors)
+    return with_points(result, blended, f"{result.method} (stages blended)")
 
 
 def main(argv=None):

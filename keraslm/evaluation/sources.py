@@ -243,12 +243,17 @@ def blend_evaluation(cascade, global_only, num_folds=5):
     blended = cross_fitted_blend(global_only.predicted_mm, cascade.predicted_mm,
                                  cascade.ground_truth_mm, num_folds)
     weight = fit_local_weight(global_only.predicted_mm, cascade.predicted_mm, cascade.ground_truth_mm)
-    normalization = cascade.errors.normalization or {}
-    errors = point_errors(blended, cascade.ground_truth_mm, cascade.ids, cascade.landmark_names,
-                          normalization.get("distance_mm"),
+    return with_points(cascade, blended, f"{cascade.method} (stages blended)"), weight
+
+
+def with_points(evaluation, predicted_mm, method):
+    """The evaluation of other predicted points `(num_images, num_landmarks, ndim)` mm of the
+    same images: errors recomputed with the evaluation's normalisation, row label `method`."""
+    normalization = evaluation.errors.normalization or {}
+    errors = point_errors(predicted_mm, evaluation.ground_truth_mm, evaluation.ids,
+                          evaluation.landmark_names, normalization.get("distance_mm"),
                           tuple(normalization.get("landmarks", (1, 5))))
-    return dataclasses.replace(cascade, method=f"{cascade.method} (stages blended)",
-                               predicted_mm=blended, errors=errors), weight
+    return dataclasses.replace(evaluation, method=method, predicted_mm=predicted_mm, errors=errors)
 
 
 def combine(evaluations, method=None):
