@@ -180,14 +180,20 @@ def refine_request_body(prepared, predictions, request_format="inputs"):
     return {"signature_name": "refine", "inputs": {"images": images, "centres": centres}}
 
 
-def parse_refine_response(response, prepared, predictions):
+def parse_refine_response(response, prepared, predictions, local_weight=None):
     """Predictions with the refined points (and the local stage's confidence) of a `refine`
-    response."""
+    response; with `local_weight` (a blending calibration's) each point is the per-landmark
+    blend of the refined and the global estimate, as the export's image signatures answer."""
     outputs = _outputs(response, len(prepared))
     refined = []
     for item, prediction, points_fine, peaks in zip(prepared, predictions, outputs["landmarks"],
                                                     outputs["confidence"]):
         points_index = item.fine_placement.grid_to_image_index(points_fine)
+        if local_weight is not None:
+            from keraslm.calibration import blend_stages
+
+            points_index = np.asarray(blend_stages(np.asarray(prediction.points_index, np.float64),
+                                                   np.asarray(points_index, np.float64), local_weight))
         refined.append(dataclasses.replace(
             prediction, points_mm=item.header.index_to_physical(points_index),
             points_index=points_index, confidence=np.asarray(peaks)))
@@ -387,7 +393,9 @@ class ServingClient:
             answers = parse_response(self.transport(self.path, body), batch, self.metadata)
             if "refine" in self.metadata:  # Coarse-to-fine: a second request per batch.
                 body = refine_request_body(batch, answers, self.request_format)
-                answers = parse_refine_response(self.transport(self.path, body), batch, answers)
+                answers = parse_refine_response(
+                    self.transport(self.path, body), batch, answers,
+                    (self.metadata.get("calibration") or {}).get("local_weight"))
             predictions += answers
         return predictions
 

@@ -463,6 +463,23 @@ def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_p
         np.testing.assert_allclose(k.points_mm, expected, atol=1e-3)
         np.testing.assert_allclose(s.points_mm, expected, atol=1e-3)
         assert np.abs(s.points_mm - r.points_mm).max() > 0.01  # the blend moved points
+    # The grid-level serving protocol (landmarks, then refine; the client blends) answers alike.
+    import tensorflow as tf
+
+    from keraslm.serving import ServingClient
+
+    loaded = tf.saved_model.load(str(tmp_path / "served" / "1"))
+
+    def transport(path, body):
+        outputs = loaded.signatures[body["signature_name"]](**{
+            k: tf.constant(np.asarray(v, np.float32)) for k, v in body["inputs"].items()})
+        return {"outputs": {k: v.numpy().tolist() for k, v in outputs.items()}}
+
+    client = ServingClient("blend", str(tmp_path / "served" / "1"), signature_name="landmarks",
+                           request_format="inputs", transport=transport)
+    for g, r, c in zip(global_only, refined, client.predict(paths, spacing=spacing)):
+        np.testing.assert_allclose(c.points_mm, g.points_mm + weight[:, None] * (r.points_mm - g.points_mm),
+                                   atol=1e-3)
     capsys.readouterr()
     assert export_main([coarse.output_dir, str(tmp_path / "single"), "--calibration",
                         str(tmp_path / "blend.json")]) != 0
