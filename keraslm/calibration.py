@@ -194,14 +194,19 @@ def fit_local_weight(global_mm, refined_mm, ground_truth_mm):
     if not np.all(usable.any(0)):
         raise KeraslmError(f"no held-out point to fit the local weight of landmark(s) "
                            f"{np.flatnonzero(~usable.any(0)).tolist()}")
-    truth = np.where(usable[..., None], ground_truth_mm, 0.0)
     mean_errors = np.stack([
-        np.sum(np.where(usable, np.linalg.norm(
-            np.where(usable[..., None], blend_stages(global_mm, refined_mm, weight), 0.0) - truth,
-            axis=-1), 0.0), 0) / usable.sum(0)
+        np.nanmean(np.where(usable, np.linalg.norm(
+            np.asarray(blend_stages(global_mm, refined_mm, weight)) - ground_truth_mm, axis=-1),
+            np.nan), axis=0)
         for weight in LOCAL_WEIGHT_STEPS])
     # argmin over the reversed steps: of equal means, the larger weight (the refined point).
     return LOCAL_WEIGHT_STEPS[::-1][np.argmin(mean_errors[::-1], axis=0)]
+
+
+def local_weight_of(metadata):
+    """The per-landmark weights of the refined point in a model's calibration
+    (`metadata["calibration"]["local_weight"]`), or None: the refined points as they are."""
+    return (metadata.get("calibration") or {}).get("local_weight")
 
 
 def blend_stages(global_points, refined_points, local_weight):

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from keraslm.calibration import blend_stages
+from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, read_image
@@ -210,7 +210,7 @@ class CascadePredictor(GraphLocator):
             return super().locate(image)
         coarse = self.global_predictor.locate(image)  # Stage by stage.
         points_index, confidence = self.refine_image(image, coarse["landmarks_index"])
-        local_weight = (self.global_predictor.metadata.get("calibration") or {}).get("local_weight")
+        local_weight = local_weight_of(self.global_predictor.metadata)
         if local_weight is not None:
             points_index = np.asarray(blend_stages(coarse["landmarks_index"], points_index, local_weight))
         return {"landmarks_index": points_index, "landmarks_mm": image.index_to_physical(points_index),

@@ -55,6 +55,7 @@ import urllib.request
 
 import numpy as np
 
+from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.errors import KeraslmError
 from keraslm.inference import Prediction, check_metadata, load_input_image
 from keraslm.files import read_json
@@ -190,8 +191,6 @@ def parse_refine_response(response, prepared, predictions, local_weight=None):
                                                     outputs["confidence"]):
         points_index = item.fine_placement.grid_to_image_index(points_fine)
         if local_weight is not None:
-            from keraslm.calibration import blend_stages
-
             points_index = np.asarray(blend_stages(np.asarray(prediction.points_index, np.float64),
                                                    np.asarray(points_index, np.float64), local_weight))
         refined.append(dataclasses.replace(
@@ -393,9 +392,8 @@ class ServingClient:
             answers = parse_response(self.transport(self.path, body), batch, self.metadata)
             if "refine" in self.metadata:  # Coarse-to-fine: a second request per batch.
                 body = refine_request_body(batch, answers, self.request_format)
-                answers = parse_refine_response(
-                    self.transport(self.path, body), batch, answers,
-                    (self.metadata.get("calibration") or {}).get("local_weight"))
+                answers = parse_refine_response(self.transport(self.path, body), batch, answers,
+                                                local_weight_of(self.metadata))
             predictions += answers
         return predictions
 

@@ -111,28 +111,14 @@ def parse_args(argv=None):
     return args
 
 
-def _blends(path):
-    """bool. Whether the calibration file at `path` blends two stages (has `local_weight`);
-    False for an unreadable file (`_with_calibration` names the problem)."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle).get("local_weight") is not None
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _with_calibration(result, path, global_only=None):
-    """The evaluation with expected errors from the calibration in `path` (and, for a
+def _with_calibration(result, calibration, path, global_only=None):
+    """The evaluation with expected errors from `calibration` (read from `path`; and, for a
     calibration with `local_weight`, the points blended with `global_only`'s)."""
     import dataclasses
 
     from keraslm.calibration import check_calibration, expected_error_mm
     from keraslm.errors import KeraslmError
-    from keraslm.files import read_json
 
-    calibration = read_json(path, f"{path}: no such file")
     try:
         check_calibration(calibration, result.landmark_names)
     except KeraslmError as error:
@@ -169,6 +155,11 @@ def main(argv=None):
     normalize = {"normalize_distance": args.normalize_distance,
                  "normalize_landmarks": args.normalize_landmarks}
     try:
+        calibration = None
+        if args.calibration:  # Read first: a missing file is named before the predictions run.
+            from keraslm.files import read_json
+
+            calibration = read_json(args.calibration, f"{args.calibration}: no such file")
         if args.predictions:
             result = evaluation.evaluate_predictions(
                 args.predictions, args.ground_truth, ndim=args.ndim,
@@ -195,7 +186,8 @@ def main(argv=None):
                 **normalize)
         global_only = local_weight = None
         if args.refine and ((args.calibrate and not args.no_blend)
-                            or (args.calibration and _blends(args.calibration))):
+                            or (isinstance(calibration, dict)
+                                and calibration.get("local_weight") is not None)):
             log("the global stage alone on the same images (to blend the stages per landmark)")
             if args.runs:
                 global_only = evaluation.evaluate_runs(
@@ -205,7 +197,7 @@ def main(argv=None):
                     args.model, test_set, batch_size=args.batch_size, precision=args.precision,
                     **normalize)
         if args.calibration:
-            result = _with_calibration(result, args.calibration, global_only)
+            result = _with_calibration(result, calibration, args.calibration, global_only)
         elif global_only is not None:
             refined_summary = result.summary()
             result, local_weight = evaluation.blend_evaluation(result, global_only)
