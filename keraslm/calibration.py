@@ -220,23 +220,34 @@ def blend_stages(global_points, refined_points, local_weight):
     return global_points + weight * (refined_points - global_points)
 
 
-def _held_out_groups(num_images, num_folds, what):
-    """Cross-fitting: boolean masks `(num_images,)` of the held-out images of each round (images
-    split into `num_folds` groups by position)."""
+def _held_out_groups(num_images, num_folds, what, groups=None):
+    """Cross-fitting: boolean masks `(num_images,)` of the held-out images of each round - one
+    round per distinct label of `groups` (e.g. each image's cross-validation fold), or images
+    split into `num_folds` groups by position."""
     if num_images < 2:
         raise KeraslmError(f"cross-fitting {what} needs at least 2 images")
-    groups = np.arange(num_images) % min(num_folds, num_images)
+    if groups is None:
+        groups = np.arange(num_images) % min(num_folds, num_images)
+    groups = np.asarray(groups)
+    if groups.shape != (num_images,):
+        raise KeraslmError(f"cross-fitting {what}: one group label per image ({num_images}) is "
+                           f"needed. Received: groups of shape {groups.shape}")
+    if len(np.unique(groups)) < 2:
+        raise KeraslmError(f"cross-fitting {what} needs at least 2 groups of images. "
+                           f"Received: only group {groups[0]!r}")
     return [groups == group for group in np.unique(groups)]
 
 
-def cross_fitted_blend(global_mm, refined_mm, ground_truth_mm, num_folds=5):
-    """Blended points of every image with local weights fitted WITHOUT it (images split into
-    `num_folds` groups by position, as `cross_fitted_expected_error`): the honest measure of
-    weights fitted on all of them. Returns `(num_images, num_landmarks, ndim)` mm."""
+def cross_fitted_blend(global_mm, refined_mm, ground_truth_mm, num_folds=5, groups=None):
+    """Blended points of every image with local weights fitted WITHOUT it: the honest measure of
+    weights fitted on all of them. Rounds as in `cross_fitted_expected_error`: one per label of
+    `groups` `(num_images,)` (e.g. each image's cross-validation fold: weights fitted on the
+    other folds), or `num_folds` groups of images by position. Returns `(num_images,
+    num_landmarks, ndim)` mm."""
     global_mm, refined_mm, ground_truth_mm = (np.asarray(a, np.float64)
                                               for a in (global_mm, refined_mm, ground_truth_mm))
     blended = np.full(global_mm.shape, np.nan)
-    for test in _held_out_groups(global_mm.shape[0], num_folds, "the local weights"):
+    for test in _held_out_groups(global_mm.shape[0], num_folds, "the local weights", groups):
         weight = fit_local_weight(global_mm[~test], refined_mm[~test], ground_truth_mm[~test])
         blended[test] = np.asarray(blend_stages(global_mm[test], refined_mm[test], weight))
     return blended
@@ -316,14 +327,16 @@ def calibration_quality(expected_mm, actual_mm, flag_mm=2.5, large_mm=4.0, num_b
     }
 
 
-def cross_fitted_expected_error(confidence, spread_mm, errors_mm, landmark_names, num_folds=5):
-    """Expected errors of every point from calibrations fitted WITHOUT its image (images split
-    into `num_folds` groups by position): an honest measure of a calibration fitted on all of
-    them. Returns `(num_images, num_landmarks)` mm."""
+def cross_fitted_expected_error(confidence, spread_mm, errors_mm, landmark_names, num_folds=5,
+                                groups=None):
+    """Expected errors of every point from calibrations fitted WITHOUT its image: an honest
+    measure of a calibration fitted on all of them. One round per label of `groups`
+    `(num_images,)` (e.g. each image's cross-validation fold), or `num_folds` groups of images
+    by position. Returns `(num_images, num_landmarks)` mm."""
     confidence, spread_mm, errors_mm = (np.asarray(a, np.float64)
                                         for a in (confidence, spread_mm, errors_mm))
     expected = np.full(confidence.shape, np.nan)
-    for test in _held_out_groups(confidence.shape[0], num_folds, "a calibration"):
+    for test in _held_out_groups(confidence.shape[0], num_folds, "a calibration", groups):
         calibration = fit_calibration(confidence[~test], spread_mm[~test], errors_mm[~test],
                                       landmark_names)
         expected[test] = np.asarray(expected_error_mm(calibration, confidence[test], spread_mm[test]))

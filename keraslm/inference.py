@@ -23,7 +23,7 @@ from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError
 from keraslm.io import Image, read_image
 from keraslm.files import atomic_path, write_json
-from keraslm.detector import Predictor
+from keraslm.detector import Predictor, locate_on_grid
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 
 # Re-exported: the metadata helpers live in keraslm.metadata (below inference and export).
@@ -208,7 +208,9 @@ class CascadePredictor(GraphLocator):
     def locate(self, image):
         if isinstance(self.global_predictor, KerasPredictor) and isinstance(self.local, KerasPredictor):
             return super().locate(image)
-        coarse = self.global_predictor.locate(image)  # Stage by stage.
+        # Stage by stage: the global stage's own points (not its answer as a whole model - a
+        # blending calibration needs both stages and is applied here).
+        coarse = locate_on_grid(self.global_predictor, image)
         points_index, confidence = self.refine_image(image, coarse["landmarks_index"])
         local_weight = local_weight_of(self.global_predictor.metadata)
         if local_weight is not None:

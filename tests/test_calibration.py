@@ -169,6 +169,42 @@ def test_local_weight_follows_the_stages_error_variances():
     with pytest.raises(KeraslmError, match=r"landmark\(s\) \[2\]"):
         fit_local_weight(global_mm, refined_mm, truth_gaps)
 
+def test_cross_fitting_by_group_fits_each_group_on_the_others():
+    """With `groups` (e.g. the cross-validation fold of each image) an image's blend weights and
+    expected errors come from the OTHER groups only: changing one group's truth changes the other
+    groups' answers and leaves its own alone; a single group or a wrong length is refused."""
+    from keraslm.calibration import cross_fitted_blend
+
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(90, 2, 2)) * 10
+    global_mm = truth + rng.normal(size=truth.shape)
+    refined_mm = truth + rng.normal(size=truth.shape)
+    groups = np.repeat([0, 1, 2], 30)
+    crossed = cross_fitted_blend(global_mm, refined_mm, truth, groups=groups)
+    moved = truth.copy()
+    moved[groups == 0] = refined_mm[groups == 0]  # group 0 says: trust the refined points
+    shifted = cross_fitted_blend(global_mm, refined_mm, moved, groups=groups)
+    np.testing.assert_allclose(shifted[groups == 0], crossed[groups == 0])
+    assert not np.allclose(shifted[groups == 1], crossed[groups == 1])
+    # By position (no groups) every fifth image is a round: group 0's images are spread over all.
+    assert not np.allclose(cross_fitted_blend(global_mm, refined_mm, moved)[groups == 0],
+                           crossed[groups == 0])
+    confidence = rng.uniform(0.2, 1.0, size=(90, 2))
+    spread = rng.uniform(0.5, 2.0, size=(90, 2))
+    errors = np.linalg.norm(refined_mm - truth, axis=-1)
+    expected = cross_fitted_expected_error(confidence, spread, errors, ["a", "b"], groups=groups)
+    errors_moved = errors.copy()
+    errors_moved[groups == 0] *= 5
+    expected_moved = cross_fitted_expected_error(confidence, spread, errors_moved, ["a", "b"],
+                                                 groups=groups)
+    np.testing.assert_allclose(expected_moved[groups == 0], expected[groups == 0])
+    assert np.all(expected_moved[groups == 1] > expected[groups == 1])
+    with pytest.raises(KeraslmError, match="at least 2 groups"):
+        cross_fitted_blend(global_mm, refined_mm, truth, groups=np.zeros(90))
+    with pytest.raises(KeraslmError, match=r"one group label per image \(90\)"):
+        cross_fitted_blend(global_mm, refined_mm, truth, groups=groups[:60])
+
+
 
 def test_check_calibration_names_a_bad_local_weight():
     from keraslm.calibration import check_calibration, fit_calibration

@@ -361,7 +361,7 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
                           "--output-dir", str(tmp_path / "eval"), "--calibrate",
                           str(calibration_path)]) == 0
     out = capsys.readouterr().out
-    assert "cross-fitted on these images: Spearman" in out
+    assert "cross-fitted on these images (each image's from a calibration fitted without it): Spearman" in out
     assert "stages blended per landmark (weights fitted on the other images)" in out
     assert (tmp_path / "eval" / "calibration_reliability.png").exists()
     calibration = json.loads(calibration_path.read_text())
@@ -436,7 +436,8 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
 
 def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_path, capsys):
     """A calibration's `local_weight` makes the cascade answer `w * refined + (1 - w) * global`
-    per landmark: the Keras graph and the export alike; a single-stage export refuses it."""
+    per landmark: the Keras graph, stage by stage and the export alike; a single-stage export
+    refuses it."""
     from keraslm.calibration import fit_calibration
     from keraslm.commands.export import main as export_main
 
@@ -454,6 +455,26 @@ def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_p
         metadata = {**json.load(handle), "calibration": calibration}
     keras_side = predict(load_predictor(coarse.model_path, metadata=metadata, refine=local.model_path),
                          paths, spacing=spacing)
+    # Stage by stage (a local stage that is not a Keras graph, as an export without image
+    # signatures gives): CascadePredictor.locate blends after refining.
+    from keraslm.detector import Predictor
+    from keraslm.inference import CascadePredictor
+
+    class StageByStage(Predictor):
+        def __init__(self, inner):
+            self.inner, self.metadata = inner, inner.metadata
+
+        def refine(self, images, centres):
+            return self.inner.refine(images, centres)
+
+    stagewise = CascadePredictor(load_predictor(coarse.model_path, metadata=metadata),
+                                 StageByStage(load_predictor(local.model_path)))
+    stagewise_refined = CascadePredictor(load_predictor(coarse.model_path),
+                                         StageByStage(load_predictor(local.model_path)))
+    for g, r, k in zip(global_only, predict(stagewise_refined, paths, spacing=spacing),
+                       predict(stagewise, paths, spacing=spacing)):
+        np.testing.assert_allclose(k.points_mm, g.points_mm + weight[:, None] * (r.points_mm - g.points_mm),
+                                   atol=1e-3)
     (tmp_path / "blend.json").write_text(json.dumps(calibration))
     assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine", local.output_dir,
                         "--calibration", str(tmp_path / "blend.json")]) == 0

@@ -316,3 +316,17 @@ def test_combine_prefixes_repeated_ids(runs):
     both = combine([part, dataclasses.replace(part, sources=({"run": "again"},))])
     assert isinstance(both, Evaluation) and len(set(both.ids)) == 12
     assert both.ids[0].startswith("fold0/") and both.ids[6].startswith("again/")
+
+
+def test_held_out_groups_follow_the_pooled_runs(runs):
+    """Cross-fitting of a pooled cross-validation goes by run: each image is labelled with the
+    run it was held out from; one run alone (or sources without ids) falls back to None."""
+    from keraslm.evaluation import combine, held_out_groups
+
+    first = evaluate_runs([str(runs / "fold0")])
+    assert held_out_groups(first) is None
+    second = dataclasses.replace(first, ids=tuple(f"other{i}" for i in first.ids),
+                                 sources=({**first.sources[0], "ids": [f"other{i}" for i in first.ids]},))
+    both = combine([first, second])
+    np.testing.assert_array_equal(held_out_groups(both), [0] * 6 + [1] * 6)
+    assert held_out_groups(dataclasses.replace(both, sources=({"run": "x"}, {"run": "y"}))) is None

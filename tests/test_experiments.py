@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from keraslm import KeraslmError
 from keraslm.experiments import format_landmark_table, format_paper_table, format_sdr_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +115,45 @@ def test_isbi2015_driver_passes_global_and_local_model_options(tmp_path, monkeyp
     assert (seen["rotation_degrees"], seen["scale_range"]) == (8.0, 0.05)
 
 
+def test_blended_fold_errors_fit_each_fold_on_the_others():
+    """The driver's blended rows: each fold's points blended with weights fitted on the other
+    folds only (a fold's own truth does not move its result), and the weights of all folds."""
+    import numpy as np
+
+    from keraslm.experiments.runs import StagePoints, blended_fold_errors
+
+    rng = np.random.default_rng(0)
+    names = ["a", "b"]
+
+    def fold(number, refined_sd):
+        truth = rng.normal(size=(40, 2, 2)) * 10
+        return StagePoints(tuple(f"f{number}_{i}" for i in range(40)),
+                           truth + rng.normal(size=truth.shape),
+                           truth + rng.normal(size=truth.shape) * np.array(refined_sd)[None, :, None],
+                           truth)
+
+    parts = [fold(number, [0.3, 5.0]) for number in range(3)]
+    errors, weights = blended_fold_errors(parts, names)
+    np.testing.assert_allclose(weights, [0.9, 0.0])
+    assert [e.ids for e in errors] == [p.ids for p in parts]
+    # landmark b: weight 0 -> the global point's error; landmark a: near the refined one's.
+    np.testing.assert_allclose(errors[1].errors_mm[:, 1],
+                               np.linalg.norm(parts[1].global_mm[:, 1] - parts[1].ground_truth_mm[:, 1], axis=-1))
+    refined_a = np.linalg.norm(parts[1].refined_mm[:, 0] - parts[1].ground_truth_mm[:, 0], axis=-1)
+    assert errors[1].errors_mm[:, 0].mean() < 1.1 * refined_a.mean()
+    # Fold 0's points come from the weights of folds 1 and 2 alone, whatever fold 0's truth.
+    from keraslm.calibration import blend_stages, fit_local_weight
+
+    moved = StagePoints(parts[0].ids, parts[0].global_mm, parts[0].refined_mm, parts[0].global_mm)
+    again, _ = blended_fold_errors([moved] + parts[1:], names)
+    others = [np.concatenate([getattr(p, field) for p in parts[1:]])
+              for field in ("global_mm", "refined_mm", "ground_truth_mm")]
+    points_0 = np.asarray(blend_stages(moved.global_mm, moved.refined_mm, fit_local_weight(*others)))
+    np.testing.assert_allclose(again[0].errors_mm, np.linalg.norm(points_0 - moved.ground_truth_mm, axis=-1))
+    with pytest.raises(KeraslmError, match="at least 2 folds"):
+        blended_fold_errors(parts[:1], names)
+
+
 def test_isbi2015_missing_folder(tmp_path, capsys):
     assert _script("isbi2015_cv").main(["--quick", "--dataset-root", str(tmp_path / "absent"),
                                         "--output-dir", str(tmp_path / "out")]) == 0
@@ -127,29 +167,32 @@ def test_isbi2015_quick(tmp_path):
     output = tmp_path / "isbi"
     assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
                                         "--output-dir", str(output), "--rotation-degrees", "8",
-                                        "--scale-range", "0.05"]) == 0
-    results = _check_results(output, [("", "scn"), ("", "scn"), ("", "unet"), ("", "unet")])
+                                        "--scale-range", "0.05", "--folds", "2"]) == 0
+    results = _check_results(output, [("", "scn")] * 3 + [("", "unet")] * 3)
     for run, expected in (("scn_fold0", (8.0, 0.05)), ("local_unet_fold0", (15.0, 0.1))):
         with open(output / "runs" / run / "config.json", encoding="utf-8") as handle:
             settings = json.load(handle)["settings"]
         assert (settings["rotation_degrees"], settings["scale"]) == expected  # global stage only
     table = (output / "table.md").read_text()
     assert "rotation up to 8 degrees, scaling up to 0.05" in table
+    methods = [f"{net}{stage}" for net in ("SpatialConf-Net", "U-Net")
+               for stage in ("", " + local U-Net", " + local U-Net, blended")]
+    assert [row["method"] for row in results["rows"]] == methods
     # One row per method and fold, each over that fold's held-out images (2 of the 10).
     assert [row["method"] for row in results["per_fold"]] == [
-        f"{method}, fold 0 (2 images)" for method in (
-            "SpatialConf-Net", "SpatialConf-Net + local U-Net", "U-Net", "U-Net + local U-Net")]
-    assert "| SpatialConf-Net + local U-Net, fold 0 (2 images) |" in table
-    assert results["per_fold"][1]["summary"] == results["rows"][1]["summary"]  # one fold = pooled
-    assert [row["method"] for row in results["rows"]] == [
-        "SpatialConf-Net", "SpatialConf-Net + local U-Net", "U-Net", "U-Net + local U-Net"]
+        f"{method}, fold {fold} (2 images)" for method in methods for fold in (0, 1)]
+    assert "| SpatialConf-Net + local U-Net, blended, fold 1 (2 images) |" in table
+    assert "w fitted on the other folds' held-out predictions" in table
+    assert set(results["local_weight"]) == {"scn", "unet"}
+    assert all(0 <= w <= 1 for w in results["local_weight"]["scn"].values())
     assert len(results["per_landmark"]["U-Net"]) == 19
     assert len(results["per_landmark"]["U-Net + local U-Net"]) == 19
     assert os.path.isfile(output / "cumulative_error.png")
-    assert os.path.isfile(output / "runs" / "scn_fold0" / "errors_refined_mm.npy")
+    assert os.path.isfile(output / "runs" / "scn_fold0" / "stage_points_mm.npz")
     assert "local_stage" in (output / "table.md").read_text()
     with open(output / "splits" / "fold0_test.txt", encoding="utf-8") as handle:
         assert len(handle.read().split()) == 2  # 10 images, 5 folds.
+    assert os.path.isfile(output / "runs" / "unet_fold1" / "stage_points_mm.npz")
 
 
 def test_publish_copies_generated_tables(tmp_path):

@@ -201,7 +201,9 @@ def main(argv=None):
         elif global_only is not None:
             refined_summary = result.summary()
             result, local_weight = evaluation.blend_evaluation(result, global_only)
-            log(f"stages blended per landmark (weights fitted on the other images): MRE "
+            held_out = ("other runs'" if evaluation.held_out_groups(result) is not None
+                        else "other")
+            log(f"stages blended per landmark (weights fitted on the {held_out} images): MRE "
                 f"{refined_summary['mean_mm']:.3f} -> {result.summary()['mean_mm']:.3f} mm; "
                 "weights on the refined point: " + ", ".join(
                     f"{name} {weight:.1f}" for name, weight in zip(result.landmark_names, local_weight)))
@@ -210,7 +212,7 @@ def main(argv=None):
         if args.calibrate:
             _, quality, files = evaluation.write_calibration(
                 args.calibrate, result, args.output_dir, plots=not args.no_plots,
-                local_weight=local_weight)
+                local_weight=local_weight, groups=evaluation.held_out_groups(result))
             written += files
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -222,7 +224,10 @@ def main(argv=None):
         print("expected error of the model: "
               + evaluation.format_calibration_quality(calibration_quality(result.expected_error_mm, result.errors.errors_mm)))
     if args.calibrate:
-        print(f"calibration written to {args.calibrate}; cross-fitted on these images: "
+        print(f"calibration written to {args.calibrate}; cross-fitted on these images (each "
+              + ("run's images from a calibration fitted on the other runs'): "
+                 if evaluation.held_out_groups(result) is not None
+                 else "image's from a calibration fitted without it): ")
               + evaluation.format_calibration_quality(quality))
     print(f"wrote {len(written)} files into {args.output_dir}: "
           + ", ".join(os.path.basename(path) for path in written))

@@ -32,6 +32,7 @@ from keraslm.evaluation.sources import (
     evaluate_model,
     evaluate_predictions,
     evaluate_runs,
+    held_out_groups,
     open_dataset,
     run_test_set,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_predictions",
     "evaluate_runs",
+    "held_out_groups",
     "format_calibration_quality",
     "format_summary",
     "open_dataset",

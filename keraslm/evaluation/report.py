@@ -161,10 +161,13 @@ def _file_label(image_id):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)
 
 
-def write_calibration(path, evaluation, output_dir=None, plots=True, local_weight=None):
+def write_calibration(path, evaluation, output_dir=None, plots=True, local_weight=None,
+                      groups=None):
     """Fits a calibration of expected errors (`keraslm.calibration`) to an evaluation's
     held-out predictions and writes it to `path` (JSON), with its quality measured by
-    cross-fitting (each image's expected errors from a calibration fitted without it) and, in
+    cross-fitting (each image's expected errors from a calibration fitted without it: without
+    its group of `groups` `(num_images,)` - e.g. its run's, `keraslm.evaluation.held_out_groups`
+    - or, by default, without its fifth of the images by position) and, in
     `output_dir`, the cross-fitted reliability plot. `local_weight` (a coarse-to-fine model's
     per-landmark blend of its stages, `keraslm.evaluation.blend_evaluation`; the evaluation
     then holds the blended points) is stored with it.
@@ -189,7 +192,8 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
         evaluation.confidence, evaluation.spread_mm, errors, evaluation.landmark_names,
         source=f"held-out predictions of {len(evaluation.ids)} images: {sources}")
     expected = cross_fitted_expected_error(evaluation.confidence, evaluation.spread_mm, errors,
-                                           evaluation.landmark_names)
+                                           evaluation.landmark_names,
+                                           groups=groups)
     quality = calibration_quality(expected, errors)
     calibration["quality_cross_fitted"] = {k: v for k, v in quality.items() if k != "bins"}
     if local_weight is not None:

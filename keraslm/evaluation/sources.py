@@ -216,13 +216,25 @@ def run_test_set(run_dir, config=None):
     return test_set
 
 
+def held_out_groups(evaluation):
+    """Cross-fitting rounds of a pooled evaluation: `(num_images,)` int, the number of the part
+    (e.g. the cross-validation fold of `evaluate_runs`) each image came from - or None (groups
+    by position) for an evaluation of one model on one split."""
+    sizes = [len(source.get("ids") or ()) for source in evaluation.sources]
+    if len(sizes) < 2 or 0 in sizes or sum(sizes) != len(evaluation.ids):
+        return None
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
 def blend_evaluation(cascade, global_only, num_folds=5):
     """A coarse-to-fine evaluation with each point replaced by the per-landmark blend of its
     refined and its global estimate (`keraslm.calibration.blend_stages`).
 
-    The blended points of each image come from weights fitted without it (`num_folds` groups,
-    `keraslm.calibration.cross_fitted_blend`): what weights fitted on all these images give on
-    new ones. Those weights, fitted on all images, are returned for the calibration.
+    The blended points of each image come from weights fitted without it
+    (`keraslm.calibration.cross_fitted_blend`; with several runs pooled, as `evaluate_runs`
+    does for a cross-validation, each run's images from the weights of the other runs, else
+    `num_folds` groups by position): what weights fitted on all these images give on new ones.
+    Those weights, fitted on all images, are returned for the calibration.
 
     Args:
         cascade: Evaluation of a coarse-to-fine model (the refined points).
@@ -241,7 +253,7 @@ def blend_evaluation(cascade, global_only, num_folds=5):
         raise KeraslmError("the global stage's evaluation must cover the same images and "
                            "landmarks as the coarse-to-fine one")
     blended = cross_fitted_blend(global_only.predicted_mm, cascade.predicted_mm,
-                                 cascade.ground_truth_mm, num_folds)
+                                 cascade.ground_truth_mm, num_folds, held_out_groups(cascade))
     weight = fit_local_weight(global_only.predicted_mm, cascade.predicted_mm, cascade.ground_truth_mm)
     return with_points(cascade, blended, f"{cascade.method} (stages blended)"), weight
 

@@ -37,6 +37,7 @@ from keraslm.experiments.runs import (
     refined_run_errors,
     run_errors,
     run_finished,
+    stage_points,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "refined_run_errors",
     "run_errors",
     "run_finished",
+    "stage_points",
     "sizes",
     "table1",
     "table2",

@@ -1,12 +1,14 @@
-"""k-fold cross-validation on the ISBI 2015 training images, single-stage and coarse-to-fine:
-MRE +- SD, SDR at 2 / 2.5 / 3 / 4 mm, per-landmark table, cumulative error curve."""
+"""k-fold cross-validation on the ISBI 2015 training images, single-stage and coarse-to-fine
+(refined points, and with two folds or more the two stages blended per landmark with weights
+fitted on the other folds): MRE +- SD, SDR at 2 / 2.5 / 3 / 4 mm, per-fold and per-landmark
+tables, cumulative error curve."""
 import dataclasses
 import os
 import time
 
 from keraslm.datasets import load_dataset
 from keraslm.errors import KeraslmError
-from keraslm.evaluation import per_landmark, pool, summarize
+from keraslm.evaluation import per_landmark, point_errors, pool, summarize
 from keraslm.evaluation.plots import plot_cumulative_error
 from keraslm.evaluation.tables import format_landmark_table, format_sdr_table
 from keraslm.experiments.runs import (
@@ -21,8 +23,9 @@ from keraslm.experiments.runs import (
     finish,
     grid_spacing,
     json_rows,
-    refined_run_errors,
+    blended_fold_errors,
     run_errors,
+    stage_points,
     size_text,
 )
 from keraslm.files import read_json, write_text
@@ -105,7 +108,9 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         num_images: int or None. Cross-validate a random subset of this many images (smoke
             tests; split id files are written to output_dir/splits); None = all.
         local: LocalStageSettings or None. Also train one local stage per fold and report every
-            architecture refined by it (coarse-to-fine) beside its single-stage row.
+            architecture refined by it (coarse-to-fine) beside its single-stage row; with two
+            folds or more also the stages blended per landmark (`blended_fold_errors`; the
+            weights fitted on all folds are in results.json, `local_weight`).
 
     Runs are trained fold by fold (all architectures and the local stage of fold 0 first), so
     an experiment stopped early with `folds` or by interruption leaves complete folds.
@@ -162,34 +167,38 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
     records = execute(ordered, log)
     run_parts = {run.config.output_dir: run_errors(run.config.output_dir, dataset.landmark_names)
                  for run in runs}
-    rows, landmarks, curves, fold_rows = [], {}, {}, []
+    rows, landmarks, curves, fold_rows, local_weights = [], {}, {}, [], {}
+
+    def add_method(method, architecture, method_runs, parts):
+        """One table row (pooled over the folds), its per-fold rows, landmarks and curve."""
+        pooled = pool(parts)
+        rows.append({"architecture": architecture, "method": method, "summary": summarize(pooled)})
+        landmarks[method] = per_landmark(pooled)
+        curves[method] = pooled.errors_mm
+        fold_rows.extend(_fold_rows(method, method_runs, parts))
+
     local_label = None if local is None else f"local {METHOD_LABELS[local.architecture]}"
     for architecture in architectures:
         label = METHOD_LABELS[architecture]
         architecture_runs = [run for run in runs if run.architecture == architecture]
         parts = [run_parts[run.config.output_dir] for run in architecture_runs]
-        pooled = pool(parts)
-        rows.append({"architecture": architecture, "method": label, "summary": summarize(pooled)})
-        landmarks[label] = per_landmark(pooled)
-        curves[label] = pooled.errors_mm
-        fold_rows += _fold_rows(label, architecture_runs, parts)
+        add_method(label, architecture, architecture_runs, parts)
         if local is None:
             continue
-        parts = []
+        points = []
         for run in architecture_runs:
             fold = _fold(run)
             log and log(f"refining {os.path.basename(run.config.output_dir)} with "
                         f"{os.path.basename(local_runs[fold].config.output_dir)}")
-            parts.append(refined_run_errors(run.config.output_dir,
-                                            local_runs[fold].config.output_dir,
-                                            dataset.landmark_names))
-        refined = pool(parts)
+            points.append(stage_points(run.config.output_dir, local_runs[fold].config.output_dir))
+        parts = [point_errors(part.refined_mm, part.ground_truth_mm, part.ids, dataset.landmark_names)
+                 for part in points]
         refined_label = f"{label} + {local_label}"
-        fold_rows += _fold_rows(refined_label, architecture_runs, parts)
-        rows.append({"architecture": architecture, "method": refined_label,
-                     "summary": summarize(refined)})
-        landmarks[refined_label] = per_landmark(refined)
-        curves[refined_label] = refined.errors_mm
+        add_method(refined_label, architecture, architecture_runs, parts)
+        if len(points) >= 2:
+            parts, weights = blended_fold_errors(points, dataset.landmark_names)
+            add_method(f"{refined_label}, blended", architecture, architecture_runs, parts)
+            local_weights[architecture] = dict(zip(dataset.landmark_names, weights.tolist()))
     plot_cumulative_error(os.path.join(output_dir, CUMULATIVE_PLOT), curves,
                           title=f"ISBI 2015, {num_folds}-fold cross-validation"
                           + (f" (first {folds} fold{'s' if folds > 1 else ''})" if folds else ""))
@@ -213,11 +222,20 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
             settings["local_stage"] += (
                 f"; peaks chosen with an offset prior of SD "
                 f"{offset_prior_mm(local.translation_mm):.2f} mm around the global estimate")
+    if local_weights:
+        settings["blended"] = (
+            "rows '..., blended': per landmark w x refined + (1 - w) x global point "
+            "(keraslm.calibration.blend_stages, as a model calibrated with evaluate.py --calibrate "
+            "answers), each fold's images with w fitted on the other folds' held-out predictions; "
+            "w fitted on all folds: " + "; ".join(
+                f"{METHOD_LABELS[architecture]}: " + ", ".join(
+                    f"{name} {weight:.1f}" for name, weight in weights.items())
+                for architecture, weights in local_weights.items()))
     tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"
               f"Per fold:\n\n{format_sdr_table(fold_rows)}\n\n"
               f"Per landmark:\n\n{format_landmark_table(landmarks)}")
     text = finish(output_dir, "ISBI 2015 cross-validation", settings, tables, records, start,
                    {"rows": json_rows(rows), "per_landmark": {
                        method: [clean_summary(row) for row in table] for method, table in landmarks.items()},
-                    "per_fold": json_rows(fold_rows)})
+                    "per_fold": json_rows(fold_rows), "local_weight": local_weights})
     return {"markdown": text, "rows": rows, "records": records, "per_landmark": landmarks}

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from keraslm.errors import KeraslmError
-from keraslm.evaluation import PointErrors, evaluate_runs, pool
+from keraslm.evaluation import PointErrors, evaluate_runs, point_errors, pool
 from keraslm.evaluation.tables import json_number
 from keraslm.files import atomic_path, read_json, write_json, write_text
 from keraslm.metadata import MODEL_METADATA_FILE
@@ -50,7 +50,7 @@ RESULTS_FILE = "results.json"
 CUMULATIVE_PLOT = "cumulative_error.png"
 
 
-REFINED_ERRORS_FILE = "errors_refined_mm.npy"
+STAGE_POINTS_FILE = "stage_points_mm.npz"
 
 
 @dataclasses.dataclass
@@ -171,13 +171,24 @@ def pooled_errors(runs, landmark_names):
     return {key: pool(value) for key, value in parts.items()}
 
 
-def refined_run_errors(global_dir, local_dir, landmark_names, batch_size=4):
-    """PointErrors of a global run refined by a local run on the global run's held-out images;
-    computed once (`keraslm.evaluation.evaluate_runs` with `refine_runs`) and kept as
-    `<global_dir>/errors_refined_mm.npy` with the local run's name and model metadata beside
-    it (a changed local model, e.g. its `offset_prior_mm`, is evaluated again)."""
-    path = os.path.join(global_dir, REFINED_ERRORS_FILE)
-    source = os.path.join(global_dir, REFINED_ERRORS_FILE + ".json")
+@dataclasses.dataclass(frozen=True, eq=False)
+class StagePoints:
+    """A coarse-to-fine run pair's held-out predictions: both stages' points and the truth,
+    `(num_images, num_landmarks, ndim)` physical mm, in the global run's validation order."""
+
+    ids: tuple
+    global_mm: np.ndarray
+    refined_mm: np.ndarray
+    ground_truth_mm: np.ndarray
+
+
+def stage_points(global_dir, local_dir, batch_size=4):
+    """StagePoints of a global run refined by a local run on the global run's held-out images;
+    predicted once (`keraslm.evaluation.evaluate_runs`, the global stage alone and refined) and
+    kept as `<global_dir>/stage_points_mm.npz` with the local run's name and model metadata
+    beside it (a changed local model, e.g. its `offset_prior_mm`, is evaluated again)."""
+    path = os.path.join(global_dir, STAGE_POINTS_FILE)
+    source = path + ".json"
     key = {"local_run": os.path.abspath(local_dir),
            "local_metadata": read_json(os.path.join(local_dir, MODEL_METADATA_FILE),
                                        f"{local_dir}: no {MODEL_METADATA_FILE}; the run has not "
@@ -185,13 +196,54 @@ def refined_run_errors(global_dir, local_dir, landmark_names, batch_size=4):
     if os.path.isfile(path) and os.path.isfile(source):
         with open(source, encoding="utf-8") as handle:
             if json.load(handle) == key:
-                return stored_errors(path, global_dir, landmark_names)
-    evaluation = evaluate_runs([global_dir], refine_runs=[local_dir], batch_size=batch_size)
-    with atomic_path(path, suffix=".npy") as temporary:
+                with np.load(path) as stored:
+                    return StagePoints(tuple(str(i) for i in stored["ids"]), stored["global_mm"],
+                                       stored["refined_mm"], stored["ground_truth_mm"])
+    global_only = evaluate_runs([global_dir], batch_size=batch_size)
+    refined = evaluate_runs([global_dir], refine_runs=[local_dir], batch_size=batch_size)
+    points = StagePoints(refined.ids, global_only.predicted_mm, refined.predicted_mm,
+                         refined.ground_truth_mm)
+    with atomic_path(path, suffix=".npz") as temporary:
         with open(temporary, "wb") as handle:
-            np.save(handle, evaluation.errors.errors_mm)
+            np.savez(handle, ids=np.array(points.ids), global_mm=points.global_mm,
+                     refined_mm=points.refined_mm, ground_truth_mm=points.ground_truth_mm)
     write_json_numbers(source, key)
-    return evaluation.errors
+    return points
+
+
+def refined_run_errors(global_dir, local_dir, landmark_names, batch_size=4):
+    """PointErrors of a global run refined by a local run on the global run's held-out images
+    (from `stage_points`)."""
+    points = stage_points(global_dir, local_dir, batch_size)
+    return point_errors(points.refined_mm, points.ground_truth_mm, points.ids, landmark_names)
+
+
+def blended_fold_errors(parts, landmark_names):
+    """Per fold, the PointErrors of the per-landmark blend of the two stages
+    (`keraslm.calibration.blend_stages`) with weights fitted on the OTHER folds' held-out
+    predictions (`keraslm.calibration.cross_fitted_blend` by fold) - what the calibration's
+    `local_weight` does on images it was not fitted on - and the weights fitted on all folds.
+
+    Args:
+        parts: sequence of StagePoints, one per fold (at least 2).
+        landmark_names: sequence of str.
+
+    Returns:
+        (list of PointErrors, np.ndarray `(num_landmarks,)` weights of the refined point).
+    """
+    from keraslm.calibration import cross_fitted_blend, fit_local_weight
+
+    if len(parts) < 2:
+        raise KeraslmError("blending fitted on the other folds needs at least 2 folds")
+    stacked = {field: np.concatenate([getattr(part, field) for part in parts])
+               for field in ("global_mm", "refined_mm", "ground_truth_mm")}
+    groups = np.repeat(np.arange(len(parts)), [len(part.ids) for part in parts])
+    blended = cross_fitted_blend(stacked["global_mm"], stacked["refined_mm"],
+                                 stacked["ground_truth_mm"], groups=groups)
+    errors = [point_errors(blended[groups == number], part.ground_truth_mm, part.ids, landmark_names)
+              for number, part in enumerate(parts)]
+    return errors, fit_local_weight(stacked["global_mm"], stacked["refined_mm"],
+                                    stacked["ground_truth_mm"])
 
 
 def size_text(shape):
