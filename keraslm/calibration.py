@@ -223,7 +223,8 @@ def blend_stages(global_points, refined_points, local_weight):
 def _held_out_groups(num_images, num_folds, what, groups=None):
     """Cross-fitting: boolean masks `(num_images,)` of the held-out images of each round - one
     round per distinct label of `groups` (e.g. each image's cross-validation fold), or images
-    split into `num_folds` groups by position."""
+    split into `num_folds` groups by position. An image that occurs under two labels (repeated
+    random splits) is seen by the fit of the other's round."""
     if num_images < 2:
         raise KeraslmError(f"cross-fitting {what} needs at least 2 images")
     if groups is None:
@@ -234,7 +235,7 @@ def _held_out_groups(num_images, num_folds, what, groups=None):
                            f"needed. Received: groups of shape {groups.shape}")
     if len(np.unique(groups)) < 2:
         raise KeraslmError(f"cross-fitting {what} needs at least 2 groups of images. "
-                           f"Received: only group {groups[0]!r}")
+                           f"Received: only group {groups[0].item()!r}")
     return [groups == group for group in np.unique(groups)]
 
 

@@ -361,8 +361,9 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
                           "--output-dir", str(tmp_path / "eval"), "--calibrate",
                           str(calibration_path)]) == 0
     out = capsys.readouterr().out
-    assert "cross-fitted on these images (each image's from a calibration fitted without it): Spearman" in out
-    assert "stages blended per landmark (weights fitted on the other images)" in out
+    assert ("cross-fitted on these images (each image's expected errors from a calibration fitted "
+            "without its fifth of the images): Spearman") in out
+    assert "stages blended per landmark (each image's weights fitted without its fifth of the images)" in out
     assert (tmp_path / "eval" / "calibration_reliability.png").exists()
     calibration = json.loads(calibration_path.read_text())
     check_calibration(calibration, dataset.landmark_names)
@@ -505,3 +506,33 @@ def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_p
     assert export_main([coarse.output_dir, str(tmp_path / "single"), "--calibration",
                         str(tmp_path / "blend.json")]) != 0
     assert "this model has no local stage" in capsys.readouterr().err
+
+
+def test_stage_points_are_kept_and_predicted_again_for_a_new_model(cascade_runs, tmp_path, monkeypatch):
+    """The ISBI driver's held-out points of both stages: predicted once and kept in the global
+    run's folder; a run trained again (another model file) is predicted again."""
+    import shutil
+
+    from keraslm.experiments import runs as experiment_runs
+
+    _, dataset, coarse, local = cascade_runs
+    global_dir, local_dir = tmp_path / "global", tmp_path / "local"
+    shutil.copytree(coarse.output_dir, global_dir)
+    shutil.copytree(local.output_dir, local_dir)
+    calls = []
+    evaluate = experiment_runs.evaluate_runs
+    monkeypatch.setattr(experiment_runs, "evaluate_runs",
+                        lambda *args, **kwargs: calls.append(args) or evaluate(*args, **kwargs))
+    first = experiment_runs.stage_points(str(global_dir), str(local_dir))
+    assert len(calls) == 2 and (global_dir / "stage_points_mm.npz").is_file()
+    assert first.global_mm.shape == first.refined_mm.shape == (2, 37, 2)
+    assert not np.allclose(first.global_mm, first.refined_mm)
+    errors = experiment_runs.refined_run_errors(str(global_dir), str(local_dir), dataset.landmark_names)
+    assert len(calls) == 2  # kept
+    np.testing.assert_allclose(errors.errors_mm,
+                               np.linalg.norm(first.refined_mm - first.ground_truth_mm, axis=-1))
+    model = global_dir / "model.keras"
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))
+    again = experiment_runs.stage_points(str(global_dir), str(local_dir))
+    assert len(calls) == 4
+    np.testing.assert_allclose(again.refined_mm, first.refined_mm, atol=1e-4)

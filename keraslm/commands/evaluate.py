@@ -81,7 +81,8 @@ def parse_args(argv=None):
                          "(default: also fit, per landmark, how much of the global stage's "
                          "estimate to mix into the refined one - keraslm.calibration.blend_stages "
                          "- store the weights in the calibration and report the blended points, "
-                         "each image's from weights fitted on the other images)")
+                         "each image's from weights fitted without its run (--runs) or without "
+                         "its fifth of the images)")
     metrics.add_argument("--calibration", metavar="JSON",
                          help="apply this calibration (from --calibrate) to the predictions and "
                          "report how well its expected errors rank the actual ones here, e.g. a "
@@ -185,6 +186,9 @@ def main(argv=None):
                 refine=args.refine[0] if args.refine else None, precision=args.precision,
                 **normalize)
         global_only = local_weight = None
+        # Cross-fitting rounds: by run for pooled --runs, else fifths of the images by position.
+        held_out = ("without its run" if evaluation.held_out_groups(result) is not None
+                    else "without its fifth of the images")
         if args.refine and ((args.calibrate and not args.no_blend)
                             or (isinstance(calibration, dict)
                                 and calibration.get("local_weight") is not None)):
@@ -201,9 +205,7 @@ def main(argv=None):
         elif global_only is not None:
             refined_summary = result.summary()
             result, local_weight = evaluation.blend_evaluation(result, global_only)
-            held_out = ("other runs'" if evaluation.held_out_groups(result) is not None
-                        else "other")
-            log(f"stages blended per landmark (weights fitted on the {held_out} images): MRE "
+            log(f"stages blended per landmark (each image's weights fitted {held_out}): MRE "
                 f"{refined_summary['mean_mm']:.3f} -> {result.summary()['mean_mm']:.3f} mm; "
                 "weights on the refined point: " + ", ".join(
                     f"{name} {weight:.1f}" for name, weight in zip(result.landmark_names, local_weight)))
@@ -225,9 +227,7 @@ def main(argv=None):
               + evaluation.format_calibration_quality(calibration_quality(result.expected_error_mm, result.errors.errors_mm)))
     if args.calibrate:
         print(f"calibration written to {args.calibrate}; cross-fitted on these images (each "
-              + ("run's images from a calibration fitted on the other runs'): "
-                 if evaluation.held_out_groups(result) is not None
-                 else "image's from a calibration fitted without it): ")
+              f"image's expected errors from a calibration fitted {held_out}): "
               + evaluation.format_calibration_quality(quality))
     print(f"wrote {len(written)} files into {args.output_dir}: "
           + ", ".join(os.path.basename(path) for path in written))

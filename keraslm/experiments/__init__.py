@@ -8,7 +8,9 @@ cross-validation; tables come from `keraslm.evaluation.tables`):
   k-fold cross-validation, the full training set and a reduced one (heavier augmentation).
 - `table2(...)`: Table 2 on the 3D phantom: the four architectures, repeated random splits.
 - `isbi2015_cv(...)`: k-fold cross-validation of SCN and U-Net on the ISBI 2015 training
-  images: MRE +- SD, SDR at 2 / 2.5 / 3 / 4 mm, per-landmark table, cumulative error curve.
+  images, single-stage and coarse-to-fine (refined, and with two folds or more the stages
+  blended per landmark with weights fitted on the other folds): MRE +- SD, SDR at 2 / 2.5 / 3 /
+  4 mm, per-fold and per-landmark tables, cumulative error curve.
 
 Each writes into its output folder:
 
@@ -20,7 +22,9 @@ A run whose folder holds `metrics.json` has finished and is skipped when the exp
 again; a run interrupted while training (checkpoints, no metrics.json) is resumed. The point
 errors of each run (`errors_mm.npy`, in the validation order of its `metrics.json`) are kept in
 its folder, so finished runs are pooled without predicting again; if that file is missing the
-run is evaluated again with `keraslm.evaluation.evaluate_runs`.
+run is evaluated again with `keraslm.evaluation.evaluate_runs`. A coarse-to-fine pair keeps
+both stages' held-out points in the global run's folder (`stage_points_mm.npz`, `stage_points`),
+predicted again when either run's model changes.
 
 Errors are pooled over the runs of one table row (all folds, or all random splits), as in the
 paper, and summarised with `keraslm.evaluation.summarize` (physical mm).
@@ -32,6 +36,8 @@ from keraslm.experiments.runs import (
     METHOD_LABELS,
     PAPER_ARCHITECTURES,
     Run,
+    StagePoints,
+    blended_fold_errors,
     execute,
     pooled_errors,
     refined_run_errors,
@@ -45,6 +51,8 @@ __all__ = [
     "METHOD_LABELS",
     "PAPER_ARCHITECTURES",
     "Run",
+    "StagePoints",
+    "blended_fold_errors",
     "execute",
     "format_landmark_table",
     "format_paper_table",
@@ -54,8 +62,8 @@ __all__ = [
     "refined_run_errors",
     "run_errors",
     "run_finished",
-    "stage_points",
     "sizes",
+    "stage_points",
     "table1",
     "table2",
     "weight_ratios",

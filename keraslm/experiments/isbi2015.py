@@ -16,6 +16,7 @@ from keraslm.experiments.runs import (
     METHOD_LABELS,
     Run,
     base_config,
+    blended_fold_errors,
     check_architectures,
     check_parts,
     clean_summary,
@@ -23,10 +24,9 @@ from keraslm.experiments.runs import (
     finish,
     grid_spacing,
     json_rows,
-    blended_fold_errors,
     run_errors,
-    stage_points,
     size_text,
+    stage_points,
 )
 from keraslm.files import read_json, write_text
 from keraslm.metadata import offset_prior_mm

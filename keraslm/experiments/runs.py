@@ -174,7 +174,8 @@ def pooled_errors(runs, landmark_names):
 @dataclasses.dataclass(frozen=True, eq=False)
 class StagePoints:
     """A coarse-to-fine run pair's held-out predictions: both stages' points and the truth,
-    `(num_images, num_landmarks, ndim)` physical mm, in the global run's validation order."""
+    `(num_images, num_landmarks, ndim)` physical mm, in the order of the global run's held-out
+    split (`keraslm.evaluation.run_test_set`)."""
 
     ids: tuple
     global_mm: np.ndarray
@@ -182,17 +183,27 @@ class StagePoints:
     ground_truth_mm: np.ndarray
 
 
+def _trained_model(run_dir):
+    """What identifies a run's trained model: its folder, model metadata and the model file's
+    size and modification time (a run trained again in the same folder is another model)."""
+    model = RunFolder(run_dir).model_path
+    if not os.path.isfile(model):
+        raise KeraslmError(f"{run_dir}: no {os.path.basename(model)}; the run has not finished")
+    status = os.stat(model)
+    return {"run": os.path.abspath(run_dir),
+            "metadata": read_json(os.path.join(run_dir, MODEL_METADATA_FILE),
+                                  f"{run_dir}: no {MODEL_METADATA_FILE}; the run has not finished"),
+            "model_bytes": status.st_size, "model_mtime_ns": status.st_mtime_ns}
+
+
 def stage_points(global_dir, local_dir, batch_size=4):
     """StagePoints of a global run refined by a local run on the global run's held-out images;
     predicted once (`keraslm.evaluation.evaluate_runs`, the global stage alone and refined) and
-    kept as `<global_dir>/stage_points_mm.npz` with the local run's name and model metadata
-    beside it (a changed local model, e.g. its `offset_prior_mm`, is evaluated again)."""
+    kept as `<global_dir>/stage_points_mm.npz`, with what identifies both trained models beside
+    it (`.json`): a run trained again, or another local run, is evaluated again."""
     path = os.path.join(global_dir, STAGE_POINTS_FILE)
     source = path + ".json"
-    key = {"local_run": os.path.abspath(local_dir),
-           "local_metadata": read_json(os.path.join(local_dir, MODEL_METADATA_FILE),
-                                       f"{local_dir}: no {MODEL_METADATA_FILE}; the run has not "
-                                       "finished")}
+    key = {"global": _trained_model(global_dir), "local": _trained_model(local_dir)}
     if os.path.isfile(path) and os.path.isfile(source):
         with open(source, encoding="utf-8") as handle:
             if json.load(handle) == key:
@@ -201,6 +212,9 @@ def stage_points(global_dir, local_dir, batch_size=4):
                                        stored["refined_mm"], stored["ground_truth_mm"])
     global_only = evaluate_runs([global_dir], batch_size=batch_size)
     refined = evaluate_runs([global_dir], refine_runs=[local_dir], batch_size=batch_size)
+    if global_only.ids != refined.ids:
+        raise KeraslmError(f"{global_dir}: the global stage alone and refined by {local_dir} "
+                           "were evaluated on different images")
     points = StagePoints(refined.ids, global_only.predicted_mm, refined.predicted_mm,
                          refined.ground_truth_mm)
     with atomic_path(path, suffix=".npz") as temporary:
