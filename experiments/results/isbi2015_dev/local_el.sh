@@ -4,15 +4,6 @@
 # (4x4 cubic B-spline over the crop). Usage: local_el.sh FOLD ELASTIC. Resumable: rerun it.
 FOLD=${1:?usage: local_el.sh FOLD ELASTIC}
 ELASTIC=${2:?usage: local_el.sh FOLD ELASTIC}
-cd /work/train_wt10
-. /work/main/.venv/bin/activate
-export PYTHONPATH=/work/train_wt10 KERASLM_CACHE=/work/main/.cache/keraslm
-OUT=/work/runs13/l${ELASTIC}_local_f$FOLD
-start=$(date +%s)
-if [ ! -f $OUT/model.keras ]; then
-python train.py --dataset isbi2015 --dataset-root /work/shared/data/isbi2015-train --fold $FOLD --num-folds 5 \
+exec "$(dirname "$0")/dev_train.sh" /work/train_wt10 l${ELASTIC}_local_f$FOLD $FOLD \
   --architecture unet --crop-shape 96,96 --grid-spacing 0.4 --translation-mm 6 --batch-size 2 \
-  --steps 4000 --elastic-mm $ELASTIC \
-  --output-dir $OUT --no-export $( [ -d $OUT/checkpoints ] && echo --resume )
-fi
-echo "WALL $(( $(date +%s) - start )) s"
+  --steps 4000 --elastic-mm $ELASTIC

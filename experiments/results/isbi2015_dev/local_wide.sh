@@ -3,14 +3,6 @@
 # same resolution - 128x128 at 0.4 mm (51 mm of context; v4: 96x96, 38 mm) - 3000 steps (v4's
 # crop validation is flat after about 2500 of its 4000). Usage: local_wide.sh FOLD. Resumable.
 FOLD=${1:?usage: local_wide.sh FOLD}
-cd /work/train_wt10
-. /work/main/.venv/bin/activate
-export PYTHONPATH=/work/train_wt10 KERASLM_CACHE=/work/main/.cache/keraslm
-OUT=/work/runs13/w_local_f$FOLD
-start=$(date +%s)
-if [ ! -f $OUT/model.keras ]; then
-python train.py --dataset isbi2015 --dataset-root /work/shared/data/isbi2015-train --fold $FOLD --num-folds 5 \
+exec "$(dirname "$0")/dev_train.sh" /work/train_wt10 w_local_f$FOLD $FOLD \
   --architecture unet --crop-shape 128,128 --grid-spacing 0.4 --translation-mm 6 --batch-size 2 \
-  --steps 3000 --output-dir $OUT --no-export $( [ -d $OUT/checkpoints ] && echo --resume )
-fi
-echo "WALL $(( $(date +%s) - start )) s"
+  --steps 3000
