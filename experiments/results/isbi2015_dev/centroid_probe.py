@@ -4,10 +4,11 @@ heatmaps (`heatmap_collect.py`, 5 folds); blend weights cross-fitted over the fo
 For an ambiguous landmark (two contours, two modes) the centroid lies between the modes: the
 point with the smaller expected error when the heatmap is the network's belief."""
 import numpy as np
-from keraslm.calibration import blend_stages, fit_local_weight
+from keraslm.calibration import cross_fitted_blend
 
 SPACING = 0.4  # mm per crop pixel (x and y)
 folds = [np.load(f"/work/runs13/heatmaps/fold{k}.npz") for k in range(5)]
+GROUPS = np.repeat(np.arange(5), [len(f["refined_mm"]) for f in folds])  # each image's fold
 ys, xs = np.mgrid[0:96, 0:96].astype(np.float32)
 
 
@@ -37,14 +38,12 @@ def refined_points(f, threshold, radius):
 
 
 def evaluate(threshold, radius):
-    parts = [(f["global_mm"], refined_points(f, threshold, radius), f["ground_truth_mm"]) for f in folds]
-    refined_e, blended_e = [], []
-    for k, (g, r, t) in enumerate(parts):
-        others = [p for j, p in enumerate(parts) if j != k]
-        w = fit_local_weight(*[np.concatenate([p[i] for p in others]) for i in range(3)])
-        refined_e.append(np.linalg.norm(r - t, axis=-1))
-        blended_e.append(np.linalg.norm(np.asarray(blend_stages(g, r, w)) - t, axis=-1))
-    return np.concatenate(refined_e), np.concatenate(blended_e)
+    refined = [refined_points(f, threshold, radius) for f in folds]
+    truth = np.concatenate([f["ground_truth_mm"] for f in folds])
+    blended = cross_fitted_blend(np.concatenate([f["global_mm"] for f in folds]),
+                                 np.concatenate(refined), truth, groups=GROUPS)
+    return (np.linalg.norm(np.concatenate(refined) - truth, axis=-1),
+            np.linalg.norm(blended - truth, axis=-1))
 
 
 def line(e):

@@ -3,8 +3,8 @@ error than its peak and spread? Features from `heatmap_collect.py`'s five folds,
 the calibration's score (`score - beta * log(feature + f0)`), calibrated per landmark
 (isotonic, as shipped) and cross-fitted by fold; errors of the blended points."""
 import numpy as np
-from keraslm.calibration import (blend_stages, calibration_quality, cross_fitted_expected_error,
-                                 fit_local_weight, spearman)
+from keraslm.calibration import (calibration_quality, cross_fitted_blend,
+                                 cross_fitted_expected_error, spearman)
 from keraslm.datasets.isbi2015 import ISBI2015_LANDMARKS as LANDMARK_NAMES
 
 folds = [np.load(f"/work/runs13/heatmaps/fold{k}.npz") for k in range(5)]
@@ -29,16 +29,12 @@ def features(heat):
     return [f.reshape(n, L) for f in (peak, spread, offset, share)]
 
 
-peak, spread, offset, share, errors, groups = [], [], [], [], [], []
-parts = [(f["global_mm"], f["refined_mm"], f["ground_truth_mm"]) for f in folds]
-for k, f in enumerate(folds):
-    w = fit_local_weight(*[np.concatenate([p[i] for j, p in enumerate(parts) if j != k]) for i in range(3)])
-    errors.append(np.linalg.norm(np.asarray(blend_stages(*parts[k][:2], w)) - parts[k][2], axis=-1))
-    for store, value in zip((peak, spread, offset, share), features(f["heatmaps"])):
-        store.append(value)
-    groups += [k] * len(f["refined_mm"])
-peak, spread, offset, share, errors = (np.concatenate(a) for a in (peak, spread, offset, share, errors))
-groups = np.array(groups)
+groups = np.repeat(np.arange(5), [len(f["refined_mm"]) for f in folds])  # each image's fold
+truth = np.concatenate([f["ground_truth_mm"] for f in folds])
+errors = np.linalg.norm(cross_fitted_blend(np.concatenate([f["global_mm"] for f in folds]),
+                                           np.concatenate([f["refined_mm"] for f in folds]),
+                                           truth, groups=groups) - truth, axis=-1)
+peak, spread, offset, share = (np.concatenate(a) for a in zip(*(features(f["heatmaps"]) for f in folds)))
 for name, value in (("offset", offset), ("share", share)):
     print(f"{name} alone: Spearman {spearman(value.ravel(), errors.ravel()):.3f}")
 
