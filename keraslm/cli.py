@@ -50,6 +50,21 @@ def spacing(text):
     return values[0] if len(values) == 1 else values
 
 
+def ensemble_paths(text):
+    """argparse type: "runs/a" -> "runs/a"; "runs/a,runs/b" -> ["runs/a", "runs/b"], an
+    ensemble whose members' points are averaged (`keraslm.inference.EnsemblePredictor`). A
+    path that exists as given is one member even if it holds a comma."""
+    import os
+
+    if "," not in text or os.path.exists(text):
+        return text
+    members = text.split(",")
+    if any(not member for member in members):
+        raise argparse.ArgumentTypeError(
+            f"expected PATH or PATH,PATH,... (an ensemble), got {text!r} (an empty member)")
+    return members
+
+
 def add_dataset_arguments(group):
     """Adds the options that name a dataset as `keraslm.datasets.load_dataset` does:
     --dataset, --dataset-root (alias --image-root), --units, --spacing, --ndim."""

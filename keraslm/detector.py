@@ -160,14 +160,54 @@ def _grid(metadata):
     return GridSpec(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))
 
 
+def ensemble_members(networks, metadatas, what):
+    """`(networks, metadatas)` as equal-length lists: one network or an ensemble's list."""
+    if networks is None:
+        return [], []
+    if isinstance(networks, (list, tuple)) != isinstance(metadatas, (list, tuple)):
+        raise KeraslmError(f"the {what} networks and their metadata go together: both one, or "
+                           "both lists of an ensemble's members")
+    if not isinstance(networks, (list, tuple)):
+        return [networks], [metadatas]
+    if len(networks) != len(metadatas) or not networks:
+        raise KeraslmError(f"an ensemble's {what} stage needs one metadata per network. "
+                           f"Received: {len(networks)} networks, {len(metadatas)} metadata")
+    return list(networks), list(metadatas)
+
+
+def check_ensemble(metadatas, local_metadatas=()):
+    """Raises KeraslmError unless the stages' metadata agree on landmarks and dimension and the
+    local ones describe local stages (the first global metadata is the reference)."""
+    reference = metadatas[0]
+    for number, meta in enumerate(list(metadatas) + list(local_metadatas)):
+        stage = "local" if number >= len(metadatas) else "global"
+        if meta.get("stage", "global") != stage:
+            raise KeraslmError(
+                f"ensemble member {number + 1} is a {meta.get('stage', 'global')} stage where a "
+                f"{stage} stage belongs")
+        if (list(meta["landmark_names"]) != list(reference["landmark_names"])
+                or int(meta["ndim"]) != int(reference["ndim"])):
+            raise KeraslmError(
+                f"the stages disagree in their landmarks or dimension: {reference['ndim']}D "
+                f"{list(reference['landmark_names'])} vs {meta['ndim']}D "
+                f"{list(meta['landmark_names'])}")
+
+
 def image_to_landmarks(network, metadata, local_network=None, local_metadata=None, iterations=1):
     """The whole prediction of one image as a function of TF tensors.
 
     Args:
-        network: keras.Model. The global (whole-image) network.
-        metadata: dict. Its metadata (`keraslm.inference.model_metadata`).
-        local_network, local_metadata: optional. A local refinement stage and its metadata.
+        network: keras.Model, or a list of them: the global (whole-image) network, or the
+            members of an ensemble of global stages (each with its own grid).
+        metadata: dict (`keraslm.inference.model_metadata`), or a list, one per network. The
+            first one's `calibration` applies to the whole model.
+        local_network, local_metadata: optional. A local refinement stage and its metadata, or
+            lists of an ensemble's local stages.
         iterations: int >= 1. Local passes; each centres the crops on the previous estimate.
+
+    An ensemble averages its members' points in image index units (= in mm) and their
+    confidence and spread: the global members' estimates, then each local member's refinement
+    of that mean estimate. One network per stage is the ensemble of one.
 
     Returns:
         `locate(array, spacing, origin, direction)`: array `[y, x]` / `[z, y, x]` of any size
@@ -182,45 +222,67 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
         (`keraslm.calibration.blend_stages`).
 
     Raises:
-        KeraslmError: a calibration with `local_weight` for a model without a local stage.
+        KeraslmError: a calibration with `local_weight` for a model without a local stage;
+            ensemble members that disagree in landmarks or dimension.
     """
-    grid = _grid(metadata)
-    codec = HeatmapCodec(grid.shape, stride=metadata["output_stride"], sigma=metadata["sigma"])
-    method = metadata.get("decode_method", "quadratic")
-    refine = fine = None
-    if local_network is not None:
-        refine = refine_function(local_network, local_metadata, with_spread=True)
-        fine = _grid(local_metadata)
+    networks, metadatas = ensemble_members(network, metadata, "global")
+    local_networks, local_metadatas = ensemble_members(local_network, local_metadata, "local")
+    check_ensemble(metadatas, local_metadatas)
+    metadata = metadatas[0]
+    codecs = [HeatmapCodec(_grid(meta).shape, stride=meta["output_stride"], sigma=meta["sigma"])
+              for meta in metadatas]
+    refines = [refine_function(net, meta, with_spread=True)
+               for net, meta in zip(local_networks, local_metadatas)]
     calibration = metadata.get("calibration")
     local_weight = None
     if calibration is not None:
         check_calibration(calibration, metadata["landmark_names"])
         local_weight = calibration.get("local_weight")
-        if local_weight is not None and refine is None:
+        if local_weight is not None and not refines:
             raise KeraslmError("the calibration blends a global and a local stage "
                                "(local_weight); this model has no local stage")
 
+    def on_grid(array, spacing, meta, prepared):
+        """The image on a member's grid, prepared once per distinct grid and normalisation."""
+        key = (tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]),
+               repr(meta["normalization"]))
+        if key not in prepared:
+            prepared[key] = prepare_on_grid(array, spacing, _grid(meta), meta["normalization"])
+        return prepared[key]
+
     def locate(array, spacing, origin, direction):
         spacing = tf.cast(spacing, tf.float64)
-        grid_image, grid_to_image = prepare_on_grid(array, spacing, grid, metadata["normalization"])
-        heatmaps = tf.cast(network(grid_image[tf.newaxis, ..., tf.newaxis], training=False), tf.float32)
-        points_grid, confidence = codec.decode(heatmaps, method=method)
-        points_index = _apply(grid_to_image, tf.cast(points_grid[0], tf.float64))
-        confidence = confidence[0]
-        if refine is not None:
-            fine_image, fine_to_image = prepare_on_grid(array, spacing, fine,
-                                                        local_metadata["normalization"])
-            image_to_fine = tf.linalg.inv(fine_to_image)
-            points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
-            for _ in range(iterations):
-                points_fine, local_confidence, local_spread = refine(
-                    fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
-            refined_index = _apply(fine_to_image, tf.cast(points_fine[0], tf.float64))
+        prepared = {}
+        member_points, member_confidence, member_spread = [], [], []
+        for net, meta, codec in zip(networks, metadatas, codecs):
+            grid_image, grid_to_image = on_grid(array, spacing, meta, prepared)
+            heatmaps = tf.cast(net(grid_image[tf.newaxis, ..., tf.newaxis], training=False),
+                               tf.float32)
+            points_grid, confidence = codec.decode(
+                heatmaps, method=meta.get("decode_method", "quadratic"))
+            member_points.append(_apply(grid_to_image, tf.cast(points_grid[0], tf.float64)))
+            member_confidence.append(confidence[0])
+            member_spread.append(codec.spread(heatmaps, meta["grid_spacing"])[0])
+        points_index = tf.add_n(member_points) / len(member_points)
+        confidence = tf.add_n(member_confidence) / len(member_confidence)
+        spread = tf.add_n(member_spread) / len(member_spread)
+        if refines:
+            member_points, member_confidence, member_spread = [], [], []
+            for refine, meta in zip(refines, local_metadatas):
+                fine_image, fine_to_image = on_grid(array, spacing, meta, prepared)
+                image_to_fine = tf.linalg.inv(fine_to_image)
+                points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
+                for _ in range(iterations):
+                    points_fine, local_confidence, local_spread = refine(
+                        fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
+                member_points.append(_apply(fine_to_image, tf.cast(points_fine[0], tf.float64)))
+                member_confidence.append(local_confidence[0])
+                member_spread.append(local_spread[0])
+            refined_index = tf.add_n(member_points) / len(member_points)
             points_index = (refined_index if local_weight is None
                             else blend_stages(points_index, refined_index, local_weight))
-            confidence, spread = local_confidence[0], local_spread[0]
-        else:
-            spread = codec.spread(heatmaps, metadata["grid_spacing"])[0]
+            confidence = tf.add_n(member_confidence) / len(member_confidence)
+            spread = tf.add_n(member_spread) / len(member_spread)
         index_to_mm = tf.cast(direction, tf.float64) * spacing[tf.newaxis, :]
         points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
         outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,

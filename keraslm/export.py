@@ -87,7 +87,10 @@ class _LandmarkModule(tf.Module):
     need to restore them.
     """
 
-    def __init__(self, network, metadata, metadata_path, local_network=None):
+    def __init__(self, network, metadata, metadata_path, local_network=None, ensemble=None):
+        """`ensemble`, if given: `(networks, metadatas, local_networks, local_metadatas)` of an
+        ensemble (lists); `network` / `local_network` are then its first members and the
+        grid-level signatures are made only for a stage of one network."""
         super().__init__(name="keraslm_landmarks")
         self.landmark_names = tf.Variable(
             [str(name) for name in metadata["landmark_names"]], trainable=False,
@@ -100,18 +103,23 @@ class _LandmarkModule(tf.Module):
         self.metadata_file = tf.saved_model.Asset(metadata_path)
         ndim = int(metadata["ndim"])
         spec = tf.TensorSpec((None,) * (ndim + 1) + (1,), tf.float32, name="images")
-        serve = _serving_function(network, metadata)
-        self.serve = tf.function(serve, input_signature=[spec], autograph=False)
-        self.landmarks = tf.function(
-            lambda images: {key: value for key, value in serve(images).items()
-                            if key != "heatmaps"},
-            input_signature=[spec], autograph=False)
-        self.concrete_signatures = {
-            "grid_heatmaps": self.serve.get_concrete_function(),
-            "landmarks": self.landmarks.get_concrete_function(),
-        }
         local = metadata.get("refine")
-        locate = image_to_landmarks(network, metadata, local_network, local)
+        if ensemble is None:
+            ensemble = ([network], [metadata], [] if local_network is None else [local_network],
+                        [] if local is None else [local])
+        networks, metadatas, local_networks, local_metadatas = ensemble
+        self.concrete_signatures = {}
+        if len(networks) == 1:
+            serve = _serving_function(network, metadata)
+            self.serve = tf.function(serve, input_signature=[spec], autograph=False)
+            self.landmarks = tf.function(
+                lambda images: {key: value for key, value in serve(images).items()
+                                if key != "heatmaps"},
+                input_signature=[spec], autograph=False)
+            self.concrete_signatures["grid_heatmaps"] = self.serve.get_concrete_function()
+            self.concrete_signatures["landmarks"] = self.landmarks.get_concrete_function()
+        locate = image_to_landmarks(
+            networks, metadatas, local_networks or None, local_metadatas or None)
         num_landmarks = len(metadata["landmark_names"])
         self.predict_array = tf.function(
             _array_function(locate, ndim), autograph=False, input_signature=[
@@ -129,7 +137,7 @@ class _LandmarkModule(tf.Module):
             self.concrete_signatures["predict_image"] = self.predict_image.get_concrete_function()
         self.concrete_signatures["serving_default"] = self.concrete_signatures[
             "predict_image" if ndim == 2 else "predict_array"]
-        if local_network is not None:
+        if len(local_networks) == 1:
             fine_spec = tf.TensorSpec((None, *local["grid_shape"], 1), tf.float32, name="images")
             centre_spec = tf.TensorSpec((None, len(local["landmark_names"]), ndim), tf.float32,
                                         name="centres")
@@ -293,6 +301,12 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
             global estimates in fine grid index units; outputs refined `landmarks` in fine grid
             index units and `confidence`); the metadata then holds the local one under "refine".
 
+    An ensemble: `network` and `metadata` (and / or `local_network` and `local_metadata`) as
+    lists, one metadata per network, the first `metadata` holding the calibration. The image
+    signatures average the members' points (`keraslm.detector.image_to_landmarks`); the
+    grid-level signatures (`grid_heatmaps`, `landmarks`; `refine`) are written only for a stage
+    of one network, and the metadata lists every member under "ensemble".
+
     Returns:
         str, the absolute path of the version folder.
 
@@ -303,38 +317,46 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
     >>> path = export_saved_model(network, "saved_models/hand", metadata)   # .../hand/1
     >>> tf.saved_model.load(path).signatures["landmarks"](images=grid_images)
     """
-    check_metadata(metadata, "metadata")
+    from keraslm.detector import check_ensemble, ensemble_members
+
     if (local_network is None) != (local_metadata is None):
         raise KeraslmError("`local_network` and `local_metadata` go together")
-    if metadata.get("stage", "global") != "global":
+    networks, metadatas = ensemble_members(network, metadata, "global")
+    local_networks, local_metadatas = ensemble_members(local_network, local_metadata, "local")
+    for number, meta in enumerate(metadatas):
+        check_metadata(meta, "metadata" if number == 0 else f"metadata[{number}]")
+    if metadatas[0].get("stage", "global") != "global":
         raise KeraslmError("`network` must be a whole-image (global) model; export a local stage "
                            "as local_network= together with its global model")
-    if local_metadata is not None:
-        check_metadata(local_metadata, "local_metadata")
-        if local_metadata.get("stage") != "local" or "crop_shape" not in local_metadata:
+    for number, meta in enumerate(local_metadatas):
+        check_metadata(meta, "local_metadata" if number == 0 else f"local_metadata[{number}]")
+        if meta.get("stage") != "local" or "crop_shape" not in meta:
             raise KeraslmError("`local_metadata` must describe a local stage (stage 'local', "
                                "crop_shape)")
-        if list(local_metadata["landmark_names"]) != list(metadata["landmark_names"]):
+        if list(meta["landmark_names"]) != list(metadatas[0]["landmark_names"]):
             raise KeraslmError("the global and the local model have different landmarks")
-    if metadata.get("decode_method", "quadratic") not in METHODS:
-        raise KeraslmError(
-            f"metadata['decode_method'] must be one of {METHODS}. Received: "
-            f"{metadata.get('decode_method')!r}")
+    check_ensemble(metadatas, local_metadatas)
+    for meta in metadatas + local_metadatas:
+        if meta.get("decode_method", "quadratic") not in METHODS:
+            raise KeraslmError(
+                f"metadata['decode_method'] must be one of {METHODS}. Received: "
+                f"{meta.get('decode_method')!r}")
     from keraslm.precision import with_precision
 
-    network = with_precision(network, "float32")
-    if local_network is not None:
-        local_network = with_precision(local_network, "float32")
-    ndim = int(metadata["ndim"])
-    input_shape = tuple(network.input_shape)
-    if len(input_shape) != ndim + 2 or input_shape[-1] != 1:
-        raise KeraslmError(
-            f"`network` must take one-channel {ndim}D images (batch, {', '.join(['n'] * ndim)}, "
-            f"1) as the metadata says. Received: network.input_shape={input_shape}")
-    if any(n is not None for n in input_shape[1:-1]):
-        raise KeraslmError(
-            "`network` must accept any spatial size (None) for a serving export. Received: "
-            f"network.input_shape={input_shape}")
+    networks = [with_precision(net, "float32") for net in networks]
+    local_networks = [with_precision(net, "float32") for net in local_networks]
+    ndim = int(metadatas[0]["ndim"])
+    for net in networks:
+        input_shape = tuple(net.input_shape)
+        if len(input_shape) != ndim + 2 or input_shape[-1] != 1:
+            raise KeraslmError(
+                f"`network` must take one-channel {ndim}D images (batch, "
+                f"{', '.join(['n'] * ndim)}, 1) as the metadata says. Received: "
+                f"network.input_shape={input_shape}")
+        if any(n is not None for n in input_shape[1:-1]):
+            raise KeraslmError(
+                "`network` must accept any spatial size (None) for a serving export. Received: "
+                f"network.input_shape={input_shape}")
     base_dir = os.path.abspath(os.fspath(base_dir))
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise KeraslmError(f"`base_dir` must be a folder. Received: base_dir={base_dir!r} (a file)")
@@ -348,9 +370,16 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
         raise KeraslmError(
             f"{path} exists; versions are never overwritten. Found versions "
             f"{saved_model_versions(base_dir)}; pass another `version` or none for the next")
-    metadata = dict(metadata)
-    if local_metadata is not None:
-        metadata["refine"] = dict(local_metadata)
+    metadata = dict(metadatas[0])
+    if local_metadatas:
+        metadata["refine"] = dict(local_metadatas[0])
+    is_ensemble = len(networks) > 1 or len(local_networks) > 1
+    if is_ensemble:
+        def member(meta):
+            return {k: v for k, v in meta.items() if k != "calibration"}
+
+        metadata["ensemble"] = {"global": [member(m) for m in metadatas],
+                                "local": [member(m) for m in local_metadatas]}
     image_outputs = ["landmarks_index", "landmarks_mm", "confidence"]
     metadata["saved_model"] = {
         "signatures": {
@@ -379,7 +408,12 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
         metadata["saved_model"]["signatures"]["predict_image"] = image_outputs
     else:
         del metadata["saved_model"]["inputs"]["predict_image"]
-    if local_metadata is not None:
+    if len(networks) > 1:  # Grid-level signatures exist for a stage of one network only.
+        for name in ("grid_heatmaps", "landmarks"):
+            del metadata["saved_model"]["signatures"][name]
+        del metadata["saved_model"]["inputs"]["grid_heatmaps/landmarks"]
+        del metadata["saved_model"]["units"]["grid_heatmaps/landmarks"]
+    if len(local_networks) == 1:
         metadata["saved_model"]["signatures"]["refine"] = ["landmarks", "confidence"]
         metadata["saved_model"]["refine_inputs"] = (
             "images: float32 (batch, *refine.grid_shape, 1) on the local stage's fine grid; "
@@ -388,7 +422,9 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
         metadata_path = os.path.join(scratch, METADATA_ASSET)
         with open(metadata_path, "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2)
-        module = _LandmarkModule(network, metadata, metadata_path, local_network)
+        module = _LandmarkModule(
+            networks[0], metadata, metadata_path, local_networks[0] if local_networks else None,
+            ensemble=(networks, metadatas, local_networks, local_metadatas))
         with atomic_folder(path) as temporary:
             tf.saved_model.save(module, temporary, signatures=module.concrete_signatures)
     return path
@@ -412,11 +448,13 @@ class SavedModelPredictor(Predictor):
                 "metadata=")
         self.metadata = check_metadata(metadata, self.path)
         self._loaded = tf.saved_model.load(self.path)
-        if "landmarks" not in self._loaded.signatures:
+        signatures = self._loaded.signatures
+        if "landmarks" not in signatures and "predict_array" not in signatures:
             raise KeraslmError(
-                f"{self.path}: the SavedModel has no 'landmarks' signature (found "
-                f"{sorted(self._loaded.signatures)}); export it with keraslm.export")
-        self._landmarks = self._loaded.signatures["landmarks"]
+                f"{self.path}: the SavedModel has neither a 'predict_array' nor a 'landmarks' "
+                f"signature (found {sorted(signatures)}); export it with keraslm.export")
+        # An ensemble's export has no grid-level signature (its members have their own grids).
+        self._landmarks = signatures.get("landmarks")
 
     def locate(self, image):
         """One `keraslm.io.Image` -> the `Predictor.locate` dict: the export's
@@ -449,6 +487,9 @@ class SavedModelPredictor(Predictor):
     def grid_points(self, images):
         """`(batch, *grid_shape, 1)` grid images -> (points `(batch, L, ndim)` in grid index,
         confidence `(batch, L)`)."""
+        if self._landmarks is None:
+            raise KeraslmError(f"{self.path}: an ensemble's export answers whole images only "
+                               "(predict_array / predict_image); it has no grid-level signature")
         outputs = self._landmarks(images=tf.constant(np.asarray(images, np.float32)))
         return outputs["landmarks"].numpy(), outputs["confidence"].numpy()
 

@@ -235,6 +235,58 @@ class CascadePredictor(GraphLocator):
         return placement.grid_to_image_index(points[0]), confidence[0]
 
 
+class EnsemblePredictor(GraphLocator):
+    """An ensemble: several global stages whose estimates are averaged, and optionally several
+    local stages, each refining that mean estimate, whose points are averaged too (confidence
+    and spread likewise) - one graph, `keraslm.detector.image_to_landmarks` with lists. The
+    members may use different grids (e.g. a 1.25 mm and a 1.0 mm global stage).
+
+    Args:
+        global_predictors: sequence of `KerasPredictor` of whole-image stages. The first one's
+            metadata (and its calibration, if any) is the ensemble's.
+        local_predictors: sequence of `KerasPredictor` of local stages, or empty.
+        iterations: int >= 1. Local passes; each centres the crops on the previous estimate.
+
+    Raises:
+        KeraslmError: members that are not Keras models (SavedModels run as exported), a stage
+            in the wrong place, or members that disagree in landmarks or dimension.
+    """
+
+    def __init__(self, global_predictors, local_predictors=(), iterations=1):
+        from keraslm.detector import check_ensemble
+
+        if not (isinstance(iterations, int) and iterations >= 1):
+            raise KeraslmError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
+        self.global_predictors = list(global_predictors)
+        self.local_predictors = list(local_predictors)
+        if not self.global_predictors:
+            raise KeraslmError("an ensemble needs at least one global (whole-image) stage")
+        for member in self.global_predictors + self.local_predictors:
+            if not isinstance(member, KerasPredictor):
+                raise KeraslmError(
+                    "ensemble members must be Keras models (.keras files or run folders); a "
+                    "SavedModel answers as it was exported - export the ensemble instead")
+        check_ensemble([m.metadata for m in self.global_predictors],
+                       [m.metadata for m in self.local_predictors])
+        self.iterations = iterations
+        first = self.global_predictors[0].metadata
+        self.metadata = {**first, "ensemble": {
+            "global": [m.metadata for m in self.global_predictors],
+            "local": [m.metadata for m in self.local_predictors]}}
+        if self.local_predictors:
+            self.metadata["refine"] = self.local_predictors[0].metadata
+
+    def _function(self):
+        from keraslm.detector import image_to_landmarks
+
+        local = self.local_predictors
+        return image_to_landmarks(
+            [m.network for m in self.global_predictors],
+            [m.metadata for m in self.global_predictors],
+            [m.network for m in local] if local else None,
+            [m.metadata for m in local] if local else None, self.iterations)
+
+
 def detector_predictor(detector, precision="float32"):
     """The predictor of a `keraslm.detector.LandmarkDetector`: a KerasPredictor, or a
     CascadePredictor when it holds a local stage."""
@@ -258,7 +310,12 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
             (trained with `train.py --crop-shape`); `model` is then its global stage.
         precision: str. Compute precision of Keras models (see `KerasPredictor`); a SavedModel
             computes as it was exported (float32), so only "float32" and "auto" apply to it.
+
+    A list of models (and / or of local stages in `refine`) is an ensemble
+    (`EnsemblePredictor`: the members' points averaged); its members are Keras models.
     """
+    if isinstance(model, (list, tuple)) or isinstance(refine, (list, tuple)):
+        return _ensemble_predictor(model, metadata, refine, precision)
     if refine is not None:
         local = refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision)
         return CascadePredictor(load_predictor(model, metadata, precision=precision), local)
@@ -286,6 +343,23 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
         local = predictor.local_stage()  # Exports without image signatures: stage by stage.
         return predictor if local is None else CascadePredictor(predictor, local)
     raise KeraslmError(f"{path}: not a .keras file or a SavedModel folder")
+
+
+def _ensemble_predictor(model, metadata, refine, precision):
+    """`load_predictor` of lists: an `EnsemblePredictor` (a single model or local stage is an
+    ensemble of one). `metadata`, if given, replaces the first global member's."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    refines = [] if refine is None else (list(refine) if isinstance(refine, (list, tuple))
+                                         else [refine])
+    if not models:
+        raise KeraslmError("an ensemble needs at least one global model")
+
+    def member(item, member_metadata=None):
+        return item if isinstance(item, Predictor) else load_predictor(
+            item, member_metadata, precision=precision)
+
+    return EnsemblePredictor([member(models[0], metadata)] + [member(m) for m in models[1:]],
+                             [member(m) for m in refines])
 
 
 def load_input_image(item, index, ndim, spacing=None):
@@ -330,7 +404,8 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
             (kept so that existing calls work).
         metadata: dict, optional. See `load_predictor`.
         refine: str path or predictor, optional. Local stage refining `model`'s estimates
-            (see `load_predictor`); the confidence is then the local stage's.
+            (see `load_predictor`); the confidence is then the local stage's. Lists in
+            `model` / `refine` make an ensemble (`EnsemblePredictor`).
         precision: str. Compute precision of the network(s) when loaded here (see
             `KerasPredictor`): "float32" (default), "bfloat16", "float16" or "auto".
 
@@ -343,7 +418,7 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
     """
     import tensorflow as tf  # TF-only edge: errors raised inside the prediction graph.
 
-    if isinstance(model, Predictor):
+    if isinstance(model, Predictor) and not isinstance(refine, (list, tuple)):
         predictor = model if refine is None else CascadePredictor(
             model, refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision))
     else:

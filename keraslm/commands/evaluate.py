@@ -3,6 +3,7 @@
 Three ways in:
   python evaluate.py --model runs/default/model.keras --dataset phantom2d --fold 0 --num-folds 5
   python evaluate.py --runs runs/fold0 runs/fold1 runs/fold2        (cross-validation, pooled)
+  python evaluate.py --runs runs/a0,runs/b0 runs/a1,runs/b1          (ensembles of two, pooled)
   python evaluate.py --predictions predictions.csv --ground-truth landmarks.csv [--ndim 2]
 """
 import argparse
@@ -11,7 +12,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
 
-from keraslm.cli import add_dataset_arguments, add_split_arguments  # noqa: E402
+from keraslm.cli import add_dataset_arguments, add_split_arguments, ensemble_paths  # noqa: E402
 
 
 def _landmark_pair(text):
@@ -41,15 +42,20 @@ def parse_args(argv=None):
     )
     source = parser.add_argument_group("what to evaluate (choose one)")
     choice = source.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--model", help="a .keras file (as train.py writes it) or a SavedModel "
-                        "version folder; evaluated on --dataset's test split")
-    choice.add_argument("--runs", nargs="+", metavar="RUN",
+    choice.add_argument("--model", type=ensemble_paths,
+                        help="a .keras file (as train.py writes it) or a SavedModel "
+                        "version folder; evaluated on --dataset's test split. A,B (.keras "
+                        "files): an ensemble, the members' points averaged")
+    choice.add_argument("--runs", nargs="+", metavar="RUN", type=ensemble_paths,
                         help="train.py run folders; each is evaluated on the held-out split its "
-                        "config.json names, and all are pooled into one table")
-    source.add_argument("--refine", nargs="+", metavar="LOCAL",
+                        "config.json names, and all are pooled into one table. RUN_A,RUN_B "
+                        "(comma-joined runs of the same split): an ensemble, their points "
+                        "averaged")
+    source.add_argument("--refine", nargs="+", metavar="LOCAL", type=ensemble_paths,
                         help="local stage(s) of a coarse-to-fine model (train.py --crop-shape) "
                         "refining the estimates: one model with --model, or one run folder per "
-                        "--runs folder, in the same order")
+                        "--runs folder, in the same order; comma-joined: an ensemble of local "
+                        "stages, each refining the same estimate, their points averaged")
     choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless layout)")
     source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions")
     source.add_argument("--ground-truth-subset", action="store_true",

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from keraslm.cli import ensemble_paths
 from keraslm.errors import KeraslmError, exit_status
 
 
@@ -14,12 +15,17 @@ def main(argv=None):
         description="Export a trained model (a run folder or its model.keras, as "
         "train.py writes) as the next version folder <base>/<n>/ of a TF Serving model; with "
         "--refine, a coarse-to-fine pair as one SavedModel (signatures serving_default, "
-        "landmarks and refine).")
-    parser.add_argument("model", help="the global (whole-image) model: run folder or .keras "
-                        "file; with --upgrade an existing SavedModel version folder")
+        "landmarks and refine); comma-joined models, an ensemble (the image signatures only: "
+        "serving_default, predict_image, predict_array).")
+    parser.add_argument("model", type=ensemble_paths,
+                        help="the global (whole-image) model: run folder or .keras "
+                        "file; with --upgrade an existing SavedModel version folder. A,B: an "
+                        "ensemble of global stages (their points averaged)")
     parser.add_argument("base_dir", help="TF Serving model base folder, e.g. saved_models/isbi2015_scn")
-    parser.add_argument("--refine", metavar="LOCAL_MODEL",
-                        help="the local stage (train.py --crop-shape): run folder or .keras file")
+    parser.add_argument("--refine", metavar="LOCAL_MODEL", type=ensemble_paths,
+                        help="the local stage (train.py --crop-shape): run folder or .keras "
+                        "file; A,B: an ensemble of local stages, each refining the global "
+                        "estimate, their points averaged")
     parser.add_argument("--version", type=int, help="version number (default: the next one)")
     parser.add_argument("--upgrade", action="store_true",
                         help="MODEL is a SavedModel of an earlier keraslm: export its weights again "
@@ -41,16 +47,27 @@ def main(argv=None):
 
     try:
         if args.upgrade:
+            if isinstance(args.model, list):
+                raise KeraslmError("--upgrade takes one SavedModel version folder")
             if args.refine:
                 raise KeraslmError("--upgrade takes the SavedModel alone (its local stage is in it)")
             path = upgrade_saved_model(args.model, args.base_dir, version=args.version)
             print(f"exported {path}")
             return 0
-        model = detector(args.model)
-        local_network, local_metadata = model.local_network, model.local_metadata
+        models = [detector(path) for path in
+                  (args.model if isinstance(args.model, list) else [args.model])]
+        model = models[0]
+        local_networks = [] if model.local_network is None else [model.local_network]
+        local_metadatas = [] if model.local_metadata is None else [model.local_metadata]
         if args.refine:
-            local = detector(args.refine)
-            local_network, local_metadata = local.network, local.metadata
+            locals_ = [detector(path) for path in
+                       (args.refine if isinstance(args.refine, list) else [args.refine])]
+            local_networks = [local.network for local in locals_]
+            local_metadatas = [local.metadata for local in locals_]
+        for path, member in zip(args.model if isinstance(args.model, list) else [], models):
+            if member.local_network is not None:
+                raise KeraslmError(f"{path}: an ensemble's global member holds a local stage; "
+                                   "give the local stages with --refine")
         metadata = dict(model.metadata)
         if args.calibration:
             from keraslm.calibration import check_calibration
@@ -61,9 +78,16 @@ def main(argv=None):
                 check_calibration(metadata["calibration"], metadata["landmark_names"])
             except KeraslmError as error:
                 raise KeraslmError(f"{args.calibration}: {error}") from None
-        path = export_saved_model(model.network, args.base_dir, metadata,
-                                  version=args.version, local_network=local_network,
-                                  local_metadata=local_metadata)
+        networks = [member.network for member in models]
+        metadatas = [metadata] + [member.metadata for member in models[1:]]
+        one = len(models) == 1
+        path = export_saved_model(
+            networks[0] if one else networks, args.base_dir, metadatas[0] if one else metadatas,
+            version=args.version,
+            local_network=(None if not local_networks else
+                           local_networks[0] if len(local_networks) == 1 else local_networks),
+            local_metadata=(None if not local_metadatas else
+                            local_metadatas[0] if len(local_metadatas) == 1 else local_metadatas))
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)

@@ -106,7 +106,8 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
 
     Args:
         model: str path (a `.keras` file with model.json beside it, or a SavedModel version
-            folder) or a predictor from `keraslm.inference.load_predictor`.
+            folder) or a predictor from `keraslm.inference.load_predictor`; a list of `.keras`
+            paths is an ensemble (`keraslm.inference.EnsemblePredictor`).
         test_set: LandmarkDataset. The images to evaluate (e.g. a held-out split).
         method: str, optional. Report label; default: the model's architecture.
         normalize_distance: float or None. See `keraslm.evaluation.metrics.point_errors`.
@@ -115,7 +116,8 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         progress: callable(str), optional. Receives progress lines.
         source: dict, optional. Extra description stored in `Evaluation.sources`.
         refine: str path or predictor, optional. Local stage of a coarse-to-fine model that
-            refines `model`'s estimates (`keraslm.inference.load_predictor`).
+            refines `model`'s estimates (`keraslm.inference.load_predictor`); a list of paths
+            is an ensemble of local stages.
         precision: str. Compute precision of `.keras` models (`keraslm.inference.KerasPredictor`).
 
     Returns:
@@ -129,19 +131,31 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     from keraslm.inference import load_predictor, predict
 
     progress = _progress(progress)
-    label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "(given predictor)"
-    if isinstance(model, (str, os.PathLike)) and not os.path.exists(model):
-        raise KeraslmError(f"{label}: no such model file or folder")
-    if refine is not None and isinstance(refine, (str, os.PathLike)) and not os.path.exists(refine):
-        raise KeraslmError(f"{os.fspath(refine)}: no such model file or folder")
-    predictor = model if isinstance(model, Predictor) else load_predictor(model, precision=precision)
+
+    def members(item):
+        return list(item) if isinstance(item, (list, tuple)) else [item]
+
+    def named(item):
+        return os.fspath(item) if isinstance(item, (str, os.PathLike)) else "(given predictor)"
+
+    for item in members(model) + ([] if refine is None else members(refine)):
+        if isinstance(item, (str, os.PathLike)) and not os.path.exists(item):
+            raise KeraslmError(f"{os.fspath(item)}: no such model file or folder")
+    label = " & ".join(named(item) for item in members(model))
     if refine is not None:
+        label += " + " + " & ".join(
+            named(item) if isinstance(item, (str, os.PathLike)) else "local stage"
+            for item in members(refine))
+    if isinstance(model, Predictor) and refine is None:
+        predictor = model
+    elif (isinstance(model, Predictor) and isinstance(refine, (str, os.PathLike, Predictor))):
         from keraslm.inference import CascadePredictor
 
         predictor = CascadePredictor(
-            predictor,
+            model,
             refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision))
-        label = f"{label} + {os.fspath(refine) if isinstance(refine, (str, os.PathLike)) else 'local stage'}"
+    else:
+        predictor = load_predictor(model, refine=refine, precision=precision)
     check_model_matches(predictor.metadata, test_set, label)
     if len(test_set) == 0:
         raise KeraslmError(f"dataset {test_set.name!r}: no images to evaluate")
@@ -310,55 +324,86 @@ def combine(evaluations, method=None):
     )
 
 
+def _run_members(entry):
+    """A `run_dirs` / `refine_runs` entry as a list: one run folder, or an ensemble's."""
+    if isinstance(entry, (list, tuple)):
+        if not entry:
+            raise KeraslmError("an ensemble entry of run folders is empty")
+        return list(entry)
+    return [entry]
+
+
+def _model_paths(entry):
+    """The `.keras` path(s) of a run entry: one path, or a list for an ensemble."""
+    paths = [RunFolder(run_dir).model_path for run_dir in _run_members(entry)]
+    return paths if isinstance(entry, (list, tuple)) else paths[0]
+
+
 def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_landmarks=(1, 5),
                   batch_size=4, progress=None, refine_runs=None, precision="float32"):
     """Evaluates each training run on its own held-out split and pools them into one table.
 
     Args:
-        run_dirs: sequence of str. Run folders written by `train.py --output-dir`.
+        run_dirs: sequence of str. Run folders written by `train.py --output-dir`. An entry
+            may be a list of run folders on the same held-out split: an ensemble
+            (`keraslm.inference.EnsemblePredictor`, the members' points averaged).
         method: str, optional. Report label; default: the first run's architecture.
         normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
         batch_size: int.
         progress: callable(str), optional.
         refine_runs: sequence of str, optional. Local-stage runs (train.py --crop-shape), one
             per run of `run_dirs` in the same order and on the same held-out split; each
-            refines its partner's estimates.
+            refines its partner's estimates. An entry may be a list (an ensemble of local
+            stages).
         precision: str. Compute precision of the runs' networks (see `evaluate_model`).
 
     Returns:
         Evaluation (pooled over all runs' test images).
+
+    Raises:
+        KeraslmError: a run is missing or unfinished, or the runs that work together (a global
+            and its local stage, an ensemble's members) held out different images.
     """
     progress = _progress(progress)
     if not run_dirs:
         raise KeraslmError("no training run folders were given")
-    configs = [read_run_config(run_dir) for run_dir in run_dirs]  # Fail early, before predicting.
+    configs = [[read_run_config(run_dir) for run_dir in _run_members(entry)]  # Fail early.
+               for entry in run_dirs]
     refine_runs = list(refine_runs or [])
     if refine_runs:
         if len(refine_runs) != len(run_dirs):
             raise KeraslmError(
                 f"{len(refine_runs)} refining runs for {len(run_dirs)} runs: give one local-stage "
                 "run per run, in the same order")
-        for run_dir, local_dir in zip(run_dirs, refine_runs):
-            read_run_config(local_dir)
-            ids, local_ids = run_test_set(run_dir).ids, run_test_set(local_dir).ids
-            if sorted(ids) != sorted(local_ids):
+        for entry in refine_runs:
+            for local_dir in _run_members(entry):
+                read_run_config(local_dir)
+    for number, entry in enumerate(run_dirs):
+        first, *others = _run_members(entry)
+        locals_ = _run_members(refine_runs[number]) if refine_runs else []
+        ids = sorted(run_test_set(first).ids)
+        for other in others + locals_:
+            if sorted(run_test_set(other).ids) != ids:
+                what = "a local stage" if other in locals_ else "an ensemble's members"
                 raise KeraslmError(
-                    f"{local_dir} was validated on other images than {run_dir}; a local stage "
-                    "must hold out the same split as the run it refines")
+                    f"{other} was validated on other images than {first}; {what} must hold out "
+                    "the same split as the run it works with")
     if method is None and refine_runs:
-        local = read_run_config(refine_runs[0]).get("architecture")
-        method = f"{configs[0].get('architecture')} + local {local}"
+        local = read_run_config(_run_members(refine_runs[0])[0]).get("architecture")
+        method = f"{configs[0][0].get('architecture')} + local {local}"
     parts = []
-    for number, (run_dir, config) in enumerate(zip(run_dirs, configs), 1):
+    for number, (entry, config) in enumerate(zip(run_dirs, configs), 1):
+        run_dir, config = _run_members(entry)[0], config[0]
+        label = " & ".join(os.fspath(member) for member in _run_members(entry))
         test_set = run_test_set(run_dir, config)
-        progress(f"run {number}/{len(run_dirs)} {run_dir}: {len(test_set)} held-out images")
+        progress(f"run {number}/{len(run_dirs)} {label}: {len(test_set)} held-out images")
         parts.append(evaluate_model(
-            RunFolder(run_dir).model_path, test_set, method=method or config.get("architecture"),
+            _model_paths(entry), test_set, method=method or config.get("architecture"),
             normalize_distance=normalize_distance, normalize_landmarks=normalize_landmarks,
             batch_size=batch_size, progress=progress,
-            source={"run": os.fspath(run_dir), "fold": config.get("fold"),
+            source={"run": label, "fold": config.get("fold"),
                     "num_folds": config.get("num_folds"), "seed": config.get("seed")},
-            refine=RunFolder(refine_runs[number - 1]).model_path if refine_runs else None,
+            refine=_model_paths(refine_runs[number - 1]) if refine_runs else None,
             precision=precision,
         ))
     return combine(parts, method)
