@@ -78,7 +78,21 @@ def parse_args(argv=None):
                        metavar="KEY=VALUE",
                        help="override one model setting of the local network (repeatable; "
                        "default: the global networks' --filters / --model-option)")
+    local.add_argument("--local-elastic-mm", type=float,
+                       help="elastic deformation of the local stage's crops (as train.py "
+                       "--elastic-mm; default none)")
+    ensemble = parser.add_argument_group(
+        "ensemble (keraslm.inference.EnsemblePredictor): second members per fold, reported as "
+        "extra rows")
+    ensemble.add_argument("--ensemble-grid-shape", type=grid_shape, metavar="ROWS,COLUMNS",
+                          help="also train a second global stage per fold and architecture on "
+                          "this grid (otherwise the same settings)")
+    ensemble.add_argument("--ensemble-local-elastic-mm", type=float, metavar="MM",
+                          help="also train a second local stage per fold, as the first but with "
+                          "this elastic deformation of the crops (0: none)")
     args = parser.parse_args(argv)
+    if args.ensemble_local_elastic_mm is not None and args.no_local:
+        parser.error("--ensemble-local-elastic-mm needs the local stage (drop --no-local)")
     return apply_mode_defaults(args, QUICK if args.quick else FULL)
 
 
@@ -95,7 +109,13 @@ def main(argv=None):
         crop_shape=args.local_crop_shape, grid_spacing=args.local_spacing,
         steps=args.local_steps, batch_size=args.local_batch_size,
         translation_mm=args.local_translation_mm,
-        model_overrides=dict(args.local_model_option) if args.local_model_option else None)
+        model_overrides=dict(args.local_model_option) if args.local_model_option else None,
+        elastic_mm=args.local_elastic_mm)
+    ensemble_local = None
+    if args.ensemble_local_elastic_mm is not None:
+        import dataclasses
+
+        ensemble_local = dataclasses.replace(local, elastic_mm=args.ensemble_local_elastic_mm)
     overrides = {**({"filters": args.filters} if args.filters else {}), **dict(args.model_option)}
 
     try:
@@ -106,6 +126,7 @@ def main(argv=None):
             preset=args.model_preset, overrides=overrides or None,
             jit=args.jit, seed=args.seed, log=print, local=local,
             rotation_degrees=args.rotation_degrees, scale_range=args.scale_range,
+            ensemble_grid_shape=args.ensemble_grid_shape, ensemble_local=ensemble_local,
         )
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -113,6 +113,12 @@ def test_isbi2015_driver_passes_global_and_local_model_options(tmp_path, monkeyp
     assert _script("isbi2015_cv").main(argv + ["--rotation-degrees", "8", "--scale-range", "0.05"]) == 0
     assert seen["local"].model_overrides is None  # the local stage takes the global overrides
     assert (seen["rotation_degrees"], seen["scale_range"]) == (8.0, 0.05)
+    assert seen["ensemble_grid_shape"] is None and seen["ensemble_local"] is None
+    assert _script("isbi2015_cv").main(argv + ["--ensemble-grid-shape", "240,208",
+                                               "--ensemble-local-elastic-mm", "3"]) == 0
+    assert seen["ensemble_grid_shape"] == (240, 208)
+    assert seen["local"].elastic_mm is None and seen["ensemble_local"].elastic_mm == 3.0
+    assert seen["ensemble_local"].crop_shape == seen["local"].crop_shape
 
 
 def test_blended_fold_errors_fit_each_fold_on_the_others():
@@ -193,6 +199,39 @@ def test_isbi2015_quick(tmp_path):
     with open(output / "splits" / "fold0_test.txt", encoding="utf-8") as handle:
         assert len(handle.read().split()) == 2  # 10 images, 5 folds.
     assert os.path.isfile(output / "runs" / "unet_fold1" / "stage_points_mm.npz")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 training images not found at {ISBI_ROOT}")
+def test_isbi2015_quick_ensemble(tmp_path):
+    output = tmp_path / "isbi"
+    assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
+                                        "--output-dir", str(output), "--architectures", "scn",
+                                        "--ensemble-grid-shape", "40,32",
+                                        "--ensemble-local-elastic-mm", "2", "--folds", "2"]) == 0
+    results = _check_results(output, [("", "scn")] * 5)
+    label = "SpatialConf-Net x2 + local U-Net x2 (ensemble)"
+    assert [row["method"] for row in results["rows"]][3:] == [label, f"{label}, blended"]
+    runs = sorted(os.path.basename(record["run"]) for record in results["runs"])
+    assert runs == sorted(f"{name}_fold{fold}" for fold in (0, 1) for name in (
+        "scn", "scn_member2", "local_unet", "local_unet_member2"))
+    with open(output / "runs" / "scn_member2_fold0" / "config.json", encoding="utf-8") as handle:
+        assert json.load(handle)["grid_shape"] == [40, 32]
+    with open(output / "runs" / "local_unet_member2_fold0" / "config.json", encoding="utf-8") as handle:
+        assert json.load(handle)["settings"]["elastic_mm"] == 2.0
+    assert os.path.isfile(output / "runs" / "scn_fold0" / "stage_points_ensemble_mm.npz")
+    assert os.path.isfile(output / "runs" / "scn_fold0" / "stage_points_mm.npz")
+    table = (output / "table.md").read_text()
+    assert "ensemble_global" in table and "elastic deformation 2.0 mm" in table
+    assert set(results["local_weight"]) == {"scn", "scn ensemble"}
+    # The ensemble row equals the ensemble's own prediction of a held-out image.
+    from keraslm.evaluation import evaluate_runs
+
+    run = lambda name: str(output / "runs" / name)
+    direct = evaluate_runs([[run("scn_fold0"), run("scn_member2_fold0")]],
+                           refine_runs=[[run("local_unet_fold0"), run("local_unet_member2_fold0")]])
+    fold0 = [row for row in results["per_fold"] if row["method"] == f"{label}, fold 0 (2 images)"]
+    assert fold0[0]["summary"]["mean_mm"] == pytest.approx(direct.summary()["mean_mm"], abs=1e-3)
 
 
 def test_publish_copies_generated_tables(tmp_path):

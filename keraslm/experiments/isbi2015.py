@@ -80,6 +80,8 @@ class LocalStageSettings:
         landmarks_per_image: int or None. Crops per image and step (None: all landmarks).
         model_overrides: dict or None. Model settings of the local network (None: the
             experiment's `overrides`, as for the global stage).
+        elastic_mm: float or None. Elastic deformation of the crops (`train.py --elastic-mm`;
+            None: the training preset's, none).
     """
 
     architecture: str = "unet"
@@ -90,12 +92,14 @@ class LocalStageSettings:
     translation_mm: float = 6.0
     landmarks_per_image: int = None
     model_overrides: dict = None
+    elastic_mm: float = None
 
 
 def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_shape=(128, 104),
                 steps=2000, batch_size=8, num_folds=5, folds=None, num_images=None,
                 preset="small", overrides=None, jit="auto", seed=0, log=None, local=None,
-                rotation_degrees=None, scale_range=None):
+                rotation_degrees=None, scale_range=None, ensemble_grid_shape=None,
+                ensemble_local=None):
     """k-fold cross-validation on the ISBI 2015 training images (mm, 0.1 mm pixels).
 
     Args:
@@ -111,6 +115,13 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
             architecture refined by it (coarse-to-fine) beside its single-stage row; with two
             folds or more also the stages blended per landmark (`blended_fold_errors`; the
             weights fitted on all folds are in results.json, `local_weight`).
+        ensemble_grid_shape: tuple of int or None. Also train, per fold and architecture, a
+            second global stage on this grid (otherwise the same settings) - an ensemble of two
+            global stages (`keraslm.inference.EnsemblePredictor`).
+        ensemble_local: LocalStageSettings or None. Also train a second local stage per fold
+            (needs `local`). With either, the report adds the ensemble's rows (refined and, with
+            two folds or more, blended): the global members' mean refined by every local
+            member, their points averaged.
 
     Runs are trained fold by fold (all architectures and the local stage of fold 0 first), so
     an experiment stopped early with `folds` or by interruption leaves complete folds.
@@ -139,31 +150,47 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
                                        test_ids=id_files[fold][1])
         return config.replace(fold=fold, num_folds=num_folds)
 
-    runs, local_runs = [], {}
+    if ensemble_local is not None and local is None:
+        raise KeraslmError("a second local stage (ensemble_local) needs a local stage (local)")
+
+    def local_run(settings, fold, name):
+        config = base_config(
+            "isbi2015", os.path.abspath(dataset_root), settings.architecture, grid_shape,
+            settings.steps, settings.batch_size, preset,
+            overrides if settings.model_overrides is None else settings.model_overrides, jit,
+            os.path.join(output_dir, "runs", f"{name}_fold{fold}"), seed)
+        config = split(config, fold).replace(
+            grid_shape=None, crop_shape=tuple(settings.crop_shape),
+            grid_spacing=settings.grid_spacing, translation_mm=settings.translation_mm,
+            landmarks_per_image=settings.landmarks_per_image, elastic_mm=settings.elastic_mm)
+        return Run("local", settings.architecture, config)
+
+    runs, member_runs, local_runs, local_member_runs = [], {}, {}, {}
     for fold in range(folds or num_folds):
         for architecture in architectures:
-            config = base_config(
-                "isbi2015", os.path.abspath(dataset_root), architecture, grid_shape, steps,
-                batch_size, preset, overrides, jit,
-                os.path.join(output_dir, "runs", f"{architecture}_fold{fold}"), seed)
-            config = config.replace(rotation_degrees=rotation_degrees, scale=scale_range)
-            runs.append(Run("", architecture, split(config, fold)))
+            for shape, name in ((grid_shape, architecture), (ensemble_grid_shape, f"{architecture}_member2")):
+                if shape is None:
+                    continue
+                config = base_config(
+                    "isbi2015", os.path.abspath(dataset_root), architecture, shape, steps,
+                    batch_size, preset, overrides, jit,
+                    os.path.join(output_dir, "runs", f"{name}_fold{fold}"), seed)
+                config = config.replace(rotation_degrees=rotation_degrees, scale=scale_range)
+                if shape is grid_shape:
+                    runs.append(Run("", architecture, split(config, fold)))
+                else:
+                    member_runs[config.output_dir] = Run("member2", architecture, split(config, fold))
         if local is not None:
-            config = base_config(
-                "isbi2015", os.path.abspath(dataset_root), local.architecture, grid_shape,
-                local.steps, local.batch_size, preset,
-                overrides if local.model_overrides is None else local.model_overrides, jit,
-                os.path.join(output_dir, "runs", f"local_{local.architecture}_fold{fold}"), seed)
-            config = split(config, fold).replace(
-                grid_shape=None, crop_shape=tuple(local.crop_shape),
-                grid_spacing=local.grid_spacing, translation_mm=local.translation_mm,
-                landmarks_per_image=local.landmarks_per_image)
-            local_runs[fold] = Run("local", local.architecture, config)
+            local_runs[fold] = local_run(local, fold, f"local_{local.architecture}")
+        if ensemble_local is not None:
+            local_member_runs[fold] = local_run(
+                ensemble_local, fold, f"local_{ensemble_local.architecture}_member2")
     ordered = []
     for fold in range(folds or num_folds):
         ordered += [run for run in runs if run.config.output_dir.endswith(f"_fold{fold}")]
-        if fold in local_runs:
-            ordered.append(local_runs[fold])
+        ordered += [run for run in member_runs.values()
+                    if run.config.output_dir.endswith(f"_fold{fold}")]
+        ordered += [stage[fold] for stage in (local_runs, local_member_runs) if fold in stage]
     records = execute(ordered, log)
     run_parts = {run.config.output_dir: run_errors(run.config.output_dir, dataset.landmark_names)
                  for run in runs}
@@ -199,6 +226,30 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
             parts, weights = blended_fold_errors(points, dataset.landmark_names)
             add_method(f"{refined_label}, blended", architecture, architecture_runs, parts)
             local_weights[architecture] = dict(zip(dataset.landmark_names, weights.tolist()))
+        if not member_runs and not local_member_runs:
+            continue
+        points = []
+        for run in architecture_runs:
+            fold = _fold(run)
+            members = [run.config.output_dir] + [
+                member.config.output_dir for member in member_runs.values()
+                if member.architecture == architecture and _fold(member) == fold]
+            local_members = [stage[fold].config.output_dir
+                             for stage in (local_runs, local_member_runs) if fold in stage]
+            log and log(f"refining the ensemble {', '.join(map(os.path.basename, members))} with "
+                        f"{', '.join(map(os.path.basename, local_members))}")
+            points.append(stage_points(members, local_members))
+        ensemble_label = (f"{label} x{len(members)} + {local_label}"
+                          + (f" x{len(local_members)}" if len(local_members) > 1 else "")
+                          + " (ensemble)")
+        parts = [point_errors(part.refined_mm, part.ground_truth_mm, part.ids, dataset.landmark_names)
+                 for part in points]
+        add_method(ensemble_label, architecture, architecture_runs, parts)
+        if len(points) >= 2:
+            parts, weights = blended_fold_errors(points, dataset.landmark_names)
+            add_method(f"{ensemble_label}, blended", architecture, architecture_runs, parts)
+            local_weights[f"{architecture} ensemble"] = dict(zip(dataset.landmark_names,
+                                                                 weights.tolist()))
     plot_cumulative_error(os.path.join(output_dir, CUMULATIVE_PLOT), curves,
                           title=f"ISBI 2015, {num_folds}-fold cross-validation"
                           + (f" (first {folds} fold{'s' if folds > 1 else ''})" if folds else ""))
@@ -222,13 +273,29 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
             settings["local_stage"] += (
                 f"; peaks chosen with an offset prior of SD "
                 f"{offset_prior_mm(local.translation_mm):.2f} mm around the global estimate")
+    if member_runs:
+        settings["ensemble_global"] = (
+            f"a second global stage per fold on {size_text(ensemble_grid_shape)} at "
+            f"{grid_spacing(next(iter(member_runs.values())).config.output_dir):.4f} mm, "
+            "otherwise the same; the ensemble averages the two global estimates")
+    if local_member_runs:
+        second = ensemble_local
+        settings["ensemble_local"] = (
+            f"a second local stage per fold: {METHOD_LABELS[second.architecture]} on "
+            f"{size_text(second.crop_shape)} crops at {second.grid_spacing} mm, {second.steps} "
+            f"steps, offsets up to {second.translation_mm} mm"
+            + (f", elastic deformation {second.elastic_mm} mm" if second.elastic_mm else "")
+            + "; both local stages refine the ensemble's global estimate, their points averaged")
+    if local is not None and local.elastic_mm:
+        settings["local_stage"] += f"; elastic deformation {local.elastic_mm} mm"
     if local_weights:
         settings["blended"] = (
             "rows '..., blended': per landmark w x refined + (1 - w) x global point "
             "(keraslm.calibration.blend_stages, as a model calibrated with evaluate.py --calibrate "
             "answers), each fold's images with w fitted on the other folds' held-out predictions; "
             "w fitted on all folds: " + "; ".join(
-                f"{METHOD_LABELS[architecture]}: " + ", ".join(
+                f"{METHOD_LABELS[architecture.split()[0]]}"
+                f"{' ensemble' if architecture.endswith(' ensemble') else ''}: " + ", ".join(
                     f"{name} {weight:.1f}" for name, weight in weights.items())
                 for architecture, weights in local_weights.items()))
     tables = (f"{format_sdr_table(rows)}\n\nCumulative error curve: {CUMULATIVE_PLOT}\n\n"

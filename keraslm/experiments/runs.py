@@ -51,6 +51,7 @@ CUMULATIVE_PLOT = "cumulative_error.png"
 
 
 STAGE_POINTS_FILE = "stage_points_mm.npz"
+ENSEMBLE_STAGE_POINTS_FILE = "stage_points_ensemble_mm.npz"
 
 
 @dataclasses.dataclass
@@ -200,10 +201,22 @@ def stage_points(global_dir, local_dir, batch_size=4):
     """StagePoints of a global run refined by a local run on the global run's held-out images;
     predicted once (`keraslm.evaluation.evaluate_runs`, the global stage alone and refined) and
     kept as `<global_dir>/stage_points_mm.npz`, with what identifies both trained models beside
-    it (`.json`): a run trained again, or another local run, is evaluated again."""
-    path = os.path.join(global_dir, STAGE_POINTS_FILE)
+    it (`.json`): a run trained again, or another local run, is evaluated again.
+
+    Lists of run folders make an ensemble (`keraslm.inference.EnsemblePredictor`: the global
+    points are the members' mean, the refined ones the mean of the local members'); kept as
+    `<first global_dir>/stage_points_ensemble_mm.npz`."""
+    ensemble = isinstance(global_dir, (list, tuple)) or isinstance(local_dir, (list, tuple))
+    if ensemble:
+        global_dir, local_dir = (
+            [list(d) if isinstance(d, (list, tuple)) else [d] for d in (global_dir, local_dir)])
+        path = os.path.join(global_dir[0], ENSEMBLE_STAGE_POINTS_FILE)
+        key = {"global": [_trained_model(d) for d in global_dir],
+               "local": [_trained_model(d) for d in local_dir]}
+    else:
+        path = os.path.join(global_dir, STAGE_POINTS_FILE)
+        key = {"global": _trained_model(global_dir), "local": _trained_model(local_dir)}
     source = path + ".json"
-    key = {"global": _trained_model(global_dir), "local": _trained_model(local_dir)}
     if os.path.isfile(path) and os.path.isfile(source):
         with open(source, encoding="utf-8") as handle:
             if json.load(handle) == key:
