@@ -13,12 +13,17 @@ import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "table1_phantom2d", "table2_phantom3d", "benchmarks")
+EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "table1_phantom2d", "table2_phantom3d",
+               "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
     "isbi2015_v4": "python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v4 "
                    "--architectures scn --grid-shape 192,160 --steps 4000 --rotation-degrees 8 "
                    "--scale-range 0.05 --local-crop-shape 96,96 --local-steps 4000",
+    "isbi2015_v6": "python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v6 "
+                   "--architectures scn --grid-shape 192,160 --steps 4000 --rotation-degrees 8 "
+                   "--scale-range 0.05 --local-crop-shape 96,96 --local-steps 4000 "
+                   "--ensemble-grid-shape 240,208 --ensemble-local-elastic-mm 3 --folds 2",
 }
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (

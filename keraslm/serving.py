@@ -359,6 +359,12 @@ class ServingClient:
         # None: the image signatures where the export has them, else the grid-level protocol.
         self.image_signatures = signature_name is None and "predict_array" in exported
         self.signature_name = signature_name or "landmarks"
+        if (not self.image_signatures and exported
+                and self.signature_name not in exported):
+            raise KeraslmError(
+                f"the export has no {self.signature_name!r} signature (it has "
+                f"{sorted(exported)}; an ensemble's export answers whole images only); use "
+                "signature_name=None")
         self.request_format = request_format
         self.transport = transport or http_transport(host, port)
 

@@ -145,6 +145,11 @@ def test_exported_ensemble_answers_like_the_keras_ensemble(members, tmp_path):
     answer = loaded.signatures["predict_image"](image_bytes=tf.constant([data]),
                                                 spacing=tf.constant(spacing))
     np.testing.assert_allclose(answer["landmarks_mm"].numpy()[0], served[0].points_mm, atol=1e-3)
+    from keraslm.serving import ServingClient
+
+    with pytest.raises(KeraslmError, match="no 'landmarks' signature"):
+        ServingClient("ensemble", version, signature_name="landmarks")
+    assert ServingClient("ensemble", version).image_signatures
 
 
 def test_ensemble_paths_argument():

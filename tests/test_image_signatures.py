@@ -239,9 +239,9 @@ def test_shipped_model_predict_image_equals_predict_on_an_isbi_jpeg():
 
 
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
-@pytest.mark.parametrize("number", ["3", "4", "5"])
+@pytest.mark.parametrize("number", ["3", "4", "5", "6"])
 def test_shipped_calibrated_model_answers_expected_errors_in_every_path(number):
-    """Versions 3, 4 and 5 (coarse-to-fine, calibrated): predict_image gives keraslm.predict's
+    """Versions 3 to 6 (coarse-to-fine, calibrated; 6 an ensemble): predict_image gives keraslm.predict's
     points and expected errors; the expected errors are the stored calibration of the answer's
     peak and spread."""
     import json

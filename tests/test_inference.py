@@ -122,7 +122,7 @@ ISBI_IMAGE = os.path.join(os.path.dirname(SHIPPED), "..", "..", "..", "shared", 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not found")
-@pytest.mark.parametrize("number", ["1", "5"])
+@pytest.mark.parametrize("number", ["1", "5", "6"])
 def test_shipped_isbi2015_model_finds_the_landmarks_of_a_training_image(tmp_path, number):
     import subprocess
     import sys
