@@ -11,6 +11,8 @@ from keraslm.experiments import format_landmark_table, format_paper_table, forma
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISBI_ROOT = os.path.join(REPO, "..", "shared", "data", "isbi2015-train")
+needs_isbi = pytest.mark.skipif(not os.path.isdir(ISBI_ROOT),
+                                reason=f"ISBI 2015 training images not found at {ISBI_ROOT}")
 SUMMARY = {"median_mm": 1.234, "mean_mm": 2.0, "std_mm": 0.5, "outliers": 3,
            "outlier_percent": 0.0361, "sdr_2.0mm_percent": 75.0, "sdr_2.5mm_percent": 80.0,
            "sdr_3.0mm_percent": 90.0, "sdr_4.0mm_percent": 99.5}
@@ -167,13 +169,18 @@ def test_isbi2015_missing_folder(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 training images not found at {ISBI_ROOT}")
-def test_isbi2015_quick(tmp_path):
+def _isbi2015_quick(tmp_path, *arguments):
+    """The ISBI driver in quick mode on the first 2 folds; its output folder."""
     output = tmp_path / "isbi"
-    assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
-                                        "--output-dir", str(output), "--rotation-degrees", "8",
-                                        "--scale-range", "0.05", "--folds", "2"]) == 0
+    assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT, "--output-dir",
+                                        str(output), "--folds", "2", *arguments]) == 0
+    return output
+
+
+@pytest.mark.slow
+@needs_isbi
+def test_isbi2015_quick(tmp_path):
+    output = _isbi2015_quick(tmp_path, "--rotation-degrees", "8", "--scale-range", "0.05")
     results = _check_results(output, [("", "scn")] * 3 + [("", "unet")] * 3)
     for run, expected in (("scn_fold0", (8.0, 0.05)), ("local_unet_fold0", (15.0, 0.1))):
         with open(output / "runs" / run / "config.json", encoding="utf-8") as handle:
@@ -202,13 +209,10 @@ def test_isbi2015_quick(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 training images not found at {ISBI_ROOT}")
+@needs_isbi
 def test_isbi2015_quick_ensemble(tmp_path):
-    output = tmp_path / "isbi"
-    assert _script("isbi2015_cv").main(["--quick", "--dataset-root", ISBI_ROOT,
-                                        "--output-dir", str(output), "--architectures", "scn",
-                                        "--ensemble-grid-shape", "40,32",
-                                        "--ensemble-local-elastic-mm", "2", "--folds", "2"]) == 0
+    output = _isbi2015_quick(tmp_path, "--architectures", "scn", "--ensemble-grid-shape", "40,32",
+                             "--ensemble-local-elastic-mm", "2")
     results = _check_results(output, [("", "scn")] * 5)
     label = "SpatialConf-Net x2 + local U-Net x2 (ensemble)"
     assert [row["method"] for row in results["rows"]][3:] == [label, f"{label}, blended"]
@@ -237,19 +241,21 @@ def test_isbi2015_quick_ensemble(tmp_path):
 def test_publish_copies_generated_tables(tmp_path):
     publish = _script("publish")
     readme = tmp_path / "README.md"
-    names = ("isbi2015_cv", "isbi2015_v4", "table1_phantom2d", "table2_phantom3d", "benchmarks")
+    assert publish.EXPERIMENTS == ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "table1_phantom2d",
+                                   "table2_phantom3d", "benchmarks")
     readme.write_text("intro\n" + "".join(
-        f"<!-- results:{n} -->\nold\n<!-- /results:{n} -->\n" for n in names))
+        f"<!-- results:{n} -->\nSTALE TEXT\n<!-- /results:{n} -->\n" for n in publish.EXPERIMENTS))
     results = tmp_path / "results"
     (results / "isbi2015_cv").mkdir(parents=True)
     (results / "isbi2015_cv" / "table.md").write_text(
         "# ISBI\n\n## Settings\n| a | b |\n|---|---|\n| 1 | 2 |\n\nCurve: cumulative_error.png\n")
     assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     text = readme.read_text()
-    assert "old" not in text and "| 1 | 2 |" in text and "##### Settings" in text
+    assert "STALE TEXT" not in text and "| 1 | 2 |" in text and "##### Settings" in text
     assert "# ISBI" not in text  # the table's title gives way to the README heading
     assert "Not run yet: `python experiments/table1_phantom2d.py`" in text
     assert "Not run yet: `python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v4" in text
+    assert "--ensemble-grid-shape 240,208 --ensemble-local-elastic-mm 3 --folds 2`" in text
     assert "P1: training step" in text and "*not run yet*" in text
     assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     assert readme.read_text() == text  # idempotent
