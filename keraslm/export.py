@@ -333,9 +333,7 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
         if meta.get("stage") != "local" or "crop_shape" not in meta:
             raise KeraslmError("`local_metadata` must describe a local stage (stage 'local', "
                                "crop_shape)")
-        if list(meta["landmark_names"]) != list(metadatas[0]["landmark_names"]):
-            raise KeraslmError("the global and the local model have different landmarks")
-    check_ensemble(metadatas, local_metadatas)
+    check_ensemble(metadatas, local_metadatas)  # Stages, landmarks and dimension agree.
     for meta in metadatas + local_metadatas:
         if meta.get("decode_method", "quadratic") not in METHODS:
             raise KeraslmError(

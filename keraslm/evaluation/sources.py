@@ -131,9 +131,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     from keraslm.inference import load_predictor, predict
 
     progress = _progress(progress)
-
-    def members(item):
-        return list(item) if isinstance(item, (list, tuple)) else [item]
+    members = _run_members
 
     def named(item):
         return os.fspath(item) if isinstance(item, (str, os.PathLike)) else "(given predictor)"
@@ -325,10 +323,11 @@ def combine(evaluations, method=None):
 
 
 def _run_members(entry):
-    """A `run_dirs` / `refine_runs` entry as a list: one run folder, or an ensemble's."""
+    """A `run_dirs` / `refine_runs` entry (or a model / `refine` argument) as a list: one run
+    folder or model, or an ensemble's."""
     if isinstance(entry, (list, tuple)):
         if not entry:
-            raise KeraslmError("an ensemble entry of run folders is empty")
+            raise KeraslmError("an ensemble entry is empty")
         return list(entry)
     return [entry]
 
