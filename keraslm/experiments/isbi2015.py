@@ -168,18 +168,19 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
     runs, member_runs, local_runs, local_member_runs = [], {}, {}, {}
     for fold in range(folds or num_folds):
         for architecture in architectures:
-            for shape, name in ((grid_shape, architecture), (ensemble_grid_shape, f"{architecture}_member2")):
-                if shape is None:
+            for second in (False, True):
+                if second and ensemble_grid_shape is None:
                     continue
                 config = base_config(
-                    "isbi2015", os.path.abspath(dataset_root), architecture, shape, steps,
-                    batch_size, preset, overrides, jit,
-                    os.path.join(output_dir, "runs", f"{name}_fold{fold}"), seed)
-                config = config.replace(rotation_degrees=rotation_degrees, scale=scale_range)
-                if shape is grid_shape:
-                    runs.append(Run("", architecture, split(config, fold)))
+                    "isbi2015", os.path.abspath(dataset_root), architecture,
+                    ensemble_grid_shape if second else grid_shape, steps, batch_size, preset,
+                    overrides, jit, os.path.join(output_dir, "runs", f"{architecture}"
+                                                 f"{'_member2' if second else ''}_fold{fold}"), seed)
+                config = split(config.replace(rotation_degrees=rotation_degrees, scale=scale_range), fold)
+                if second:
+                    member_runs[architecture, fold] = Run("member2", architecture, config)
                 else:
-                    member_runs[config.output_dir] = Run("member2", architecture, split(config, fold))
+                    runs.append(Run("", architecture, config))
         if local is not None:
             local_runs[fold] = local_run(local, fold, f"local_{local.architecture}")
         if ensemble_local is not None:
@@ -231,9 +232,9 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
         points = []
         for run in architecture_runs:
             fold = _fold(run)
-            members = [run.config.output_dir] + [
-                member.config.output_dir for member in member_runs.values()
-                if member.architecture == architecture and _fold(member) == fold]
+            members = [run.config.output_dir] + (
+                [member_runs[architecture, fold].config.output_dir]
+                if (architecture, fold) in member_runs else [])
             local_members = [stage[fold].config.output_dir
                              for stage in (local_runs, local_member_runs) if fold in stage]
             log and log(f"refining the ensemble {', '.join(map(os.path.basename, members))} with "
