@@ -297,7 +297,7 @@ def detector_predictor(detector, precision="float32"):
                             KerasPredictor(detector.local_network, detector.local_metadata, precision))
 
 
-def load_predictor(model, metadata=None, refine=None, precision="float32"):
+def load_predictor(model, metadata=None, refine=None, precision="float32", iterations=1):
     """A predictor from a Keras model, a `.keras` file or a SavedModel version folder.
 
     Args:
@@ -310,15 +310,20 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
             (trained with `train.py --crop-shape`); `model` is then its global stage.
         precision: str. Compute precision of Keras models (see `KerasPredictor`); a SavedModel
             computes as it was exported (float32), so only "float32" and "auto" apply to it.
+        iterations: int >= 1. Local passes with `refine`; each centres the crops on the
+            previous estimate.
 
     A list of models (and / or of local stages in `refine`) is an ensemble
     (`EnsemblePredictor`: the members' points averaged); its members are Keras models.
     """
+    if iterations != 1 and refine is None:
+        raise KeraslmError(f"`iterations` ({iterations!r}) counts the passes of a local stage: "
+                           "it needs `refine`")
     if isinstance(model, (list, tuple)) or isinstance(refine, (list, tuple)):
-        return _ensemble_predictor(model, metadata, refine, precision)
+        return _ensemble_predictor(model, metadata, refine, precision, iterations)
     if refine is not None:
         local = refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision)
-        return CascadePredictor(load_predictor(model, metadata, precision=precision), local)
+        return CascadePredictor(load_predictor(model, metadata, precision=precision), local, iterations)
     import keras
 
     from keraslm.detector import LandmarkDetector, load_detector
@@ -345,7 +350,7 @@ def load_predictor(model, metadata=None, refine=None, precision="float32"):
     raise KeraslmError(f"{path}: not a .keras file or a SavedModel folder")
 
 
-def _ensemble_predictor(model, metadata, refine, precision):
+def _ensemble_predictor(model, metadata, refine, precision, iterations=1):
     """`load_predictor` of lists: an `EnsemblePredictor` (a single model or local stage is an
     ensemble of one). `metadata`, if given, replaces the first global member's."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -359,7 +364,7 @@ def _ensemble_predictor(model, metadata, refine, precision):
             item, member_metadata, precision=precision)
 
     return EnsemblePredictor([member(models[0], metadata)] + [member(m) for m in models[1:]],
-                             [member(m) for m in refines])
+                             [member(m) for m in refines], iterations)
 
 
 def load_input_image(item, index, ndim, spacing=None):

@@ -152,6 +152,35 @@ def test_exported_ensemble_answers_like_the_keras_ensemble(members, tmp_path):
     assert ServingClient("ensemble", version).image_signatures
 
 
+def test_predict_command_takes_ensembles(members, tmp_path, capsys):
+    from keraslm.commands.predict import main
+
+    dataset, globals_, locals_, _ = members
+    paths = [r.image_path for r in dataset.records[:2]]
+    spacing = ",".join(str(s) for s in dataset.image_spacing[:2])
+    global_paths = [r.model_path for r in globals_]
+    local_paths = [r.model_path for r in locals_]
+    for iterations in (1, 2):
+        out = tmp_path / f"p{iterations}"
+        assert main([",".join(global_paths), "--refine", ",".join(local_paths), *paths,
+                     "--spacing", spacing, "--refine-iterations", str(iterations),
+                     "--output-dir", str(out)]) == 0
+        written = json.load(open(out / "predictions.json"))
+        expected = predict(EnsemblePredictor([load_predictor(p) for p in global_paths],
+                                             [load_predictor(p) for p in local_paths],
+                                             iterations=iterations), paths,
+                           spacing=dataset.image_spacing)
+        for entry, prediction in zip(written["predictions"], expected):
+            np.testing.assert_allclose(
+                [entry["landmarks"][name]["mm"] for name in prediction.landmark_names],
+                prediction.points_mm, atol=1e-4)
+    one_pass = json.load(open(tmp_path / "p1" / "predictions.json"))
+    two_passes = json.load(open(tmp_path / "p2" / "predictions.json"))
+    assert one_pass != two_passes
+    assert main([",".join(global_paths), "--refine-iterations", "2", *paths]) == 2
+    assert "--refine-iterations needs --refine" in capsys.readouterr().err
+
+
 def test_ensemble_paths_argument():
     from keraslm.cli import ensemble_paths
 

@@ -16,10 +16,14 @@ def main(argv=None):
         description="Find landmarks in images with a trained keraslm model and write them as "
         "CSV (physical mm and image index) and JSON.",
     )
-    parser.add_argument("model", help="a .keras file (as train.py writes it) or a SavedModel version folder")
-    parser.add_argument("--refine", metavar="LOCAL_MODEL",
+    parser.add_argument("model", type=cli.ensemble_paths,
+                        help="a .keras file (as train.py writes it) or a SavedModel version "
+                        "folder; A,B,... (comma-joined .keras files) is an ensemble whose "
+                        "members' points are averaged (an exported ensemble is one folder)")
+    parser.add_argument("--refine", metavar="LOCAL_MODEL", type=cli.ensemble_paths,
                         help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
-                        "refines the model's estimates on fine-grid crops")
+                        "refines the model's estimates on fine-grid crops; L,M,... is an "
+                        "ensemble of local stages, each refining the global estimate, averaged")
     parser.add_argument("--refine-iterations", type=int, default=1, metavar="N",
                         help="local passes with --refine; each centres the crops on the previous "
                         "estimate")
@@ -37,7 +41,7 @@ def main(argv=None):
                         "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
-    from keraslm.inference import CascadePredictor, load_predictor, predict, write_predictions
+    from keraslm.inference import load_predictor, predict, write_predictions
 
     paths = []
     for item in args.images:
@@ -56,16 +60,11 @@ def main(argv=None):
         print(f"error: --output-dir {args.output_dir} is a file, not a folder", file=sys.stderr)
         return 2
     try:
-        model = args.model
-        if args.refine_iterations != 1:
-            if not args.refine:
-                raise KeraslmError("--refine-iterations needs --refine")
-            model = CascadePredictor(load_predictor(args.model, precision=args.precision),
-                                     load_predictor(args.refine, precision=args.precision),
-                                     iterations=args.refine_iterations)
-        predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size,
-                              refine=None if args.refine_iterations != 1 else args.refine,
-                              precision=args.precision)
+        if args.refine_iterations != 1 and not args.refine:
+            raise KeraslmError("--refine-iterations needs --refine")
+        model = load_predictor(args.model, refine=args.refine, precision=args.precision,
+                               iterations=args.refine_iterations)
+        predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
