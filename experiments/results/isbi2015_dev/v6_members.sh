@@ -6,9 +6,10 @@
 # see the README); the driver then skips them. Usage: v6_members.sh FOLD [WORKTREE].
 # Resumable: run it again after an interruption (training_seconds.json then counts the last part).
 FOLD=${1:?usage: v6_members.sh FOLD [WORKTREE]}
-WORKTREE=${2:-/work/train_wt11}
+WORKTREE=${2:-/work/train_wt11}   # a worktree pinned for the runs: git worktree add --detach DIR HEAD
 RUNS=/work/main/experiments/results/isbi2015_v6/runs
-cd "$WORKTREE" || exit 1
+cd "$WORKTREE" || { echo "no worktree $WORKTREE: make one with git worktree add --detach $WORKTREE HEAD" >&2; exit 1; }
+mkdir -p /work/runs13 "$RUNS"
 . /work/main/.venv/bin/activate
 export PYTHONPATH="$WORKTREE" KERASLM_CACHE=/work/main/.cache/keraslm
 
