@@ -104,14 +104,28 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
     assert not (output / "model.keras").exists()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "pass --resume" in again.stderr
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    changed = subprocess.run(command + ["--resume", "--steps", "80"], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert changed.returncode == 2 and "was started with other settings: steps 80" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    # The README's form: the run's own settings from its config.json, not the defaults
+    # (2000 steps, another dataset); --jit may change on resume.
+    resumed = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--resume",
+                              "--output-dir", str(output), "--jit", "off"],
+                             capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not os.path.exists(os.path.join(REPO, "saved_models", "run"))  # --no-export kept.
+    config = json.loads((output / "config.json").read_text())
+    assert config["dataset"] == os.path.abspath(phantom_root) and config["steps"] == 40
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["optimizer_iterations"] == 40  # Same total step count as an unbroken run.
     history = json.loads((output / "history.json").read_text())
     # The whole run's curve: the epochs before the kill kept, those after the checkpoint re-run.
     assert len(history["loss"]) == len(history["val_loss"]) == 8
     assert np.all(np.isfinite(history["loss"]))
+    finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env,
+                              timeout=300)
+    assert finished.returncode == 2 and "holds a finished run" in finished.stderr
 
 
 @pytest.mark.slow
@@ -213,6 +227,8 @@ def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_pat
     with pytest.raises(KeraslmError, match="pass --resume"):
         train(config)  # Not silently retrained from scratch.
     monkeypatch.setattr(run_module, "summarize", original)
+    with pytest.raises(KeraslmError, match=r"other settings: steps 8 \(config.json: 4\)"):
+        train(config.replace(resume=True, steps=8))  # The weights belong to 4 steps.
     messages = []
     result = train(config.replace(resume=True), log=messages.append)
     assert any("resuming at the final validation" in m for m in messages)

@@ -116,7 +116,9 @@ def parse_args(argv=None):
                      help="skip the closing pictures (validation cumulative error curve and "
                      "truth-vs-prediction overlays on the best, median and worst validation image)")
     run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run in --output-dir from its last checkpoint")
+                     help="continue an interrupted run in --output-dir from its last checkpoint, "
+                     "with the settings its config.json recorded (other flags that would change "
+                     "what it trains are refused)")
     run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                      help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     run.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -153,13 +155,19 @@ def _export_dir(args):
     return os.path.join("saved_models", name)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from keraslm.errors import KeraslmError, exit_status
-    from keraslm.training import TrainingConfig, train
+def _absolute_path(path):
+    """A dataset or cache path as given when it names nothing on disk (phantom2d, isbi2015),
+    else absolute: config.json then names the same files from any working folder."""
+    return os.path.abspath(path) if path and os.path.exists(path) else path
 
-    config = TrainingConfig(
-        dataset=args.dataset, dataset_root=args.dataset_root, units=args.units,
+
+def _config(args):
+    """The TrainingConfig the command line asks for."""
+    from keraslm.training import TrainingConfig
+
+    return TrainingConfig(
+        dataset=_absolute_path(args.dataset), dataset_root=_absolute_path(args.dataset_root),
+        units=args.units,
         image_spacing=args.spacing, architecture=args.architecture,
         model_preset=args.model_preset, training_preset=args.training_preset,
         grid_shape=args.grid_shape, grid_spacing=args.grid_spacing, steps=args.steps,
@@ -172,12 +180,49 @@ def main(argv=None):
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm,
         blur_mm=args.blur_mm, noise_std=args.noise_std, rotation_degrees=args.rotation_degrees,
         scale=args.scale_range, model_overrides=dict(args.model_option),
-        ndim=args.ndim, cache_file=args.cache_file, normalization=args.normalization, export_dir=_export_dir(args),
+        ndim=args.ndim, cache_file=_absolute_path(args.cache_file), normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image, sigma=args.sigma,
         learn_sigma=args.learn_sigma, sigma_penalty=args.sigma_penalty,
         plots=not args.no_plots,
     )
+
+
+#: config.json entries that are tuples in a TrainingConfig.
+_TUPLE_SETTINGS = ("grid_shape", "crop_shape", "image_spacing", "train_ids", "test_ids")
+
+
+def _resumed_config(args):
+    """--resume: the run's own settings from its config.json, with the settings given on this
+    command line on top (`keraslm.training.train` refuses those that change what the run
+    trains; where and how it runs - export, plots, XLA, distribution - may change). A setting
+    counts as given when it differs from the command line's default."""
+    from keraslm.run_folder import RunFolder
+    from keraslm.training import TrainingConfig
+
+    asked = _config(args)
+    folder = RunFolder(args.output_dir)
+    if not os.path.isfile(folder.config_path):
+        return asked  # Nothing recorded yet (or nothing to resume: train says which).
+    saved = folder.read_config()
+    defaults = _config(parse_args(["--output-dir", args.output_dir])).to_dict()
+    settings = {key: value for key, value in saved.items() if key in defaults}
+    for key in _TUPLE_SETTINGS:
+        if isinstance(settings.get(key), list):
+            settings[key] = tuple(settings[key])
+    spacing = settings.get("grid_spacing")
+    if isinstance(spacing, list):  # Recorded per axis; isotropic grids are asked for by one number.
+        settings["grid_spacing"] = spacing[0] if len(set(spacing)) == 1 else tuple(spacing)
+    given = {key: value for key, value in asked.to_dict().items() if value != defaults[key]}
+    return TrainingConfig(**{**settings, **given, "resume": True, "output_dir": args.output_dir})
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keraslm.errors import KeraslmError, exit_status
+    from keraslm.training import train
+
     try:
+        config = _resumed_config(args) if args.resume else _config(args)
         result = train(config, log=lambda message: print(message, flush=True))
     except (KeraslmError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

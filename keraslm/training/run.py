@@ -174,7 +174,10 @@ def _check_run_folder(run_folder, resume):
     output_dir, model_path = run_folder.path, run_folder.model_path
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise KeraslmError(f"--output-dir {output_dir} is a file, not a folder; choose another")
-    if resume and not (run_folder.has_checkpoints() or os.path.exists(model_path)):
+    if resume and os.path.exists(model_path):
+        raise KeraslmError(f"nothing to resume in {output_dir}: it holds a finished run "
+                           "(model.keras); start a new run in another --output-dir")
+    if resume and not run_folder.has_checkpoints():
         raise KeraslmError(f"nothing to resume in {output_dir}: it holds no checkpoints of an "
                            "interrupted run; drop --resume to start a new run there")
     if os.path.exists(model_path) and not resume:
@@ -184,6 +187,53 @@ def _check_run_folder(run_folder, resume):
             f"{output_dir} holds checkpoints of an unfinished run; pass --resume to continue it "
             "or choose another --output-dir"
         )
+
+
+#: Settings a resumed run may change: where and how it runs, not what it trains.
+RESUME_MAY_CHANGE = ("resume", "output_dir", "export_dir", "plots", "distribute", "jit")
+#: Settings that are paths: compared as absolute paths (relative to the working folder).
+PATH_SETTINGS = ("dataset", "dataset_root", "cache_file")
+
+
+def _same_setting(key, saved, requested):
+    """Whether a setting of a resumed run equals the one config.json recorded."""
+    import json
+
+    if key in PATH_SETTINGS and isinstance(saved, str) and isinstance(requested, str):
+        if saved == requested:
+            return True
+        # A built-in name (phantom2d) is not a path; a path is the same from any working folder.
+        return (os.path.exists(saved) or os.path.exists(requested)) and \
+            os.path.abspath(saved) == os.path.abspath(requested)
+    if key in ("grid_shape", "grid_spacing") and requested is None:
+        return True  # config.json holds the grid as resolved; None asks for the default one.
+    saved, requested = json.loads(json.dumps(saved)), json.loads(json.dumps(requested))
+    if key == "grid_spacing" and isinstance(requested, (int, float)) and isinstance(saved, list):
+        requested = [requested] * len(saved)
+    if isinstance(saved, (int, float)) and isinstance(requested, (int, float)):
+        return math.isclose(saved, requested, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(saved, list) and isinstance(requested, list):
+        return len(saved) == len(requested) and all(
+            _same_setting(None, a, b) for a, b in zip(saved, requested))
+    return saved == requested
+
+
+def _check_resumed_settings(run_folder, config):
+    """Raises KeraslmError when a resumed run is asked to train with other settings than those
+    its config.json recorded (the weights and the optimizer state belong to those)."""
+    if not os.path.isfile(run_folder.config_path):
+        return  # Stopped before its config was written: nothing to compare.
+    saved = run_folder.read_config()
+    differences = [
+        f"{key} {value!r} (config.json: {saved[key]!r})"
+        for key, value in config.to_dict().items()
+        if key not in RESUME_MAY_CHANGE and key in saved and not _same_setting(key, saved[key], value)]
+    if differences:
+        raise KeraslmError(
+            f"--resume: {run_folder.path} was started with other settings: "
+            + "; ".join(differences) + ". A resumed run trains on with its own settings: "
+            "resume it with the same ones (train.py --resume --output-dir RUN alone takes them "
+            "from its config.json), or start a new run in another --output-dir")
 
 
 def _resolved_settings(config, dataset, network, input_shape):
@@ -222,6 +272,8 @@ def _train(config, log=None):
     run_folder = RunFolder(run.output_dir)
     output_dir = run_folder.path
     _check_run_folder(run_folder, run.resume)
+    if run.resume:
+        _check_resumed_settings(run_folder, config)
 
     precision = choose_precision(_requested_precision(run))
     dataset = load_dataset(data.dataset, root=data.dataset_root, units=data.units,
