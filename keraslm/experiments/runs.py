@@ -112,7 +112,7 @@ def execute(runs, log=None):
                             "status": "skipped", "seconds": 0.0,
                             "recorded_seconds": recorded_training_seconds(run_dir)})
             continue
-        resume = RunFolder(run_dir).has_checkpoints() or RunFolder(run_dir).is_finished()
+        resume = RunFolder(run_dir).has_checkpoints()
         log(f"{label}: {'resuming' if resume else 'training'}")
         result = train(run.config.replace(resume=resume), log=log)
         with atomic_path(os.path.join(run_dir, ERRORS_FILE), suffix=".npy") as temporary:
