@@ -307,6 +307,20 @@ def test_model_and_run_bad_input(runs, capsys, tmp_path):
     with pytest.raises(SystemExit):
         script.main(["--predictions", str(tmp_path / "p.csv")])
     assert "--predictions needs --ground-truth" in capsys.readouterr().err
+    # Dataset options go with --model: refused with --runs and CSVs, not silently ignored.
+    with pytest.raises(SystemExit):
+        script.main(["--runs", str(runs / "fold0"), "--dataset", str(runs / "phantom")])
+    assert "--dataset goes with --model: --runs evaluate each run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--predictions", "p.csv", "--ground-truth", "t.csv", "--units", "index",
+                     "--spacing", "0.5"])
+    assert "--units, --spacing go with --model" in capsys.readouterr().err
+    config["seed"] = 0
+    config["dataset"] = os.path.join("elsewhere", "phantom")  # Relative, not found from here.
+    (tmp_path / "moved" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KeraslmError, match=r"moved.config.json: the run's dataset .*elsewhere.* "
+                       r"cannot be loaded .*run from the folder the run was trained in"):
+        run_test_set(str(tmp_path / "moved"))
 
 
 def test_combine_prefixes_repeated_ids(runs):

@@ -115,6 +115,17 @@ def parse_args(argv=None):
                      "confidence or spread")
     if args.refine and args.model and len(args.refine) != 1:
         parser.error("--refine takes one local model with --model")
+    if not args.model:
+        # The dataset options describe --model's test data; --runs rebuild each run's split from
+        # its config.json, and --predictions / --ground-truth are mm CSVs: refused, not ignored.
+        given = [flag for flag, value in (
+            ("--dataset", args.dataset != parser.get_default("dataset")),
+            ("--dataset-root", args.dataset_root), ("--units", args.units),
+            ("--spacing", args.spacing)) if value]
+        if given:
+            parser.error(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --model: "
+                         + ("--runs evaluate each run on the split its config.json names"
+                            if args.runs else "--predictions and --ground-truth are CSVs in mm"))
     return args
 
 

@@ -209,8 +209,17 @@ def run_test_set(run_dir, config=None):
     from keraslm.datasets import load_dataset
 
     config = config or read_run_config(run_dir)
-    dataset = load_dataset(config["dataset"], root=config.get("dataset_root"),
-                           units=config.get("units"), spacing=config.get("image_spacing"))
+    try:
+        dataset = load_dataset(config["dataset"], root=config.get("dataset_root"),
+                               units=config.get("units"), spacing=config.get("image_spacing"))
+    except KeraslmError as error:
+        recorded = config["dataset"]
+        relative_path = (isinstance(recorded, str) and not os.path.isabs(recorded)
+                         and (os.sep in recorded or os.path.splitext(recorded)[1] != ""))
+        where = ("; it is a relative path (runs trained before paths were recorded absolute): "
+                 "run from the folder the run was trained in" if relative_path else "")
+        raise type(error)(f"{RunFolder(run_dir).config_path}: the run's dataset {recorded!r} "
+                          f"cannot be loaded ({error}){where}") from None
     _, test_set = select_split(
         dataset, fold=config.get("fold"), num_folds=config.get("num_folds", 5),
         train_ids=config.get("train_ids"), test_ids=config.get("test_ids"),
