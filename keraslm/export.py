@@ -55,7 +55,7 @@ from keraslm.detector import (
     refine_function,
 )
 from keraslm.metadata import check_metadata
-from keraslm.files import atomic_folder, read_json
+from keraslm.files import atomic_folder, check_output_folder, read_json
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 
 METADATA_ASSET = "keraslm.json"
@@ -356,8 +356,7 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
                 "`network` must accept any spatial size (None) for a serving export. Received: "
                 f"network.input_shape={input_shape}")
     base_dir = os.path.abspath(os.fspath(base_dir))
-    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
-        raise KeraslmError(f"`base_dir` must be a folder. Received: base_dir={base_dir!r} (a file)")
+    check_output_folder(base_dir, "the model base folder")
     if version is None:
         version = (saved_model_versions(base_dir) or [0])[-1] + 1
     elif not (isinstance(version, (int, np.integer)) and not isinstance(version, bool)
@@ -575,6 +574,13 @@ def upgrade_saved_model(path, base_dir, version=None):
         str, the new version folder.
     """
     predictor = SavedModelPredictor(path)
+    if "ensemble" in predictor.metadata or "landmarks" not in predictor._loaded.signatures:
+        raise KeraslmError(
+            f"{path}: "
+            + ("an ensemble's export" if "ensemble" in predictor.metadata else "this export")
+            + " has no 'landmarks' signature to take its networks from, and it already has the "
+            "image signatures: nothing to upgrade (an ensemble is exported again from its runs: "
+            "keraslm-export A,B BASE --refine L,M)")
     metadata = {k: v for k, v in predictor.metadata.items() if k not in ("saved_model", "refine")}
     network = _network_from_variables(
         metadata, predictor._loaded.signatures["landmarks"].variables, path)

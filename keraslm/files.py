@@ -1,6 +1,7 @@
 """Files written whole or not at all, and JSON read with keraslm errors: `atomic_path`,
 `atomic_folder` (write to a temporary name beside the target, then rename), `write_json`,
-`write_text`, `read_json`. Used by every package that writes files."""
+`write_text`, `read_json`, and `check_output_folder` (an output folder that cannot be made,
+named before the work). Used by every package that writes files."""
 import contextlib
 import json
 import os
@@ -28,6 +29,26 @@ def read_json(path, missing, error=KeraslmError):
         raise error(missing) from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def check_output_folder(path, name):
+    """Raises KeraslmError when a folder cannot be made or written at `path` because it, or a
+    folder it would be made in, is a file - before any work is done for it.
+
+    Args:
+        path: str. The output folder (need not exist).
+        name: str. What names it in the message, e.g. "--output-dir".
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise KeraslmError(f"{name} {path} is a file, not a folder; choose another")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent, child = os.path.dirname(parent), parent
+        if parent == child:
+            break
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise KeraslmError(f"{name} {path} cannot be made: {parent} is a file, not a folder")
 
 
 @contextlib.contextmanager

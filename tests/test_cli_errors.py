@@ -57,6 +57,11 @@ def test_train_errors(images, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert train_main(["--output-dir", str(tmp_path / "file")]) == 2
     _one_error_line(capsys, str(tmp_path / "file"))
+    assert train_main(["--output-dir", str(tmp_path / "file" / "run")]) == 2
+    _one_error_line(capsys, "cannot be made", "is a file, not a folder")
+    assert train_main(["--output-dir", str(out), "--export-dir", str(tmp_path / "file")]) == 2
+    _one_error_line(capsys, "--export-dir", "is a file, not a folder")  # Before any training.
+    assert not out.exists()
     (tmp_path / "empty").mkdir()
     assert train_main(["--resume", "--output-dir", str(tmp_path / "empty")]) == 2
     _one_error_line(capsys, "nothing to resume")
@@ -86,6 +91,11 @@ def test_evaluate_errors(tmp_path, capsys):
                           str(tmp_path / "g.csv"), "--output-dir", str(tmp_path / "e")]) == 1
     _one_error_line(capsys, "p.csv, line 2")
     assert not (tmp_path / "e").exists()
+    (tmp_path / "file").write_text("x")
+    for output_dir in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert evaluate_main(["--runs", str(tmp_path / "missing"), "--output-dir",
+                              str(output_dir)]) == 2
+        _one_error_line(capsys, "--output-dir", "is a file, not a folder")
     with pytest.raises(SystemExit) as exit_info:
         evaluate_main(["--predictions", str(tmp_path / "p.csv")])
     assert exit_info.value.code == 2

@@ -149,6 +149,12 @@ def test_exported_ensemble_answers_like_the_keras_ensemble(members, tmp_path):
 
     with pytest.raises(KeraslmError, match="no 'landmarks' signature"):
         ServingClient("ensemble", version, signature_name="landmarks")
+    from keraslm.export import upgrade_saved_model
+
+    with pytest.raises(KeraslmError, match="an ensemble's export has no 'landmarks' signature"
+                       ".*nothing to upgrade"):
+        upgrade_saved_model(version, str(tmp_path / "upgraded"))
+    assert not (tmp_path / "upgraded").exists()
     assert ServingClient("ensemble", version).image_signatures
 
 

@@ -270,8 +270,10 @@ def test_versions_are_numbered_never_overwritten_and_written_atomically(exports,
         with pytest.raises(KeraslmError, match=f"Received: version={version!r}"):
             export_saved_model(network, base, metadata, version=version)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(KeraslmError, match="must be a folder"):
+    with pytest.raises(KeraslmError, match="file is a file, not a folder"):
         export_saved_model(network, tmp_path / "file", metadata)
+    with pytest.raises(KeraslmError, match=r"file.x cannot be made: .*file is a file"):
+        export_saved_model(network, tmp_path / "file" / "x", metadata)
 
 
 def test_export_bad_network_or_metadata(exports, tmp_path):

@@ -173,6 +173,9 @@ def main(argv=None):
     normalize = {"normalize_distance": args.normalize_distance,
                  "normalize_landmarks": args.normalize_landmarks}
     try:
+        from keraslm.files import check_output_folder
+
+        check_output_folder(args.output_dir, "--output-dir")  # Before the predictions run.
         calibration = None
         if args.calibration:  # Read first: a missing file is named before the predictions run.
             from keraslm.files import read_json

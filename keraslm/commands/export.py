@@ -14,9 +14,10 @@ def main(argv=None):
         prog="keraslm-export",
         description="Export a trained model (a run folder or its model.keras, as "
         "train.py writes) as the next version folder <base>/<n>/ of a TF Serving model; with "
-        "--refine, a coarse-to-fine pair as one SavedModel (signatures serving_default, "
-        "landmarks and refine); comma-joined models, an ensemble (the image signatures only: "
-        "serving_default, predict_image, predict_array).")
+        "--refine, a coarse-to-fine pair as one SavedModel. Signatures: serving_default, "
+        "predict_image and predict_array (image file bytes or pixels in, landmarks in mm out), "
+        "and the grid-level grid_heatmaps, landmarks and (with --refine) refine; comma-joined "
+        "models, an ensemble, have the image signatures only.")
     parser.add_argument("model", type=ensemble_paths,
                         help="the global (whole-image) model: run folder or .keras "
                         "file; with --upgrade an existing SavedModel version folder. A,B: an "

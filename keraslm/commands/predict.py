@@ -6,6 +6,7 @@ import sys
 
 from keraslm import cli
 from keraslm.errors import KeraslmError, exit_status
+from keraslm.files import check_output_folder
 from keraslm.io import is_image_path
 
 
@@ -56,10 +57,8 @@ def main(argv=None):
     if not paths:
         print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
         return 2
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        print(f"error: --output-dir {args.output_dir} is a file, not a folder", file=sys.stderr)
-        return 2
     try:
+        check_output_folder(args.output_dir, "--output-dir")
         if args.refine_iterations != 1 and not args.refine:
             raise KeraslmError("--refine-iterations needs --refine")
         model = load_predictor(args.model, refine=args.refine, precision=args.precision,

@@ -33,7 +33,7 @@ from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
 from keraslm.detector import LandmarkDetector
 from keraslm.metadata import model_metadata
-from keraslm.files import atomic_path, read_json, write_json
+from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
@@ -172,8 +172,7 @@ def train(config, log=None):
 def _check_run_folder(run_folder, resume):
     """Raises KeraslmError when the run folder cannot take this run (or has nothing to resume)."""
     output_dir, model_path = run_folder.path, run_folder.model_path
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise KeraslmError(f"--output-dir {output_dir} is a file, not a folder; choose another")
+    check_output_folder(output_dir, "--output-dir")
     if resume and os.path.exists(model_path):
         raise KeraslmError(f"nothing to resume in {output_dir}: it holds a finished run "
                            "(model.keras); start a new run in another --output-dir")
@@ -272,6 +271,8 @@ def _train(config, log=None):
     run_folder = RunFolder(run.output_dir)
     output_dir = run_folder.path
     _check_run_folder(run_folder, run.resume)
+    if run.export_dir:  # Checked now, not after the training.
+        check_output_folder(run.export_dir, "--export-dir")
     if run.resume:
         _check_resumed_settings(run_folder, config)
 
