@@ -303,6 +303,29 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
 
 
+def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):
+    """A truncated PNG has a readable header: check decodes every image to find it, as training
+    would, and names each one."""
+    from keraslm.commands.dataset import main as dataset_main
+
+    folder = tmp_path / "truncated"
+    copied, _, _ = _csv_folder(phantom, folder)
+    pngs = sorted(path for path, _ in copied.values() if path.endswith(".png"))[:2]
+    for path in pngs:
+        with open(path, "rb") as handle:
+            head = handle.read(300)
+        with open(path, "wb") as handle:
+            handle.write(head)
+    spacing = ",".join(map(str, phantom.image_spacing))
+    assert dataset_main(["check", str(folder), "--units", "index", "--spacing", spacing,
+                         "--overview", str(tmp_path / "overview.png")]) == 1
+    out = capsys.readouterr().out
+    for path in pngs:
+        assert f"error: {path}: corrupt or truncated image" in out, out
+    assert f"{len(phantom)} 2D images ({len(phantom) - 2} readable)" in out
+    assert "\n2 errors, " in out
+
+
 def dataclasses_replace(image, **changes):
     import dataclasses
 
