@@ -326,6 +326,32 @@ def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):
     assert "\n2 errors, " in out
 
 
+def test_dataset_commands_read_headerless_csvs_with_ndim(phantom, tmp_path, capsys):
+    from keraslm.commands.dataset import main as dataset_main
+
+    folder = tmp_path / "headerless"
+    _, index, csv_path = _csv_folder(phantom, folder)
+    os.remove(csv_path)
+    (folder / "points.csv").write_text("".join(
+        ",".join([r.id] + [f"{v:.6f}" for v in points.ravel()]) + "\n"
+        for r, points in zip(phantom.records, index)))
+    data = ["--units", "index", "--spacing", ",".join(map(str, phantom.image_spacing))]
+    overview = ["--overview", str(tmp_path / "overview.png")]
+    assert dataset_main(["check", str(folder)] + data + overview) == 1
+    err = capsys.readouterr().err
+    assert "points.csv: headerless landmark file" in err and "--ndim 2 or 3" in err
+    assert dataset_main(["check", str(folder)] + data + ["--ndim", "2"] + overview) == 0
+    assert f"{len(phantom)} 2D images" in capsys.readouterr().out
+    assert dataset_main([str(folder)] + data + ["--ndim", "2"]) == 0  # The summary.
+    assert f"{len(phantom)} 2D images, {phantom.num_landmarks} landmarks" in capsys.readouterr().out
+    assert dataset_main(["init", str(folder)] + data + ["--ndim", "2"]) == 0
+    description = json.loads((folder / "dataset.json").read_text())
+    assert description["landmarks_csv"] == "points.csv" and description["ndim"] == 2
+    assert dataset_main(["check", str(folder)] + overview) == 0  # Now through dataset.json.
+    loaded = load_dataset(str(folder))
+    np.testing.assert_allclose(loaded.points_mm, phantom.points_mm, atol=1e-4)
+
+
 def dataclasses_replace(image, **changes):
     import dataclasses
 

@@ -351,7 +351,7 @@ def write_overview(path, check, landmark_names):
     return path
 
 
-def describe_folder(folder, units=None, spacing=None):
+def describe_folder(folder, units=None, spacing=None, ndim=None):
     """The `dataset.json` contents that describe `folder` as `keraslm.datasets.load_dataset`
     reads it now (one landmark CSV, or landmark files beside the images); what
     `keraslm-dataset init` writes. Returns (description dict, LandmarkDataset).
@@ -370,7 +370,7 @@ def describe_folder(folder, units=None, spacing=None):
     if os.path.isfile(os.path.join(folder, DATASET_JSON)):
         raise DatasetError(f"{os.path.join(folder, DATASET_JSON)} exists already; edit it, or "
                            "remove it to infer a new one")
-    dataset = load_dataset(folder, units=units, spacing=spacing)
+    dataset = load_dataset(folder, units=units, spacing=spacing, ndim=ndim)
     description = {"name": dataset.name, "ndim": dataset.ndim}
     csvs = [os.path.relpath(path, folder) for path in landmark_csvs(folder)]
     if csvs:
