@@ -1,6 +1,7 @@
 """Argument parsing shared by the scripts (`train.py`, `evaluate.py`, `experiments/`)."""
 import argparse
 import ast
+import math
 
 
 #: The built-in architectures (`keraslm.models.ARCHITECTURES`) and model presets
@@ -45,8 +46,8 @@ def spacing(text):
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected mm per pixel like 0.1 or 0.1,0.12, got {text!r}") from None
-    if not values or len(values) > 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive numbers, got {text!r}")
+    if not values or len(values) > 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive finite numbers, got {text!r}")
     return values[0] if len(values) == 1 else values
 
 

@@ -292,6 +292,26 @@ def _check_units(units, source):
         raise DatasetError(f"`units` must be one of {LANDMARK_UNITS}. Received: units={units!r}")
 
 
+def _image_spacing(spacing, ndim, source):
+    """`spacing` (one value for all axes, or one per axis) as a tuple of `ndim` positive finite
+    floats, or None. `source` names the dataset in messages."""
+    if spacing is None:
+        return None
+    try:
+        values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.ndim != 1 or not np.all(np.isfinite(values)) or not np.all(values > 0):
+        raise DatasetArgumentError(
+            f"{source}: the pixel spacing must be positive finite mm. Received: spacing={spacing!r}")
+    if len(values) not in (1, ndim):
+        raise DatasetArgumentError(
+            f"{source}: spacing {values.tolist()} has {len(values)} values for a {ndim}D "
+            f"dataset; give one value for all axes or {ndim} (x, y{', z' if ndim == 3 else ''}): "
+            "--spacing MM (spacing= in Python)")
+    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
+
+
 def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, name=None):
     """Describes a dataset by a landmark CSV and the folder holding its images.
 
@@ -307,7 +327,8 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
         name: str, optional. Dataset name; defaults to the image folder's name.
 
     Raises:
-        DatasetError: units unknown, or images missing on disk (all of them listed).
+        DatasetError: units unknown, images missing on disk (all of them listed), or a
+            `spacing` with another number of values than the landmarks' dimension.
     """
     csv_path = os.fspath(csv_path)
     _check_units(units, csv_path)
@@ -320,20 +341,19 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
             f"{csv_path}: {len(missing)} of {len(resolved)} landmark rows have no image under "
             f"{image_root}: {', '.join(missing)}"
         )
-    if spacing is not None:
-        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (table.ndim,))
+    spacing = _image_spacing(spacing, table.ndim, csv_path)
     dataset = LandmarkDataset(
         name=name or os.path.basename(os.path.normpath(image_root)),
         records=(),
         landmark_names=table.names,
         ndim=table.ndim,
-        image_spacing=None if spacing is None else tuple(spacing),
+        image_spacing=spacing,
     )
     records, unreadable = [], []
     for (key, path), points in zip(resolved, table.points):
         if units == "index":
-            try:
-                header = dataset.read_image_header(Record(key, path, points))
+            try:  # The file's geometry; a plain image's spacing is the dataset's, set below.
+                header = read_image_header(path)
             except KeraslmError as error:
                 unreadable.append(f"row {key!r}: {error}")
                 continue
@@ -341,6 +361,8 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
                 unreadable.append(f"row {key!r} has {table.ndim}D landmarks but its image {path} "
                                   f"is {header.ndim}D")
                 continue
+            if dataset._spacing_for(path) is not None:
+                header = dataclasses.replace(header, spacing=dataset.image_spacing)
             points = header.index_to_physical(points)
         records.append(Record(image_id_from_path(key), path, points))
     if unreadable:
@@ -407,7 +429,8 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
         names += [n for n in file_names if n not in names]
     if all(n.isdigit() for n in names):
         names.sort(key=natural_key)
-    plain_spacing = None if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (2,))
+    plain = any(not holds_geometry(images[i]) for i in ids)
+    plain_spacing = _image_spacing(spacing, 2, folder) if plain else None  # Plain images are 2D.
     records, dims = [], {}
     for image_id in ids:
         path, file_names, file_points, file_units = contents[image_id]
@@ -430,8 +453,7 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
     data_ndim = next(iter(dims))
     if ndim is not None and ndim != data_ndim:
         raise DatasetError(f"{folder}: its images are {data_ndim}D, not {ndim}D")
-    if spacing is not None:
-        spacing = tuple(np.broadcast_to(np.asarray(spacing, np.float64), (data_ndim,)))
+    spacing = _image_spacing(spacing, data_ndim, folder)
     return LandmarkDataset(name or os.path.basename(os.path.normpath(folder)), tuple(records),
                            tuple(names), data_ndim, image_spacing=spacing)
 

@@ -6,8 +6,9 @@ Cases here: unknown dataset; CSV without --units; landmark file without an image
 image in a CSV dataset (all named); --output-dir that is a file; --resume with nothing to resume;
 a bad --grid-shape; evaluate on a missing run folder, with a malformed predictions CSV, or
 --predictions without --ground-truth; predict with a missing or truncated model; check of a
-missing dataset. Elsewhere: export with another model's calibration (test_cascade), the
-dataset check's findings (test_own_data), truncated model loading (test_inference).
+missing dataset; a --spacing of the wrong length, NaN or inf. Elsewhere: export with another
+model's calibration (test_cascade), the dataset check's findings (test_own_data), truncated
+model loading (test_inference).
 """
 import os
 
@@ -75,6 +76,22 @@ def test_unreadable_images_are_data_errors_named_all(images, tmp_path, capsys):
     _one_error_line(capsys, "2 images cannot be read or do not fit", "a.png", "b.png")
     assert dataset_main(["check", str(images), "--units", "index"]) == 1
     _one_error_line(capsys, "a.png", "b.png")
+
+
+def test_spacing_with_the_wrong_number_of_values_or_not_finite(images, tmp_path, capsys):
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    data = [str(images / "landmarks.csv"), "--units", "index", "--spacing", "0.1,0.2,0.3"]
+    assert dataset_main(["check"] + data) == 2
+    _one_error_line(capsys, "landmarks.csv: spacing [0.1, 0.2, 0.3] has 3 values for a 2D dataset")
+    out = tmp_path / "run"
+    assert train_main(["--dataset"] + data + ["--output-dir", str(out)]) == 2
+    _one_error_line(capsys, "landmarks.csv: spacing [0.1, 0.2, 0.3] has 3 values for a 2D dataset")
+    assert not out.exists()
+    for text in ("nan", "inf", "0.1,-inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            dataset_main(["check", str(images), "--units", "index", "--spacing", text])
+        assert exit_info.value.code == 2
+        assert f"expected 1 to 3 positive finite numbers, got {text!r}" in capsys.readouterr().err
 
 
 def test_evaluate_errors(tmp_path, capsys):

@@ -7,6 +7,7 @@ import pytest
 
 from keraslm import DatasetError
 from keraslm.data import from_csv, load_folder, read_id_list
+from keraslm.errors import DatasetArgumentError
 from keraslm.io import Image, LandmarkTable, write_dicom, write_landmarks, write_png
 
 ISBI_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isbi2015-train")
@@ -120,6 +121,16 @@ def test_load_folder_reads_dataset_json(folder):
     (folder / "dataset.json").write_text(json.dumps({**description, "landmark_names": ["x"]}))
     with pytest.raises(DatasetError, match="landmark_names differ"):
         load_folder(folder)
+
+
+def test_spacing_must_fit_the_dimension(folder):
+    with pytest.raises(DatasetArgumentError, match=r"landmarks\.csv: spacing \[0\.1, 0\.2, 0\.3\] has 3 "
+                       r"values for a 2D dataset; give one value for all axes or 2 \(x, y\)"):
+        from_csv(folder / "landmarks.csv", spacing=(0.1, 0.2, 0.3))
+    for bad in (float("nan"), (0.5, float("inf")), -1.0):
+        with pytest.raises(DatasetArgumentError, match=r"landmarks\.csv: the pixel spacing must be "
+                           r"positive finite mm"):
+            from_csv(folder / "landmarks.csv", spacing=bad)
 
 
 @pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 folder absent: {ISBI_ROOT}")
