@@ -83,8 +83,8 @@ def add_dataset_arguments(group):
                        help="units of CSV and .txt landmark coordinates: index (pixels) or mm "
                        "(physical, LPS); required for them, Slicer markups are mm")
     group.add_argument("--spacing", type=spacing, metavar="MM",
-                       help="mm per pixel of plain images (PNG/JPEG hold none), e.g. 0.1 for ISBI "
-                       "2015, or x,y")
+                       help="mm per pixel of plain images (PNG/JPEG hold none; required for them "
+                       "unless the dataset's dataset.json gives it), e.g. 0.1 for ISBI 2015, or x,y")
     group.add_argument("--ndim", type=int, choices=[2, 3],
                        help="expected dimension: an error if the dataset differs; needed for "
                        "headerless CSVs")

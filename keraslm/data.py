@@ -312,6 +312,20 @@ def _image_spacing(spacing, ndim, source):
     return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
 
 
+def _require_spacing(image_paths, spacing, source):
+    """Raises unless `spacing` is given or every image file holds its own pixel spacing: plain
+    images (PNG/JPEG) would otherwise be read at an unknown 1 mm per pixel."""
+    if spacing is not None:
+        return
+    plain = [path for path in image_paths if not holds_geometry(path)]
+    if plain:
+        examples = ", ".join(plain[:3]) + (" ..." if len(plain) > 3 else "")
+        raise DatasetArgumentError(
+            f"{source}: {len(plain)} of {len(image_paths)} images hold no pixel spacing (plain "
+            f"images such as PNG/JPEG: {examples}); say how many mm a pixel is: --spacing MM or "
+            "X,Y (spacing= in Python, plain_image_spacing in a dataset.json)")
+
+
 def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, name=None):
     """Describes a dataset by a landmark CSV and the folder holding its images.
 
@@ -322,13 +336,14 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
         units: str. "index" (pixel coordinates, converted through each image's geometry) or
             "mm" (physical LPS millimetres).
         spacing: float or sequence, optional. Spacing for images whose files hold none
-            (PNG/JPEG), e.g. 0.1 for ISBI 2015.
+            (PNG/JPEG), e.g. 0.1 for ISBI 2015; required when there are such images.
         ndim: int, optional. Required for headerless CSVs.
         name: str, optional. Dataset name; defaults to the image folder's name.
 
     Raises:
-        DatasetError: units unknown, images missing on disk (all of them listed), or a
-            `spacing` with another number of values than the landmarks' dimension.
+        DatasetError: units unknown, images missing on disk (all of them listed), plain images
+            without `spacing`, or a `spacing` with another number of values than the landmarks'
+            dimension.
     """
     csv_path = os.fspath(csv_path)
     _check_units(units, csv_path)
@@ -342,6 +357,7 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
             f"{image_root}: {', '.join(missing)}"
         )
     spacing = _image_spacing(spacing, table.ndim, csv_path)
+    _require_spacing([path for _, path in resolved], spacing, csv_path)
     dataset = LandmarkDataset(
         name=name or os.path.basename(os.path.normpath(image_root)),
         records=(),
@@ -383,7 +399,8 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
 
     Raises:
         DatasetError: naming every image without a landmark file, every landmark file without
-            an image, images with two landmark files, unreadable files, mixed dimensions.
+            an image, images with two landmark files, unreadable files, mixed dimensions;
+            plain images (PNG/JPEG) without `spacing`.
     """
     folder = os.fspath(folder)
     images, landmark_files = {}, {}
@@ -429,6 +446,7 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
         names += [n for n in file_names if n not in names]
     if all(n.isdigit() for n in names):
         names.sort(key=natural_key)
+    _require_spacing([images[i] for i in ids], spacing, folder)
     plain = any(not holds_geometry(images[i]) for i in ids)
     plain_spacing = _image_spacing(spacing, 2, folder) if plain else None  # Plain images are 2D.
     records, dims = [], {}

@@ -6,9 +6,9 @@ Cases here: unknown dataset; CSV without --units; landmark file without an image
 image in a CSV dataset (all named); --output-dir that is a file; --resume with nothing to resume;
 a bad --grid-shape; evaluate on a missing run folder, with a malformed predictions CSV, or
 --predictions without --ground-truth; predict with a missing or truncated model; check of a
-missing dataset; a --spacing of the wrong length, NaN or inf. Elsewhere: export with another
-model's calibration (test_cascade), the dataset check's findings (test_own_data), truncated
-model loading (test_inference).
+missing dataset; plain images without --spacing; a --spacing of the wrong length, NaN or inf.
+Elsewhere: export with another model's calibration (test_cascade), the dataset check's findings
+(test_own_data), truncated model loading (test_inference).
 """
 import os
 
@@ -74,8 +74,19 @@ def test_unreadable_images_are_data_errors_named_all(images, tmp_path, capsys):
     assert train_main(["--dataset", str(images), "--units", "index", "--spacing", "0.5",
                        "--output-dir", str(tmp_path / "run")]) == 1
     _one_error_line(capsys, "2 images cannot be read or do not fit", "a.png", "b.png")
-    assert dataset_main(["check", str(images), "--units", "index"]) == 1
+    assert dataset_main(["check", str(images), "--units", "index", "--spacing", "0.5"]) == 1
     _one_error_line(capsys, "a.png", "b.png")
+
+
+def test_plain_images_without_a_spacing_are_an_error(images, tmp_path, capsys):
+    """PNGs hold no pixel size: train and check say to pass --spacing instead of using 1 mm."""
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    out = tmp_path / "run"
+    assert train_main(["--dataset", str(images), "--units", "index", "--output-dir", str(out)]) == 2
+    _one_error_line(capsys, "landmarks.csv: 2 of 2 images hold no pixel spacing", "a.png", "--spacing")
+    assert not out.exists()
+    assert dataset_main(["check", str(images), "--units", "index"]) == 2
+    _one_error_line(capsys, "landmarks.csv: 2 of 2 images hold no pixel spacing", "--spacing")
 
 
 def test_spacing_with_the_wrong_number_of_values_or_not_finite(images, tmp_path, capsys):

@@ -298,7 +298,7 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     from keraslm.io import Image, write_nifti
     write_nifti(str(mixed / "vol.nii.gz"), Image(np.zeros((4, 5, 6), np.float32), spacing=(1, 1, 1)))
     write_markups(str(mixed / "vol.mrk.json"), names, np.zeros((len(names), 3)))
-    assert dataset_main(["check", str(mixed)]) == 1
+    assert dataset_main(["check", str(mixed), "--spacing", spacing]) == 1
     err = capsys.readouterr().err
     assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
 

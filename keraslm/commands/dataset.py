@@ -55,7 +55,8 @@ def _parser():
     return parser
 
 
-_SPACING_HELP = "mm per pixel of plain images (PNG/JPEG): 0.1 or x,y"
+_SPACING_HELP = ("mm per pixel of plain images (PNG/JPEG hold none; required for them unless "
+                 "dataset.json gives it): 0.1 or x,y")
 _NDIM_HELP = ("expected dimension: an error if the dataset differs; needed for headerless CSVs "
               "(id,x0,y0,...)")
 

@@ -41,7 +41,8 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
         root: str, optional. See above.
         units: "index" or "mm". Units of CSV and `.txt` coordinates (required for them; Slicer
             markups are mm).
-        spacing: float or sequence, optional. mm per pixel of plain images (PNG/JPEG).
+        spacing: float or sequence, optional. mm per pixel of plain images (PNG/JPEG);
+            required for a CSV or folder with such images unless a dataset.json gives it.
         ndim: int, optional. Expected dimension (checked; needed for headerless CSVs).
 
     Returns:
@@ -49,7 +50,7 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
 
     Raises:
         DatasetError: an unknown name, a folder that holds none of the above or several CSVs,
-            missing or unreadable files (named).
+            missing or unreadable files (named), plain images without a spacing.
     """
     name = os.fspath(name_or_path)
     if name in ("phantom2d", "phantom3d"):
