@@ -30,6 +30,9 @@ from keraslm.files import read_json
 
 DATASET_JSON = "dataset.json"
 LANDMARK_UNITS = ("index", "mm")
+#: Where a dataset's `image_spacing` came from: the caller (`spacing=`, --spacing) or the
+#: folder's dataset.json (`plain_image_spacing`).
+_DATASET_SPACING_SOURCES = ("caller", DATASET_JSON)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,6 +66,8 @@ class LandmarkDataset:
         ndim: int. 2 or 3.
         image_spacing: sequence of float or None. Spacing (mm along x, y[, z]) to read images
             whose files hold no geometry (PNG/JPEG); None to use what the files say.
+        image_spacing_source: str. Where `image_spacing` came from, as the images read with it
+            report it (`Image.spacing_source`): "caller" or "dataset.json".
 
     Examples:
         >>> dataset = keraslm.datasets.isbi2015("../shared/data/isbi2015-train")  # doctest: +SKIP
@@ -75,10 +80,15 @@ class LandmarkDataset:
     landmark_names: tuple
     ndim: int
     image_spacing: tuple = None
+    image_spacing_source: str = "caller"
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
             raise DatasetError(f"`ndim` must be 2 or 3. Received: ndim={self.ndim!r}")
+        if self.image_spacing_source not in _DATASET_SPACING_SOURCES:
+            raise DatasetError(
+                f"`image_spacing_source` must be one of {_DATASET_SPACING_SOURCES}. "
+                f"Received: image_spacing_source={self.image_spacing_source!r}")
         records = tuple(self.records)
         names = tuple(self.landmark_names)
         ids = [record.id for record in records]
@@ -127,16 +137,23 @@ class LandmarkDataset:
 
     def read_image(self, record):
         """Reads a record's image (with the dataset's `image_spacing` for plain images)."""
-        return read_image(record.image_path, spacing=self._spacing_for(record.image_path))
+        spacing = self._spacing_for(record.image_path)
+        return self._with_source(read_image(record.image_path, spacing=spacing), spacing)
 
     def read_image_header(self, record):
         """Reads a record's image geometry only; see `keraslm.io.read_image_header`."""
-        return read_image_header(record.image_path, spacing=self._spacing_for(record.image_path))
+        spacing = self._spacing_for(record.image_path)
+        return self._with_source(read_image_header(record.image_path, spacing=spacing), spacing)
 
     def _spacing_for(self, path):
         if self.image_spacing is None:
             return None
         return None if holds_geometry(path) else self.image_spacing
+
+    def _with_source(self, image, spacing):
+        if spacing is None or image.spacing_source == self.image_spacing_source:
+            return image
+        return dataclasses.replace(image, spacing_source=self.image_spacing_source)
 
     # ------------------------------------------------------------------------------- splits
 
@@ -476,7 +493,7 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
                            tuple(names), data_ndim, image_spacing=spacing)
 
 
-def load_folder(root):
+def load_folder(root, units=None, spacing=None, image_root=None):
     """Loads a dataset folder described by its `dataset.json` (as written by
     `keraslm.datasets.make_phantom`).
 
@@ -484,6 +501,16 @@ def load_folder(root):
     (the extension of the landmark file beside each image, `from_landmark_files`),
     `landmark_units` ("index" or "mm"), `plain_image_spacing` (list or null), optional
     `landmark_names`. `keraslm-dataset init FOLDER` writes one.
+
+    Args:
+        root: str. The folder.
+        units, spacing, image_root: optional. What the caller says (--units, --spacing,
+            --root): each must agree with dataset.json (the image root with the folder itself);
+            `spacing` is used when dataset.json's `plain_image_spacing` is null.
+
+    Raises:
+        DatasetError: dataset.json missing or incomplete, or contradicted by an argument (the
+            message names dataset.json and both values).
     """
     root = os.fspath(root)
     description_path = os.path.join(root, DATASET_JSON)
@@ -499,20 +526,41 @@ def load_folder(root):
         absent.append("landmarks_csv (or landmark_files)")
     if absent:
         raise DatasetError(f"{description_path}: missing keys: {', '.join(absent)}")
+    units_json = description["landmark_units"]
+    if units is not None and units != units_json:
+        raise DatasetArgumentError(
+            f"{description_path} says landmark_units {units_json!r}, but units {units!r} "
+            "(--units) was given; leave --units out or edit dataset.json")
+    if image_root is not None and os.path.abspath(image_root) != os.path.abspath(root):
+        raise DatasetArgumentError(
+            f"{description_path}: its images are found in its folder {root}, but root "
+            f"{os.fspath(image_root)!r} (--root) was given; leave --root out")
+    spacing_json = description.get("plain_image_spacing")
+    source = "caller"
+    if spacing_json is not None:
+        ndim = description["ndim"]
+        spacing_json = _image_spacing(spacing_json, ndim, description_path)
+        given = _image_spacing(spacing, ndim, description_path)
+        if given is not None and not np.allclose(given, spacing_json, rtol=1e-9, atol=0):
+            raise DatasetArgumentError(
+                f"{description_path} says plain_image_spacing {list(spacing_json)} mm, but "
+                f"spacing {np.atleast_1d(spacing).tolist()} mm (--spacing) was given; leave "
+                "--spacing out or edit dataset.json")
+        spacing, source = spacing_json, DATASET_JSON
     if "landmarks_csv" in description:
         dataset = from_csv(
             os.path.join(root, description["landmarks_csv"]),
             image_root=root,
-            units=description["landmark_units"],
-            spacing=description.get("plain_image_spacing"),
+            units=units_json,
+            spacing=spacing,
             ndim=description["ndim"],
             name=description["name"],
         )
     else:
         dataset = from_landmark_files(
-            root, units=description["landmark_units"],
-            spacing=description.get("plain_image_spacing"), ndim=description["ndim"],
+            root, units=units_json, spacing=spacing, ndim=description["ndim"],
             name=description["name"])
+    dataset = dataclasses.replace(dataset, image_spacing_source=source)
     names = description.get("landmark_names")
     if names is not None and tuple(names) != dataset.landmark_names:
         raise DatasetError(

@@ -6,10 +6,12 @@ Cases here: unknown dataset; CSV without --units; landmark file without an image
 image in a CSV dataset (all named); --output-dir that is a file; --resume with nothing to resume;
 a bad --grid-shape; evaluate on a missing run folder, with a malformed predictions CSV, or
 --predictions without --ground-truth; predict with a missing or truncated model; check of a
-missing dataset; plain images without --spacing; a --spacing of the wrong length, NaN or inf.
-Elsewhere: export with another model's calibration (test_cascade), the dataset check's findings
-(test_own_data), truncated model loading (test_inference).
+missing dataset; plain images without --spacing; a --spacing of the wrong length, NaN or inf;
+flags that contradict dataset.json. Elsewhere: export with another model's calibration
+(test_cascade), the dataset check's findings (test_own_data), truncated model loading
+(test_inference).
 """
+import json
 import os
 
 import numpy as np
@@ -103,6 +105,31 @@ def test_spacing_with_the_wrong_number_of_values_or_not_finite(images, tmp_path,
             dataset_main(["check", str(images), "--units", "index", "--spacing", text])
         assert exit_info.value.code == 2
         assert f"expected 1 to 3 positive finite numbers, got {text!r}" in capsys.readouterr().err
+
+
+def test_flags_that_contradict_dataset_json(images, tmp_path, capsys):
+    """--units, --spacing and --root are errors when they contradict dataset.json, and fine when
+    they agree; the summary says the spacing came from dataset.json."""
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    (images / "dataset.json").write_text(json.dumps({
+        "name": "xrays", "ndim": 2, "landmarks_csv": "landmarks.csv", "landmark_units": "index",
+        "plain_image_spacing": [0.9, 1.0]}))
+    json_path = str(images / "dataset.json")
+    overview = ["--overview", str(tmp_path / "overview.png")]
+    assert dataset_main(["check", str(images), "--spacing", "0.5"] + overview) == 2
+    _one_error_line(capsys, json_path, "plain_image_spacing [0.9, 1.0] mm", "spacing [0.5] mm (--spacing)")
+    assert dataset_main(["check", str(images), "--units", "mm"] + overview) == 2
+    _one_error_line(capsys, json_path, "landmark_units 'index'", "units 'mm' (--units)")
+    assert dataset_main(["check", str(images), "--root", str(tmp_path)] + overview) == 2
+    _one_error_line(capsys, json_path, str(tmp_path), "(--root)")
+    out = tmp_path / "run"
+    assert train_main(["--dataset", str(images), "--spacing", "0.5", "--output-dir", str(out)]) == 2
+    _one_error_line(capsys, json_path, "[0.9, 1.0]", "[0.5]")
+    assert not out.exists()
+    assert dataset_main(["check", str(images), "--spacing", "0.9,1", "--units", "index", "--root",
+                         str(images)] + overview) == 0
+    printed = capsys.readouterr().out
+    assert "spacing [0.9, 1.0] mm (dataset.json): 2 images" in printed and "(caller)" not in printed
 
 
 def test_evaluate_errors(tmp_path, capsys):

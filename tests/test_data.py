@@ -159,6 +159,37 @@ def test_spacing_must_fit_the_dimension(folder):
             from_csv(folder / "landmarks.csv", spacing=bad)
 
 
+def test_arguments_must_agree_with_dataset_json(folder):
+    """--units, --spacing and --root given for a folder with dataset.json: equal is fine, a
+    contradiction is an error naming dataset.json and both values; the images say their spacing
+    came from dataset.json."""
+    from keraslm.datasets import load_dataset
+
+    description = {"name": "tiny", "ndim": 2, "landmarks_csv": "landmarks.csv",
+                   "landmark_units": "index", "plain_image_spacing": list(SPACING)}
+    (folder / "dataset.json").write_text(json.dumps(description))
+    dataset = load_dataset(str(folder), units="index", spacing=SPACING, root=str(folder))
+    assert dataset.image_spacing == SPACING
+    assert dataset.read_image_header(dataset.record("case04")).spacing_source == "dataset.json"
+    assert dataset.read_image(dataset.record("case04")).spacing_source == "dataset.json"
+    assert dataset.read_image_header(dataset.record("case05")).spacing_source == "PixelSpacing"
+    with pytest.raises(DatasetArgumentError, match=r"dataset\.json says plain_image_spacing \[0\.5, "
+                       r"0\.25\] mm, but spacing \[0\.3\] mm \(--spacing\) was given"):
+        load_dataset(str(folder), spacing=0.3)
+    with pytest.raises(DatasetArgumentError, match=r"dataset\.json says landmark_units 'index', but "
+                       r"units 'mm' \(--units\) was given"):
+        load_dataset(str(folder), units="mm")
+    with pytest.raises(DatasetArgumentError, match=r"dataset\.json: its images are found in its "
+                       r"folder .*, but root '.*elsewhere' \(--root\) was given"):
+        load_dataset(str(folder), root=str(folder / "elsewhere"))
+    # dataset.json without a spacing: the caller's is used, and needed for the PNGs.
+    (folder / "dataset.json").write_text(json.dumps({**description, "plain_image_spacing": None}))
+    with pytest.raises(DatasetArgumentError, match="6 of 12 images hold no pixel spacing"):
+        load_dataset(str(folder))
+    dataset = load_dataset(str(folder), spacing=SPACING)
+    assert dataset.read_image_header(dataset.record("case04")).spacing_source == "caller"
+
+
 @pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 folder absent: {ISBI_ROOT}")
 def test_isbi2015_reader():
     from keraslm.datasets import ISBI2015_LANDMARKS, isbi2015
