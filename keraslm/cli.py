@@ -1,6 +1,7 @@
 """Argument parsing shared by the scripts (`train.py`, `evaluate.py`, `experiments/`)."""
 import argparse
 import ast
+import math
 
 
 #: The built-in architectures (`keraslm.models.ARCHITECTURES`) and model presets
@@ -45,8 +46,8 @@ def spacing(text):
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected mm per pixel like 0.1 or 0.1,0.12, got {text!r}") from None
-    if not values or len(values) > 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive numbers, got {text!r}")
+    if not values or len(values) > 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive finite numbers, got {text!r}")
     return values[0] if len(values) == 1 else values
 
 
@@ -82,8 +83,8 @@ def add_dataset_arguments(group):
                        help="units of CSV and .txt landmark coordinates: index (pixels) or mm "
                        "(physical, LPS); required for them, Slicer markups are mm")
     group.add_argument("--spacing", type=spacing, metavar="MM",
-                       help="mm per pixel of plain images (PNG/JPEG hold none), e.g. 0.1 for ISBI "
-                       "2015, or x,y")
+                       help="mm per pixel of plain images (PNG/JPEG hold none; required for them "
+                       "unless the dataset's dataset.json gives it), e.g. 0.1 for ISBI 2015, or x,y")
     group.add_argument("--ndim", type=int, choices=[2, 3],
                        help="expected dimension: an error if the dataset differs; needed for "
                        "headerless CSVs")

@@ -30,6 +30,9 @@ from keraslm.files import read_json
 
 DATASET_JSON = "dataset.json"
 LANDMARK_UNITS = ("index", "mm")
+#: Where a dataset's `image_spacing` came from: the caller (`spacing=`, --spacing) or the
+#: folder's dataset.json (`plain_image_spacing`).
+_DATASET_SPACING_SOURCES = ("caller", DATASET_JSON)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,6 +66,8 @@ class LandmarkDataset:
         ndim: int. 2 or 3.
         image_spacing: sequence of float or None. Spacing (mm along x, y[, z]) to read images
             whose files hold no geometry (PNG/JPEG); None to use what the files say.
+        image_spacing_source: str. Where `image_spacing` came from, as the images read with it
+            report it (`Image.spacing_source`): "caller" or "dataset.json".
 
     Examples:
         >>> dataset = keraslm.datasets.isbi2015("../shared/data/isbi2015-train")  # doctest: +SKIP
@@ -75,10 +80,15 @@ class LandmarkDataset:
     landmark_names: tuple
     ndim: int
     image_spacing: tuple = None
+    image_spacing_source: str = "caller"
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
             raise DatasetError(f"`ndim` must be 2 or 3. Received: ndim={self.ndim!r}")
+        if self.image_spacing_source not in _DATASET_SPACING_SOURCES:
+            raise DatasetError(
+                f"`image_spacing_source` must be one of {_DATASET_SPACING_SOURCES}. "
+                f"Received: image_spacing_source={self.image_spacing_source!r}")
         records = tuple(self.records)
         names = tuple(self.landmark_names)
         ids = [record.id for record in records]
@@ -127,16 +137,23 @@ class LandmarkDataset:
 
     def read_image(self, record):
         """Reads a record's image (with the dataset's `image_spacing` for plain images)."""
-        return read_image(record.image_path, spacing=self._spacing_for(record.image_path))
+        spacing = self._spacing_for(record.image_path)
+        return self._with_source(read_image(record.image_path, spacing=spacing), spacing)
 
     def read_image_header(self, record):
         """Reads a record's image geometry only; see `keraslm.io.read_image_header`."""
-        return read_image_header(record.image_path, spacing=self._spacing_for(record.image_path))
+        spacing = self._spacing_for(record.image_path)
+        return self._with_source(read_image_header(record.image_path, spacing=spacing), spacing)
 
     def _spacing_for(self, path):
         if self.image_spacing is None:
             return None
         return None if holds_geometry(path) else self.image_spacing
+
+    def _with_source(self, image, spacing):
+        if spacing is None or image.spacing_source == self.image_spacing_source:
+            return image
+        return dataclasses.replace(image, spacing_source=self.image_spacing_source)
 
     # ------------------------------------------------------------------------------- splits
 
@@ -292,6 +309,40 @@ def _check_units(units, source):
         raise DatasetError(f"`units` must be one of {LANDMARK_UNITS}. Received: units={units!r}")
 
 
+def _image_spacing(spacing, ndim, source):
+    """`spacing` (one value for all axes, or one per axis) as a tuple of `ndim` positive finite
+    floats, or None. `source` names the dataset in messages."""
+    if spacing is None:
+        return None
+    try:
+        values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.ndim != 1 or not np.all(np.isfinite(values)) or not np.all(values > 0):
+        raise DatasetArgumentError(
+            f"{source}: the pixel spacing must be positive finite mm. Received: spacing={spacing!r}")
+    if len(values) not in (1, ndim):
+        raise DatasetArgumentError(
+            f"{source}: spacing {values.tolist()} has {len(values)} values for a {ndim}D "
+            f"dataset; give one value for all axes or {ndim} (x, y{', z' if ndim == 3 else ''}): "
+            "--spacing MM (spacing= in Python)")
+    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
+
+
+def _require_spacing(image_paths, spacing, source):
+    """Raises unless `spacing` is given or every image file holds its own pixel spacing: plain
+    images (PNG/JPEG) would otherwise be read at an unknown 1 mm per pixel."""
+    if spacing is not None:
+        return
+    plain = [path for path in image_paths if not holds_geometry(path)]
+    if plain:
+        examples = ", ".join(plain[:3]) + (" ..." if len(plain) > 3 else "")
+        raise DatasetArgumentError(
+            f"{source}: {len(plain)} of {len(image_paths)} images hold no pixel spacing (plain "
+            f"images such as PNG/JPEG: {examples}); say how many mm a pixel is: --spacing MM or "
+            "X,Y (spacing= in Python, plain_image_spacing in a dataset.json)")
+
+
 def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, name=None):
     """Describes a dataset by a landmark CSV and the folder holding its images.
 
@@ -302,12 +353,14 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
         units: str. "index" (pixel coordinates, converted through each image's geometry) or
             "mm" (physical LPS millimetres).
         spacing: float or sequence, optional. Spacing for images whose files hold none
-            (PNG/JPEG), e.g. 0.1 for ISBI 2015.
+            (PNG/JPEG), e.g. 0.1 for ISBI 2015; required when there are such images.
         ndim: int, optional. Required for headerless CSVs.
         name: str, optional. Dataset name; defaults to the image folder's name.
 
     Raises:
-        DatasetError: units unknown, or images missing on disk (all of them listed).
+        DatasetError: units unknown, images missing on disk (all of them listed), plain images
+            without `spacing`, or a `spacing` with another number of values than the landmarks'
+            dimension.
     """
     csv_path = os.fspath(csv_path)
     _check_units(units, csv_path)
@@ -320,20 +373,20 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
             f"{csv_path}: {len(missing)} of {len(resolved)} landmark rows have no image under "
             f"{image_root}: {', '.join(missing)}"
         )
-    if spacing is not None:
-        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (table.ndim,))
+    spacing = _image_spacing(spacing, table.ndim, csv_path)
+    _require_spacing([path for _, path in resolved], spacing, csv_path)
     dataset = LandmarkDataset(
         name=name or os.path.basename(os.path.normpath(image_root)),
         records=(),
         landmark_names=table.names,
         ndim=table.ndim,
-        image_spacing=None if spacing is None else tuple(spacing),
+        image_spacing=spacing,
     )
     records, unreadable = [], []
     for (key, path), points in zip(resolved, table.points):
         if units == "index":
-            try:
-                header = dataset.read_image_header(Record(key, path, points))
+            try:  # The file's geometry; a plain image's spacing is the dataset's, set below.
+                header = read_image_header(path)
             except KeraslmError as error:
                 unreadable.append(f"row {key!r}: {error}")
                 continue
@@ -341,6 +394,8 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
                 unreadable.append(f"row {key!r} has {table.ndim}D landmarks but its image {path} "
                                   f"is {header.ndim}D")
                 continue
+            if dataset._spacing_for(path) is not None:
+                header = dataclasses.replace(header, spacing=dataset.image_spacing)
             points = header.index_to_physical(points)
         records.append(Record(image_id_from_path(key), path, points))
     if unreadable:
@@ -361,7 +416,8 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
 
     Raises:
         DatasetError: naming every image without a landmark file, every landmark file without
-            an image, images with two landmark files, unreadable files, mixed dimensions.
+            an image, images with two landmark files, unreadable files, mixed dimensions;
+            plain images (PNG/JPEG) without `spacing`.
     """
     folder = os.fspath(folder)
     images, landmark_files = {}, {}
@@ -407,7 +463,9 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
         names += [n for n in file_names if n not in names]
     if all(n.isdigit() for n in names):
         names.sort(key=natural_key)
-    plain_spacing = None if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (2,))
+    _require_spacing([images[i] for i in ids], spacing, folder)
+    plain = any(not holds_geometry(images[i]) for i in ids)
+    plain_spacing = _image_spacing(spacing, 2, folder) if plain else None  # Plain images are 2D.
     records, dims = [], {}
     for image_id in ids:
         path, file_names, file_points, file_units = contents[image_id]
@@ -430,13 +488,12 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
     data_ndim = next(iter(dims))
     if ndim is not None and ndim != data_ndim:
         raise DatasetError(f"{folder}: its images are {data_ndim}D, not {ndim}D")
-    if spacing is not None:
-        spacing = tuple(np.broadcast_to(np.asarray(spacing, np.float64), (data_ndim,)))
+    spacing = _image_spacing(spacing, data_ndim, folder)
     return LandmarkDataset(name or os.path.basename(os.path.normpath(folder)), tuple(records),
                            tuple(names), data_ndim, image_spacing=spacing)
 
 
-def load_folder(root):
+def load_folder(root, units=None, spacing=None, image_root=None):
     """Loads a dataset folder described by its `dataset.json` (as written by
     `keraslm.datasets.make_phantom`).
 
@@ -444,6 +501,16 @@ def load_folder(root):
     (the extension of the landmark file beside each image, `from_landmark_files`),
     `landmark_units` ("index" or "mm"), `plain_image_spacing` (list or null), optional
     `landmark_names`. `keraslm-dataset init FOLDER` writes one.
+
+    Args:
+        root: str. The folder.
+        units, spacing, image_root: optional. What the caller says (--units, --spacing,
+            --root): each must agree with dataset.json (the image root with the folder itself);
+            `spacing` is used when dataset.json's `plain_image_spacing` is null.
+
+    Raises:
+        DatasetError: dataset.json missing or incomplete, or contradicted by an argument (the
+            message names dataset.json and both values).
     """
     root = os.fspath(root)
     description_path = os.path.join(root, DATASET_JSON)
@@ -459,20 +526,41 @@ def load_folder(root):
         absent.append("landmarks_csv (or landmark_files)")
     if absent:
         raise DatasetError(f"{description_path}: missing keys: {', '.join(absent)}")
+    units_json = description["landmark_units"]
+    if units is not None and units != units_json:
+        raise DatasetArgumentError(
+            f"{description_path} says landmark_units {units_json!r}, but units {units!r} "
+            "(--units) was given; leave --units out or edit dataset.json")
+    if image_root is not None and os.path.abspath(image_root) != os.path.abspath(root):
+        raise DatasetArgumentError(
+            f"{description_path}: its images are found in its folder {root}, but root "
+            f"{os.fspath(image_root)!r} (--root) was given; leave --root out")
+    spacing_json = description.get("plain_image_spacing")
+    source = "caller"
+    if spacing_json is not None:
+        ndim = description["ndim"]
+        spacing_json = _image_spacing(spacing_json, ndim, description_path)
+        given = _image_spacing(spacing, ndim, description_path)
+        if given is not None and not np.allclose(given, spacing_json, rtol=1e-9, atol=0):
+            raise DatasetArgumentError(
+                f"{description_path} says plain_image_spacing {list(spacing_json)} mm, but "
+                f"spacing {np.atleast_1d(spacing).tolist()} mm (--spacing) was given; leave "
+                "--spacing out or edit dataset.json")
+        spacing, source = spacing_json, DATASET_JSON
     if "landmarks_csv" in description:
         dataset = from_csv(
             os.path.join(root, description["landmarks_csv"]),
             image_root=root,
-            units=description["landmark_units"],
-            spacing=description.get("plain_image_spacing"),
+            units=units_json,
+            spacing=spacing,
             ndim=description["ndim"],
             name=description["name"],
         )
     else:
         dataset = from_landmark_files(
-            root, units=description["landmark_units"],
-            spacing=description.get("plain_image_spacing"), ndim=description["ndim"],
+            root, units=units_json, spacing=spacing, ndim=description["ndim"],
             name=description["name"])
+    dataset = dataclasses.replace(dataset, image_spacing_source=source)
     names = description.get("landmark_names")
     if names is not None and tuple(names) != dataset.landmark_names:
         raise DatasetError(

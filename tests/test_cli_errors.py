@@ -6,9 +6,12 @@ Cases here: unknown dataset; CSV without --units; landmark file without an image
 image in a CSV dataset (all named); --output-dir that is a file; --resume with nothing to resume;
 a bad --grid-shape; evaluate on a missing run folder, with a malformed predictions CSV, or
 --predictions without --ground-truth; predict with a missing or truncated model; check of a
-missing dataset. Elsewhere: export with another model's calibration (test_cascade), the
-dataset check's findings (test_own_data), truncated model loading (test_inference).
+missing dataset; plain images without --spacing; a --spacing of the wrong length, NaN or inf;
+flags that contradict dataset.json. Elsewhere: export with another model's calibration
+(test_cascade), the dataset check's findings (test_own_data), truncated model loading
+(test_inference).
 """
+import json
 import os
 
 import numpy as np
@@ -78,8 +81,60 @@ def test_unreadable_images_are_data_errors_named_all(images, tmp_path, capsys):
     assert train_main(["--dataset", str(images), "--units", "index", "--spacing", "0.5",
                        "--output-dir", str(tmp_path / "run")]) == 1
     _one_error_line(capsys, "2 images cannot be read or do not fit", "a.png", "b.png")
-    assert dataset_main(["check", str(images), "--units", "index"]) == 1
+    assert dataset_main(["check", str(images), "--units", "index", "--spacing", "0.5"]) == 1
     _one_error_line(capsys, "a.png", "b.png")
+
+
+def test_plain_images_without_a_spacing_are_an_error(images, tmp_path, capsys):
+    """PNGs hold no pixel size: train and check say to pass --spacing instead of using 1 mm."""
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    out = tmp_path / "run"
+    assert train_main(["--dataset", str(images), "--units", "index", "--output-dir", str(out)]) == 2
+    _one_error_line(capsys, "landmarks.csv: 2 of 2 images hold no pixel spacing", "a.png", "--spacing")
+    assert not out.exists()
+    assert dataset_main(["check", str(images), "--units", "index"]) == 2
+    _one_error_line(capsys, "landmarks.csv: 2 of 2 images hold no pixel spacing", "--spacing")
+
+
+def test_spacing_with_the_wrong_number_of_values_or_not_finite(images, tmp_path, capsys):
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    data = [str(images / "landmarks.csv"), "--units", "index", "--spacing", "0.1,0.2,0.3"]
+    assert dataset_main(["check"] + data) == 2
+    _one_error_line(capsys, "landmarks.csv: spacing [0.1, 0.2, 0.3] has 3 values for a 2D dataset")
+    out = tmp_path / "run"
+    assert train_main(["--dataset"] + data + ["--output-dir", str(out)]) == 2
+    _one_error_line(capsys, "landmarks.csv: spacing [0.1, 0.2, 0.3] has 3 values for a 2D dataset")
+    assert not out.exists()
+    for text in ("nan", "inf", "0.1,-inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            dataset_main(["check", str(images), "--units", "index", "--spacing", text])
+        assert exit_info.value.code == 2
+        assert f"expected 1 to 3 positive finite numbers, got {text!r}" in capsys.readouterr().err
+
+
+def test_flags_that_contradict_dataset_json(images, tmp_path, capsys):
+    """--units, --spacing and --root are errors when they contradict dataset.json, and fine when
+    they agree; the summary says the spacing came from dataset.json."""
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    (images / "dataset.json").write_text(json.dumps({
+        "name": "xrays", "ndim": 2, "landmarks_csv": "landmarks.csv", "landmark_units": "index",
+        "plain_image_spacing": [0.9, 1.0]}))
+    json_path = str(images / "dataset.json")
+    overview = ["--overview", str(tmp_path / "overview.png")]
+    assert dataset_main(["check", str(images), "--spacing", "0.5"] + overview) == 2
+    _one_error_line(capsys, json_path, "plain_image_spacing [0.9, 1.0] mm", "spacing [0.5] mm (--spacing)")
+    assert dataset_main(["check", str(images), "--units", "mm"] + overview) == 2
+    _one_error_line(capsys, json_path, "landmark_units 'index'", "units 'mm' (--units)")
+    assert dataset_main(["check", str(images), "--root", str(tmp_path)] + overview) == 2
+    _one_error_line(capsys, json_path, str(tmp_path), "(--root)")
+    out = tmp_path / "run"
+    assert train_main(["--dataset", str(images), "--spacing", "0.5", "--output-dir", str(out)]) == 2
+    _one_error_line(capsys, json_path, "[0.9, 1.0]", "[0.5]")
+    assert not out.exists()
+    assert dataset_main(["check", str(images), "--spacing", "0.9,1", "--units", "index", "--root",
+                         str(images)] + overview) == 0
+    printed = capsys.readouterr().out
+    assert "spacing [0.9, 1.0] mm (dataset.json): 2 images" in printed and "(caller)" not in printed
 
 
 def test_evaluate_errors(tmp_path, capsys):

@@ -7,9 +7,11 @@ import pytest
 
 from keraslm import DatasetError
 from keraslm.data import from_csv, load_folder, read_id_list
-from keraslm.io import Image, LandmarkTable, write_dicom, write_landmarks, write_png
+from keraslm.errors import DatasetArgumentError
+from keraslm.io import Image, LandmarkTable, read_landmarks, write_dicom, write_landmarks, write_png
 
 ISBI_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isbi2015-train")
+SPACING = (0.5, 0.25)  # Of the PNGs in `folder`, which hold none.
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def folder(tmp_path):
 
 
 def test_from_csv_converts_index_through_each_image(folder):
-    dataset = from_csv(folder / "landmarks.csv", units="index", spacing=(0.5, 0.25))
+    dataset = from_csv(folder / "landmarks.csv", units="index", spacing=SPACING)
     assert len(dataset) == 12 and dataset.ndim == 2 and dataset.landmark_names == ("a", "b", "c")
     png, dicom = dataset.record("case04"), dataset.record("case05")
     np.testing.assert_allclose(png.points_mm[0], [4 * 0.5, 2 * 0.25])  # PNG: origin 0.
@@ -43,7 +45,7 @@ def test_from_csv_converts_index_through_each_image(folder):
 
 
 def test_from_csv_mm_units_are_kept(folder):
-    dataset = from_csv(folder / "landmarks.csv", units="mm")
+    dataset = from_csv(folder / "landmarks.csv", units="mm", spacing=SPACING)
     np.testing.assert_allclose(dataset.record("case05").points_mm[0], [5.0, 2.0])
     with pytest.raises(DatasetError, match=r"`units` must be one of \('index', 'mm'\). Received: units='px'"):
         from_csv(folder / "landmarks.csv", units="px")
@@ -60,11 +62,11 @@ def test_landmark_dimension_must_match_image(folder):
     table = LandmarkTable(["case00"], ["a"], np.zeros((1, 1, 3)))
     write_landmarks(folder / "l3.csv", table)
     with pytest.raises(DatasetError, match=r"row 'case00' has 3D landmarks but its image .* is 2D"):
-        from_csv(folder / "l3.csv")
+        from_csv(folder / "l3.csv", spacing=0.5)
 
 
 def test_splits_are_reproducible_and_disjoint(folder):
-    dataset = from_csv(folder / "landmarks.csv")
+    dataset = from_csv(folder / "landmarks.csv", spacing=SPACING)
     train, test = dataset.split(0.25, seed=3)
     assert len(test) == 3 and not set(train.ids) & set(test.ids)
     assert dataset.split(0.25, seed=3)[1].ids == test.ids
@@ -81,7 +83,7 @@ def test_splits_are_reproducible_and_disjoint(folder):
 
 
 def test_split_arguments_are_checked(folder):
-    dataset = from_csv(folder / "landmarks.csv")
+    dataset = from_csv(folder / "landmarks.csv", spacing=SPACING)
     with pytest.raises(DatasetError, match=r"`num_folds` must be an integer >= 2. Received: num_folds=1"):
         dataset.kfold(1)
     with pytest.raises(DatasetError, match=r"cannot make 13 folds of 12 records"):
@@ -96,7 +98,7 @@ def test_split_arguments_are_checked(folder):
 
 def test_id_lists(folder):
     (folder / "test.txt").write_text("case01\n# a comment\n\ncase02  # inline\n")
-    dataset = from_csv(folder / "landmarks.csv")
+    dataset = from_csv(folder / "landmarks.csv", spacing=SPACING)
     assert dataset.subset(read_id_list(folder / "test.txt")).ids == ("case01", "case02")
     with pytest.raises(DatasetError, match=r"absent\.txt: no such id list file"):
         read_id_list(folder / "absent.txt")
@@ -120,6 +122,72 @@ def test_load_folder_reads_dataset_json(folder):
     (folder / "dataset.json").write_text(json.dumps({**description, "landmark_names": ["x"]}))
     with pytest.raises(DatasetError, match="landmark_names differ"):
         load_folder(folder)
+
+
+def test_plain_images_need_a_spacing(folder, tmp_path_factory):
+    """PNGs hold no pixel size: without one from the caller or dataset.json, loading them is an
+    error naming the dataset (not a silent 1 mm per pixel); DICOMs alone need none."""
+    from keraslm.datasets import load_dataset
+
+    for units in ("index", "mm"):
+        with pytest.raises(DatasetArgumentError, match=r"landmarks\.csv: 6 of 12 images hold no pixel "
+                           r"spacing \(plain images such as PNG/JPEG: .*case00\.png.*--spacing MM"):
+            from_csv(folder / "landmarks.csv", units=units)
+    dicoms = read_landmarks(folder / "landmarks.csv")
+    odd = [k for k, i in enumerate(dicoms.ids) if i.endswith(("1", "3", "5", "7", "9"))]
+    write_landmarks(folder / "dicom.csv", LandmarkTable([dicoms.ids[k] for k in odd], dicoms.names,
+                                                        dicoms.points[odd]))
+    assert len(from_csv(folder / "dicom.csv", units="index")) == 6
+    # A folder of images with a point list each.
+    files = tmp_path_factory.mktemp("files")
+    for name in ("a", "b"):
+        write_png(files / f"{name}.png", np.zeros((8, 9), np.uint8))
+        (files / f"{name}.txt").write_text("1,2\n3,4\n")
+    with pytest.raises(DatasetArgumentError, match=rf"{files}: 2 of 2 images hold no pixel spacing"):
+        load_dataset(str(files), units="index")
+    loaded = load_dataset(str(files), units="index", spacing=0.5)
+    np.testing.assert_allclose(loaded.record("b").points_mm, [[0.5, 1.0], [1.5, 2.0]])
+
+
+def test_spacing_must_fit_the_dimension(folder):
+    with pytest.raises(DatasetArgumentError, match=r"landmarks\.csv: spacing \[0\.1, 0\.2, 0\.3\] has 3 "
+                       r"values for a 2D dataset; give one value for all axes or 2 \(x, y\)"):
+        from_csv(folder / "landmarks.csv", spacing=(0.1, 0.2, 0.3))
+    for bad in (float("nan"), (0.5, float("inf")), -1.0):
+        with pytest.raises(DatasetArgumentError, match=r"landmarks\.csv: the pixel spacing must be "
+                           r"positive finite mm"):
+            from_csv(folder / "landmarks.csv", spacing=bad)
+
+
+def test_arguments_must_agree_with_dataset_json(folder):
+    """--units, --spacing and --root given for a folder with dataset.json: equal is fine, a
+    contradiction is an error naming dataset.json and both values; the images say their spacing
+    came from dataset.json."""
+    from keraslm.datasets import load_dataset
+
+    description = {"name": "tiny", "ndim": 2, "landmarks_csv": "landmarks.csv",
+                   "landmark_units": "index", "plain_image_spacing": list(SPACING)}
+    (folder / "dataset.json").write_text(json.dumps(description))
+    dataset = load_dataset(str(folder), units="index", spacing=SPACING, root=str(folder))
+    assert dataset.image_spacing == SPACING
+    assert dataset.read_image_header(dataset.record("case04")).spacing_source == "dataset.json"
+    assert dataset.read_image(dataset.record("case04")).spacing_source == "dataset.json"
+    assert dataset.read_image_header(dataset.record("case05")).spacing_source == "PixelSpacing"
+    with pytest.raises(DatasetArgumentError, match=r"dataset\.json says plain_image_spacing \[0\.5, "
+                       r"0\.25\] mm, but spacing \[0\.3\] mm \(--spacing\) was given"):
+        load_dataset(str(folder), spacing=0.3)
+    with pytest.raises(DatasetArgumentError, match=r"dataset\.json says landmark_units 'index', but "
+                       r"units 'mm' \(--units\) was given"):
+        load_dataset(str(folder), units="mm")
+    with pytest.raises(DatasetArgumentError, match=r"dataset\.json: its images are found in its "
+                       r"folder .*, but root '.*elsewhere' \(--root\) was given"):
+        load_dataset(str(folder), root=str(folder / "elsewhere"))
+    # dataset.json without a spacing: the caller's is used, and needed for the PNGs.
+    (folder / "dataset.json").write_text(json.dumps({**description, "plain_image_spacing": None}))
+    with pytest.raises(DatasetArgumentError, match="6 of 12 images hold no pixel spacing"):
+        load_dataset(str(folder))
+    dataset = load_dataset(str(folder), spacing=SPACING)
+    assert dataset.read_image_header(dataset.record("case04")).spacing_source == "caller"
 
 
 @pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 folder absent: {ISBI_ROOT}")

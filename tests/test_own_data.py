@@ -298,9 +298,58 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     from keraslm.io import Image, write_nifti
     write_nifti(str(mixed / "vol.nii.gz"), Image(np.zeros((4, 5, 6), np.float32), spacing=(1, 1, 1)))
     write_markups(str(mixed / "vol.mrk.json"), names, np.zeros((len(names), 3)))
-    assert dataset_main(["check", str(mixed)]) == 1
+    assert dataset_main(["check", str(mixed), "--spacing", spacing]) == 1
     err = capsys.readouterr().err
     assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
+
+
+def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):
+    """A truncated PNG has a readable header: check decodes every image to find it, as training
+    would, and names each one."""
+    from keraslm.commands.dataset import main as dataset_main
+
+    folder = tmp_path / "truncated"
+    copied, _, _ = _csv_folder(phantom, folder)
+    pngs = sorted(path for path, _ in copied.values() if path.endswith(".png"))[:2]
+    for path in pngs:
+        with open(path, "rb") as handle:
+            head = handle.read(300)
+        with open(path, "wb") as handle:
+            handle.write(head)
+    spacing = ",".join(map(str, phantom.image_spacing))
+    assert dataset_main(["check", str(folder), "--units", "index", "--spacing", spacing,
+                         "--overview", str(tmp_path / "overview.png")]) == 1
+    out = capsys.readouterr().out
+    for path in pngs:
+        assert f"error: {path}: corrupt or truncated image" in out, out
+    assert f"{len(phantom)} 2D images ({len(phantom) - 2} readable)" in out
+    assert "\n2 errors, " in out
+
+
+def test_dataset_commands_read_headerless_csvs_with_ndim(phantom, tmp_path, capsys):
+    from keraslm.commands.dataset import main as dataset_main
+
+    folder = tmp_path / "headerless"
+    _, index, csv_path = _csv_folder(phantom, folder)
+    os.remove(csv_path)
+    (folder / "points.csv").write_text("".join(
+        ",".join([r.id] + [f"{v:.6f}" for v in points.ravel()]) + "\n"
+        for r, points in zip(phantom.records, index)))
+    data = ["--units", "index", "--spacing", ",".join(map(str, phantom.image_spacing))]
+    overview = ["--overview", str(tmp_path / "overview.png")]
+    assert dataset_main(["check", str(folder)] + data + overview) == 1
+    err = capsys.readouterr().err
+    assert "points.csv: headerless landmark file" in err and "--ndim 2 or 3" in err
+    assert dataset_main(["check", str(folder)] + data + ["--ndim", "2"] + overview) == 0
+    assert f"{len(phantom)} 2D images" in capsys.readouterr().out
+    assert dataset_main([str(folder)] + data + ["--ndim", "2"]) == 0  # The summary.
+    assert f"{len(phantom)} 2D images, {phantom.num_landmarks} landmarks" in capsys.readouterr().out
+    assert dataset_main(["init", str(folder)] + data + ["--ndim", "2"]) == 0
+    description = json.loads((folder / "dataset.json").read_text())
+    assert description["landmarks_csv"] == "points.csv" and description["ndim"] == 2
+    assert dataset_main(["check", str(folder)] + overview) == 0  # Now through dataset.json.
+    loaded = load_dataset(str(folder))
+    np.testing.assert_allclose(loaded.points_mm, phantom.points_mm, atol=1e-4)
 
 
 def dataclasses_replace(image, **changes):

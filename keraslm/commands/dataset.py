@@ -43,7 +43,8 @@ def _parser():
     parser.add_argument("--units", choices=["index", "mm"],
                         help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
     parser.add_argument("--spacing", type=spacing, metavar="MM",
-                        help="mm per pixel of plain images (PNG/JPEG): 0.1 or x,y")
+                        help=_SPACING_HELP)
+    parser.add_argument("--ndim", type=int, choices=[2, 3], help=_NDIM_HELP)
     parser.add_argument(
         "--root",
         help=f"where to generate a phantom (default: {cache_dir()}/<dataset>), or the isbi2015 folder",
@@ -54,13 +55,19 @@ def _parser():
     return parser
 
 
+_SPACING_HELP = ("mm per pixel of plain images (PNG/JPEG hold none; required for them unless "
+                 "dataset.json gives it): 0.1 or x,y")
+_NDIM_HELP = ("expected dimension: an error if the dataset differs; needed for headerless CSVs "
+              "(id,x0,y0,...)")
+
+
 def _data_arguments(parser):
     parser.add_argument("dataset", help="a landmark CSV, a dataset folder, or a built-in name")
     parser.add_argument("--root", help="image folder of a CSV; isbi2015's folder")
     parser.add_argument("--units", choices=["index", "mm"],
                         help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
-    parser.add_argument("--spacing", type=spacing, metavar="MM",
-                        help="mm per pixel of plain images (PNG/JPEG): 0.1 or x,y")
+    parser.add_argument("--spacing", type=spacing, metavar="MM", help=_SPACING_HELP)
+    parser.add_argument("--ndim", type=int, choices=[2, 3], help=_NDIM_HELP)
 
 
 def check_main(argv):
@@ -83,7 +90,8 @@ def check_main(argv):
                         help="where to write the overview picture")
     args = parser.parse_args(argv)
     try:
-        dataset = load_dataset(args.dataset, root=args.root, units=args.units, spacing=args.spacing)
+        dataset = load_dataset(args.dataset, root=args.root, units=args.units, spacing=args.spacing,
+                               ndim=args.ndim)
         check = check_dataset(dataset, far_sd=args.far_sd,
                               progress=lambda message: print(message, flush=True))
     except KeraslmError as error:
@@ -111,11 +119,12 @@ def init_main(argv):
     parser.add_argument("folder")
     parser.add_argument("--units", choices=["index", "mm"],
                         help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
-    parser.add_argument("--spacing", type=spacing, metavar="MM",
-                        help="mm per pixel of plain images (PNG/JPEG): 0.1 or x,y")
+    parser.add_argument("--spacing", type=spacing, metavar="MM", help=_SPACING_HELP)
+    parser.add_argument("--ndim", type=int, choices=[2, 3], help=_NDIM_HELP)
     args = parser.parse_args(argv)
     try:
-        description, dataset = describe_folder(args.folder, units=args.units, spacing=args.spacing)
+        description, dataset = describe_folder(args.folder, units=args.units, spacing=args.spacing,
+                                               ndim=args.ndim)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
@@ -147,7 +156,7 @@ def main(argv=None):
             )
         else:
             dataset = load_dataset(args.dataset, root=args.root, units=args.units,
-                                   spacing=args.spacing)
+                                   spacing=args.spacing, ndim=args.ndim)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)

@@ -34,14 +34,16 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
               long `id,landmark,x,y`, or headerless with `ndim`); its first column holds image
               ids (file names without extension) or paths relative to `root` (default: the
               CSV's folder).
-            - a folder with `dataset.json` (`keraslm.data.load_folder`);
+            - a folder with `dataset.json` (`keraslm.data.load_folder`): `root`, `units` and
+              `spacing` may be left out; given, they must agree with it;
             - a folder with exactly one landmark CSV beside its images (or in `images/`);
             - a folder of images each with a landmark file of the same name
               (`keraslm.data.from_landmark_files`).
         root: str, optional. See above.
         units: "index" or "mm". Units of CSV and `.txt` coordinates (required for them; Slicer
             markups are mm).
-        spacing: float or sequence, optional. mm per pixel of plain images (PNG/JPEG).
+        spacing: float or sequence, optional. mm per pixel of plain images (PNG/JPEG);
+            required for a CSV or folder with such images unless a dataset.json gives it.
         ndim: int, optional. Expected dimension (checked; needed for headerless CSVs).
 
     Returns:
@@ -49,7 +51,8 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
 
     Raises:
         DatasetError: an unknown name, a folder that holds none of the above or several CSVs,
-            missing or unreadable files (named).
+            missing or unreadable files (named), plain images without a spacing, arguments
+            that contradict a dataset.json.
     """
     name = os.fspath(name_or_path)
     if name in ("phantom2d", "phantom3d"):
@@ -85,7 +88,7 @@ def landmark_csvs(folder):
 
 def _load_folder_any(folder, root, units, spacing, ndim):
     if os.path.isfile(os.path.join(folder, DATASET_JSON)):
-        return load_folder(folder)
+        return load_folder(folder, units=units, spacing=spacing, image_root=root)
     csvs = landmark_csvs(folder)
     if len(csvs) > 1:
         raise DatasetArgumentError(

@@ -1,11 +1,13 @@
 """`keraslm-dataset check`: what a dataset holds and what looks wrong in it, before training.
 
-`check_dataset(dataset)` reads every image's header (not its pixels) and returns a
+`check_dataset(dataset)` reads every image (decoding its pixels once, so that a truncated or
+corrupt file is found before training meets it) and returns a
 `DatasetCheck`: a summary (images, sizes, spacings and where each came from, dimension,
 landmarks and how many are missing per landmark) and findings, each naming the file and the
 landmark:
 
-- error "unreadable": an image that cannot be read (every one of them, not just the first);
+- error "unreadable": an image that cannot be read or decoded (every one of them, not just the
+  first);
 - error "outside": a landmark outside its image;
 - error "same place": two landmarks of one image at the same place (closer than half a pixel);
 - warning "far from the others": a landmark more than `far_sd` standard deviations from its
@@ -171,13 +173,16 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
     findings = []
     headers = []
     for number, record in enumerate(dataset.records, 1):
-        try:
-            headers.append(dataset.read_image_header(record))
+        try:  # Pixels too: a truncated file has a readable header.
+            headers.append(dataset.read_image(record).header())
         except KeraslmError as error:
             headers.append(None)
-            findings.append(Finding("error", "unreadable", record.image_path, None, str(error)))
+            message = str(error)  # Named by the finding already.
+            message = message[len(record.image_path) + 2:] if message.startswith(
+                f"{record.image_path}: ") else message
+            findings.append(Finding("error", "unreadable", record.image_path, None, message))
         if number % 50 == 0 or number == len(dataset.records):
-            progress(f"read {number}/{len(dataset.records)} image headers")
+            progress(f"read {number}/{len(dataset.records)} images")
     points = dataset.points_mm
     for record, header, image_points in zip(dataset.records, headers, points):
         if header is None:
@@ -346,7 +351,7 @@ def write_overview(path, check, landmark_names):
     return path
 
 
-def describe_folder(folder, units=None, spacing=None):
+def describe_folder(folder, units=None, spacing=None, ndim=None):
     """The `dataset.json` contents that describe `folder` as `keraslm.datasets.load_dataset`
     reads it now (one landmark CSV, or landmark files beside the images); what
     `keraslm-dataset init` writes. Returns (description dict, LandmarkDataset).
@@ -365,7 +370,7 @@ def describe_folder(folder, units=None, spacing=None):
     if os.path.isfile(os.path.join(folder, DATASET_JSON)):
         raise DatasetError(f"{os.path.join(folder, DATASET_JSON)} exists already; edit it, or "
                            "remove it to infer a new one")
-    dataset = load_dataset(folder, units=units, spacing=spacing)
+    dataset = load_dataset(folder, units=units, spacing=spacing, ndim=ndim)
     description = {"name": dataset.name, "ndim": dataset.ndim}
     csvs = [os.path.relpath(path, folder) for path in landmark_csvs(folder)]
     if csvs:

@@ -29,6 +29,7 @@ SPACING_SOURCES = (
     "PixelMeasuresSequence",  # Enhanced (multi-frame) DICOM.
     "nifti",  # NIfTI affine.
     "caller",  # Passed by the caller (e.g. a dataset's documented spacing).
+    "dataset.json",  # A dataset folder's dataset.json (`plain_image_spacing`).
     "default",  # Nothing known: 1.0 per index step.
 )
 

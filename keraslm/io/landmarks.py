@@ -216,8 +216,8 @@ def read_landmarks(path, ndim=None):
     else:
         if ndim is None:
             raise LandmarkFileError(
-                f"{path}: headerless landmark file (id,x0,y0,...); pass ndim=2 or ndim=3 to say "
-                "how many coordinates each landmark has"
+                f"{path}: headerless landmark file (id,x0,y0,...); say how many coordinates "
+                "each landmark has: --ndim 2 or 3 (in Python, pass ndim=2 or ndim=3)"
             )
         values = len(first) - 1
         if values == 0 or values % ndim:
