@@ -94,6 +94,10 @@ def test_plain_images_without_a_spacing_are_an_error(images, tmp_path, capsys):
     assert not out.exists()
     assert dataset_main(["check", str(images), "--units", "index"]) == 2
     _one_error_line(capsys, "landmarks.csv: 2 of 2 images hold no pixel spacing", "--spacing")
+    (tmp_path / "file").write_text("x")
+    assert dataset_main(["check", str(images), "--units", "index", "--spacing", "0.5",
+                         "--overview", str(tmp_path / "file" / "o.png")]) == 2
+    _one_error_line(capsys, "--overview's folder", "is a file, not a folder")
 
 
 def test_spacing_with_the_wrong_number_of_values_or_not_finite(images, tmp_path, capsys):

@@ -90,6 +90,11 @@ def check_main(argv):
                         help="where to write the overview picture")
     args = parser.parse_args(argv)
     try:
+        from keraslm.files import check_output_folder
+
+        check_output_folder(os.path.dirname(os.path.abspath(args.overview)), "--overview's folder")
+        if os.path.isdir(args.overview):
+            raise KeraslmError(f"--overview {args.overview} is a folder; give a .png file path")
         dataset = load_dataset(args.dataset, root=args.root, units=args.units, spacing=args.spacing,
                                ndim=args.ndim)
         check = check_dataset(dataset, far_sd=args.far_sd,
