@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keraslm.cli import apply_mode_defaults, grid_shape, model_option  # noqa: E402
+from keraslm.cli import HelpFormatter, apply_mode_defaults, grid_shape, model_option  # noqa: E402
 
 DEFAULT_ROOT = os.path.join("..", "shared", "data", "isbi2015-train")
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
@@ -35,7 +35,7 @@ def parse_args(argv=None):
             "(coarse-to-fine) - 15 runs. --quick: 10 images, 32x32 grid (7.5 mm), 2 steps, 4 "
             "filters, first fold only."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
     parser.add_argument("--dataset-root", default=DEFAULT_ROOT, help="ISBI 2015 training folder")

@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keraslm.cli import apply_mode_defaults, grid_shape  # noqa: E402
+from keraslm.cli import HelpFormatter, apply_mode_defaults, grid_shape  # noqa: E402
 
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
 FULL = dict(grid_shape=(64, 64), steps=1000, batch_size=8, folds=None, reduced_size=10,
@@ -30,7 +30,7 @@ def parse_args(argv=None):
             f"{FULL['steps']} steps of batch {FULL['batch_size']}, small model preset - 24 runs. "
             "--quick: a 12-image phantom, 32x32 grid, 2 steps, 4 filters, first fold only."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
     parser.add_argument("--output-dir", default=os.path.join("experiments", "results", "table1_phantom2d"))

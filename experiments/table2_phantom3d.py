@@ -10,7 +10,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keraslm.cli import apply_mode_defaults, grid_shape  # noqa: E402
+from keraslm.cli import HelpFormatter, apply_mode_defaults, grid_shape  # noqa: E402
 
 #: Full mode: the CPU-feasible setting. Quick mode: a smoke test of a few seconds per run.
 FULL = dict(grid_shape=(16, 32, 32), steps=1000, batch_size=2, num_splits=5, num_images=None,
@@ -29,7 +29,7 @@ def parse_args(argv=None):
             f"{FULL['steps']} steps of batch {FULL['batch_size']}, small model preset - 20 runs. "
             "--quick: an 8-image phantom, 16x16x16 grid, 2 steps, 4 filters, one split."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
     parser.add_argument("--output-dir", default=os.path.join("experiments", "results", "table2_phantom3d"))

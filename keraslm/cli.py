@@ -51,6 +51,28 @@ def spacing(text):
     return values[0] if len(values) == 1 else values
 
 
+def positive_int(text):
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with each option's default - unless it has none (None / False) or its help
+    already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def ensemble_paths(text):
     """argparse type: "runs/a" -> "runs/a"; "runs/a,runs/b" -> ["runs/a", "runs/b"], an
     ensemble whose members' points are averaged (`keraslm.inference.EnsemblePredictor`). A

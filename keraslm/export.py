@@ -366,7 +366,8 @@ def export_saved_model(network, base_dir, metadata, version=None, local_network=
     if os.path.exists(path):
         raise KeraslmError(
             f"{path} exists; versions are never overwritten. Found versions "
-            f"{saved_model_versions(base_dir)}; pass another `version` or none for the next")
+            f"{saved_model_versions(base_dir)}; choose another version (--version, `version=`) or "
+            "none for the next")
     metadata = dict(metadatas[0])
     if local_metadatas:
         metadata["refine"] = dict(local_metadatas[0])

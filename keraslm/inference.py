@@ -323,7 +323,13 @@ def load_predictor(model, metadata=None, refine=None, precision="float32", itera
         return _ensemble_predictor(model, metadata, refine, precision, iterations)
     if refine is not None:
         local = refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision)
-        return CascadePredictor(load_predictor(model, metadata, precision=precision), local, iterations)
+        global_predictor = load_predictor(model, metadata, precision=precision)
+        try:
+            return CascadePredictor(global_predictor, local, iterations)
+        except KeraslmError as error:  # Name the files: which one is the wrong kind.
+            if isinstance(model, (str, os.PathLike)) and isinstance(refine, (str, os.PathLike)):
+                raise type(error)(f"{os.fspath(model)} refined by {os.fspath(refine)}: {error}") from None
+            raise
     import keras
 
     from keraslm.detector import LandmarkDetector, load_detector

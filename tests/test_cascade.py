@@ -280,6 +280,12 @@ def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
     assert (tmp_path / "p" / "predictions.csv").exists()
     assert main([local.model_path, path, "--output-dir", str(tmp_path / "q")]) == 2
     assert "local stage" in capsys.readouterr().err
+    assert main([local.model_path, "--refine", coarse.model_path, path, "--spacing",
+                 str(dataset.image_spacing[0]), "--output-dir", str(tmp_path / "q")]) == 2
+    assert f"{local.model_path} refined by {coarse.model_path}: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([coarse.model_path, "--refine", local.model_path, "--refine-iterations", "0", path])
+    assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
     assert main([coarse.model_path, "--refine", local.model_path, "--refine-iterations", "2",
                  path, "--spacing", str(dataset.image_spacing[0]), "--output-dir",
                  str(tmp_path / "r")]) == 0
@@ -433,6 +439,13 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert export_main([coarse.output_dir, str(base), "--calibration", str(tmp_path / "other.json")]) == 2
     assert "other.json" in capsys.readouterr().err
+    # Stages in the wrong place are named, in the command line's words.
+    assert export_main([local.output_dir, str(base)]) == 2
+    assert f"{local.output_dir}: a local stage" in capsys.readouterr().err
+    assert export_main([coarse.output_dir, str(base), "--refine", coarse.output_dir]) == 2
+    assert f"{coarse.output_dir}: a whole-image model, not a local stage" in capsys.readouterr().err
+    assert export_main([coarse.output_dir, str(base), "--version", "1"]) == 2
+    assert "choose another version (--version" in capsys.readouterr().err
 
 
 def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_path, capsys):

@@ -108,6 +108,8 @@ def test_evaluate_runs_takes_ensembles_and_checks_their_split(members):
         out = ensemble.locate(dataset.read_image(by_id[image_id]))
         np.testing.assert_allclose(result.predicted_mm[number], out["landmarks_mm"], atol=1e-6)
     assert " & " in result.sources[0]["run"]
+    assert result.method == "unet x2 + local unet x2 (ensemble)"
+    assert evaluate_runs([runs]).method == "unet x2 (ensemble)"
     with pytest.raises(KeraslmError, match="ensemble's members must hold out the same split"):
         evaluate_runs([[runs[0], other_split.output_dir]])
     with pytest.raises(KeraslmError, match="a local stage must hold out the same split"):

@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
 
-from keraslm.cli import add_dataset_arguments, add_split_arguments, ensemble_paths  # noqa: E402
+from keraslm.cli import HelpFormatter, add_dataset_arguments, add_split_arguments, ensemble_paths  # noqa: E402
 
 
 def _landmark_pair(text):
@@ -38,7 +38,7 @@ def parse_args(argv=None):
             "predictions.csv (headerless id,x0,y0,... in mm), predictions_named.csv, "
             "metrics.json, report.md and PNG plots into --output-dir."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     source = parser.add_argument_group("what to evaluate (choose one)")
     choice = source.add_mutually_exclusive_group(required=True)

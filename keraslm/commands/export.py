@@ -65,6 +65,19 @@ def main(argv=None):
                        (args.refine if isinstance(args.refine, list) else [args.refine])]
             local_networks = [local.network for local in locals_]
             local_metadatas = [local.metadata for local in locals_]
+        global_paths = args.model if isinstance(args.model, list) else [args.model]
+        for path, member in zip(global_paths, models):
+            if member.metadata.get("stage", "global") != "global":
+                raise KeraslmError(
+                    f"{path}: a local stage (trained with --crop-shape), not a whole-image model; "
+                    f"export it with its global model: keraslm-export GLOBAL {args.base_dir} "
+                    f"--refine {path}")
+        if args.refine:
+            for path, local in zip(args.refine if isinstance(args.refine, list) else [args.refine],
+                                   locals_):
+                if local.metadata.get("stage") != "local":
+                    raise KeraslmError(f"{path}: a whole-image model, not a local stage; --refine "
+                                       "takes local stages (train.py --crop-shape)")
         for path, member in zip(args.model if isinstance(args.model, list) else [], models):
             if member.local_network is not None:
                 raise KeraslmError(f"{path}: an ensemble's global member holds a local stage; "

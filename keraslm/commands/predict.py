@@ -16,6 +16,7 @@ def main(argv=None):
         prog="keraslm-predict",
         description="Find landmarks in images with a trained keraslm model and write them as "
         "CSV (physical mm and image index) and JSON.",
+        formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("model", type=cli.ensemble_paths,
                         help="a .keras file (as train.py writes it) or a SavedModel version "
@@ -25,7 +26,7 @@ def main(argv=None):
                         help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
                         "refines the model's estimates on fine-grid crops; L,M,... is an "
                         "ensemble of local stages, each refining the global estimate, averaged")
-    parser.add_argument("--refine-iterations", type=int, default=1, metavar="N",
+    parser.add_argument("--refine-iterations", type=cli.positive_int, default=1, metavar="N",
                         help="local passes with --refine; each centres the crops on the previous "
                         "estimate")
     parser.add_argument("images", nargs="+", help="image files, or folders whose image files (and "
@@ -35,7 +36,9 @@ def main(argv=None):
     parser.add_argument("--spacing", type=cli.spacing, metavar="MM",
                         help="mm per pixel of plain images (PNG/JPEG) that hold none: 0.1 or x,y")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="accepted for earlier scripts; each image runs through the "
+                        "prediction graph on its own")
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "bfloat16", "float16", "auto"],
                         help="compute precision of .keras models (float32: the same numbers as "

@@ -10,6 +10,7 @@ import sys
 from keraslm.cli import (
     ARCHITECTURE_HELP,
     MODEL_PRESETS,
+    HelpFormatter,
     add_dataset_arguments,
     add_split_arguments,
     grid_shape,
@@ -30,7 +31,7 @@ def parse_args(argv=None):
             "metrics.json (validation point error in mm), TensorBoard logs and checkpoints "
             "into --output-dir."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
     add_dataset_arguments(data)

@@ -172,13 +172,36 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
 
     errors = point_errors(predicted, test_set.points_mm, test_set.ids, test_set.landmark_names,
                           normalize_distance, normalize_landmarks)
-    method = method or predictor.metadata.get("architecture") or os.path.basename(label)
+    if method is None:
+        ensemble = predictor.metadata.get("ensemble")
+        if ensemble:
+            method = method_name([m.get("architecture") for m in ensemble["global"]],
+                                 [m.get("architecture") for m in ensemble["local"]])
+        else:
+            method = predictor.metadata.get("architecture") or os.path.basename(label)
     return Evaluation(
         method, test_set.ids, test_set.landmark_names, predicted, test_set.points_mm, errors,
         tuple(functools.partial(test_set.read_image, record) for record in records),
         ({"model": label, "dataset": test_set.name, "ids": list(test_set.ids), **(source or {})},),
         stacked("confidence"), stacked("spread_mm"), stacked("expected_error_mm"),
     )
+
+
+def method_name(global_architectures, local_architectures=()):
+    """str. The report's row label of a model: "scn", "scn + local unet", "scn x2 + local unet
+    x2 (ensemble)" or "scn & unet (ensemble)" (the architectures of its stages' members)."""
+    def stage(architectures):
+        names = list(dict.fromkeys(architectures))
+        if len(names) == 1:
+            return names[0] + (f" x{len(architectures)}" if len(architectures) > 1 else "")
+        return " & ".join(str(name) for name in architectures)
+
+    text = stage(global_architectures)
+    if local_architectures:
+        text += " + local " + stage(local_architectures)
+    if len(global_architectures) > 1 or len(local_architectures) > 1:
+        text += " (ensemble)"
+    return text
 
 
 def read_run_config(run_dir):
@@ -396,9 +419,11 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
                 raise KeraslmError(
                     f"{other} was validated on other images than {first}; {what} must hold out "
                     "the same split as the run it works with")
-    if method is None and refine_runs:
-        local = read_run_config(_run_members(refine_runs[0])[0]).get("architecture")
-        method = f"{configs[0][0].get('architecture')} + local {local}"
+    if method is None and (refine_runs or len(configs[0]) > 1):
+        method = method_name(
+            [config.get("architecture") for config in configs[0]],
+            [read_run_config(local_dir).get("architecture")
+             for local_dir in (_run_members(refine_runs[0]) if refine_runs else [])])
     parts = []
     for number, (entry, config) in enumerate(zip(run_dirs, configs), 1):
         run_dir, config = _run_members(entry)[0], config[0]
