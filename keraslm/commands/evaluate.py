@@ -181,6 +181,13 @@ def main(argv=None):
             from keraslm.files import read_json
 
             calibration = read_json(args.calibration, f"{args.calibration}: no such file")
+            from keraslm.calibration import check_calibration
+
+            try:  # Its own consistency now; its landmarks against the model's after predicting.
+                check_calibration(calibration, calibration.get("landmark_names", [])
+                                  if isinstance(calibration, dict) else [])
+            except KeraslmError as error:
+                raise KeraslmError(f"{args.calibration}: {error}") from None
         if args.predictions:
             result = evaluation.evaluate_predictions(
                 args.predictions, args.ground_truth, ndim=args.ndim,
