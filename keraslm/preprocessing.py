@@ -136,12 +136,19 @@ def field_excess_mm(image_size, image_spacing, grid):
     return extent - field * (1 + 1e-6)
 
 
+def field_shortfall_mm(image_size, image_spacing, grid):
+    """How far the image's extent is above one grid pixel per axis, mm (< 0: the whole image
+    is smaller than one pixel of the grid)."""
+    extent = tf.cast(image_size, tf.float64) * tf.cast(image_spacing, tf.float64)
+    return extent - tf.constant(grid.spacing, tf.float64)
+
+
 def place_on_grid(image, grid):
     """Centres `image` on `grid`, scaled by `grid.spacing / image.spacing` along each axis.
 
     Raises:
-        KeraslmError: the image does not fit (its extent exceeds the grid's field of view) or
-            the dimensions differ.
+        KeraslmError: the image does not fit (its extent exceeds the grid's field of view), is
+            smaller than one grid pixel (a spacing mistake), or the dimensions differ.
     """
     if image.ndim != grid.ndim:
         raise KeraslmError(
@@ -155,6 +162,12 @@ def place_on_grid(image, grid):
             f"grid's field of view ({np.round(field_mm, 2).tolist()} mm = {list(grid.size)} x "
             f"{list(grid.spacing)} mm); use a larger grid spacing or shape"
         )
+    if np.any(field_shortfall_mm(image.size, image.spacing, grid).numpy() < 0):
+        extent_mm = np.array(image.size, float) * image.spacing
+        raise KeraslmError(
+            f"{image.path or 'image'} ({extent_mm.tolist()} mm = pixels x spacing "
+            f"{list(np.asarray(image.spacing, float))} mm) is smaller than one pixel of the grid "
+            f"({list(grid.spacing)} mm); is the spacing right?")
     return GridPlacement(grid_to_image_matrix(image.size, image.spacing, grid).numpy())
 
 
@@ -293,7 +306,15 @@ def prepare_on_grid(array, spacing, grid, normalization):
         message=(f"the image is larger than the field of view of the model "
                  f"({[round(n * s, 2) for n, s in zip(grid.size, grid.spacing)]} mm along x, y"
                  f"{', z' if grid.ndim == 3 else ''}); its size in mm is pixels x spacing"))
-    with tf.control_dependencies([check]):
+    # An image smaller than one grid pixel is a spacing mistake (e.g. metres for mm), and its
+    # anti-aliasing box would be as wide as the scale factor: refused before any memory is used.
+    too_small = tf.debugging.assert_greater_equal(
+        tf.reduce_min(field_shortfall_mm(size, spacing, grid)), tf.constant(0.0, tf.float64),
+        message=(f"the image is smaller than one pixel of the grid of the model "
+                 f"({[round(s, 4) for s in grid.spacing]} mm along x, y"
+                 f"{', z' if grid.ndim == 3 else ''}); its size in mm is pixels x spacing - is "
+                 "the spacing right?"))
+    with tf.control_dependencies([check, too_small]):
         matrix = grid_to_image_matrix(size, spacing, grid)
     return resample_to_grid(normalize(array, normalization), matrix, grid), matrix
 

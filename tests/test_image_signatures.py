@@ -156,6 +156,9 @@ def test_bad_inputs_are_invalid_argument_errors(model_2d):
         (lambda: call_image([good], [[0.5, -1.0]]), "must be positive"),
         (lambda: call_image([good], [[np.nan, 0.5]]), "NaN or Inf"),
         (lambda: call_image([good], [[50.0, 50.0]]), "larger than the field of view"),
+        # A units mistake (metres for mm): refused before the anti-aliasing box, as wide as
+        # the scale factor, takes gigabytes.
+        (lambda: call_image([good], [[1e-5, 1e-5]]), "smaller than one pixel of the grid of the model"),
         (lambda: array_signature(image=tf.fill([20, 30], np.nan), spacing=tf.ones([2]),
                                  origin=tf.zeros([2]), direction=tf.eye(2)), "NaN or Inf pixels"),
         (lambda: array_signature(image=tf.ones([20, 30]), spacing=tf.ones([2]), origin=tf.zeros([2]),
@@ -218,6 +221,8 @@ def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, tmp_
 
     with pytest.raises(KeraslmError, match="larger than the field of view"):
         client.predict(pngs[:1], spacing=50.0)
+    with pytest.raises(KeraslmError, match="smaller than one pixel of the grid"):
+        predict(result.model_path, pngs[:1], spacing=1e-5)
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
