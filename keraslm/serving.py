@@ -57,7 +57,7 @@ import numpy as np
 
 from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.errors import KeraslmError
-from keraslm.inference import Prediction, check_metadata, load_input_image
+from keraslm.inference import Prediction, check_metadata, input_image_ids, load_input_image
 from keraslm.files import read_json
 from keraslm.preprocessing import GridSpec
 
@@ -111,7 +111,8 @@ class PreparedImage:
     """One image on the network grid, with what maps its answer back.
 
     Args:
-        image_id: str. File name without extension (or `image<k>`).
+        image_id: str. File name without extension (or `image<k>`), unique among the images
+            prepared together (`keraslm.inference.input_image_ids`).
         image_path: str or None.
         grid_image: np.ndarray `(*grid_shape, 1)` float32. The request's input.
         placement: keraslm.preprocessing.GridPlacement. Grid index -> original image index.
@@ -147,9 +148,10 @@ def prepare_images(images, metadata, spacing=None):
     grid = GridSpec(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
+    image_ids = input_image_ids(images)
     prepared = []
     for index, item in enumerate(images):
-        image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
+        image_id, path, image = load_input_image(item, index, grid.ndim, spacing, image_ids[index])
         array, placement = prepare_image(image, grid, metadata["normalization"])
         fine_array = fine_placement = None
         if "refine" in metadata:  # A coarse-to-fine export: also the local stage's fine grid.
@@ -406,11 +408,11 @@ class ServingClient:
     def _predict_images(self, images, spacing, batch_size):
         """One `predict_image` request per batch of PNG / JPEG / BMP files, one `predict_array`
         request per other image; the answers as `Prediction`s."""
-        from keraslm.data import image_id_from_path
         from keraslm.io import Image, read_image_header
 
         if isinstance(images, (str, os.PathLike, Image)):
             images = [images]
+        image_ids = input_image_ids(images)
         names = tuple(self.metadata["landmark_names"])
         ndim = int(self.metadata["ndim"])
         results = [None] * len(images)
@@ -421,7 +423,7 @@ class ServingClient:
                 header = read_image_header(path, spacing=spacing)  # Checks the file, no decoding.
                 files.append((index, path, header))
                 continue
-            image_id, path, image = load_input_image(item, index, ndim, spacing)
+            image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])
             outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
                                IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS)
             results[index] = _prediction(image_id, path, names, outputs, header=image)
@@ -433,7 +435,7 @@ class ServingClient:
                                OPTIONAL_IMAGE_OUTPUTS)
             for n, (index, path, header) in enumerate(batch):
                 row = {key: value[n] for key, value in outputs.items()}
-                results[index] = _prediction(image_id_from_path(path), path, names, row, header)
+                results[index] = _prediction(image_ids[index], path, names, row, header)
         return results
 
 

@@ -51,6 +51,49 @@ def test_predict_cli_writes_csv_and_json(trained, tmp_path, capsys):
     assert len(payload["predictions"]) == 2
 
 
+def test_predict_gives_images_with_the_same_name_unique_ids(trained, tmp_path, capsys):
+    dataset, result = trained
+    png, dcm = dataset.records[0].image_path, dataset.records[1].image_path
+    assert png.endswith(".png") and dcm.endswith(".dcm")
+    for folder in ("da", "db", "both"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(png, tmp_path / "da" / "x.png")
+    shutil.copy(png, tmp_path / "db" / "x.png")
+    shutil.copy(png, tmp_path / "both" / "y.png")
+    shutil.copy(dcm, tmp_path / "both" / "y.dcm")
+    shutil.copy(dcm, tmp_path / "both" / "z.dcm")
+    spacing = ",".join(str(s) for s in dataset.image_spacing)
+    # Same stem in two folders: the path from the common folder, without the extension.
+    assert main([result.model_path, str(tmp_path / "da" / "x.png"), str(tmp_path / "db" / "x.png"),
+                 "--spacing", spacing, "--output-dir", str(tmp_path / "out")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    table = read_landmarks(tmp_path / "out" / "predictions.csv")
+    assert table.ids == ("da/x", "db/x")
+    np.testing.assert_array_equal(table.points[0], table.points[1])
+    assert (tmp_path / "out" / "markups" / "db" / "x.mrk.json").is_file()
+    # Same stem in one folder: the file name with its extension; other names stay stems.
+    assert main([result.model_path, str(tmp_path / "both"), "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "out2")]) == 0
+    assert read_landmarks(tmp_path / "out2" / "predictions_index.csv").ids == ("y.dcm", "y.png", "z")
+    # The library names them alike, for paths and for read Images.
+    from keraslm.inference import input_image_ids
+
+    predictions = predict(result.model_path, [str(tmp_path / "da" / "x.png"),
+                                              dataset.read_image(dataset.records[0]),
+                                              str(tmp_path / "db" / "x.png")],
+                          spacing=dataset.image_spacing)
+    assert [p.image_id for p in predictions] == ["da/x", "phantom2d_000", "db/x"]
+    assert input_image_ids([str(tmp_path / "both" / "y.png"), str(tmp_path / "both" / "y.dcm")]) == [
+        "y.png", "y.dcm"]
+    # One file given twice cannot get two ids: an error before anything is predicted.
+    capsys.readouterr()
+    assert main([result.model_path, str(tmp_path / "da" / "x.png"), str(tmp_path / "da" / "x.png"),
+                 "--spacing", spacing, "--output-dir", str(tmp_path / "out3")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: the same image is given more than once: ") and "x.png" in error
+    assert "Traceback" not in error and not (tmp_path / "out3").exists()
+
+
 def test_predict_cli_output_dir_that_is_a_file(trained, tmp_path, capsys):
     dataset, result = trained
     (tmp_path / "taken").write_text("keep me")

@@ -143,3 +143,15 @@ def test_client_paths_and_bad_input(served):
         client.predict([Image(np.zeros((4, 5, 6), np.float32), spacing=(1.0, 1.0, 1.0))])
     with pytest.raises(KeraslmError, match="image 1 contains non-finite pixel values"):
         client.predict([paths[0], Image(np.full((16, 16), np.inf, np.float32), spacing=1.0)])
+
+
+def test_client_gives_images_with_the_same_name_unique_ids(served, tmp_path):
+    import shutil
+
+    _, metadata, path, paths, spacing = served
+    copies = [tmp_path / "da" / "x.png", tmp_path / "db" / "x.png"]
+    for copy in copies:
+        copy.parent.mkdir()
+        shutil.copy(paths[0], copy)
+    prepared = prepare_images([str(c) for c in copies] + [paths[1]], metadata, spacing=spacing)
+    assert [item.image_id for item in prepared] == ["da/x", "db/x", "phantom2d_001"]
