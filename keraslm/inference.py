@@ -21,7 +21,7 @@ import numpy as np
 from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError, UsageError
-from keraslm.io import Image, read_image, strip_image_extension
+from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
 from keraslm.files import atomic_path, write_json
 from keraslm.detector import Predictor, locate_on_grid
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
@@ -433,6 +433,40 @@ def input_image_ids(images):
     return ids
 
 
+def check_plain_image_spacing(images, spacing, metadata):
+    """Raises a UsageError when `spacing` is None and an input image is a file whose format
+    stores no pixel spacing (PNG, JPEG, BMP, TIFF): predicting it at an assumed 1 mm per pixel
+    would put the landmarks at the wrong scale without a word. DICOM and NIfTI files carry their
+    spacing; an `Image` is predicted at its own.
+
+    Args:
+        images: sequence of paths or `Image`s.
+        spacing: float or sequence or None. The spacing given for plain images.
+        metadata: dict. The model's metadata; its `plain_image_spacing` (the spacing of the
+            plain images it was trained on), if recorded, is named as the likely value.
+
+    Raises:
+        UsageError: naming the first such file, how many there are, and what to pass.
+    """
+    if spacing is not None:
+        return
+    plain = [path for path in (os.fspath(item) for item in images if not isinstance(item, Image))
+             if not os.path.isdir(path) and not holds_geometry(path)]
+    if not plain:
+        return
+    kind = os.path.splitext(plain[0])[1].lstrip(".").upper() or "plain"
+    others = f" (and {len(plain) - 1} more such images)" if len(plain) > 1 else ""
+    message = (f"{plain[0]}{others}: a {kind} file stores no pixel spacing; give the mm per "
+               "pixel with --spacing MM or X,Y (Python: spacing=)")
+    trained = metadata.get("plain_image_spacing")
+    if trained:
+        value = (f"{trained[0]:g}" if len(set(trained)) == 1
+                 else ",".join(f"{s:g}" for s in trained))
+        message += (f"; the model was trained on plain images of {value} mm per pixel "
+                    f"(--spacing {value}), likely the value for images like them")
+    raise UsageError(message)
+
+
 def load_input_image(item, index, ndim, spacing=None, image_id=None):
     """Reads and checks one input image of `predict` or the serving client.
 
@@ -472,8 +506,10 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         model: keras.Model (with `metadata=`), a `.keras` file path or a SavedModel version
             folder; or a predictor from `load_predictor`.
         images: sequence of paths (any format `keraslm.io.read_image` reads) or `Image`s.
-        spacing: float or sequence, optional. Spacing for plain images (PNG/JPEG) that hold
-            none, e.g. 0.1 for ISBI 2015.
+        spacing: float or sequence, optional. Spacing (mm per pixel along x, y) of plain
+            image files (PNG/JPEG/BMP/TIFF), which hold none, e.g. 0.1 for ISBI 2015; required
+            when `images` holds such files (`check_plain_image_spacing`). DICOM and NIfTI files
+            carry their own, an `Image` its own.
         batch_size: int. Unused: every image runs through the prediction graph on its own
             (kept so that existing calls work).
         metadata: dict, optional. See `load_predictor`.
@@ -489,7 +525,8 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
 
     Raises:
         KeraslmError: an image cannot be read, has the wrong dimension, or does not fit the
-            model's grid, or is given twice; the message names it.
+            model's grid, or is given twice; a plain image file comes without `spacing`
+            (a UsageError); the message names it.
     """
     import tensorflow as tf  # TF-only edge: errors raised inside the prediction graph.
 
@@ -507,6 +544,7 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
             "this model is the local stage of a coarse-to-fine model: it refines estimates of a "
             "global model. Predict with the global model and pass this one as refine= "
             "(keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL)")
+    check_plain_image_spacing(images, spacing, meta)  # Every image, before any is predicted.
     grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
     results = []
     for index, item in enumerate(images):

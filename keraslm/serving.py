@@ -57,7 +57,13 @@ import numpy as np
 
 from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.errors import KeraslmError
-from keraslm.inference import Prediction, check_metadata, input_image_ids, load_input_image
+from keraslm.inference import (
+    Prediction,
+    check_metadata,
+    check_plain_image_spacing,
+    input_image_ids,
+    load_input_image,
+)
 from keraslm.files import read_json
 from keraslm.preprocessing import GridSpec
 
@@ -136,7 +142,9 @@ def prepare_images(images, metadata, spacing=None):
     Args:
         images: sequence of str paths or `keraslm.io.Image`s (one path or Image allowed).
         metadata: dict. the model metadata (`load_metadata`).
-        spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none.
+        spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none;
+            required when `images` holds such files
+            (`keraslm.inference.check_plain_image_spacing`).
 
     Returns:
         list of PreparedImage.
@@ -149,6 +157,7 @@ def prepare_images(images, metadata, spacing=None):
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
     image_ids = input_image_ids(images)
+    check_plain_image_spacing(images, spacing, metadata)
     prepared = []
     for index, item in enumerate(images):
         image_id, path, image = load_input_image(item, index, grid.ndim, spacing, image_ids[index])
@@ -381,7 +390,8 @@ class ServingClient:
 
         Args:
             images: sequence of str paths or `keraslm.io.Image`s.
-            spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI).
+            spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI);
+                required when `images` holds such files.
             batch_size: int >= 1. images per request.
 
         Returns:
@@ -413,6 +423,7 @@ class ServingClient:
         if isinstance(images, (str, os.PathLike, Image)):
             images = [images]
         image_ids = input_image_ids(images)
+        check_plain_image_spacing(images, spacing, self.metadata)
         names = tuple(self.metadata["landmark_names"])
         ndim = int(self.metadata["ndim"])
         results = [None] * len(images)

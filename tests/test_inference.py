@@ -1,6 +1,7 @@
 """Tests of keraslm.inference: predict() maps network output back to physical mm exactly."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 import keraslm
 from keraslm import KeraslmError
+from keraslm.errors import UsageError
 from keraslm.commands.predict import main
 from keraslm.inference import load_predictor, predict
 from keraslm.io import Image, read_landmarks
@@ -92,6 +94,40 @@ def test_predict_gives_images_with_the_same_name_unique_ids(trained, tmp_path, c
     error = capsys.readouterr().err
     assert error.startswith("error: the same image is given more than once: ") and "x.png" in error
     assert "Traceback" not in error and not (tmp_path / "out3").exists()
+
+
+def test_plain_images_need_a_spacing(trained, tmp_path, capsys):
+    """PNG/JPEG files store no pixel spacing: predicting one without a spacing is an error that
+    names the file and the spacing the model was trained on, not a silent 1 mm per pixel."""
+    dataset, result = trained
+    png, dcm = dataset.records[0].image_path, dataset.records[1].image_path
+    metadata = load_predictor(result.model_path).metadata
+    assert metadata["plain_image_spacing"] == list(dataset.image_spacing)
+    trained_on = ",".join(f"{s:g}" for s in dataset.image_spacing)  # 2.88,3.55556
+    expected = (r"phantom2d_000\.png: a PNG file stores no pixel spacing; give the mm per pixel "
+                r"with --spacing MM or X,Y \(Python: spacing=\); the model was trained on plain "
+                rf"images of {re.escape(trained_on)} mm per pixel \(--spacing "
+                rf"{re.escape(trained_on)}\), likely the value for images like them$")
+    with pytest.raises(UsageError, match=expected):
+        predict(result.model_path, [png])
+    with pytest.raises(UsageError, match=r"phantom2d_000\.png \(and 1 more such images\): a PNG"):
+        predict(result.model_path, [dcm, png, dataset.records[2].image_path])
+    # Without the training spacing in the metadata (models trained before it): no hint.
+    older = {key: value for key, value in metadata.items() if key != "plain_image_spacing"}
+    with pytest.raises(UsageError, match=r"\(Python: spacing=\)$"):
+        predict(load_predictor(result.model_path, metadata=older), [png])
+    # DICOM carries its spacing; an Image its own; with the spacing given, PNGs predict.
+    [from_dicom] = predict(result.model_path, [dcm])
+    image = dataset.read_image(dataset.records[1])
+    np.testing.assert_allclose(from_dicom.points_mm, predict(result.model_path, [image])[0].points_mm)
+    predict(result.model_path, [png], spacing=dataset.image_spacing)
+    # The command: one error line, exit status 2, nothing written.
+    capsys.readouterr()
+    assert main([result.model_path, png, "--output-dir", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {png}: a PNG file stores no pixel spacing")
+    assert f"--spacing {trained_on})" in captured.err and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
 
 
 def test_predict_cli_output_dir_that_is_a_file(trained, tmp_path, capsys):

@@ -35,7 +35,10 @@ def main(argv=None):
     parser.add_argument("--series", action="store_true",
                         help="the given folders are DICOM series themselves (one 3D image each)")
     parser.add_argument("--spacing", type=cli.spacing, metavar="MM",
-                        help="mm per pixel of plain images (PNG/JPEG) that hold none: 0.1 or x,y")
+                        help="mm per pixel of plain images (PNG/JPEG/BMP/TIFF), which store "
+                        "none: 0.1 or x,y. Required when such images are given (an error names "
+                        "the spacing the model was trained on, where it is recorded); DICOM and "
+                        "NIfTI files carry their own")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--precision", default="float32",
