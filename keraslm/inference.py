@@ -20,8 +20,8 @@ import numpy as np
 
 from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.data import image_id_from_path
-from keraslm.errors import KeraslmError
-from keraslm.io import Image, read_image
+from keraslm.errors import KeraslmError, UsageError
+from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
 from keraslm.files import atomic_path, write_json
 from keraslm.detector import Predictor, locate_on_grid
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
@@ -45,7 +45,8 @@ class Prediction:
     """Landmarks found in one image.
 
     Args:
-        image_id: str. The image's file name without extension (or the given id).
+        image_id: str. The image's file name without extension, unique among the images
+            predicted together (`input_image_ids`).
         image_path: str or None.
         landmark_names: tuple of str.
         points_mm: np.ndarray `(num_landmarks, ndim)`. Physical millimetres, LPS.
@@ -373,7 +374,106 @@ def _ensemble_predictor(model, metadata, refine, precision, iterations=1):
                              [member(m) for m in refines], iterations)
 
 
-def load_input_image(item, index, ndim, spacing=None):
+def _input_path(item):
+    """The path of an input image (a path, or an `Image`'s `path`), or None."""
+    path = getattr(item, "path", None) if isinstance(item, Image) else os.fspath(item)
+    return None if path is None else os.fspath(path)
+
+
+def _ids_from_common_folder(paths, taken=()):
+    """Ids of images whose names collide: their paths relative to the paths' common folder
+    (`/` between folders) without the image extension, and with it where that still
+    collides (with another of these or with an id in `taken`)."""
+    paths = [os.path.normpath(os.path.abspath(path)) for path in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(path) for path in paths])
+    except ValueError:  # Paths on different drives: no common folder.
+        root = None
+    relative = [(path if root is None else os.path.relpath(path, root)).replace(os.sep, "/")
+                for path in paths]
+    stems = [strip_image_extension(path) for path in relative]
+    return [path if stems.count(stem) > 1 or stem in taken else stem
+            for path, stem in zip(relative, stems)]
+
+
+def _groups(ids):
+    """dict id -> positions of the ids that occur more than once."""
+    positions = {}
+    for position, image_id in enumerate(ids):
+        positions.setdefault(image_id, []).append(position)
+    return {image_id: found for image_id, found in positions.items() if len(found) > 1}
+
+
+def input_image_ids(images):
+    """Unique ids of input images of `predict` or the serving client, decided before any image
+    is read.
+
+    An image's id is its file (or DICOM series folder) name without the image extension, an
+    `Image` without a path's `image<index>`. Where inputs share an id, theirs is the path
+    relative to these inputs' common folder without the extension (`da/x.png`, `db/x.png` ->
+    `da/x`, `db/x`), and where that is shared too, with the extension (`y.png`, `y.dcm` ->
+    `y.png`, `y.dcm`). Ids use `/` between folders.
+
+    Args:
+        images: sequence of paths or `Image`s.
+
+    Returns:
+        list of str, one per image, in order.
+
+    Raises:
+        UsageError: the same file is given more than once (the message names it).
+    """
+    paths = [_input_path(item) for item in images]
+    ids = [image_id_from_path(path) if path else f"image{index:04d}"
+           for index, path in enumerate(paths)]
+    for positions in _groups(ids).values():
+        named = [n for n in positions if paths[n]]
+        unnamed = [ids[n] for n in positions if not paths[n]]
+        for n, image_id in zip(named, _ids_from_common_folder([paths[n] for n in named], unnamed)):
+            ids[n] = image_id
+    repeated = [", ".join(paths[n] or f"image {n}" for n in positions)
+                for positions in _groups(ids).values()]
+    if repeated:
+        raise UsageError(f"the same image is given more than once: {'; '.join(repeated)}; give "
+                         "each image once")
+    return ids
+
+
+def check_plain_image_spacing(images, spacing, metadata):
+    """Raises a UsageError when `spacing` is None and an input image is a file whose format
+    stores no pixel spacing (PNG, JPEG, BMP, TIFF): predicting it at an assumed 1 mm per pixel
+    would put the landmarks at the wrong scale without a word. DICOM and NIfTI files carry their
+    spacing; an `Image` is predicted at its own.
+
+    Args:
+        images: sequence of paths or `Image`s.
+        spacing: float or sequence or None. The spacing given for plain images.
+        metadata: dict. The model's metadata; its `plain_image_spacing` (the spacing of the
+            plain images it was trained on), if recorded, is named as the likely value.
+
+    Raises:
+        UsageError: naming the first such file, how many there are, and what to pass.
+    """
+    if spacing is not None:
+        return
+    plain = [path for path in (os.fspath(item) for item in images if not isinstance(item, Image))
+             if not os.path.isdir(path) and not holds_geometry(path)]
+    if not plain:
+        return
+    kind = os.path.splitext(plain[0])[1].lstrip(".").upper() or "plain"
+    others = f" (and {len(plain) - 1} more such images)" if len(plain) > 1 else ""
+    message = (f"{plain[0]}{others}: a {kind} file stores no pixel spacing; give the mm per "
+               "pixel with --spacing MM or X,Y (Python: spacing=)")
+    trained = metadata.get("plain_image_spacing")
+    if trained:
+        value = (f"{trained[0]:g}" if len(set(trained)) == 1
+                 else ",".join(f"{s:g}" for s in trained))
+        message += (f"; the model was trained on plain images of {value} mm per pixel "
+                    f"(--spacing {value}), likely the value for images like them")
+    raise UsageError(message)
+
+
+def load_input_image(item, index, ndim, spacing=None, image_id=None):
     """Reads and checks one input image of `predict` or the serving client.
 
     Args:
@@ -381,10 +481,11 @@ def load_input_image(item, index, ndim, spacing=None):
         index: int. Position of the image in the input; names images without a path.
         ndim: int. Image dimension the model expects.
         spacing: optional pixel spacing in mm for formats that do not store one.
+        image_id: str, optional. The image's id (`input_image_ids` of all inputs); default:
+            the file name without extension, else `image<index>`.
 
     Returns:
-        (image_id, path, image): id from the path (else `image<index>`), the path or None,
-        and the `Image`.
+        (image_id, path, image): the id, the path or None, and the `Image`.
 
     Raises:
         KeraslmError: unreadable image, non-finite pixel values or wrong dimension.
@@ -398,7 +499,9 @@ def load_input_image(item, index, ndim, spacing=None):
         raise KeraslmError(f"{name} contains non-finite pixel values")
     if image.ndim != ndim:
         raise KeraslmError(f"{name} is {image.ndim}D but the model expects {ndim}D images")
-    return (image_id_from_path(path) if path else f"image{index:04d}"), path, image
+    if image_id is None:
+        image_id = image_id_from_path(path) if path else f"image{index:04d}"
+    return image_id, path, image
 
 
 def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None,
@@ -409,8 +512,10 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
         model: keras.Model (with `metadata=`), a `.keras` file path or a SavedModel version
             folder; or a predictor from `load_predictor`.
         images: sequence of paths (any format `keraslm.io.read_image` reads) or `Image`s.
-        spacing: float or sequence, optional. Spacing for plain images (PNG/JPEG) that hold
-            none, e.g. 0.1 for ISBI 2015.
+        spacing: float or sequence, optional. Spacing (mm per pixel along x, y) of plain
+            image files (PNG/JPEG/BMP/TIFF), which hold none, e.g. 0.1 for ISBI 2015; required
+            when `images` holds such files (`check_plain_image_spacing`). DICOM and NIfTI files
+            carry their own, an `Image` its own.
         batch_size: int. Unused: every image runs through the prediction graph on its own
             (kept so that existing calls work).
         metadata: dict, optional. See `load_predictor`.
@@ -421,14 +526,19 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
             `KerasPredictor`): "float32" (default), "bfloat16", "float16" or "auto".
 
     Returns:
-        list of Prediction, one per image, in order.
+        list of Prediction, one per image, in order; their ids are unique
+        (`input_image_ids`).
 
     Raises:
         KeraslmError: an image cannot be read, has the wrong dimension, or does not fit the
-            model's grid; the message names it.
+            model's grid, or is given twice; a plain image file comes without `spacing`
+            (a UsageError); the message names it.
     """
     import tensorflow as tf  # TF-only edge: errors raised inside the prediction graph.
 
+    if isinstance(images, (str, os.PathLike, Image)):
+        images = [images]
+    image_ids = input_image_ids(images)
     if isinstance(model, Predictor) and not isinstance(refine, (list, tuple)):
         predictor = model if refine is None else CascadePredictor(
             model, refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision))
@@ -440,12 +550,11 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
             "this model is the local stage of a coarse-to-fine model: it refines estimates of a "
             "global model. Predict with the global model and pass this one as refine= "
             "(keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL)")
+    check_plain_image_spacing(images, spacing, meta)  # Every image, before any is predicted.
     grid = GridSpec(tuple(meta["grid_shape"]), tuple(meta["grid_spacing"]))
-    if isinstance(images, (str, os.PathLike, Image)):
-        images = [images]
     results = []
     for index, item in enumerate(images):
-        image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
+        image_id, path, image = load_input_image(item, index, grid.ndim, spacing, image_ids[index])
         place_on_grid(image, grid)  # A KeraslmError naming the image when it does not fit.
         try:
             found = predictor.locate(image)

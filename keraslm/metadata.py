@@ -2,7 +2,9 @@
 
 Written as `model.json` beside a run's `model.keras` and as `assets/keraslm.json` of a
 SavedModel: landmark names, dimension, grid shape and spacing, normalisation, output stride,
-sigma, decoding, and for a local stage its crop shape and offset prior. This module sits below
+sigma, decoding, and for a local stage its crop shape and offset prior. Training adds
+`training_precision` and `plain_image_spacing` (the mm per pixel its PNG/JPEG images were read
+with, or None; models trained before it lack the key). This module sits below
 `keraslm.inference`, `keraslm.export` and `keraslm.training`, which all read or write it.
 """
 import numpy as np

@@ -57,7 +57,13 @@ import numpy as np
 
 from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.errors import KeraslmError
-from keraslm.inference import Prediction, check_metadata, load_input_image
+from keraslm.inference import (
+    Prediction,
+    check_metadata,
+    check_plain_image_spacing,
+    input_image_ids,
+    load_input_image,
+)
 from keraslm.files import read_json
 from keraslm.preprocessing import GridSpec
 
@@ -111,7 +117,8 @@ class PreparedImage:
     """One image on the network grid, with what maps its answer back.
 
     Args:
-        image_id: str. File name without extension (or `image<k>`).
+        image_id: str. File name without extension (or `image<k>`), unique among the images
+            prepared together (`keraslm.inference.input_image_ids`).
         image_path: str or None.
         grid_image: np.ndarray `(*grid_shape, 1)` float32. The request's input.
         placement: keraslm.preprocessing.GridPlacement. Grid index -> original image index.
@@ -135,7 +142,9 @@ def prepare_images(images, metadata, spacing=None):
     Args:
         images: sequence of str paths or `keraslm.io.Image`s (one path or Image allowed).
         metadata: dict. the model metadata (`load_metadata`).
-        spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none.
+        spacing: float or sequence or None. spacing of plain images (PNG/JPEG) that hold none;
+            required when `images` holds such files
+            (`keraslm.inference.check_plain_image_spacing`).
 
     Returns:
         list of PreparedImage.
@@ -147,9 +156,11 @@ def prepare_images(images, metadata, spacing=None):
     grid = GridSpec(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
+    image_ids = input_image_ids(images)
+    check_plain_image_spacing(images, spacing, metadata)
     prepared = []
     for index, item in enumerate(images):
-        image_id, path, image = load_input_image(item, index, grid.ndim, spacing)
+        image_id, path, image = load_input_image(item, index, grid.ndim, spacing, image_ids[index])
         array, placement = prepare_image(image, grid, metadata["normalization"])
         fine_array = fine_placement = None
         if "refine" in metadata:  # A coarse-to-fine export: also the local stage's fine grid.
@@ -379,7 +390,8 @@ class ServingClient:
 
         Args:
             images: sequence of str paths or `keraslm.io.Image`s.
-            spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI).
+            spacing: float or None. spacing of plain images that hold none (e.g. 0.1 for ISBI);
+                required when `images` holds such files.
             batch_size: int >= 1. images per request.
 
         Returns:
@@ -406,11 +418,12 @@ class ServingClient:
     def _predict_images(self, images, spacing, batch_size):
         """One `predict_image` request per batch of PNG / JPEG / BMP files, one `predict_array`
         request per other image; the answers as `Prediction`s."""
-        from keraslm.data import image_id_from_path
         from keraslm.io import Image, read_image_header
 
         if isinstance(images, (str, os.PathLike, Image)):
             images = [images]
+        image_ids = input_image_ids(images)
+        check_plain_image_spacing(images, spacing, self.metadata)
         names = tuple(self.metadata["landmark_names"])
         ndim = int(self.metadata["ndim"])
         results = [None] * len(images)
@@ -421,7 +434,7 @@ class ServingClient:
                 header = read_image_header(path, spacing=spacing)  # Checks the file, no decoding.
                 files.append((index, path, header))
                 continue
-            image_id, path, image = load_input_image(item, index, ndim, spacing)
+            image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])
             outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
                                IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS)
             results[index] = _prediction(image_id, path, names, outputs, header=image)
@@ -433,7 +446,7 @@ class ServingClient:
                                OPTIONAL_IMAGE_OUTPUTS)
             for n, (index, path, header) in enumerate(batch):
                 row = {key: value[n] for key, value in outputs.items()}
-                results[index] = _prediction(image_id_from_path(path), path, names, row, header)
+                results[index] = _prediction(image_ids[index], path, names, row, header)
         return results
 
 

@@ -206,6 +206,52 @@ def test_evaluate_predictions_bad_input(tmp_path):
         evaluate_predictions(tmp_path / "absent.csv", truth)
 
 
+def test_evaluate_predictions_matches_ids_naming_the_same_image(phantom2d_root, tmp_path, capsys):
+    # keraslm-predict names images by file stem; a dataset's CSV by relative path and extension.
+    truth_csv = str(phantom2d_root / "landmarks.csv")
+    truth = read_landmarks(truth_csv)
+    assert truth.ids[10] == "images/phantom2d_010.png"
+    stems = ["phantom2d_008", "phantom2d_010"]
+    write_landmarks(tmp_path / "stems.csv", LandmarkTable(
+        stems, truth.names, np.stack([truth.points_of(f"images/{s}.png") for s in stems]) + 3.0))
+    result = evaluate_predictions(tmp_path / "stems.csv", truth_csv, ground_truth_subset=True)
+    assert result.ids == ("images/phantom2d_008.png", "images/phantom2d_010.png")
+    np.testing.assert_allclose(result.errors.errors_mm, np.hypot(3.0, 3.0))
+    assert result.sources[0]["ground_truth_rows_left_out"] == 10
+    script = _evaluate_script()
+    assert script.main(["--predictions", str(tmp_path / "stems.csv"), "--ground-truth", truth_csv,
+                        "--ground-truth-subset", "--output-dir", str(tmp_path / "out"),
+                        "--no-plots"]) == 0
+    assert "10 images without a prediction left out" in capsys.readouterr().out
+    # With the extension, or a folder path relative to another root, the same image matches.
+    write_landmarks(tmp_path / "mixed.csv", LandmarkTable(
+        ["phantom2d_008.png", "data/images/phantom2d_010"], truth.names,
+        np.stack([truth.points_of(f"images/{s}.png") for s in stems])))
+    result = evaluate_predictions(tmp_path / "mixed.csv", truth_csv, ground_truth_subset=True)
+    np.testing.assert_allclose(result.errors.errors_mm, 0.0)
+    # Another folder, or another extension, is another image.
+    write_landmarks(tmp_path / "other.csv", LandmarkTable(
+        ["elsewhere/phantom2d_010", "phantom2d_008.dcm"], truth.names, truth.points[:2]))
+    with pytest.raises(KeraslmError, match=r"ids only in .*other.csv: elsewhere/phantom2d_010, "
+                                           r"phantom2d_008.dcm;"):
+        evaluate_predictions(tmp_path / "other.csv", truth_csv, ground_truth_subset=True)
+    # Ambiguous: one id that could name two images, or two ids naming one image.
+    write_landmarks(tmp_path / "truth_ab.csv",
+                    LandmarkTable(["a/x.png", "b/x.png"], truth.names, truth.points[:2]))
+    write_landmarks(tmp_path / "x.csv", LandmarkTable(["x"], truth.names, truth.points[:1]))
+    with pytest.raises(KeraslmError, match=r"unambiguously: x \(in .*x.csv\) could be any of "
+                                           r"a/x.png, b/x.png \(in .*truth_ab.csv\)"):
+        evaluate_predictions(tmp_path / "x.csv", tmp_path / "truth_ab.csv", ground_truth_subset=True)
+    write_landmarks(tmp_path / "truth_x.csv",
+                    LandmarkTable(["images/a/x.png"], truth.names, truth.points[:1]))
+    write_landmarks(tmp_path / "twice.csv",
+                    LandmarkTable(["x", "a/x"], truth.names, truth.points[:2]))
+    with pytest.raises(KeraslmError, match=r"unambiguously: x, a/x \(in .*twice.csv\) all name "
+                                           r"images/a/x.png \(in .*truth_x.csv\)"):
+        evaluate_predictions(tmp_path / "twice.csv", tmp_path / "truth_x.csv",
+                             ground_truth_subset=True)
+
+
 def test_overlays_2d_and_3d(tmp_path):
     rng = np.random.default_rng(0)
     image2d = Image(rng.random((40, 60)), spacing=(0.5, 1.0), origin=(10.0, -5.0))

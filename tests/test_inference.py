@@ -1,6 +1,7 @@
 """Tests of keraslm.inference: predict() maps network output back to physical mm exactly."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 import keraslm
 from keraslm import KeraslmError
+from keraslm.errors import UsageError
 from keraslm.commands.predict import main
 from keraslm.inference import load_predictor, predict
 from keraslm.io import Image, read_landmarks
@@ -49,6 +51,83 @@ def test_predict_cli_writes_csv_and_json(trained, tmp_path, capsys):
     assert len(table) == 2 and table.names == dataset.landmark_names
     payload = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert len(payload["predictions"]) == 2
+
+
+def test_predict_gives_images_with_the_same_name_unique_ids(trained, tmp_path, capsys):
+    dataset, result = trained
+    png, dcm = dataset.records[0].image_path, dataset.records[1].image_path
+    assert png.endswith(".png") and dcm.endswith(".dcm")
+    for folder in ("da", "db", "both"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(png, tmp_path / "da" / "x.png")
+    shutil.copy(png, tmp_path / "db" / "x.png")
+    shutil.copy(png, tmp_path / "both" / "y.png")
+    shutil.copy(dcm, tmp_path / "both" / "y.dcm")
+    shutil.copy(dcm, tmp_path / "both" / "z.dcm")
+    spacing = ",".join(str(s) for s in dataset.image_spacing)
+    # Same stem in two folders: the path from the common folder, without the extension.
+    assert main([result.model_path, str(tmp_path / "da" / "x.png"), str(tmp_path / "db" / "x.png"),
+                 "--spacing", spacing, "--output-dir", str(tmp_path / "out")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    table = read_landmarks(tmp_path / "out" / "predictions.csv")
+    assert table.ids == ("da/x", "db/x")
+    np.testing.assert_array_equal(table.points[0], table.points[1])
+    assert (tmp_path / "out" / "markups" / "db" / "x.mrk.json").is_file()
+    # Same stem in one folder: the file name with its extension; other names stay stems.
+    assert main([result.model_path, str(tmp_path / "both"), "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "out2")]) == 0
+    assert read_landmarks(tmp_path / "out2" / "predictions_index.csv").ids == ("y.dcm", "y.png", "z")
+    # The library names them alike, for paths and for read Images.
+    from keraslm.inference import input_image_ids
+
+    predictions = predict(result.model_path, [str(tmp_path / "da" / "x.png"),
+                                              dataset.read_image(dataset.records[0]),
+                                              str(tmp_path / "db" / "x.png")],
+                          spacing=dataset.image_spacing)
+    assert [p.image_id for p in predictions] == ["da/x", "phantom2d_000", "db/x"]
+    assert input_image_ids([str(tmp_path / "both" / "y.png"), str(tmp_path / "both" / "y.dcm")]) == [
+        "y.png", "y.dcm"]
+    # One file given twice cannot get two ids: an error before anything is predicted.
+    capsys.readouterr()
+    assert main([result.model_path, str(tmp_path / "da" / "x.png"), str(tmp_path / "da" / "x.png"),
+                 "--spacing", spacing, "--output-dir", str(tmp_path / "out3")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: the same image is given more than once: ") and "x.png" in error
+    assert "Traceback" not in error and not (tmp_path / "out3").exists()
+
+
+def test_plain_images_need_a_spacing(trained, tmp_path, capsys):
+    """PNG/JPEG files store no pixel spacing: predicting one without a spacing is an error that
+    names the file and the spacing the model was trained on, not a silent 1 mm per pixel."""
+    dataset, result = trained
+    png, dcm = dataset.records[0].image_path, dataset.records[1].image_path
+    metadata = load_predictor(result.model_path).metadata
+    assert metadata["plain_image_spacing"] == list(dataset.image_spacing)
+    trained_on = ",".join(f"{s:g}" for s in dataset.image_spacing)  # 2.88,3.55556
+    expected = (r"phantom2d_000\.png: a PNG file stores no pixel spacing; give the mm per pixel "
+                r"with --spacing MM or X,Y \(Python: spacing=\); the model was trained on plain "
+                rf"images of {re.escape(trained_on)} mm per pixel \(--spacing "
+                rf"{re.escape(trained_on)}\), likely the value for images like them$")
+    with pytest.raises(UsageError, match=expected):
+        predict(result.model_path, [png])
+    with pytest.raises(UsageError, match=r"phantom2d_000\.png \(and 1 more such images\): a PNG"):
+        predict(result.model_path, [dcm, png, dataset.records[2].image_path])
+    # Without the training spacing in the metadata (models trained before it): no hint.
+    older = {key: value for key, value in metadata.items() if key != "plain_image_spacing"}
+    with pytest.raises(UsageError, match=r"\(Python: spacing=\)$"):
+        predict(load_predictor(result.model_path, metadata=older), [png])
+    # DICOM carries its spacing; an Image its own; with the spacing given, PNGs predict.
+    [from_dicom] = predict(result.model_path, [dcm])
+    image = dataset.read_image(dataset.records[1])
+    np.testing.assert_allclose(from_dicom.points_mm, predict(result.model_path, [image])[0].points_mm)
+    predict(result.model_path, [png], spacing=dataset.image_spacing)
+    # The command: one error line, exit status 2, nothing written.
+    capsys.readouterr()
+    assert main([result.model_path, png, "--output-dir", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {png}: a PNG file stores no pixel spacing")
+    assert f"--spacing {trained_on})" in captured.err and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
 
 
 def test_predict_cli_output_dir_that_is_a_file(trained, tmp_path, capsys):

@@ -142,4 +142,31 @@ def test_client_paths_and_bad_input(served):
     with pytest.raises(KeraslmError, match="is 3D but the model expects 2D"):
         client.predict([Image(np.zeros((4, 5, 6), np.float32), spacing=(1.0, 1.0, 1.0))])
     with pytest.raises(KeraslmError, match="image 1 contains non-finite pixel values"):
-        client.predict([paths[0], Image(np.full((16, 16), np.inf, np.float32), spacing=1.0)])
+        client.predict([paths[0], Image(np.full((16, 16), np.inf, np.float32), spacing=1.0)],
+                       spacing=spacing)
+
+
+def test_client_gives_images_with_the_same_name_unique_ids(served, tmp_path):
+    import shutil
+
+    _, metadata, path, paths, spacing = served
+    copies = [tmp_path / "da" / "x.png", tmp_path / "db" / "x.png"]
+    for copy in copies:
+        copy.parent.mkdir()
+        shutil.copy(paths[0], copy)
+    prepared = prepare_images([str(c) for c in copies] + [paths[1]], metadata, spacing=spacing)
+    assert [item.image_id for item in prepared] == ["da/x", "db/x", "phantom2d_001"]
+
+
+def test_client_needs_the_spacing_of_plain_images(served):
+    network, metadata, path, paths, spacing = served
+    assert paths[0].endswith(".png") and paths[1].endswith(".dcm")
+    message = r"phantom2d_000\.png: a PNG file stores no pixel spacing; .*\(Python: spacing=\)$"
+    with pytest.raises(KeraslmError, match=message):
+        prepare_images(paths[:2], metadata)
+    for signature_name in ("landmarks", None):  # The grid protocol and the image signatures.
+        client = ServingClient("phantom", path, signature_name=signature_name,
+                               transport=lambda path, body: pytest.fail("a request was sent"))
+        with pytest.raises(KeraslmError, match=message):
+            client.predict(paths[:2])
+    assert prepare_images(paths[1:2], metadata)[0].image_id == "phantom2d_001"  # DICOM: its own.

@@ -61,8 +61,9 @@ def parse_args(argv=None):
     source.add_argument("--ground-truth-subset", action="store_true",
                         help="with --predictions: the predictions cover only some of the "
                         "ground truth's images (e.g. one split of a whole dataset's CSV); rows "
-                        "without a prediction are left out and counted. Without it the ids must "
-                        "match exactly")
+                        "without a prediction are left out and counted. Without it every "
+                        "image needs both. Ids match when they name the same image: x, x.png "
+                        "and images/x.png (an unambiguous match)")
     data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
     add_dataset_arguments(data)
     add_split_arguments(data, held_out="test")

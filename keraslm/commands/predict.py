@@ -30,11 +30,17 @@ def main(argv=None):
                         help="local passes with --refine; each centres the crops on the previous "
                         "estimate")
     parser.add_argument("images", nargs="+", help="image files, or folders whose image files (and "
-                        "sub-folders, as DICOM series) are all predicted")
+                        "sub-folders, as DICOM series) are all predicted. An image's id is its "
+                        "file name without the extension; images of the same name get their path "
+                        "from the inputs' common folder (da/x, db/x), with the extension where "
+                        "that is not enough (y.png, y.dcm)")
     parser.add_argument("--series", action="store_true",
                         help="the given folders are DICOM series themselves (one 3D image each)")
     parser.add_argument("--spacing", type=cli.spacing, metavar="MM",
-                        help="mm per pixel of plain images (PNG/JPEG) that hold none: 0.1 or x,y")
+                        help="mm per pixel of plain images (PNG/JPEG/BMP/TIFF), which store "
+                        "none: 0.1 or x,y. Required when such images are given (an error names "
+                        "the spacing the model was trained on, where it is recorded); DICOM and "
+                        "NIfTI files carry their own")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="accepted for earlier scripts; each image runs through the "
@@ -45,7 +51,7 @@ def main(argv=None):
                         "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
-    from keraslm.inference import load_predictor, predict, write_predictions
+    from keraslm.inference import input_image_ids, load_predictor, predict, write_predictions
 
     paths = []
     for item in args.images:
@@ -64,6 +70,7 @@ def main(argv=None):
         check_output_folder(args.output_dir, "--output-dir")
         if args.refine_iterations != 1 and not args.refine:
             raise KeraslmError("--refine-iterations needs --refine")
+        input_image_ids(paths)  # Unique ids (or an error) before the model loads; predict names so.
         model = load_predictor(args.model, refine=args.refine, precision=args.precision,
                                iterations=args.refine_iterations)
         predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size)
@@ -84,11 +91,16 @@ def main(argv=None):
     if predictions and predictions[0].expected_error_mm is not None:
         print(f"CHECK: expected error above {flag_mm:g} mm (the model's calibration on held-out "
               "images); look at these landmarks by hand")
-    written = write_predictions(args.output_dir, predictions)
+    try:
+        written = write_predictions(args.output_dir, predictions)
+    except KeraslmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return exit_status(error)
+    except OSError as error:
+        print(f"error: cannot write the predictions into {args.output_dir}: {error}", file=sys.stderr)
+        return 1
     print("wrote " + ", ".join(written))
     return 0
-
-
 
 if __name__ == "__main__":
     sys.exit(main())

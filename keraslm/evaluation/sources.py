@@ -8,7 +8,8 @@ are known) a way to read each image back for overlay plots.
 - `evaluate_runs(run_dirs)`: each training run folder (`train.py --output-dir`) is evaluated
   on its own held-out split, rebuilt from its `config.json` (and checked against the ids its
   `metrics.json` recorded); the runs are pooled into one evaluation (cross-validation).
-- `evaluate_predictions(predictions_csv, ground_truth_csv)`: two landmark files, same ids.
+- `evaluate_predictions(predictions_csv, ground_truth_csv)`: two landmark files, their rows
+  matched by the image each id names.
 """
 import dataclasses
 import functools
@@ -19,7 +20,7 @@ import numpy as np
 from keraslm.data import select_split
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
-from keraslm.io import LandmarkTable, read_landmarks
+from keraslm.io import LandmarkTable, read_landmarks, strip_image_extension
 from keraslm.run_folder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunFolder
 
 # Re-exported names of the run folder's files (`keraslm.run_folder`).
@@ -442,11 +443,70 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
     return combine(parts, method)
 
 
+def _image_name_parts(image_id):
+    """(path components without `.` parts and without the image extension, the extension in
+    lower case or ""): `images/x.png` -> (("images", "x"), ".png"), `x` -> (("x",), "")."""
+    parts = [p for p in str(image_id).replace("\\", "/").split("/") if p not in ("", ".")]
+    extension = ""
+    if parts:
+        stem = strip_image_extension(parts[-1])
+        extension, parts[-1] = parts[-1][len(stem):].lower(), stem
+    return tuple(parts), extension
+
+
+def _names_same_image(first_id, second_id):
+    """bool. Whether two ids name the same image, with or without the image extension and a
+    relative folder path: the shorter id's path components (extension removed) end the
+    longer id's, and where both have an extension it is the same. `x` == `x.png` ==
+    `images/x.png` and `a/x` == `data/a/x.dcm`, but `a/x` != `b/x` and `x.png` != `x.dcm`."""
+    (first, first_extension), (second, second_extension) = (
+        _image_name_parts(first_id), _image_name_parts(second_id))
+    if first_extension and second_extension and first_extension != second_extension:
+        return False
+    shorter, longer = sorted((first, second), key=len)
+    return bool(shorter) and longer[len(longer) - len(shorter):] == shorter
+
+
+def _match_image_ids(predicted_ids, truth_ids, predictions_csv, ground_truth_csv):
+    """dict predicted id -> ground-truth id of the rows that name the same image. An id found
+    in both files matches itself; any other id matches the one ground-truth id that names the
+    same image (`_names_same_image`). Unmatched ids are left out of the dict.
+
+    Raises:
+        KeraslmError: a predicted id names several ground-truth images, or several predicted
+            ids name the same ground-truth image (all such ids named).
+    """
+    truth_set = set(truth_ids)
+    candidates = {}
+    for predicted_id in predicted_ids:
+        if predicted_id in truth_set:
+            candidates[predicted_id] = [predicted_id]
+        else:
+            candidates[predicted_id] = [t for t in truth_ids if _names_same_image(predicted_id, t)]
+    problems = [f"{predicted_id} (in {predictions_csv}) could be any of {', '.join(found)} "
+                f"(in {ground_truth_csv})"
+                for predicted_id, found in candidates.items() if len(found) > 1]
+    claimed = {}
+    for predicted_id, found in candidates.items():
+        if len(found) == 1:
+            claimed.setdefault(found[0], []).append(predicted_id)
+    problems += [f"{', '.join(ids)} (in {predictions_csv}) all name {truth_id} (in "
+                 f"{ground_truth_csv})" for truth_id, ids in claimed.items() if len(ids) > 1]
+    if problems:
+        raise KeraslmError("cannot match the predictions' ids with the ground truth's "
+                           "unambiguously: " + "; ".join(problems)
+                           + "; give each image the same id in both files")
+    return {ids[0]: truth_id for truth_id, ids in claimed.items()}
+
+
 def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="predictions",
                          normalize_distance=None, normalize_landmarks=(1, 5),
                          ground_truth_subset=False):
     """Compares a predictions CSV with a ground-truth CSV (both physical mm; named or
-    headerless layout, see `keraslm.io.read_landmarks`). Rows are matched by id.
+    headerless layout, see `keraslm.io.read_landmarks`). Rows are matched by id: the same
+    id, or ids that name the same image with or without the image extension and a relative
+    folder path (`x` == `x.png` == `images/x.png`, as `keraslm-predict` and a dataset's CSV
+    name one image), when the match is unambiguous.
 
     Args:
         predictions_csv: str.
@@ -464,8 +524,8 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
 
     Raises:
         KeraslmError: a file is missing or malformed, the ids differ (all differences listed;
-            with `ground_truth_subset` only predicted ids lacking ground truth), or the landmark
-            counts or dimensions differ.
+            with `ground_truth_subset` only predicted ids lacking ground truth), an id matches
+            ambiguously (all such ids named), or the landmark counts or dimensions differ.
     """
     predicted = read_landmarks(predictions_csv, ndim=ndim)
     truth = read_landmarks(ground_truth_csv, ndim=ndim)
@@ -479,12 +539,13 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
             f"{predictions_csv} has {len(predicted.names)} landmarks per row but "
             f"{ground_truth_csv} has {len(truth.names)}"
         )
-    predicted_ids, truth_ids = set(predicted.ids), set(truth.ids)
-    only_predicted = [i for i in predicted.ids if i not in truth_ids]
-    only_truth = [i for i in truth.ids if i not in predicted_ids]
+    truth_of = _match_image_ids(predicted.ids, truth.ids, predictions_csv, ground_truth_csv)
+    matched_truth = set(truth_of.values())
+    only_predicted = [i for i in predicted.ids if i not in truth_of]
+    only_truth = [i for i in truth.ids if i not in matched_truth]
     left_out = 0
     if ground_truth_subset and only_truth and not only_predicted:
-        keep = [n for n, i in enumerate(truth.ids) if i in predicted_ids]
+        keep = [n for n, i in enumerate(truth.ids) if i in matched_truth]
         truth = LandmarkTable([truth.ids[n] for n in keep], truth.names, truth.points[keep])
         left_out, only_truth = len(only_truth), []
     if only_predicted or only_truth:
@@ -494,7 +555,8 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
         if only_truth:
             parts.append(f"ids only in {ground_truth_csv}: {', '.join(only_truth)}")
         raise KeraslmError("predictions and ground truth have different ids; " + "; ".join(parts))
-    predicted_mm = np.stack([predicted.points_of(i) for i in truth.ids])
+    prediction_of = {truth_id: predicted_id for predicted_id, truth_id in truth_of.items()}
+    predicted_mm = np.stack([predicted.points_of(prediction_of[i]) for i in truth.ids])
     errors = point_errors(predicted_mm, truth.points, truth.ids, truth.names,
                           normalize_distance, normalize_landmarks)
     return Evaluation(

@@ -395,6 +395,10 @@ def _train(config, log=None):
                               sigma, trainer.decode_method,
                               **stage.metadata(trainer, input_shape))
     metadata["training_precision"] = precision.precision
+    # The mm per pixel the plain (PNG/JPEG) training images were read with: prediction names it
+    # when an image of such a format comes without a spacing.
+    metadata["plain_image_spacing"] = (None if dataset.image_spacing is None
+                                       else [float(s) for s in dataset.image_spacing])
     # The saved and exported network computes in float32; the final validation measures it.
     network = with_precision(network, "float32")
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
