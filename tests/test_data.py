@@ -190,6 +190,21 @@ def test_arguments_must_agree_with_dataset_json(folder):
     assert dataset.read_image_header(dataset.record("case04")).spacing_source == "caller"
 
 
+def test_builtin_datasets_refuse_units_and_another_spacing():
+    """A built-in dataset knows its units and spacing: --units and a different --spacing are
+    errors instead of being ignored; its own spacing given again is fine."""
+    from keraslm.datasets import load_dataset
+
+    own = load_dataset("phantom2d")  # The default phantom, generated once into the cache.
+    spacing = own.read_image_header(own.records[0]).spacing
+    assert load_dataset("phantom2d", spacing=tuple(spacing)).ids == own.ids
+    with pytest.raises(DatasetArgumentError, match="'phantom2d' knows the units of its landmarks"):
+        load_dataset("phantom2d", units="index")
+    with pytest.raises(DatasetArgumentError, match=r"'phantom2d' has \[.*\] mm pixels, but "
+                       r"spacing \[0\.123\] mm \(--spacing\) was given"):
+        load_dataset("phantom2d", spacing=0.123)
+
+
 @pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 folder absent: {ISBI_ROOT}")
 def test_isbi2015_reader():
     from keraslm.datasets import ISBI2015_LANDMARKS, isbi2015

@@ -309,8 +309,15 @@ def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):
     from keraslm.commands.dataset import main as dataset_main
 
     folder = tmp_path / "truncated"
-    copied, _, _ = _csv_folder(phantom, folder)
+    copied, _, csv_path = _csv_folder(phantom, folder)
     pngs = sorted(path for path, _ in copied.values() if path.endswith(".png"))[:2]
+    # Two far-apart landmarks of a truncated image swapped: not reported as far from the
+    # others - an unreadable image's points are not checked against the rest.
+    table = read_landmarks(csv_path)
+    points = table.points.copy()
+    row = [copied[image_id][0] for image_id in table.ids].index(pngs[0])
+    points[row, [0, 12]] = points[row, [12, 0]]
+    write_landmarks(csv_path, LandmarkTable(table.ids, table.names, points))
     for path in pngs:
         with open(path, "rb") as handle:
             head = handle.read(300)
@@ -324,6 +331,7 @@ def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):
         assert f"error: {path}: corrupt or truncated image" in out, out
     assert f"{len(phantom)} 2D images ({len(phantom) - 2} readable)" in out
     assert "\n2 errors, " in out
+    assert f"warning: {pngs[0]}" not in out and "swapped" not in out, out
 
 
 def test_dataset_commands_read_headerless_csvs_with_ndim(phantom, tmp_path, capsys):

@@ -8,6 +8,8 @@ landmark file each (3D Slicer `.mrk.json` / `.fcsv`, point lists `.txt`).
 """
 import os
 
+import numpy as np
+
 from keraslm.data import DATASET_JSON, from_csv, from_landmark_files, load_folder
 from keraslm.datasets.isbi2015 import ISBI2015_LANDMARKS, ISBI2015_SPACING_MM, isbi2015
 from keraslm.datasets.phantom import make_phantom
@@ -72,10 +74,30 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
         raise DatasetArgumentError(
             f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, a landmark "
             "CSV, or a folder (dataset.json, one landmark CSV, or images with landmark files)")
+    if name in BUILTIN_DATASETS:
+        _check_builtin_arguments(name, dataset, units, spacing)
     if ndim is not None and dataset.ndim != ndim:
         raise DatasetError(
             f"dataset {dataset.name!r} is {dataset.ndim}D but a {ndim}D model was requested (--ndim)")
     return dataset
+
+
+def _check_builtin_arguments(name, dataset, units, spacing):
+    """A built-in dataset knows its landmark units and pixel spacing: `units` given for it is
+    refused, and `spacing` must be its own (both would otherwise be ignored without a word)."""
+    if units is not None:
+        raise DatasetArgumentError(
+            f"dataset {name!r} knows the units of its landmarks; leave --units (units=) out")
+    if spacing is None:
+        return
+    own = dataset.image_spacing
+    if own is None:
+        own = dataset.read_image_header(dataset.records[0]).spacing
+    given = np.broadcast_to(np.asarray(spacing, np.float64), (dataset.ndim,))
+    if not np.allclose(given, own, rtol=1e-9, atol=0):
+        raise DatasetArgumentError(
+            f"dataset {name!r} has {[float(s) for s in own]} mm pixels, but spacing "
+            f"{np.atleast_1d(spacing).tolist()} mm (--spacing) was given; leave --spacing out")
 
 
 def landmark_csvs(folder):

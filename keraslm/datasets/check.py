@@ -230,6 +230,8 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
         for finding in findings:
             if finding.landmark is not None:
                 excluded[index_of[finding.path], names.index(finding.landmark)] = True
+            elif finding.kind in ("unreadable", "mixed dimensions"):
+                excluded[index_of[finding.path]] = True  # Its points cannot be checked either.
         mean_shape, aligned = _mean_shape(np.where(excluded[..., None], np.nan, points))
         residuals, sd, far = _far_landmarks(points, mean_shape, far_sd, excluded)
         located = mean_shape[np.newaxis] + residuals
