@@ -137,6 +137,9 @@ def test_folder_with_one_pixel_csv_and_with_per_image_files_load_the_same_landma
         (tmp_path / "txt" / f"{stem}.txt").write_text("".join(f"{x},{y}\n" for x, y in row) + "1\n")
     from_slicer = load_dataset(str(tmp_path / "slicer"), spacing=spacing)
     from_txt = load_dataset(str(tmp_path / "txt"), units="index", spacing=spacing)
+    with pytest.raises(DatasetError, match=r"slicer: a folder of images each with a landmark "
+                       r"file is read from itself, but root .*txt"):
+        load_dataset(str(tmp_path / "slicer"), spacing=spacing, root=str(tmp_path / "txt"))
     for loaded in (from_csv_folder, from_slicer, from_txt):
         assert loaded.landmark_names == tuple(names) and loaded.ndim == 2
         for r in phantom.records:

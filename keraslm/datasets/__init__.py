@@ -119,6 +119,10 @@ def _load_folder_any(folder, root, units, spacing, ndim):
     if csvs:
         return from_csv(csvs[0], image_root=root or folder, units=units, spacing=spacing, ndim=ndim,
                         name=os.path.basename(os.path.normpath(folder)))
+    if root is not None and os.path.abspath(root) != os.path.abspath(folder):
+        raise DatasetArgumentError(
+            f"{folder}: a folder of images each with a landmark file is read from itself, but "
+            f"root {os.fspath(root)!r} (--dataset-root) was given; leave it out")
     return from_landmark_files(folder, units=units, spacing=spacing, ndim=ndim)
 
 
