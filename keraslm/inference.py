@@ -480,7 +480,8 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
         item: path (any format `keraslm.io.read_image` reads) or `Image`.
         index: int. Position of the image in the input; names images without a path.
         ndim: int. Image dimension the model expects.
-        spacing: optional pixel spacing in mm for formats that do not store one.
+        spacing: optional pixel spacing in mm for files that store none (PNG/JPEG, a DICOM
+            without PixelSpacing); files that store one (DICOM, NIfTI) keep theirs.
         image_id: str, optional. The image's id (`input_image_ids` of all inputs); default:
             the file name without extension, else `image<index>`.
 
@@ -488,12 +489,20 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
         (image_id, path, image): the id, the path or None, and the `Image`.
 
     Raises:
-        KeraslmError: unreadable image, non-finite pixel values or wrong dimension.
+        KeraslmError: unreadable image, non-finite pixel values or wrong dimension; a file
+            that stores no spacing without `spacing` (UsageError).
     """
     if isinstance(item, Image):
         image, path = item, getattr(item, "path", None)
     else:
-        image, path = read_image(item, spacing=spacing), os.fspath(item)
+        path = os.fspath(item)
+        image = read_image(path)  # The file's own geometry: DICOM and NIfTI keep their spacing.
+        if image.spacing_source == "default":  # Nothing in the file: PNG/JPEG, a bare DICOM.
+            if spacing is None:
+                raise UsageError(
+                    f"{path}: the file stores no pixel spacing; give the mm per pixel with "
+                    "--spacing MM or X,Y (Python: spacing=)")
+            image = read_image(path, spacing=spacing)
     name = path or f"image {index}"
     if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
         raise KeraslmError(f"{name} contains non-finite pixel values")

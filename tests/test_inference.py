@@ -121,6 +121,22 @@ def test_plain_images_need_a_spacing(trained, tmp_path, capsys):
     image = dataset.read_image(dataset.records[1])
     np.testing.assert_allclose(from_dicom.points_mm, predict(result.model_path, [image])[0].points_mm)
     predict(result.model_path, [png], spacing=dataset.image_spacing)
+    # A spacing given for plain images does not replace the one a DICOM stores.
+    [with_spacing] = predict(result.model_path, [dcm], spacing=dataset.image_spacing[0] * 3)
+    np.testing.assert_allclose(with_spacing.points_mm, from_dicom.points_mm)
+    # A DICOM without PixelSpacing stores none either: refused without a spacing, then used.
+    import pydicom
+
+    bare = pydicom.dcmread(dcm)
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in bare:
+            delattr(bare, keyword)
+    bare.save_as(str(tmp_path / "bare.dcm"))
+    with pytest.raises(UsageError, match=r"bare\.dcm: the file stores no pixel spacing"):
+        predict(result.model_path, [str(tmp_path / "bare.dcm")])
+    [given] = predict(result.model_path, [str(tmp_path / "bare.dcm")],
+                      spacing=tuple(image.spacing))
+    np.testing.assert_allclose(given.points_index, from_dicom.points_index, atol=1e-3)
     # The command: one error line, exit status 2, nothing written.
     capsys.readouterr()
     assert main([result.model_path, png, "--output-dir", str(tmp_path / "out")]) == 2
