@@ -160,7 +160,8 @@ def place_on_grid(image, grid):
         raise KeraslmError(
             f"{image.path or 'image'} ({np.round(extent_mm, 2).tolist()} mm) is larger than the "
             f"grid's field of view ({np.round(field_mm, 2).tolist()} mm = {list(grid.size)} x "
-            f"{list(grid.spacing)} mm); use a larger grid spacing or shape"
+            f"{list(grid.spacing)} mm): crop the image to the region the model was trained on, "
+            "or train with a larger --grid-spacing or --grid-shape"
         )
     if np.any(field_shortfall_mm(image.size, image.spacing, grid).numpy() < 0):
         extent_mm = np.array(image.size, float) * image.spacing

@@ -163,6 +163,33 @@ def test_evaluate_predictions_matches_ids_and_writes_report(tmp_path):
     assert metrics["per_image"][0]["errors_mm"] == [5.0, 1.0, None]
 
 
+def test_landmarks_are_matched_by_name(tmp_path, trained_2d):
+    """Named landmarks in another column order (a long CSV sorted by landmark) are matched by
+    name, in CSV comparisons and against a model; different names are an error naming them."""
+    truth = LandmarkTable(["a", "b"], ["p", "q", "r"], TRUTH)
+    write_landmarks(tmp_path / "truth.csv", truth, layout="named")
+    shuffled = LandmarkTable(["a", "b"], ["r", "p", "q"], PREDICTED[:, [2, 0, 1]])
+    write_landmarks(tmp_path / "shuffled.csv", shuffled, layout="named")
+    result = evaluate_predictions(str(tmp_path / "shuffled.csv"), str(tmp_path / "truth.csv"))
+    np.testing.assert_allclose(result.errors.errors_mm, [[5, 1, NAN], [12, 0.5, 3]])
+    renamed = LandmarkTable(["a", "b"], ["p", "q", "F-3"], PREDICTED)
+    write_landmarks(tmp_path / "renamed.csv", renamed, layout="named")
+    with pytest.raises(KeraslmError, match=r"renamed.csv and .*truth.csv name their landmarks "
+                       r"differently .*only in .*renamed.csv: F-3; only in .*truth.csv: r"):
+        evaluate_predictions(str(tmp_path / "renamed.csv"), str(tmp_path / "truth.csv"))
+    # Against a model: the dataset's landmarks reversed give the same errors per landmark.
+    result, dataset = trained_2d
+    test_set = dataset.subset(dataset.ids[:2])
+    order = list(range(dataset.num_landmarks))[::-1]
+    reversed_set = dataclasses.replace(
+        test_set, landmark_names=tuple(test_set.landmark_names[i] for i in order),
+        records=tuple(dataclasses.replace(r, points_mm=r.points_mm[order]) for r in test_set.records))
+    straight = evaluate_model(result.model_path, test_set)
+    turned = evaluate_model(result.model_path, reversed_set)
+    np.testing.assert_allclose(turned.errors.errors_mm, straight.errors.errors_mm)
+    assert turned.landmark_names == straight.landmark_names
+
+
 def test_evaluate_predictions_of_a_ground_truth_subset(tmp_path, capsys):
     predictions, truth = _write_csvs(tmp_path)
     write_landmarks(tmp_path / "only_b.csv", LandmarkTable(["b"], ["p", "q", "r"], PREDICTED[1:]))
@@ -204,6 +231,12 @@ def test_evaluate_predictions_bad_input(tmp_path):
         evaluate_predictions(predictions, truth)
     with pytest.raises(KeraslmError, match=r"absent.csv: no such file"):
         evaluate_predictions(tmp_path / "absent.csv", truth)
+    (tmp_path / "markups").mkdir()
+    with pytest.raises(KeraslmError, match=r"markups: a folder, not a landmark CSV file"):
+        evaluate_predictions(predictions, tmp_path / "markups", ndim=2)
+    (tmp_path / "predictions.json").write_text("{}")
+    with pytest.raises(KeraslmError, match=r"predictions.json: a .json file, not a landmark CSV"):
+        evaluate_predictions(tmp_path / "predictions.json", truth)
 
 
 def test_evaluate_predictions_matches_ids_naming_the_same_image(phantom2d_root, tmp_path, capsys):

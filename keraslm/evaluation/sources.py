@@ -92,6 +92,50 @@ def check_model_matches(metadata, dataset, model_label):
         )
 
 
+def _positional(names):
+    """Whether landmark names are a headerless file's placeholders (landmark0, landmark1, ...):
+    such landmarks can only be matched by position."""
+    return list(names) == [f"landmark{i}" for i in range(len(names))]
+
+
+def landmark_order(names, reference_names, source, reference_source):
+    """Column order that puts landmarks `names` into `reference_names`' order: matched by
+    name (by position when either side is a headerless file's placeholders).
+
+    Returns:
+        list of int, or None when the order is already the reference's.
+
+    Raises:
+        KeraslmError: the names differ (both sides' own names listed) or the counts differ.
+    """
+    names, reference_names = [str(n) for n in names], [str(n) for n in reference_names]
+    if len(names) != len(reference_names):
+        raise KeraslmError(f"{source} has {len(names)} landmarks but {reference_source} has "
+                           f"{len(reference_names)}")
+    if names == reference_names or _positional(names) or _positional(reference_names):
+        return None
+    if sorted(names) != sorted(reference_names) or len(set(names)) != len(names):
+        raise KeraslmError(
+            f"{source} and {reference_source} name their landmarks differently (matched by "
+            f"name): only in {source}: {', '.join(n for n in names if n not in reference_names)}"
+            f"; only in {reference_source}: "
+            f"{', '.join(n for n in reference_names if n not in names)}")
+    return [names.index(n) for n in reference_names]
+
+
+def in_model_order(dataset, model_names, model_label):
+    """The dataset with its landmarks in the model's order, matched by name (a dataset whose
+    CSV lists them in another order, e.g. a long CSV sorted by landmark)."""
+    order = landmark_order(dataset.landmark_names, model_names, f"dataset {dataset.name!r}",
+                           f"model {model_label}")
+    if order is None:
+        return dataset
+    records = tuple(dataclasses.replace(record, points_mm=np.asarray(record.points_mm)[order])
+                    for record in dataset.records)
+    return dataclasses.replace(dataset, records=records,
+                               landmark_names=tuple(dataset.landmark_names[i] for i in order))
+
+
 def open_dataset(dataset, dataset_root=None, spacing=None, units=None, ndim=None):
     """`keraslm.datasets.load_dataset` (kept under this name for evaluate.py's callers)."""
     from keraslm.datasets import load_dataset
@@ -156,6 +200,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     else:
         predictor = load_predictor(model, refine=refine, precision=precision)
     check_model_matches(predictor.metadata, test_set, label)
+    test_set = in_model_order(test_set, predictor.metadata["landmark_names"], label)
     if len(test_set) == 0:
         raise KeraslmError(f"dataset {test_set.name!r}: no images to evaluate")
     records = test_set.records
@@ -539,6 +584,9 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
             f"{predictions_csv} has {len(predicted.names)} landmarks per row but "
             f"{ground_truth_csv} has {len(truth.names)}"
         )
+    order = landmark_order(predicted.names, truth.names, predictions_csv, ground_truth_csv)
+    if order is not None:  # Matched by name: the predictions' columns in the truth's order.
+        predicted = LandmarkTable(predicted.ids, truth.names, predicted.points[:, order])
     truth_of = _match_image_ids(predicted.ids, truth.ids, predictions_csv, ground_truth_csv)
     matched_truth = set(truth_of.values())
     only_predicted = [i for i in predicted.ids if i not in truth_of]

@@ -193,6 +193,13 @@ def read_landmarks(path, ndim=None):
     path = os.fspath(path)
     if ndim is not None and ndim not in (2, 3):
         raise LandmarkFileError(f"`ndim` must be 2 or 3. Received: ndim={ndim!r}")
+    if os.path.isdir(path):
+        raise LandmarkFileError(f"{path}: a folder, not a landmark CSV file")
+    if path.lower().endswith((".json", ".fcsv", ".txt")):
+        raise LandmarkFileError(
+            f"{path}: a {os.path.splitext(path)[1]} file, not a landmark CSV; this reads CSV "
+            "tables of many images (e.g. predictions.csv); Slicer markups and point lists are "
+            "one image's landmarks (a dataset folder of images with such files reads them)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [(number, row) for number, row in enumerate(csv.reader(handle), start=1)]

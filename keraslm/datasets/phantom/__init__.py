@@ -98,7 +98,10 @@ def make_phantom(
         if not (overwrite or empty):
             raise DatasetError(
                 f"{root} exists and does not hold this phantom (dataset.json missing or generated "
-                "with other options); pass overwrite=True to replace it or choose another root"
+                "with other options); to use what it holds, name the folder as the dataset "
+                f"(--dataset {root}); to replace it, regenerate it (keraslm-dataset "
+                f"phantom{ndim}d --overwrite; Python: overwrite=True); or choose another root "
+                "(--dataset-root)"
             )
         replace = True
     start = time.perf_counter()
