@@ -353,6 +353,17 @@ def test_evaluate_script_with_model_and_dataset(runs, capsys):
     assert "normalised to 50 mm between landmarks 1 and 5" in text
     assert sorted(os.listdir(runs / "out_model")) == [
         "metrics.json", "predictions.csv", "predictions_named.csv", "report.md"]
+    # An external test set: every image, no split.
+    script = _evaluate_script()
+    model = ["--model", str(runs / "fold0" / "model.keras"), "--dataset", str(runs / "phantom")]
+    assert script.main(model + ["--all-images", "--output-dir", str(runs / "out_all"),
+                                "--no-plots"]) == 0
+    assert "evaluating 12 test images" in capsys.readouterr().out
+    assert script.main(model + ["--test-fraction", "0", "--output-dir", str(runs / "out_none")]) == 2
+    assert "holds out no images; --all-images evaluates every image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(model + ["--all-images", "--fold", "0"])
+    assert "--all-images evaluates every image: leave out --fold" in capsys.readouterr().err
 
 
 def test_model_and_run_bad_input(runs, capsys, tmp_path):

@@ -67,6 +67,9 @@ def parse_args(argv=None):
     data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
     add_dataset_arguments(data)
     add_split_arguments(data, held_out="test")
+    data.add_argument("--all-images", action="store_true",
+                      help="evaluate --model on every image of --dataset (an external test set "
+                      "the model never trained on), instead of a split")
     data.add_argument("--seed", type=int, default=0, help="seed of the split (as in train.py)")
     metrics = parser.add_argument_group("metrics and output")
     metrics.add_argument("--normalize-distance", type=float, metavar="MM",
@@ -116,6 +119,12 @@ def parse_args(argv=None):
                      "confidence or spread")
     if args.refine and args.model and len(args.refine) != 1:
         parser.error("--refine takes one local model with --model")
+    if args.all_images and not args.model:
+        parser.error("--all-images goes with --model")
+    if args.all_images and (args.fold is not None or args.train_ids or args.test_ids
+                            or args.test_fraction != parser.get_default("test_fraction")):
+        parser.error("--all-images evaluates every image: leave out --fold, --train-ids, "
+                     "--test-ids and --test-fraction")
     if not args.model:
         # The dataset options describe --model's test data; --runs rebuild each run's split from
         # its config.json, and --predictions / --ground-truth are mm CSVs: refused, not ignored.
@@ -204,9 +213,16 @@ def main(argv=None):
         else:
             dataset = evaluation.open_dataset(args.dataset, args.dataset_root, spacing=args.spacing,
                                               units=args.units, ndim=args.ndim)
-            _, test_set = select_split(
-                dataset, fold=args.fold, num_folds=args.num_folds, train_ids=args.train_ids,
-                test_ids=args.test_ids, test_fraction=args.test_fraction, seed=args.seed)
+            if args.all_images:
+                test_set = dataset
+            else:
+                _, test_set = select_split(
+                    dataset, fold=args.fold, num_folds=args.num_folds, train_ids=args.train_ids,
+                    test_ids=args.test_ids, test_fraction=args.test_fraction, seed=args.seed)
+                if not len(test_set):
+                    raise KeraslmError(
+                        f"dataset {dataset.name!r}: the split holds out no images; "
+                        "--all-images evaluates every image (an external test set)")
             log(f"{dataset.name}: evaluating {len(test_set)} test images")
             result = evaluation.evaluate_model(
                 args.model, test_set, method=args.method, batch_size=args.batch_size,
