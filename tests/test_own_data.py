@@ -306,6 +306,38 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
 
 
+def test_check_warns_of_images_stored_in_another_orientation(phantom, tmp_path):
+    """The same content stored with its rows bottom-up (as dcm2niix writes): the landmarks in
+    mm agree, but the network would see the array mirrored - a warning names the image."""
+    from keraslm.data import LandmarkDataset, Record
+    from keraslm.datasets.check import check_dataset, storage_orientation
+    from keraslm.io import Image, read_image, write_nifti
+
+    assert storage_orientation(np.eye(3)) == ("+x", "+y", "+z")
+    assert storage_orientation(np.diag([-1.0, -1.0, 1.0])) == ("-x", "-y", "+z")
+    assert storage_orientation(np.array([[0.0, 1.0], [1.0, 0.0]])) == ("+y", "+x")
+    records = []
+    for number, record in enumerate(phantom.records[:4]):
+        image = phantom.read_image(record)
+        if number == 3:  # Rows bottom-up: same physical content, flipped index order.
+            height = image.array.shape[0]
+            image = Image(image.array[::-1], spacing=image.spacing,
+                          origin=image.index_to_physical([[0.0, height - 1.0]])[0],
+                          direction=image.direction @ np.diag([1.0, -1.0]))
+        path = str(tmp_path / f"{record.id}.nii.gz")
+        write_nifti(path, image)
+        np.testing.assert_allclose(read_image(path).physical_to_index(record.points_mm)[:, 0],
+                                   phantom.read_image(record).physical_to_index(record.points_mm)[:, 0],
+                                   atol=1e-4)
+        records.append(Record(record.id, path, record.points_mm))
+    dataset = LandmarkDataset("flipped", tuple(records), phantom.landmark_names, 2)
+    findings = check_dataset(dataset).findings
+    oriented = [f for f in findings if f.kind == "mixed orientations"]
+    assert len(oriented) == 1 and oriented[0].path == records[3].image_path
+    assert "(+x -y)" in oriented[0].message and "(+x +y)" in oriented[0].message
+    assert not [f for f in findings if f.kind == "outside"]  # The same points in mm.
+
+
 def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):
     """A truncated PNG has a readable header: check decodes every image to find it, as training
     would, and names each one."""

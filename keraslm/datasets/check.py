@@ -16,7 +16,10 @@ landmark:
   or swapped point (and more than a pixel off); when it sits where another landmark belongs,
   or two landmarks sit in each other's places, the finding says so;
 - warning "mixed spacings": pixel spacings that differ by more than `spacing_ratio` between
-  images, as when some files hold mm and others pixels or cm.
+  images, as when some files hold mm and others pixels or cm;
+- warning "mixed orientations": images whose voxels are stored in another axis order or
+  direction than most (e.g. a NIfTI stored RAS beside DICOMs stored LPS): the network sees
+  arrays in storage order and would learn them mirrored.
 
 `write_overview` draws every image's aligned landmarks around the mean shape (3D: x-y and x-z
 projections), flagged points circled.
@@ -155,6 +158,17 @@ def _far_landmarks(points, mean_shape, far_sd, excluded):
     return residuals, sd, far & valid & ~excluded
 
 
+def storage_orientation(direction):
+    """How an image's index axes lie in physical (LPS) space, e.g. ("+x", "+y", "+z") for
+    identity and ("-x", "-y", "+z") for a NIfTI stored RAS: per index axis, the physical axis
+    it runs closest to, with its sign."""
+    direction = np.asarray(direction, np.float64)
+    labels = "xyz"
+    return tuple(("+" if direction[np.argmax(np.abs(column)), axis] >= 0 else "-")
+                 + labels[int(np.argmax(np.abs(column)))]
+                 for axis, column in enumerate(direction.T))
+
+
 def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
     """Checks a `keraslm.data.LandmarkDataset` (see the module docstring).
 
@@ -221,6 +235,20 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
                 f"pixel spacing {largest.max():g} mm is {largest.max() / smallest.min():.0f}x "
                 f"that of {low[0]} ({smallest.min():g} mm); mixed units? ({len(high)} and "
                 f"{len(low)} images at the two extremes)"))
+    orientations = {}  # Storage orientation (axis order and sign) -> images stored that way.
+    for record, header in zip(dataset.records, headers):
+        if header is not None and header.ndim == dataset.ndim:
+            orientations.setdefault(storage_orientation(header.direction), []).append(
+                record.image_path)
+    if len(orientations) > 1:
+        common, *others = sorted(orientations, key=lambda o: -len(orientations[o]))
+        odd = [path for o in others for path in orientations[o]]
+        findings.append(Finding(
+            "warning", "mixed orientations", odd[0], None,
+            f"stores its voxels in another axis order or direction ({' '.join(others[0])}) than "
+            f"most images ({' '.join(common)}); the network sees arrays in storage order, so it "
+            f"learns such images as mirrored or turned ({len(odd)} image(s) differ: "
+            f"{', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); store them alike"))
     aligned = mean_shape = None
     usable = np.all(np.isfinite(points), axis=-1).sum(1) >= dataset.ndim + 2
     if usable.sum() >= 3 and len(names) >= dataset.ndim + 2:
