@@ -306,6 +306,24 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
 
 
+def test_check_warns_of_a_file_with_other_landmark_names(phantom, tmp_path):
+    """One Slicer markups file with Slicer's default labels (F-1, ...): each would be its own
+    heatmap channel; check names the file."""
+    from keraslm.datasets.check import check_dataset
+
+    slicer = _flat_copy(phantom, tmp_path / "slicer")
+    names = list(phantom.landmark_names)
+    for number, record in enumerate(phantom.records):
+        stem = os.path.splitext(os.path.basename(slicer[record.id][0]))[0]
+        labels = [f"F-{k + 1}" for k in range(len(names))] if number == 2 else names
+        write_markups(str(tmp_path / "slicer" / f"{stem}.mrk.json"), labels, record.points_mm)
+    dataset = load_dataset(str(tmp_path / "slicer"), spacing=phantom.image_spacing)
+    assert dataset.num_landmarks == 2 * len(names)
+    own = [f for f in check_dataset(dataset).findings if f.kind == "own landmark names"]
+    assert [f.path for f in own] == [slicer[phantom.records[2].id][0]]
+    assert f"names {len(names)} landmarks that no other image has (F-1, " in own[0].message
+
+
 def test_check_warns_of_images_stored_in_another_orientation(phantom, tmp_path):
     """The same content stored with its rows bottom-up (as dcm2niix writes): the landmarks in
     mm agree, but the network would see the array mirrored - a warning names the image."""

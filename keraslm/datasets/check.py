@@ -17,6 +17,8 @@ landmark:
   or two landmarks sit in each other's places, the finding says so;
 - warning "mixed spacings": pixel spacings that differ by more than `spacing_ratio` between
   images, as when some files hold mm and others pixels or cm;
+- warning "own landmark names": an image whose landmark file names many landmarks that no
+  other image has (other labels, e.g. 3D Slicer's default F-1, F-2, ...);
 - warning "mixed orientations": images whose voxels are stored in another axis order or
   direction than most (e.g. a NIfTI stored RAS beside DICOMs stored LPS): the network sees
   arrays in storage order and would learn them mirrored.
@@ -25,6 +27,7 @@ landmark:
 projections), flagged points circled.
 """
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -104,7 +107,8 @@ def _mean_shape(points, iterations=5):
     mean = points[int(np.argmax(counts))].copy()
     for _ in range(iterations):
         aligned = _align_all(points, mean)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # All-NaN landmarks keep `mean`.
             new = np.nanmedian(aligned, axis=0) if np.isfinite(aligned).any() else mean
         new = np.where(np.isfinite(new), new, mean)
         mean = new
@@ -235,6 +239,17 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
                 f"pixel spacing {largest.max():g} mm is {largest.max() / smallest.min():.0f}x "
                 f"that of {low[0]} ({smallest.min():g} mm); mixed units? ({len(high)} and "
                 f"{len(low)} images at the two extremes)"))
+    present = np.all(np.isfinite(points), axis=-1)  # (images, landmarks)
+    if len(dataset.records) >= 3:
+        for i in range(len(dataset.records)):
+            own = [k for k in np.flatnonzero(present[i]) if present[:, k].sum() == 1]
+            if own and len(own) > len(names) // 4:
+                findings.append(Finding(
+                    "warning", "own landmark names", dataset.records[i].image_path, None,
+                    f"names {len(own)} landmarks that no other image has ("
+                    + ", ".join(names[k] for k in own[:5]) + (" ..." if len(own) > 5 else "")
+                    + "): other labels than the rest of the dataset (e.g. Slicer's default "
+                    "F-1, F-2, ...)? Each name becomes its own heatmap channel"))
     orientations = {}  # Storage orientation (axis order and sign) -> images stored that way.
     for record, header in zip(dataset.records, headers):
         if header is not None and header.ndim == dataset.ndim:
