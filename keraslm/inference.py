@@ -21,7 +21,7 @@ import numpy as np
 from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError, UsageError
-from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
+from keraslm.io import Image, holds_geometry, read_image, storage_orientation, strip_image_extension
 from keraslm.files import atomic_path, write_json
 from keraslm.detector import Predictor, locate_on_grid
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
@@ -473,6 +473,24 @@ def check_plain_image_spacing(images, spacing, metadata):
     raise UsageError(message)
 
 
+def check_storage_orientation(image, metadata, name):
+    """Raises a UsageError when `image` stores its voxels in another axis order or direction
+    than the model's training images (`metadata["storage_orientation"]`, recorded by training
+    since it was added): the network sees arrays in storage order and would find the
+    landmarks of a mirrored or turned image. Models without the record are not checked."""
+    expected = metadata.get("storage_orientation")
+    if expected is None:
+        return
+    found = storage_orientation(image.direction)
+    if list(found) != list(expected):
+        raise UsageError(
+            f"{name} stores its voxels along ({' '.join(found)}) but the model was trained on "
+            f"images stored along ({' '.join(expected)}): it would see this image mirrored or "
+            "turned and find its landmarks there. Store it like the training images (e.g. the "
+            "same converter, or flip / transpose the array and adjust its direction), then "
+            "predict it")
+
+
 def load_input_image(item, index, ndim, spacing=None, image_id=None):
     """Reads and checks one input image of `predict` or the serving client.
 
@@ -564,6 +582,7 @@ def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=Non
     results = []
     for index, item in enumerate(images):
         image_id, path, image = load_input_image(item, index, grid.ndim, spacing, image_ids[index])
+        check_storage_orientation(image, meta, path or image_id)
         place_on_grid(image, grid)  # A KeraslmError naming the image when it does not fit.
         try:
             found = predictor.locate(image)

@@ -61,6 +61,7 @@ from keraslm.inference import (
     Prediction,
     check_metadata,
     check_plain_image_spacing,
+    check_storage_orientation,
     input_image_ids,
     load_input_image,
 )
@@ -161,6 +162,7 @@ def prepare_images(images, metadata, spacing=None):
     prepared = []
     for index, item in enumerate(images):
         image_id, path, image = load_input_image(item, index, grid.ndim, spacing, image_ids[index])
+        check_storage_orientation(image, metadata, path or image_id)
         array, placement = prepare_image(image, grid, metadata["normalization"])
         fine_array = fine_placement = None
         if "refine" in metadata:  # A coarse-to-fine export: also the local stage's fine grid.
@@ -432,9 +434,11 @@ class ServingClient:
             path = None if isinstance(item, Image) else os.fspath(item)
             if ndim == 2 and path and path.lower().endswith(BYTES_EXTENSIONS):
                 header = read_image_header(path, spacing=spacing)  # Checks the file, no decoding.
+                check_storage_orientation(header, self.metadata, path)
                 files.append((index, path, header))
                 continue
             image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])
+            check_storage_orientation(image, self.metadata, path or image_id)
             outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
                                IMAGE_OUTPUTS, OPTIONAL_IMAGE_OUTPUTS)
             results[index] = _prediction(image_id, path, names, outputs, header=image)

@@ -146,6 +146,37 @@ def test_plain_images_need_a_spacing(trained, tmp_path, capsys):
     assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
 
 
+def test_images_stored_in_another_orientation_are_refused(trained, tmp_path):
+    """The network sees arrays in storage order: an image stored with its rows bottom-up (the
+    same anatomy in mm) would be predicted mirrored - refused, naming both orientations, by
+    models that recorded their training images' orientation."""
+    from keraslm.io import Image, write_nifti
+
+    dataset, result = trained
+    image = dataset.read_image(dataset.records[0])
+    metadata = load_predictor(result.model_path).metadata
+    assert metadata["storage_orientation"] == ["+x", "+y"]
+    height = image.array.shape[0]
+    flipped = Image(image.array[::-1], spacing=image.spacing,
+                    origin=image.index_to_physical([[0.0, height - 1.0]])[0],
+                    direction=image.direction @ np.diag([1.0, -1.0]))
+    np.testing.assert_allclose(flipped.index_to_physical([[3.0, height - 1.0 - 5.0]]),
+                               image.index_to_physical([[3.0, 5.0]]))  # The same place in mm.
+    write_nifti(str(tmp_path / "flipped.nii.gz"), flipped)
+    for item in (flipped, str(tmp_path / "flipped.nii.gz")):
+        with pytest.raises(UsageError, match=r"stores its voxels along \(\+x -y\) but the model "
+                           r"was trained on images stored along \(\+x \+y\)"):
+            predict(result.model_path, [item])
+    from keraslm.serving import prepare_images
+
+    with pytest.raises(UsageError, match="flipped.nii.gz stores its voxels along"):
+        prepare_images([str(tmp_path / "flipped.nii.gz")], metadata)
+    predict(result.model_path, [image])  # Stored like the training images: predicted.
+    # Models trained before the orientation was recorded are not checked.
+    older = {key: value for key, value in metadata.items() if key != "storage_orientation"}
+    predict(load_predictor(result.model_path, metadata=older), [flipped])
+
+
 def test_predict_cli_output_dir_that_is_a_file(trained, tmp_path, capsys):
     dataset, result = trained
     (tmp_path / "taken").write_text("keep me")

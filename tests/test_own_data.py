@@ -328,7 +328,8 @@ def test_check_warns_of_images_stored_in_another_orientation(phantom, tmp_path):
     """The same content stored with its rows bottom-up (as dcm2niix writes): the landmarks in
     mm agree, but the network would see the array mirrored - a warning names the image."""
     from keraslm.data import LandmarkDataset, Record
-    from keraslm.datasets.check import check_dataset, storage_orientation
+    from keraslm.datasets.check import check_dataset
+    from keraslm.io import storage_orientation
     from keraslm.io import Image, read_image, write_nifti
 
     assert storage_orientation(np.eye(3)) == ("+x", "+y", "+z")

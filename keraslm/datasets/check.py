@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 
 from keraslm.errors import KeraslmError
+from keraslm.io.image import storage_orientation
 
 #: Median of the distance from the mean of a standard normal point, by dimension (chi
 #: distribution), to turn a median distance into a per-axis standard deviation.
@@ -160,17 +161,6 @@ def _far_landmarks(points, mean_shape, far_sd, excluded):
         residuals[i] = _residuals(points[i], mean_shape, inliers)
     far = np.linalg.norm(residuals, axis=-1) / sd > far_sd
     return residuals, sd, far & valid & ~excluded
-
-
-def storage_orientation(direction):
-    """How an image's index axes lie in physical (LPS) space, e.g. ("+x", "+y", "+z") for
-    identity and ("-x", "-y", "+z") for a NIfTI stored RAS: per index axis, the physical axis
-    it runs closest to, with its sign."""
-    direction = np.asarray(direction, np.float64)
-    labels = "xyz"
-    return tuple(("+" if direction[np.argmax(np.abs(column)), axis] >= 0 else "-")
-                 + labels[int(np.argmax(np.abs(column)))]
-                 for axis, column in enumerate(direction.T))
 
 
 def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):

@@ -34,6 +34,17 @@ SPACING_SOURCES = (
 )
 
 
+def storage_orientation(direction):
+    """How an image's index axes lie in physical (LPS) space, e.g. ("+x", "+y", "+z") for
+    identity and ("-x", "-y", "+z") for a NIfTI stored RAS: per index axis, the physical axis
+    it runs closest to, with its sign."""
+    direction = np.asarray(direction, np.float64)
+    labels = "xyz"
+    return tuple(("+" if direction[np.argmax(np.abs(column)), axis] >= 0 else "-")
+                 + labels[int(np.argmax(np.abs(column)))]
+                 for axis, column in enumerate(direction.T))
+
+
 def _as_vector(value, ndim, name, positive=False):
     vector = np.asarray(value, dtype=np.float64)
     if vector.ndim == 0:

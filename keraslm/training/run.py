@@ -35,6 +35,7 @@ from keraslm.detector import LandmarkDetector
 from keraslm.metadata import model_metadata
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
+from keraslm.io import storage_orientation
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
@@ -252,6 +253,16 @@ def _resolved_settings(config, dataset, network, input_shape):
     return settings
 
 
+def _storage_orientation_of(dataset):
+    """list of str. The storage orientation (`keraslm.io.storage_orientation`) most of the
+    dataset's images share."""
+    counts = {}
+    for record in dataset.records:
+        orientation = storage_orientation(dataset.read_image_header(record).direction)
+        counts[orientation] = counts.get(orientation, 0) + 1
+    return list(max(counts, key=counts.get))
+
+
 def _augmentation(settings):
     return AugmentationConfig(
         rotation_degrees=settings["rotation_degrees"], translation_mm=settings["translation_mm"],
@@ -399,6 +410,9 @@ def _train(config, log=None):
     # when an image of such a format comes without a spacing.
     metadata["plain_image_spacing"] = (None if dataset.image_spacing is None
                                        else [float(s) for s in dataset.image_spacing])
+    # How most training images store their voxels (the network learns arrays in storage order):
+    # prediction refuses images stored otherwise instead of seeing them mirrored.
+    metadata["storage_orientation"] = _storage_orientation_of(train_set)
     # The saved and exported network computes in float32; the final validation measures it.
     network = with_precision(network, "float32")
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
