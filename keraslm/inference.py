@@ -22,7 +22,7 @@ from keraslm.calibration import blend_stages, local_weight_of
 from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError, UsageError
 from keraslm.io import Image, holds_geometry, read_image, storage_orientation, strip_image_extension
-from keraslm.files import atomic_path, write_json
+from keraslm.files import atomic_folder, atomic_path, write_json
 from keraslm.detector import Predictor, locate_on_grid
 from keraslm.preprocessing import GridSpec, place_on_grid, prepare_image
 
@@ -525,7 +525,11 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
     if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
         raise KeraslmError(f"{name} contains non-finite pixel values")
     if image.ndim != ndim:
-        raise KeraslmError(f"{name} is {image.ndim}D but the model expects {ndim}D images")
+        hint = ""
+        if ndim == 3 and image.ndim == 2 and path and path.lower().endswith(".dcm"):
+            hint = ("; a DICOM series (a folder of 2D slices) is one 3D image: give its folder "
+                    "(keraslm-predict FOLDER --series)")
+        raise KeraslmError(f"{name} is {image.ndim}D but the model expects {ndim}D images{hint}")
     if image_id is None:
         image_id = image_id_from_path(path) if path else f"image{index:04d}"
     return image_id, path, image
@@ -621,11 +625,15 @@ def write_predictions(folder, predictions):
                 "predictions": [p.to_dict() for p in predictions]})
     written = [os.path.join(folder, name) for name in
                ("predictions.csv", "predictions_index.csv", "predictions.json")]
-    os.makedirs(os.path.join(folder, MARKUPS_FOLDER), exist_ok=True)
-    for p in predictions:
-        path = os.path.join(folder, MARKUPS_FOLDER, f"{p.image_id}.mrk.json")
-        write_markups(path, names, p.points_mm, description=f"keraslm {p.image_id}")
+    # The markups folder holds this prediction's images only: replaced whole, not added to.
+    with atomic_folder(os.path.join(folder, MARKUPS_FOLDER), overwrite=True) as markups:
+        for p in predictions:
+            path = os.path.join(markups, f"{p.image_id}.mrk.json")
+            write_markups(path, names, p.points_mm, description=f"keraslm {p.image_id}")
     written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
+    stale = os.path.join(folder, EXPECTED_ERROR_FILE)
+    if os.path.isfile(stale) and not all(p.expected_error_mm is not None for p in predictions):
+        os.remove(stale)  # An earlier, calibrated model's; these predictions have none.
     if all(p.expected_error_mm is not None for p in predictions):
         path = os.path.join(folder, EXPECTED_ERROR_FILE)
         with atomic_path(path, suffix=".csv") as temporary:

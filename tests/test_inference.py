@@ -73,6 +73,10 @@ def test_predict_gives_images_with_the_same_name_unique_ids(trained, tmp_path, c
     assert table.ids == ("da/x", "db/x")
     np.testing.assert_array_equal(table.points[0], table.points[1])
     assert (tmp_path / "out" / "markups" / "db" / "x.mrk.json").is_file()
+    # The same output folder again, one image: its markups folder holds that image only.
+    assert main([result.model_path, str(tmp_path / "da" / "x.png"), "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    assert sorted(os.listdir(tmp_path / "out" / "markups")) == ["x.mrk.json"]
     # Same stem in one folder: the file name with its extension; other names stay stems.
     assert main([result.model_path, str(tmp_path / "both"), "--spacing", spacing,
                  "--output-dir", str(tmp_path / "out2")]) == 0
@@ -191,6 +195,12 @@ def test_predict_bad_input(trained, tmp_path):
     volume = Image(np.zeros((8, 16, 16), np.float32), spacing=1.0)
     with pytest.raises(KeraslmError, match=r"image 0 is 3D but the model expects 2D images"):
         predict(result.model_path, [volume])
+    from keraslm.inference import load_input_image
+
+    slice_file = dataset.records[1].image_path  # One 2D DICOM, as a series' slice would be.
+    with pytest.raises(KeraslmError, match=r"\.dcm is 2D but the model expects 3D images; a "
+                       r"DICOM series .* give its folder \(keraslm-predict FOLDER --series\)"):
+        load_input_image(slice_file, 0, 3)
     broken = Image(np.full((16, 16), np.nan, np.float32), spacing=1.0)
     with pytest.raises(KeraslmError, match=r"image 0 contains non-finite pixel values"):
         predict(result.model_path, [broken])
