@@ -466,11 +466,15 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
     _require_spacing([images[i] for i in ids], spacing, folder)
     plain = any(not holds_geometry(images[i]) for i in ids)
     plain_spacing = _image_spacing(spacing, 2, folder) if plain else None  # Plain images are 2D.
-    records, dims = [], {}
+    records, dims, unreadable = [], {}, []
     for image_id in ids:
         path, file_names, file_points, file_units = contents[image_id]
         plain = not holds_geometry(images[image_id])
-        header = read_image_header(images[image_id], spacing=plain_spacing if plain else None)
+        try:
+            header = read_image_header(images[image_id], spacing=plain_spacing if plain else None)
+        except KeraslmError as error:  # Every unreadable image named, not only the first.
+            unreadable.append(str(error))
+            continue
         dims.setdefault(header.ndim, []).append(images[image_id])
         if file_points.shape[1] < header.ndim:
             raise DatasetError(f"{path}: {file_points.shape[1]}D points for the {header.ndim}D "
@@ -481,6 +485,9 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
         if file_units == "index":
             points = header.index_to_physical(points)
         records.append(Record(image_id, images[image_id], points))
+    if unreadable:
+        raise DatasetError(f"{folder}: {len(unreadable)} images cannot be read: "
+                           + "; ".join(unreadable))
     if len(dims) > 1:
         raise DatasetError(f"{folder}: mixes " + " and ".join(
             f"{d}D images ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})"

@@ -306,6 +306,21 @@ def test_check_finds_each_planted_error_naming_file_and_landmark(phantom, tmp_pa
     assert "mixes 2D images" in err and "3D images" in err and "vol.nii.gz" in err
 
 
+def test_a_folder_of_landmark_files_names_every_unreadable_image(phantom, tmp_path):
+    slicer = _flat_copy(phantom, tmp_path / "slicer")
+    names = list(phantom.landmark_names)
+    for record in phantom.records:
+        stem = os.path.splitext(os.path.basename(slicer[record.id][0]))[0]
+        write_markups(str(tmp_path / "slicer" / f"{stem}.mrk.json"), names, record.points_mm)
+    broken = sorted(path for path, _ in slicer.values() if path.endswith(".png"))[:2]
+    for path in broken:
+        with open(path, "wb") as handle:
+            handle.write(b"not an image")
+    with pytest.raises(DatasetError, match="2 images cannot be read") as error:
+        load_dataset(str(tmp_path / "slicer"), spacing=phantom.image_spacing)
+    assert all(path in str(error.value) for path in broken)
+
+
 def test_check_warns_of_a_file_with_other_landmark_names(phantom, tmp_path):
     """One Slicer markups file with Slicer's default labels (F-1, ...): each would be its own
     heatmap channel; check names the file."""
