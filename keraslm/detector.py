@@ -250,7 +250,27 @@ def image_to_landmarks(network, metadata, local_network=None, local_metadata=Non
             prepared[key] = prepare_on_grid(array, spacing, _grid(meta), meta["normalization"])
         return prepared[key]
 
+    orientation = metadata.get("storage_orientation")
+
+    def orientation_check(direction):
+        """The image must store its voxels as the training images did (the network sees the
+        array in storage order): per index axis, the dominant physical axis and its sign."""
+        direction = tf.cast(direction, tf.float64)
+        axes = tf.constant(["xyz".index(o[1]) for o in orientation], tf.int64)
+        signs = tf.constant([1.0 if o[0] == "+" else -1.0 for o in orientation], tf.float64)
+        found = tf.argmax(tf.abs(direction), axis=0)  # Per column (index axis).
+        found_sign = tf.sign(tf.gather(tf.transpose(direction), found, batch_dims=1))
+        agree = tf.reduce_all(tf.equal(found, axes)) & tf.reduce_all(tf.equal(found_sign, signs))
+        return tf.debugging.Assert(agree, [
+            "the image stores its voxels along other axes or directions than the training "
+            f"images of the model ({' '.join(orientation)}): it would be predicted mirrored or "
+            "turned; store it like them (flip or transpose the array and adjust direction and "
+            "origin)"])
+
     def locate(array, spacing, origin, direction):
+        if orientation is not None:
+            with tf.control_dependencies([orientation_check(direction)]):
+                array = tf.identity(array)
         spacing = tf.cast(spacing, tf.float64)
         prepared = {}
         member_points, member_confidence, member_spread = [], [], []

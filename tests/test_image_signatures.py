@@ -165,6 +165,11 @@ def test_bad_inputs_are_invalid_argument_errors(model_2d):
                                  direction=tf.zeros([2, 2])), "invertible"),
         (lambda: array_signature(image=tf.ones([0, 30]), spacing=tf.ones([2]), origin=tf.zeros([2]),
                                  direction=tf.eye(2)), "`image` is empty"),
+        # Rows stored bottom-up: the network would see the image mirrored.
+        (lambda: array_signature(image=tf.ones([40, 30]), spacing=tf.ones([2]), origin=tf.zeros([2]),
+                                 direction=tf.constant([[1.0, 0.0], [0.0, -1.0]])),
+         r"stores its voxels along other axes or directions than the training images of the "
+         r"model \(\+x \+y\)"),
     ]
     for call, message in cases:
         with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
