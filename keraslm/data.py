@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from keraslm.errors import DatasetError, DatasetArgumentError, KeraslmError
+from keraslm.errors import DatasetError, DatasetArgumentError, KeraslmError, MissingSpacingError
 from keraslm.io import (
     holds_geometry,
     is_image_path,
@@ -337,7 +337,7 @@ def _require_spacing(image_paths, spacing, source):
     plain = [path for path in image_paths if not holds_geometry(path)]
     if plain:
         examples = ", ".join(plain[:3]) + (" ..." if len(plain) > 3 else "")
-        raise DatasetArgumentError(
+        raise MissingSpacingError(
             f"{source}: {len(plain)} of {len(image_paths)} images hold no pixel spacing (plain "
             f"images such as PNG/JPEG: {examples}); say how many mm a pixel is: --spacing MM or "
             "X,Y (spacing= in Python, plain_image_spacing in a dataset.json)")

@@ -38,6 +38,10 @@ class DatasetArgumentError(DatasetError, UsageError):
     the files cannot make (units)."""
 
 
+class MissingSpacingError(DatasetArgumentError):
+    """Plain images (PNG/JPEG) of a dataset without a pixel spacing from anywhere."""
+
+
 class ModelFileError(KeraslmError, OSError):
     """A model file or folder is missing, truncated or not a keraslm model."""
 

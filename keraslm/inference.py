@@ -514,8 +514,9 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
         image, path = item, getattr(item, "path", None)
     else:
         path = os.fspath(item)
-        image = read_image(path)  # The file's own geometry: DICOM and NIfTI keep their spacing.
-        if image.spacing_source == "default":  # Nothing in the file: PNG/JPEG, a bare DICOM.
+        # `spacing` for plain images only: DICOM and NIfTI keep the spacing they store.
+        image = read_image(path, spacing=None if holds_geometry(path) else spacing)
+        if image.spacing_source == "default":  # Nothing in the file: a DICOM without spacing.
             if spacing is None:
                 raise UsageError(
                     f"{path}: the file stores no pixel spacing; give the mm per pixel with "
@@ -631,11 +632,11 @@ def write_predictions(folder, predictions):
             path = os.path.join(markups, f"{p.image_id}.mrk.json")
             write_markups(path, names, p.points_mm, description=f"keraslm {p.image_id}")
     written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
-    stale = os.path.join(folder, EXPECTED_ERROR_FILE)
-    if os.path.isfile(stale) and not all(p.expected_error_mm is not None for p in predictions):
-        os.remove(stale)  # An earlier, calibrated model's; these predictions have none.
-    if all(p.expected_error_mm is not None for p in predictions):
-        path = os.path.join(folder, EXPECTED_ERROR_FILE)
+    path = os.path.join(folder, EXPECTED_ERROR_FILE)
+    if not all(p.expected_error_mm is not None for p in predictions):
+        if os.path.isfile(path):
+            os.remove(path)  # An earlier, calibrated model's; these predictions have none.
+    else:
         with atomic_path(path, suffix=".csv") as temporary:
             with open(temporary, "w", encoding="utf-8", newline="") as handle:
                 writer = csv.writer(handle)

@@ -203,6 +203,8 @@ def test_builtin_datasets_refuse_units_and_another_spacing():
     with pytest.raises(DatasetArgumentError, match=r"'phantom2d' has \[.*\] mm pixels, but "
                        r"spacing \[0\.123\] mm \(--spacing\) was given"):
         load_dataset("phantom2d", spacing=0.123)
+    with pytest.raises(DatasetArgumentError, match=r"'phantom2d'.* has 3 values for a 2D dataset"):
+        load_dataset("phantom2d", spacing=(0.1, 0.1, 0.1))
 
 
 @pytest.mark.skipif(not os.path.isdir(ISBI_ROOT), reason=f"ISBI 2015 folder absent: {ISBI_ROOT}")

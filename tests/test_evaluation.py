@@ -413,6 +413,29 @@ def test_model_and_run_bad_input(runs, capsys, tmp_path):
         run_test_set(str(tmp_path / "moved"))
 
 
+def test_runs_trained_before_a_spacing_was_required_still_load(tmp_path):
+    """A run trained on plain images without --spacing (then read at 1 mm per pixel) keeps
+    loading its held-out split at that spacing; a new dataset load refuses it."""
+    from keraslm.datasets import load_dataset
+    from keraslm.errors import MissingSpacingError
+    from keraslm.io import write_png
+
+    for name in "abcd":
+        write_png(str(tmp_path / f"{name}.png"), np.zeros((16, 12), np.uint8))
+    (tmp_path / "landmarks.csv").write_text(
+        "image,p_x,p_y\n" + "".join(f"{name},1,2\n" for name in "abcd"))
+    with pytest.raises(MissingSpacingError):
+        load_dataset(str(tmp_path / "landmarks.csv"), units="index")
+    run = tmp_path / "old_run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "dataset": str(tmp_path / "landmarks.csv"), "units": "index", "image_spacing": None,
+        "fold": None, "num_folds": 5, "test_fraction": 0.5, "seed": 0}))
+    (run / "model.keras").write_bytes(b"")  # Finished (the split needs no network).
+    test_set = run_test_set(str(run))
+    assert len(test_set) == 2 and test_set.image_spacing == (1.0, 1.0)
+
+
 def test_combine_prefixes_repeated_ids(runs):
     from keraslm.evaluation import combine
 

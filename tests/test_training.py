@@ -108,6 +108,10 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
                              text=True, env=env, timeout=300)
     assert changed.returncode == 2 and "was started with other settings: steps 80" in changed.stderr
     assert "Traceback" not in changed.stderr
+    # A typed option counts even when it is the default (scn): refused, not dropped.
+    typed = subprocess.run(command + ["--resume", "--architecture", "scn"], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert typed.returncode == 2 and "architecture 'scn' (config.json: 'downsampling')" in typed.stderr
     # The README's form: the run's own settings from its config.json, not the defaults
     # (2000 steps, another dataset); --jit may change on resume.
     resumed = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--resume",

@@ -21,6 +21,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up
 
 
 def parse_args(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.architecture not in ARCHITECTURE_HELP:
+        # Not built in: an architecture the program registered (keraslm.models.register_architecture).
+        from keraslm.models import ARCHITECTURES
+
+        if args.architecture not in ARCHITECTURES:
+            parser.error(f"argument --architecture: invalid choice: {args.architecture!r} "
+                         f"(choose from {', '.join(ARCHITECTURES)})")
+    return args
+
+
+def _typed_options(argv):
+    """set of str. The argparse destinations of the options typed on the command line."""
+    parser = _parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _parser():
     parser = argparse.ArgumentParser(
         prog="keraslm-train",
         description=(
@@ -135,15 +156,7 @@ def parse_args(argv=None):
                      "whole step on a GPU; on a CPU a short probe (cached per CPU model and "
                      "configuration) times the device stage and the network with and without XLA "
                      "and keeps the faster for each")
-    args = parser.parse_args(argv)
-    if args.architecture not in ARCHITECTURE_HELP:
-        # Not built in: an architecture the program registered (keraslm.models.register_architecture).
-        from keraslm.models import ARCHITECTURES
-
-        if args.architecture not in ARCHITECTURES:
-            parser.error(f"argument --architecture: invalid choice: {args.architecture!r} "
-                         f"(choose from {', '.join(ARCHITECTURES)})")
-    return args
+    return parser
 
 
 def _export_dir(args):
@@ -174,7 +187,8 @@ def _config(args):
         grid_shape=args.grid_shape, grid_spacing=args.grid_spacing, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         learning_rate=args.learning_rate, fold=args.fold, num_folds=args.num_folds,
-        train_ids=args.train_ids, test_ids=args.test_ids, test_fraction=args.test_fraction,
+        train_ids=_absolute_path(args.train_ids), test_ids=_absolute_path(args.test_ids),
+        test_fraction=args.test_fraction,
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, precision=args.precision,
         mixed_precision=args.mixed_precision,
@@ -189,14 +203,17 @@ def _config(args):
 
 
 #: config.json entries that are tuples in a TrainingConfig.
-_TUPLE_SETTINGS = ("grid_shape", "crop_shape", "image_spacing", "train_ids", "test_ids")
+_TUPLE_SETTINGS = ("grid_shape", "crop_shape", "image_spacing")
+#: TrainingConfig settings set by command-line options of another name.
+_OPTIONS_OF = {"image_spacing": ("spacing",), "scale": ("scale_range",),
+               "model_overrides": ("model_option",), "export_dir": ("export_dir", "no_export"),
+               "plots": ("no_plots",), "mixed_precision": ("mixed_precision",)}
 
 
-def _resumed_config(args):
-    """--resume: the run's own settings from its config.json, with the settings given on this
+def _resumed_config(args, argv):
+    """--resume: the run's own settings from its config.json, with the options typed on this
     command line on top (`keraslm.training.train` refuses those that change what the run
-    trains; where and how it runs - export, plots, XLA, distribution - may change). A setting
-    counts as given when it differs from the command line's default."""
+    trains; where and how it runs - export, plots, XLA, distribution - may change)."""
     from keraslm.run_folder import RunFolder
     from keraslm.training import TrainingConfig
 
@@ -213,7 +230,9 @@ def _resumed_config(args):
     spacing = settings.get("grid_spacing")
     if isinstance(spacing, list):  # Recorded per axis; isotropic grids are asked for by one number.
         settings["grid_spacing"] = spacing[0] if len(set(spacing)) == 1 else tuple(spacing)
-    given = {key: value for key, value in asked.to_dict().items() if value != defaults[key]}
+    typed = _typed_options(argv)
+    given = {key: value for key, value in asked.to_dict().items()
+             if typed & set(_OPTIONS_OF.get(key, (key,)))}
     return TrainingConfig(**{**settings, **given, "resume": True, "output_dir": args.output_dir})
 
 
@@ -223,7 +242,7 @@ def main(argv=None):
     from keraslm.training import train
 
     try:
-        config = _resumed_config(args) if args.resume else _config(args)
+        config = _resumed_config(args, argv) if args.resume else _config(args)
         result = train(config, log=lambda message: print(message, flush=True))
     except (KeraslmError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from keraslm.data import DATASET_JSON, from_csv, from_landmark_files, load_folder
+from keraslm.data import DATASET_JSON, _image_spacing, from_csv, from_landmark_files, load_folder
 from keraslm.datasets.isbi2015 import ISBI2015_LANDMARKS, ISBI2015_SPACING_MM, isbi2015
 from keraslm.datasets.phantom import make_phantom
 from keraslm.errors import DatasetError, DatasetArgumentError
@@ -93,7 +93,7 @@ def _check_builtin_arguments(name, dataset, units, spacing):
     own = dataset.image_spacing
     if own is None:
         own = dataset.read_image_header(dataset.records[0]).spacing
-    given = np.broadcast_to(np.asarray(spacing, np.float64), (dataset.ndim,))
+    given = _image_spacing(spacing, dataset.ndim, f"dataset {name!r}")  # Checks the count.
     if not np.allclose(given, own, rtol=1e-9, atol=0):
         raise DatasetArgumentError(
             f"dataset {name!r} has {[float(s) for s in own]} mm pixels, but spacing "

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 from keraslm.errors import KeraslmError
-from keraslm.io.image import storage_orientation
+from keraslm.io.image import orientation_groups
 
 #: Median of the distance from the mean of a standard normal point, by dimension (chi
 #: distribution), to turn a median distance into a per-axis standard deviation.
@@ -230,27 +230,26 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
                 f"that of {low[0]} ({smallest.min():g} mm); mixed units? ({len(high)} and "
                 f"{len(low)} images at the two extremes)"))
     present = np.all(np.isfinite(points), axis=-1)  # (images, landmarks)
+    only_one = present.sum(axis=0) == 1  # Landmarks that a single image names.
     if len(dataset.records) >= 3:
         for i in range(len(dataset.records)):
-            own = [k for k in np.flatnonzero(present[i]) if present[:, k].sum() == 1]
-            if own and len(own) > len(names) // 4:
+            own = np.flatnonzero(present[i] & only_one)
+            if own.size and own.size > len(names) // 4:
                 findings.append(Finding(
                     "warning", "own landmark names", dataset.records[i].image_path, None,
                     f"names {len(own)} landmarks that no other image has ("
                     + ", ".join(names[k] for k in own[:5]) + (" ..." if len(own) > 5 else "")
                     + "): other labels than the rest of the dataset (e.g. Slicer's default "
                     "F-1, F-2, ...)? Each name becomes its own heatmap channel"))
-    orientations = {}  # Storage orientation (axis order and sign) -> images stored that way.
-    for record, header in zip(dataset.records, headers):
-        if header is not None and header.ndim == dataset.ndim:
-            orientations.setdefault(storage_orientation(header.direction), []).append(
-                record.image_path)
-    if len(orientations) > 1:
-        common, *others = sorted(orientations, key=lambda o: -len(orientations[o]))
-        odd = [path for o in others for path in orientations[o]]
+    readable = [(record, header) for record, header in zip(dataset.records, headers)
+                if header is not None and header.ndim == dataset.ndim]
+    groups = orientation_groups([header.direction for _, header in readable])
+    if len(groups) > 1:  # Storage orientation (axis order and sign) differs between images.
+        (common, _), (other, _) = groups[0], groups[1]
+        odd = [readable[n][0].image_path for _, positions in groups[1:] for n in positions]
         findings.append(Finding(
             "warning", "mixed orientations", odd[0], None,
-            f"stores its voxels in another axis order or direction ({' '.join(others[0])}) than "
+            f"stores its voxels in another axis order or direction ({' '.join(other)}) than "
             f"most images ({' '.join(common)}); the network sees arrays in storage order, so it "
             f"learns such images as mirrored or turned ({len(odd)} image(s) differ: "
             f"{', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); store them alike"))

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from keraslm.data import select_split
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, MissingSpacingError
 from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
 from keraslm.io import LandmarkTable, read_landmarks, strip_image_extension
 from keraslm.run_folder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunFolder
@@ -110,8 +110,8 @@ def landmark_order(names, reference_names, source, reference_source):
     """
     names, reference_names = [str(n) for n in names], [str(n) for n in reference_names]
     if len(names) != len(reference_names):
-        raise KeraslmError(f"{source} has {len(names)} landmarks but {reference_source} has "
-                           f"{len(reference_names)}")
+        raise KeraslmError(f"{source} has {len(names)} landmarks per row but {reference_source} "
+                           f"has {len(reference_names)}")
     if names == reference_names or _positional(names) or _positional(reference_names):
         return None
     if sorted(names) != sorted(reference_names) or len(set(names)) != len(names):
@@ -237,10 +237,10 @@ def method_name(global_architectures, local_architectures=()):
     """str. The report's row label of a model: "scn", "scn + local unet", "scn x2 + local unet
     x2 (ensemble)" or "scn & unet (ensemble)" (the architectures of its stages' members)."""
     def stage(architectures):
-        names = list(dict.fromkeys(architectures))
-        if len(names) == 1:
-            return names[0] + (f" x{len(architectures)}" if len(architectures) > 1 else "")
-        return " & ".join(str(name) for name in architectures)
+        names = [str(name or "model") for name in architectures]
+        if len(set(names)) == 1:
+            return names[0] + (f" x{len(names)}" if len(names) > 1 else "")
+        return " & ".join(names)
 
     text = stage(global_architectures)
     if local_architectures:
@@ -278,9 +278,18 @@ def run_test_set(run_dir, config=None):
     from keraslm.datasets import load_dataset
 
     config = config or read_run_config(run_dir)
+    def load(spacing):
+        return load_dataset(config["dataset"], root=config.get("dataset_root"),
+                            units=config.get("units"), spacing=spacing)
+
     try:
-        dataset = load_dataset(config["dataset"], root=config.get("dataset_root"),
-                               units=config.get("units"), spacing=config.get("image_spacing"))
+        try:
+            dataset = load(config.get("image_spacing"))
+        except MissingSpacingError:
+            if config.get("image_spacing") is not None:
+                raise
+            # Trained before a spacing was required: its plain images were read at 1 mm/pixel.
+            dataset = load(1.0)
     except KeraslmError as error:
         recorded = config["dataset"]
         relative_path = (isinstance(recorded, str) and not os.path.isabs(recorded)
@@ -578,11 +587,6 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
         raise KeraslmError(
             f"{predictions_csv} holds {predicted.ndim}D landmarks but {ground_truth_csv} holds "
             f"{truth.ndim}D landmarks"
-        )
-    if len(predicted.names) != len(truth.names):
-        raise KeraslmError(
-            f"{predictions_csv} has {len(predicted.names)} landmarks per row but "
-            f"{ground_truth_csv} has {len(truth.names)}"
         )
     order = landmark_order(predicted.names, truth.names, predictions_csv, ground_truth_csv)
     if order is not None:  # Matched by name: the predictions' columns in the truth's order.

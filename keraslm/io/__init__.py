@@ -13,7 +13,7 @@ from keraslm.io.formats import (
     strip_image_extension,
     write_image,
 )
-from keraslm.io.image import Image, storage_orientation
+from keraslm.io.image import Image, orientation_groups, storage_orientation
 from keraslm.io.images import SUPPORTED_FORMATS, is_image_path, read_image, read_image_header
 from keraslm.io.landmarks import LandmarkTable, read_landmarks, write_landmarks
 from keraslm.io.markups import (
@@ -29,6 +29,7 @@ from keraslm.io.plain import write_png
 __all__ = [
     "IMAGE_FORMATS",
     "Image",
+    "orientation_groups",
     "storage_orientation",
     "ImageFormat",
     "LANDMARK_FILE_EXTENSIONS",

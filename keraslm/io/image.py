@@ -45,6 +45,15 @@ def storage_orientation(direction):
                  for axis, column in enumerate(direction.T))
 
 
+def orientation_groups(directions):
+    """The storage orientations (`storage_orientation`) of several images' directions, most
+    common first: a list of (orientation, [positions of the images stored so])."""
+    groups = {}
+    for position, direction in enumerate(directions):
+        groups.setdefault(storage_orientation(direction), []).append(position)
+    return sorted(groups.items(), key=lambda item: -len(item[1]))
+
+
 def _as_vector(value, ndim, name, positive=False):
     vector = np.asarray(value, dtype=np.float64)
     if vector.ndim == 0:

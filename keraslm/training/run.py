@@ -35,7 +35,7 @@ from keraslm.detector import LandmarkDetector
 from keraslm.metadata import model_metadata
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
-from keraslm.io import storage_orientation
+from keraslm.io import holds_geometry, orientation_groups
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
@@ -174,7 +174,7 @@ def _check_run_folder(run_folder, resume):
     """Raises KeraslmError when the run folder cannot take this run (or has nothing to resume)."""
     output_dir, model_path = run_folder.path, run_folder.model_path
     check_output_folder(output_dir, "--output-dir")
-    if resume and os.path.exists(model_path):
+    if resume and run_folder.is_finished():
         raise KeraslmError(f"nothing to resume in {output_dir}: it holds a finished run "
                            "(model.keras); start a new run in another --output-dir")
     if resume and not run_folder.has_checkpoints():
@@ -192,7 +192,7 @@ def _check_run_folder(run_folder, resume):
 #: Settings a resumed run may change: where and how it runs, not what it trains.
 RESUME_MAY_CHANGE = ("resume", "output_dir", "export_dir", "plots", "distribute", "jit")
 #: Settings that are paths: compared as absolute paths (relative to the working folder).
-PATH_SETTINGS = ("dataset", "dataset_root", "cache_file")
+PATH_SETTINGS = ("dataset", "dataset_root", "cache_file", "train_ids", "test_ids")
 
 
 def _same_setting(key, saved, requested):
@@ -251,16 +251,6 @@ def _resolved_settings(config, dataset, network, input_shape):
         if value is not None:
             settings[key] = value
     return settings
-
-
-def _storage_orientation_of(dataset):
-    """list of str. The storage orientation (`keraslm.io.storage_orientation`) most of the
-    dataset's images share."""
-    counts = {}
-    for record in dataset.records:
-        orientation = storage_orientation(dataset.read_image_header(record).direction)
-        counts[orientation] = counts.get(orientation, 0) + 1
-    return list(max(counts, key=counts.get))
 
 
 def _augmentation(settings):
@@ -408,11 +398,16 @@ def _train(config, log=None):
     metadata["training_precision"] = precision.precision
     # The mm per pixel the plain (PNG/JPEG) training images were read with: prediction names it
     # when an image of such a format comes without a spacing.
-    metadata["plain_image_spacing"] = (None if dataset.image_spacing is None
-                                       else [float(s) for s in dataset.image_spacing])
+    plain = any(not holds_geometry(record.image_path) for record in train_set.records)
+    metadata["plain_image_spacing"] = (
+        [float(s) for s in dataset.image_spacing]
+        if plain and dataset.image_spacing is not None else None)
     # How most training images store their voxels (the network learns arrays in storage order):
     # prediction refuses images stored otherwise instead of seeing them mirrored.
-    metadata["storage_orientation"] = _storage_orientation_of(train_set)
+    headers = (train_samples.headers if not data.cache_file else
+               [train_set.read_image_header(record) for record in train_set.records])
+    metadata["storage_orientation"] = list(
+        orientation_groups([header.direction for header in headers])[0][0])
     # The saved and exported network computes in float32; the final validation measures it.
     network = with_precision(network, "float32")
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
