@@ -55,33 +55,31 @@ def main(argv=None):
             path = upgrade_saved_model(args.model, args.base_dir, version=args.version)
             print(f"exported {path}")
             return 0
-        models = [detector(path) for path in
-                  (args.model if isinstance(args.model, list) else [args.model])]
+        global_paths = args.model if isinstance(args.model, list) else [args.model]
+        local_paths = (args.refine if isinstance(args.refine, list) else [args.refine]
+                       ) if args.refine else []
+        models = [detector(path) for path in global_paths]
         model = models[0]
         local_networks = [] if model.local_network is None else [model.local_network]
         local_metadatas = [] if model.local_metadata is None else [model.local_metadata]
-        if args.refine:
-            locals_ = [detector(path) for path in
-                       (args.refine if isinstance(args.refine, list) else [args.refine])]
+        if local_paths:
+            locals_ = [detector(path) for path in local_paths]
             local_networks = [local.network for local in locals_]
             local_metadatas = [local.metadata for local in locals_]
-        global_paths = args.model if isinstance(args.model, list) else [args.model]
+        # Stages in the wrong place, named by path (export_saved_model's own checks cannot).
         for path, member in zip(global_paths, models):
             if member.metadata.get("stage", "global") != "global":
                 raise KeraslmError(
                     f"{path}: a local stage (trained with --crop-shape), not a whole-image model; "
                     f"export it with its global model: keraslm-export GLOBAL {args.base_dir} "
                     f"--refine {path}")
-        if args.refine:
-            for path, local in zip(args.refine if isinstance(args.refine, list) else [args.refine],
-                                   locals_):
-                if local.metadata.get("stage") != "local":
-                    raise KeraslmError(f"{path}: a whole-image model, not a local stage; --refine "
-                                       "takes local stages (train.py --crop-shape)")
-        for path, member in zip(args.model if isinstance(args.model, list) else [], models):
-            if member.local_network is not None:
+            if len(models) > 1 and member.local_network is not None:
                 raise KeraslmError(f"{path}: an ensemble's global member holds a local stage; "
                                    "give the local stages with --refine")
+        for path, local in zip(local_paths, local_metadatas):
+            if local.get("stage") != "local":
+                raise KeraslmError(f"{path}: a whole-image model, not a local stage; --refine "
+                                   "takes local stages (train.py --crop-shape)")
         metadata = dict(model.metadata)
         if args.calibration:
             from keraslm.calibration import check_calibration
