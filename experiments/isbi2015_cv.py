@@ -82,7 +82,7 @@ def parse_args(argv=None):
                        help="elastic deformation of the local stage's crops (as train.py "
                        "--elastic-mm; default none)")
     ensemble = parser.add_argument_group(
-        "ensemble (keraslm.inference.EnsemblePredictor): second members per fold, reported as "
+        "ensemble (keraslm.prediction.load_predictor): second members per fold, reported as "
         "extra rows")
     ensemble.add_argument("--ensemble-grid-shape", type=grid_shape, metavar="ROWS,COLUMNS",
                           help="also train a second global stage per fold and architecture on "

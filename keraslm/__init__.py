@@ -8,12 +8,12 @@ Implements Payer et al., "Regressing Heatmaps for Multiple Landmark Localization
 - `keraslm.datasets`: built-in datasets (synthetic phantoms, ISBI 2015 layout).
 - `keraslm.models`, `keraslm.ops`, `keraslm.training`: networks, on-device augmentation and
   heatmap codec, training.
-- `keraslm.predict(model, images)` (`keraslm.inference`): landmarks in mm in new images;
+- `keraslm.predict(model, images)` (`keraslm.prediction`): landmarks in mm in new images;
   `keraslm-predict` / `python -m keraslm predict` on the command line.
 """
 import importlib.util as _importlib_util
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if _importlib_util.find_spec("tensorflow") is None:
     raise ImportError(
@@ -33,14 +33,12 @@ from keraslm.errors import (  # noqa: E402
 
 
 
-def predict(model, images, spacing=None, batch_size=4, metadata=None, refine=None,
-            precision="float32"):
-    """Finds landmarks in images; see `keraslm.inference.predict` (imported on first use, so
+def predict(model, images, spacing=None, refine=None, precision="float32"):
+    """Finds landmarks in images; see `keraslm.prediction.predict` (imported on first use, so
     `import keraslm` stays light). On the command line: `keraslm-predict`."""
-    from keraslm.inference import predict as _predict
+    from keraslm.prediction import predict as _predict
 
-    return _predict(model, images, spacing=spacing, batch_size=batch_size, metadata=metadata,
-                    refine=refine, precision=precision)
+    return _predict(model, images, spacing=spacing, refine=refine, precision=precision)
 
 
 __all__ = [

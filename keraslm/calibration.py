@@ -15,7 +15,7 @@ and a calibration maps it to the error one should expect, in mm, for landmark k:
 pooled over all landmarks after dividing each error by its landmark's scale; `landmark_scale[k]`
 is landmark k's mean held-out error over its mean `g` (the two are fitted alternately). `g` is
 stored as knots (score) and values (mm), interpolated linearly and constant beyond the ends.
-The calibration lives in a model's metadata (`metadata["calibration"]`), so `keraslm.predict`,
+The calibration lives in a model's spec (`keraslm.spec.DetectorSpec.calibration`), so `keraslm.predict`,
 the SavedModel signatures and TF Serving return `expected_error_mm` with every landmark.
 
 Fit it on predictions of images the model did not train on (the held-out folds of a
@@ -201,12 +201,6 @@ def fit_local_weight(global_mm, refined_mm, ground_truth_mm):
         for weight in LOCAL_WEIGHT_STEPS])
     # argmin over the reversed steps: of equal means, the larger weight (the refined point).
     return LOCAL_WEIGHT_STEPS[::-1][np.argmin(mean_errors[::-1], axis=0)]
-
-
-def local_weight_of(metadata):
-    """The per-landmark weights of the refined point in a model's calibration
-    (`metadata["calibration"]["local_weight"]`), or None: the refined points as they are."""
-    return (metadata.get("calibration") or {}).get("local_weight")
 
 
 def blend_stages(global_points, refined_points, local_weight):

@@ -75,7 +75,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def ensemble_paths(text):
     """argparse type: "runs/a" -> "runs/a"; "runs/a,runs/b" -> ["runs/a", "runs/b"], an
-    ensemble whose members' points are averaged (`keraslm.inference.EnsemblePredictor`). A
+    ensemble whose members' points are averaged (`keraslm.prediction.load_predictor`). A
     path that exists as given is one member even if it holds a comma."""
     import os
 

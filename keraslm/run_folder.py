@@ -1,8 +1,7 @@
 """A training run folder and the names of what it holds, in one place.
 
     <run>/config.json     the run's settings as resolved (dataset, split, grid, precision, XLA)
-    <run>/model.keras     the trained LandmarkDetector (written last: its presence = finished)
-    <run>/model.json      the same metadata, readable
+    <run>/model.keras     the trained LandmarkDetector: networks and spec (written last: its presence = finished)
     <run>/metrics.json    validation point errors in mm and the validation ids
     <run>/history.json    per-epoch losses and errors
     <run>/checkpoints/    BackupAndRestore state of an unfinished run (--resume)
@@ -21,7 +20,6 @@ from keraslm.files import read_json, write_json
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
-METADATA_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 TRAINED_WEIGHTS_FILE = "trained.weights.h5"
@@ -53,10 +51,6 @@ class RunFolder:
     @property
     def model_path(self):
         return self.file(MODEL_FILE)
-
-    @property
-    def metadata_path(self):
-        return self.file(METADATA_FILE)
 
     @property
     def metrics_path(self):
@@ -106,6 +100,3 @@ class RunFolder:
 
     def write_metrics(self, payload):
         write_json(self.metrics_path, payload)
-
-    def write_metadata(self, payload):
-        write_json(self.metadata_path, payload)

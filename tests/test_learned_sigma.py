@@ -66,15 +66,15 @@ def phantom_root(tmp_path_factory):
 
 
 def test_a_global_run_learns_records_and_predicts_with_per_landmark_sigma(phantom_root, tmp_path):
-    from keraslm.inference import predict
+    from keraslm.prediction import load_detector, predict
 
     messages = []
     result = train(TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), batch_size=4, steps=4, steps_per_epoch=2,
         test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY,
         learn_sigma=True, sigma_penalty=3.0, jit="off", plots=False), log=messages.append)
-    sigma = json.load(open(tmp_path / "run" / "model.json"))["sigma"]
-    assert isinstance(sigma, list) and len(sigma) == 37 and all(s >= 0.5 for s in sigma)
+    sigma = load_detector(result.model_path).spec.global_stages[0].sigma
+    assert isinstance(sigma, tuple) and len(sigma) == 37 and all(s >= 0.5 for s in sigma)
     assert len(set(sigma)) > 1 and any(abs(s - 2.0) > 1e-4 for s in sigma)  # Learned, per landmark.
     config = json.load(open(tmp_path / "run" / "config.json"))
     assert config["learn_sigma"] is True and config["settings"]["sigma_penalty"] == 3.0
@@ -90,14 +90,16 @@ def test_a_global_run_learns_records_and_predicts_with_per_landmark_sigma(phanto
 
 
 def test_a_local_run_learns_per_landmark_sigma(phantom_root, tmp_path):
-    train(TrainingConfig(
+    from keraslm.prediction import load_detector
+
+    result = train(TrainingConfig(
         dataset=phantom_root, architecture="unet", crop_shape=(16, 16), grid_spacing=2.0,
         batch_size=1, landmarks_per_image=8, steps=2, steps_per_epoch=2, test_fraction=0.25,
         output_dir=str(tmp_path / "local"), model_overrides={"filters": 4, "num_levels": 2},
         learn_sigma=True, jit="off", plots=False))
-    metadata = json.load(open(tmp_path / "local" / "model.json"))
-    assert metadata["stage"] == "local" and len(metadata["sigma"]) == 37
-    assert any(abs(s - 2.0) > 1e-4 for s in metadata["sigma"])
+    spec = load_detector(result.model_path).spec
+    assert spec.is_local_only and len(spec.local_stages[0].sigma) == 37
+    assert any(abs(s - 2.0) > 1e-4 for s in spec.local_stages[0].sigma)
 
 
 def test_a_run_that_fails_after_training_resumes_with_its_learned_sigma(phantom_root, tmp_path,
@@ -115,7 +117,10 @@ def test_a_run_that_fails_after_training_resumes_with_its_learned_sigma(phantom_
     saved = json.load(open(tmp_path / "run" / "trained_sigma.json"))["sigma"]
     monkeypatch.setattr(run_module, "summarize", original)
     train(config.replace(resume=True))
-    assert json.load(open(tmp_path / "run" / "model.json"))["sigma"] == pytest.approx(saved)
+    from keraslm.prediction import load_detector
+
+    spec = load_detector(tmp_path / "run" / "model.keras").spec
+    assert spec.global_stages[0].sigma == pytest.approx(saved)
     assert not os.path.exists(tmp_path / "run" / "trained_sigma.json")
 
 

@@ -106,7 +106,7 @@ def test_bfloat16_run_trains_saves_reloads_and_exports(phantom2d_root, phantom2d
     """A bfloat16 training run: float32 variables, a finite falling loss, the choice recorded,
     model.keras and the SavedModel computing in float32 and agreeing, and bfloat16 prediction
     from the saved model within the decoding tolerance of float32."""
-    from keraslm.inference import load_predictor, predict
+    from keraslm.prediction import load_predictor, predict
     from keraslm.training import TrainingConfig, train
 
     dataset = phantom2d  # conftest.py's shared 12-image phantom
@@ -120,26 +120,25 @@ def test_bfloat16_run_trains_saves_reloads_and_exports(phantom2d_root, phantom2d
                                             "reason": "requested"}
     # On a CPU "auto" is measured (or read from the probe cache of an earlier identical run).
     assert config["resolved_jit"]["reason"].split(" on this CPU")[0] in ("probe", "cached probe")
-    metadata = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert metadata["training_precision"] == "bfloat16"
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
-    assert np.isfinite(result.summary["mean_mm"])
     import keraslm.models  # noqa: F401  (custom layers)
 
     saved = keras.saving.load_model(result.model_path, safe_mode=True)  # A LandmarkDetector.
-    assert network_precision(saved.network) == "float32"
+    assert saved.spec.global_stages[0].training_precision == "bfloat16"
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
+    assert np.isfinite(result.summary["mean_mm"])
+    assert network_precision(saved.networks[0]) == "float32"
     images = [dataset.read_image(record) for record in dataset.records[:3]]
     float32 = predict(result.model_path, images)
     exported = predict(result.export_path, images)
     for a, b in zip(float32, exported):
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
     half = predict(load_predictor(result.model_path, precision="bfloat16"), images)
-    assert load_predictor(result.model_path, precision="bfloat16").network.dtype_policy.name == "mixed_bfloat16"
+    assert load_predictor(result.model_path, precision="bfloat16").detector.networks[0].dtype_policy.name == "mixed_bfloat16"
     difference = np.concatenate([np.linalg.norm(a.points_mm - b.points_mm, axis=-1)
                                  for a, b in zip(float32, half)])
     # bfloat16 heatmaps move a sub-pixel peak by a small fraction of a grid step.
-    grid_step_mm = metadata["grid_spacing"][0]
+    grid_step_mm = saved.spec.global_stages[0].grid_spacing[0]
     assert np.median(difference) < 0.1 * grid_step_mm, difference
     with pytest.raises(KeraslmError, match="a SavedModel computes in the precision it was exported in"):
         load_predictor(result.export_path, precision="bfloat16")

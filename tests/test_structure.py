@@ -74,7 +74,7 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = _module_graph()
-    assert "keraslm.export" in graph and "keraslm.inference" in graph
+    assert "keraslm.export" in graph and "keraslm.prediction.predictors" in graph
     assert _cycles(graph) == []
 
 
@@ -88,14 +88,14 @@ LAYERS = [
     ("dataset records", ["keraslm.data"]),
     ("datasets", ["keraslm.datasets"]),
     ("tensors", ["keraslm.ops", "keraslm.models", "keraslm.preprocessing", "keraslm.precision",
-                 "keraslm.metadata", "keraslm.calibration"]),
-    ("prediction graph", ["keraslm.detector"]),
+                 "keraslm.calibration"]),
+    ("model description", ["keraslm.spec"]),
+    ("prediction", ["keraslm.prediction"]),
     ("engines", ["keraslm.training.trainer", "keraslm.training.pipeline", "keraslm.training.jit",
                  "keraslm.training.presets", "keraslm.training.callbacks",
                  "keraslm.training.stages", "keraslm.evaluation.metrics",
                  "keraslm.evaluation.plots", "keraslm.evaluation.report", "keraslm.evaluation.tables",
                  "keraslm.export"]),
-    ("prediction", ["keraslm.inference"]),
     ("clients", ["keraslm.serving"]),
     ("workflows", ["keraslm.training", "keraslm.evaluation"]),
     ("experiments", ["keraslm.experiments"]),

@@ -205,7 +205,9 @@ def test_augmentation_flags_and_sigma_reach_the_trainer_and_the_run_record(phant
     assert recorded["blur_mm"] == 1.5 and recorded["noise_std"] == 0.2 and recorded["sigma"] == 3.0
     assert recorded["rotation_degrees"] == 4.0 and recorded["scale"] == 0.03
     assert recorded["settings"]["rotation_degrees"] == 4.0 and recorded["settings"]["scale"] == 0.03
-    assert json.load(open(tmp_path / "run" / "model.json"))["sigma"] == 3.0
+    from keraslm.prediction import load_detector
+
+    assert load_detector(tmp_path / "run" / "model.keras").spec.global_stages[0].sigma == 3.0
 
 
 def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_path, monkeypatch):

@@ -19,8 +19,8 @@ def main(argv=None):
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("model", type=cli.ensemble_paths,
-                        help="a .keras file (as train.py writes it) or a SavedModel version "
-                        "folder; A,B,... (comma-joined .keras files) is an ensemble whose "
+                        help="a training run folder or its model.keras, or a SavedModel "
+                        "version folder; A,B,... (comma-joined run folders or .keras files) is an ensemble whose "
                         "members' points are averaged (an exported ensemble is one folder)")
     parser.add_argument("--refine", metavar="LOCAL_MODEL", type=cli.ensemble_paths,
                         help="local stage of a coarse-to-fine model (train.py --crop-shape) that "
@@ -42,16 +42,14 @@ def main(argv=None):
                         "the spacing the model was trained on, where it is recorded); DICOM and "
                         "NIfTI files carry their own")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="accepted for earlier scripts; each image runs through the "
-                        "prediction graph on its own")
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "bfloat16", "float16", "auto"],
                         help="compute precision of .keras models (float32: the same numbers as "
                         "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
-    from keraslm.inference import input_image_ids, load_predictor, predict, write_predictions
+    from keraslm.prediction import (FLAG_MM, input_image_ids, load_predictor, predict,
+                                    write_predictions)
 
     paths = []
     for item in args.images:
@@ -73,11 +71,11 @@ def main(argv=None):
         input_image_ids(paths)  # Unique ids (or an error) before the model loads; predict names so.
         model = load_predictor(args.model, refine=args.refine, precision=args.precision,
                                iterations=args.refine_iterations)
-        predictions = predict(model, paths, spacing=args.spacing, batch_size=args.batch_size)
+        predictions = predict(model, paths, spacing=args.spacing)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
-    flag_mm = 2.5
+    flag_mm = FLAG_MM
     for prediction in predictions:
         print(f"{prediction.image_id}:")
         expected = prediction.expected_error_mm

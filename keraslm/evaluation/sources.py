@@ -4,7 +4,7 @@ Each source becomes an `Evaluation`: image ids, predicted and ground-truth landm
 physical mm (LPS) `(num_images, num_landmarks, ndim)`, their point errors, and (when the images
 are known) a way to read each image back for overlay plots.
 
-- `evaluate_model(model, test_set)`: runs `keraslm.inference.predict` on a dataset's images.
+- `evaluate_model(model, test_set)`: runs `keraslm.prediction.predict` on a dataset's images.
 - `evaluate_runs(run_dirs)`: each training run folder (`train.py --output-dir`) is evaluated
   on its own held-out split, rebuilt from its `config.json` (and checked against the ids its
   `metrics.json` recorded); the runs are pooled into one evaluation (cross-validation).
@@ -42,7 +42,7 @@ class Evaluation:
             (for overlays), or None where the image is not known.
         sources: tuple of dict. What was evaluated (model, dataset, split, run folder, ids).
         confidence, spread_mm, expected_error_mm: np.ndarray `(num_images, num_landmarks)` or
-            None. The predictions' uncertainty outputs (`keraslm.inference.Prediction`), where
+            None. The predictions' uncertainty outputs (`keraslm.prediction.Prediction`), where
             the model gave them.
     """
 
@@ -76,13 +76,13 @@ def _progress(progress):
     return progress or (lambda message: None)
 
 
-def check_model_matches(metadata, dataset, model_label):
-    """Raises a KeraslmError unless a model's metadata fits a dataset (dimension and number of
-    landmarks); both counts are named in the message."""
-    names = list(metadata.get("landmark_names", []))
-    if metadata.get("ndim") != dataset.ndim:
+def check_model_matches(spec, dataset, model_label):
+    """Raises a KeraslmError unless a model (its `keraslm.spec.DetectorSpec`) fits a dataset
+    (dimension and number of landmarks); both counts are named in the message."""
+    names = list(spec.landmark_names)
+    if spec.ndim != dataset.ndim:
         raise KeraslmError(
-            f"model {model_label} expects {metadata.get('ndim')}D images but dataset "
+            f"model {model_label} expects {spec.ndim}D images but dataset "
             f"{dataset.name!r} is {dataset.ndim}D"
         )
     if len(names) != dataset.num_landmarks:
@@ -150,20 +150,20 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     dataset's ground truth.
 
     Args:
-        model: str path (a `.keras` file with model.json beside it, or a SavedModel version
-            folder) or a predictor from `keraslm.inference.load_predictor`; a list of `.keras`
-            paths is an ensemble (`keraslm.inference.EnsemblePredictor`).
+        model: str path (a `.keras` file, a run folder or a SavedModel version
+            folder) or a predictor from `keraslm.prediction.load_predictor`; a list of `.keras`
+            paths is an ensemble (`keraslm.prediction.load_predictor`).
         test_set: LandmarkDataset. The images to evaluate (e.g. a held-out split).
         method: str, optional. Report label; default: the model's architecture.
         normalize_distance: float or None. See `keraslm.evaluation.metrics.point_errors`.
         normalize_landmarks: pair of int.
-        batch_size: int. Images per network call.
+        batch_size: int. Images read together (and counted in one progress line).
         progress: callable(str), optional. Receives progress lines.
         source: dict, optional. Extra description stored in `Evaluation.sources`.
         refine: str path or predictor, optional. Local stage of a coarse-to-fine model that
-            refines `model`'s estimates (`keraslm.inference.load_predictor`); a list of paths
+            refines `model`'s estimates (`keraslm.prediction.load_predictor`); a list of paths
             is an ensemble of local stages.
-        precision: str. Compute precision of `.keras` models (`keraslm.inference.KerasPredictor`).
+        precision: str. Compute precision of `.keras` models (`keraslm.prediction.DetectorPredictor`).
 
     Returns:
         Evaluation.
@@ -172,14 +172,13 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         KeraslmError: the model cannot be loaded or does not fit the dataset (dimension,
             number of landmarks), or an image cannot be read.
     """
-    from keraslm.detector import Predictor
-    from keraslm.inference import load_predictor, predict
+    from keraslm.prediction import load_predictor, predict
 
     progress = _progress(progress)
     members = _run_members
 
     def named(item):
-        return os.fspath(item) if isinstance(item, (str, os.PathLike)) else "(given predictor)"
+        return os.fspath(item) if isinstance(item, (str, os.PathLike)) else "(given model)"
 
     for item in members(model) + ([] if refine is None else members(refine)):
         if isinstance(item, (str, os.PathLike)) and not os.path.exists(item):
@@ -189,18 +188,10 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         label += " + " + " & ".join(
             named(item) if isinstance(item, (str, os.PathLike)) else "local stage"
             for item in members(refine))
-    if isinstance(model, Predictor) and refine is None:
-        predictor = model
-    elif (isinstance(model, Predictor) and isinstance(refine, (str, os.PathLike, Predictor))):
-        from keraslm.inference import CascadePredictor
-
-        predictor = CascadePredictor(
-            model,
-            refine if isinstance(refine, Predictor) else load_predictor(refine, precision=precision))
-    else:
-        predictor = load_predictor(model, refine=refine, precision=precision)
-    check_model_matches(predictor.metadata, test_set, label)
-    test_set = in_model_order(test_set, predictor.metadata["landmark_names"], label)
+    predictor = load_predictor(model, refine=refine, precision=precision)
+    spec = predictor.spec
+    check_model_matches(spec, test_set, label)
+    test_set = in_model_order(test_set, spec.landmark_names, label)
     if len(test_set) == 0:
         raise KeraslmError(f"dataset {test_set.name!r}: no images to evaluate")
     records = test_set.records
@@ -208,7 +199,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         images = [test_set.read_image(record) for record in chunk]
-        predictions += predict(predictor, images, batch_size=batch_size)
+        predictions += predict(predictor, images)
         progress(f"predicted {min(start + batch_size, len(records))}/{len(records)} images")
     predicted = np.stack([p.points_mm for p in predictions])
 
@@ -219,12 +210,10 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     errors = point_errors(predicted, test_set.points_mm, test_set.ids, test_set.landmark_names,
                           normalize_distance, normalize_landmarks)
     if method is None:
-        ensemble = predictor.metadata.get("ensemble")
-        if ensemble:
-            method = method_name([m.get("architecture") for m in ensemble["global"]],
-                                 [m.get("architecture") for m in ensemble["local"]])
-        else:
-            method = predictor.metadata.get("architecture") or os.path.basename(label)
+        method = (method_name([s.architecture for s in spec.global_stages],
+                              [s.architecture for s in spec.local_stages])
+                  if spec.is_ensemble or spec.local_stages
+                  else spec.global_stages[0].architecture or os.path.basename(label))
     return Evaluation(
         method, test_set.ids, test_set.landmark_names, predicted, test_set.points_mm, errors,
         tuple(functools.partial(test_set.read_image, record) for record in records),
@@ -432,7 +421,7 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
     Args:
         run_dirs: sequence of str. Run folders written by `train.py --output-dir`. An entry
             may be a list of run folders on the same held-out split: an ensemble
-            (`keraslm.inference.EnsemblePredictor`, the members' points averaged).
+            (`keraslm.prediction.load_predictor`, the members' points averaged).
         method: str, optional. Report label; default: the first run's architecture.
         normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
         batch_size: int.

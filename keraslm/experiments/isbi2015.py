@@ -29,7 +29,7 @@ from keraslm.experiments.runs import (
     stage_points,
 )
 from keraslm.files import read_json, write_text
-from keraslm.metadata import offset_prior_mm
+from keraslm.spec import offset_prior_mm
 from keraslm.run_folder import RunFolder
 
 
@@ -117,7 +117,7 @@ def isbi2015_cv(output_dir, dataset_root, architectures=("scn", "unet"), grid_sh
             weights fitted on all folds are in results.json, `local_weight`).
         ensemble_grid_shape: tuple of int or None. Also train, per fold and architecture, a
             second global stage on this grid (otherwise the same settings) - an ensemble of two
-            global stages (`keraslm.inference.EnsemblePredictor`).
+            global stages (`keraslm.prediction.load_predictor`).
         ensemble_local: LocalStageSettings or None. Also train a second local stage per fold
             (needs `local`). With either, the report adds the ensemble's rows (refined and, with
             two folds or more, blended): the global members' mean refined by every local

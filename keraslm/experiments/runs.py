@@ -13,7 +13,6 @@ from keraslm.errors import KeraslmError
 from keraslm.evaluation import PointErrors, evaluate_runs, point_errors, pool
 from keraslm.evaluation.tables import json_number
 from keraslm.files import atomic_path, read_json, write_json, write_text
-from keraslm.metadata import MODEL_METADATA_FILE
 from keraslm.run_folder import METRICS_FILE as RUN_METRICS_FILE, RunFolder
 from keraslm.training import TrainingConfig, train
 
@@ -185,15 +184,13 @@ class StagePoints:
 
 
 def _trained_model(run_dir):
-    """What identifies a run's trained model: its folder, model metadata and the model file's
-    size and modification time (a run trained again in the same folder is another model)."""
+    """What identifies a run's trained model: its folder and the model file's size and
+    modification time (a run trained again in the same folder is another model)."""
     model = RunFolder(run_dir).model_path
     if not os.path.isfile(model):
         raise KeraslmError(f"{run_dir}: no {os.path.basename(model)}; the run has not finished")
     status = os.stat(model)
     return {"run": os.path.abspath(run_dir),
-            "metadata": read_json(os.path.join(run_dir, MODEL_METADATA_FILE),
-                                  f"{run_dir}: no {MODEL_METADATA_FILE}; the run has not finished"),
             "model_bytes": status.st_size, "model_mtime_ns": status.st_mtime_ns}
 
 
@@ -203,7 +200,7 @@ def stage_points(global_dir, local_dir, batch_size=4):
     kept as `<global_dir>/stage_points_mm.npz`, with what identifies both trained models beside
     it (`.json`): a run trained again, or another local run, is evaluated again.
 
-    Lists of run folders make an ensemble (`keraslm.inference.EnsemblePredictor`: the global
+    Lists of run folders make an ensemble (`keraslm.prediction.load_predictor`: the global
     points are the members' mean, the refined ones the mean of the local members'); kept as
     `<first global_dir>/stage_points_ensemble_mm.npz`."""
     ensemble = isinstance(global_dir, (list, tuple)) or isinstance(local_dir, (list, tuple))

@@ -6,10 +6,11 @@ optional `log` callable (library code does not print) and returns a `TrainingRes
 Output folder layout (`config.output_dir`):
 
     config.json        the resolved configuration
-    model.keras        the trained detector (`keraslm.detector.LandmarkDetector`: the network and
-                       what prediction needs), written atomically at the end
-    model.json         the same metadata, readable (landmark names, grid, normalisation, ...)
-    metrics.json       validation point errors in physical mm (written atomically)
+    model.keras        the trained detector (`keraslm.prediction.LandmarkDetector`: the network
+                       and its `keraslm.spec.DetectorSpec`), written atomically at the end
+    metrics.json       validation point errors in physical mm (written atomically): a whole-
+                       image stage's measured by the prediction graph that `keraslm.predict`
+                       runs, on the validation images as read from their files
     checkpoints/       BackupAndRestore state while training (removed when the run finishes)
     logs/              TensorBoard: loss, validation point error, heatmap images
 
@@ -31,8 +32,8 @@ from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
-from keraslm.detector import LandmarkDetector
-from keraslm.metadata import model_metadata
+from keraslm.prediction import LandmarkDetector
+from keraslm.spec import DetectorSpec, stage_spec
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
 from keraslm.io import holds_geometry, orientation_groups
@@ -392,39 +393,39 @@ def _train(config, log=None):
         log("learned target sigma per landmark (output pixels): "
             + ", ".join(f"{name} {value:.2f}" for name, value in zip(dataset.landmark_names, sigma)))
 
-    metadata = model_metadata(network, grid, normalization, dataset.landmark_names,
-                              sigma, trainer.decode_method,
-                              **stage.metadata(trainer, input_shape))
-    metadata["training_precision"] = precision.precision
     # The mm per pixel the plain (PNG/JPEG) training images were read with: prediction names it
     # when an image of such a format comes without a spacing.
     plain = any(not holds_geometry(record.image_path) for record in train_set.records)
-    metadata["plain_image_spacing"] = (
-        [float(s) for s in dataset.image_spacing]
-        if plain and dataset.image_spacing is not None else None)
     # How most training images store their voxels (the network learns arrays in storage order):
     # prediction refuses images stored otherwise instead of seeing them mirrored.
     headers = (train_samples.headers if not data.cache_file else
                [train_set.read_image_header(record) for record in train_set.records])
-    metadata["storage_orientation"] = list(
-        orientation_groups([header.direction for header in headers])[0][0])
+    stage_description = stage_spec(network, grid, normalization, sigma, trainer.decode_method,
+                                    precision.precision, **stage.spec_fields(trainer, input_shape))
     # The saved and exported network computes in float32; the final validation measures it.
     network = with_precision(network, "float32")
+    local = stage_description.is_local
+    detector = LandmarkDetector(DetectorSpec(
+        landmark_names=tuple(dataset.landmark_names), ndim=dataset.ndim,
+        global_stages=() if local else (stage_description,),
+        local_stages=(stage_description,) if local else (),
+        storage_orientation=tuple(orientation_groups([h.direction for h in headers])[0][0]),
+        plain_image_spacing=(tuple(float(s) for s in dataset.image_spacing)
+                             if plain and dataset.image_spacing is not None else None)),
+        [] if local else [network], [network] if local else [])
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
-        points_grid = stage.validation_points(trainer, val_samples, settings["batch_size"],
-                                              metadata, network)
-        points_mm = val_samples.grid_to_physical(points_grid)
+        points_mm = stage.validation_points_mm(trainer, val_set, val_samples,
+                                               settings["batch_size"], detector)
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)
-    run_folder.write_metadata(metadata)
     export_path = None
     if run.export_dir and not stage.exportable:
         log(f"a {stage.name} stage is not exported alone: export it with its global model, "
             "keraslm-export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
     elif run.export_dir and _is_chief(strategy):  # One export, by the chief.
-        export_path = export_saved_model(network, run.export_dir, metadata)
+        export_path = export_saved_model(detector, run.export_dir)
         log(f"exported for TF Serving: {export_path}")
     run_folder.write_metrics(
         {"validation_ids": list(val_set.ids), "summary": summary,
@@ -433,7 +434,7 @@ def _train(config, log=None):
          if val_samples is not None else {}},
     )
     with atomic_path(run_folder.model_path, suffix=".keras") as temporary:  # Last: presence = finished.
-        LandmarkDetector(network, metadata).save(temporary)  # Self-describing: no model.json needed.
+        detector.save(temporary)
     for leftover in (run_folder.trained_weights_path, run_folder.trained_sigma_path):
         if os.path.isfile(leftover):
             os.remove(leftover)

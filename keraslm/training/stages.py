@@ -1,10 +1,10 @@
 """Training stages: what differs between the stages of a coarse-to-fine model.
 
 `keraslm.training.run.train` runs every stage the same way (data, split, network, compiled fit,
-checkpoints, metadata, run folder) and asks its `TrainingStage` for the parts that differ:
+checkpoints, spec, run folder) and asks its `TrainingStage` for the parts that differ:
 
-- `GlobalStage`: the network sees the whole image on a grid of `grid_shape`; validation decodes
-  the heatmaps of whole validation images.
+- `GlobalStage`: the network sees the whole image on a grid of `grid_shape`; the final
+  validation predicts the validation images through the prediction graph, as `keraslm.predict`.
 - `LocalStage` (`crop_shape` set): the images go onto a fine grid of `grid_spacing` mm that covers
   them whole, the network learns on crops around the landmarks
   (`keraslm.training.trainer.LocalHeatmapTrainer`), and validation refines crops centred on the
@@ -16,9 +16,9 @@ A third stage is one new subclass and one line in `stage_for`.
 import numpy as np
 import tensorflow as tf
 
-from keraslm.detector import refine_function
 from keraslm.errors import KeraslmError
-from keraslm.metadata import offset_prior_mm
+from keraslm.prediction import DetectorPredictor, refine_function
+from keraslm.spec import offset_prior_mm
 from keraslm.training.callbacks import HeatmapImages
 from keraslm.training.pipeline import choose_grid, covering_grid, evaluation_dataset
 from keraslm.training.trainer import HeatmapTrainer, LocalHeatmapTrainer
@@ -63,13 +63,13 @@ class TrainingStage:
         """Extra Keras callbacks (beside checkpoints, history and TensorBoard)."""
         return []
 
-    def metadata(self, trainer, input_shape):
-        """dict. Keyword arguments of `keraslm.metadata.model_metadata` for this stage."""
+    def spec_fields(self, trainer, input_shape):
+        """dict. Keyword arguments of `keraslm.spec.stage_spec` particular to this stage."""
         return {}
 
-    def validation_points(self, trainer, samples, batch_size, metadata, network):
-        """Predicted landmarks `(num_images, num_landmarks, ndim)` of the validation samples in
-        grid index units, by `network` (the float32 network that is saved)."""
+    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
+        """Predicted landmarks `(num_images, num_landmarks, ndim)` of the validation images in
+        physical mm, by `detector` (the float32 detector that is saved)."""
         raise NotImplementedError
 
     def picture_label(self):
@@ -100,8 +100,11 @@ class GlobalStage(TrainingStage):
             return []
         return [HeatmapImages(log_dir, val_samples.images[:3], network)]
 
-    def validation_points(self, trainer, samples, batch_size, metadata, network):
-        return predict_grid_points(trainer, samples, batch_size, network=network)
+    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
+        """Through the prediction graph, as `keraslm.predict` and `keraslm-evaluate` run it."""
+        predictor = DetectorPredictor(detector)
+        return np.stack([predictor.locate(val_set.read_image(record))["landmarks_mm"]
+                         for record in val_set.records])
 
 
 class LocalStage(TrainingStage):
@@ -134,13 +137,16 @@ class LocalStage(TrainingStage):
                                    landmarks_per_image=self.config.model.landmarks_per_image,
                                    **common)
 
-    def metadata(self, trainer, input_shape):
+    def spec_fields(self, trainer, input_shape):
         return {"crop_shape": input_shape,
                 "offset_prior_mm": offset_prior_mm(trainer.augmentation.translation_mm)}
 
-    def validation_points(self, trainer, samples, batch_size, metadata, network):
-        return predict_local_validation_points(trainer, samples, batch_size, metadata,
-                                               network=network)
+    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
+        """Crops around the truth moved by a fixed random offset (no global stage to ask)."""
+        points_grid = predict_local_validation_points(
+            trainer, samples, batch_size, detector.spec.local_stages[0],
+            network=detector.local_networks[0])
+        return samples.grid_to_physical(points_grid)
 
     def picture_label(self):
         return f"{self.config.model.architecture} (local stage)"
@@ -151,22 +157,13 @@ def stage_for(config):
     return LocalStage(config) if config.model.crop_shape is not None else GlobalStage(config)
 
 
-def predict_grid_points(trainer, samples, batch_size, network=None):
-    """Decoded landmarks `(num_images, num_landmarks, ndim)` in grid index units, by `network`
-    (default: the trainer's)."""
-    network = network or trainer.network
-    predict = tf.function(lambda x: trainer.codec.decode(network(x, training=False))[0])
-    points = [predict(images).numpy() for images, _ in evaluation_dataset(samples, batch_size)]
-    return np.concatenate(points)[: len(samples)]
-
-
-def predict_local_validation_points(trainer, samples, batch_size, metadata, seed=12345,
+def predict_local_validation_points(trainer, samples, batch_size, stage, seed=12345,
                                     network=None):
     """Local stage: refined landmarks `(num_images, num_landmarks, ndim)` in fine grid index
     units from crops centred on the truth moved by a fixed random offset, uniform within the
     augmentation's translation range per axis (what a coarse stage of that accuracy gives);
     `network` defaults to the trainer's."""
-    refine = tf.function(refine_function(network or trainer.network, metadata))
+    refine = tf.function(refine_function(network or trainer.network, stage))
     rng = np.random.default_rng(seed)
     limit = trainer.augmentation.translation_mm / np.asarray(trainer.grid_spacing)
     results = []

@@ -1,0 +1,47 @@
+#!/bin/bash
+# Version 6's configuration, one fold: its four runs (global SCN GG and H, local U-Net and its
+# elastic second member) in two lanes side by side - the global lane and the local lane - into
+# the ISBI driver's run folders, with the settings the driver gives them (the README's version-6
+# driver command); the driver then finds them finished and only reports. Usage:
+#   train_fold.sh FOLD [WORKTREE]
+# Resumable: run it again after an interruption (each run continues from its checkpoints;
+# training_seconds.json sums the parts, to the minute). WORKTREE: a checkout pinned for the runs
+# (git worktree add --detach DIR COMMIT), so that work on main does not change a running job.
+FOLD=${1:?usage: train_fold.sh FOLD [WORKTREE]}
+WORKTREE=${2:-/work/train_wt}
+RUNS=/work/main/experiments/results/isbi2015_v6/runs
+LOGS=/work/runs_logs
+cd "$WORKTREE" || { echo "no worktree $WORKTREE: git worktree add --detach $WORKTREE HEAD" >&2; exit 1; }
+mkdir -p "$LOGS" "$RUNS"
+. /work/main/.venv/bin/activate
+export PYTHONPATH="$WORKTREE" KERASLM_CACHE=/work/main/.cache/keraslm
+
+run() {
+  local out=$RUNS/$1_fold$FOLD; shift
+  [ -f "$out/metrics.json" ] && { echo "$out: finished before"; return 0; }
+  local start=$(date +%s) before=0
+  [ -f "$out/training_seconds.json" ] && before=$(python -c "import json;print(json.load(open('$out/training_seconds.json'))['seconds'])")
+  mkdir -p "$out"
+  # Record the training time every minute, so an interrupted chunk keeps its time too.
+  ( while sleep 60; do echo "{\"seconds\": $(( before + $(date +%s) - start ))}" > "$out/training_seconds.json"; done ) &
+  local ticker=$!
+  python train.py --dataset isbi2015 --dataset-root /work/shared/data/isbi2015-train \
+    --fold "$FOLD" --num-folds 5 "$@" --output-dir "$out" --no-export \
+    $( [ -d "$out/checkpoints" ] && echo --resume )
+  local rc=$?
+  kill $ticker
+  echo "{\"seconds\": $(( before + $(date +%s) - start ))}" > "$out/training_seconds.json"
+  return $rc
+}
+global_lane() {
+  run scn --grid-shape 192,160 --steps 4000 --rotation-degrees 8 --scale-range 0.05 &&
+  run scn_member2 --grid-shape 240,208 --steps 4000 --rotation-degrees 8 --scale-range 0.05
+}
+local_lane() {
+  local common="--architecture unet --crop-shape 96,96 --grid-spacing 0.4 --translation-mm 6 --batch-size 2 --steps 4000"
+  run local_unet $common &&
+  run local_unet_member2 $common --elastic-mm 3
+}
+global_lane > "$LOGS/v6_global_fold$FOLD.log" 2>&1 &
+local_lane > "$LOGS/v6_local_fold$FOLD.log" 2>&1 &
+wait

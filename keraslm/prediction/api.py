@@ -1,0 +1,318 @@
+"""Finding landmarks in new images: `predict(model, images)` (the `keraslm-predict` command is
+`keraslm.commands.predict`), and writing what it finds.
+
+One image's way: `keraslm.io` reads it (with its spacing, origin and direction), and the
+model's predictor (`keraslm.prediction.predictors`) runs the prediction graph
+(`keraslm.prediction.graph`) on it: normalisation and resampling onto the network grid as in
+training, the network(s), heatmap decoding, the local stage(s), and the mapping back to the
+original image's index `(x, y[, z])` and to physical millimetres (LPS).
+"""
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from keraslm.data import image_id_from_path
+from keraslm.errors import KeraslmError, UsageError
+from keraslm.files import atomic_folder, atomic_path, write_json
+from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
+from keraslm.prediction.predictors import load_predictor
+
+EXPECTED_ERROR_FILE = "expected_error.csv"
+MARKUPS_FOLDER = "markups"
+#: `keraslm-predict` marks a landmark whose expected error is above this (mm) for a check by hand.
+FLAG_MM = 2.5
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Landmarks found in one image.
+
+    Args:
+        image_id: str. The image's file name without extension, unique among the images
+            predicted together (`input_image_ids`).
+        image_path: str or None.
+        landmark_names: tuple of str.
+        points_mm: np.ndarray `(num_landmarks, ndim)`. Physical millimetres, LPS.
+        points_index: np.ndarray `(num_landmarks, ndim)`. Original image index `(x, y[, z])`.
+        confidence: np.ndarray `(num_landmarks,)`. Heatmap peak value (scale of training
+            targets: about `heatmap_scale` for a sure detection).
+        spread_mm: np.ndarray `(num_landmarks,)` or None. How wide the heatmap's peak is, mm
+            (`keraslm.ops.heatmaps.HeatmapCodec.spread`).
+        expected_error_mm: np.ndarray `(num_landmarks,)` or None. The error to expect for each
+            landmark, mm, from the model's calibration (`keraslm.calibration`); None when the
+            model has none. Check the landmarks whose expected error is high.
+    """
+
+    image_id: str
+    image_path: str
+    landmark_names: tuple
+    points_mm: np.ndarray
+    points_index: np.ndarray
+    confidence: np.ndarray
+    spread_mm: np.ndarray = None
+    expected_error_mm: np.ndarray = None
+
+    def to_dict(self):
+        landmarks = {}
+        for i, name in enumerate(self.landmark_names):
+            entry = {"mm": self.points_mm[i].tolist(), "index": self.points_index[i].tolist(),
+                     "confidence": float(self.confidence[i])}
+            if self.spread_mm is not None:
+                entry["spread_mm"] = float(self.spread_mm[i])
+            if self.expected_error_mm is not None:
+                entry["expected_error_mm"] = float(self.expected_error_mm[i])
+            landmarks[name] = entry
+        return {"id": self.image_id, "image_path": self.image_path, "landmarks": landmarks}
+
+
+def _input_path(item):
+    """The path of an input image (a path, or an `Image`'s `path`), or None."""
+    path = getattr(item, "path", None) if isinstance(item, Image) else os.fspath(item)
+    return None if path is None else os.fspath(path)
+
+
+def _ids_from_common_folder(paths, taken=()):
+    """Ids of images whose names collide: their paths relative to the paths' common folder
+    (`/` between folders) without the image extension, and with it where that still
+    collides (with another of these or with an id in `taken`)."""
+    paths = [os.path.normpath(os.path.abspath(path)) for path in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(path) for path in paths])
+    except ValueError:  # Paths on different drives: no common folder.
+        root = None
+    relative = [(path if root is None else os.path.relpath(path, root)).replace(os.sep, "/")
+                for path in paths]
+    stems = [strip_image_extension(path) for path in relative]
+    return [path if stems.count(stem) > 1 or stem in taken else stem
+            for path, stem in zip(relative, stems)]
+
+
+def _groups(ids):
+    """dict id -> positions of the ids that occur more than once."""
+    positions = {}
+    for position, image_id in enumerate(ids):
+        positions.setdefault(image_id, []).append(position)
+    return {image_id: found for image_id, found in positions.items() if len(found) > 1}
+
+
+def input_image_ids(images):
+    """Unique ids of input images of `predict` or the serving client, decided before any image
+    is read.
+
+    An image's id is its file (or DICOM series folder) name without the image extension, an
+    `Image` without a path's `image<index>`. Where inputs share an id, theirs is the path
+    relative to these inputs' common folder without the extension (`da/x.png`, `db/x.png` ->
+    `da/x`, `db/x`), and where that is shared too, with the extension (`y.png`, `y.dcm` ->
+    `y.png`, `y.dcm`). Ids use `/` between folders.
+
+    Args:
+        images: sequence of paths or `Image`s.
+
+    Returns:
+        list of str, one per image, in order.
+
+    Raises:
+        UsageError: the same file is given more than once (the message names it).
+    """
+    paths = [_input_path(item) for item in images]
+    ids = [image_id_from_path(path) if path else f"image{index:04d}"
+           for index, path in enumerate(paths)]
+    for positions in _groups(ids).values():
+        named = [n for n in positions if paths[n]]
+        unnamed = [ids[n] for n in positions if not paths[n]]
+        for n, image_id in zip(named, _ids_from_common_folder([paths[n] for n in named], unnamed)):
+            ids[n] = image_id
+    repeated = [", ".join(paths[n] or f"image {n}" for n in positions)
+                for positions in _groups(ids).values()]
+    if repeated:
+        raise UsageError(f"the same image is given more than once: {'; '.join(repeated)}; give "
+                         "each image once")
+    return ids
+
+
+def check_plain_image_spacing(images, spacing, spec):
+    """Raises a UsageError when `spacing` is None and an input image is a file whose format
+    stores no pixel spacing (PNG, JPEG, BMP, TIFF): predicting it at an assumed 1 mm per pixel
+    would put the landmarks at the wrong scale without a word. DICOM and NIfTI files carry their
+    spacing; an `Image` is predicted at its own.
+
+    Args:
+        images: sequence of paths or `Image`s.
+        spacing: float or sequence or None. The spacing given for plain images.
+        spec: keraslm.spec.DetectorSpec. The model's; its `plain_image_spacing` (the spacing
+            of the plain images it was trained on), if recorded, is named as the likely value.
+
+    Raises:
+        UsageError: naming the first such file, how many there are, and what to pass.
+    """
+    if spacing is not None:
+        return
+    plain = [path for path in (os.fspath(item) for item in images if not isinstance(item, Image))
+             if not os.path.isdir(path) and not holds_geometry(path)]
+    if not plain:
+        return
+    kind = os.path.splitext(plain[0])[1].lstrip(".").upper() or "plain"
+    others = f" (and {len(plain) - 1} more such images)" if len(plain) > 1 else ""
+    message = (f"{plain[0]}{others}: a {kind} file stores no pixel spacing; give the mm per "
+               "pixel with --spacing MM or X,Y (Python: spacing=)")
+    trained = spec.plain_image_spacing
+    if trained:
+        value = (f"{trained[0]:g}" if len(set(trained)) == 1
+                 else ",".join(f"{s:g}" for s in trained))
+        message += (f"; the model was trained on plain images of {value} mm per pixel "
+                    f"(--spacing {value}), likely the value for images like them")
+    raise UsageError(message)
+
+
+def load_input_image(item, index, ndim, spacing=None, image_id=None):
+    """Reads and checks one input image of `predict` or the serving client.
+
+    Args:
+        item: path (any format `keraslm.io.read_image` reads) or `Image`.
+        index: int. Position of the image in the input; names images without a path.
+        ndim: int. Image dimension the model expects.
+        spacing: optional pixel spacing in mm for files that store none (PNG/JPEG, a DICOM
+            without PixelSpacing); files that store one (DICOM, NIfTI) keep theirs.
+        image_id: str, optional. The image's id (`input_image_ids` of all inputs); default:
+            the file name without extension, else `image<index>`.
+
+    Returns:
+        (image_id, path, image): the id, the path or None, and the `Image`.
+
+    Raises:
+        KeraslmError: unreadable image, non-finite pixel values or wrong dimension; a file
+            that stores no spacing without `spacing` (UsageError).
+    """
+    if isinstance(item, Image):
+        image, path = item, getattr(item, "path", None)
+    else:
+        path = os.fspath(item)
+        # `spacing` for plain images only: DICOM and NIfTI keep the spacing they store.
+        image = read_image(path, spacing=None if holds_geometry(path) else spacing)
+        if image.spacing_source == "default":  # Nothing in the file: a DICOM without spacing.
+            if spacing is None:
+                raise UsageError(
+                    f"{path}: the file stores no pixel spacing; give the mm per pixel with "
+                    "--spacing MM or X,Y (Python: spacing=)")
+            image = read_image(path, spacing=spacing)
+    name = path or f"image {index}"
+    if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
+        raise KeraslmError(f"{name} contains non-finite pixel values")
+    if image.ndim != ndim:
+        hint = ""
+        if ndim == 3 and image.ndim == 2 and path and path.lower().endswith(".dcm"):
+            hint = ("; a DICOM series (a folder of 2D slices) is one 3D image: give its folder "
+                    "(keraslm-predict FOLDER --series)")
+        raise KeraslmError(f"{name} is {image.ndim}D but the model expects {ndim}D images{hint}")
+    if image_id is None:
+        image_id = image_id_from_path(path) if path else f"image{index:04d}"
+    return image_id, path, image
+
+
+def graph_error_text(error):
+    """The reason of a check in the prediction graph (a `tf.errors.InvalidArgumentError`),
+    without TensorFlow's trace: the message of `tf.debugging.Assert` / `assert_*`, else the
+    error's last line."""
+    found = re.search(r"assertion failed: \[(.*?)\](?: \[|\n|$)", error.message, re.DOTALL)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in error.message.splitlines()
+             if line.strip() and not line.strip().startswith("[[")]
+    return lines[-1] if lines else error.message
+
+
+def predict(model, images, spacing=None, refine=None, precision="float32"):
+    """Finds the landmarks in images.
+
+    Args:
+        model: a `.keras` file, a training run folder or a SavedModel version folder; a
+            `keraslm.prediction.LandmarkDetector`; a predictor from `load_predictor`; or a list
+            of `.keras` files / run folders / detectors (an ensemble).
+        images: sequence of paths (any format `keraslm.io.read_image` reads) or `Image`s.
+        spacing: float or sequence, optional. Spacing (mm per pixel along x, y) of plain
+            image files (PNG/JPEG/BMP/TIFF), which hold none, e.g. 0.1 for ISBI 2015; required
+            when `images` holds such files (`check_plain_image_spacing`). DICOM and NIfTI files
+            carry their own, an `Image` its own.
+        refine: path(s) or detector(s), optional. Local stage(s) refining `model`'s estimates
+            (`load_predictor`); the confidence is then the local stage's.
+        precision: str. Compute precision of Keras models (`DetectorPredictor`): "float32"
+            (default), "bfloat16", "float16" or "auto".
+
+    Returns:
+        list of Prediction, one per image, in order; their ids are unique
+        (`input_image_ids`).
+
+    Raises:
+        KeraslmError: an image cannot be read, has the wrong dimension, does not fit the
+            model's field of view, is stored otherwise than its training images, or is given
+            twice; a plain image file comes without `spacing` (a UsageError); the message
+            names it.
+    """
+    if isinstance(images, (str, os.PathLike, Image)):
+        images = [images]
+    image_ids = input_image_ids(images)
+    predictor = load_predictor(model, refine=refine, precision=precision)
+    spec = predictor.spec
+    check_plain_image_spacing(images, spacing, spec)  # Every image, before any is predicted.
+    results = []
+    for index, item in enumerate(images):
+        image_id, path, image = load_input_image(item, index, spec.ndim, spacing, image_ids[index])
+        try:
+            found = predictor.locate(image)
+        except tf.errors.InvalidArgumentError as error:
+            raise KeraslmError(f"{path or image_id}: {graph_error_text(error)}") from None
+        results.append(Prediction(image_id, path, tuple(spec.landmark_names),
+                                  found["landmarks_mm"], found["landmarks_index"],
+                                  found["confidence"], found.get("spread_mm"),
+                                  found.get("expected_error_mm")))
+    return results
+
+
+def write_predictions(folder, predictions):
+    """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
+    `predictions.json`, one 3D Slicer markups file per image (`markups/<id>.mrk.json`, LPS
+    mm: open it over the image in Slicer) and, for a calibrated model, `expected_error.csv`
+    (one column per landmark, mm) into `folder`, atomically. Returns the written paths."""
+    import csv
+
+    from keraslm.io import LandmarkTable, write_landmarks, write_markups
+
+    os.makedirs(folder, exist_ok=True)
+    names = predictions[0].landmark_names
+    ids = [p.image_id for p in predictions]
+    write_landmarks(
+        os.path.join(folder, "predictions.csv"),
+        LandmarkTable(ids, names, np.stack([p.points_mm for p in predictions])),
+    )
+    write_landmarks(
+        os.path.join(folder, "predictions_index.csv"),
+        LandmarkTable(ids, names, np.stack([p.points_index for p in predictions])),
+    )
+    write_json(os.path.join(folder, "predictions.json"),
+               {"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
+                          "expected_error_mm": "calibrated expected point error, mm"},
+                "predictions": [p.to_dict() for p in predictions]})
+    written = [os.path.join(folder, name) for name in
+               ("predictions.csv", "predictions_index.csv", "predictions.json")]
+    # The markups folder holds this prediction's images only: replaced whole, not added to.
+    with atomic_folder(os.path.join(folder, MARKUPS_FOLDER), overwrite=True) as markups:
+        for p in predictions:
+            path = os.path.join(markups, f"{p.image_id}.mrk.json")
+            write_markups(path, names, p.points_mm, description=f"keraslm {p.image_id}")
+    written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
+    path = os.path.join(folder, EXPECTED_ERROR_FILE)
+    if not all(p.expected_error_mm is not None for p in predictions):
+        if os.path.isfile(path):
+            os.remove(path)  # An earlier, calibrated model's; these predictions have none.
+    else:
+        with atomic_path(path, suffix=".csv") as temporary:
+            with open(temporary, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["id", *names])
+                for p in predictions:
+                    writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm)])
+        written.append(path)
+    return written

@@ -1,0 +1,241 @@
+"""From an image's pixels to landmarks in millimetres as ONE TensorFlow function.
+
+`image_to_landmarks(spec, networks, local_networks)` builds `locate(array, spacing, origin,
+direction)`: the preprocessing (`keraslm.preprocessing.prepare_on_grid`: normalisation,
+placement on the grid, anti-aliased resampling), the global network(s) and heatmap decoding,
+the optional local stage(s) (the image on the local stage's fine grid, crops around the global
+estimate, offset prior; `refine_function`) and the mapping back through the grid placement and
+the image geometry:
+
+    grid index --placement--> image index (x, y[, z]) --origin + direction @ (spacing * index)--> mm
+
+Every way to predict runs this function: `keraslm.predict` (compiled once per pixel dtype), the
+SavedModel's `predict_array` and `predict_image` signatures (`keraslm.export`), TF Serving, and
+the final validation of a training run.
+
+`decode_image_bytes` is the graph's PNG / JPEG / BMP reader (8- or 16-bit, grey or colour ->
+grey float32 as `keraslm.io` reads them).
+
+TF-only edge: `tf.io` decoding, `tf.cond`, float64 geometry.
+"""
+import tensorflow as tf
+from keras import ops
+
+from keraslm.calibration import blend_stages, expected_error_mm
+from keraslm.errors import KeraslmError
+from keraslm.ops.augmentation import crop_to_grid, extract_crops
+from keraslm.preprocessing import prepare_on_grid
+
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # As keraslm.io.plain reads colour images.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The outputs of `locate`; "expected_error_mm" only for a calibrated detector.
+OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence", "spread_mm")
+CALIBRATED_OUTPUTS = OUTPUTS + ("expected_error_mm",)
+
+
+def decode_image_bytes(data):
+    """A PNG / JPEG / BMP file's bytes (scalar tf.string) -> grey float32 `(H, W)`.
+
+    16-bit PNGs keep their 16-bit values; colour images whose channels are all equal keep the
+    channel, others become luma (0.299 R + 0.587 G + 0.114 B); alpha is dropped. Undecodable
+    bytes fail with TensorFlow's InvalidArgument error.
+    """
+    check = tf.debugging.assert_greater(
+        tf.strings.length(data), 0, message="image_bytes holds an empty string, not an image file")
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
+    header = tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32])  # >= 32 bytes.
+    is_png16 = tf.logical_and(
+        tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(header, 24, 1), b"\x10"))  # IHDR bit depth.
+    def other():
+        # INTEGER_ACCURATE: the IDCT Pillow uses, so the pixels equal keraslm.io's exactly.
+        return tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.cast(tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"),
+                            tf.float32),
+            lambda: tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False),
+                            tf.float32))
+
+    pixels = tf.cond(
+        is_png16,
+        lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32), other)
+    channels = tf.shape(pixels)[-1]
+
+    def colour():
+        rgb = pixels[..., :3]
+        same = tf.logical_and(tf.reduce_all(tf.equal(rgb[..., 0], rgb[..., 1])),
+                              tf.reduce_all(tf.equal(rgb[..., 0], rgb[..., 2])))
+        return tf.cond(same, lambda: rgb[..., 0],
+                       lambda: tf.tensordot(rgb, tf.constant(_LUMA_WEIGHTS, tf.float32), 1))
+
+    return tf.cond(channels >= 3, colour, lambda: pixels[..., 0])
+
+
+def refine_function(network, stage, with_spread=False):
+    """A local stage as one function: `(images, centres) -> (points, confidence)`.
+
+    images: `(batch, *spatial, 1)` whole images on the local stage's fine grid.
+    centres: `(batch, num_landmarks, ndim)` coarse estimates in fine grid index units.
+    Crops of `stage.crop_shape` around every centre go through the network; landmark k is
+    decoded from its own crop's channel k (its peak chosen after weighting by a Gaussian of
+    `stage.offset_prior_mm` around the crop centre, if set) and mapped back to fine grid index
+    units. Returns points `(batch, num_landmarks, ndim)` and confidence `(batch,
+    num_landmarks)`, and with `with_spread` also each landmark's heatmap spread in mm
+    (`HeatmapCodec.spread` of its own crop channel) `(batch, num_landmarks)`. Pure `keras.ops`
+    (XLA-compilable with static shapes; used in training and prediction).
+    """
+    crop_shape = stage.crop_shape
+    codec = stage.codec
+    prior = None
+    if stage.offset_prior_mm is not None:
+        prior = codec.centre_prior(stage.grid_spacing, stage.offset_prior_mm)
+
+    def refine(images, centres):
+        batch, num_landmarks, ndim = centres.shape
+        crops = extract_crops(images, centres, crop_shape)
+        heatmaps = ops.cast(network(crops, training=False), "float32")
+        # (batch * L, L, ndim)
+        points, confidence = codec.decode(heatmaps, method=stage.decode_method, peak_weights=prior)
+        points = ops.reshape(points, (batch, num_landmarks, num_landmarks, ndim))
+        confidence = ops.reshape(confidence, (batch, num_landmarks, num_landmarks))
+        own = ops.arange(num_landmarks, dtype="int32")[None, :, None]  # crop k <-> landmark k
+        points = ops.take_along_axis(points, own[..., None], axis=2)[:, :, 0]
+        confidence = ops.take_along_axis(confidence, own, axis=2)[:, :, 0]
+        points = crop_to_grid(points, centres, crop_shape)
+        if not with_spread:
+            return points, confidence
+        spread = ops.reshape(codec.spread(heatmaps, stage.grid_spacing),
+                             (batch, num_landmarks, num_landmarks))
+        return points, confidence, ops.take_along_axis(spread, own, axis=2)[:, :, 0]
+
+    return refine
+
+
+def _apply(matrix, points):
+    """Homogeneous affine `(ndim+1, ndim+1)` applied to points `(..., ndim)` (float64)."""
+    return tf.linalg.matvec(matrix[:-1, :-1], points) + matrix[:-1, -1]
+
+
+def _mean(tensors):
+    return tf.add_n(tensors) / len(tensors)
+
+
+def _orientation_check(orientation, direction):
+    """The image must store its voxels as the training images did (the network sees the array
+    in storage order): per index axis, the dominant physical axis and its sign."""
+    direction = tf.cast(direction, tf.float64)
+    axes = tf.constant(["xyz".index(o[1]) for o in orientation], tf.int64)
+    signs = tf.constant([1.0 if o[0] == "+" else -1.0 for o in orientation], tf.float64)
+    found = tf.argmax(tf.abs(direction), axis=0)  # Per column (index axis).
+    found_sign = tf.sign(tf.gather(tf.transpose(direction), found, batch_dims=1))
+    agree = tf.reduce_all(tf.equal(found, axes)) & tf.reduce_all(tf.equal(found_sign, signs))
+    return tf.debugging.Assert(agree, [
+        "the image stores its voxels along other axes or directions than the training images "
+        f"of the model ({' '.join(orientation)}): it would be predicted mirrored or turned; "
+        "store it like them (e.g. the same converter, or flip / transpose the array and adjust "
+        "its direction and origin)"])
+
+
+def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
+    """The whole prediction of one image as a function of TF tensors.
+
+    Args:
+        spec: keraslm.spec.DetectorSpec. Its global stages describe `networks`, its local
+            stages `local_networks`, in order.
+        networks: sequence of keras.Model. The global (whole-image) networks; several are an
+            ensemble whose points are averaged.
+        local_networks: sequence of keras.Model. Local stages, each refining the global
+            estimate; their points are averaged.
+        iterations: int >= 1. Local passes; each centres the crops on the previous estimate.
+
+    Points are averaged in image index units (= in mm), as are confidence and spread.
+
+    Returns:
+        `locate(array, spacing, origin, direction)`: array `[y, x]` / `[z, y, x]` of any size
+        and real dtype; spacing `(ndim,)` mm per pixel along x, y[, z]; origin `(ndim,)` mm
+        (LPS) of index 0; direction `(ndim, ndim)` whose columns are the index axes' unit
+        directions (all float64). Returns a dict of `landmarks_index` `(L, ndim)` float64
+        (original image index, pixel centres at integers), `landmarks_mm` `(L, ndim)` float64,
+        `confidence` `(L,)` float32 (the heatmap peak; the local stages' with local stages),
+        `spread_mm` `(L,)` float32 (the last stage's `HeatmapCodec.spread`) and, for a
+        calibrated spec, `expected_error_mm` `(L,)` float32. A calibration with
+        `local_weight` blends the global and the refined point per landmark
+        (`keraslm.calibration.blend_stages`). An image larger than a stage's field of view, or
+        stored otherwise than the training images, fails with an InvalidArgument error.
+
+    Raises:
+        KeraslmError: networks that do not match the spec's stages, or a spec without a
+            global stage.
+    """
+    networks, local_networks = list(networks), list(local_networks)
+    if spec.is_local_only:
+        raise KeraslmError(
+            "this model is the local stage of a coarse-to-fine model: it refines estimates of a "
+            "global model. Predict with the global model and pass this one as refine= "
+            "(keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL)")
+    if len(networks) != len(spec.global_stages) or len(local_networks) != len(spec.local_stages):
+        raise KeraslmError(
+            f"the spec describes {len(spec.global_stages)} global and {len(spec.local_stages)} "
+            f"local stages; {len(networks)} and {len(local_networks)} networks were given")
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise KeraslmError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
+    global_stages = list(zip(networks, spec.global_stages))
+    refines = [(refine_function(net, stage, with_spread=True), stage)
+               for net, stage in zip(local_networks, spec.local_stages)]
+    local_weight = spec.local_weight
+
+    def on_grid(array, spacing, stage, prepared):
+        """The image on a stage's grid, prepared once per distinct grid and normalisation."""
+        key = (stage.grid, stage.normalization)
+        if key not in prepared:
+            prepared[key] = prepare_on_grid(array, spacing, stage.grid, stage.normalization)
+        return prepared[key]
+
+    def locate(array, spacing, origin, direction):
+        if spec.storage_orientation is not None:
+            with tf.control_dependencies([_orientation_check(spec.storage_orientation, direction)]):
+                array = tf.identity(array)
+        spacing = tf.cast(spacing, tf.float64)
+        prepared = {}
+        points, confidences, spreads = [], [], []
+        for net, stage in global_stages:
+            grid_image, grid_to_image = on_grid(array, spacing, stage, prepared)
+            heatmaps = tf.cast(net(grid_image[tf.newaxis, ..., tf.newaxis], training=False),
+                               tf.float32)
+            codec = stage.codec
+            points_grid, confidence = codec.decode(heatmaps, method=stage.decode_method)
+            points.append(_apply(grid_to_image, tf.cast(points_grid[0], tf.float64)))
+            confidences.append(confidence[0])
+            spreads.append(codec.spread(heatmaps, stage.grid_spacing)[0])
+        points_index, confidence, spread = _mean(points), _mean(confidences), _mean(spreads)
+        if refines:
+            points, confidences, spreads = [], [], []
+            for refine, stage in refines:
+                fine_image, fine_to_image = on_grid(array, spacing, stage, prepared)
+                image_to_fine = tf.linalg.inv(fine_to_image)
+                points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
+                for _ in range(iterations):
+                    points_fine, local_confidence, local_spread = refine(
+                        fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
+                points.append(_apply(fine_to_image, tf.cast(points_fine[0], tf.float64)))
+                confidences.append(local_confidence[0])
+                spreads.append(local_spread[0])
+            refined_index = _mean(points)
+            points_index = (refined_index if local_weight is None
+                            else blend_stages(points_index, refined_index, local_weight))
+            confidence, spread = _mean(confidences), _mean(spreads)
+        index_to_mm = tf.cast(direction, tf.float64) * spacing[tf.newaxis, :]
+        points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
+        outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,
+                   "confidence": confidence, "spread_mm": spread}
+        if spec.calibration is not None:
+            outputs["expected_error_mm"] = expected_error_mm(spec.calibration, confidence, spread)
+        return outputs
+
+    return locate
+
+
+def output_names(spec):
+    """The keys of `locate`'s answer for `spec`."""
+    return CALIBRATED_OUTPUTS if spec.calibration is not None else OUTPUTS
