@@ -280,3 +280,32 @@ def test_shipped_isbi2015_model_finds_the_landmarks_of_a_training_image(tmp_path
     # A training image of the shipped model: every landmark within a few millimetres.
     errors = np.linalg.norm(predicted.points[0] - truth, axis=-1)
     assert np.median(errors) < 2.0 and errors.max() < 10.0
+
+
+def test_a_model_keras_of_keraslm_0_1_loads_through_the_upgrade(trained):
+    """keraslm 0.1 saved `LandmarkDetector(network, metadata)`: its config (network, metadata
+    dict) is read by `keraslm.spec.upgrade_spec` and predicts as the current form."""
+    import keras
+
+    from keraslm.prediction import LandmarkDetector, load_detector
+
+    dataset, result = trained
+    detector = load_detector(result.model_path)
+    stage = detector.spec.global_stages[0]
+    old_metadata = {  # What keraslm 0.1's model_metadata wrote, training's records included.
+        "format": "keraslm-landmarks/1", "architecture": stage.architecture,
+        "landmark_names": list(detector.spec.landmark_names), "ndim": 2,
+        "grid_shape": list(stage.grid_shape), "grid_spacing": list(stage.grid_spacing),
+        "normalization": stage.normalization, "output_stride": stage.output_stride,
+        "size_divisor": stage.size_divisor, "sigma": stage.sigma, "decode_method": "quadratic",
+        "stage": "global", "training_precision": "float32",
+        "plain_image_spacing": list(dataset.image_spacing), "storage_orientation": ["+x", "+y"]}
+    config = {"name": "landmark_detector", "trainable": True, "dtype": None,
+              "network": keras.saving.serialize_keras_object(detector.networks[0]),
+              "metadata": old_metadata, "local_network": None, "local_metadata": None}
+    old = LandmarkDetector.from_config(config)
+    old.networks[0].set_weights(detector.networks[0].get_weights())
+    assert old.spec == detector.spec
+    image = dataset.read_image(dataset.records[0])
+    np.testing.assert_array_equal(predict(old, [image])[0].points_mm,
+                                  predict(detector, [image])[0].points_mm)

@@ -94,7 +94,7 @@ def _parser():
                        help="learn one target sigma per landmark, starting at --sigma (Payer et "
                        "al. 2019): targets keep the volume of the --sigma Gaussian, so surer "
                        "landmarks get sharper, higher targets; the model decodes with the "
-                       "learned values (printed at the end and kept in model.json)")
+                       "learned values (printed at the end and kept in the model's spec)")
     model.add_argument("--sigma-penalty", type=float,
                        help="strength of the learned sigma's pull towards small values (default "
                        "2.36: a landmark keeps --sigma when its error SD per axis is --sigma)")
