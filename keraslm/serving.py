@@ -68,10 +68,9 @@ def array_request_body(image):
         "direction": np.asarray(image.direction, float).tolist()}}
 
 
-def _outputs(response, count, keys=("landmarks", "confidence"), optional=()):
-    """`{"landmarks": (count, L, ndim), "confidence": (count, L)}` (or the given `keys`, and
-    those of `optional` the answer holds) from either REST format; `count` None: an unbatched
-    answer, not counted."""
+def _outputs(response, count, keys=OUTPUTS, optional=()):
+    """The answer's `keys` (and those of `optional` it holds) as float64 arrays, from either
+    REST format; `count` None: an unbatched answer, not counted."""
     if not isinstance(response, dict):
         raise KeraslmError(
             f"the TF Serving response must be a JSON object. Received: {type(response).__name__}")
@@ -82,8 +81,11 @@ def _outputs(response, count, keys=("landmarks", "confidence"), optional=()):
         if not (isinstance(rows, list) and all(isinstance(row, dict) for row in rows)):
             raise KeraslmError("`predictions` in the TF Serving response must be a list of "
                                f"objects with {', '.join(map(repr, keys))}")
+        missing = [key for key in keys if not all(key in row for row in rows)]
+        if missing:
+            raise KeraslmError(f"the TF Serving response lacks a numeric `{missing[0]}` output")
         present = [key for key in optional if rows and all(key in row for row in rows)]
-        outputs = {key: [row.get(key) for row in rows] for key in list(keys) + present}
+        outputs = {key: [row[key] for row in rows] for key in list(keys) + present}
     elif "outputs" in response and isinstance(response["outputs"], dict):
         outputs = response["outputs"]
     else:
@@ -202,7 +204,7 @@ class ServingClient:
             image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])
             outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
                                OUTPUTS, OPTIONAL_OUTPUTS)
-            results[index] = _prediction(image_id, path, names, outputs)
+            results[index] = _prediction(image_id, path, names, outputs, ndim)
         for start in range(0, len(files), batch_size):
             batch = files[start:start + batch_size]
             body = image_request_body([path for _, path, _ in batch],
@@ -211,15 +213,24 @@ class ServingClient:
                                OPTIONAL_OUTPUTS)
             for n, (index, path, _) in enumerate(batch):
                 row = {key: value[n] for key, value in outputs.items()}
-                results[index] = _prediction(image_ids[index], path, names, row)
+                results[index] = _prediction(image_ids[index], path, names, row, ndim)
         return results
 
 
-def _prediction(image_id, path, names, outputs):
-    """A `Prediction` from one image's answer of an image signature."""
-    points_index = np.asarray(outputs["landmarks_index"], np.float64).reshape(len(names), -1)
-    points_mm = np.asarray(outputs["landmarks_mm"], np.float64).reshape(len(names), -1)
-    optional = {key: np.asarray(outputs[key], np.float64).reshape(len(names))
-                for key in OPTIONAL_OUTPUTS if key in outputs}
-    return Prediction(image_id, path, names, points_mm, points_index,
-                      np.asarray(outputs["confidence"], np.float64).reshape(len(names)), **optional)
+def _prediction(image_id, path, names, outputs, ndim):
+    """A `Prediction` from one image's answer of an image signature; an answer of another
+    shape than `(L, ndim)` points and `(L,)` values is an error."""
+    values = {}
+    for key in OUTPUTS + OPTIONAL_OUTPUTS:
+        if key not in outputs:
+            continue
+        value = np.asarray(outputs[key], np.float64)
+        shape = (len(names), ndim) if key.startswith("landmarks_") else (len(names),)
+        if value.shape != shape:
+            raise KeraslmError(
+                f"the TF Serving response answers {key} of shape {value.shape} per image; the "
+                f"model has {len(names)} landmarks in {ndim}D")
+        values[key] = value
+    optional = {key: values[key] for key in OPTIONAL_OUTPUTS if key in values}
+    return Prediction(image_id, path, names, values["landmarks_mm"], values["landmarks_index"],
+                      values["confidence"], **optional)

@@ -13,15 +13,16 @@ import pytest
 import tensorflow as tf
 
 from helpers import subprocess_env
+from keraslm import KeraslmError
 from keraslm.datasets import make_phantom
 from keraslm.export import export_saved_model
-from keraslm.inference import model_metadata, predict
 from keraslm.io import read_image
 from keraslm.models import build_model
+from keraslm.prediction import LandmarkDetector, predict
+from keraslm.spec import DetectorSpec, stage_spec
 from keraslm.training.pipeline import choose_grid
 
 TOLERANCE_MM = 0.01
-
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,14 @@ def model_2d(trained_2d):
     """A briefly trained 2D model (clear heatmap peaks), its SavedModel and phantom files
     (conftest.py's `trained_2d`)."""
     return trained_2d
+
+
+@pytest.fixture(scope="module")
+def keras_predictor(model_2d):
+    """`model_2d`'s model.keras as one predictor (its graph compiled once for the module)."""
+    from keraslm.prediction import load_predictor
+
+    return load_predictor(model_2d[0].model_path)
 
 
 def _png_and_dicom(dataset):
@@ -68,22 +77,22 @@ def test_predict_image_equals_keraslm_predict_for_png_of_different_sizes(model_2
     np.testing.assert_array_equal(default["landmarks_mm"].numpy(), outputs["landmarks_mm"][:1].numpy())
 
 
-def test_predict_array_equals_keraslm_predict_for_dicom(model_2d):
+def test_predict_array_equals_keraslm_predict_for_dicom(model_2d, keras_predictor):
     result, dataset = model_2d
     _, others = _png_and_dicom(dataset)
     assert others, "the phantom writes DICOM files"
     loaded = tf.saved_model.load(result.export_path)
-    for path in others[:2]:
-        image = read_image(path)
-        reference = predict(result.model_path, [image])[0]
+    images = [read_image(path) for path in others[:2]]
+    # keraslm.predict on the SavedModel goes through predict_array too.
+    saved = predict(result.export_path, images)
+    for image, reference, through_saved in zip(images, predict(keras_predictor, images), saved):
         outputs = loaded.signatures["predict_array"](
             image=tf.constant(np.asarray(image.array, np.float32)),
             spacing=tf.constant(image.spacing, tf.float32), origin=tf.constant(image.origin, tf.float32),
             direction=tf.constant(image.direction, tf.float32))
         np.testing.assert_allclose(outputs["landmarks_mm"].numpy(), reference.points_mm, atol=TOLERANCE_MM)
-        # keraslm.predict on the SavedModel goes through predict_array too.
-        np.testing.assert_allclose(predict(result.export_path, [image])[0].points_mm,
-                                   reference.points_mm, atol=TOLERANCE_MM)
+        np.testing.assert_allclose(through_saved.points_mm, reference.points_mm, atol=TOLERANCE_MM)
+        np.testing.assert_allclose(through_saved.points_mm, outputs["landmarks_mm"].numpy(), atol=1e-5)
 
 
 def test_predict_array_3d_nifti(tmp_path):
@@ -91,18 +100,26 @@ def test_predict_array_3d_nifti(tmp_path):
     keras.utils.set_random_seed(7)
     network = build_model("unet", 3, dataset.num_landmarks, preset="small", filters=4)
     grid = choose_grid(dataset, (16, 16, 16))
-    metadata = model_metadata(network, grid, "standardize", dataset.landmark_names, 2.0, "quadratic")
-    path = export_saved_model(network, tmp_path / "export", metadata)
+    spec = DetectorSpec(tuple(dataset.landmark_names), 3,
+                        (stage_spec(network, grid, "standardize", 2.0, "quadratic"),))
+    detector = LandmarkDetector(spec, [network])
+    path = export_saved_model(detector, tmp_path / "export")
     loaded = tf.saved_model.load(path)
-    assert "predict_image" not in loaded.signatures
+    assert set(loaded.signatures) == {"serving_default", "predict_array"}  # No predict_image in 3D.
     nifti = [r.image_path for r in dataset.records if r.image_path.endswith((".nii", ".nii.gz"))]
-    image = read_image(nifti[0] if nifti else dataset.records[0].image_path)
-    reference = predict(network, [image], metadata=metadata)[0]
+    assert nifti, "the 3D phantom writes NIfTI files"
+    image = read_image(nifti[0])
+    reference = predict(detector, [image])[0]
     outputs = loaded.signatures["serving_default"](
         image=tf.constant(np.asarray(image.array, np.float32)), spacing=tf.constant(image.spacing, tf.float32),
         origin=tf.constant(image.origin, tf.float32), direction=tf.constant(image.direction, tf.float32))
     np.testing.assert_allclose(outputs["landmarks_mm"].numpy(), reference.points_mm, atol=TOLERANCE_MM)
     np.testing.assert_allclose(outputs["landmarks_index"].numpy(), reference.points_index, atol=1e-2)
+    # The mm are the index through the image's geometry (origin + direction @ (spacing * index)).
+    index_to_mm = np.asarray(image.direction) * np.asarray(image.spacing)[np.newaxis, :]
+    np.testing.assert_allclose(outputs["landmarks_mm"].numpy(),
+                               reference.points_index @ index_to_mm.T + np.asarray(image.origin),
+                               atol=TOLERANCE_MM)
 
 
 CLIENT = r"""
@@ -122,7 +139,7 @@ print(json.dumps({"predictions": [{k: v[n].numpy().tolist() for k, v in outputs.
 
 
 @pytest.mark.slow
-def test_rest_body_runs_without_keraslm(model_2d):
+def test_rest_body_runs_without_keraslm(model_2d, keras_predictor):
     result, dataset = model_2d
     pngs, _ = _png_and_dicom(dataset)
     spacing = list(np.broadcast_to(dataset.image_spacing, (2,)).tolist())
@@ -133,7 +150,7 @@ def test_rest_body_runs_without_keraslm(model_2d):
                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     answer = json.loads(run.stdout.strip().splitlines()[-1])
-    for prediction, reference in zip(answer["predictions"], predict(result.model_path, pngs[:2], spacing=spacing)):
+    for prediction, reference in zip(answer["predictions"], predict(keras_predictor, pngs[:2], spacing=spacing)):
         np.testing.assert_allclose(prediction["landmarks_mm"], reference.points_mm, atol=TOLERANCE_MM)
 
 
@@ -206,7 +223,7 @@ def rest_transport(version_dir, log):
     return transport
 
 
-def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, tmp_path):
+def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, keras_predictor):
     from keraslm.serving import ServingClient
 
     result, dataset = model_2d
@@ -218,55 +235,43 @@ def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, tmp_
     answers = client.predict(items, spacing=spacing, batch_size=2)
     # Each DICOM alone through predict_array; the PNG files as bytes, 2 per predict_image request.
     assert log == ["predict_array"] * len(others[:1]) + ["predict_image"] * ((len(pngs[:3]) + 1) // 2)
-    for answer, reference in zip(answers, predict(result.model_path, items, spacing=spacing)):
+    for answer, reference in zip(answers, predict(keras_predictor, items, spacing=spacing)):
         assert answer.image_id == reference.image_id and answer.landmark_names == reference.landmark_names
         np.testing.assert_allclose(answer.points_mm, reference.points_mm, atol=TOLERANCE_MM)
         np.testing.assert_allclose(answer.points_index, reference.points_index, atol=1e-2)
-    from keraslm import KeraslmError
-
     with pytest.raises(KeraslmError, match="larger than the field of view"):
         client.predict(pngs[:1], spacing=50.0)
     with pytest.raises(KeraslmError, match="smaller than one pixel of the grid"):
-        predict(result.model_path, pngs[:1], spacing=1e-5)
+        predict(keras_predictor, pngs[:1], spacing=1e-5)
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
-                       "isbi2015_scn", "2")
+                       "isbi2015_scn", "6")
 ISBI_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                           "data", "isbi2015-train", "images", "001.jpg")
 
 
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
-def test_shipped_model_predict_image_equals_predict_on_an_isbi_jpeg():
+def test_shipped_model_answers_predicts_points_and_expected_errors_on_an_isbi_jpeg():
+    """The shipped version 6 (a coarse-to-fine ensemble, calibrated, exported by keraslm 0.1 with
+    its metadata in the 0.1 form): its serving_default (predict_image) gives keraslm.predict's
+    points and expected errors (predict_array); the expected errors are the stored calibration
+    of the answer's peak and spread."""
+    from keraslm.calibration import expected_error_mm
+    from keraslm.prediction.predictors import read_saved_model_spec
+
     expected = predict(SHIPPED, [ISBI_IMAGE], spacing=0.1)[0]
     loaded = tf.saved_model.load(SHIPPED)
-    outputs = loaded.signatures["predict_image"](
-        image_bytes=tf.constant([open(ISBI_IMAGE, "rb").read()]), spacing=tf.constant([[0.1, 0.1]]))
-    np.testing.assert_allclose(outputs["landmarks_mm"][0].numpy(), expected.points_mm, atol=TOLERANCE_MM)
-    # The version-1 export (grid-level signatures, host-side preparation) gives the same points.
-    legacy = predict(SHIPPED[:-1] + "1", [ISBI_IMAGE], spacing=0.1)[0]
-    np.testing.assert_allclose(legacy.points_mm, expected.points_mm, atol=TOLERANCE_MM)
-
-
-@pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
-@pytest.mark.parametrize("number", ["3", "4", "5", "6"])
-def test_shipped_calibrated_model_answers_expected_errors_in_every_path(number):
-    """Versions 3 to 6 (coarse-to-fine, calibrated; 6 an ensemble): predict_image gives keraslm.predict's
-    points and expected errors; the expected errors are the stored calibration of the answer's
-    peak and spread."""
-    import json
-
-    from keraslm.calibration import expected_error_mm
-
-    version = SHIPPED[:-1] + number
-    expected = predict(version, [ISBI_IMAGE], spacing=0.1)[0]
-    outputs = tf.saved_model.load(version).signatures["serving_default"](
+    outputs = loaded.signatures["serving_default"](
         image_bytes=tf.constant([open(ISBI_IMAGE, "rb").read()]), spacing=tf.constant([[0.1, 0.1]]))
     np.testing.assert_allclose(outputs["landmarks_mm"][0].numpy(), expected.points_mm, atol=TOLERANCE_MM)
     np.testing.assert_allclose(outputs["expected_error_mm"][0].numpy(), expected.expected_error_mm,
                                rtol=1e-3)
-    with open(os.path.join(version, "assets", "keraslm.json"), encoding="utf-8") as handle:
+    with open(os.path.join(SHIPPED, "assets", "keraslm.json"), encoding="utf-8") as handle:
         calibration = json.load(handle)["calibration"]
+    spec = read_saved_model_spec(SHIPPED)  # Read from the 0.1 form (upgrade_spec).
+    assert (len(spec.global_stages), len(spec.local_stages), spec.num_landmarks) == (2, 2, 19)
+    assert spec.calibration == calibration and spec.local_weight is not None
     np.testing.assert_allclose(
         expected.expected_error_mm,
         np.asarray(expected_error_mm(calibration, expected.confidence, expected.spread_mm)), rtol=1e-4)

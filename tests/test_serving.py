@@ -1,45 +1,60 @@
-"""Tests of keraslm.serving: the REST request / response helpers run against the exported
-signatures in-process (a transport that answers as TF Serving's REST API does), compared with
-keraslm.inference.predict on the same images."""
+"""Tests of keraslm.serving: `ServingClient` against the exported image signatures run in-process
+(a transport that answers as TF Serving's REST API does, in row and columnar format), compared
+with keraslm.predict on the same images; request bodies, response parsing and every error on a
+hand-made transport; `http_transport` against a local HTTP server."""
+import base64
+import http.server
 import json
+import shutil
+import threading
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keraslm import KeraslmError
-from keraslm.datasets import make_phantom
-from keraslm.export import export_saved_model
-from keraslm.inference import model_metadata, predict
 from keraslm.io import Image
-from keraslm.models import build_model
+from keraslm.prediction import predict
+from keraslm.prediction.predictors import read_saved_model_spec
 from keraslm.serving import (
+    BYTES_EXTENSIONS,
+    OPTIONAL_OUTPUTS,
+    OUTPUTS,
     ServingClient,
-    load_metadata,
-    parse_response,
-    prepare_images,
-    request_body,
+    array_request_body,
+    image_request_body,
 )
-from keraslm.training.pipeline import choose_grid
+from keraslm.spec import DetectorSpec, StageSpec
 
 
-def saved_model_transport(version_dir, log):
-    """Runs the requested signature of the SavedModel and answers like TF Serving's REST API:
-    row format -> {"predictions": [one object per instance]}, columnar -> {"outputs": {...}};
-    bodies and answers go through JSON as over the wire."""
-    loaded = tf.saved_model.load(version_dir)
+def saved_model_transport(loaded, log, answer="request"):
+    """Runs the requested signature of the loaded SavedModel and answers like TF Serving's REST API:
+    {"b64": ...} values become the decoded bytes; bodies and answers go through JSON as over
+    the wire. `answer`: "request" answers in the request's format as TF Serving does (row
+    format -> {"predictions": [one object per instance]}, columnar -> {"outputs": {...}});
+    "rows" / "columns" always in that format."""
+
+    def value(item):
+        return base64.b64decode(item["b64"]) if isinstance(item, dict) and "b64" in item else item
 
     def transport(path, body):
         body = json.loads(json.dumps(body))
         log.append((path, body["signature_name"], "instances" in body))
-        signature = loaded.signatures[body.get("signature_name", "grid_heatmaps")]
-        images = body["instances"] if "instances" in body else body["inputs"]["images"]
-        outputs = signature(images=tf.constant(np.asarray(images, np.float32)))
-        outputs = {key: value.numpy().tolist() for key, value in outputs.items()}
+        signature = loaded.signatures[body["signature_name"]]
+        specs = signature.structured_input_signature[1]
         if "instances" in body:
-            count = len(images)
-            response = {"predictions": [{key: value[i] for key, value in outputs.items()}
+            rows = body["instances"]
+            inputs = {name: tf.constant([value(row[name]) for row in rows], specs[name].dtype)
+                      for name in specs}
+        else:
+            inputs = {name: tf.constant(body["inputs"][name], specs[name].dtype) for name in specs}
+        outputs = {key: tensor.numpy().tolist() for key, tensor in signature(**inputs).items()}
+        rows_out = answer == "rows" or (answer == "request" and "instances" in body)
+        if rows_out:
+            if "instances" not in body:  # One unbatched answer as a single row.
+                outputs = {key: [item] for key, item in outputs.items()}
+            count = len(next(iter(outputs.values())))
+            response = {"predictions": [{key: item[i] for key, item in outputs.items()}
                                         for i in range(count)]}
         else:
             response = {"outputs": outputs}
@@ -49,124 +64,330 @@ def saved_model_transport(version_dir, log):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(network, metadata, version folder, image paths, plain-image spacing)."""
-    root = tmp_path_factory.mktemp("phantom") / "phantom2d"
-    dataset = make_phantom(root, ndim=2, num_images=8, image_size=(64, 64))
-    keras.utils.set_random_seed(5)
-    network = build_model("downsampling", 2, dataset.num_landmarks, preset="small", filters=4)
-    grid = choose_grid(dataset, (32, 32))
-    metadata = model_metadata(network, grid, "equalize_standardize", dataset.landmark_names, 1.5,
-                              "quadratic")
-    path = export_saved_model(network, tmp_path_factory.mktemp("saved_models") / "phantom",
-                              metadata)
-    paths = [record.image_path for record in dataset.records[:5]]  # PNG and DICOM files
-    return network, metadata, path, paths, dataset.image_spacing
+def served(trained_2d):
+    """(training result, image paths: PNG and DICOM files, plain-image spacing (x, y)) of
+    conftest.py's exported `trained_2d`."""
+    result, dataset = trained_2d
+    paths = [record.image_path for record in dataset.records[:5]]
+    assert paths[0].endswith(".png") and paths[1].endswith(".dcm")
+    spacing = tuple(np.broadcast_to(dataset.image_spacing, (2,)).tolist())
+    return result, paths, spacing
 
 
-@pytest.mark.parametrize("signature_name, request_format", [
-    ("landmarks", "instances"), ("grid_heatmaps", "inputs"), ("grid_heatmaps", "instances"),
-])
-def test_client_equals_inference_predict(served, signature_name, request_format):
-    network, metadata, path, paths, spacing = served
+@pytest.fixture(scope="module")
+def served_answers(served):
+    """(the loaded SavedModel, keraslm.predict's predictions of `served`'s images with it)."""
+    result, paths, spacing = served
+    return tf.saved_model.load(result.export_path), predict(result.export_path, paths, spacing=spacing)
+
+
+@pytest.mark.parametrize("answer", ["request", "rows", "columns"])
+def test_client_equals_predict(served, served_answers, answer):
+    result, paths, spacing = served
+    loaded, expected = served_answers
     log = []
-    client = ServingClient("phantom", path, signature_name=signature_name,
-                           request_format=request_format,
-                           transport=saved_model_transport(path, log))
+    client = ServingClient("phantom", result.export_path,
+                           transport=saved_model_transport(loaded, log, answer))
     answers = client.predict(paths, spacing=spacing, batch_size=2)
-    expected = predict(network, paths, spacing=spacing, metadata=metadata)
-    assert [entry[0] for entry in log] == ["/v1/models/phantom:predict"] * 3  # 2 + 2 + 1 images
-    assert {entry[1:] for entry in log} == {(signature_name, request_format == "instances")}
+    files = [p for p in paths if p.endswith(BYTES_EXTENSIONS)]
+    arrays = [p for p in paths if not p.endswith(BYTES_EXTENSIONS)]
+    assert files and arrays
+    # Each DICOM alone through predict_array (columnar); the PNG files as bytes, 2 per request.
+    assert log == ([("/v1/models/phantom:predict", "predict_array", False)] * len(arrays)
+                   + [("/v1/models/phantom:predict", "predict_image", True)]
+                   * ((len(files) + 1) // 2))
     assert len(answers) == len(expected) == len(paths)
-    for answer, reference in zip(answers, expected):
-        assert answer.image_id == reference.image_id and answer.image_path == reference.image_path
-        assert answer.landmark_names == reference.landmark_names
-        np.testing.assert_allclose(answer.points_index, reference.points_index, atol=1e-4)
-        np.testing.assert_allclose(answer.points_mm, reference.points_mm, atol=1e-4)
-        np.testing.assert_allclose(answer.confidence, reference.confidence, atol=1e-5)
+    for answer_, reference in zip(answers, expected):
+        assert answer_.image_id == reference.image_id and answer_.image_path == reference.image_path
+        assert answer_.landmark_names == reference.landmark_names
+        assert answer_.points_mm.shape == reference.points_mm.shape == (len(reference.landmark_names), 2)
+        np.testing.assert_allclose(answer_.points_index, reference.points_index, atol=1e-3)
+        np.testing.assert_allclose(answer_.points_mm, reference.points_mm, atol=1e-4)
+        np.testing.assert_allclose(answer_.confidence, reference.confidence, atol=1e-5)
+        np.testing.assert_allclose(answer_.spread_mm, reference.spread_mm, atol=1e-4)
+        assert answer_.expected_error_mm is None and reference.expected_error_mm is None
 
 
-def test_request_body_layout_and_response_parsing(served):
-    _, metadata, path, paths, spacing = served
-    assert load_metadata(path) == load_metadata(f"{path}/assets/keraslm.json")
-    prepared = prepare_images(paths[:2], metadata, spacing=spacing)
-    assert prepared[0].grid_image.shape == (32, 32, 1)
-    body = request_body(prepared)
-    assert set(body) == {"signature_name", "instances"} and body["signature_name"] == "landmarks"
-    assert np.asarray(body["instances"]).shape == (2, 32, 32, 1)
-    body = request_body(prepared, "grid_heatmaps", "inputs")
-    assert np.asarray(body["inputs"]["images"]).shape == (2, 32, 32, 1)
-    # Grid-centre landmarks map back through each image's placement.
-    num = len(metadata["landmark_names"])
-    row = {"landmarks": [[15.5, 15.5]] * num, "confidence": [1.0] * num}
-    predictions = parse_response({"predictions": [row, row]}, prepared, metadata)
-    for item, prediction in zip(prepared, predictions):
-        expected = item.placement.grid_to_image_index(np.full((num, 2), 15.5))
-        np.testing.assert_allclose(prediction.points_index, expected)
-        np.testing.assert_allclose(prediction.points_mm, item.header.index_to_physical(expected))
-    columnar = parse_response({"outputs": {"landmarks": [row["landmarks"]] * 2,
-                                           "confidence": [row["confidence"]] * 2}},
-                              prepared, metadata)
-    np.testing.assert_allclose(columnar[1].points_mm, predictions[1].points_mm)
+# -- a hand-made transport ------------------------------------------------------------------
+
+NAMES = ("nasion", "sella", "menton")
+STAGE = StageSpec("unet", (32, 32), (1.5, 1.5), "subtract_mean", 1, 8, 1.5)
+SPEC = DetectorSpec(NAMES, 2, (STAGE,))
 
 
-def test_client_paths_and_bad_input(served):
-    _, metadata, path, paths, spacing = served
-    assert ServingClient("hand", metadata).path == "/v1/models/hand:predict"
-    assert ServingClient("hand", metadata, version=3).path == "/v1/models/hand/versions/3:predict"
+def _answer(seed, calibrated=False):
+    """One image's made-up answer of an image signature."""
+    rng = np.random.default_rng(seed)
+    answer = {"landmarks_index": rng.uniform(0, 30, (3, 2)).tolist(),
+              "landmarks_mm": rng.uniform(-50, 50, (3, 2)).tolist(),
+              "confidence": rng.uniform(0, 1, 3).tolist(), "spread_mm": rng.uniform(1, 3, 3).tolist()}
+    if calibrated:
+        answer["expected_error_mm"] = rng.uniform(0.5, 4, 3).tolist()
+    return answer
+
+
+def recording_transport(bodies, calibrated=False, columnar=False):
+    """Records each body; answers each image with `_answer(number of images answered before)`,
+    row format for `instances`, columnar for `inputs` (or columnar always)."""
+    answered = []
+
+    def transport(path, body):
+        body = json.loads(json.dumps(body))
+        bodies.append((path, body))
+        count = len(body["instances"]) if "instances" in body else None
+        answers = [_answer(len(answered) + n, calibrated) for n in range(count or 1)]
+        answered.extend(answers)
+        if count is None:
+            return {"outputs": answers[0]}
+        if columnar:
+            return {"outputs": {key: [a[key] for a in answers] for key in answers[0]}}
+        return {"predictions": answers}
+
+    return transport
+
+
+def _png(path, shape=(12, 10), seed=0):
+    from PIL import Image as PILImage
+
+    pixels = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(pixels).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("calibrated, columnar", [(False, False), (True, False), (True, True)])
+def test_request_bodies_and_answers_in_order(tmp_path, calibrated, columnar):
+    pngs = [_png(tmp_path / f"p{n}.png", seed=n) for n in range(3)]
+    array = np.arange(20, dtype=np.float32).reshape(4, 5)
+    image = Image(array, spacing=(0.5, 0.25), origin=(3.0, -2.0),
+                  direction=((0.0, 1.0), (1.0, 0.0)))
+    bodies = []
+    client = ServingClient("hand", SPEC, version=3,
+                           transport=recording_transport(bodies, calibrated, columnar))
+    found = client.predict([pngs[0], image, pngs[1], pngs[2]], spacing=(0.3, 0.4), batch_size=2)
+    assert [path for path, _ in bodies] == ["/v1/models/hand/versions/3:predict"] * 3
+    # The array first (as it is read), then the files in batches of 2, in input order.
+    array_body = bodies[0][1]
+    assert array_body == {"signature_name": "predict_array", "inputs": {
+        "image": array.tolist(), "spacing": [0.5, 0.25], "origin": [3.0, -2.0],
+        "direction": [[0.0, 1.0], [1.0, 0.0]]}}
+    assert [body["signature_name"] for _, body in bodies[1:]] == ["predict_image"] * 2
+    sent = [row for _, body in bodies[1:] for row in body["instances"]]
+    assert [set(row) for row in sent] == [{"image_bytes", "spacing"}] * 3
+    for row, path in zip(sent, [pngs[0], pngs[1], pngs[2]]):
+        with open(path, "rb") as handle:
+            assert base64.b64decode(row["image_bytes"]["b64"]) == handle.read()
+        assert row["spacing"] == [0.3, 0.4]
+    # Answer n was the n-th image answered: the array (0), then the files (1, 2, 3).
+    order = {1: 0, 0: 1, 2: 2, 3: 3}
+    assert [p.image_id for p in found] == ["p0", "image0001", "p1", "p2"]
+    assert [p.image_path for p in found] == [pngs[0], None, pngs[1], pngs[2]]
+    for position, prediction in enumerate(found):
+        expected = _answer(order[position], calibrated)
+        assert prediction.landmark_names == NAMES
+        assert prediction.points_mm.shape == prediction.points_index.shape == (3, 2)
+        np.testing.assert_allclose(prediction.points_index, expected["landmarks_index"])
+        np.testing.assert_allclose(prediction.points_mm, expected["landmarks_mm"])
+        np.testing.assert_allclose(prediction.confidence, expected["confidence"])
+        np.testing.assert_allclose(prediction.spread_mm, expected["spread_mm"])
+        if calibrated:
+            np.testing.assert_allclose(prediction.expected_error_mm, expected["expected_error_mm"])
+        else:
+            assert prediction.expected_error_mm is None
+
+
+def test_request_body_helpers(tmp_path):
+    pngs = [_png(tmp_path / "a.png"), _png(tmp_path / "b.png", (7, 9), seed=1)]
+    body = image_request_body(pngs, [(0.1, 0.1), np.array([0.2, 0.3])])
+    assert body["signature_name"] == "predict_image" and set(body) == {"signature_name", "instances"}
+    assert [row["spacing"] for row in body["instances"]] == [[0.1, 0.1], [0.2, 0.3]]
+    assert base64.b64decode(body["instances"][1]["image_bytes"]["b64"]) == open(pngs[1], "rb").read()
+    json.dumps(body)  # JSON-serialisable as sent.
+    image = Image(np.ones((2, 3, 4), np.uint16), spacing=(1.0, 2.0, 3.0))
+    body = array_request_body(image)
+    assert body["signature_name"] == "predict_array"
+    assert np.asarray(body["inputs"]["image"]).shape == (2, 3, 4)
+    assert body["inputs"]["spacing"] == [1.0, 2.0, 3.0] and body["inputs"]["origin"] == [0.0] * 3
+    assert body["inputs"]["direction"] == np.eye(3).tolist()
+    json.dumps(body)
+    assert set(OUTPUTS) == {"landmarks_index", "landmarks_mm", "confidence"}
+    assert set(OPTIONAL_OUTPUTS) == {"spread_mm", "expected_error_mm"}
+
+
+def test_client_arguments_and_bad_input(served, tmp_path):
+    result, paths, spacing = served
+    assert ServingClient("hand", SPEC).path == "/v1/models/hand:predict"
+    assert ServingClient("hand", SPEC, version=3).path == "/v1/models/hand/versions/3:predict"
+    # The spec read from the export's assets/keraslm.json.
+    client = ServingClient("hand", result.export_path)
+    assert client.spec == read_saved_model_spec(result.export_path) and client.spec.ndim == 2
     for kwargs, message in [
         ({"model_name": ""}, "model_name=''"),
+        ({"model_name": "a/b"}, "model_name='a/b'"),
         ({"version": 0}, "version=0"),
-        ({"signature_name": "heatmaps"}, "signature_name='heatmaps'"),
-        ({"request_format": "rows"}, "request_format='rows'"),
+        ({"version": True}, "version=True"),
+        ({"version": "2"}, "version='2'"),
     ]:
-        arguments = {"model_name": "hand", "metadata": metadata, **kwargs}
         with pytest.raises(KeraslmError, match=message):
-            ServingClient(**arguments)
-    with pytest.raises(KeraslmError, match="no model metadata file"):
-        ServingClient("hand", path + "-missing")
-    prepared = prepare_images(paths[:1], metadata, spacing=spacing)
-    with pytest.raises(KeraslmError, match="answered an error: Servable not found"):
-        parse_response({"error": "Servable not found"}, prepared, metadata)
-    with pytest.raises(KeraslmError, match="answers 2 images for `landmarks`; 1 were sent"):
-        row = {"landmarks": [[0.0, 0.0]] * 37, "confidence": [0.0] * 37}
-        parse_response({"predictions": [row, row]}, prepared, metadata)
-    with pytest.raises(KeraslmError, match=r"landmarks of shape \(2, 2\) per image"):
-        parse_response({"predictions": [{"landmarks": [[0.0, 0.0]] * 2, "confidence": [0, 0]}]},
-                       prepared, metadata)
-    with pytest.raises(KeraslmError, match="neither `predictions` nor `outputs`"):
-        parse_response({"result": []}, prepared, metadata)
-    with pytest.raises(KeraslmError, match="at least one image"):
-        request_body([])
-    client = ServingClient("hand", metadata, transport=lambda path, body: {})
-    with pytest.raises(KeraslmError, match="is 3D but the model expects 2D"):
+            ServingClient(**{"model_name": "hand", "spec": SPEC, **kwargs})
+    with pytest.raises(KeraslmError, match="no such SavedModel folder"):
+        ServingClient("hand", result.export_path + "-missing")
+    base = result.export_path[:-len("/1")]
+    with pytest.raises(KeraslmError, match=r"is a SavedModel base folder with versions 1, not a "
+                       r"version folder; pass .*/1$"):
+        ServingClient("hand", base)
+
+    client = ServingClient("hand", SPEC, transport=lambda path, body: pytest.fail("a request was sent"))
+    with pytest.raises(KeraslmError, match=r"Received: batch_size=0"):
+        client.predict(paths[:1], spacing=spacing, batch_size=0)
+    with pytest.raises(KeraslmError, match="image 0 is 3D but the model expects 2D"):
         client.predict([Image(np.zeros((4, 5, 6), np.float32), spacing=(1.0, 1.0, 1.0))])
     with pytest.raises(KeraslmError, match="image 1 contains non-finite pixel values"):
         client.predict([paths[0], Image(np.full((16, 16), np.inf, np.float32), spacing=1.0)],
                        spacing=spacing)
+    with pytest.raises(KeraslmError, match="the same image is given more than once"):
+        client.predict([paths[0], paths[0]], spacing=spacing)
+
+
+@pytest.mark.parametrize("response, message", [
+    ({"error": "Servable not found"}, "TF Serving answered an error: Servable not found"),
+    (["x"], "must be a JSON object. Received: list"),
+    ({"result": []}, "neither `predictions` nor `outputs`"),
+    ({"outputs": [1, 2]}, "neither `predictions` nor `outputs`"),
+    ({"predictions": {"landmarks_mm": []}}, "`predictions` in the TF Serving response must be a "
+                                            "list of objects"),
+    ({"predictions": [_answer(0), _answer(1)]}, "answers 2 images for `landmarks_index`; 1 were sent"),
+    ({"outputs": {k: [v] for k, v in _answer(0).items() if k != "landmarks_mm"}},
+     "lacks a numeric `landmarks_mm` output"),
+    ({"outputs": {**{k: [v] for k, v in _answer(0).items()}, "confidence": "high"}},
+     "lacks a numeric `confidence` output"),
+])
+def test_bad_responses_are_keraslm_errors(tmp_path, response, message):
+    client = ServingClient("hand", SPEC, transport=lambda path, body: response)
+    with pytest.raises(KeraslmError, match=message):
+        client.predict([_png(tmp_path / "a.png")], spacing=0.5)
+
+
+@pytest.mark.parametrize("case", ["row without landmarks_mm", "2 landmarks", "3D points"])
+def test_malformed_answers_are_keraslm_errors(tmp_path, case):
+    row = _answer(0)
+    if case == "row without landmarks_mm":
+        del row["landmarks_mm"]
+    elif case == "2 landmarks":
+        row = {key: value[:2] for key, value in row.items()}
+    else:
+        row = {**row, "landmarks_index": [[1.0, 2.0, 3.0]] * 3, "landmarks_mm": [[1.0, 2.0, 3.0]] * 3}
+    client = ServingClient("hand", SPEC, transport=lambda path, body: {"predictions": [row]})
+    message = ("lacks a numeric `landmarks_mm` output" if case.startswith("row")
+               else r"answers landmarks_index of shape \(\d, \d\) per image; the model has 3 landmarks in 2D")
+    with pytest.raises(KeraslmError, match=message):
+        client.predict([_png(tmp_path / "a.png")], spacing=0.5)
 
 
 def test_client_gives_images_with_the_same_name_unique_ids(served, tmp_path):
-    import shutil
-
-    _, metadata, path, paths, spacing = served
+    result, paths, spacing = served
     copies = [tmp_path / "da" / "x.png", tmp_path / "db" / "x.png"]
     for copy in copies:
         copy.parent.mkdir()
         shutil.copy(paths[0], copy)
-    prepared = prepare_images([str(c) for c in copies] + [paths[1]], metadata, spacing=spacing)
-    assert [item.image_id for item in prepared] == ["da/x", "db/x", "phantom2d_001"]
+    spec = read_saved_model_spec(result.export_path)
+    client = ServingClient("phantom", spec, transport=_constant_transport(spec))
+    found = client.predict([str(c) for c in copies] + [paths[1]], spacing=spacing)
+    assert [p.image_id for p in found] == ["da/x", "db/x", "phantom2d_001"]
+
+
+def _constant_transport(spec):
+    """Answers any request with zeros for every image (row / columnar as TF Serving)."""
+    zeros = {"landmarks_index": np.zeros((spec.num_landmarks, spec.ndim)).tolist(),
+             "landmarks_mm": np.zeros((spec.num_landmarks, spec.ndim)).tolist(),
+             "confidence": [0.0] * spec.num_landmarks}
+
+    def transport(path, body):
+        if "instances" in body:
+            return {"predictions": [zeros] * len(body["instances"])}
+        return {"outputs": zeros}
+
+    return transport
 
 
 def test_client_needs_the_spacing_of_plain_images(served):
-    network, metadata, path, paths, spacing = served
-    assert paths[0].endswith(".png") and paths[1].endswith(".dcm")
+    result, paths, spacing = served
+    spec = read_saved_model_spec(result.export_path)
+    refuse = ServingClient("phantom", spec.replace(plain_image_spacing=None),
+                           transport=lambda path, body: pytest.fail("a request was sent"))
     message = r"phantom2d_000\.png: a PNG file stores no pixel spacing; .*\(Python: spacing=\)$"
     with pytest.raises(KeraslmError, match=message):
-        prepare_images(paths[:2], metadata)
-    for signature_name in ("landmarks", None):  # The grid protocol and the image signatures.
-        client = ServingClient("phantom", path, signature_name=signature_name,
-                               transport=lambda path, body: pytest.fail("a request was sent"))
-        with pytest.raises(KeraslmError, match=message):
-            client.predict(paths[:2])
-    assert prepare_images(paths[1:2], metadata)[0].image_id == "phantom2d_001"  # DICOM: its own.
+        refuse.predict(paths[:2])
+    # A model trained on plain images names their spacing as the likely value.
+    hinted = ServingClient("phantom", spec.replace(plain_image_spacing=(0.25, 0.25)),
+                           transport=lambda path, body: pytest.fail("a request was sent"))
+    with pytest.raises(KeraslmError, match=r"\(Python: spacing=\); the model was trained on plain "
+                       r"images of 0\.25 mm per pixel \(--spacing 0\.25\)"):
+        hinted.predict(paths[:2])
+    # A DICOM file holds its own spacing.
+    client = ServingClient("phantom", spec, transport=_constant_transport(spec))
+    assert [p.image_id for p in client.predict(paths[1:2])] == ["phantom2d_001"]
+
+
+# -- http_transport -------------------------------------------------------------------------
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server on a free port: POSTs to a `:predict` path are answered with made-up
+    landmarks for every instance, any other path with 404 and a TF Serving style error.
+    Yields (port, list of (path, body) received)."""
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.path, self.headers["Content-Type"], body))
+            if self.path.endswith("/versions/2:predict"):
+                data = json.dumps({"predictions": [_answer(0)] * len(body["instances"])})
+                status = 200
+            else:
+                data, status = json.dumps({"error": "Servable not found for request"}), 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data.encode("utf-8"))
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_http_transport_posts_json_and_names_http_errors(http_server, tmp_path):
+    port, received = http_server
+    png = _png(tmp_path / "a.png")
+    found = ServingClient("hand", SPEC, version=2, host="127.0.0.1", port=port).predict(
+        [png], spacing=0.5)
+    assert len(received) == 1
+    path, content_type, body = received[0]
+    assert path == "/v1/models/hand/versions/2:predict" and content_type == "application/json"
+    assert body["signature_name"] == "predict_image" and len(body["instances"]) == 1
+    np.testing.assert_allclose(found[0].points_mm, _answer(0)["landmarks_mm"])
+    with pytest.raises(KeraslmError, match=rf"http://127\.0\.0\.1:{port}/v1/models/hand:predict: "
+                       r"HTTP 404: .*Servable not found for request"):
+        ServingClient("hand", SPEC, host="127.0.0.1", port=port).predict([png], spacing=0.5)
+
+
+def test_http_transport_names_an_unreachable_server(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # A port nothing listens on.
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(KeraslmError, match=rf"http://127\.0\.0\.1:{port}/v1/models/hand:predict: "):
+        ServingClient("hand", SPEC, host="127.0.0.1", port=port).predict(
+            [_png(tmp_path / "a.png")], spacing=0.5)
