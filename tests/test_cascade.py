@@ -1,5 +1,6 @@
 """Tests of the coarse-to-fine (cascade) path: crops on the device, the local stage's training,
-refinement back to physical mm, and the cascade SavedModel."""
+refinement back to physical mm in the one prediction graph, the cascade SavedModel, and the
+recorded model descriptions (`keraslm.spec`) of keraslm 0.1 and 0.2."""
 import json
 import os
 import subprocess
@@ -9,9 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import subprocess_env
 from keraslm import KeraslmError
-from keraslm.detector import Predictor
-from keraslm.inference import CascadePredictor, KerasPredictor, load_predictor, predict
 from keraslm.io import Image
 from keraslm.ops import (
     AugmentationConfig,
@@ -22,7 +22,17 @@ from keraslm.ops import (
     extract_crops,
     sample_transforms,
 )
-from keraslm.preprocessing import GridSpec, place_on_grid
+from keraslm.prediction import (
+    DetectorPredictor,
+    LandmarkDetector,
+    SavedModelPredictor,
+    combine_detectors,
+    load_detector,
+    load_predictor,
+    predict,
+)
+from keraslm.preprocessing import place_on_grid
+from keraslm.spec import DetectorSpec, StageSpec, upgrade_spec
 
 # ---------------------------------------------------------------------------------------------
 # Device ops
@@ -100,7 +110,7 @@ def test_choose_crop_landmarks():
 
 
 # ---------------------------------------------------------------------------------------------
-# Refinement back to physical mm
+# Refinement back to physical mm: stub networks in the one prediction graph
 # ---------------------------------------------------------------------------------------------
 
 
@@ -108,38 +118,51 @@ def _tiling_network(num_landmarks, ndim):
     """A 'perfect' local network: every heatmap channel is the input crop itself."""
     inputs = keras.Input((None,) * ndim + (1,))
     outputs = keras.layers.Concatenate()([inputs] * num_landmarks)
-    network = keras.Model(inputs, outputs)
-    network.output_stride = 1
-    return network
+    return keras.Model(inputs, outputs)
 
 
-class _OffsetGlobal(Predictor):
-    """A global stage stub: the true landmarks on its grid, moved by a fixed offset."""
+class FixedHeatmaps(keras.Model):
+    """A global network stub: whatever the grid image, these heatmaps `(1, *grid, L)`."""
 
-    def __init__(self, metadata, truth_mm, offset):
-        self.metadata, self.truth_mm, self.offset = metadata, truth_mm, offset
-        self.image = None
+    def __init__(self, heatmaps):
+        super().__init__()
+        self.heatmaps = np.asarray(heatmaps, np.float32)
 
-    def grid_points(self, images):
-        grid = GridSpec(tuple(self.metadata["grid_shape"]), tuple(self.metadata["grid_spacing"]))
-        placement = place_on_grid(self.image, grid)
-        points = placement.image_index_to_grid(self.image.physical_to_index(self.truth_mm))
-        return (points + self.offset)[None].astype(np.float32), np.ones((1, len(points)))
+    def call(self, images, training=False):
+        return keras.ops.zeros_like(images[..., :1]) + self.heatmaps
 
 
-def _metadata(names, grid_shape, spacing, stage, crop_shape=None):
-    metadata = {"format": "keraslm-landmarks/1", "landmark_names": names, "ndim": 2,
-                "grid_shape": list(grid_shape), "grid_spacing": [spacing, spacing],
-                "normalization": "none", "output_stride": 1, "size_divisor": 1, "sigma": 2.0,
-                "decode_method": "quadratic", "stage": stage}
-    if crop_shape:
-        metadata["crop_shape"] = list(crop_shape)
-    return metadata
+def _stage(grid_shape, spacing, crop_shape=None, offset_prior_mm=None):
+    return StageSpec(architecture=None, grid_shape=tuple(grid_shape),
+                     grid_spacing=(spacing,) * len(grid_shape), normalization="none",
+                     output_stride=1, size_divisor=1, sigma=2.0, crop_shape=crop_shape,
+                     offset_prior_mm=offset_prior_mm)
 
 
-def test_cascade_refines_to_the_true_millimetres():
-    # An anisotropic image with an origin, Gaussian blobs at known physical positions; the
-    # global stage is off by up to 3 of its pixels, the local stage sees the blobs themselves.
+def _offset_global(names, image, truth_mm, offset, grid_shape, spacing):
+    """A global stage (LandmarkDetector) whose heatmaps peak at the true landmarks of `image`
+    on its grid, moved by `offset` grid pixels."""
+    stage = _stage(grid_shape, spacing)
+    placement = place_on_grid(image, stage.grid)
+    points = placement.image_index_to_grid(image.physical_to_index(truth_mm)) + offset
+    heatmaps = np.asarray(stage.codec.encode(points[None].astype(np.float32)))
+    spec = DetectorSpec(tuple(names), 2, (stage,))
+    return LandmarkDetector(spec, [FixedHeatmaps(heatmaps)])
+
+
+def _local(names, grid_shape, spacing, crop_shape, offset_prior_mm=None):
+    """A local stage saved on its own (no global stage): the tiling network."""
+    stage = _stage(grid_shape, spacing, crop_shape, offset_prior_mm)
+    return LandmarkDetector(DetectorSpec(tuple(names), 2, (), (stage,)), [],
+                            [_tiling_network(len(names), 2)])
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """An anisotropic image with an origin and Gaussian blobs at known physical positions; a
+    global stage off by up to 3 of its pixels and a local stage that sees the blobs themselves;
+    the global stage's prediction and the cascade's:
+    (image, truth_index, truth_mm, coarse detector, local detector, unrefined, refined)."""
     spacing = np.array([0.2, 0.3])
     origin = np.array([-12.0, 40.0])
     height, width = 300, 260
@@ -147,23 +170,59 @@ def test_cascade_refines_to_the_true_millimetres():
     yy, xx = np.mgrid[:height, :width]
     array = np.zeros((height, width), np.float32)
     for x, y in truth_index:
-        array += np.exp(-(((xx - x) * spacing[0]) ** 2 + ((yy - y) * spacing[1]) ** 2) / (2 * 0.8 ** 2))
+        array += np.exp(-(((xx - x) * spacing[0]) ** 2 + ((yy - y) * spacing[1]) ** 2)
+                        / (2 * 0.8 ** 2))
     image = Image(array, spacing=spacing, origin=origin)
     truth_mm = image.index_to_physical(truth_index)
     names = ["a", "b", "c"]
-    coarse = _OffsetGlobal(_metadata(names, (64, 64), 1.5, "global"), truth_mm,
-                           np.array([[1.5, -2.0], [-2.5, 1.0], [0.7, 2.2]]))
-    coarse.image = image
-    local = KerasPredictor(_tiling_network(3, 2),
-                           _metadata(names, (180, 180), 0.5, "local", crop_shape=(24, 24)))
-    [prediction] = predict(coarse, [image], refine=local)
-    np.testing.assert_allclose(prediction.points_mm, truth_mm, atol=0.05)
-    np.testing.assert_allclose(prediction.points_index, truth_index, atol=0.2)
-    [twice] = predict(CascadePredictor(coarse, local, iterations=2), [image])
-    np.testing.assert_allclose(twice.points_mm, truth_mm, atol=0.05)
-    # Without refinement the global stage's offset remains.
+    coarse = _offset_global(names, image, truth_mm,
+                            np.array([[1.5, -2.0], [-2.5, 1.0], [0.7, 2.2]]), (64, 64), 1.5)
+    local = _local(names, (180, 180), 0.5, (24, 24))
     [unrefined] = predict(coarse, [image])
+    [refined] = predict(coarse, [image], refine=local)
+    return image, truth_index, truth_mm, coarse, local, unrefined, refined
+
+
+def test_cascade_refines_to_the_true_millimetres(blobs):
+    image, truth_index, truth_mm, coarse, local, unrefined, refined = blobs
+    np.testing.assert_allclose(refined.points_mm, truth_mm, atol=0.05)
+    np.testing.assert_allclose(refined.points_index, truth_index, atol=0.2)
+    assert np.all(refined.spread_mm > 0) and refined.expected_error_mm is None
+    # Without refinement the global stage's offset remains.
     assert np.linalg.norm(unrefined.points_mm - truth_mm, axis=-1).min() > 1.0
+    # One detector, one graph: the global stage and the local stage that refines it.
+    cascade = load_predictor(coarse, refine=local)
+    assert isinstance(cascade, DetectorPredictor)
+    assert cascade.spec == combine_detectors([coarse, local]).spec
+    assert cascade.spec.global_stages == coarse.spec.global_stages
+    assert cascade.spec.local_stages == local.spec.local_stages
+    assert len(cascade.detector.networks) == len(cascade.detector.local_networks) == 1
+
+
+def test_refine_iterations_centre_the_crops_on_the_previous_estimate():
+    # A ridge two pixels high whose brightness falls along x: in every crop the brightest
+    # column is the first, so each pass moves the estimate by half a crop (10 px) towards the
+    # bright end, from where the previous pass left it.
+    spacing = 0.5
+    array = np.zeros((60, 120), np.float32)
+    array[30:32] = 1.0 - np.arange(120) / 200.0
+    image = Image(array, spacing=(spacing, spacing))
+    # The global stage finds (80.5, 30.5), a whole pixel of its grid: decoded exactly.
+    start_mm = image.index_to_physical(np.array([[80.5, 30.5]]))
+    coarse = _offset_global(["a"], image, start_mm, np.zeros((1, 2)), (30, 60), 1.0)
+    local = _local(["a"], (60, 120), spacing, (21, 21))
+    once = load_predictor(coarse, refine=local).locate(image)
+    twice = DetectorPredictor(combine_detectors([coarse, local]), iterations=2).locate(image)
+    np.testing.assert_allclose(once["landmarks_index"], [[70.5, 30.5]], atol=1e-3)
+    np.testing.assert_allclose(twice["landmarks_index"], [[60.5, 30.5]], atol=1e-3)
+    # The confidence is the last pass's: the ridge's brightness at the point found.
+    np.testing.assert_allclose(once["confidence"], [1.0 - 70.5 / 200.0], atol=1e-3)
+    np.testing.assert_allclose(twice["confidence"], [1.0 - 60.5 / 200.0], atol=1e-3)
+    with pytest.raises(KeraslmError, match=r"`iterations` \(2\) counts the passes of a local "
+                       "stage; this model has none"):
+        DetectorPredictor(coarse, iterations=2)
+    with pytest.raises(KeraslmError, match="`iterations` must be an int >= 1"):
+        load_predictor(coarse, refine=local, iterations=0)
 
 
 def test_offset_prior_prefers_the_peak_near_the_coarse_estimate():
@@ -175,33 +234,219 @@ def test_offset_prior_prefers_the_peak_near_the_coarse_estimate():
     array = (0.6 * np.exp(-((xx - 20.0) ** 2 + (yy - 20.0) ** 2) / 2.0)
              + np.exp(-((xx - decoy_mm[0]) ** 2 + (yy - decoy_mm[1]) ** 2) / 2.0))
     image = Image(array.astype(np.float32), spacing=(spacing, spacing))
-    coarse = _OffsetGlobal(_metadata(["a"], (20, 20), 2.0, "global"), truth_mm,
-                           np.array([[0.5, 0.0]]))  # 0.5 of its 2 mm pixels
-    coarse.image = image
+    coarse = _offset_global(["a"], image, truth_mm, np.array([[0.5, 0.0]]),  # of its 2 mm pixels
+                            (20, 20), 2.0)
     found = {}
     for prior_mm in (None, 2.0):
-        metadata = _metadata(["a"], (80, 80), spacing, "local", crop_shape=(40, 40))
-        metadata["offset_prior_mm"] = prior_mm
-        [prediction] = predict(coarse, [image], refine=KerasPredictor(_tiling_network(1, 2), metadata))
+        local = _local(["a"], (80, 80), spacing, (40, 40), offset_prior_mm=prior_mm)
+        [prediction] = predict(coarse, [image], refine=local)
         found[prior_mm] = prediction.points_mm[0]
     np.testing.assert_allclose(found[None], decoy_mm, atol=0.05)
     np.testing.assert_allclose(found[2.0], truth_mm[0], atol=0.05)
 
 
-def test_cascade_checks_its_stages():
-    names = ["a", "b"]
-    local = KerasPredictor(_tiling_network(2, 2), _metadata(names, (32, 32), 0.5, "local", (8, 8)))
-    coarse = _OffsetGlobal(_metadata(names, (16, 16), 2.0, "global"), None, None)
-    with pytest.raises(KeraslmError, match="must be a local stage"):
-        CascadePredictor(coarse, coarse)
-    with pytest.raises(KeraslmError, match="first model of a cascade"):
-        CascadePredictor(local, local)
-    other = KerasPredictor(_tiling_network(3, 2),
-                           _metadata(["a", "b", "c"], (32, 32), 0.5, "local", (8, 8)))
-    with pytest.raises(KeraslmError, match="disagree in their landmarks"):
-        CascadePredictor(coarse, other)
+def _calibration(names, local_weight=None):
+    from keraslm.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    shape = (6, len(names))
+    calibration = fit_calibration(rng.uniform(0.2, 1.0, shape), rng.uniform(0.5, 3, shape),
+                                  rng.uniform(0, 3, shape), names)
+    if local_weight is not None:
+        calibration["local_weight"] = list(local_weight)
+    return calibration
+
+
+def test_local_weight_blends_the_stages_per_landmark(blobs):
+    """A calibration's `local_weight` makes the cascade answer `w * refined + (1 - w) * global`
+    per landmark, in the graph."""
+    from keraslm.calibration import expected_error_mm
+
+    image, _, _, coarse, local, global_only, refined = blobs
+    names = list(coarse.spec.landmark_names)
+    weight = np.array([0.0, 0.5, 1.0])
+    calibration = _calibration(names, weight)
+    cascade = combine_detectors([coarse, local])
+    calibrated = LandmarkDetector(cascade.spec.replace(calibration=calibration), cascade.networks,
+                                  cascade.local_networks)
+    assert calibrated.spec.local_weight == weight.tolist()
+    [blended] = predict(calibrated, [image])
+    expected = global_only.points_mm + weight[:, None] * (refined.points_mm - global_only.points_mm)
+    np.testing.assert_allclose(blended.points_mm, expected, atol=1e-6)
+    assert np.abs(blended.points_mm - refined.points_mm).max() > 1.0  # the blend moved points
+    # The refined stage's confidence and spread, and the expected error from them.
+    np.testing.assert_allclose(blended.confidence, refined.confidence)
+    np.testing.assert_allclose(blended.expected_error_mm, np.asarray(
+        expected_error_mm(calibration, refined.confidence, refined.spread_mm)), rtol=1e-5)
+    assert refined.expected_error_mm is None
+    # A blending calibration needs a local stage; one without weights keeps the refined points,
+    # and the first detector's calibration is the combined one's.
+    with pytest.raises(KeraslmError, match="this model has no local stage"):
+        coarse.spec.replace(calibration=calibration)
+    no_blend = _calibration(names)
+    plain = LandmarkDetector(coarse.spec.replace(calibration=no_blend), coarse.networks)
+    assert combine_detectors([plain, local]).spec.calibration == no_blend
+    [kept] = predict(plain, [image], refine=local)
+    np.testing.assert_allclose(kept.points_mm, refined.points_mm, atol=1e-9)
+    assert kept.expected_error_mm is not None
+
+
+def test_cascade_checks_its_stages(blobs):
+    image, _, _, coarse, local, _, _ = blobs
+    names = list(coarse.spec.landmark_names)
+    with pytest.raises(KeraslmError, match="refine: the refining model must be a local stage"):
+        load_predictor(coarse, refine=coarse)
+    with pytest.raises(KeraslmError, match="the model is the local stage of a coarse-to-fine"):
+        load_predictor(local, refine=local)
+    with pytest.raises(KeraslmError, match="needs a global stage; all of these are local"):
+        combine_detectors([local, local])
+    other = _local(["a", "b", "x"], (180, 180), 0.5, (24, 24))
+    with pytest.raises(KeraslmError, match=r"disagree in their landmarks or dimension: 2D "
+                       r"\['a', 'b', 'c'\] vs 2D \['a', 'b', 'x'\]"):
+        load_predictor(coarse, refine=other)
     with pytest.raises(KeraslmError, match="local stage of a coarse-to-fine model"):
-        predict(local, [Image(np.zeros((8, 8)), spacing=(1.0, 1.0))])
+        predict(local, [image])
+    with pytest.raises(KeraslmError, match="local stage of a coarse-to-fine model"):
+        local.locate_function()
+    with pytest.raises(KeraslmError, match="the spec describes 1 global and 0 local stages; 1 "
+                       "and 1 networks were given"):
+        LandmarkDetector(coarse.spec, coarse.networks, local.local_networks)
+    with pytest.raises(KeraslmError, match=r"a local stage \(crop_shape\) is listed among the "
+                       "global stages"):
+        DetectorSpec(tuple(names), 2, local.spec.local_stages)
+    with pytest.raises(KeraslmError, match="a whole-image stage is listed among the local"):
+        DetectorSpec(tuple(names), 2, coarse.spec.global_stages, coarse.spec.global_stages)
+    with pytest.raises(KeraslmError, match="a 3D stage in a 2D detector"):
+        DetectorSpec(tuple(names), 2, (_stage((8, 8, 8), 1.0),))
+    with pytest.raises(KeraslmError, match="a detector needs at least one stage"):
+        DetectorSpec(tuple(names), 2, ())
+
+
+# ---------------------------------------------------------------------------------------------
+# Recorded model descriptions: keraslm 0.1's metadata dicts and the current form
+# ---------------------------------------------------------------------------------------------
+
+
+def _old_metadata(stage, grid_shape, spacing, **changes):
+    """keraslm 0.1's metadata of one network ("keraslm-landmarks/1"), as model.json, a
+    LandmarkDetector's "metadata" and a SavedModel's assets/keraslm.json held it."""
+    metadata = {"format": "keraslm-landmarks/1", "architecture": "unet",
+                "landmark_names": ["nasion", "sella"], "ndim": 2, "grid_shape": list(grid_shape),
+                "grid_spacing": [spacing, spacing], "normalization": "standardize",
+                "output_stride": 1, "size_divisor": 4, "sigma": 2.0,
+                "decode_method": "quadratic", "stage": stage}
+    if stage == "local":
+        metadata.update(crop_shape=[16, 16], offset_prior_mm=2.3)
+    metadata.update(changes)
+    return metadata
+
+
+def test_upgrade_spec_reads_keraslm_0_1_metadata_with_a_local_stage_and_calibration():
+    calibration = _calibration(["nasion", "sella"], [0.2, 1.0])
+    recorded = _old_metadata(
+        "global", (32, 48), 1.5, training_precision="bfloat16", storage_orientation=["+x", "+y"],
+        plain_image_spacing=[0.1, 0.1], calibration=calibration,
+        refine=_old_metadata("local", (120, 180), 0.5, architecture="scn", sigma=[1.5, 2.5],
+                             decode_method="dark", training_precision="float32"))
+    spec = upgrade_spec(json.loads(json.dumps(recorded)), "model.json")
+    assert spec.landmark_names == ("nasion", "sella") and spec.ndim == 2
+    assert spec.global_stages == (StageSpec(
+        architecture="unet", grid_shape=(32, 48), grid_spacing=(1.5, 1.5),
+        normalization="standardize", output_stride=1, size_divisor=4, sigma=2.0,
+        decode_method="quadratic", training_precision="bfloat16"),)
+    assert spec.local_stages == (StageSpec(
+        architecture="scn", grid_shape=(120, 180), grid_spacing=(0.5, 0.5),
+        normalization="standardize", output_stride=1, size_divisor=4, sigma=(1.5, 2.5),
+        decode_method="dark", training_precision="float32", crop_shape=(16, 16),
+        offset_prior_mm=2.3),)
+    assert spec.calibration == calibration and spec.local_weight == [0.2, 1.0]
+    assert spec.storage_orientation == ("+x", "+y") and spec.plain_image_spacing == (0.1, 0.1)
+    assert not spec.is_ensemble and not spec.is_local_only
+    # A local stage's own metadata (a 0.1 LandmarkDetector's "local_metadata") is read alike.
+    alone = dict(recorded)
+    local_recorded = alone.pop("refine")
+    assert upgrade_spec(alone, "model.keras", local_recorded) == spec
+    # A local stage saved on its own; the metadata of a model without calibration or records.
+    local_only = upgrade_spec(_old_metadata("local", (120, 180), 0.5), "local/model.json")
+    assert local_only.is_local_only and local_only.global_stages == ()
+    assert local_only.local_stages[0].crop_shape == (16, 16)
+    plain = upgrade_spec(_old_metadata("global", (32, 48), 1.5), "model.json")
+    assert plain.calibration is None and plain.storage_orientation is None
+    assert plain.global_stages[0].training_precision is None and plain.local_stages == ()
+    # What prediction needs, missing or inconsistent: named with the file.
+    broken = {k: v for k, v in recorded.items() if k not in ("grid_shape", "sigma")}
+    with pytest.raises(KeraslmError, match="^model.json: the model description lacks "
+                       "grid_shape, sigma$"):
+        upgrade_spec(broken, "model.json")
+    no_crop = _old_metadata("local", (120, 180), 0.5)
+    del no_crop["crop_shape"]
+    with pytest.raises(KeraslmError, match="^model.json: a local stage without crop_shape"):
+        upgrade_spec(dict(recorded, refine=no_crop), "model.json")
+    with pytest.raises(KeraslmError, match=r"^model.json: .*no local stage"):
+        upgrade_spec(dict(recorded, refine=None), "model.json")
+
+
+def test_upgrade_spec_reads_keraslm_0_1_ensemble_metadata():
+    members = [_old_metadata("global", (32, 32), 2.0), _old_metadata("global", (40, 40), 1.6)]
+    locals_ = [_old_metadata("local", (64, 64), 1.0), _old_metadata("local", (80, 80), 0.8)]
+    # An exported 0.1 ensemble: the first member's fields, its first local stage under
+    # "refine", and every member under "ensemble" (members without training_precision).
+    recorded = dict(members[0], training_precision="float16", refine=locals_[0],
+                    ensemble={"global": members, "local": locals_},
+                    calibration=_calibration(["nasion", "sella"]),
+                    saved_model={"signatures": {}})
+    spec = upgrade_spec(json.loads(json.dumps(recorded)), "assets/keraslm.json")
+    assert spec.is_ensemble
+    assert [s.grid_shape for s in spec.global_stages] == [(32, 32), (40, 40)]
+    assert [s.grid_spacing for s in spec.global_stages] == [(2.0, 2.0), (1.6, 1.6)]
+    assert [s.grid_shape for s in spec.local_stages] == [(64, 64), (80, 80)]
+    assert all(s.is_local and s.crop_shape == (16, 16) for s in spec.local_stages)
+    # The recorded precision is the first network's.
+    assert [s.training_precision for s in spec.global_stages] == ["float16", None]
+    assert spec.calibration == recorded["calibration"]
+    # A global stage among the local ones is refused, naming the file.
+    bad = dict(recorded, ensemble={"global": members, "local": [members[1]]})
+    with pytest.raises(KeraslmError, match="^assets/keraslm.json: a whole-image stage is listed "
+                       "among the local stages"):
+        upgrade_spec(bad, "assets/keraslm.json")
+
+
+def test_upgrade_spec_refuses_unknown_formats():
+    for form in ("keraslm-landmarks/9", "keraslm-detector/3"):
+        with pytest.raises(KeraslmError, match=f"^x/keraslm.json: unknown model description "
+                           f"format '{form}'"):
+            upgrade_spec(_old_metadata("global", (32, 32), 2.0, format=form), "x/keraslm.json")
+    with pytest.raises(KeraslmError, match="^x.json: the model description is not a JSON object"):
+        upgrade_spec([1, 2], "x.json")
+    current = upgrade_spec(_old_metadata("global", (32, 32), 2.0), "m").to_json()
+    del current["global_stages"]
+    with pytest.raises(KeraslmError, match="^m: the model description is incomplete or "
+                       "malformed .*global_stages"):
+        upgrade_spec(current, "m")
+
+
+def test_detector_spec_json_round_trips_through_upgrade_spec():
+    calibration = _calibration(["nasion", "sella"], [0.0, 0.7])
+    recorded = _old_metadata(
+        "global", (32, 48), 1.5, training_precision="bfloat16", storage_orientation=["+x", "-y"],
+        plain_image_spacing=[0.1, 0.12], calibration=calibration,
+        ensemble={"global": [_old_metadata("global", (32, 48), 1.5),
+                             _old_metadata("global", (40, 40), 1.6, sigma=[1.5, 2.5])],
+                  "local": [_old_metadata("local", (120, 180), 0.5)]})
+    spec = upgrade_spec(recorded, "model.json")
+    written = spec.to_json()
+    assert written["format"] == "keraslm-detector/2"
+    again = upgrade_spec(json.loads(json.dumps(written)), "keraslm.json")
+    assert again == spec
+    assert again.global_stages[1].sigma == (1.5, 2.5)
+    assert again.plain_image_spacing == (0.1, 0.12)
+    assert again.storage_orientation == ("+x", "-y")
+    # Every field is recorded: a change shows in the JSON and survives the round trip.
+    changed = spec.replace(calibration=None, plain_image_spacing=None)
+    assert upgrade_spec(changed.to_json(), "keraslm.json") == changed != spec
+    local_only = DetectorSpec(("a",), 3, (), (StageSpec(
+        None, (8, 8, 8), (1.0, 1.0, 2.0), "none", 2, 2, 1.0, "argmax", None, (4, 4, 4), None),))
+    assert upgrade_spec(json.loads(json.dumps(local_only.to_json())), "k") == local_only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,23 +467,31 @@ def cascade_export(cascade_2d):
 
 
 def test_local_stage_training_writes_a_local_model(cascade_runs):
-    root, dataset, _, local = cascade_runs
-    metadata = json.load(open(os.path.join(local.output_dir, "model.json")))
-    assert metadata["stage"] == "local" and metadata["crop_shape"] == [16, 16]
-    assert metadata["grid_spacing"] == [2.0, 2.0]
+    root, dataset, coarse, local = cascade_runs
+    assert not os.path.exists(os.path.join(local.output_dir, "model.json"))
+    detector = load_detector(local.model_path)
+    assert detector.spec.is_local_only and len(detector.local_networks) == 1
+    assert len(detector.networks) == 0
+    [stage] = detector.spec.local_stages
+    assert stage.crop_shape == (16, 16) and stage.grid_spacing == (2.0, 2.0)
+    assert stage.architecture == "unet" and stage.training_precision is not None
     # Trained on crop-centre offsets uniform within +-4 mm per axis: their SD is 4 / sqrt(3).
-    assert metadata["offset_prior_mm"] == pytest.approx(4.0 / np.sqrt(3.0))
+    assert stage.offset_prior_mm == pytest.approx(4.0 / np.sqrt(3.0))
     # The fine grid covers every image whole (64 px of the phantom's spacing at 2 mm).
     extent = max(dataset.read_image_header(r).size[0] * dataset.read_image_header(r).spacing[0]
                  for r in dataset.records)
-    assert metadata["grid_shape"][1] == int(np.ceil(extent / 2.0 - 1e-6))
+    assert stage.grid_shape[1] == int(np.ceil(extent / 2.0 - 1e-6))
+    assert detector.spec.landmark_names == tuple(dataset.landmark_names)
     assert np.all(np.isfinite(local.errors_mm)) and local.errors_mm.shape == (2, 37)
     history = json.load(open(os.path.join(local.output_dir, "history.json")))
     assert "val_point_error_mm" in history
+    # The global run: one whole-image stage.
+    spec = load_detector(coarse.model_path).spec
+    assert [s.grid_shape for s in spec.global_stages] == [(32, 32)] and spec.local_stages == ()
 
 
 @pytest.mark.slow
-def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_export):
+def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_export, tmp_path):
     root, dataset, coarse, local = cascade_runs
     paths = [r.image_path for r in dataset.records[:2]]
     refined = predict(coarse.model_path, paths, spacing=dataset.image_spacing,
@@ -246,55 +499,86 @@ def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_ex
     unrefined = predict(coarse.model_path, paths, spacing=dataset.image_spacing)
     assert refined[0].points_mm.shape == (37, 2)
     assert not np.allclose(refined[0].points_mm, unrefined[0].points_mm)
+    # Run folders name the same models.
+    from_runs = predict(coarse.output_dir, paths, spacing=dataset.image_spacing,
+                        refine=local.output_dir)
+    for a, b in zip(refined, from_runs):
+        np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-9)
+    # One SavedModel: its predict_array signature runs both stages.
     version = cascade_export
     predictor = load_predictor(str(version))
-    # One request: the export's predict_array signature runs both stages.
-    assert "refine" in predictor.metadata and isinstance(predictor, Predictor)
-    assert not isinstance(predictor, CascadePredictor)
+    assert isinstance(predictor, SavedModelPredictor)
+    assert predictor.spec == load_predictor(coarse.model_path, refine=local.model_path).spec
     served = predict(str(version), paths, spacing=dataset.image_spacing)
     for a, b in zip(refined, served):
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
+        np.testing.assert_allclose(a.points_index, b.points_index, atol=1e-3)
         np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-3, atol=1e-3)
-    # Plain TensorFlow runs the refine signature without keraslm.
+    # Plain TensorFlow runs the cascade without keraslm.
+    image = dataset.read_image(dataset.records[0])
+    np.save(tmp_path / "image.npy", np.asarray(image.array, np.float32))
     code = (
         "import sys; sys.modules['keraslm'] = None\n"
         "import numpy as np, tensorflow as tf\n"
         f"m = tf.saved_model.load({str(version)!r})\n"
-        "f = m.signatures['refine']\n"
-        "shape = f.structured_input_signature[1]['images'].shape\n"
-        "out = f(images=tf.zeros([2] + shape[1:].as_list()), centres=tf.fill([2, 37, 2], 5.0))\n"
-        "print(out['landmarks'].shape, out['confidence'].shape)\n"
+        f"out = m.signatures['predict_array'](image=tf.constant(np.load({str(tmp_path / 'image.npy')!r})),"
+        f" spacing=tf.constant({list(map(float, image.spacing))}, tf.float32),"
+        f" origin=tf.constant({list(map(float, image.origin))}, tf.float32),"
+        f" direction=tf.constant({np.asarray(image.direction, float).tolist()}, tf.float32))\n"
+        f"np.save({str(tmp_path / 'mm.npy')!r}, out['landmarks_mm'].numpy())\n"
     )
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True).stdout
-    assert "(2, 37, 2) (2, 37)" in output
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                   env=subprocess_env(), timeout=300)
+    np.testing.assert_allclose(np.load(tmp_path / "mm.npy"), served[0].points_mm, atol=1e-4)
 
 
 def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
     from keraslm.commands.predict import main
 
     root, dataset, coarse, local = cascade_runs
-    path = dataset.records[0].image_path
-    assert main([coarse.model_path, "--refine", local.model_path, path, "--spacing",
-                 str(dataset.image_spacing[0]), "--output-dir", str(tmp_path / "p")]) == 0
-    assert (tmp_path / "p" / "predictions.csv").exists()
+    path = dataset.records[0].image_path  # a PNG: the spacing is given
+    spacing = ",".join(str(s) for s in dataset.image_spacing)
+    assert main([coarse.model_path, "--refine", local.model_path, path, "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "p")]) == 0
+    written = json.loads((tmp_path / "p" / "predictions.json").read_text())["predictions"][0]
+    [expected] = predict(coarse.model_path, [path], spacing=dataset.image_spacing,
+                         refine=local.model_path)
+    np.testing.assert_allclose([written["landmarks"][n]["mm"] for n in expected.landmark_names],
+                               expected.points_mm, atol=1e-4)
+    capsys.readouterr()
     assert main([local.model_path, path, "--output-dir", str(tmp_path / "q")]) == 2
-    assert "local stage" in capsys.readouterr().err
-    assert main([local.model_path, "--refine", coarse.model_path, path, "--spacing",
-                 str(dataset.image_spacing[0]), "--output-dir", str(tmp_path / "q")]) == 2
-    assert f"{local.model_path} refined by {coarse.model_path}: " in capsys.readouterr().err
+    assert (f"{local.model_path} is the local stage of a coarse-to-fine model"
+            in capsys.readouterr().err)
+    assert main([local.model_path, "--refine", coarse.model_path, path, "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "q")]) == 2
+    assert (f"{local.model_path} is the local stage of a coarse-to-fine model"
+            in capsys.readouterr().err)
+    assert main([coarse.model_path, "--refine", coarse.model_path, path, "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "q")]) == 2
+    assert (f"{coarse.model_path}: the refining model must be a local stage"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "q").exists()
     with pytest.raises(SystemExit):
         main([coarse.model_path, "--refine", local.model_path, "--refine-iterations", "0", path])
     assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
     assert main([coarse.model_path, "--refine", local.model_path, "--refine-iterations", "2",
-                 path, "--spacing", str(dataset.image_spacing[0]), "--output-dir",
-                 str(tmp_path / "r")]) == 0
+                 path, "--spacing", spacing, "--output-dir", str(tmp_path / "r")]) == 0
+    twice = json.loads((tmp_path / "r" / "predictions.json").read_text())["predictions"][0]
+    [expected] = predict(load_predictor(coarse.model_path, refine=local.model_path, iterations=2),
+                         [path], spacing=dataset.image_spacing)
+    np.testing.assert_allclose([twice["landmarks"][n]["mm"] for n in expected.landmark_names],
+                               expected.points_mm, atol=1e-4)
+    capsys.readouterr()
     assert main([coarse.model_path, "--refine-iterations", "2", path]) == 2
     assert "--refine-iterations needs --refine" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("request_format", ["inputs", "instances"])
-def test_serving_client_refines_like_predict(cascade_runs, cascade_export, request_format):
+def test_serving_client_refines_like_predict(cascade_runs, cascade_export):
+    """The client against the cascade's export, through JSON as TF Serving's REST API answers:
+    image files as bytes (`predict_image`, rows), other images as arrays (`predict_array`,
+    columns)."""
+    import base64
+
     import tensorflow as tf
 
     from keraslm.serving import ServingClient
@@ -304,33 +588,36 @@ def test_serving_client_refines_like_predict(cascade_runs, cascade_export, reque
     loaded = tf.saved_model.load(version)
     calls = []
 
-    def transport(path, body):  # answers as TF Serving's REST API does, through JSON
+    def transport(path, body):
         body = json.loads(json.dumps(body))
-        calls.append(body["signature_name"])
+        calls.append((path, body["signature_name"]))
         signature = loaded.signatures[body["signature_name"]]
         if "instances" in body:
             rows = body["instances"]
-            inputs = ({"images": rows} if not isinstance(rows[0], dict) else
-                      {key: [row[key] for row in rows] for key in rows[0]})
-        else:
-            inputs = body["inputs"]
-        outputs = signature(**{k: tf.constant(np.asarray(v, np.float32)) for k, v in inputs.items()})
-        outputs = {k: v.numpy().tolist() for k, v in outputs.items()}
-        if "instances" in body:
-            count = len(next(iter(outputs.values())))
-            return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(count)]}
-        return {"outputs": outputs}
+            outputs = signature(
+                image_bytes=tf.constant([base64.b64decode(r["image_bytes"]["b64"]) for r in rows]),
+                spacing=tf.constant([r["spacing"] for r in rows], tf.float32))
+            outputs = {k: v.numpy().tolist() for k, v in outputs.items()}
+            return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(len(rows))]}
+        outputs = signature(**{k: tf.constant(np.asarray(v, np.float32))
+                               for k, v in body["inputs"].items()})
+        return {"outputs": {k: v.numpy().tolist() for k, v in outputs.items()}}
 
-    paths = [r.image_path for r in dataset.records[:3]]
-    # The grid-level protocol (exports of earlier keraslm versions, or asked for by name).
-    client = ServingClient("cascade", version, signature_name="landmarks",
-                           request_format=request_format, transport=transport)
+    records = dataset.records
+    paths = ([r.image_path for r in records if r.image_path.lower().endswith(".png")][:2]
+             + [r.image_path for r in records if not r.image_path.lower().endswith(".png")][:1])
+    assert len(paths) == 3
+    client = ServingClient("cascade", version, transport=transport)
+    assert len(client.spec.local_stages) == 1
     served = client.predict(paths, spacing=dataset.image_spacing, batch_size=2)
-    assert calls == ["landmarks", "refine", "landmarks", "refine"]
+    assert sorted(name for _, name in calls) == ["predict_array", "predict_image"]
+    assert all(path == "/v1/models/cascade:predict" for path, _ in calls)
     expected = predict(coarse.model_path, paths, spacing=dataset.image_spacing,
                        refine=local.model_path)
     for a, b in zip(expected, served):
+        assert a.image_id == b.image_id
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
+        np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-3, atol=1e-3)
 
 
 def test_evaluate_runs_with_refine_runs(cascade_runs):
@@ -345,6 +632,8 @@ def test_evaluate_runs_with_refine_runs(cascade_runs):
                        spacing=dataset.image_spacing, refine=local.model_path)
     errors = np.linalg.norm(np.stack([p.points_mm for p in expected]) - test_set.points_mm, axis=-1)
     np.testing.assert_allclose(evaluation.errors.errors_mm, errors, atol=1e-3)
+    np.testing.assert_allclose(evaluation.confidence, np.stack([p.confidence for p in expected]),
+                               rtol=1e-5)
     with pytest.raises(KeraslmError, match="one local-stage run per run"):
         evaluate_runs([coarse.output_dir], refine_runs=[local.output_dir, local.output_dir])
 
@@ -357,9 +646,10 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
 
     from evaluate import main as evaluate_main
     from keraslm.calibration import check_calibration, expected_error_mm
-    from keraslm.evaluation import evaluate_model, write_report
     from keraslm.commands.export import main as export_main
     from keraslm.commands.predict import main as predict_main
+    from keraslm.evaluation import evaluate_model, write_report
+    from keraslm.prediction.predictors import read_saved_model_spec
 
     root, dataset, coarse, local = cascade_runs
     calibration_path = tmp_path / "calibration.json"
@@ -397,9 +687,15 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
                         "--calibration", str(calibration_path)]) == 0
     paths = [r.image_path for r in dataset.records[:2]]
     served = predict(str(base / "1"), paths, spacing=dataset.image_spacing)
-    meta = json.loads((base / "1" / "assets" / "keraslm.json").read_text())
-    keras_side = predict(load_predictor(coarse.model_path, metadata={**meta, "calibration": calibration},
-                                        refine=local.model_path), paths, spacing=dataset.image_spacing)
+    # The export records the cascade's spec with the calibration; the same detector in Keras.
+    cascade = combine_detectors([load_detector(coarse.model_path), load_detector(local.model_path)])
+    calibrated = LandmarkDetector(cascade.spec.replace(calibration=calibration), cascade.networks,
+                                  cascade.local_networks)
+    assert read_saved_model_spec(str(base / "1")) == calibrated.spec
+    asset = json.loads((base / "1" / "assets" / "keraslm.json").read_text())
+    assert asset["format"] == "keraslm-detector/2" and asset["calibration"] == calibration
+    assert "predict_array" in asset["saved_model"]["inputs"]
+    keras_side = predict(calibrated, paths, spacing=dataset.image_spacing)
     for a, b in zip(served, keras_side):
         assert a.expected_error_mm is not None and a.expected_error_mm.shape == (37,)
         np.testing.assert_allclose(
@@ -407,6 +703,7 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
             rtol=1e-4)
         np.testing.assert_allclose(a.expected_error_mm, b.expected_error_mm, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(a.spread_mm, b.spread_mm, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
     # The image signature (TF Serving's default) answers it too.
     png = next(r.image_path for r in dataset.records if r.image_path.endswith(".png"))
     outputs = tf.saved_model.load(str(base / "1")).signatures["serving_default"](
@@ -450,8 +747,7 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
 
 def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_path, capsys):
     """A calibration's `local_weight` makes the cascade answer `w * refined + (1 - w) * global`
-    per landmark: the Keras graph, stage by stage and the export alike; a single-stage export
-    refuses it."""
+    per landmark: the Keras graph and the export alike; a single-stage export refuses it."""
     from keraslm.calibration import fit_calibration
     from keraslm.commands.export import main as export_main
 
@@ -465,30 +761,14 @@ def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_p
                                   rng.uniform(0, 3, (6, 37)), dataset.landmark_names)
     weight = np.resize([0.0, 0.5, 1.0, 0.3], 37)
     calibration["local_weight"] = weight.tolist()
-    with open(os.path.join(coarse.output_dir, "model.json"), encoding="utf-8") as handle:
-        metadata = {**json.load(handle), "calibration": calibration}
-    keras_side = predict(load_predictor(coarse.model_path, metadata=metadata, refine=local.model_path),
-                         paths, spacing=spacing)
-    # Stage by stage (a local stage that is not a Keras graph, as an export without image
-    # signatures gives): CascadePredictor.locate blends after refining.
-    from keraslm.detector import Predictor
-    from keraslm.inference import CascadePredictor
-
-    class StageByStage(Predictor):
-        def __init__(self, inner):
-            self.inner, self.metadata = inner, inner.metadata
-
-        def refine(self, images, centres):
-            return self.inner.refine(images, centres)
-
-    stagewise = CascadePredictor(load_predictor(coarse.model_path, metadata=metadata),
-                                 StageByStage(load_predictor(local.model_path)))
-    stagewise_refined = CascadePredictor(load_predictor(coarse.model_path),
-                                         StageByStage(load_predictor(local.model_path)))
-    for g, r, k in zip(global_only, predict(stagewise_refined, paths, spacing=spacing),
-                       predict(stagewise, paths, spacing=spacing)):
-        np.testing.assert_allclose(k.points_mm, g.points_mm + weight[:, None] * (r.points_mm - g.points_mm),
-                                   atol=1e-3)
+    # A blending calibration belongs to the combined detector (the global one has no local stage).
+    detector = load_detector(coarse.model_path)
+    with pytest.raises(KeraslmError, match="this model has no local stage"):
+        detector.spec.replace(calibration=calibration)
+    cascade = combine_detectors([detector, load_detector(local.model_path)])
+    calibrated = LandmarkDetector(cascade.spec.replace(calibration=calibration), cascade.networks,
+                                  cascade.local_networks)
+    keras_side = predict(calibrated, paths, spacing=spacing)
     (tmp_path / "blend.json").write_text(json.dumps(calibration))
     assert export_main([coarse.output_dir, str(tmp_path / "served"), "--refine", local.output_dir,
                         "--calibration", str(tmp_path / "blend.json")]) == 0
@@ -498,27 +778,13 @@ def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_p
         np.testing.assert_allclose(k.points_mm, expected, atol=1e-3)
         np.testing.assert_allclose(s.points_mm, expected, atol=1e-3)
         assert np.abs(s.points_mm - r.points_mm).max() > 0.01  # the blend moved points
-    # The grid-level serving protocol (landmarks, then refine; the client blends) answers alike.
-    import tensorflow as tf
-
-    from keraslm.serving import ServingClient
-
-    loaded = tf.saved_model.load(str(tmp_path / "served" / "1"))
-
-    def transport(path, body):
-        outputs = loaded.signatures[body["signature_name"]](**{
-            k: tf.constant(np.asarray(v, np.float32)) for k, v in body["inputs"].items()})
-        return {"outputs": {k: v.numpy().tolist() for k, v in outputs.items()}}
-
-    client = ServingClient("blend", str(tmp_path / "served" / "1"), signature_name="landmarks",
-                           request_format="inputs", transport=transport)
-    for g, r, c in zip(global_only, refined, client.predict(paths, spacing=spacing)):
-        np.testing.assert_allclose(c.points_mm, g.points_mm + weight[:, None] * (r.points_mm - g.points_mm),
-                                   atol=1e-3)
+        np.testing.assert_allclose(s.confidence, r.confidence, rtol=1e-3, atol=1e-3)
     capsys.readouterr()
     assert export_main([coarse.output_dir, str(tmp_path / "single"), "--calibration",
-                        str(tmp_path / "blend.json")]) != 0
-    assert "this model has no local stage" in capsys.readouterr().err
+                        str(tmp_path / "blend.json")]) == 2
+    assert "blend.json: the calibration blends a global and a local stage (local_weight); this " \
+           "model has no local stage" in capsys.readouterr().err
+    assert not (tmp_path / "single").exists()
 
 
 def test_stage_points_are_kept_and_predicted_again_for_a_new_model(cascade_runs, tmp_path, monkeypatch):

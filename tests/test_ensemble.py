@@ -1,14 +1,25 @@
-"""Ensembles (`keraslm.inference.EnsemblePredictor`): several global stages averaged, several
-local stages each refining that mean, in one graph; their evaluation, export and CLI syntax."""
+"""Ensembles: several global stages averaged, several local stages each refining that mean, as
+one detector run in one graph (`keraslm.prediction.combine_detectors`, `load_predictor` with
+lists); their evaluation, export and CLI syntax."""
 import argparse
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from keraslm.errors import KeraslmError
-from keraslm.inference import CascadePredictor, EnsemblePredictor, load_predictor, predict
+from keraslm.prediction import (
+    DetectorPredictor,
+    LandmarkDetector,
+    combine_detectors,
+    load_detector,
+    load_predictor,
+    predict,
+    refine_function,
+)
+from keraslm.preprocessing import prepare_on_grid
 
 
 @pytest.fixture(scope="module")
@@ -31,66 +42,110 @@ def members(cascade_2d):
     return dataset, [coarse, coarse2], [local, local2], other_split
 
 
+@pytest.fixture(scope="module")
+def cascade_export(cascade_2d):
+    """The shared cascade's SavedModel version folder (conftest.py)."""
+    return cascade_2d[4]
+
+
 def _image(dataset, number=0):
     return dataset.read_image(dataset.records[number])
+
+
+def _affine(matrix, points):
+    matrix = np.asarray(matrix, np.float64)
+    return np.asarray(points, np.float64) @ matrix[:-1, :-1].T + matrix[:-1, -1]
+
+
+def _refine(detector, image, points_index):
+    """One local stage (a detector of one local stage) refining `points_index` of `image`,
+    step by step outside the prediction graph: the image on the stage's fine grid, crops
+    around the points (`refine_function`), back to image index. Returns (points, confidence)."""
+    [stage] = detector.spec.local_stages
+    refine = refine_function(detector.local_networks[0], stage)
+    fine, fine_to_image = prepare_on_grid(image.array, np.asarray(image.spacing, np.float64),
+                                          stage.grid, stage.normalization)
+    centres = _affine(np.linalg.inv(np.asarray(fine_to_image)), points_index)
+    points, confidence = refine(np.asarray(fine)[None, ..., None],
+                                centres[None].astype(np.float32))
+    return _affine(fine_to_image, np.asarray(points)[0]), np.asarray(confidence)[0]
 
 
 def test_an_ensemble_of_one_is_the_cascade(members):
     dataset, globals_, locals_, _ = members
     image = _image(dataset)
     cascade = load_predictor(globals_[0].model_path, refine=locals_[0].model_path)
-    assert isinstance(cascade, CascadePredictor)
     one = load_predictor([globals_[0].model_path], refine=[locals_[0].model_path])
-    assert isinstance(one, EnsemblePredictor)
+    assert isinstance(cascade, DetectorPredictor) and isinstance(one, DetectorPredictor)
+    assert one.spec == cascade.spec and not one.spec.is_ensemble
     a, b = cascade.locate(image), one.locate(image)
     for key in ("landmarks_index", "landmarks_mm", "confidence", "spread_mm"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6)
 
 
-def test_ensemble_averages_global_members_then_refines_their_mean(members):
+def test_ensemble_averages_global_members_then_refines_their_mean(members, tmp_path):
     dataset, globals_, locals_, _ = members
     image = _image(dataset, 1)
-    g = [load_predictor(run.model_path) for run in globals_]
-    lo = [load_predictor(run.model_path) for run in locals_]
-    # Stage by stage, outside the ensemble's graph: the NumPy preprocessing of CascadePredictor.
-    found = [member.locate(image) for member in g]
+    g = [load_detector(run.model_path) for run in globals_]
+    lo = [load_detector(run.model_path) for run in locals_]
+    found = [load_predictor(member).locate(image) for member in g]
     assert not np.allclose(found[0]["landmarks_index"], found[1]["landmarks_index"], atol=0.1)
     mean_global = (found[0]["landmarks_index"] + found[1]["landmarks_index"]) / 2
-    refined = [CascadePredictor(g[0], local).refine_image(image, mean_global.astype(np.float32))
-               for local in lo]
+    # Stage by stage, outside the ensemble's graph: each local stage refines the global mean.
+    refined = [_refine(local, image, mean_global) for local in lo]
+    assert not np.allclose(refined[0][0], refined[1][0], atol=0.1)
     expected_index = (refined[0][0] + refined[1][0]) / 2
     expected_confidence = (refined[0][1] + refined[1][1]) / 2
 
-    ensemble = EnsemblePredictor(g, lo)
+    # The ensemble is one detector: saved as one .keras file, loaded and run as one graph.
+    combined = combine_detectors(g + lo)
+    assert isinstance(combined, LandmarkDetector) and combined.spec.is_ensemble
+    assert combined.spec.landmark_names == g[0].spec.landmark_names
+    assert [s.grid_shape for s in combined.spec.global_stages] == [(32, 32), (40, 40)]
+    assert [s.crop_shape for s in combined.spec.local_stages] == [(16, 16), (12, 12)]
+    combined.save(str(tmp_path / "ensemble.keras"))
+    ensemble = load_predictor(str(tmp_path / "ensemble.keras"))
+    assert ensemble.spec == combined.spec
+    assert len(ensemble.detector.networks) == len(ensemble.detector.local_networks) == 2
     out = ensemble.locate(image)
     np.testing.assert_allclose(out["landmarks_index"], expected_index, atol=2e-3)
     np.testing.assert_allclose(out["confidence"], expected_confidence, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(out["landmarks_mm"], image.index_to_physical(out["landmarks_index"]),
                                atol=1e-9)
-    assert ensemble.metadata["landmark_names"] == g[0].metadata["landmark_names"]
-    assert [m["grid_shape"] for m in ensemble.metadata["ensemble"]["global"]] == [[32, 32], [40, 40]]
-    # Global members alone: the mean of their points.
-    only_global = EnsemblePredictor(g).locate(image)
-    np.testing.assert_allclose(only_global["landmarks_index"], mean_global, atol=2e-3)
+    # Global members alone: the mean of their points, confidences and spreads.
+    only_global = load_predictor(g).locate(image)
+    for key in ("landmarks_index", "confidence", "spread_mm"):
+        np.testing.assert_allclose(only_global[key], (found[0][key] + found[1][key]) / 2,
+                                   rtol=1e-4, atol=2e-3)
 
 
-def test_ensemble_members_are_checked(members):
-    from keraslm.detector import check_ensemble
-
+def test_ensemble_members_are_checked(members, cascade_export):
     dataset, globals_, locals_, _ = members
-    g = [load_predictor(run.model_path) for run in globals_]
-    lo = [load_predictor(run.model_path) for run in locals_]
-    with pytest.raises(KeraslmError, match="member 2 is a local stage where a global"):
-        EnsemblePredictor([g[0], lo[0]])
-    with pytest.raises(KeraslmError, match="member 3 is a global stage where a local"):
-        EnsemblePredictor(g, [g[1]])
-    renamed = dict(g[1].metadata, landmark_names=["x"] * len(g[1].metadata["landmark_names"]))
+    g = [run.model_path for run in globals_]
+    lo = [run.model_path for run in locals_]
+    with pytest.raises(KeraslmError, match=f"^{re.escape(lo[0])} is the local stage of a "
+                       "coarse-to-fine model"):
+        load_predictor([g[0], lo[0]])
+    with pytest.raises(KeraslmError, match=f"^{re.escape(g[1])}: the refining model must be a "
+                       "local stage"):
+        load_predictor(g, refine=[lo[0], g[1]])
+    first = load_detector(g[1])
+    renamed = LandmarkDetector(first.spec.replace(landmark_names=("x",) * 37), first.networks)
     with pytest.raises(KeraslmError, match="disagree in their landmarks"):
-        check_ensemble([g[0].metadata, renamed])
-    with pytest.raises(KeraslmError, match="at least one global"):
-        EnsemblePredictor([], lo)
-    with pytest.raises(KeraslmError, match="must be Keras models"):
-        EnsemblePredictor([g[0], object()])
+        load_predictor([g[0], renamed])
+    with pytest.raises(KeraslmError, match="disagree in their landmarks"):
+        combine_detectors([renamed, load_detector(lo[0])])
+    with pytest.raises(KeraslmError, match="needs a global stage; all of these are local stages"):
+        load_predictor([], refine=lo)
+    missing = os.path.join(os.path.dirname(g[0]), "nowhere.keras")
+    with pytest.raises(KeraslmError, match=f"^{re.escape(missing)}: no such model file"):
+        load_predictor([g[0], missing])
+    # An export answers as it was exported: not a member of another ensemble.
+    with pytest.raises(KeraslmError, match=f"^{re.escape(cascade_export)}: a SavedModel answers "
+                       "as it was exported and cannot be combined with other stages"):
+        load_predictor([g[0], cascade_export])
+    with pytest.raises(KeraslmError, match="cannot be combined with other stages"):
+        load_predictor(g[0], refine=[cascade_export])
 
 
 def test_evaluate_runs_takes_ensembles_and_checks_their_split(members):
@@ -107,6 +162,7 @@ def test_evaluate_runs_takes_ensembles_and_checks_their_split(members):
     for number, image_id in enumerate(test_ids):
         out = ensemble.locate(dataset.read_image(by_id[image_id]))
         np.testing.assert_allclose(result.predicted_mm[number], out["landmarks_mm"], atol=1e-6)
+        np.testing.assert_allclose(result.confidence[number], out["confidence"], rtol=1e-5)
     assert " & " in result.sources[0]["run"]
     assert result.method == "unet x2 + local unet x2 (ensemble)"
     assert evaluate_runs([runs]).method == "unet x2 (ensemble)"
@@ -118,46 +174,40 @@ def test_evaluate_runs_takes_ensembles_and_checks_their_split(members):
 
 @pytest.mark.slow
 def test_exported_ensemble_answers_like_the_keras_ensemble(members, tmp_path):
+    import tensorflow as tf
+
     from keraslm.commands.export import main as export_main
+    from keraslm.prediction.predictors import read_saved_model_spec
+    from keraslm.serving import ServingClient
 
     dataset, globals_, locals_, _ = members
     base = tmp_path / "served" / "ensemble"
     assert export_main([",".join(r.output_dir for r in globals_), str(base), "--refine",
                         ",".join(r.output_dir for r in locals_)]) == 0
     version = str(base / "1")
-    metadata = json.load(open(os.path.join(version, "assets", "keraslm.json")))
-    assert len(metadata["ensemble"]["global"]) == 2 and len(metadata["ensemble"]["local"]) == 2
-    assert "landmarks" not in metadata["saved_model"]["signatures"]
-    assert "refine" not in metadata["saved_model"]["signatures"]
+    asset = json.load(open(os.path.join(version, "assets", "keraslm.json")))
+    assert asset["format"] == "keraslm-detector/2"
+    assert [s["grid_shape"] for s in asset["global_stages"]] == [[32, 32], [40, 40]]
+    assert [s["crop_shape"] for s in asset["local_stages"]] == [[16, 16], [12, 12]]
+    assert sorted(asset["saved_model"]["inputs"]) == ["predict_array", "predict_image"]
     paths = [r.image_path for r in dataset.records[:2]]
     keras_ensemble = load_predictor([r.model_path for r in globals_],
                                     refine=[r.model_path for r in locals_])
+    assert read_saved_model_spec(version) == keras_ensemble.spec
+    assert ServingClient("ensemble", version).spec == keras_ensemble.spec
     expected = predict(keras_ensemble, paths, spacing=dataset.image_spacing)
     served = predict(version, paths, spacing=dataset.image_spacing)
     for a, b in zip(expected, served):
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
         np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-3, atol=1e-3)
-    import tensorflow as tf
-
     loaded = tf.saved_model.load(version)
-    assert "landmarks" not in loaded.signatures and "predict_image" in loaded.signatures
+    assert sorted(loaded.signatures) == ["predict_array", "predict_image", "serving_default"]
     with open(paths[0], "rb") as handle:
         data = handle.read()
     spacing = np.asarray([dataset.image_spacing[:2]], np.float32)
     answer = loaded.signatures["predict_image"](image_bytes=tf.constant([data]),
                                                 spacing=tf.constant(spacing))
     np.testing.assert_allclose(answer["landmarks_mm"].numpy()[0], served[0].points_mm, atol=1e-3)
-    from keraslm.serving import ServingClient
-
-    with pytest.raises(KeraslmError, match="no 'landmarks' signature"):
-        ServingClient("ensemble", version, signature_name="landmarks")
-    from keraslm.export import upgrade_saved_model
-
-    with pytest.raises(KeraslmError, match="an ensemble's export has no 'landmarks' signature"
-                       ".*nothing to upgrade"):
-        upgrade_saved_model(version, str(tmp_path / "upgraded"))
-    assert not (tmp_path / "upgraded").exists()
-    assert ServingClient("ensemble", version).image_signatures
 
 
 def test_predict_command_takes_ensembles(members, tmp_path, capsys):
@@ -174,10 +224,8 @@ def test_predict_command_takes_ensembles(members, tmp_path, capsys):
                      "--spacing", spacing, "--refine-iterations", str(iterations),
                      "--output-dir", str(out)]) == 0
         written = json.load(open(out / "predictions.json"))
-        expected = predict(EnsemblePredictor([load_predictor(p) for p in global_paths],
-                                             [load_predictor(p) for p in local_paths],
-                                             iterations=iterations), paths,
-                           spacing=dataset.image_spacing)
+        expected = predict(load_predictor(global_paths, refine=local_paths, iterations=iterations),
+                           paths, spacing=dataset.image_spacing)
         for entry, prediction in zip(written["predictions"], expected):
             np.testing.assert_allclose(
                 [entry["landmarks"][name]["mm"] for name in prediction.landmark_names],
@@ -185,6 +233,7 @@ def test_predict_command_takes_ensembles(members, tmp_path, capsys):
     one_pass = json.load(open(tmp_path / "p1" / "predictions.json"))
     two_passes = json.load(open(tmp_path / "p2" / "predictions.json"))
     assert one_pass != two_passes
+    capsys.readouterr()
     assert main([",".join(global_paths), "--refine-iterations", "2", *paths]) == 2
     assert "--refine-iterations needs --refine" in capsys.readouterr().err
 

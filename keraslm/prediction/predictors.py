@@ -178,6 +178,9 @@ def load_model(item, what="model"):
     if isinstance(item, Predictor):
         raise KeraslmError(f"a predictor cannot be combined with other stages; give the {what} "
                            "as a LandmarkDetector or a file")
+    if not isinstance(item, (str, os.PathLike)):
+        raise KeraslmError(f"a {what} must be a LandmarkDetector, a .keras file, a run folder or "
+                           f"a SavedModel folder. Received: {type(item).__name__}")
     path = os.fspath(item)
     if path.endswith(".keras"):
         return load_detector(path)
