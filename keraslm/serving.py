@@ -226,6 +226,8 @@ def _prediction(image_id, path, names, outputs, ndim):
             continue
         value = np.asarray(outputs[key], np.float64)
         shape = (len(names), ndim) if key.startswith("landmarks_") else (len(names),)
+        if value.shape == (1, *shape):  # An unbatched answer in row format: one row.
+            value = value[0]
         if value.shape != shape:
             raise KeraslmError(
                 f"the TF Serving response answers {key} of shape {value.shape} per image; the "
