@@ -1,7 +1,6 @@
 """`keraslm-export` / `python -m keraslm export`: a trained detector as the next version folder
 of a TF Serving model (`keraslm.export`)."""
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -64,7 +63,7 @@ def main(argv=None):
 
             calibration = read_json(args.calibration, f"{args.calibration}: no such file")
             try:
-                spec = dataclasses.replace(detector.spec, calibration=calibration)
+                spec = detector.spec.replace(calibration=calibration)
             except KeraslmError as error:
                 raise KeraslmError(f"{args.calibration}: {error}") from None
             detector = LandmarkDetector(spec, detector.networks, detector.local_networks)

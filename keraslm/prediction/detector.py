@@ -48,7 +48,7 @@ class LandmarkDetector(keras.Model):
         return (self.networks or self.local_networks)[0](images, training=training)
 
     def locate_function(self, iterations=1):
-        """`image_to_landmarks` of this detector."""
+        """`image_to_landmarks` of this detector (its networks match its spec's stages)."""
         return image_to_landmarks(self.spec, self.networks, self.local_networks, iterations)
 
     def get_config(self):

@@ -165,22 +165,17 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         stored otherwise than the training images, fails with an InvalidArgument error.
 
     Raises:
-        KeraslmError: networks that do not match the spec's stages, or a spec without a
-            global stage.
+        KeraslmError: a spec without a global stage, or `iterations` below 1. (That the
+            networks match the spec's stages is `LandmarkDetector`'s invariant.)
     """
-    networks, local_networks = list(networks), list(local_networks)
     if spec.is_local_only:
         raise KeraslmError(
             "this model is the local stage of a coarse-to-fine model: it refines estimates of a "
             "global model. Predict with the global model and pass this one as refine= "
             "(keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL)")
-    if len(networks) != len(spec.global_stages) or len(local_networks) != len(spec.local_stages):
-        raise KeraslmError(
-            f"the spec describes {len(spec.global_stages)} global and {len(spec.local_stages)} "
-            f"local stages; {len(networks)} and {len(local_networks)} networks were given")
     if not (isinstance(iterations, int) and iterations >= 1):
         raise KeraslmError(f"`iterations` must be an int >= 1. Received: iterations={iterations!r}")
-    global_stages = list(zip(networks, spec.global_stages))
+    global_stages = [(net, stage, stage.codec) for net, stage in zip(networks, spec.global_stages)]
     refines = [(refine_function(net, stage, with_spread=True), stage)
                for net, stage in zip(local_networks, spec.local_stages)]
     local_weight = spec.local_weight
@@ -199,11 +194,10 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         spacing = tf.cast(spacing, tf.float64)
         prepared = {}
         points, confidences, spreads = [], [], []
-        for net, stage in global_stages:
+        for net, stage, codec in global_stages:
             grid_image, grid_to_image = on_grid(array, spacing, stage, prepared)
             heatmaps = tf.cast(net(grid_image[tf.newaxis, ..., tf.newaxis], training=False),
                                tf.float32)
-            codec = stage.codec
             points_grid, confidence = codec.decode(heatmaps, method=stage.decode_method)
             points.append(_apply(grid_to_image, tf.cast(points_grid[0], tf.float64)))
             confidences.append(confidence[0])

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 from keraslm.prediction.detector import LandmarkDetector, combine_detectors, load_detector
+from keraslm.run_folder import RunFolder
 from keraslm.spec import upgrade_spec
 
 #: A SavedModel's asset that holds the spec (`keraslm.export` writes it).
@@ -171,8 +172,6 @@ def load_model(item, what="model"):
     Raises:
         KeraslmError: naming `item` when it is none of these.
     """
-    from keraslm.run_folder import RunFolder
-
     if isinstance(item, LandmarkDetector):
         return item
     if isinstance(item, Predictor):
