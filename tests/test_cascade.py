@@ -815,3 +815,27 @@ def test_stage_points_are_kept_and_predicted_again_for_a_new_model(cascade_runs,
     again = experiment_runs.stage_points(str(global_dir), str(local_dir))
     assert len(calls) == 4
     np.testing.assert_allclose(again.refined_mm, first.refined_mm, atol=1e-4)
+
+
+def test_a_calibration_is_attached_when_stages_are_combined(cascade_2d):
+    """`combine_detectors(..., calibration)` / `load_predictor(..., calibration=)`: a blending
+    calibration belongs to the combined detector (the global stage alone refuses it)."""
+    from keraslm.calibration import check_calibration
+    from keraslm.prediction import combine_detectors, load_detector, load_predictor
+
+    root, dataset, coarse, local, exported = cascade_2d
+    names = list(dataset.landmark_names)
+    calibration = {"format": "keraslm-calibration-1", "score": "log_confidence_over_spread",
+                   "knots": [0.0, 1.0], "values": [2.0, 1.0], "landmark_scale": [1.0] * len(names),
+                   "landmark_names": names, "num_points": 2, "source": "test",
+                   "local_weight": [0.5] * len(names)}
+    check_calibration(calibration, names)
+    detectors = [load_detector(coarse.model_path), load_detector(local.model_path)]
+    combined = combine_detectors(detectors, calibration)
+    assert combined.spec.calibration == calibration and combined.spec.local_weight == [0.5] * len(names)
+    predictor = load_predictor(coarse.output_dir, refine=local.output_dir, calibration=calibration)
+    assert predictor.spec == combined.spec
+    with pytest.raises(KeraslmError, match="this model has no local stage"):
+        combine_detectors(detectors[:1], calibration)
+    with pytest.raises(KeraslmError, match="holds the calibration it was exported with"):
+        load_predictor(exported, calibration=calibration)

@@ -142,11 +142,3 @@ def test_bfloat16_run_trains_saves_reloads_and_exports(phantom2d_root, phantom2d
     assert np.median(difference) < 0.1 * grid_step_mm, difference
     with pytest.raises(KeraslmError, match="a SavedModel computes in the precision it was exported in"):
         load_predictor(result.export_path, precision="bfloat16")
-
-
-def test_mixed_precision_alias_conflict(tmp_path):
-    from keraslm.training import TrainingConfig, train
-
-    with pytest.raises(KeraslmError, match="means float16 and contradicts precision='bfloat16'"):
-        train(TrainingConfig(output_dir=str(tmp_path / "run"), mixed_precision=True,
-                             precision="bfloat16"))

@@ -63,10 +63,9 @@ def main(argv=None):
 
             calibration = read_json(args.calibration, f"{args.calibration}: no such file")
             try:
-                spec = detector.spec.replace(calibration=calibration)
+                detector = combine_detectors([detector], calibration)
             except KeraslmError as error:
                 raise KeraslmError(f"{args.calibration}: {error}") from None
-            detector = LandmarkDetector(spec, detector.networks, detector.local_networks)
         path = export_saved_model(detector, args.base_dir, version=args.version)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

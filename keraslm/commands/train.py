@@ -149,8 +149,6 @@ def _parser():
                      "CPUs with AMX-BF16 or AVX512-BF16 and GPUs of compute capability >= 8.0, "
                      "float16 on older GPUs with tensor cores, float32 otherwise; the choice and "
                      "why are printed and kept in config.json")
-    run.add_argument("--mixed-precision", action="store_true",
-                     help="deprecated: the same as --precision float16")
     run.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
                      help="XLA: 'on' compiles the whole training step, 'off' nothing, 'auto' the "
                      "whole step on a GPU; on a CPU a short probe (cached per CPU model and "
@@ -191,7 +189,6 @@ def _config(args):
         test_fraction=args.test_fraction,
         train_size=args.train_size, output_dir=args.output_dir, seed=args.seed,
         resume=args.resume, distribute=args.distribute, precision=args.precision,
-        mixed_precision=args.mixed_precision,
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm,
         blur_mm=args.blur_mm, noise_std=args.noise_std, rotation_degrees=args.rotation_degrees,
         scale=args.scale_range, model_overrides=dict(args.model_option),
@@ -207,7 +204,7 @@ _TUPLE_SETTINGS = ("grid_shape", "crop_shape", "image_spacing")
 #: TrainingConfig settings set by command-line options of another name.
 _OPTIONS_OF = {"image_spacing": ("spacing",), "scale": ("scale_range",),
                "model_overrides": ("model_option",), "export_dir": ("export_dir", "no_export"),
-               "plots": ("no_plots",), "mixed_precision": ("mixed_precision",)}
+               "plots": ("no_plots",)}
 
 
 def _resumed_config(args, argv):

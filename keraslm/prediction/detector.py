@@ -78,16 +78,18 @@ class LandmarkDetector(keras.Model):
         return cls(**config)
 
 
-def combine_detectors(detectors):
+def combine_detectors(detectors, calibration=None):
     """One LandmarkDetector of several: the first one's stages, then the next one's, ... (an
     ensemble of global stages, a global stage and the local stage that refines it, or both).
-    The first detector's calibration and training records are the result's.
+    The first detector's training records are the result's, and its calibration unless
+    `calibration` (a `keraslm.calibration` dict, e.g. one that blends the stages) is given.
 
     Raises:
-        KeraslmError: the detectors disagree in landmarks or dimension.
+        KeraslmError: the detectors disagree in landmarks or dimension; a calibration that does
+            not fit the combined detector.
     """
     detectors = list(detectors)
-    if len(detectors) == 1:
+    if len(detectors) == 1 and calibration is None:
         return detectors[0]
     spec = detectors[0].spec
     for other in detectors[1:]:
@@ -95,6 +97,8 @@ def combine_detectors(detectors):
     if spec.is_local_only:
         raise KeraslmError("a coarse-to-fine model needs a global stage; all of these are "
                            "local stages")
+    if calibration is not None:
+        spec = spec.replace(calibration=calibration)
     return LandmarkDetector(spec, [n for d in detectors for n in d.networks],
                             [n for d in detectors for n in d.local_networks])
 

@@ -196,7 +196,7 @@ def load_model(item, what="model"):
     raise KeraslmError(f"{path}: not a .keras file, a training run folder or a SavedModel folder")
 
 
-def load_predictor(model, refine=None, precision="float32", iterations=1):
+def load_predictor(model, refine=None, precision="float32", iterations=1, calibration=None):
     """A predictor from a detector, a `.keras` file, a training run folder or a SavedModel
     version folder.
 
@@ -208,12 +208,14 @@ def load_predictor(model, refine=None, precision="float32", iterations=1):
         precision: str. Compute precision of Keras models (`DetectorPredictor`); a SavedModel
             computes as it was exported (float32), so only "float32" and "auto" apply to it.
         iterations: int >= 1. Local passes; each centres the crops on the previous estimate.
+        calibration: dict, optional. A calibration (`keraslm.calibration`, e.g. one that
+            blends the stages) replacing the first model's; not for a SavedModel.
 
     Raises:
         KeraslmError: a path that is none of these, stages in the wrong place or that disagree
             in landmarks or dimension, a SavedModel combined with other stages.
     """
-    if isinstance(model, Predictor) and refine is None:
+    if isinstance(model, Predictor) and refine is None and calibration is None:
         return model
     loaded = [load_model(item) for item in _members(model)]
     local = [] if refine is None else [load_model(item, "local stage") for item in _members(refine)]
@@ -230,6 +232,9 @@ def load_predictor(model, refine=None, precision="float32", iterations=1):
         if iterations != 1:
             raise KeraslmError(f"{saved[0].path}: a SavedModel runs its local stage as it was "
                                "exported (one pass)")
+        if calibration is not None:
+            raise KeraslmError(f"{saved[0].path}: a SavedModel holds the calibration it was "
+                               "exported with; export again with --calibration")
         return saved[0]
     for item, detector in zip(_members(model), loaded):
         if detector.spec.is_local_only:
@@ -244,4 +249,4 @@ def load_predictor(model, refine=None, precision="float32", iterations=1):
             raise KeraslmError(
                 f"{name}: the refining model must be a local stage (trained with --crop-shape); "
                 "this one is a whole-image model")
-    return DetectorPredictor(combine_detectors(loaded + local), precision, iterations)
+    return DetectorPredictor(combine_detectors(loaded + local, calibration), precision, iterations)

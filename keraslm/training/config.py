@@ -124,7 +124,6 @@ class RunSettings:
             with tensor cores, float32 otherwise; `keraslm.precision.choose_precision`),
             "float32", "bfloat16" or "float16". Variables, optimizer state, loss, targets and
             decoding stay float32; the saved model and export compute in float32.
-        mixed_precision: bool. Deprecated alias of `precision="float16"`.
         jit: str. XLA compilation: "on" (the whole training step), "off" (nothing), "auto"
             (the whole step on a GPU; on a CPU measured per part - device stage, network - by
             a short probe cached per CPU model, `keraslm.training.jit.choose_jit`).
@@ -144,7 +143,6 @@ class RunSettings:
     resume: bool = False
     distribute: str = "none"
     precision: str = "auto"
-    mixed_precision: bool = False
     jit: str = "auto"
     export_dir: str = None
     plots: bool = True

@@ -122,17 +122,6 @@ def _strategy(name):
     return tf.distribute.get_strategy()
 
 
-def _requested_precision(config):
-    """`config.precision`, with the deprecated `mixed_precision=True` meaning float16."""
-    if not config.mixed_precision:
-        return config.precision
-    if config.precision not in ("auto", "float16"):
-        raise KeraslmError(
-            "mixed_precision=True (--mixed-precision) means float16 and contradicts "
-            f"precision={config.precision!r}; use precision alone (--precision)")
-    return "float16"
-
-
 def _is_chief(strategy):
     """Whether this process is the chief: always, except a multi-worker worker other than 0."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -278,7 +267,7 @@ def _train(config, log=None):
     if run.resume:
         _check_resumed_settings(run_folder, config)
 
-    precision = choose_precision(_requested_precision(run))
+    precision = choose_precision(run.precision)
     dataset = load_dataset(data.dataset, root=data.dataset_root, units=data.units,
                            spacing=data.image_spacing, ndim=data.ndim)
     if data.ndim is not None and data.ndim != dataset.ndim:
