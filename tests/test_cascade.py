@@ -839,3 +839,42 @@ def test_a_calibration_is_attached_when_stages_are_combined(cascade_2d):
         combine_detectors(detectors[:1], calibration)
     with pytest.raises(KeraslmError, match="holds the calibration it was exported with"):
         load_predictor(exported, calibration=calibration)
+
+
+def test_a_local_stage_trained_with_refine_of_saves_and_validates_the_pair(cascade_2d, tmp_path):
+    """`refine_of`: the run's model.keras is the coarse-to-fine pair, its metrics.json is the
+    pair's error through the prediction graph (= evaluating the saved pair), and it exports."""
+    from keraslm.evaluation import evaluate_runs
+    from keraslm.prediction import load_detector
+    from keraslm.run_folder import RunFolder
+    from keraslm.training import TrainingConfig, train
+
+    root, dataset, coarse, local, exported = cascade_2d
+    common = dict(dataset=str(root / "phantom"), architecture="unet", steps=2, steps_per_epoch=2,
+                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2}, jit="off",
+                  plots=False)
+    result = train(TrainingConfig(
+        crop_shape=(16, 16), grid_spacing=2.0, batch_size=1, landmarks_per_image=8,
+        translation_mm=4.0, refine_of=coarse.output_dir, output_dir=str(tmp_path / "pair"),
+        export_dir=str(tmp_path / "served"), **common))
+    spec = load_detector(result.model_path).spec
+    assert len(spec.global_stages) == 1 and len(spec.local_stages) == 1
+    assert spec.global_stages[0] == load_detector(coarse.model_path).spec.global_stages[0]
+    trained = RunFolder(result.output_dir).read_metrics()
+    evaluated = evaluate_runs([result.output_dir])
+    per_landmark = np.nanmean(evaluated.errors.errors_mm, axis=0)
+    np.testing.assert_allclose(
+        per_landmark, [trained["per_landmark_mean_mm"][n] for n in evaluated.landmark_names],
+        atol=1e-4, rtol=0)
+    assert result.export_path and os.path.isdir(result.export_path)
+    with pytest.raises(KeraslmError, match=r"--refine-of .*: it held out other images"):
+        train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
+                             refine_of=coarse.output_dir, output_dir=str(tmp_path / "other"),
+                             **{**common, "test_fraction": 0.5}))
+    with pytest.raises(KeraslmError, match=r"--refine-of .*: a run of a local stage"):
+        train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
+                             refine_of=local.output_dir, output_dir=str(tmp_path / "local2"),
+                             **common))
+    with pytest.raises(KeraslmError, match=r"--refine-of trains a local stage on a global one"):
+        train(TrainingConfig(grid_shape=(32, 32), batch_size=2, refine_of=coarse.output_dir,
+                             output_dir=str(tmp_path / "global2"), **common))

@@ -85,7 +85,13 @@ def _parser():
                        "whole onto a fine grid of --grid-spacing mm and the network learns on "
                        "crops of this shape (array order) around the landmarks, shifted by up to "
                        "the augmentation's translation; predict with "
-                       "`keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL`")
+                       "`keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL`, or train it "
+                       "with --refine-of")
+    model.add_argument("--refine-of", metavar="GLOBAL_RUN",
+                       help="with --crop-shape: the run folder of the global stage this local "
+                       "stage refines (trained on the same split); the run saves both as one "
+                       "coarse-to-fine model.keras, reports the pair's validation error and "
+                       "exports the pair")
     model.add_argument("--sigma", type=float,
                        help="standard deviation of the target heatmaps' Gaussians in grid pixels "
                        "(None: the training preset's, 2.0; keep sigma x grid spacing when "
@@ -193,7 +199,8 @@ def _config(args):
         blur_mm=args.blur_mm, noise_std=args.noise_std, rotation_degrees=args.rotation_degrees,
         scale=args.scale_range, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=_absolute_path(args.cache_file), normalization=args.normalization, export_dir=_export_dir(args),
-        crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image, sigma=args.sigma,
+        crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
+        refine_of=args.refine_of, sigma=args.sigma,
         learn_sigma=args.learn_sigma, sigma_penalty=args.sigma_penalty,
         plots=not args.no_plots,
     )

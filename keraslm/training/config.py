@@ -60,6 +60,9 @@ class ModelSettings:
             on a fine grid of `grid_spacing` mm; `grid_shape` is then ignored.
         landmarks_per_image: int or None. Local stage: crops per image and step (None: one
             around every landmark).
+        refine_of: str or None. Local stage: the run folder of the global stage it refines
+            (trained on the same split). The run then saves both as one coarse-to-fine
+            detector and validates it through the prediction graph.
         sigma: float or None. Standard deviation of the target Gaussians in grid pixels
             (None: the training preset's, 2.0).
         learn_sigma: bool or None. Learn one target sigma per landmark, starting at `sigma`
@@ -75,6 +78,7 @@ class ModelSettings:
     grid_spacing: float = None
     crop_shape: tuple = None
     landmarks_per_image: int = None
+    refine_of: str = None
     sigma: float = None
     learn_sigma: bool = None
     sigma_penalty: float = None

@@ -32,7 +32,7 @@ from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import summarize
-from keraslm.prediction import LandmarkDetector
+from keraslm.prediction import LandmarkDetector, combine_detectors
 from keraslm.spec import DetectorSpec, stage_spec
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
@@ -182,7 +182,7 @@ def _check_run_folder(run_folder, resume):
 #: Settings a resumed run may change: where and how it runs, not what it trains.
 RESUME_MAY_CHANGE = ("resume", "output_dir", "export_dir", "plots", "distribute", "jit")
 #: Settings that are paths: compared as absolute paths (relative to the working folder).
-PATH_SETTINGS = ("dataset", "dataset_root", "cache_file", "train_ids", "test_ids")
+PATH_SETTINGS = ("dataset", "dataset_root", "cache_file", "train_ids", "test_ids", "refine_of")
 
 
 def _same_setting(key, saved, requested):
@@ -280,6 +280,7 @@ def _train(config, log=None):
     )
     if data.train_size is not None:
         train_set = train_set.reduced(data.train_size, seed=run.seed)
+    global_detector = stage.global_detector(dataset, val_set)  # Checked before training.
     grid = stage.grid(dataset, input_shape)
     log(
         f"{dataset.name}: {len(train_set)} training / {len(val_set)} validation images, "
@@ -402,6 +403,8 @@ def _train(config, log=None):
         plain_image_spacing=(tuple(float(s) for s in dataset.image_spacing)
                              if plain and dataset.image_spacing is not None else None)),
         [] if local else [network], [network] if local else [])
+    if global_detector is not None:  # A local stage trained on a global one: one detector.
+        detector = combine_detectors([global_detector, detector])
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
@@ -410,7 +413,7 @@ def _train(config, log=None):
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
     summary = summarize(errors_mm)
     export_path = None
-    if run.export_dir and not stage.exportable:
+    if run.export_dir and detector.spec.is_local_only:
         log(f"a {stage.name} stage is not exported alone: export it with its global model, "
             "keraslm-export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
     elif run.export_dir and _is_chief(strategy):  # One export, by the chief.

@@ -13,11 +13,14 @@ checkpoints, spec, run folder) and asks its `TrainingStage` for the parts that d
 
 A third stage is one new subclass and one line in `stage_for`.
 """
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import KeraslmError
-from keraslm.prediction import DetectorPredictor, refine_function
+from keraslm.prediction import DetectorPredictor, load_detector, refine_function
+from keraslm.run_folder import RunFolder
 from keraslm.spec import offset_prior_mm
 from keraslm.training.callbacks import HeatmapImages
 from keraslm.training.pipeline import choose_grid, covering_grid, evaluation_dataset
@@ -36,8 +39,6 @@ class TrainingStage:
     """
 
     name = None
-    #: Whether a run of this stage alone can be exported as a SavedModel.
-    exportable = True
 
     def __init__(self, config):
         self.config = config
@@ -67,6 +68,10 @@ class TrainingStage:
         """dict. Keyword arguments of `keraslm.spec.stage_spec` particular to this stage."""
         return {}
 
+    def global_detector(self, dataset, val_set):
+        """The LandmarkDetector of the global stage this stage refines, or None."""
+        return None
+
     def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
         """Predicted landmarks `(num_images, num_landmarks, ndim)` of the validation images in
         physical mm, by `detector` (the float32 detector that is saved)."""
@@ -83,6 +88,9 @@ class GlobalStage(TrainingStage):
     name = "global"
 
     def network_input_shape(self, dataset):
+        if self.config.model.refine_of is not None:
+            raise KeraslmError("--refine-of trains a local stage on a global one: it needs "
+                               "--crop-shape (and --grid-spacing)")
         shape = tuple(self.config.model.grid_shape or DEFAULT_GRID_SHAPE[dataset.ndim])
         if len(shape) != dataset.ndim:
             raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but --grid-shape "
@@ -101,17 +109,13 @@ class GlobalStage(TrainingStage):
         return [HeatmapImages(log_dir, val_samples.images[:3], network)]
 
     def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
-        """Through the prediction graph, as `keraslm.predict` and `keraslm-evaluate` run it."""
-        predictor = DetectorPredictor(detector)
-        return np.stack([predictor.locate(val_set.read_image(record))["landmarks_mm"]
-                         for record in val_set.records])
+        return graph_validation_points_mm(val_set, detector)
 
 
 class LocalStage(TrainingStage):
     """Crops of `crop_shape` on a fine grid of `grid_spacing` mm around the landmarks."""
 
     name = "local"
-    exportable = False  # Exported together with its global stage (keraslm-export --refine).
 
     def network_input_shape(self, dataset):
         model = self.config.model
@@ -141,8 +145,34 @@ class LocalStage(TrainingStage):
         return {"crop_shape": input_shape,
                 "offset_prior_mm": offset_prior_mm(trainer.augmentation.translation_mm)}
 
+    def global_detector(self, dataset, val_set):
+        run_dir = self.config.model.refine_of
+        if run_dir is None:
+            return None
+        folder = RunFolder(run_dir)
+        if not folder.is_finished():
+            raise KeraslmError(f"--refine-of {run_dir}: not a finished training run (no "
+                               f"{os.path.basename(folder.model_path)})")
+        detector = load_detector(folder.model_path)
+        if detector.spec.is_local_only or detector.spec.local_stages:
+            raise KeraslmError(f"--refine-of {run_dir}: a run of a local stage; give the run of "
+                               "a whole-image (global) stage")
+        if tuple(detector.spec.landmark_names) != tuple(dataset.landmark_names):
+            raise KeraslmError(f"--refine-of {run_dir}: its landmarks differ from dataset "
+                               f"{dataset.name!r}'s")
+        validated = folder.read_metrics()["validation_ids"]
+        if sorted(validated) != sorted(val_set.ids):
+            raise KeraslmError(
+                f"--refine-of {run_dir}: it held out other images ({len(validated)}) than this "
+                f"run ({len(val_set)}); train both stages on the same split (--fold / "
+                "--test-ids / --seed)")
+        return detector
+
     def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
-        """Crops around the truth moved by a fixed random offset (no global stage to ask)."""
+        """With the global stage (`refine_of`): the pair through the prediction graph; alone:
+        crops around the truth moved by a fixed random offset."""
+        if detector.spec.global_stages:
+            return graph_validation_points_mm(val_set, detector)
         points_grid = predict_local_validation_points(
             trainer, samples, batch_size, detector.spec.local_stages[0],
             network=detector.local_networks[0])
@@ -155,6 +185,14 @@ class LocalStage(TrainingStage):
 def stage_for(config):
     """The TrainingStage a TrainingConfig asks for: local with `crop_shape`, else global."""
     return LocalStage(config) if config.model.crop_shape is not None else GlobalStage(config)
+
+
+def graph_validation_points_mm(val_set, detector):
+    """Landmarks `(num_images, num_landmarks, ndim)` in mm of the validation images as read
+    from their files, through the prediction graph (`keraslm.predict`, `keraslm-evaluate`)."""
+    predictor = DetectorPredictor(detector)
+    return np.stack([predictor.locate(val_set.read_image(record))["landmarks_mm"]
+                     for record in val_set.records])
 
 
 def predict_local_validation_points(trainer, samples, batch_size, stage, seed=12345,
