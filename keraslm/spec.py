@@ -150,6 +150,10 @@ class DetectorSpec:
             voxels (`keraslm.io.storage_orientation`); None: not recorded, not checked.
         plain_image_spacing: tuple of float or None. mm per pixel of the plain (PNG/JPEG)
             training images, named when such an image comes without a spacing.
+        mean_position_mm: tuple or None. Per landmark its mean position over the training
+            images (physical LPS mm, no alignment; None for a landmark never annotated): the
+            mean-position baseline that reports set beside the model's error
+            (`mean_position_baseline`). None: not recorded (models of keraslm 0.2.0 and older).
     """
 
     landmark_names: tuple
@@ -159,6 +163,7 @@ class DetectorSpec:
     calibration: dict = None
     storage_orientation: tuple = None
     plain_image_spacing: tuple = None
+    mean_position_mm: tuple = None
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
@@ -174,6 +179,11 @@ class DetectorSpec:
         for stage in self.global_stages + self.local_stages:
             if stage.ndim != self.ndim:
                 raise KeraslmError(f"a {stage.ndim}D stage in a {self.ndim}D detector")
+        if self.mean_position_mm is not None and (
+                len(self.mean_position_mm) != len(self.landmark_names)
+                or any(p is not None and len(p) != self.ndim for p in self.mean_position_mm)):
+            raise KeraslmError(f"mean_position_mm needs one {self.ndim}D point (or None) per "
+                               f"landmark, {len(self.landmark_names)}")
         if self.calibration is not None:
             check_calibration(self.calibration, self.landmark_names)
             if self.calibration.get("local_weight") is not None and not self.local_stages:
@@ -204,13 +214,16 @@ class DetectorSpec:
     def combined_with(self, other):
         """This detector's stages followed by `other`'s (an ensemble, or a global stage and the
         local stage that refines it). Landmarks and dimension must agree; the training records
-        (storage orientation, plain image spacing) and the calibration are this one's."""
+        (storage orientation, plain image spacing, mean positions) and the calibration are this
+        one's (the mean positions `other`'s where this one has none)."""
         if tuple(other.landmark_names) != tuple(self.landmark_names) or other.ndim != self.ndim:
             raise KeraslmError(
                 f"the stages disagree in their landmarks or dimension: {self.ndim}D "
                 f"{list(self.landmark_names)} vs {other.ndim}D {list(other.landmark_names)}")
         return self.replace(global_stages=self.global_stages + other.global_stages,
-                            local_stages=self.local_stages + other.local_stages)
+                            local_stages=self.local_stages + other.local_stages,
+                            mean_position_mm=(other.mean_position_mm if self.mean_position_mm is None
+                                              else self.mean_position_mm))
 
     def to_json(self):
         """dict. The recorded form (JSON-serialisable); `upgrade_spec` reads it back."""
@@ -222,7 +235,9 @@ class DetectorSpec:
                 "storage_orientation": (None if self.storage_orientation is None
                                         else list(self.storage_orientation)),
                 "plain_image_spacing": (None if self.plain_image_spacing is None
-                                        else list(self.plain_image_spacing))}
+                                        else list(self.plain_image_spacing)),
+                "mean_position_mm": (None if self.mean_position_mm is None else
+                                     [None if p is None else list(p) for p in self.mean_position_mm])}
 
 
 def stage_spec(network, grid, normalization, sigma, decode_method="quadratic",
@@ -244,6 +259,22 @@ def offset_prior_mm(translation_mm):
     was trained on, uniform within +-translation_mm per axis, i.e. translation_mm / sqrt(3);
     None without translation."""
     return float(translation_mm) / np.sqrt(3.0) if translation_mm else None
+
+
+def mean_position_mm(points_mm):
+    """A DetectorSpec's `mean_position_mm` from the training landmarks `(images, landmarks,
+    ndim)` (physical mm, NaN = missing)."""
+    points_mm = np.asarray(points_mm, dtype=np.float64)
+    present = ~np.isnan(points_mm).any(axis=-1)  # (images, landmarks)
+    means = []
+    for landmark in range(points_mm.shape[1]):
+        rows = points_mm[present[:, landmark], landmark]
+        means.append(_floats(rows.mean(axis=0)) if len(rows) else None)
+    return tuple(means)
+
+
+def _mean_positions(recorded):
+    return None if recorded is None else tuple(None if p is None else _floats(p) for p in recorded)
 
 
 def _check_old_stage(recorded, source):
@@ -290,7 +321,8 @@ def upgrade_spec(recorded, source, local_recorded=None):
                 storage_orientation=(None if recorded.get("storage_orientation") is None
                                      else tuple(recorded["storage_orientation"])),
                 plain_image_spacing=(None if recorded.get("plain_image_spacing") is None
-                                     else _floats(recorded["plain_image_spacing"])))
+                                     else _floats(recorded["plain_image_spacing"])),
+                mean_position_mm=_mean_positions(recorded.get("mean_position_mm")))
         if form != _OLD_FORMAT:
             raise KeraslmError(
                 f"{source}: unknown model description format {form!r} (this keraslm reads "

@@ -447,6 +447,13 @@ def test_detector_spec_json_round_trips_through_upgrade_spec():
     local_only = DetectorSpec(("a",), 3, (), (StageSpec(
         None, (8, 8, 8), (1.0, 1.0, 2.0), "none", 2, 2, 1.0, "argmax", None, (4, 4, 4), None),))
     assert upgrade_spec(json.loads(json.dumps(local_only.to_json())), "k") == local_only
+    # The mean training positions (the baseline), a landmark without any as None; a spec
+    # written before they were recorded reads as None.
+    with_means = spec.replace(mean_position_mm=((10.5, -3.0), None))
+    assert upgrade_spec(json.loads(json.dumps(with_means.to_json())), "k") == with_means
+    assert spec.mean_position_mm is None and "mean_position_mm" not in recorded
+    with pytest.raises(KeraslmError, match="one 2D point"):
+        spec.replace(mean_position_mm=((1.0, 2.0, 3.0), None))
 
 
 # ---------------------------------------------------------------------------------------------

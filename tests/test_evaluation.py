@@ -344,7 +344,23 @@ def test_evaluate_script_pools_runs_and_writes_all_outputs(runs, capsys):
     per_landmark = np.nanmean(fold0.errors.errors_mm, axis=0)
     expected = [trained["per_landmark_mean_mm"][name] for name in fold0.landmark_names]
     np.testing.assert_allclose(per_landmark, expected, atol=1e-4, rtol=0)
+    # The baseline: the model's recorded training positions on the same images, as training
+    # measured it; printed beside the model's error and kept in metrics.json.
+    assert fold0.baseline_summary()["mean_mm"] == pytest.approx(
+        trained["mean_position_baseline"]["mean_mm"], abs=1e-6)
+    assert "mean-position baseline (each landmark at its mean training position)" in text
+    assert metrics["mean_position_baseline"]["num_images"] == 12
     assert set(read_landmarks(output / "predictions.csv", ndim=2).ids) == {f"phantom2d_{i:03d}" for i in range(12)}
+
+
+def test_baseline_line_warns_when_the_model_does_not_beat_it():
+    from keraslm.evaluation import format_baseline
+
+    better = format_baseline({"mean_mm": 2.0, "median_mm": 1.5}, {"mean_mm": 8.0, "median_mm": 7.0})
+    assert "4.0 x better" in better and "WARNING" not in better
+    worse = format_baseline({"mean_mm": 9.0, "median_mm": 8.0}, {"mean_mm": 8.0, "median_mm": 7.0})
+    assert "WARNING: the model does not beat the baseline" in worse
+    assert "not available" in format_baseline({"mean_mm": 2.0}, None)
 
 
 def test_evaluate_script_with_model_and_dataset(runs, capsys):

@@ -264,6 +264,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
     print(evaluation.format_summary(result.summary(), result.method))
+    if not args.predictions:  # A CSV of predictions carries no training positions.
+        print(evaluation.format_baseline(result.summary(), result.baseline_summary()))
     if result.expected_error_mm is not None:
         from keraslm.calibration import calibration_quality
 

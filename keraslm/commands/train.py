@@ -261,6 +261,9 @@ def main(argv=None):
             f"outliers > 10 mm: {summary['outliers']} ({summary['outlier_percent']:.1f} %), "
             f"SDR@2mm {summary['sdr_2.0mm_percent']:.1f} %"
         )
+        from keraslm.evaluation import format_baseline
+
+        print(format_baseline(summary, result.baseline_summary))
     print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min; model: {result.model_path}")
     for path in result.pictures:
         print(f"picture: {path}")

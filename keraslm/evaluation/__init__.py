@@ -23,7 +23,8 @@ from keraslm.evaluation.metrics import (
     pool,
     summarize,
 )
-from keraslm.evaluation.report import format_calibration_quality, format_summary, write_calibration, write_report
+from keraslm.evaluation.report import (format_baseline, format_calibration_quality, format_summary,
+                                       write_calibration, write_report)
 from keraslm.evaluation.tables import table1_row
 from keraslm.evaluation.sources import (
     Evaluation,
@@ -38,6 +39,7 @@ from keraslm.evaluation.sources import (
 )
 
 __all__ = [
+    "format_baseline",
     "Evaluation",
     "OUTLIER_RADII_MM",
     "PointErrors",

@@ -170,6 +170,25 @@ def point_errors(predicted_mm, ground_truth_mm, ids=None, landmark_names=None,
                        scale, normalization)
 
 
+def mean_position_points(mean_position_mm, num_images, ndim):
+    """The mean-position baseline's predictions: every image's landmarks at their mean training
+    positions, `(num_images, num_landmarks, ndim)` mm (NaN for a landmark without one).
+
+    Args:
+        mean_position_mm: sequence, per landmark an `ndim` point or None
+            (`keraslm.spec.DetectorSpec.mean_position_mm`).
+        num_images: int.
+        ndim: int.
+
+    Examples:
+        >>> mean_position_points([(1.0, 2.0), None], 3, 2).shape
+        (3, 2, 2)
+    """
+    means = np.array([[np.nan] * ndim if p is None else list(p) for p in mean_position_mm],
+                     dtype=np.float64).reshape(len(mean_position_mm), ndim)
+    return np.broadcast_to(means, (num_images, *means.shape)).copy()
+
+
 def pool(parts):
     """Concatenates the errors of several folds or splits into one `PointErrors` (the paper's
     cross-validation summary: all test images pooled).

@@ -13,7 +13,8 @@
 
 `write_calibration` fits expected errors to the held-out predictions (`keraslm.calibration`).
 
-`format_summary` gives the console table the scripts print.
+`format_summary` gives the console table the scripts print, `format_baseline` the line that
+sets the model beside the mean-position baseline.
 """
 import json
 import os
@@ -76,6 +77,27 @@ def format_summary(summary, method):
     ])
 
 
+def format_baseline(summary, baseline_summary):
+    """One line: the model's error beside the mean-position baseline's (each landmark at its
+    mean training position) on the same points, with a warning when the model does not beat it;
+    a note when there is no baseline (a model that did not record its training positions)."""
+    if baseline_summary is None:
+        return ("mean-position baseline: not available (the model does not record its training "
+                "positions; models trained with keraslm 0.2.1 or newer do)")
+    model, base = summary.get("mean_mm"), baseline_summary.get("mean_mm")
+    line = (f"mean-position baseline (each landmark at its mean training position): median "
+            f"{format_number(baseline_summary.get('median_mm'))}, mean {format_number(base)} "
+            f"{_unit(baseline_summary)}; the model: median {format_number(summary.get('median_mm'))}, "
+            f"mean {format_number(model)}")
+    if model is None or base is None:
+        return line
+    if model >= base:
+        return line + (" - WARNING: the model does not beat the baseline: it has not learned "
+                       "more than where the landmarks lie on average (train longer, check the "
+                       "plan and the loss curve)")
+    return line + f" ({base / max(model, 1e-9):.1f} x better)"
+
+
 def _markdown(evaluation, summary, landmarks, plots):
     lines = [
         f"# Landmark localization: {evaluation.method}",
@@ -86,6 +108,8 @@ def _markdown(evaluation, summary, landmarks, plots):
         f"{summary.get('outlier_mm', 10.0):g} mm (count, %) |",
         "|---|---|---|---|",
         table1_row(summary, evaluation.method),
+        "",
+        format_baseline(summary, evaluation.baseline_summary()) + ".",
         "",
         "## Success detection rate and outliers",
         "",
@@ -154,6 +178,7 @@ def _metrics(evaluation, summary, landmarks):
         "landmark_names": list(evaluation.landmark_names),
         "sources": list(evaluation.sources),
         "expected_error": _expected_error_quality(evaluation),
+        "mean_position_baseline": evaluation.baseline_summary(),
     }
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from keraslm.data import select_split
 from keraslm.errors import KeraslmError, MissingSpacingError
-from keraslm.evaluation.metrics import per_landmark, point_errors, pool, summarize
+from keraslm.evaluation.metrics import (mean_position_points, per_landmark, point_errors, pool,
+                                        summarize)
 from keraslm.io import LandmarkTable, read_landmarks, strip_image_extension
 from keraslm.run_folder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunFolder
 
@@ -44,6 +45,9 @@ class Evaluation:
         confidence, spread_mm, expected_error_mm: np.ndarray `(num_images, num_landmarks)` or
             None. The predictions' uncertainty outputs (`keraslm.prediction.Prediction`), where
             the model gave them.
+        baseline_mm: np.ndarray like `predicted_mm`, or None. The mean-position baseline's
+            points (each landmark at its mean training position,
+            `keraslm.evaluation.metrics.mean_position_points`), where the model recorded them.
     """
 
     method: str
@@ -57,6 +61,7 @@ class Evaluation:
     confidence: np.ndarray = None
     spread_mm: np.ndarray = None
     expected_error_mm: np.ndarray = None
+    baseline_mm: np.ndarray = None
 
     @property
     def ndim(self):
@@ -70,6 +75,17 @@ class Evaluation:
     def per_landmark(self):
         """list of dict. `keraslm.evaluation.metrics.per_landmark` of the errors."""
         return per_landmark(self.errors)
+
+    def baseline_summary(self):
+        """dict or None. `summarize` of the mean-position baseline's errors on the same images
+        (with the same normalisation), or None when the model did not record its training
+        positions."""
+        if self.baseline_mm is None:
+            return None
+        normalization = self.errors.normalization or {}
+        return summarize(point_errors(
+            self.baseline_mm, self.ground_truth_mm, self.ids, self.landmark_names,
+            normalization.get("distance_mm"), tuple(normalization.get("landmarks", (1, 5)))))
 
 
 def _progress(progress):
@@ -219,6 +235,8 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         tuple(functools.partial(test_set.read_image, record) for record in records),
         ({"model": label, "dataset": test_set.name, "ids": list(test_set.ids), **(source or {})},),
         stacked("confidence"), stacked("spread_mm"), stacked("expected_error_mm"),
+        None if spec.mean_position_mm is None else mean_position_points(
+            spec.mean_position_mm, len(records), spec.ndim),
     )
 
 
@@ -395,6 +413,7 @@ def combine(evaluations, method=None):
         dataclasses.replace(errors, ids=tuple(ids)), readers,
         tuple(source for part in evaluations for source in part.sources),
         pooled("confidence"), pooled("spread_mm"), pooled("expected_error_mm"),
+        pooled("baseline_mm"),
     )
 
 

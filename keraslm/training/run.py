@@ -31,9 +31,9 @@ from keraslm.data import select_split
 from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError
 from keraslm.export import export_saved_model
-from keraslm.evaluation.metrics import summarize
+from keraslm.evaluation.metrics import mean_position_points, summarize
 from keraslm.prediction import LandmarkDetector, combine_detectors
-from keraslm.spec import DetectorSpec, stage_spec
+from keraslm.spec import DetectorSpec, mean_position_mm, stage_spec
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
 from keraslm.io import holds_geometry, orientation_groups
@@ -65,6 +65,9 @@ class TrainingResult:
     summary: dict
     export_path: str = None  # SavedModel version folder, when config.export_dir was set
     pictures: list = dataclasses.field(default_factory=list)  # validation plots written
+    # The mean-position baseline's summary on the same validation images (each landmark at its
+    # mean training position), None without validation images.
+    baseline_summary: dict = None
 
 
 VALIDATION_CUMULATIVE_PLOT = "validation_cumulative_error.png"
@@ -390,6 +393,7 @@ def _train(config, log=None):
     # prediction refuses images stored otherwise instead of seeing them mirrored.
     headers = (train_samples.headers if not data.cache_file else
                [train_set.read_image_header(record) for record in train_set.records])
+    training_means = mean_position_mm(train_set.points_mm)  # The mean-position baseline.
     stage_description = stage_spec(network, grid, normalization, sigma, trainer.decode_method,
                                     precision.precision, **stage.spec_fields(trainer, input_shape))
     # The saved and exported network computes in float32; the final validation measures it.
@@ -401,16 +405,22 @@ def _train(config, log=None):
         local_stages=(stage_description,) if local else (),
         storage_orientation=tuple(orientation_groups([h.direction for h in headers])[0][0]),
         plain_image_spacing=(tuple(float(s) for s in dataset.image_spacing)
-                             if plain and dataset.image_spacing is not None else None)),
+                             if plain and dataset.image_spacing is not None else None),
+        mean_position_mm=training_means),
         [] if local else [network], [network] if local else [])
     if global_detector is not None:  # A local stage trained on a global one: one detector.
         detector = combine_detectors([global_detector, detector])
+    baseline_summary = None
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
         points_mm = stage.validation_points_mm(trainer, val_set, val_samples,
                                                settings["batch_size"], detector)
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
+        baseline_points_mm = mean_position_points(training_means, len(val_set),
+                                                  dataset.ndim)
+        baseline_summary = summarize(
+            np.linalg.norm(baseline_points_mm - val_set.points_mm, axis=-1))
     summary = summarize(errors_mm)
     export_path = None
     if run.export_dir and detector.spec.is_local_only:
@@ -421,6 +431,7 @@ def _train(config, log=None):
         log(f"exported for TF Serving: {export_path}")
     run_folder.write_metrics(
         {"validation_ids": list(val_set.ids), "summary": summary,
+         "mean_position_baseline": baseline_summary,
          "optimizer_iterations": optimizer_steps,
          "per_landmark_mean_mm": dict(zip(dataset.landmark_names, np.nanmean(errors_mm, axis=0).tolist()))
          if val_samples is not None else {}},
@@ -434,4 +445,4 @@ def _train(config, log=None):
     if val_samples is not None and run.plots and _is_chief(strategy):
         pictures = _write_pictures(output_dir, val_set, points_mm, errors_mm, stage.picture_label())
     return TrainingResult(run_folder.model_path, output_dir, steps, time.perf_counter() - start,
-                          errors_mm, summary, export_path, pictures)
+                          errors_mm, summary, export_path, pictures, baseline_summary)

@@ -3,7 +3,7 @@
 # elastic second member) in two lanes side by side - the global lane and the local lane - into
 # the ISBI driver's run folders, with the settings the driver gives them (the README's version-6
 # driver command); the driver then finds them finished and only reports. Usage:
-#   train_fold.sh FOLD [WORKTREE]
+#   [LANES=global|local] train_fold.sh FOLD [WORKTREE]
 # Resumable: run it again after an interruption (each run continues from its checkpoints;
 # training_seconds.json sums the parts, to the minute). WORKTREE: a checkout pinned for the runs
 # (git worktree add --detach DIR COMMIT), so that work on main does not change a running job.
@@ -42,6 +42,8 @@ local_lane() {
   run local_unet $common &&
   run local_unet_member2 $common --elastic-mm 3
 }
-global_lane > "$LOGS/v6_global_fold$FOLD.log" 2>&1 &
-local_lane > "$LOGS/v6_local_fold$FOLD.log" 2>&1 &
+# LANES="global local" (default) or one of them.
+for lane in ${LANES:-global local}; do
+  ${lane}_lane >> "$LOGS/v6_${lane}_fold$FOLD.log" 2>&1 &
+done
 wait

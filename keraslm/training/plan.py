@@ -1,0 +1,124 @@
+"""The training plan: the whole-image grid and the training settings derived from the dataset
+and the compute budget, each value with the reason it has (nnU-Net's lesson: plan from the
+data's own statistics).
+
+`plan_grid` fits the grid to the images' physical extent: an isotropic spacing and a shape per
+axis (a multiple of the network's size divisor) whose field covers the largest image along every
+axis, within a voxel budget (by default the voxels of the earlier fixed default grid, 64 x 64 in
+2D and 32 x 64 x 64 in 3D, so a plan costs what the old default did per step). A fixed shape
+around images of another aspect would leave most of the field as padding (a 182 x 218 x 182 mm
+head on 32 x 64 x 64 became a 182 x 364 x 364 mm field at 5.7 mm). Given `--grid-shape`, the
+spacing is the smallest at which every image fits; given `--grid-spacing`, the shape is the
+smallest that covers every image.
+
+`TrainingPlan` holds the grid and the training values with their reasons; `keraslm-train`
+prints it at start-up (`--plan-only`: and stops) and keeps it in `config.json` (`plan`).
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from keraslm.errors import KeraslmError
+
+#: Voxels of the grid a plan fits when neither a grid shape nor a spacing is given, per ndim.
+DEFAULT_VOXEL_BUDGET = {2: 64 * 64, 3: 32 * 64 * 64}
+
+
+def largest_extent_mm(sizes, spacings):
+    """np.ndarray `(ndim,)`: the largest physical extent (mm) per axis x, y[, z] of images of
+    `sizes` pixels and `spacings` mm per pixel (arrays `(num_images, ndim)`)."""
+    sizes = np.asarray(sizes, float)
+    return (sizes * np.asarray(spacings, float).reshape(sizes.shape)).max(axis=0)
+
+
+def plan_grid(extent_mm, divisor, grid_shape=None, grid_spacing=None, voxel_budget=None):
+    """The grid (shape in array order, isotropic spacing in mm) for images whose largest extent
+    per axis (x, y[, z]) is `extent_mm`.
+
+    Args:
+        extent_mm: sequence of float. Largest physical extent per axis, x first
+            (`largest_extent_mm`).
+        divisor: int. Every grid size must be a multiple of it (the network's size divisor).
+        grid_shape: tuple of int, optional. Given: the spacing is the smallest at which the
+            extent fits.
+        grid_spacing: float, optional. Given: the shape is the smallest multiple of `divisor`
+            per axis that covers the extent.
+        voxel_budget: int, optional. With neither given: the largest number of grid voxels;
+            default `DEFAULT_VOXEL_BUDGET`.
+
+    Returns:
+        (tuple of int shape in array order, float spacing in mm).
+
+    Examples:
+        >>> plan_grid([182.0, 218.0, 182.0], 8)
+        ((48, 56, 48), 3.92...)
+    """
+    extent = np.asarray(extent_mm, float)
+    ndim = len(extent)
+    if np.any(~np.isfinite(extent)) or np.any(extent <= 0):
+        raise KeraslmError(f"the images' physical extent must be positive: {extent.tolist()} mm")
+    if grid_shape is not None and grid_spacing is not None:
+        return tuple(int(n) for n in grid_shape), float(grid_spacing)
+    if grid_shape is not None:
+        sizes_xyz = np.array(list(reversed(grid_shape)), float)
+        return tuple(int(n) for n in grid_shape), float(np.max(extent / sizes_xyz))
+
+    def covering(spacing):
+        steps = np.ceil(extent / spacing / divisor - 1e-6).astype(int) * divisor
+        return tuple(int(n) for n in steps[::-1])  # Array order.
+
+    if grid_spacing is not None:
+        return covering(float(grid_spacing)), float(grid_spacing)
+    budget = int(voxel_budget or DEFAULT_VOXEL_BUDGET[ndim])
+    if budget < divisor ** ndim:
+        raise KeraslmError(f"a voxel budget of {budget} is below one block of the network's "
+                           f"size divisor ({divisor}^{ndim})")
+    spacing = float(np.prod(extent) / budget) ** (1.0 / ndim)  # Isotropic, exactly on budget.
+    while math.prod(covering(spacing)) > budget:  # Rounding up to the divisor costs voxels.
+        spacing *= 1.01
+    return covering(spacing), spacing
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """A run's plan: its grid and training values, each with the reason it has.
+
+    Args:
+        grid_shape: tuple of int, array order.
+        grid_spacing: float. mm per grid step.
+        extent_mm: tuple of float. The images' largest physical extent per axis (x, y[, z]).
+        values: dict. Training values (sigma, heatmap_scale, learning_rate, batch_size,
+            steps, ...).
+        reasons: dict. Per key of `values` and for "grid", why it has its value.
+    """
+
+    grid_shape: tuple
+    grid_spacing: float
+    extent_mm: tuple
+    values: dict
+    reasons: dict
+
+    @property
+    def field_mm(self):
+        """tuple of float. The grid's physical field per axis (x, y[, z])."""
+        return tuple(float(n) * self.grid_spacing for n in reversed(self.grid_shape))
+
+    def lines(self):
+        """list of str. The plan as the lines `keraslm-train` prints."""
+        def mm(values):
+            return " x ".join(f"{v:.0f}" for v in values) + " mm"
+
+        lines = [f"grid {' x '.join(str(n) for n in self.grid_shape)} at "
+                 f"{self.grid_spacing:.3g} mm: field {mm(self.field_mm)} (x, y{', z' if len(self.grid_shape) == 3 else ''}) "
+                 f"around images of up to {mm(self.extent_mm)} ({self.reasons['grid']})"]
+        for key, value in self.values.items():
+            lines.append(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}")
+            if key in self.reasons:
+                lines[-1] += f" ({self.reasons[key]})"
+        return lines
+
+    def to_dict(self):
+        return {"grid_shape": list(self.grid_shape), "grid_spacing": self.grid_spacing,
+                "extent_mm": list(self.extent_mm), "field_mm": list(self.field_mm),
+                "values": dict(self.values), "reasons": dict(self.reasons)}
