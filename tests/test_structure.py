@@ -92,7 +92,7 @@ LAYERS = [
     ("model description", ["keraslm.spec"]),
     ("prediction", ["keraslm.prediction"]),
     ("engines", ["keraslm.training.trainer", "keraslm.training.pipeline", "keraslm.training.jit",
-                 "keraslm.training.presets", "keraslm.training.callbacks",
+                 "keraslm.training.presets", "keraslm.training.plan", "keraslm.training.callbacks",
                  "keraslm.training.stages", "keraslm.evaluation.metrics",
                  "keraslm.evaluation.plots", "keraslm.evaluation.report", "keraslm.evaluation.tables",
                  "keraslm.export"]),

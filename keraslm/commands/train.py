@@ -71,15 +71,18 @@ def _parser():
                        help="override one model setting, e.g. filters=16 or kernel_size=3 "
                        "(repeatable; values are Python literals)")
     model.add_argument("--grid-shape", type=grid_shape,
-                       help="network input grid, array order (2D: H,W; 3D: D,H,W); "
-                       "default 64,64 in 2D and 32,64,64 in 3D (quick; use e.g. 256,256 for real data)")
+                       help="network input grid, array order (2D: H,W; 3D: D,H,W); default: "
+                       "planned from the images' physical extent, as many voxels as 64x64 (2D) "
+                       "or 32x64x64 (3D) - quick; use e.g. 256,256 for real data (--plan-only "
+                       "shows the plan)")
     model.add_argument("--normalization",
                        choices=["equalize_standardize", "standardize", "subtract_mean", "none"],
                        help="intensity normalisation; default: equalize_standardize in 2D (the "
                        "paper's), standardize in 3D (the paper's subtract_mean keeps the scanner's "
                        "intensity scale, on which the default training diverged)")
     model.add_argument("--grid-spacing", type=float,
-                       help="mm per grid pixel; default: the smallest at which every image fits")
+                       help="mm per grid pixel; default: the smallest at which every image fits "
+                       "(alone: the grid shape is the smallest that covers every image)")
     model.add_argument("--crop-shape", type=grid_shape,
                        help="train the LOCAL stage of a coarse-to-fine model instead: images go "
                        "whole onto a fine grid of --grid-spacing mm and the network learns on "
@@ -143,6 +146,10 @@ def _parser():
     run.add_argument("--no-plots", action="store_true",
                      help="skip the closing pictures (validation cumulative error curve and "
                      "truth-vs-prediction overlays on the best, median and worst validation image)")
+    run.add_argument("--plan-only", action="store_true",
+                     help="print the plan (grid fitted to the images' physical extent, heatmap "
+                     "targets, learning rate, batch, steps, each with its reason) from the "
+                     "image headers and stop: nothing is trained or written")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in --output-dir from its last checkpoint, "
                      "with the settings its config.json recorded (other flags that would change "
@@ -202,7 +209,7 @@ def _config(args):
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
         refine_of=args.refine_of, sigma=args.sigma,
         learn_sigma=args.learn_sigma, sigma_penalty=args.sigma_penalty,
-        plots=not args.no_plots,
+        plots=not args.no_plots, plan_only=args.plan_only,
     )
 
 
@@ -251,6 +258,9 @@ def main(argv=None):
     except (KeraslmError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
+    if config.run.plan_only:
+        print("--plan-only: nothing was trained")
+        return 0
     summary = result.summary
     if not summary["count"]:
         print("no validation landmarks with ground truth: no point error to report")

@@ -52,9 +52,10 @@ class ModelSettings:
         architecture: str. A registered architecture (`keraslm.models.ARCHITECTURES`).
         model_preset: str. "small" or "paper" (`keraslm.models.presets`).
         model_overrides: dict. Keyword overrides for `build_model`.
-        grid_shape: tuple of int or None. Network grid, array order; default per ndim
-            (`keraslm.training.stages.DEFAULT_GRID_SHAPE`).
-        grid_spacing: float or None. mm per grid step; default: the smallest that fits.
+        grid_shape: tuple of int or None. Network grid, array order; default: planned from the
+            images' physical extent (`keraslm.training.plan.plan_grid`).
+        grid_spacing: float or None. mm per grid step; default: the smallest at which every
+            image fits the grid shape (planned with it when neither is given).
         crop_shape: tuple of int or None. Train the LOCAL stage of a coarse-to-fine model
             (`keraslm.training.stages.LocalStage`): the network learns on crops of this shape
             on a fine grid of `grid_spacing` mm; `grid_shape` is then ignored.
@@ -135,6 +136,9 @@ class RunSettings:
             into (next version); None = no export.
         plots: bool. End with pictures of the validation (cumulative error curve; truth vs
             prediction on the best, median and worst validation image) in the run folder.
+        plan_only: bool. Work out and report the plan (`keraslm.training.plan`: grid,
+            targets, learning rate, batch, steps) from the image headers, then stop: no image
+            is prepared and nothing is written.
     """
 
     training_preset: str = "default"
@@ -150,6 +154,7 @@ class RunSettings:
     jit: str = "auto"
     export_dir: str = None
     plots: bool = True
+    plan_only: bool = False
 
 
 #: TrainingConfig's parts: attribute name -> settings class.

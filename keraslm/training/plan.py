@@ -52,7 +52,7 @@ def plan_grid(extent_mm, divisor, grid_shape=None, grid_spacing=None, voxel_budg
 
     Examples:
         >>> plan_grid([182.0, 218.0, 182.0], 8)
-        ((48, 56, 48), 3.92...)
+        ((48, 56, 48), 3.89...)
     """
     extent = np.asarray(extent_mm, float)
     ndim = len(extent)
@@ -74,9 +74,14 @@ def plan_grid(extent_mm, divisor, grid_shape=None, grid_spacing=None, voxel_budg
     if budget < divisor ** ndim:
         raise KeraslmError(f"a voxel budget of {budget} is below one block of the network's "
                            f"size divisor ({divisor}^{ndim})")
-    spacing = float(np.prod(extent) / budget) ** (1.0 / ndim)  # Isotropic, exactly on budget.
-    while math.prod(covering(spacing)) > budget:  # Rounding up to the divisor costs voxels.
-        spacing *= 1.01
+    # The finest spacing within the budget: covering() only changes where an axis's extent is
+    # a whole number of divisor blocks, so the answer is one of those spacings (or the
+    # isotropic spacing exactly on budget, which is a lower bound).
+    lower = float(np.prod(extent) / budget) ** (1.0 / ndim)
+    candidates = [lower] + [float(e) / (k * divisor) for e in extent
+                            for k in range(1, int(np.ceil(e / (lower * divisor))) + 1)]
+    spacing = min(c for c in candidates
+                  if c >= lower and math.prod(covering(c)) <= budget)
     return covering(spacing), spacing
 
 

@@ -50,6 +50,7 @@ from keraslm.training.pipeline import (
     streaming_training_dataset,
     training_dataset,
 )
+from keraslm.training.plan import TrainingPlan
 from keraslm.training.presets import get_training_preset
 from keraslm.training.stages import stage_for
 
@@ -68,6 +69,7 @@ class TrainingResult:
     # The mean-position baseline's summary on the same validation images (each landmark at its
     # mean training position), None without validation images.
     baseline_summary: dict = None
+    plan: object = None  # The TrainingPlan (keraslm.training.plan) the run followed.
 
 
 VALIDATION_CUMULATIVE_PLOT = "validation_cumulative_error.png"
@@ -246,6 +248,38 @@ def _resolved_settings(config, dataset, network, input_shape):
     return settings
 
 
+def _plan(config, stage, grid, settings):
+    """The run's TrainingPlan: the grid and the training values, each with its reason."""
+    preset = f"training preset {config.run.training_preset!r}"
+
+    def why(flag, value, default_reason):
+        return f"{flag} given" if value is not None else default_reason
+
+    spacing = float(grid.spacing[0])
+    sigma = settings["sigma"]
+    values = {"sigma (grid voxels)": sigma, "heatmap_scale": float(settings["heatmap_scale"]),
+              "learning_rate": float(settings["learning_rate"]),
+              "batch_size": int(settings["batch_size"]), "steps": int(settings["steps"])}
+    reasons = {
+        "grid": stage.grid_reason,
+        "sigma (grid voxels)": why("--sigma", config.model.sigma, preset)
+        + (f"; {sigma * spacing:.3g} mm" if np.ndim(sigma) == 0 else ""),
+        "heatmap_scale": (f"{preset}: with peak 1 the all-zero output is so close in L2 that "
+                          "training collapsed onto it"),
+        "learning_rate": why("--learning-rate", config.run.learning_rate,
+                             f"{preset}, {settings['optimizer']} with {settings['decay']} decay; "
+                             "the networks start at the all-zero heatmap, so the loss falls from "
+                             "the first steps at any grid"),
+        "batch_size": why("--batch-size", config.run.batch_size, preset),
+        "steps": why("--steps", config.run.steps, preset),
+    }
+    extent = getattr(stage, "extent_mm", None)
+    if extent is None:  # A local stage: its fine grid covers the images.
+        extent = [n * spacing for n in reversed(grid.shape)]
+    return TrainingPlan(tuple(grid.shape), spacing, tuple(float(v) for v in extent), values,
+                        reasons)
+
+
 def _augmentation(settings):
     return AugmentationConfig(
         rotation_degrees=settings["rotation_degrees"], translation_mm=settings["translation_mm"],
@@ -264,11 +298,12 @@ def _train(config, log=None):
     stage = stage_for(config)
     run_folder = RunFolder(run.output_dir)
     output_dir = run_folder.path
-    _check_run_folder(run_folder, run.resume)
-    if run.export_dir:  # Checked now, not after the training.
-        check_output_folder(run.export_dir, "--export-dir")
-    if run.resume:
-        _check_resumed_settings(run_folder, config)
+    if not run.plan_only:
+        _check_run_folder(run_folder, run.resume)
+        if run.export_dir:  # Checked now, not after the training.
+            check_output_folder(run.export_dir, "--export-dir")
+        if run.resume:
+            _check_resumed_settings(run_folder, config)
 
     precision = choose_precision(run.precision)
     dataset = load_dataset(data.dataset, root=data.dataset_root, units=data.units,
@@ -276,23 +311,7 @@ def _train(config, log=None):
     if data.ndim is not None and data.ndim != dataset.ndim:
         raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but a {data.ndim}D "
                            "model was requested (--ndim)")
-    input_shape = stage.network_input_shape(dataset)
-    train_set, val_set = select_split(
-        dataset, fold=data.fold, num_folds=data.num_folds, train_ids=data.train_ids,
-        test_ids=data.test_ids, test_fraction=data.test_fraction, seed=run.seed,
-    )
-    if data.train_size is not None:
-        train_set = train_set.reduced(data.train_size, seed=run.seed)
-    global_detector = stage.global_detector(dataset, val_set)  # Checked before training.
-    grid = stage.grid(dataset, input_shape)
-    log(
-        f"{dataset.name}: {len(train_set)} training / {len(val_set)} validation images, "
-        f"{dataset.num_landmarks} landmarks; grid {grid.shape} at {grid.spacing[0]:.3f} mm"
-        + stage.describe(input_shape)
-    )
-
     keras.utils.set_random_seed(run.seed)
-    log(f"precision: {precision.precision} ({precision.reason})")
     strategy = _strategy(run.distribute)
     with strategy.scope():
         with dtype_policy(precision.policy):
@@ -300,7 +319,30 @@ def _train(config, log=None):
                 config.model.architecture, dataset.ndim, dataset.num_landmarks,
                 preset=config.model.model_preset, **config.model.model_overrides,
             )
-        settings = _resolved_settings(config, dataset, network, input_shape)  # Checks sizes.
+    input_shape = stage.network_input_shape(dataset, int(getattr(network, "size_divisor", 1)))
+    train_set, val_set = select_split(
+        dataset, fold=data.fold, num_folds=data.num_folds, train_ids=data.train_ids,
+        test_ids=data.test_ids, test_fraction=data.test_fraction, seed=run.seed,
+    )
+    if data.train_size is not None:
+        train_set = train_set.reduced(data.train_size, seed=run.seed)
+    grid = stage.grid(dataset, input_shape)
+    log(
+        f"{dataset.name}: {len(train_set)} training / {len(val_set)} validation images, "
+        f"{dataset.num_landmarks} landmarks; grid {grid.shape} at {grid.spacing[0]:.3f} mm"
+        + stage.describe(input_shape)
+    )
+    settings = _resolved_settings(config, dataset, network, input_shape)  # Checks sizes.
+    plan = _plan(config, stage, grid, settings)
+    for line in plan.lines():
+        log(f"plan: {line}")
+    if run.plan_only:
+        return TrainingResult(None, output_dir, 0, time.perf_counter() - start,
+                              np.zeros((0, dataset.num_landmarks)), summarize(np.zeros((0, 1))),
+                              plan=plan)
+    global_detector = stage.global_detector(dataset, val_set)  # Checked before training.
+    log(f"precision: {precision.precision} ({precision.reason})")
+    with strategy.scope():
         if settings["batch_size"] > len(train_set):
             raise DatasetError(
                 f"the training set has {len(train_set)} images, fewer than the batch size "
@@ -353,6 +395,7 @@ def _train(config, log=None):
     os.makedirs(output_dir, exist_ok=True)
     resolved = {**config.to_dict(), "grid_shape": list(grid.shape),
                 "grid_spacing": list(grid.spacing), "settings": settings,
+                "plan": plan.to_dict(),
                 "resolved_precision": precision.to_dict(), "resolved_jit": jit.to_dict()}
     run_folder.write_config(resolved)
     callbacks = [

@@ -20,14 +20,14 @@ import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 from keraslm.prediction import DetectorPredictor, load_detector, refine_function
+from keraslm.preprocessing import GridSpec
 from keraslm.run_folder import RunFolder
 from keraslm.spec import offset_prior_mm
 from keraslm.training.callbacks import HeatmapImages
-from keraslm.training.pipeline import choose_grid, covering_grid, evaluation_dataset
+from keraslm.training.pipeline import covering_grid, evaluation_dataset
+from keraslm.training.plan import DEFAULT_VOXEL_BUDGET, largest_extent_mm, plan_grid
 from keraslm.training.trainer import HeatmapTrainer, LocalHeatmapTrainer
 
-#: The global stage's grid shape when none is given, per dimension (array order).
-DEFAULT_GRID_SHAPE = {2: (64, 64), 3: (32, 64, 64)}
 
 
 class TrainingStage:
@@ -43,8 +43,12 @@ class TrainingStage:
     def __init__(self, config):
         self.config = config
 
-    def network_input_shape(self, dataset):
-        """tuple of int. The spatial shape the network sees (array order), checked against the
+    #: str. Why the grid has its shape and spacing (set by `network_input_shape`).
+    grid_reason = ""
+
+    def network_input_shape(self, dataset, size_divisor):
+        """tuple of int. The spatial shape the network sees (array order; sizes multiples of
+        the network's `size_divisor` where the stage chooses them), checked against the
         dataset's dimension; raises KeraslmError naming the flag."""
         raise NotImplementedError
 
@@ -83,22 +87,39 @@ class TrainingStage:
 
 
 class GlobalStage(TrainingStage):
-    """The whole image on the network grid (`grid_shape`, spacing: the smallest that fits)."""
+    """The whole image on the network grid, planned from the images' physical extent
+    (`keraslm.training.plan.plan_grid`): `grid_shape` and / or `grid_spacing` where given."""
 
     name = "global"
 
-    def network_input_shape(self, dataset):
-        if self.config.model.refine_of is not None:
+    def network_input_shape(self, dataset, size_divisor):
+        model = self.config.model
+        if model.refine_of is not None:
             raise KeraslmError("--refine-of trains a local stage on a global one: it needs "
                                "--crop-shape (and --grid-spacing)")
-        shape = tuple(self.config.model.grid_shape or DEFAULT_GRID_SHAPE[dataset.ndim])
-        if len(shape) != dataset.ndim:
+        if model.grid_shape is not None and len(model.grid_shape) != dataset.ndim:
             raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but --grid-shape "
-                               f"{shape} is {len(shape)}D")
+                               f"{tuple(model.grid_shape)} is {len(model.grid_shape)}D")
+        headers = [dataset.read_image_header(record) for record in dataset.records]
+        self.extent_mm = largest_extent_mm([h.size for h in headers], [h.spacing for h in headers])
+        shape, spacing = plan_grid(self.extent_mm, size_divisor, model.grid_shape,
+                                   model.grid_spacing)
+        self._grid = GridSpec(shape, spacing)
+        if model.grid_shape is not None and model.grid_spacing is not None:
+            self.grid_reason = "--grid-shape and --grid-spacing given"
+        elif model.grid_shape is not None:
+            self.grid_reason = "--grid-shape given; the smallest spacing at which every image fits"
+        elif model.grid_spacing is not None:
+            self.grid_reason = ("--grid-spacing given; the smallest shape (multiples of "
+                                f"{size_divisor}) that covers every image")
+        else:
+            self.grid_reason = (f"fitted to the images within {DEFAULT_VOXEL_BUDGET[dataset.ndim]} "
+                                f"voxels, sizes multiples of {size_divisor}; --grid-shape / "
+                                "--grid-spacing override")
         return shape
 
     def grid(self, dataset, input_shape):
-        return choose_grid(dataset, input_shape, self.config.model.grid_spacing)
+        return self._grid
 
     def trainer(self, network, grid, input_shape, **common):
         return HeatmapTrainer(network, grid.shape, grid.spacing, **common)
@@ -117,7 +138,7 @@ class LocalStage(TrainingStage):
 
     name = "local"
 
-    def network_input_shape(self, dataset):
+    def network_input_shape(self, dataset, size_divisor):
         model = self.config.model
         if len(model.crop_shape) != dataset.ndim:
             raise KeraslmError(
@@ -128,6 +149,8 @@ class LocalStage(TrainingStage):
                                "pixel of its fine grid, e.g. 0.4 for ISBI 2015")
         if self.config.data.cache_file:
             raise KeraslmError("--cache-file is not supported for a local stage (--crop-shape)")
+        self.grid_reason = ("the fine grid of --grid-spacing that covers every image; the "
+                            "network sees --crop-shape crops of it")
         return tuple(model.crop_shape)
 
     def grid(self, dataset, input_shape):
