@@ -5,16 +5,12 @@ block is a plain function `block(x, ndim, ..., name=...)` whose layers get deter
 derived from `name` (`f"{name}_conv0"`, ...), so weights and exported signatures stay stable.
 Tensors are channels-last: `(batch, dim_0, ..., dim_{ndim-1}, channels)`.
 
-Every network starts at the all-zero heatmap (`heatmap_head`: zero kernel), and an SCN's
-spatial configuration starts as the constant factor 1 (`spatial_configuration`: zero kernel,
-bias 1), so an SCN starts as its local-appearance part alone. Started from random outputs
-instead (the first keraslm, and the paper's Gaussian initialisation), a network on a grid where
-the targets cover a small share of the voxels spends its first steps removing its random output
-(whose mean square was 3.7 there against the targets' 1.0, 3D phantom at 48 x 96 x 96), and it
-did so by silencing its features - dead ReLUs, or both SCN factors at zero, where the product's
-gradient vanishes - and never learned (loss flat at the all-zero output's, error 70 mm).
-Started at zero output with live features, the only error signal from the first step is the
-targets'. `keraslm.training` documents the measurements.
+Every network starts at the all-zero heatmap (`heatmap_head`: zero kernel and bias), and an
+SCN's spatial configuration starts as the constant factor 1 (`spatial_configuration`: zero
+kernel, bias 1), so an SCN starts as its local-appearance part alone: the first error signal is
+the targets', while the hidden features keep their random initialisation. (A random start on a
+grid where the targets cover a small share of the voxels spends its first steps removing its
+random output and can silence its features on the way; README, "Design notes".)
 """
 import keras
 

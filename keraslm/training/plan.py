@@ -4,12 +4,9 @@ data's own statistics).
 
 `plan_grid` fits the grid to the images' physical extent: an isotropic spacing and a shape per
 axis (a multiple of the network's size divisor) whose field covers the largest image along every
-axis, within a voxel budget (by default the voxels of the earlier fixed default grid, 64 x 64 in
-2D and 32 x 64 x 64 in 3D, so a plan costs what the old default did per step). A fixed shape
-around images of another aspect would leave most of the field as padding (a 182 x 218 x 182 mm
-head on 32 x 64 x 64 became a 182 x 364 x 364 mm field at 5.7 mm). Given `--grid-shape`, the
-spacing is the smallest at which every image fits; given `--grid-spacing`, the shape is the
-smallest that covers every image.
+axis, the finest within a voxel budget (`DEFAULT_VOXEL_BUDGET`: as many voxels as 64 x 64 in 2D
+and 32 x 64 x 64 in 3D). Given `--grid-shape`, the spacing is the smallest at which every image
+fits; given `--grid-spacing`, the shape is the smallest that covers every image.
 
 `TrainingPlan` holds the grid and the training values with their reasons; `keraslm-train`
 prints it at start-up (`--plan-only`: and stops) and keeps it in `config.json` (`plan`).
