@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import DatasetError, KeraslmError
-from keraslm.preprocessing import GridSpec, fitting_spacing, prepare_image
+from keraslm.preprocessing import GridSpec, prepare_image
+from keraslm.training.plan import largest_extent_mm, plan_grid
 
 # 2D as in the paper. 3D: the paper subtracts the mean only, which leaves the scanner's
 # intensity scale (thousands for the 3D phantom's MR-like values) and made the default Adam
@@ -77,12 +78,9 @@ def choose_grid(dataset, grid_shape, grid_spacing=None):
             f"dataset {dataset.name!r} is {dataset.ndim}D but the grid shape {tuple(grid_shape)} "
             f"is {len(grid_shape)}D"
         )
-    if grid_spacing is None:
-        headers = [dataset.read_image_header(record) for record in dataset.records]
-        grid_spacing = fitting_spacing(
-            [h.size for h in headers], [h.spacing for h in headers], grid_shape
-        )
-    return GridSpec(tuple(grid_shape), grid_spacing)
+    headers = [dataset.read_image_header(record) for record in dataset.records]
+    extent = largest_extent_mm([h.size for h in headers], [h.spacing for h in headers])
+    return GridSpec(*plan_grid(extent, 1, tuple(grid_shape), grid_spacing))
 
 
 def covering_shape(sizes, spacings, grid_spacing):
