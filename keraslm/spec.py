@@ -8,6 +8,7 @@ image; a `StageSpec` describes one network:
         global_stages   (StageSpec, ...)  whole image on a coarse grid; members are averaged
         local_stages    (StageSpec, ...)  crops of a fine grid around the global estimate
         calibration     expected error and the per-landmark blend of the stages, or None
+        canonical_orientation   trained in the canonical frame: any storage orientation predicts
         storage_orientation, plain_image_spacing   what the training images looked like
     StageSpec
         architecture, grid_shape, grid_spacing (x, y[, z] mm), normalization, output_stride,
@@ -18,7 +19,9 @@ Both are frozen dataclasses. `to_json()` gives the recorded form (`SPEC_FORMAT`)
 `LandmarkDetector`'s config (`model.keras`) and in a SavedModel's `assets/keraslm.json`;
 `upgrade_spec` is the one reader of every recorded form keraslm has written: the current one,
 and the per-network metadata dicts of keraslm 0.1 (`keraslm-landmarks/1`, with the local stage
-under "refine" and ensemble members under "ensemble").
+under "refine" and ensemble members under "ensemble"). A recorded detector whose training
+images were all stored canonically (storage orientation +x +y[ +z]) is read as one in the
+canonical frame.
 """
 import dataclasses
 
@@ -146,8 +149,14 @@ class DetectorSpec:
             estimates and predicts nothing alone.
         local_stages: tuple of StageSpec (crops), possibly empty.
         calibration: dict or None. `keraslm.calibration` (expected error, stage blend).
+        canonical_orientation: bool. The networks learned images in the canonical frame
+            (`keraslm.io.image.canonical_axes`: index axes along the physical LPS axes), and
+            prediction brings every image there first, so any storage orientation predicts.
+            False: the networks see arrays in storage order (models of keraslm 0.2.1 and older
+            whose training images were not stored canonically).
         storage_orientation: tuple of str or None. How the training images stored their
-            voxels (`keraslm.io.storage_orientation`); None: not recorded, not checked.
+            voxels (`keraslm.io.storage_orientation`), checked at prediction; only for models
+            that are not in the canonical frame. None: not checked.
         plain_image_spacing: tuple of float or None. mm per pixel of the plain (PNG/JPEG)
             training images, named when such an image comes without a spacing.
         mean_position_mm: tuple or None. Per landmark its mean position over the training
@@ -164,6 +173,7 @@ class DetectorSpec:
     storage_orientation: tuple = None
     plain_image_spacing: tuple = None
     mean_position_mm: tuple = None
+    canonical_orientation: bool = False
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
@@ -179,6 +189,9 @@ class DetectorSpec:
         for stage in self.global_stages + self.local_stages:
             if stage.ndim != self.ndim:
                 raise KeraslmError(f"a {stage.ndim}D stage in a {self.ndim}D detector")
+        if self.canonical_orientation and self.storage_orientation is not None:
+            raise KeraslmError("a detector in the canonical frame predicts any storage "
+                               "orientation: it records no storage_orientation")
         if self.mean_position_mm is not None and (
                 len(self.mean_position_mm) != len(self.landmark_names)
                 or any(p is not None and len(p) != self.ndim for p in self.mean_position_mm)):
@@ -220,6 +233,12 @@ class DetectorSpec:
             raise KeraslmError(
                 f"the stages disagree in their landmarks or dimension: {self.ndim}D "
                 f"{list(self.landmark_names)} vs {other.ndim}D {list(other.landmark_names)}")
+        if other.canonical_orientation != self.canonical_orientation:
+            raise KeraslmError(
+                "the stages see images in different frames: one was trained in the canonical "
+                "frame, the other in its training images' storage order "
+                f"({' '.join(self.storage_orientation or other.storage_orientation or ('?',))}); "
+                "train them with the same keraslm version")
         return self.replace(global_stages=self.global_stages + other.global_stages,
                             local_stages=self.local_stages + other.local_stages,
                             mean_position_mm=(other.mean_position_mm if self.mean_position_mm is None
@@ -232,6 +251,7 @@ class DetectorSpec:
                 "global_stages": [s.to_json() for s in self.global_stages],
                 "local_stages": [s.to_json() for s in self.local_stages],
                 "calibration": self.calibration,
+                "canonical_orientation": self.canonical_orientation,
                 "storage_orientation": (None if self.storage_orientation is None
                                         else list(self.storage_orientation)),
                 "plain_image_spacing": (None if self.plain_image_spacing is None
@@ -293,6 +313,15 @@ def _old_stage(recorded, source):
     return stage
 
 
+def _in_canonical_frame(spec):
+    """A recorded spec whose training images were stored canonically (index axes along +x,
+    +y[, +z]) learned canonical arrays: it is in the canonical frame."""
+    canonical = tuple(f"+{axis}" for axis in "xyz"[:spec.ndim])
+    if spec.storage_orientation == canonical:
+        return spec.replace(storage_orientation=None, canonical_orientation=True)
+    return spec
+
+
 def upgrade_spec(recorded, source, local_recorded=None):
     """The DetectorSpec of any recorded form keraslm has written.
 
@@ -312,7 +341,7 @@ def upgrade_spec(recorded, source, local_recorded=None):
     form = recorded.get("format", _OLD_FORMAT)
     try:
         if form == SPEC_FORMAT:
-            return DetectorSpec(
+            return _in_canonical_frame(DetectorSpec(
                 landmark_names=tuple(str(n) for n in recorded["landmark_names"]),
                 ndim=int(recorded["ndim"]),
                 global_stages=tuple(StageSpec.from_json(s) for s in recorded["global_stages"]),
@@ -322,7 +351,8 @@ def upgrade_spec(recorded, source, local_recorded=None):
                                      else tuple(recorded["storage_orientation"])),
                 plain_image_spacing=(None if recorded.get("plain_image_spacing") is None
                                      else _floats(recorded["plain_image_spacing"])),
-                mean_position_mm=_mean_positions(recorded.get("mean_position_mm")))
+                mean_position_mm=_mean_positions(recorded.get("mean_position_mm")),
+                canonical_orientation=bool(recorded.get("canonical_orientation", False))))
         if form != _OLD_FORMAT:
             raise KeraslmError(
                 f"{source}: unknown model description format {form!r} (this keraslm reads "
@@ -344,12 +374,12 @@ def upgrade_spec(recorded, source, local_recorded=None):
             global_stages[0] = dataclasses.replace(global_stages[0], training_precision=precision)
         orientation = recorded.get("storage_orientation")
         plain = recorded.get("plain_image_spacing")
-        return DetectorSpec(
+        return _in_canonical_frame(DetectorSpec(
             landmark_names=tuple(str(n) for n in recorded["landmark_names"]),
             ndim=int(recorded["ndim"]), global_stages=tuple(global_stages),
             local_stages=tuple(local_stages), calibration=recorded.get("calibration"),
             storage_orientation=None if orientation is None else tuple(orientation),
-            plain_image_spacing=None if plain is None else _floats(plain))
+            plain_image_spacing=None if plain is None else _floats(plain)))
     except KeraslmError as error:
         message = str(error)
         raise KeraslmError(message if message.startswith(f"{source}:")

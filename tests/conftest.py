@@ -10,8 +10,9 @@ The suite runs in pytest-xdist workers, a test file per worker at a time (`--dis
 setup.cfg). `phantom2d` and `trained_2d` are built once per run for all workers (the first
 builds under a file lock, the others load its result); `cascade_2d` serves one file. Tests must
 not change what these fixtures wrote (copy a run folder first, as test_evaluation
-does). Markers: `slow` marks tests that start subprocesses, several workers or whole experiment
-drivers (`pytest -m "not slow"` runs the rest in a fraction of the time).
+does). Markers: `slow` marks tests that start subprocesses, several workers, whole experiment
+drivers or a fine 3D training; the default run leaves them out (setup.cfg), `pytest -m slow`
+runs them, `pytest -m ""` runs everything.
 """
 import os
 import pickle
@@ -22,8 +23,8 @@ from filelock import FileLock
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: starts subprocesses, several workers or experiment drivers "
-                   "(deselect with -m 'not slow')")
+        "markers", "slow: starts subprocesses, several workers, experiment drivers or a fine "
+                   "3D training (left out by default; run with -m slow)")
 
 
 def _built_once(tmp_path_factory, name, build):

@@ -360,7 +360,9 @@ def test_upgrade_spec_reads_keraslm_0_1_metadata_with_a_local_stage_and_calibrat
         decode_method="dark", training_precision="float32", crop_shape=(16, 16),
         offset_prior_mm=2.3),)
     assert spec.calibration == calibration and spec.local_weight == [0.2, 1.0]
-    assert spec.storage_orientation == ("+x", "+y") and spec.plain_image_spacing == (0.1, 0.1)
+    # Trained on images stored +x +y: in the canonical frame.
+    assert spec.canonical_orientation and spec.storage_orientation is None
+    assert spec.plain_image_spacing == (0.1, 0.1)
     assert not spec.is_ensemble and not spec.is_local_only
     # A local stage's own metadata (a 0.1 LandmarkDetector's "local_metadata") is read alike.
     alone = dict(recorded)

@@ -152,16 +152,18 @@ def test_plain_images_need_a_spacing(trained, tmp_path, capsys):
     assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
 
 
-def test_images_stored_in_another_orientation_are_refused(trained, tmp_path):
-    """The network sees arrays in storage order: an image stored with its rows bottom-up (the
-    same anatomy in mm) would be predicted mirrored - refused, naming both orientations, by
-    models that recorded their training images' orientation."""
+def test_images_stored_in_another_orientation(trained, tmp_path):
+    """An image stored with its rows bottom-up (the same anatomy in mm) is predicted like the
+    original: the model brings it into the canonical frame. Models in storage order (keraslm
+    0.2.1 and older, trained on images not stored canonically) refuse it, naming both
+    orientations; models that recorded no orientation predict it as it is."""
     from keraslm.io import Image, write_nifti
+    from keraslm.prediction import LandmarkDetector
 
     dataset, result = trained
     image = dataset.read_image(dataset.records[0])
     detector = load_predictor(result.model_path).detector
-    assert detector.spec.storage_orientation == ("+x", "+y")
+    assert detector.spec.canonical_orientation and detector.spec.storage_orientation is None
     height = image.array.shape[0]
     flipped = Image(image.array[::-1], spacing=image.spacing,
                     origin=image.index_to_physical([[0.0, height - 1.0]])[0],
@@ -169,17 +171,23 @@ def test_images_stored_in_another_orientation_are_refused(trained, tmp_path):
     np.testing.assert_allclose(flipped.index_to_physical([[3.0, height - 1.0 - 5.0]]),
                                image.index_to_physical([[3.0, 5.0]]))  # The same place in mm.
     write_nifti(str(tmp_path / "flipped.nii.gz"), flipped)
+    original = predict(detector, [image])[0]
     for item in (flipped, str(tmp_path / "flipped.nii.gz")):
+        mirrored = predict(detector, [item])[0]
+        np.testing.assert_allclose(mirrored.points_mm, original.points_mm, atol=1e-3)
+        np.testing.assert_allclose(mirrored.points_index[:, 1], height - 1 - original.points_index[:, 1],
+                                   atol=1e-3)
+    in_storage_order = LandmarkDetector(detector.spec.replace(
+        canonical_orientation=False, storage_orientation=("+x", "-y")), detector.networks)
+    for item in (image,):
         with pytest.raises(KeraslmError, match=(
-                r"^(image0000|.*flipped\.nii\.gz): the image stores its voxels along other axes or "
-                r"directions than the training images of the model \(\+x \+y\)")):
-            predict(result.model_path, [item])
-    predict(result.model_path, [image])  # Stored like the training images: predicted.
-    # Models trained before the orientation was recorded are not checked.
-    from keraslm.prediction import LandmarkDetector
-
-    older = LandmarkDetector(detector.spec.replace(storage_orientation=None), detector.networks)
-    predict(older, [flipped])
+                r"^(image0000|.*\.png): the image stores its voxels along other axes or "
+                r"directions than the training images of the model \(\+x -y\)")):
+            predict(in_storage_order, [item])
+    predict(in_storage_order, [flipped])  # Stored like its training images: predicted.
+    unrecorded = LandmarkDetector(detector.spec.replace(canonical_orientation=False),
+                                  detector.networks)
+    predict(unrecorded, [flipped])
 
 
 def test_predict_cli_output_dir_that_is_a_file(trained, tmp_path, capsys):

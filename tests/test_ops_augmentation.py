@@ -450,6 +450,10 @@ def test_device_stage_compiles_with_xla(ndim):
     ("blur_mm", -0.5, "`blur_mm` must be a finite number >= 0. Received: blur_mm=-0.5"),
     ("noise_std", float("inf"), "`noise_std` must be a finite number >= 0. Received: "
                                 "noise_std=inf"),
+    ("flip_axes", "xx", "`flip_axes` must be a string of distinct axis names from 'xyz' (e.g. "
+                        "'x'), or '' for none. Received: flip_axes='xx'"),
+    ("flip_axes", ("x",), "`flip_axes` must be a string of distinct axis names from 'xyz' (e.g. "
+                          "'x'), or '' for none. Received: flip_axes=('x',)"),
 ])
 def test_bad_config_values(field, value, message):
     with pytest.raises(ValueError) as info:
@@ -497,3 +501,44 @@ def test_bad_points_and_images():
                      sample_transforms(0, 2, (8, 8), 1.0), codec)
     with pytest.raises(ValueError, match="Received: iterations=0"):
         apply_to_points(np.zeros((2, 5, 2)), transforms, iterations=0)
+
+
+@pytest.mark.parametrize("ndim, axes", [(2, "x"), (3, "xz")])
+def test_flips_mirror_images_and_points_alike_and_keep_the_other_draws(ndim, axes):
+    """A flip mirrors about the grid centre along each named axis in about half the samples,
+    image and landmarks alike (landmark identities kept); runs without flips keep their random
+    stream."""
+    grid_shape, spacing = GRIDS[ndim]
+    batch = 64
+    config = AugmentationConfig.identity()
+    flipped = AugmentationConfig(**{**config.__dict__, "flip_axes": axes})
+    transforms = sample_transforms(3, batch, grid_shape, spacing, flipped)
+    images = np.random.default_rng(0).normal(size=(batch, *grid_shape, 1)).astype("float32")
+    size_xyz = np.array(grid_shape[::-1], dtype="float32")
+    points = np.random.default_rng(1).uniform(0, size_xyz - 1, (batch, 5, ndim)).astype("float32")
+    moved_images = keras.ops.convert_to_numpy(apply_to_images(images, transforms, intensity=False))
+    moved_points = keras.ops.convert_to_numpy(apply_to_points(points, transforms)[0])
+    diagonal = np.diagonal(keras.ops.convert_to_numpy(transforms["matrix"]), axis1=1, axis2=2)
+    mirrored = diagonal[:, :ndim] < 0  # (batch, x y [z])
+    assert not mirrored[:, ["xyz".index(a) for a in "xyz"[:ndim] if a not in axes]].any()
+    for axis in axes:
+        share = mirrored[:, "xyz".index(axis)].mean()
+        assert 0.25 < share < 0.75, share
+    for sample in range(batch):
+        expected_image, expected_points = images[sample], points[sample].copy()
+        for axis in range(ndim):
+            if mirrored[sample, axis]:
+                expected_image = np.flip(expected_image, axis=ndim - 1 - axis)
+                expected_points[:, axis] = size_xyz[axis] - 1 - expected_points[:, axis]
+        np.testing.assert_allclose(moved_images[sample], expected_image, atol=1e-4)
+        np.testing.assert_allclose(moved_points[sample], expected_points, atol=1e-3)
+    plain = sample_transforms(3, batch, grid_shape, spacing, FULL)
+    again = sample_transforms(3, batch, grid_shape, spacing,
+                              AugmentationConfig(**{**FULL.__dict__, "flip_axes": ""}))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(plain["matrix"]),
+                                  keras.ops.convert_to_numpy(again["matrix"]))
+
+
+def test_a_flip_along_an_axis_the_grid_lacks_is_refused():
+    with pytest.raises(ValueError, match="`flip_axes` names an axis a 2D grid does not have"):
+        sample_transforms(0, 2, (16, 16), 1.0, AugmentationConfig(flip_axes="z"))

@@ -339,9 +339,10 @@ def test_check_warns_of_a_file_with_other_landmark_names(phantom, tmp_path):
     assert f"names {len(names)} landmarks that no other image has (F-1, " in own[0].message
 
 
-def test_check_warns_of_images_stored_in_another_orientation(phantom, tmp_path):
+def test_check_reports_the_storage_orientations_without_warning(phantom, tmp_path, capsys):
     """The same content stored with its rows bottom-up (as dcm2niix writes): the landmarks in
-    mm agree, but the network would see the array mirrored - a warning names the image."""
+    mm agree, and training brings both into one canonical frame - the summary lists the
+    orientations, no warning."""
     from keraslm.data import LandmarkDataset, Record
     from keraslm.datasets.check import check_dataset
     from keraslm.io import storage_orientation
@@ -365,11 +366,16 @@ def test_check_warns_of_images_stored_in_another_orientation(phantom, tmp_path):
                                    atol=1e-4)
         records.append(Record(record.id, path, record.points_mm))
     dataset = LandmarkDataset("flipped", tuple(records), phantom.landmark_names, 2)
-    findings = check_dataset(dataset).findings
-    oriented = [f for f in findings if f.kind == "mixed orientations"]
-    assert len(oriented) == 1 and oriented[0].path == records[3].image_path
-    assert "(+x -y)" in oriented[0].message and "(+x +y)" in oriented[0].message
-    assert not [f for f in findings if f.kind == "outside"]  # The same points in mm.
+    from keraslm.datasets.check import format_check
+
+    check = check_dataset(dataset)
+    assert not check.errors  # The same points in mm, none outside.
+    assert not [f for f in check.findings if "orientation" in f.kind]
+    assert check.summary["orientations"] == [{"orientation": ["+x", "+y"], "images": 3},
+                                             {"orientation": ["+x", "-y"], "images": 1}]
+    lines = format_check(check)
+    assert "  stored +x -y (index axes along LPS): 1 images" in lines
+    assert any("mixed orientations are fine" in line for line in lines)
 
 
 def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):

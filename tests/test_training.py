@@ -211,12 +211,14 @@ def test_augmentation_flags_and_sigma_reach_the_trainer_and_the_run_record(phant
     train(TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), batch_size=4, steps=2, steps_per_epoch=2,
         test_fraction=0.0, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
-        blur_mm=1.5, noise_std=0.2, sigma=3.0, rotation_degrees=4.0, scale=0.03, jit="on"))
-    assert [(a.blur_mm, a.noise_std, float(sigma), a.rotation_degrees, a.scale)
-            for a, sigma in seen] == [(1.5, 0.2, 3.0, 4.0, 0.03)]
+        blur_mm=1.5, noise_std=0.2, sigma=3.0, rotation_degrees=4.0, scale=0.03, flip_axes="x",
+        jit="on"))
+    assert [(a.blur_mm, a.noise_std, float(sigma), a.rotation_degrees, a.scale, a.flip_axes)
+            for a, sigma in seen] == [(1.5, 0.2, 3.0, 4.0, 0.03, "x")]
     recorded = json.load(open(tmp_path / "run" / "config.json"))
     assert recorded["blur_mm"] == 1.5 and recorded["noise_std"] == 0.2 and recorded["sigma"] == 3.0
     assert recorded["rotation_degrees"] == 4.0 and recorded["scale"] == 0.03
+    assert recorded["flip_axes"] == "x" and recorded["settings"]["flip_axes"] == "x"
     assert recorded["settings"]["rotation_degrees"] == 4.0 and recorded["settings"]["scale"] == 0.03
     from keraslm.prediction import load_detector
 
@@ -339,10 +341,11 @@ def test_augmentation_flags_of_the_command_line_reach_the_training_config(monkey
     monkeypatch.setattr(keraslm.training, "train", fake_train)
     status = train_main(["--rotation-degrees", "5", "--scale-range", "0.03", "--blur-mm", "1",
                          "--noise-std", "0.2", "--translation-mm", "6", "--sigma", "4",
-                         "--learn-sigma", "--sigma-penalty", "3"])
+                         "--learn-sigma", "--sigma-penalty", "3", "--flip", "x"])
     augmentation = seen[0].augmentation
     assert status != 0 and (augmentation.rotation_degrees, augmentation.scale) == (5.0, 0.03)
     assert (augmentation.blur_mm, augmentation.noise_std, augmentation.translation_mm) == (1.0, 0.2, 6.0)
+    assert augmentation.flip_axes == "x"
     assert seen[0].model.sigma == 4.0 and seen[0].model.learn_sigma is True
     assert seen[0].model.sigma_penalty == 3.0
 

@@ -136,6 +136,10 @@ def _parser():
     fit.add_argument("--noise-std", type=float,
                      help="random pixel noise with a standard deviation up to this, in normalised "
                      "intensity units (e.g. 0.2; None = off)")
+    fit.add_argument("--flip", dest="flip_axes", metavar="AXES",
+                     help="mirror each training sample along these axes with probability 1/2, "
+                     "landmarks keeping their names (e.g. x: lateral cephalograms facing left "
+                     "or right; not for images with left/right landmark pairs); default off")
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
@@ -204,7 +208,7 @@ def _config(args):
         resume=args.resume, distribute=args.distribute, precision=args.precision,
         jit=args.jit, elastic_mm=args.elastic_mm, translation_mm=args.translation_mm,
         blur_mm=args.blur_mm, noise_std=args.noise_std, rotation_degrees=args.rotation_degrees,
-        scale=args.scale_range, model_overrides=dict(args.model_option),
+        scale=args.scale_range, flip_axes=args.flip_axes, model_overrides=dict(args.model_option),
         ndim=args.ndim, cache_file=_absolute_path(args.cache_file), normalization=args.normalization, export_dir=_export_dir(args),
         crop_shape=args.crop_shape, landmarks_per_image=args.landmarks_per_image,
         refine_of=args.refine_of, sigma=args.sigma,

@@ -19,9 +19,10 @@ landmark:
   images, as when some files hold mm and others pixels or cm;
 - warning "own landmark names": an image whose landmark file names many landmarks that no
   other image has (other labels, e.g. 3D Slicer's default F-1, F-2, ...);
-- warning "mixed orientations": images whose voxels are stored in another axis order or
-  direction than most (e.g. a NIfTI stored RAS beside DICOMs stored LPS): the network sees
-  arrays in storage order and would learn them mirrored.
+
+The summary lists the storage orientations found (`keraslm.io.storage_orientation`, e.g. a
+NIfTI stored RAS beside DICOMs stored LPS); they may differ: training and prediction bring every
+image into one canonical frame (`keraslm.io.Image.canonical`).
 
 `write_overview` draws every image's aligned landmarks around the mean shape (3D: x-y and x-z
 projections), flagged points circled.
@@ -241,18 +242,6 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
                     + ", ".join(names[k] for k in own[:5]) + (" ..." if len(own) > 5 else "")
                     + "): other labels than the rest of the dataset (e.g. Slicer's default "
                     "F-1, F-2, ...)? Each name becomes its own heatmap channel"))
-    readable = [(record, header) for record, header in zip(dataset.records, headers)
-                if header is not None and header.ndim == dataset.ndim]
-    groups = orientation_groups([header.direction for _, header in readable])
-    if len(groups) > 1:  # Storage orientation (axis order and sign) differs between images.
-        (common, _), (other, _) = groups[0], groups[1]
-        odd = [readable[n][0].image_path for _, positions in groups[1:] for n in positions]
-        findings.append(Finding(
-            "warning", "mixed orientations", odd[0], None,
-            f"stores its voxels in another axis order or direction ({' '.join(other)}) than "
-            f"most images ({' '.join(common)}); the network sees arrays in storage order, so it "
-            f"learns such images as mirrored or turned ({len(odd)} image(s) differ: "
-            f"{', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); store them alike"))
     aligned = mean_shape = None
     usable = np.all(np.isfinite(points), axis=-1).sum(1) >= dataset.ndim + 2
     if usable.sum() >= 3 and len(names) >= dataset.ndim + 2:
@@ -312,6 +301,7 @@ def _summary(dataset, headers, points):
         key = (tuple(round(float(s), 6) for s in header.spacing), str(header.spacing_source))
         spacing_counts[key] = spacing_counts.get(key, 0) + 1
     missing = np.any(~np.isfinite(points), axis=-1).sum(0)
+    orientations = orientation_groups([h.direction for h in valid])
     return {
         "name": dataset.name,
         "images": len(dataset),
@@ -322,6 +312,7 @@ def _summary(dataset, headers, points):
         "spacings": [{"spacing_mm": list(k[0]), "source": k[1], "images": n}
                      for k, n in sorted(spacing_counts.items(), key=lambda item: -item[1])],
         "landmarks": [{"name": name, "missing": int(m)} for name, m in zip(dataset.landmark_names, missing)],
+        "orientations": [{"orientation": list(o), "images": len(p)} for o, p in orientations],
     }
 
 
@@ -334,6 +325,12 @@ def format_check(check):
         lines.append(f"  image size (x, y[, z]) from {s['size_min']} to {s['size_max']} pixels")
     for entry in s["spacings"]:
         lines.append(f"  spacing {entry['spacing_mm']} mm ({entry['source']}): {entry['images']} images")
+    for entry in s["orientations"]:
+        lines.append(f"  stored {' '.join(entry['orientation'])} (index axes along LPS): "
+                     f"{entry['images']} images")
+    if len(s["orientations"]) > 1:
+        lines.append("  (mixed orientations are fine: training and prediction bring every image "
+                     "into one canonical frame)")
     lines.append("  landmark                        missing")
     for entry in s["landmarks"]:
         lines.append(f"  {entry['name']:<30} {entry['missing']:>7}")

@@ -54,6 +54,44 @@ def orientation_groups(directions):
     return sorted(groups.items(), key=lambda item: -len(item[1]))
 
 
+def canonical_axes(direction):
+    """The axis permutation and flips that bring an image closest to the canonical frame, whose
+    index axes x, y[, z] run along the physical (LPS) axes x, y[, z] in their positive
+    directions (as ITK's DICOMOrient to LPS and nibabel's `as_closest_canonical` for RAS do).
+
+    Canonical index axis i is the image's index axis `permutation[i]`, reversed where
+    `flips[i]`. Each physical axis takes the index axis with the largest share of it, largest
+    first, so an oblique direction gets a permutation too (its remaining rotation stays in the
+    direction). `keraslm.prediction.graph` computes the same in TensorFlow.
+
+    Returns:
+        (permutation, flips): tuples of ndim ints and ndim bools.
+    """
+    direction = np.asarray(direction, np.float64)
+    ndim = len(direction)
+    magnitude = np.abs(direction)
+    permutation = [0] * ndim
+    for _ in range(ndim):
+        row, column = np.unravel_index(int(np.argmax(magnitude)), magnitude.shape)
+        permutation[row] = int(column)
+        magnitude[row, :] = -1.0
+        magnitude[:, column] = -1.0
+    flips = tuple(bool(direction[axis, permutation[axis]] < 0) for axis in range(ndim))
+    return tuple(permutation), flips
+
+
+def canonical_to_index_matrix(permutation, flips, size):
+    """The homogeneous map `(ndim+1, ndim+1)` from canonical index to the image's index
+    (points `(x, y[, z])`), for an image of `size` pixels along x, y[, z]."""
+    ndim = len(permutation)
+    matrix = np.eye(ndim + 1)
+    matrix[:ndim, :ndim] = 0.0
+    for axis, (source, flip) in enumerate(zip(permutation, flips)):
+        matrix[source, axis] = -1.0 if flip else 1.0
+        matrix[source, ndim] = size[source] - 1.0 if flip else 0.0
+    return matrix
+
+
 def _as_vector(value, ndim, name, positive=False):
     vector = np.asarray(value, dtype=np.float64)
     if vector.ndim == 0:
@@ -173,6 +211,26 @@ class Image:
         points_mm = self._points(points_mm, "points_mm")
         inverse = np.linalg.inv(self.index_to_physical_matrix)
         return (points_mm - self.origin) @ inverse.T
+
+    def canonical(self):
+        """The same image in the canonical frame (`canonical_axes`): its array transposed and
+        flipped, its spacing, origin and direction changed to match, so every pixel stays at
+        the same place in mm. Returns `(canonical image, canonical_to_index matrix)`, the
+        homogeneous map from the canonical image's index to this image's
+        (`canonical_to_index_matrix`); an image already canonical is returned as it is."""
+        permutation, flips = canonical_axes(self.direction)
+        matrix = canonical_to_index_matrix(permutation, flips, self.size)
+        if permutation == tuple(range(self.ndim)) and not any(flips):
+            return self, matrix
+        ndim = self.ndim
+        # Array axis j holds point axis ndim - 1 - j.
+        array = np.transpose(self.array, [ndim - 1 - permutation[ndim - 1 - j] for j in range(ndim)])
+        array = np.flip(array, axis=[ndim - 1 - axis for axis in range(ndim) if flips[axis]])
+        canonical = dataclasses.replace(
+            self, array=array, spacing=self.spacing[list(permutation)],
+            origin=self.index_to_physical(matrix[:ndim, ndim]),
+            direction=self.direction[:, list(permutation)] * np.where(flips, -1.0, 1.0))
+        return canonical, matrix
 
     def header(self):
         """A copy with the same geometry whose array is a read-only zero placeholder of the same

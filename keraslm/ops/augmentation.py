@@ -15,8 +15,9 @@ The transform of one sample. The parameters describe how the image *content* mov
 units about the grid centre `c = (size - 1) / 2` (index units): content at physical offset `q`
 (mm, relative to the centre) moves to `R D q + t`, with `R` the rotation (2D: one angle; 3D:
 `Rz @ Ry @ Rx`, one angle about each axis), `D` the diagonal scaling (isotropic factor times
-per-axis factors) and `t` the translation (mm). Resampling needs the opposite direction, the
-*sampling map* from output grid index to input grid index:
+per-axis factors; negative along an axis the sample is mirrored along) and `t` the translation
+(mm). Resampling needs the opposite direction, the *sampling map* from output grid index to
+input grid index:
 
     matrix         = T(c) S^-1 D^-1 R^T T(-t) S T(-c)      (output index -> input index)
     inverse_matrix = T(c) S^-1 T(t) R D S T(-c)            (input index -> output index)
@@ -86,6 +87,10 @@ class AugmentationConfig:
         noise_std: float >= 0. additive Gaussian pixel noise with a standard deviation in
             [0, noise_std] (image intensity units); 0 = off. Intensity scaling, shift, blur and
             noise touch images only (`apply_to_images(..., intensity=True)`), never masks.
+        flip_axes: str. the axes ("x", "y", "z") along which each sample is mirrored about the
+            grid centre with probability 1/2, each independently; landmarks keep their
+            identities (right for views without left/right pairs, e.g. a lateral
+            cephalogram facing either way); "" = off.
 
     Examples:
     >>> AugmentationConfig(rotation_degrees=15, elastic_mm=3.0, elastic_grid_points=6)
@@ -102,6 +107,7 @@ class AugmentationConfig:
     intensity_shift: float = 0.1
     blur_mm: float = 0.0
     noise_std: float = 0.0
+    flip_axes: str = ""
 
     def __post_init__(self):
         for name, upper in (("rotation_degrees", 180.0), ("translation_mm", None),
@@ -117,6 +123,10 @@ class AugmentationConfig:
                 bound = (f"in [0, {upper}]" if name == "rotation_degrees" else
                          f"in [0, {upper})" if upper is not None else "a finite number >= 0")
                 raise UsageError(f"`{name}` must be {bound}. Received: {name}={value!r}")
+        if not (isinstance(self.flip_axes, str) and set(self.flip_axes) <= set("xyz")
+                and len(set(self.flip_axes)) == len(self.flip_axes)):
+            raise UsageError("`flip_axes` must be a string of distinct axis names from 'xyz' "
+                             f"(e.g. 'x'), or '' for none. Received: flip_axes={self.flip_axes!r}")
         points = self.elastic_grid_points
         if not (isinstance(points, (int, np.integer)) and not isinstance(points, bool)
                 and points >= 4):
@@ -129,7 +139,7 @@ class AugmentationConfig:
         """A config whose transforms are all the identity."""
         return cls(rotation_degrees=0.0, translation_mm=0.0, scale=0.0, axis_scale=0.0,
                    elastic_mm=0.0, intensity_scale=0.0, intensity_shift=0.0, blur_mm=0.0,
-                   noise_std=0.0)
+                   noise_std=0.0, flip_axes="")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +236,14 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
     num_angles = 1 if ndim == 2 else 3
     num_control = config.elastic_grid_points ** ndim * ndim if elastic else 0
     blur, noise = config.blur_mm > 0, config.noise_std > 0
-    # Blur and noise draw only when on, so that runs without them keep their random stream.
-    sizes = [num_angles, ndim, 1, ndim, 1, 1, num_control, int(blur), int(noise)]
+    flip = np.array(["xyz"[axis] in config.flip_axes for axis in range(ndim)])
+    if flip.sum() < len(config.flip_axes):
+        raise UsageError(f"`flip_axes` names an axis a {ndim}D grid does not have. Received: "
+                         f"flip_axes={config.flip_axes!r}")
+    # Blur, noise and flips draw only when on, so that runs without them keep their random
+    # stream.
+    sizes = [num_angles, ndim, 1, ndim, 1, 1, num_control, int(blur), int(noise),
+             ndim * int(flip.any())]
     seed = int(seed) if isinstance(seed, np.integer) else seed
     # One draw for all parameters, so that an int seed does not repeat numbers across them.
     u = keras.random.uniform((batch_size, sum(sizes)), minval=-1.0, maxval=1.0, seed=seed)
@@ -236,11 +252,15 @@ def sample_transforms(seed, batch_size, grid_shape, grid_spacing, config=None):
     for n in sizes:
         parts.append(u[:, start:start + n])
         start += n
-    u_angle, u_trans, u_iso, u_axis, u_iscale, u_ishift, u_elastic, u_blur, u_noise = parts
+    (u_angle, u_trans, u_iso, u_axis, u_iscale, u_ishift, u_elastic, u_blur, u_noise,
+     u_flip) = parts
 
     angles = u_angle * math.radians(config.rotation_degrees)
     translation = u_trans * config.translation_mm  # mm
     scales = (1.0 + u_iso * config.scale) * (1.0 + u_axis * config.axis_scale)  # (batch, ndim)
+    if flip.any():  # A mirror is a scaling by -1 along the axis.
+        mirrored = ops.logical_and(u_flip < 0.0, flip[None, :])
+        scales = ops.where(mirrored, -scales, scales)
     rotation = _rotation(angles)
     centre = (grid_size_xyz(grid_shape) - 1.0) / 2.0
     # Index -> centred mm and back (constants).

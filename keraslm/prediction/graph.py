@@ -5,7 +5,9 @@ direction)`: the preprocessing (`keraslm.preprocessing.prepare_on_grid`: normali
 placement on the grid, anti-aliased resampling), the global network(s) and heatmap decoding,
 the optional local stage(s) (the image on the local stage's fine grid, crops around the global
 estimate, offset prior; `refine_function`) and the mapping back through the grid placement and
-the image geometry:
+the image geometry. A detector trained in the canonical frame first brings the image there
+(`canonical_frame`: the axis permutation and flips that make its direction closest to the
+identity), so the image index below is the canonical image's, mapped back to the image's own:
 
     grid index --placement--> image index (x, y[, z]) --origin + direction @ (spacing * index)--> mm
 
@@ -137,6 +139,48 @@ def _orientation_check(orientation, direction):
         "its direction and origin)"])
 
 
+def canonical_frame(array, spacing, direction):
+    """An image in the canonical frame, in TF ops: the twin of `keraslm.io.image.canonical_axes`
+    and `Image.canonical` (the same permutation and flips; exact ties between the shares of
+    an oblique direction may be broken otherwise).
+
+    Args:
+        array: tensor `[y, x]` / `[z, y, x]`, any size.
+        spacing: float64 `(ndim,)`. mm per pixel along x, y[, z].
+        direction: float64 `(ndim, ndim)`.
+
+    Returns:
+        (canonical array, its spacing `(ndim,)` float64, the homogeneous canonical index ->
+        image index map `(ndim+1, ndim+1)` float64).
+    """
+    ndim = direction.shape[0]
+    axes = tf.range(ndim, dtype=tf.int64)
+    magnitude = tf.abs(direction)
+    permutation = tf.zeros([ndim], tf.int64)
+    for _ in range(ndim):  # Largest share first: physical axis `row` takes index axis `column`.
+        flat = tf.argmax(tf.reshape(magnitude, [-1]), output_type=tf.int64)
+        row, column = flat // ndim, flat % ndim
+        permutation += tf.one_hot(row, ndim, dtype=tf.int64) * column
+        free = tf.not_equal(axes, row)[:, tf.newaxis] & tf.not_equal(axes, column)[tf.newaxis, :]
+        magnitude = tf.where(free, magnitude, -tf.ones_like(magnitude))
+    flips = tf.linalg.diag_part(tf.gather(direction, permutation, axis=1)) < 0
+    size = tf.cast(tf.reverse(tf.shape(array), [0]), tf.float64)  # x, y[, z]
+    chosen = tf.transpose(tf.one_hot(permutation, ndim, dtype=tf.float64))  # [perm[i], i] = 1
+    signs = tf.where(flips, tf.constant(-1.0, tf.float64), tf.constant(1.0, tf.float64))
+    linear = chosen * signs[tf.newaxis, :]
+    offset = tf.linalg.matvec(chosen, tf.where(flips, tf.gather(size, permutation) - 1.0,
+                                               tf.zeros_like(size)))
+    matrix = tf.concat([tf.concat([linear, offset[:, tf.newaxis]], axis=1),
+                        tf.one_hot([ndim], ndim + 1, dtype=tf.float64)], axis=0)
+    # Array axis j holds point axis ndim - 1 - j.
+    array = tf.transpose(array, tf.stack([ndim - 1 - permutation[ndim - 1 - j]
+                                          for j in range(ndim)]))
+    for j in range(ndim):
+        array = tf.cond(flips[ndim - 1 - j], lambda a=array, j=j: tf.reverse(a, [j]),
+                        lambda a=array: a)
+    return array, tf.gather(spacing, permutation), matrix
+
+
 def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
     """The whole prediction of one image as a function of TF tensors.
 
@@ -161,8 +205,11 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         `spread_mm` `(L,)` float32 (the last stage's `HeatmapCodec.spread`) and, for a
         calibrated spec, `expected_error_mm` `(L,)` float32. A calibration with
         `local_weight` blends the global and the refined point per landmark
-        (`keraslm.calibration.blend_stages`). An image larger than a stage's field of view, or
-        stored otherwise than the training images, fails with an InvalidArgument error.
+        (`keraslm.calibration.blend_stages`). A spec trained in the canonical frame
+        (`canonical_orientation`) predicts an image in any storage orientation; an image larger
+        than a stage's field of view, or (for older specs that recorded a
+        `storage_orientation`) stored otherwise than the training images, fails with an
+        InvalidArgument error.
 
     Raises:
         KeraslmError: a spec without a global stage, or `iterations` below 1. (That the
@@ -191,7 +238,10 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         if spec.storage_orientation is not None:
             with tf.control_dependencies([_orientation_check(spec.storage_orientation, direction)]):
                 array = tf.identity(array)
-        spacing = tf.cast(spacing, tf.float64)
+        spacing = image_spacing = tf.cast(spacing, tf.float64)
+        if spec.canonical_orientation:
+            array, spacing, canonical_to_image = canonical_frame(
+                array, spacing, tf.cast(direction, tf.float64))
         prepared = {}
         points, confidences, spreads = [], [], []
         for net, stage, codec in global_stages:
@@ -219,7 +269,9 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
             points_index = (refined_index if local_weight is None
                             else blend_stages(points_index, refined_index, local_weight))
             confidence, spread = _mean(confidences), _mean(spreads)
-        index_to_mm = tf.cast(direction, tf.float64) * spacing[tf.newaxis, :]
+        if spec.canonical_orientation:
+            points_index = _apply(canonical_to_image, points_index)
+        index_to_mm = tf.cast(direction, tf.float64) * image_spacing[tf.newaxis, :]
         points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
         outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,
                    "confidence": confidence, "spread_mm": spread}

@@ -100,6 +100,9 @@ class AugmentationSettings:
         rotation_degrees: float or None. Largest random rotation, degrees.
         scale: float or None. Largest random isotropic scaling: factors in [1 - scale,
             1 + scale].
+        flip_axes: str or None. Axes ("x", "y", "z") along which each training sample is
+            mirrored with probability 1/2, landmark identities kept (e.g. "x" for lateral
+            cephalograms facing either way); "" = off.
     """
 
     elastic_mm: float = None
@@ -108,6 +111,7 @@ class AugmentationSettings:
     noise_std: float = None
     rotation_degrees: float = None
     scale: float = None
+    flip_axes: str = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Host side of training: images onto the network grid once, then a tf.data pipeline.
 
-`prepare_samples` reads every image of a dataset once, normalises it, resamples it onto the
+`prepare_samples` reads every image of a dataset once, brings it into the canonical frame
+(`keraslm.io.Image.canonical`: its axes along the physical axes, so datasets that mix storage
+orientations train as one), normalises it, resamples it onto the
 network grid (`keraslm.preprocessing`) and converts its landmarks from physical mm into grid
 index units, keeping the exact placement of each image for mapping predictions back. The
 result is held in memory (it is the cache: 150 ISBI images on a 256x256 grid take 39 MB);
@@ -37,7 +39,8 @@ class PreparedSamples:
         points_grid: np.ndarray `(num_images, num_landmarks, ndim)` float32. Landmarks in grid
             index units `(x, y[, z])`, NaN where missing.
         placements: tuple of GridPlacement. Grid index -> image index map per image.
-        headers: tuple of Image. Geometry of each original image (placeholder arrays).
+        headers: tuple of Image. Geometry of each image in the canonical frame (placeholder
+            arrays).
         grid: GridSpec.
         normalization: str. The `keraslm.preprocessing.normalize` method used.
     """
@@ -78,9 +81,20 @@ def choose_grid(dataset, grid_shape, grid_spacing=None):
             f"dataset {dataset.name!r} is {dataset.ndim}D but the grid shape {tuple(grid_shape)} "
             f"is {len(grid_shape)}D"
         )
-    headers = [dataset.read_image_header(record) for record in dataset.records]
+    headers = canonical_headers(dataset)
     extent = largest_extent_mm([h.size for h in headers], [h.spacing for h in headers])
     return GridSpec(*plan_grid(extent, 1, tuple(grid_shape), grid_spacing))
+
+
+def canonical_image(dataset, record):
+    """A record's image in the canonical frame (`keraslm.io.Image.canonical`), as the networks
+    learn and predict it: its axes along the physical axes, whatever its storage order."""
+    return dataset.read_image(record).canonical()[0]
+
+
+def canonical_headers(dataset):
+    """The geometry of every image of `dataset` in the canonical frame (headers only)."""
+    return [dataset.read_image_header(record).canonical()[0] for record in dataset.records]
 
 
 def covering_shape(sizes, spacings, grid_spacing):
@@ -95,7 +109,7 @@ def covering_shape(sizes, spacings, grid_spacing):
 def covering_grid(dataset, grid_spacing):
     """A grid of `grid_spacing` mm per step just large enough for every image of `dataset`
     (read from image headers only): the fine grid of a local (crop) stage."""
-    headers = [dataset.read_image_header(record) for record in dataset.records]
+    headers = canonical_headers(dataset)
     shape = covering_shape([h.size for h in headers], [h.spacing for h in headers], grid_spacing)
     return GridSpec(shape, grid_spacing)
 
@@ -124,7 +138,7 @@ def prepare_samples(dataset, grid, normalization=None, progress=None):
     points_grid = np.zeros((len(dataset), dataset.num_landmarks, grid.ndim), np.float32)
     placements, headers = [], []
     for index, record in enumerate(dataset.records):
-        image = dataset.read_image(record)
+        image = canonical_image(dataset, record)
         images[index, ..., 0], placement = prepare_image(image, grid, normalization)
         points_grid[index] = placement.image_index_to_grid(image.physical_to_index(record.points_mm))
         placements.append(placement)
@@ -184,7 +198,7 @@ def streaming_training_dataset(dataset, grid, batch_size, cache_file, normalizat
 
     def samples():
         for record in dataset.records:  # Runs on the first pass only; then the cache serves.
-            image = dataset.read_image(record)
+            image = canonical_image(dataset, record)
             array, placement = prepare_image(image, grid, normalization)
             points = placement.image_index_to_grid(image.physical_to_index(record.points_mm))
             yield array[..., np.newaxis], points.astype(np.float32)

@@ -36,7 +36,7 @@ from keraslm.prediction import LandmarkDetector, combine_detectors
 from keraslm.spec import DetectorSpec, mean_position_mm, stage_spec
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
-from keraslm.io import holds_geometry, orientation_groups
+from keraslm.io import holds_geometry
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
@@ -241,6 +241,7 @@ def _resolved_settings(config, dataset, network, input_shape):
                       ("augmentation", "elastic_mm"), ("augmentation", "translation_mm"),
                       ("augmentation", "blur_mm"), ("augmentation", "noise_std"),
                       ("augmentation", "rotation_degrees"), ("augmentation", "scale"),
+                      ("augmentation", "flip_axes"),
                       ("model", "sigma"), ("model", "learn_sigma"), ("model", "sigma_penalty")):
         value = getattr(getattr(config, part), key)
         if value is not None:
@@ -286,6 +287,7 @@ def _augmentation(settings):
         scale=settings["scale"], elastic_mm=settings["elastic_mm"], elastic_grid_points=5,
         intensity_scale=settings["intensity_scale"], intensity_shift=settings["intensity_shift"],
         blur_mm=settings["blur_mm"], noise_std=settings["noise_std"],
+        flip_axes=settings["flip_axes"],
     )
 
 
@@ -432,10 +434,6 @@ def _train(config, log=None):
     # The mm per pixel the plain (PNG/JPEG) training images were read with: prediction names it
     # when an image of such a format comes without a spacing.
     plain = any(not holds_geometry(record.image_path) for record in train_set.records)
-    # How most training images store their voxels (the network learns arrays in storage order):
-    # prediction refuses images stored otherwise instead of seeing them mirrored.
-    headers = (train_samples.headers if not data.cache_file else
-               [train_set.read_image_header(record) for record in train_set.records])
     training_means = mean_position_mm(train_set.points_mm)  # The mean-position baseline.
     stage_description = stage_spec(network, grid, normalization, sigma, trainer.decode_method,
                                     precision.precision, **stage.spec_fields(trainer, input_shape))
@@ -446,7 +444,7 @@ def _train(config, log=None):
         landmark_names=tuple(dataset.landmark_names), ndim=dataset.ndim,
         global_stages=() if local else (stage_description,),
         local_stages=(stage_description,) if local else (),
-        storage_orientation=tuple(orientation_groups([h.direction for h in headers])[0][0]),
+        canonical_orientation=True,  # The pipeline prepares every image in the canonical frame.
         plain_image_spacing=(tuple(float(s) for s in dataset.image_spacing)
                              if plain and dataset.image_spacing is not None else None),
         mean_position_mm=training_means),

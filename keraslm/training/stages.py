@@ -24,7 +24,7 @@ from keraslm.preprocessing import GridSpec
 from keraslm.run_folder import RunFolder
 from keraslm.spec import offset_prior_mm
 from keraslm.training.callbacks import HeatmapImages
-from keraslm.training.pipeline import covering_grid, evaluation_dataset
+from keraslm.training.pipeline import canonical_headers, covering_grid, evaluation_dataset
 from keraslm.training.plan import DEFAULT_VOXEL_BUDGET, largest_extent_mm, plan_grid
 from keraslm.training.trainer import HeatmapTrainer, LocalHeatmapTrainer
 
@@ -100,7 +100,7 @@ class GlobalStage(TrainingStage):
         if model.grid_shape is not None and len(model.grid_shape) != dataset.ndim:
             raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but --grid-shape "
                                f"{tuple(model.grid_shape)} is {len(model.grid_shape)}D")
-        headers = [dataset.read_image_header(record) for record in dataset.records]
+        headers = canonical_headers(dataset)
         self.extent_mm = largest_extent_mm([h.size for h in headers], [h.spacing for h in headers])
         shape, spacing = plan_grid(self.extent_mm, size_divisor, model.grid_shape,
                                    model.grid_spacing)

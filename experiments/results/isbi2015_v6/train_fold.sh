@@ -3,7 +3,7 @@
 # elastic second member) in two lanes side by side - the global lane and the local lane - into
 # the ISBI driver's run folders, with the settings the driver gives them (the README's version-6
 # driver command); the driver then finds them finished and only reports. Usage:
-#   [LANES=global|local] train_fold.sh FOLD [WORKTREE]
+#   [LANES=global|local|flip] train_fold.sh FOLD [WORKTREE]
 # Resumable: run it again after an interruption (each run continues from its checkpoints;
 # training_seconds.json sums the parts, to the minute). WORKTREE: a checkout pinned for the runs
 # (git worktree add --detach DIR COMMIT), so that work on main does not change a running job.
@@ -42,7 +42,14 @@ local_lane() {
   run local_unet $common &&
   run local_unet_member2 $common --elastic-mm 3
 }
-# LANES="global local" (default) or one of them.
+# Left-facing cephalograms (issue 31): the global and the local run of version 6 trained with
+# random horizontal flips (--flip x), one after the other. Not part of the default lanes.
+flip_lane() {
+  run scn_flip --grid-shape 192,160 --steps 4000 --rotation-degrees 8 --scale-range 0.05 --flip x &&
+  run local_unet_flip --architecture unet --crop-shape 96,96 --grid-spacing 0.4 --translation-mm 6 \
+    --batch-size 2 --steps 4000 --flip x
+}
+# LANES="global local" (default), one of them, or "flip".
 for lane in ${LANES:-global local}; do
   ${lane}_lane >> "$LOGS/v6_${lane}_fold$FOLD.log" 2>&1 &
 done
