@@ -8,7 +8,7 @@
 
 The suite runs in pytest-xdist workers, a test file per worker at a time (`--dist loadfile`,
 setup.cfg). `phantom2d` and `trained_2d` are built once per run for all workers (the first
-builds under a file lock, the others load its result); `cascade_2d` serves one file. Tests must
+builds under a file lock, the others load its result), and so is `cascade_2d`. Tests must
 not change what these fixtures wrote (copy a run folder first, as test_evaluation
 does). Markers: `slow` marks tests that start subprocesses, several workers, whole experiment
 drivers or a fine 3D training; the default run leaves them out (setup.cfg), `pytest -m slow`
@@ -82,19 +82,23 @@ def trained_2d(phantom2d_root, phantom2d, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cascade_2d(tmp_path_factory):
     """(root, dataset, global TrainingResult, local TrainingResult, export version folder)."""
-    from keraslm.commands.export import main as export_main
-    from keraslm.datasets import make_phantom
-    from keraslm.training import TrainingConfig, train
+    def build(root):
+        from keraslm.commands.export import main as export_main
+        from keraslm.datasets import make_phantom
+        from keraslm.training import TrainingConfig, train
 
-    root = tmp_path_factory.mktemp("cascade")
-    dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=5, image_size=(64, 64))
-    common = dict(dataset=str(root / "phantom"), architecture="unet", steps=4, steps_per_epoch=2,
-                  test_fraction=0.25, model_overrides={"filters": 4, "num_levels": 2}, jit="off")
-    coarse = train(TrainingConfig(grid_shape=(32, 32), batch_size=2,
-                                  output_dir=str(root / "global"), **common))
-    local = train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
-                                 landmarks_per_image=8, translation_mm=4.0,
-                                 output_dir=str(root / "local"), **common))
-    base = root / "served" / "cascade"
-    assert export_main([coarse.output_dir, str(base), "--refine", local.output_dir]) == 0
-    return root, dataset, coarse, local, str(base / "1")
+        root.mkdir(parents=True, exist_ok=True)
+        dataset = make_phantom(root / "phantom", ndim=2, num_images=8, seed=5, image_size=(64, 64))
+        common = dict(dataset=str(root / "phantom"), architecture="unet", steps=4,
+                      steps_per_epoch=2, test_fraction=0.25,
+                      model_overrides={"filters": 4, "num_levels": 2}, jit="off")
+        coarse = train(TrainingConfig(grid_shape=(32, 32), batch_size=2,
+                                      output_dir=str(root / "global"), **common))
+        local = train(TrainingConfig(crop_shape=(16, 16), grid_spacing=2.0, batch_size=1,
+                                     landmarks_per_image=8, translation_mm=4.0,
+                                     output_dir=str(root / "local"), **common))
+        base = root / "served" / "cascade"
+        assert export_main([coarse.output_dir, str(base), "--refine", local.output_dir]) == 0
+        return root, dataset, coarse, local, str(base / "1")
+
+    return _built_once(tmp_path_factory, "cascade_2d", build)

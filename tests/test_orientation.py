@@ -100,10 +100,14 @@ def _detector_3d(dataset):
 def test_a_volume_predicts_the_same_millimetres_in_every_storage_order(tmp_path):
     """A NIfTI volume and copies of it stored with rows, columns and slices reversed and with
     axes permuted (the same physical image): the same landmarks in mm, within 0.5 voxel, through
-    keraslm.predict and the SavedModel's predict_array; landmarks_index is each file's own."""
+    keraslm.predict, the SavedModel's predict_array and the serving client; landmarks_index is
+    each file's own."""
+    from test_serving import saved_model_transport
+
     from keraslm.datasets.phantom import make_phantom
     from keraslm.export import export_saved_model
     from keraslm.prediction import predict
+    from keraslm.serving import ServingClient
 
     dataset = make_phantom(tmp_path / "phantom3d", ndim=3, num_images=2, seed=2,
                            image_size=(24, 28, 20))
@@ -111,8 +115,10 @@ def test_a_volume_predicts_the_same_millimetres_in_every_storage_order(tmp_path)
     image = next(read_image(r.image_path) for r in dataset.records
                  if r.image_path.endswith((".nii", ".nii.gz")))
     reference = predict(detector, [image])[0]
-    served = tf.saved_model.load(export_saved_model(detector, tmp_path / "export")).signatures[
-        "predict_array"]
+    version = export_saved_model(detector, tmp_path / "export")
+    loaded = tf.saved_model.load(version)
+    served = loaded.signatures["predict_array"]
+    client = ServingClient("volume", version, transport=saved_model_transport(loaded, []))
     choices = [((0, 1, 2), (True, True, True)), ((2, 0, 1), (False, True, False)),
                ((1, 2, 0), (True, False, True)), ((0, 2, 1), (False, False, True))]
     for number, (permutation, flips) in enumerate(choices):
@@ -120,9 +126,10 @@ def test_a_volume_predicts_the_same_millimetres_in_every_storage_order(tmp_path)
         path = str(tmp_path / f"copy{number}.nii.gz")
         write_nifti(path, copy)
         stored = read_image(path)
-        for through in ("predict", "predict_array"):
-            if through == "predict":
-                answer = predict(detector, [path])[0]
+        for through in ("predict", "predict_array", "serving client"):
+            if through != "predict_array":
+                answer = (predict(detector, [path]) if through == "predict"
+                          else client.predict([path]))[0]
                 points_mm, points_index = answer.points_mm, answer.points_index
             else:
                 outputs = served(image=tf.constant(stored.array, tf.float32),
