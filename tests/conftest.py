@@ -11,7 +11,8 @@ setup.cfg). `phantom2d` and `trained_2d` are built once per run for all workers 
 builds under a file lock, the others load its result), and so is `cascade_2d`. Tests must
 not change what these fixtures wrote (copy a run folder first, as test_evaluation
 does). Markers: `slow` marks tests that start subprocesses, several workers, whole experiment
-drivers or a fine 3D training; the default run leaves them out (setup.cfg), `pytest -m slow`
+drivers, a fine 3D training or a chain of trainings, calibration and export (the longest
+end-to-end paths, each also covered in parts by faster tests); the default run leaves them out (setup.cfg), `pytest -m slow`
 runs them, `pytest -m ""` runs everything.
 """
 import os
@@ -23,8 +24,8 @@ from filelock import FileLock
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: starts subprocesses, several workers, experiment drivers or a fine "
-                   "3D training (left out by default; run with -m slow)")
+        "markers", "slow: starts subprocesses, several workers, experiment drivers, a fine 3D "
+                   "training or a long end-to-end chain (left out by default; run with -m slow)")
 
 
 def _built_once(tmp_path_factory, name, build):

@@ -647,6 +647,7 @@ def test_evaluate_runs_with_refine_runs(cascade_runs):
         evaluate_runs([coarse.output_dir], refine_runs=[local.output_dir, local.output_dir])
 
 
+@pytest.mark.slow
 def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(cascade_runs, tmp_path,
                                                                               capsys):
     """evaluate.py --calibrate -> export --calibration -> every prediction path returns the same
@@ -754,6 +755,7 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     assert "choose another version (--version" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_path, capsys):
     """A calibration's `local_weight` makes the cascade answer `w * refined + (1 - w) * global`
     per landmark: the Keras graph and the export alike; a single-stage export refuses it."""

@@ -210,6 +210,7 @@ def test_exported_ensemble_answers_like_the_keras_ensemble(members, tmp_path):
     np.testing.assert_allclose(answer["landmarks_mm"].numpy()[0], served[0].points_mm, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_predict_command_takes_ensembles(members, tmp_path, capsys):
     from keraslm.commands.predict import main
 

@@ -52,8 +52,11 @@ def test_every_storage_order_has_the_same_canonical_image(ndim):
     image = Image(rng.normal(size=shape), spacing=(0.5, 0.7, 1.1)[:ndim], origin=(3, -4, 5)[:ndim],
                   direction=direction)
     points = rng.uniform(0, 4, (6, ndim))
-    function = tf.function(lambda a, s, d: __import__(
-        "keraslm.prediction.graph", fromlist=["canonical_frame"]).canonical_frame(a, s, d))
+    from keraslm.prediction.graph import canonical_frame
+
+    function = tf.function(canonical_frame, input_signature=[
+        tf.TensorSpec([None] * ndim, tf.float64), tf.TensorSpec([ndim], tf.float64),
+        tf.TensorSpec([ndim, ndim], tf.float64)])
     for permutation, flips in _orientations(ndim):
         copy, copy_to_image = _stored_otherwise(image, permutation, flips)
         np.testing.assert_allclose(  # The copy is the same physical image.
@@ -194,3 +197,30 @@ def test_older_models_keep_their_storage_order_and_canonically_stored_ones_upgra
         new.combined_with(plain.replace(storage_orientation=("+x", "-y")))
     with pytest.raises(KeraslmError, match="records no storage_orientation"):
         new.replace(storage_orientation=("+x", "+y"))
+
+
+def test_training_prepares_a_mixed_dataset_like_one_stored_one_way(tmp_path):
+    """The training pipeline sees every image in the canonical frame: a dataset whose volumes are
+    stored in other orders gives the same grid images, landmarks and grid as the original."""
+    from keraslm.data import LandmarkDataset, Record
+    from keraslm.datasets.phantom import make_phantom
+    from keraslm.training.pipeline import choose_grid, prepare_samples
+
+    dataset = make_phantom(tmp_path / "phantom3d", ndim=3, num_images=3, seed=4,
+                           image_size=(20, 24, 16))
+    orders = [((2, 0, 1), (False, True, False)), ((0, 1, 2), (True, True, False)),
+              ((1, 2, 0), (False, False, True))]
+    records = []
+    for record, (permutation, flips) in zip(dataset.records, orders):
+        copy, _ = _stored_otherwise(dataset.read_image(record), permutation, flips)
+        path = str(tmp_path / f"{record.id}.nii.gz")
+        write_nifti(path, copy)
+        records.append(Record(record.id, path, record.points_mm))
+    mixed = LandmarkDataset("mixed", tuple(records), dataset.landmark_names, 3)
+    grid = choose_grid(dataset, (16, 16, 16))
+    assert choose_grid(mixed, (16, 16, 16)) == grid
+    original, reordered = prepare_samples(dataset, grid), prepare_samples(mixed, grid)
+    np.testing.assert_allclose(reordered.images, original.images, atol=1e-5)
+    np.testing.assert_allclose(reordered.points_grid, original.points_grid, atol=1e-4)
+    np.testing.assert_allclose(reordered.grid_to_physical(reordered.points_grid),
+                               np.stack([r.points_mm for r in dataset.records]), atol=1e-3)

@@ -102,6 +102,7 @@ def test_jit_modes_and_cached_probe_decide(tmp_path):
         assert choice.reason.startswith("cached probe on this CPU")
 
 
+@pytest.mark.slow
 def test_bfloat16_run_trains_saves_reloads_and_exports(phantom2d_root, phantom2d, tmp_path):
     """A bfloat16 training run: float32 variables, a finite falling loss, the choice recorded,
     model.keras and the SavedModel computing in float32 and agreeing, and bfloat16 prediction
