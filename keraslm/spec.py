@@ -9,6 +9,7 @@ image; a `StageSpec` describes one network:
         local_stages    (StageSpec, ...)  crops of a fine grid around the global estimate
         calibration     expected error and the per-landmark blend of the stages, or None
         canonical_orientation   trained in the canonical frame: any storage orientation predicts
+        mirror_check     low-confidence images are predicted mirrored too (MirrorCheck), or None
         storage_orientation, plain_image_spacing   what the training images looked like
     StageSpec
         architecture, grid_shape, grid_spacing (x, y[, z] mm), normalization, output_stride,
@@ -138,6 +139,34 @@ class StageSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MirrorCheck:
+    """Images that may show their subject facing the other way (lateral views): an image whose
+    mean landmark confidence is below `confidence_below` is predicted mirrored along `axis` too,
+    and the answer with the higher mean confidence is kept (mapped back to the image). Fitted on
+    held-out images and their mirrors (`keraslm.calibration.fit_mirror_check`).
+
+    Args:
+        axis: str. "x", "y" or "z": the axis (of the canonical frame) to mirror along.
+        confidence_below: float. Mean confidence below which the mirror is tried.
+    """
+
+    axis: str
+    confidence_below: float
+
+    def __post_init__(self):
+        if self.axis not in ("x", "y", "z"):
+            raise KeraslmError(f"a mirror check's axis must be 'x', 'y' or 'z'. Received: "
+                               f"{self.axis!r}")
+        if not isinstance(self.confidence_below, (int, float)) or np.isnan(self.confidence_below):
+            raise KeraslmError("a mirror check's confidence_below must be a number. Received: "
+                               f"{self.confidence_below!r}")
+        object.__setattr__(self, "confidence_below", float(self.confidence_below))
+
+    def to_json(self):
+        return {"axis": self.axis, "confidence_below": self.confidence_below}
+
+
+@dataclasses.dataclass(frozen=True)
 class DetectorSpec:
     """A detector: its landmarks, its stages and what it knows of its training images.
 
@@ -157,6 +186,8 @@ class DetectorSpec:
         storage_orientation: tuple of str or None. How the training images stored their
             voxels (`keraslm.io.storage_orientation`), checked at prediction; only for models
             that are not in the canonical frame. None: not checked.
+        mirror_check: MirrorCheck or None. Try the mirrored image when the confidence is low
+            (subjects facing either way); None: off.
         plain_image_spacing: tuple of float or None. mm per pixel of the plain (PNG/JPEG)
             training images, named when such an image comes without a spacing.
         mean_position_mm: tuple or None. Per landmark its mean position over the training
@@ -174,6 +205,7 @@ class DetectorSpec:
     plain_image_spacing: tuple = None
     mean_position_mm: tuple = None
     canonical_orientation: bool = False
+    mirror_check: MirrorCheck = None
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
@@ -192,6 +224,9 @@ class DetectorSpec:
         if self.canonical_orientation and self.storage_orientation is not None:
             raise KeraslmError("a detector in the canonical frame predicts any storage "
                                "orientation: it records no storage_orientation")
+        if self.mirror_check is not None and "xyz".index(self.mirror_check.axis) >= self.ndim:
+            raise KeraslmError(f"a {self.ndim}D detector cannot mirror along "
+                               f"{self.mirror_check.axis}")
         if self.mean_position_mm is not None and (
                 len(self.mean_position_mm) != len(self.landmark_names)
                 or any(p is not None and len(p) != self.ndim for p in self.mean_position_mm)):
@@ -252,6 +287,7 @@ class DetectorSpec:
                 "local_stages": [s.to_json() for s in self.local_stages],
                 "calibration": self.calibration,
                 "canonical_orientation": self.canonical_orientation,
+                "mirror_check": None if self.mirror_check is None else self.mirror_check.to_json(),
                 "storage_orientation": (None if self.storage_orientation is None
                                         else list(self.storage_orientation)),
                 "plain_image_spacing": (None if self.plain_image_spacing is None
@@ -352,7 +388,9 @@ def upgrade_spec(recorded, source, local_recorded=None):
                 plain_image_spacing=(None if recorded.get("plain_image_spacing") is None
                                      else _floats(recorded["plain_image_spacing"])),
                 mean_position_mm=_mean_positions(recorded.get("mean_position_mm")),
-                canonical_orientation=bool(recorded.get("canonical_orientation", False))))
+                canonical_orientation=bool(recorded.get("canonical_orientation", False)),
+                mirror_check=(None if recorded.get("mirror_check") is None
+                              else MirrorCheck(**recorded["mirror_check"]))))
         if form != _OLD_FORMAT:
             raise KeraslmError(
                 f"{source}: unknown model description format {form!r} (this keraslm reads "

@@ -29,6 +29,12 @@ def main(argv=None):
     parser.add_argument("--calibration", metavar="JSON",
                         help="a calibration (evaluate.py --calibrate) to store in the model, so "
                         "every prediction carries expected_error_mm per landmark")
+    parser.add_argument("--mirror-check", metavar="AXIS:CONFIDENCE",
+                        help="for subjects that may face either way (lateral cephalograms): an "
+                        "image whose mean landmark confidence is below CONFIDENCE is predicted "
+                        "mirrored along AXIS too and the surer answer kept, e.g. x:30 (fit "
+                        "CONFIDENCE on held-out images and their mirrors: "
+                        "keraslm.calibration.fit_mirror_check)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
     from keraslm.export import export_saved_model
@@ -66,6 +72,17 @@ def main(argv=None):
                 detector = combine_detectors([detector], calibration)
             except KeraslmError as error:
                 raise KeraslmError(f"{args.calibration}: {error}") from None
+        if args.mirror_check:
+            from keraslm.spec import MirrorCheck
+
+            axis, _, confidence = args.mirror_check.partition(":")
+            try:
+                check = MirrorCheck(axis, float(confidence))
+            except ValueError:
+                raise KeraslmError(f"--mirror-check takes AXIS:CONFIDENCE, e.g. x:30. Received: "
+                                   f"{args.mirror_check!r}") from None
+            detector = LandmarkDetector(detector.spec.replace(mirror_check=check),
+                                        detector.networks, detector.local_networks)
         path = export_saved_model(detector, args.base_dir, version=args.version)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

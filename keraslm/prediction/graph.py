@@ -11,6 +11,10 @@ identity), so the image index below is the canonical image's, mapped back to the
 
     grid index --placement--> image index (x, y[, z]) --origin + direction @ (spacing * index)--> mm
 
+A detector with a mirror check (`keraslm.spec.MirrorCheck`) predicts an image whose mean
+confidence is low once more, mirrored, and keeps the answer with the higher mean confidence
+(mapped back to the image).
+
 Every way to predict runs this function: `keraslm.predict` (compiled once per pixel dtype), the
 SavedModel's `predict_array` and `predict_image` signatures (`keraslm.export`), TF Serving, and
 the final validation of a training run.
@@ -234,14 +238,8 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
             prepared[key] = prepare_on_grid(array, spacing, stage.grid, stage.normalization)
         return prepared[key]
 
-    def locate(array, spacing, origin, direction):
-        if spec.storage_orientation is not None:
-            with tf.control_dependencies([_orientation_check(spec.storage_orientation, direction)]):
-                array = tf.identity(array)
-        spacing = image_spacing = tf.cast(spacing, tf.float64)
-        if spec.canonical_orientation:
-            array, spacing, canonical_to_image = canonical_frame(
-                array, spacing, tf.cast(direction, tf.float64))
+    def stages(array, spacing):
+        """Every stage on one image: points (its index), confidence, spread."""
         prepared = {}
         points, confidences, spreads = [], [], []
         for net, stage, codec in global_stages:
@@ -269,6 +267,39 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
             points_index = (refined_index if local_weight is None
                             else blend_stages(points_index, refined_index, local_weight))
             confidence, spread = _mean(confidences), _mean(spreads)
+        return points_index, confidence, spread
+
+    def with_mirror_check(array, spacing, answer):
+        """`answer` = stages(array, spacing), or the mirrored image's answer mapped back when
+        the confidence is below the check's threshold and the mirror's is higher."""
+        check = spec.mirror_check
+        axis = "xyz".index(check.axis)
+        array_axis = spec.ndim - 1 - axis
+        confidence = tf.reduce_mean(answer[1])
+
+        def mirrored():
+            points, other_confidence, spread = stages(tf.reverse(array, [array_axis]), spacing)
+            size = tf.cast(tf.shape(array)[array_axis], tf.float64)
+            flip = tf.one_hot(axis, spec.ndim, dtype=tf.float64)
+            points = points * (1.0 - 2.0 * flip) + flip * (size - 1.0)  # x -> size - 1 - x
+            better = tf.reduce_mean(other_confidence) > confidence
+            return tuple(tf.where(better, mine, theirs) for mine, theirs in
+                         zip((points, other_confidence, spread), answer))
+
+        return tf.cond(confidence < check.confidence_below, mirrored, lambda: answer)
+
+    def locate(array, spacing, origin, direction):
+        if spec.storage_orientation is not None:
+            with tf.control_dependencies([_orientation_check(spec.storage_orientation, direction)]):
+                array = tf.identity(array)
+        spacing = image_spacing = tf.cast(spacing, tf.float64)
+        if spec.canonical_orientation:
+            array, spacing, canonical_to_image = canonical_frame(
+                array, spacing, tf.cast(direction, tf.float64))
+        answer = stages(array, spacing)
+        if spec.mirror_check is not None:
+            answer = with_mirror_check(array, spacing, answer)
+        points_index, confidence, spread = answer
         if spec.canonical_orientation:
             points_index = _apply(canonical_to_image, points_index)
         index_to_mm = tf.cast(direction, tf.float64) * image_spacing[tf.newaxis, :]
