@@ -13,7 +13,7 @@ exactly:
 ONE implementation, in TensorFlow ops, serves training's one-off preparation of every image
 (`keraslm.training.pipeline` through `prepare_image`), `keraslm.predict` and the exported SavedModel's
 image signatures (`keraslm.export`): `prepare_on_grid` normalises, places and resamples a
-tensor of any size inside a graph. `GridSpec`, `GridPlacement` and `fitting_spacing` are the
+tensor of any size inside a graph. `GridSpec` and `GridPlacement` are the
 host-side descriptions (NumPy) of what it computes. The NumPy reference implementations live in
 the tests (`tests/reference_preprocessing.py`).
 
@@ -63,19 +63,6 @@ class GridSpec:
     def size(self):
         """tuple of int. Grid pixels along x, y[, z]."""
         return tuple(reversed(self.shape))
-
-
-def fitting_spacing(image_sizes, image_spacings, grid_shape):
-    """The smallest isotropic grid spacing (mm) at which every image fits the grid.
-
-    Args:
-        image_sizes: array `(num_images, ndim)`. Pixels along x, y[, z].
-        image_spacings: array `(num_images, ndim)`. Millimetres per pixel.
-        grid_shape: tuple of int. Grid shape in array order.
-    """
-    extents_mm = np.asarray(image_sizes, float) * np.asarray(image_spacings, float)
-    grid_size = np.array(list(reversed(grid_shape)), float)
-    return float(np.max(extents_mm / grid_size))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

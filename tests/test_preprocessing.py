@@ -11,13 +11,13 @@ from keraslm.io import Image
 from keraslm.preprocessing import (
     NORMALIZATIONS,
     GridSpec,
-    fitting_spacing,
     normalize,
     place_on_grid,
     prepare_on_grid,
     resample_to_grid,
 )
 from keraslm.training.pipeline import prepare_image
+from keraslm.training.plan import largest_extent_mm, plan_grid
 
 
 def reference_linear(array, points_index, fill_value):
@@ -52,7 +52,7 @@ def test_resample_matches_reference(ndim):
 
 def test_placement_centres_and_keeps_aspect_ratio():
     image = Image(np.zeros((2400, 1935)), spacing=0.1)
-    spacing = fitting_spacing([image.size], [image.spacing], (64, 52))
+    spacing = plan_grid(largest_extent_mm([image.size], [image.spacing]), 1, (64, 52))[1]
     assert spacing == pytest.approx(240.0 / 64)
     grid = GridSpec((64, 52), spacing)
     placement = place_on_grid(image, grid)
@@ -126,7 +126,7 @@ def test_prepare_image_matches_numpy_reference(ndim, shape, spacing, grid_shape,
     rng = np.random.default_rng(ndim)
     array = _random_pixels(rng, shape, dtype)
     image = Image(array, spacing=spacing)
-    spacing_mm = fitting_spacing([image.size], [image.spacing], grid_shape) * 1.13
+    spacing_mm = plan_grid(largest_extent_mm([image.size], [image.spacing]), 1, grid_shape)[1] * 1.13
     grid = GridSpec(grid_shape, spacing_mm)
     placement = place_on_grid(image, grid)
     method = "equalize_standardize" if ndim == 2 else "standardize"

@@ -97,21 +97,12 @@ def canonical_headers(dataset):
     return [dataset.read_image_header(record).canonical()[0] for record in dataset.records]
 
 
-def covering_shape(sizes, spacings, grid_spacing):
-    """The smallest grid shape (array order) of `grid_spacing` mm per step that covers images of
-    `sizes` pixels along x, y[, z] and `spacings` mm per pixel (arrays `(num_images, ndim)`)."""
-    extents_mm = np.asarray(sizes, float).reshape(-1, len(sizes[0])) * np.asarray(
-        spacings, float).reshape(-1, len(sizes[0]))
-    steps = np.ceil(extents_mm.max(axis=0) / float(grid_spacing) - 1e-6).astype(int)
-    return tuple(int(n) for n in steps[::-1])
-
-
 def covering_grid(dataset, grid_spacing):
     """A grid of `grid_spacing` mm per step just large enough for every image of `dataset`
     (read from image headers only): the fine grid of a local (crop) stage."""
     headers = canonical_headers(dataset)
-    shape = covering_shape([h.size for h in headers], [h.spacing for h in headers], grid_spacing)
-    return GridSpec(shape, grid_spacing)
+    extent = largest_extent_mm([h.size for h in headers], [h.spacing for h in headers])
+    return GridSpec(*plan_grid(extent, 1, grid_spacing=grid_spacing))
 
 
 def prepare_samples(dataset, grid, normalization=None, progress=None):
