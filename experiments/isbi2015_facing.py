@@ -3,7 +3,7 @@ predicted as it is and mirrored left-right (a patient facing left), by a fold's 
 and with the mirror check (`keraslm.spec.MirrorCheck`); the table gives the mean radial error
 of each, the mean landmark confidences that tell the facings apart, and the time per image.
 
-The mirror check's threshold is fitted (`keraslm.calibration.fit_mirror_check`) on the OTHER
+The mirror check's threshold is fitted (`keraslm.calibration.fit_mirror_threshold`) on the OTHER
 half of the held-out images (two halves, each fitted on the other), so no image decides its own
 threshold.
 
@@ -20,12 +20,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keraslm.calibration import fit_mirror_check  # noqa: E402
+from keraslm.calibration import fit_mirror_threshold  # noqa: E402
 from keraslm.data import select_split  # noqa: E402
 from keraslm.datasets import load_dataset  # noqa: E402
 from keraslm.io import Image  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import LandmarkDetector, combine_detectors, load_detector, predict  # noqa: E402
+from keraslm.spec import MirrorCheck  # noqa: E402
 
 
 def mirrored(image):
@@ -83,7 +84,8 @@ def main(argv=None):
     seconds = {"upright": 0.0, "mirrored": 0.0}
     thresholds = []
     for half, other in (halves, halves[::-1]):
-        check = fit_mirror_check(upright_confidence[other], mirrored_confidence[other], "x")
+        check = MirrorCheck("x", fit_mirror_threshold(upright_confidence[other],
+                                                      mirrored_confidence[other]))
         thresholds.append(check.confidence_below)
         with_check = LandmarkDetector(detector.spec.replace(mirror_check=check), detector.networks,
                                       detector.local_networks)

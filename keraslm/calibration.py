@@ -203,23 +203,20 @@ def fit_local_weight(global_mm, refined_mm, ground_truth_mm):
     return LOCAL_WEIGHT_STEPS[::-1][np.argmin(mean_errors[::-1], axis=0)]
 
 
-def fit_mirror_check(upright_confidence, mirrored_confidence, axis="x"):
-    """A `keraslm.spec.MirrorCheck` from the mean landmark confidences of held-out images as
-    they are (`upright_confidence`, `(num_images,)`) and mirrored along `axis`
-    (`mirrored_confidence`): the threshold lies halfway between the highest mirrored and the
-    lowest upright confidence when they separate, else at the highest mirrored one (every
+def fit_mirror_threshold(upright_confidence, mirrored_confidence):
+    """The confidence threshold of a mirror check (`keraslm.spec.MirrorCheck`) from the mean
+    landmark confidences of held-out images as they are (`upright_confidence`, `(num_images,)`)
+    and mirrored (`mirrored_confidence`): halfway between the highest mirrored and the lowest
+    upright confidence when they separate, else just above the highest mirrored one (every
     mirrored image is then tried again; so are the upright ones below it, which costs time,
     not accuracy: the surer answer is kept)."""
-    from keraslm.spec import MirrorCheck
-
     upright = np.asarray(upright_confidence, np.float64)
     mirrored = np.asarray(mirrored_confidence, np.float64)
     if not (upright.size and mirrored.size):
         raise KeraslmError("fitting a mirror check needs confidences of upright and mirrored "
                            "images")
     highest, lowest = float(mirrored.max()), float(upright.min())
-    threshold = (highest + lowest) / 2.0 if lowest > highest else float(np.nextafter(highest, np.inf))
-    return MirrorCheck(axis, threshold)
+    return (highest + lowest) / 2.0 if lowest > highest else float(np.nextafter(highest, np.inf))
 
 
 def blend_stages(global_points, refined_points, local_weight):

@@ -142,8 +142,9 @@ class StageSpec:
 class MirrorCheck:
     """Images that may show their subject facing the other way (lateral views): an image whose
     mean landmark confidence is below `confidence_below` is predicted mirrored along `axis` too,
-    and the answer with the higher mean confidence is kept (mapped back to the image). Fitted on
-    held-out images and their mirrors (`keraslm.calibration.fit_mirror_check`).
+    and the answer with the higher mean confidence is kept (mapped back to the image). The
+    threshold is fitted on held-out images and their mirrors
+    (`keraslm.calibration.fit_mirror_threshold`).
 
     Args:
         axis: str. "x", "y" or "z": the axis (of the canonical frame) to mirror along.

@@ -34,7 +34,7 @@ def main(argv=None):
                         "image whose mean landmark confidence is below CONFIDENCE is predicted "
                         "mirrored along AXIS too and the surer answer kept, e.g. x:30 (fit "
                         "CONFIDENCE on held-out images and their mirrors: "
-                        "keraslm.calibration.fit_mirror_check)")
+                        "keraslm.calibration.fit_mirror_threshold)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
     from keraslm.export import export_saved_model

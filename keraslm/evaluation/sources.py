@@ -191,7 +191,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     from keraslm.prediction import load_predictor, predict
 
     progress = _progress(progress)
-    members = _run_members
+    members = _members
 
     def named(item):
         return os.fspath(item) if isinstance(item, (str, os.PathLike)) else "(given model)"
@@ -417,19 +417,20 @@ def combine(evaluations, method=None):
     )
 
 
-def _run_members(entry):
-    """A `run_dirs` / `refine_runs` entry (or a model / `refine` argument) as a list: one run
-    folder or model, or an ensemble's."""
-    if isinstance(entry, (list, tuple)):
-        if not entry:
-            raise KeraslmError("an ensemble entry is empty")
-        return list(entry)
-    return [entry]
+def _members(entry):
+    """A run entry's members (`keraslm.prediction.predictors.ensemble_members`, imported when
+    used: this module loads without TensorFlow); an empty ensemble is an error."""
+    from keraslm.prediction.predictors import ensemble_members
+
+    members = ensemble_members(entry)
+    if not members:
+        raise KeraslmError("an ensemble entry is empty")
+    return members
 
 
 def _model_paths(entry):
     """The `.keras` path(s) of a run entry: one path, or a list for an ensemble."""
-    paths = [RunFolder(run_dir).model_path for run_dir in _run_members(entry)]
+    paths = [RunFolder(run_dir).model_path for run_dir in _members(entry)]
     return paths if isinstance(entry, (list, tuple)) else paths[0]
 
 
@@ -461,7 +462,7 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
     progress = _progress(progress)
     if not run_dirs:
         raise KeraslmError("no training run folders were given")
-    configs = [[read_run_config(run_dir) for run_dir in _run_members(entry)]  # Fail early.
+    configs = [[read_run_config(run_dir) for run_dir in _members(entry)]  # Fail early.
                for entry in run_dirs]
     refine_runs = list(refine_runs or [])
     if refine_runs:
@@ -470,11 +471,11 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
                 f"{len(refine_runs)} refining runs for {len(run_dirs)} runs: give one local-stage "
                 "run per run, in the same order")
         for entry in refine_runs:
-            for local_dir in _run_members(entry):
+            for local_dir in _members(entry):
                 read_run_config(local_dir)
     for number, entry in enumerate(run_dirs):
-        first, *others = _run_members(entry)
-        locals_ = _run_members(refine_runs[number]) if refine_runs else []
+        first, *others = _members(entry)
+        locals_ = _members(refine_runs[number]) if refine_runs else []
         ids = sorted(run_test_set(first).ids)
         for other in others + locals_:
             if sorted(run_test_set(other).ids) != ids:
@@ -486,11 +487,11 @@ def evaluate_runs(run_dirs, method=None, normalize_distance=None, normalize_land
         method = method_name(
             [config.get("architecture") for config in configs[0]],
             [read_run_config(local_dir).get("architecture")
-             for local_dir in (_run_members(refine_runs[0]) if refine_runs else [])])
+             for local_dir in (_members(refine_runs[0]) if refine_runs else [])])
     parts = []
     for number, (entry, config) in enumerate(zip(run_dirs, configs), 1):
-        run_dir, config = _run_members(entry)[0], config[0]
-        label = " & ".join(os.fspath(member) for member in _run_members(entry))
+        run_dir, config = _members(entry)[0], config[0]
+        label = " & ".join(os.fspath(member) for member in _members(entry))
         test_set = run_test_set(run_dir, config)
         progress(f"run {number}/{len(run_dirs)} {label}: {len(test_set)} held-out images")
         parts.append(evaluate_model(

@@ -161,7 +161,8 @@ class SavedModelPredictor(Predictor):
         return found
 
 
-def _members(item):
+def ensemble_members(item):
+    """A model argument as a list: one model (path or detector), or an ensemble's members."""
     return list(item) if isinstance(item, (list, tuple)) else [item]
 
 
@@ -217,8 +218,8 @@ def load_predictor(model, refine=None, precision="float32", iterations=1, calibr
     """
     if isinstance(model, Predictor) and refine is None and calibration is None:
         return model
-    loaded = [load_model(item) for item in _members(model)]
-    local = [] if refine is None else [load_model(item, "local stage") for item in _members(refine)]
+    loaded = [load_model(item) for item in ensemble_members(model)]
+    local = [] if refine is None else [load_model(item, "local stage") for item in ensemble_members(refine)]
     saved = [m for m in loaded + local if isinstance(m, SavedModelPredictor)]
     if saved:
         if len(loaded) + len(local) > 1:
@@ -236,14 +237,14 @@ def load_predictor(model, refine=None, precision="float32", iterations=1, calibr
             raise KeraslmError(f"{saved[0].path}: a SavedModel holds the calibration it was "
                                "exported with; export again with --calibration")
         return saved[0]
-    for item, detector in zip(_members(model), loaded):
+    for item, detector in zip(ensemble_members(model), loaded):
         if detector.spec.is_local_only:
             name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else "the model"
             raise KeraslmError(
                 f"{name} is the local stage of a coarse-to-fine model: it refines estimates of a "
                 "global model. Predict with the global model and pass this one as refine= "
                 "(keraslm-predict GLOBAL_MODEL --refine LOCAL_MODEL)")
-    for item, detector in zip(_members(refine) if refine is not None else [], local):
+    for item, detector in zip(ensemble_members(refine) if refine is not None else [], local):
         if detector.spec.global_stages:
             name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else "refine"
             raise KeraslmError(
