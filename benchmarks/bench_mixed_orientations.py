@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from keraslm.datasets import load_dataset  # noqa: E402
 from keraslm.datasets.check import check_dataset  # noqa: E402
 from keraslm.io import Image, write_nifti  # noqa: E402
+from keraslm.io.image import canonical_to_index_matrix  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.training import TrainingConfig, train  # noqa: E402
 
@@ -33,15 +34,11 @@ def stored_otherwise(image, permutation, flips):
     ndim = image.ndim
     array = np.transpose(image.array, [ndim - 1 - permutation[ndim - 1 - j] for j in range(ndim)])
     array = np.flip(array, axis=[ndim - 1 - i for i in range(ndim) if flips[i]])
-    linear = np.zeros((ndim, ndim))
-    corner = np.zeros(ndim)
-    for axis, (source, flip) in enumerate(zip(permutation, flips)):
-        linear[source, axis] = -1.0 if flip else 1.0
-        corner[source] = image.size[source] - 1.0 if flip else 0.0
+    copy_to_image = canonical_to_index_matrix(permutation, flips, image.size)
     spacing = image.spacing[list(permutation)]
-    direction = image.index_to_physical_matrix @ linear / spacing[np.newaxis, :]
+    direction = image.index_to_physical_matrix @ copy_to_image[:ndim, :ndim] / spacing[np.newaxis, :]
     return Image(np.ascontiguousarray(array), spacing=spacing,
-                 origin=image.index_to_physical(corner), direction=direction)
+                 origin=image.index_to_physical(copy_to_image[:ndim, ndim]), direction=direction)
 
 
 def mixed_copy(dataset, folder, seed=0):

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from keraslm.io import Image, read_image, write_nifti
-from keraslm.io.image import canonical_axes
+from keraslm.io.image import canonical_axes, canonical_to_index_matrix
 
 
 def _stored_otherwise(image, permutation, flips):
@@ -18,11 +18,8 @@ def _stored_otherwise(image, permutation, flips):
     ndim = image.ndim
     array = np.transpose(image.array, [ndim - 1 - permutation[ndim - 1 - j] for j in range(ndim)])
     array = np.flip(array, axis=[ndim - 1 - i for i in range(ndim) if flips[i]])
-    copy_to_image = np.eye(ndim + 1)
-    copy_to_image[:ndim, :ndim] = 0.0
-    for axis, (source, flip) in enumerate(zip(permutation, flips)):
-        copy_to_image[source, axis] = -1.0 if flip else 1.0
-        copy_to_image[source, ndim] = image.size[source] - 1.0 if flip else 0.0
+    # The copy is to the image what a canonical image is to the image it came from.
+    copy_to_image = canonical_to_index_matrix(permutation, flips, image.size)
     spacing = image.spacing[list(permutation)]
     linear = image.index_to_physical_matrix @ copy_to_image[:ndim, :ndim]
     copy = Image(array, spacing=spacing, origin=image.index_to_physical(copy_to_image[:ndim, ndim]),
