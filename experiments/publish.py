@@ -1,20 +1,23 @@
-"""Copy the generated experiment tables into README.md's "Results" section (see --help).
+"""Copy the generated experiment tables into the documentation's result pages (see --help).
 
 Each experiment writes `experiments/results/<name>/table.md`; this script puts that file's text
-between the README markers `<!-- results:<name> -->` and `<!-- /results:<name> -->`, so the
-README shows exactly what the experiment generated (nothing typed by hand). Experiments that
-have not been run leave a line saying so. Headings of the table files are demoted to fit under
-the README's "Results" section, and plots the tables name are embedded as images (paths
-relative to the repository root).
+between the markers `<!-- results:<name> -->` and `<!-- /results:<name> -->` of the page under
+`docs/` that has them (`docs/results/*.md`, `docs/benchmarks.md`), so the site shows exactly
+what the experiment generated (nothing typed by hand). Experiments that have not been run leave
+a line saying so. Headings of the table files are demoted to fit under the page's section, and
+plots the tables name are embedded as images, linked relative to the page (the site carries the
+plots under their repository paths: docs/hooks.py).
 """
 import argparse
+import glob
 import os
+import posixpath
 import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "table1_phantom2d", "table2_phantom3d",
-               "benchmarks")
+EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fold0_global",
+               "table1_phantom2d", "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
     "isbi2015_v4": "python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v4 "
@@ -24,6 +27,10 @@ COMMANDS = {
                    "--architectures scn --grid-shape 192,160 --steps 4000 --rotation-degrees 8 "
                    "--scale-range 0.05 --local-crop-shape 96,96 --local-steps 4000 "
                    "--ensemble-grid-shape 240,208 --ensemble-local-elastic-mm 3 --folds 2",
+    "isbi2015_facing/fold0_global": "python experiments/isbi2015_facing.py --global "
+                                    "experiments/results/isbi2015_v6/runs/scn_fold0 --fold 0 "
+                                    "--dataset-root ../shared/data/isbi2015-train --output-dir "
+                                    "experiments/results/isbi2015_facing/fold0_global",
 }
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (
@@ -51,8 +58,10 @@ def benchmark_block(results_dir):
     return "\n\n".join(parts)
 
 
-def block(results_dir, name):
-    """The README text for one experiment: its table.md, adapted, or a 'not run' line."""
+def block(results_dir, name, page_folder=""):
+    """The page text for one experiment: its table.md, adapted, or a 'not run' line.
+    `page_folder`: the folder of the page within the site (e.g. "results"), which plot links
+    are relative to."""
     if name == "benchmarks":
         return benchmark_block(results_dir)
     folder = os.path.join(results_dir, name)
@@ -66,7 +75,7 @@ def block(results_dir, name):
     lines = []
     for line in text.splitlines():
         if line.startswith("# "):
-            continue  # The README section has its own heading.
+            continue  # The page section has its own heading.
         if line.startswith("#"):
             line = "###" + line
         relative = os.path.relpath(folder, REPO)
@@ -75,7 +84,8 @@ def block(results_dir, name):
             target = os.path.join(folder, match.group(1))
             if not os.path.isfile(target):
                 return match.group(1)
-            return f"\n\n![{match.group(1)}]({relative}/{match.group(1)})\n"
+            target = posixpath.relpath(f"{relative}/{match.group(1)}", page_folder or ".")
+            return f"\n\n![{match.group(1)}]({target})\n"
 
         if "|" not in line:
             line = PLOT.sub(link, line)
@@ -83,39 +93,63 @@ def block(results_dir, name):
     return "\n".join(lines).strip()
 
 
-def publish(readme, results_dir, names=EXPERIMENTS):
-    """Replaces every marked block of `readme` (text) by the generated tables; returns the text.
+def publish(pages, results_dir, names=EXPERIMENTS):
+    """Replaces every marked block of the pages by the generated tables.
+
+    Args:
+        pages: dict of the page's path within the site (e.g. "results/isbi2015.md") -> text.
+        results_dir: the folder of the experiments' outputs (`experiments/results`).
+        names: the experiments to publish; each must be marked on some page.
+
+    Returns:
+        dict of the same pages -> updated text.
 
     Raises:
-        ValueError: a marker pair is missing from the README.
+        ValueError: an experiment is marked on no page, or its end marker is missing.
     """
+    pages = dict(pages)
     for name in names:
         begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
-        if begin not in readme or end not in readme:
-            raise ValueError(f"README has no {begin} ... {end} markers")
-        head, rest = readme.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        readme = f"{head}{begin}\n{block(results_dir, name)}\n{end}{tail}"
-    return readme
+        marked = [page for page, text in pages.items() if begin in text]
+        if not marked:
+            raise ValueError(f"no page has the markers {begin} ... {end}")
+        for page in marked:
+            if end not in pages[page]:
+                raise ValueError(f"{page} has {begin} but not {end}")
+            head, rest = pages[page].split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = block(results_dir, name, posixpath.dirname(page))
+            pages[page] = f"{head}{begin}\n{text}\n{end}{tail}"
+    return pages
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", default=os.path.join(REPO, "README.md"))
+    parser.add_argument("--docs-dir", default=os.path.join(REPO, "docs"),
+                        help="the documentation's source folder (default: docs/)")
     parser.add_argument("--results-dir", default=os.path.join(REPO, "experiments", "results"))
     args = parser.parse_args(argv)
-    with open(args.readme, encoding="utf-8") as handle:
-        text = handle.read()
+    paths = sorted(glob.glob(os.path.join(args.docs_dir, "**", "*.md"), recursive=True))
+    pages = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            pages[os.path.relpath(path, args.docs_dir).replace(os.sep, "/")] = handle.read()
     try:
-        updated = publish(text, args.results_dir)
+        updated = publish(pages, args.results_dir)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    temporary = args.readme + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(updated)
-    os.replace(temporary, args.readme)
-    print(f"updated {args.readme}" if updated != text else f"{args.readme} already up to date")
+    for page, text in updated.items():
+        if text == pages[page]:
+            continue
+        path = os.path.join(args.docs_dir, page)
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+        print(f"updated {path}")
+    if updated == pages:
+        print(f"{args.docs_dir}: every result page already up to date")
     return 0
 
 

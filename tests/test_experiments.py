@@ -240,24 +240,35 @@ def test_isbi2015_quick_ensemble(tmp_path):
 
 def test_publish_copies_generated_tables(tmp_path):
     publish = _script("publish")
-    readme = tmp_path / "README.md"
-    assert publish.EXPERIMENTS == ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "table1_phantom2d",
+    docs = tmp_path / "docs"
+    (docs / "results").mkdir(parents=True)
+    assert publish.EXPERIMENTS == ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6",
+                                   "isbi2015_facing/fold0_global", "table1_phantom2d",
                                    "table2_phantom3d", "benchmarks")
-    readme.write_text("intro\n" + "".join(
+    page = docs / "results" / "all.md"
+    page.write_text("intro\n" + "".join(
         f"<!-- results:{n} -->\nSTALE TEXT\n<!-- /results:{n} -->\n" for n in publish.EXPERIMENTS))
-    results = tmp_path / "results"
+    other = docs / "index.md"
+    other.write_text("no markers here\n")
+    results = tmp_path / "experiments" / "results"
     (results / "isbi2015_cv").mkdir(parents=True)
     (results / "isbi2015_cv" / "table.md").write_text(
         "# ISBI\n\n## Settings\n| a | b |\n|---|---|\n| 1 | 2 |\n\nCurve: cumulative_error.png\n")
-    assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
-    text = readme.read_text()
+    (results / "isbi2015_cv" / "cumulative_error.png").write_bytes(b"png")
+    arguments = ["--docs-dir", str(docs), "--results-dir", str(results)]
+    assert publish.main(arguments) == 0
+    text = page.read_text()
     assert "STALE TEXT" not in text and "| 1 | 2 |" in text and "##### Settings" in text
-    assert "# ISBI" not in text  # the table's title gives way to the README heading
+    assert "# ISBI" not in text  # the table's title gives way to the page's heading
+    # The plot is linked relative to the page (results/), under its repository path.
+    plot = os.path.relpath(results / "isbi2015_cv", publish.REPO) + "/cumulative_error.png"
+    assert f"(../{plot})" in text
     assert "Not run yet: `python experiments/table1_phantom2d.py`" in text
     assert "Not run yet: `python experiments/isbi2015_cv.py --output-dir experiments/results/isbi2015_v4" in text
     assert "--ensemble-grid-shape 240,208 --ensemble-local-elastic-mm 3 --folds 2`" in text
     assert "P1: training step" in text and "*not run yet*" in text
-    assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
-    assert readme.read_text() == text  # idempotent
-    readme.write_text("no markers")
-    assert publish.main(["--readme", str(readme), "--results-dir", str(results)]) == 2
+    assert other.read_text() == "no markers here\n"
+    assert publish.main(arguments) == 0
+    assert page.read_text() == text  # idempotent
+    page.write_text("no markers")
+    assert publish.main(arguments) == 2
