@@ -15,33 +15,15 @@ drivers, a fine 3D training or a chain of trainings, calibration and export (the
 end-to-end paths, each also covered in parts by faster tests); the default run leaves them out (setup.cfg), `pytest -m slow`
 runs them, `pytest -m ""` runs everything.
 """
-import os
-import pickle
-
 import pytest
-from filelock import FileLock
+
+from helpers import built_once as _built_once
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: starts subprocesses, several workers, experiment drivers, a fine 3D "
                    "training or a long end-to-end chain (left out by default; run with -m slow)")
-
-
-def _built_once(tmp_path_factory, name, build):
-    """`build(folder)`'s result, computed once per test run even across pytest-xdist workers:
-    the first worker builds it into a folder every worker sees, under a file lock, and keeps the
-    result as a pickle; the others wait for it and load it."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # Shared by the workers of this run.
-    folder = base / f"shared_{name}"
-    done = base / f"shared_{name}.pickle"
-    with FileLock(str(base / f"shared_{name}.lock")):
-        if not done.exists():
-            result = build(folder)
-            done.write_bytes(pickle.dumps(result))
-    return pickle.loads(done.read_bytes())
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ def test_a_volume_predicts_the_same_millimetres_in_every_storage_order(tmp_path)
     axes permuted (the same physical image): the same landmarks in mm, within 0.5 voxel, through
     keraslm.predict, the SavedModel's predict_array and the serving client; landmarks_index is
     each file's own."""
-    from test_serving import saved_model_transport
+    from helpers import saved_model_transport
 
     from keraslm.datasets.phantom import make_phantom
     from keraslm.export import export_saved_model

@@ -26,41 +26,7 @@ from keraslm.serving import (
 )
 from keraslm.spec import DetectorSpec, StageSpec
 
-
-def saved_model_transport(loaded, log, answer="request"):
-    """Runs the requested signature of the loaded SavedModel and answers like TF Serving's REST API:
-    {"b64": ...} values become the decoded bytes; bodies and answers go through JSON as over
-    the wire. `answer`: "request" answers in the request's format as TF Serving does (row
-    format -> {"predictions": [one object per instance]}, columnar -> {"outputs": {...}});
-    "rows" / "columns" always in that format."""
-
-    def value(item):
-        return base64.b64decode(item["b64"]) if isinstance(item, dict) and "b64" in item else item
-
-    def transport(path, body):
-        body = json.loads(json.dumps(body))
-        log.append((path, body["signature_name"], "instances" in body))
-        signature = loaded.signatures[body["signature_name"]]
-        specs = signature.structured_input_signature[1]
-        if "instances" in body:
-            rows = body["instances"]
-            inputs = {name: tf.constant([value(row[name]) for row in rows], specs[name].dtype)
-                      for name in specs}
-        else:
-            inputs = {name: tf.constant(body["inputs"][name], specs[name].dtype) for name in specs}
-        outputs = {key: tensor.numpy().tolist() for key, tensor in signature(**inputs).items()}
-        rows_out = answer == "rows" or (answer == "request" and "instances" in body)
-        if rows_out:
-            if "instances" not in body:  # One unbatched answer as a single row.
-                outputs = {key: [item] for key, item in outputs.items()}
-            count = len(next(iter(outputs.values())))
-            response = {"predictions": [{key: item[i] for key, item in outputs.items()}
-                                        for i in range(count)]}
-        else:
-            response = {"outputs": outputs}
-        return json.loads(json.dumps(response))
-
-    return transport
+from helpers import saved_model_transport
 
 
 @pytest.fixture(scope="module")
