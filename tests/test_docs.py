@@ -7,7 +7,7 @@ both) that holds what the examples name:
 
 - `runs/default/`: a small U-Net trained on the tests' 12-image 2D phantom (`trained_2d`), and
   `a.dcm`, `b.dcm`, `new_images/` (DICOM images of that phantom, which the model knows);
-- `my_xrays/`: 12 phantom hand radiographs written as plain PNGs at 0.1 mm per pixel (2304 x
+- `my_xrays/`: 10 phantom hand radiographs written as plain PNGs at 0.1 mm per pixel (2304 x
   2560 pixels, like a real radiograph) with one landmark CSV in pixels; `hand.png` is the first
   of them and `new_xray.png` the last; `setup.csv` (headerless) and `long.csv` hold the same landmarks in the other CSV
   layouts, `001.mrk.json` the first image's as 3D Slicer markups;
@@ -26,8 +26,8 @@ client side (request bodies, answers), TF Serving itself needs Docker.
 A block that cannot run in a test has a skip directive above it, with the reason (`<!-- skip:
 next "reason" -->`, or `<!-- skip: next if(isbi_missing, reason="...") -->` for the ISBI
 data). `python tests/test_docs.py` prints, per page, the blocks that run and the ones skipped
-with their reasons. Pages in `SLOW_PAGES` (they train or run the walk from a folder to a served
-model) run with `-m slow`.
+with their reasons. Pages in `SLOW_PAGES` (they train, or start several
+commands) run with `-m slow`.
 """
 import glob
 import http.server
@@ -51,8 +51,10 @@ ISBI_IMAGE = SHARED / "data" / "isbi2015-train" / "images" / "001.jpg"
 PAGES = ["README.md", "CONTRIBUTING.md"] + sorted(
     os.path.relpath(path, REPO) for path in glob.glob(str(REPO / "docs" / "**" / "*.md"),
                                                       recursive=True))
-#: Pages whose examples train models or chain several commands: run with -m slow.
-SLOW_PAGES = {"README.md", "docs/guides/own-data.md"}
+#: Pages whose examples train models or start several commands (each loads TensorFlow and
+#: compiles a model: 10-20 s apiece): run with -m slow, to keep the default run within 5 min.
+SLOW_PAGES = {"README.md", "docs/guides/own-data.md", "docs/guides/prediction.md",
+              "docs/results/pretrained.md"}
 #: Pages whose examples talk to a TF Serving REST endpoint on localhost:8501.
 SERVING_PAGES = {"docs/guides/serving.md"}
 SERVING_PORT = 8501
@@ -118,7 +120,7 @@ def _build_workspace(folder, phantom2d_root, trained_run):
 
     # Hand radiographs at 0.1 mm, written as plain PNGs with one pixel CSV (cached across runs).
     cache = Path(os.environ.get("KERASLM_CACHE", Path.home() / ".cache" / "keraslm"))
-    phantom = make_phantom(cache / "docs_xrays_12_at_0.1mm", ndim=2, num_images=12, seed=7,
+    phantom = make_phantom(cache / "docs_xrays_10_at_0.1mm", ndim=2, num_images=10, seed=7,
                            spacing=0.1, image_size=(2304, 2560))
     xrays = folder / "my_xrays"
     xrays.mkdir()

@@ -37,6 +37,30 @@ def test_predict_reproduces_training_validation_errors(trained):
     np.testing.assert_allclose(image.index_to_physical(first.points_index), first.points_mm, atol=1e-9)
 
 
+def test_predict_reuses_the_predictor_of_the_same_detector(trained, monkeypatch):
+    """A detector given again is predicted by the predictor (and graph) of the previous call;
+    another detector gets its own."""
+    from keraslm.prediction import api, load_detector
+
+    dataset, result = trained
+    detector = load_detector(result.model_path)
+    image = dataset.read_image(dataset.records[0])
+    made = []
+    load = api.load_predictor
+    monkeypatch.setattr(api, "load_predictor", lambda *a, **k: made.append(a[0]) or load(*a, **k))
+    first = keraslm.predict(detector, [image])[0]
+    second = keraslm.predict(detector, [image])[0]
+    assert made == [detector]
+    np.testing.assert_array_equal(first.points_mm, second.points_mm)
+    other = load_detector(result.model_path)
+    third = keraslm.predict(other, [image])[0]
+    assert made == [detector, other]
+    np.testing.assert_allclose(third.points_mm, first.points_mm, atol=1e-6)
+    keraslm.predict(result.model_path, [image])  # A path: loaded (and traced) on every call.
+    keraslm.predict(result.model_path, [image])
+    assert made[2:] == [result.model_path] * 2
+
+
 def test_predict_cli_writes_csv_and_json(trained, tmp_path, capsys):
     dataset, result = trained
     images = tmp_path / "images"

@@ -18,12 +18,18 @@ from keraslm.data import image_id_from_path
 from keraslm.errors import KeraslmError, UsageError
 from keraslm.files import atomic_folder, atomic_path, write_json
 from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
+from keraslm.prediction.detector import LandmarkDetector
 from keraslm.prediction.predictors import load_predictor
 
 EXPECTED_ERROR_FILE = "expected_error.csv"
 MARKUPS_FOLDER = "markups"
 #: `keraslm-predict` marks a landmark whose expected error is above this (mm) for a check by hand.
 FLAG_MM = 2.5
+#: The last detector `predict` was given and its predictor per precision: calling `predict`
+#: with the same `LandmarkDetector` again reuses the predictor and its traced graph (a new
+#: predictor traces and compiles the prediction graph again, which takes longer than
+#: predicting an image). One detector only, so at most one is kept alive by it.
+_LAST_DETECTOR = {"detector": None, "predictors": {}}
 
 
 @dataclasses.dataclass
@@ -230,7 +236,10 @@ def predict(model, images, spacing=None, refine=None, precision="float32"):
     Args:
         model: a `.keras` file, a training run folder or a SavedModel version folder; a
             `keraslm.prediction.LandmarkDetector`; a predictor from `load_predictor`; or a list
-            of `.keras` files / run folders / detectors (an ensemble).
+            of `.keras` files / run folders / detectors (an ensemble). A path is loaded on
+            every call and a new graph traced: to predict many times, call it with a
+            predictor (`load_predictor(path)`) or a detector; the detector of the previous call
+            reuses its predictor.
         images: sequence of paths (any format `keraslm.io.read_image` reads) or `Image`s.
         spacing: float or sequence, optional. Spacing (mm per pixel along x, y) of plain
             image files (PNG/JPEG/BMP/TIFF), which hold none, e.g. 0.1 for ISBI 2015; required
@@ -254,7 +263,7 @@ def predict(model, images, spacing=None, refine=None, precision="float32"):
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
     image_ids = input_image_ids(images)
-    predictor = load_predictor(model, refine=refine, precision=precision)
+    predictor = _predictor(model, refine, precision)
     spec = predictor.spec
     check_plain_image_spacing(images, spacing, spec)  # Every image, before any is predicted.
     results = []
@@ -269,6 +278,19 @@ def predict(model, images, spacing=None, refine=None, precision="float32"):
                                   found["confidence"], found.get("spread_mm"),
                                   found.get("expected_error_mm")))
     return results
+
+
+def _predictor(model, refine, precision):
+    """`load_predictor(model, refine, precision)`; for the `LandmarkDetector` of the previous call
+    (without `refine`) the predictor made then."""
+    if not isinstance(model, LandmarkDetector) or refine is not None:
+        return load_predictor(model, refine=refine, precision=precision)
+    if _LAST_DETECTOR["detector"] is not model:
+        _LAST_DETECTOR.update(detector=model, predictors={})
+    predictors = _LAST_DETECTOR["predictors"]
+    if precision not in predictors:
+        predictors[precision] = load_predictor(model, precision=precision)
+    return predictors[precision]
 
 
 def write_predictions(folder, predictions):
