@@ -45,7 +45,7 @@ PLOT = re.compile(r"([A-Za-z0-9_.-]+\.png)")
 
 
 def benchmark_block(results_dir):
-    """The README text of the benchmark outputs found in `results_dir/benchmarks`."""
+    """The docs/benchmarks.md text of the benchmark outputs found in `results_dir/benchmarks`."""
     parts = []
     for name, title in BENCHMARKS:
         path = os.path.join(results_dir, "benchmarks", f"{name}.md")

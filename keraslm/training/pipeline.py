@@ -24,7 +24,7 @@ from keraslm.training.plan import largest_extent_mm, plan_grid
 
 # 2D as in the paper. 3D: the paper subtracts the mean only, which leaves the scanner's
 # intensity scale (thousands for the 3D phantom's MR-like values) and made the default Adam
-# training diverge (README, "Design notes"), so keraslm standardises by default.
+# training diverge (docs/guides/training.md, "Design notes"), so keraslm standardises by default.
 # `normalize(..., "subtract_mean")` is the paper's choice.
 DEFAULT_NORMALIZATION = {2: "equalize_standardize", 3: "standardize"}
 

@@ -2,8 +2,8 @@
 
 - `"default"`: converges out of the box on the phantoms and ISBI 2015: Adam, learning rate
   1e-3 with cosine decay, fresh augmentation every step, target heatmaps with peak 100 (with
-  peak 1 the all-zero output is so close in L2 that training collapses onto it; README,
-  "Design notes"), 2000 steps in 2D.
+  peak 1 the all-zero output is so close in L2 that training collapses onto it;
+  docs/guides/training.md, "Design notes"), 2000 steps in 2D.
 - `"paper"`: Payer et al. 2016: SGD with momentum 0.99, weight decay 5e-4, batch 5 (2D) / 2
   (3D), the paper's learning rates. The paper trained with Caffe's Euclidean loss, a SUM over
   pixels and landmarks divided by 2 x batch; keraslm's loss is a MEAN over pixels and landmarks
