@@ -10,7 +10,8 @@ SCN's spatial configuration starts as the constant factor 1 (`spatial_configurat
 kernel, bias 1), so an SCN starts as its local-appearance part alone: the first error signal is
 the targets', while the hidden features keep their random initialisation. (A random start on a
 grid where the targets cover a small share of the voxels spends its first steps removing its
-random output and can silence its features on the way; docs/guides/training.md, "Design notes".)
+random output and can silence its features on the way; docs/guides/training.md, "Design
+notes".)
 """
 import keras
 

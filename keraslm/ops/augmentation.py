@@ -594,7 +594,8 @@ def crop_stage(images, points, landmark_index, transforms, codec, fill_value=0.0
     the sampled translation is the offset a coarse estimate would have. At prediction the local
     stage reads channel k of the crop around the estimate of landmark k only, which is what
     "own" trains. ("all" makes the targets far sparser - a 64x64 crop holds 1-3 of 19 peaks - and
-    keeps the network near the all-zero output much longer; docs/guides/training.md, "Design notes".)
+    keeps the network near the all-zero output much longer; docs/guides/training.md, "Design
+    notes".)
 
     Args:
         images: tensor `(batch, *spatial, channels)`. whole images on the fine grid.
