@@ -14,7 +14,8 @@ both) that holds what the examples name:
 - `scan/`: a small DICOM series;
 - `saved_models/isbi2015_scn`: the shipped model (a link to the repository's);
 - `001.jpg` and `cephalogram.jpg`: ISBI 2015 image 001 where `../shared/data` has it, else a
-  JPEG of a phantom radiograph (the examples run the same; the landmarks are then meaningless);
+  JPEG of a phantom radiograph cut to the ISBI images' 1935 x 2400 pixels (the examples run
+  the same; the landmarks are then meaningless);
 - `../shared`: a link to the repository's `../shared` where it exists, so the examples' paths
   `../shared/data/isbi2015-train/...` resolve as in a checkout.
 
@@ -157,8 +158,8 @@ def _build_workspace(folder, phantom2d_root, trained_run):
 
     if ISBI_IMAGE.is_file():
         jpeg = ISBI_IMAGE
-    else:
-        pixels = first.array.astype(np.float64)
+    else:  # The phantom radiograph cut to an ISBI image's 1935 x 2400 pixels (the model's field).
+        pixels = first.array[:2400, :1935].astype(np.float64)
         pixels = (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1e-9) * 255
         jpeg = folder / "phantom.jpg"
         PILImage.fromarray(pixels.astype(np.uint8)).save(jpeg, quality=90)
@@ -193,7 +194,10 @@ def serving_stand_in():
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path.startswith("/v1/models/isbi2015_scn") and self.path.endswith(":predict"):
-                status, answer = 200, transport(self.path, body)
+                try:
+                    status, answer = 200, transport(self.path, body)
+                except tf.errors.InvalidArgumentError as error:  # As TF Serving answers it.
+                    status, answer = 400, {"error": error.message}
             else:
                 status, answer = 404, {"error": f"Servable not found for request: {self.path}"}
             data = json.dumps(answer).encode("utf-8")
