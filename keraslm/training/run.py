@@ -50,7 +50,12 @@ from keraslm.training.pipeline import (
     streaming_training_dataset,
     training_dataset,
 )
-from keraslm.training.plan import TrainingPlan
+from keraslm.training.plan import (
+    TrainingPlan,
+    activation_bytes_per_sample,
+    available_memory_bytes,
+    memory_batch_limit,
+)
 from keraslm.training.presets import get_training_preset
 from keraslm.training.stages import stage_for
 
@@ -249,8 +254,35 @@ def _resolved_settings(config, dataset, network, input_shape):
     return settings
 
 
-def _plan(config, stage, grid, settings):
-    """The run's TrainingPlan: the grid and the training values, each with its reason."""
+def _memory_batch(config, stage, network, input_shape, settings, num_landmarks):
+    """(batch size, reason, MB of activations per sample): the preset's batch, capped so that
+    a step's activations fit in memory (`keraslm.training.plan`); a --batch-size given is kept,
+    with a warning in its reason when it exceeds the estimate."""
+    inputs = stage.network_inputs_per_sample(num_landmarks)
+    per_sample = inputs * activation_bytes_per_sample(network, input_shape,
+                                                      cache_folder=cache_dir())
+    available, where = available_memory_bytes()
+    limit = memory_batch_limit(per_sample, available)
+    megabytes = per_sample / 2 ** 20
+    batch = int(settings["batch_size"])
+    what = (f"{megabytes:.3g} MB of activations per sample"
+            + (f" ({inputs} crops)" if inputs > 1 else ""))
+    if limit is None:
+        return batch, f"{what}; {where}, no memory limit applied", megabytes
+    memory = f"{available / 2 ** 30:.3g} GB {where}"
+    if config.run.batch_size is not None:
+        reason = "--batch-size given" + ("" if batch <= limit else
+                                         f"; more than the {limit} that fit {memory} ({what})")
+        return batch, reason, megabytes
+    preset = f"training preset {config.run.training_preset!r}"
+    if batch <= limit:
+        return batch, f"{preset}; fits: {what}, {memory}", megabytes
+    return limit, f"memory: {what}, {memory} fits {limit} (the {preset} has {batch})", megabytes
+
+
+def _plan(config, stage, grid, settings, memory=None):
+    """The run's TrainingPlan: the grid and the training values, each with its reason.
+    `memory`: `_memory_batch`'s (batch size, reason, MB per sample), or None."""
     preset = f"training preset {config.run.training_preset!r}"
 
     def why(flag, value, default_reason):
@@ -274,6 +306,8 @@ def _plan(config, stage, grid, settings):
         "batch_size": why("--batch-size", config.run.batch_size, preset),
         "steps": why("--steps", config.run.steps, preset),
     }
+    if memory is not None:
+        values["batch_size"], reasons["batch_size"], _ = memory
     extent = getattr(stage, "extent_mm", None)
     if extent is None:  # A local stage: its fine grid covers the images.
         extent = [n * spacing for n in reversed(grid.shape)]
@@ -335,7 +369,9 @@ def _train(config, log=None):
         + stage.describe(input_shape)
     )
     settings = _resolved_settings(config, dataset, network, input_shape)  # Checks sizes.
-    plan = _plan(config, stage, grid, settings)
+    memory = _memory_batch(config, stage, network, input_shape, settings, dataset.num_landmarks)
+    settings["batch_size"] = memory[0]
+    plan = _plan(config, stage, grid, settings, memory)
     for line in plan.lines():
         log(f"plan: {line}")
     if run.plan_only:

@@ -60,6 +60,10 @@ class TrainingStage:
         """str. Appended to the log line that describes the run."""
         return ""
 
+    def network_inputs_per_sample(self, num_landmarks):
+        """int. Network inputs per training sample (one image; a local stage: its crops)."""
+        return 1
+
     def trainer(self, network, grid, input_shape, **common):
         """The compiled-step trainer (`keraslm.training.trainer`)."""
         raise NotImplementedError
@@ -158,6 +162,9 @@ class LocalStage(TrainingStage):
 
     def describe(self, input_shape):
         return f", local stage on {input_shape} crops"
+
+    def network_inputs_per_sample(self, num_landmarks):
+        return int(self.config.model.landmarks_per_image or num_landmarks)
 
     def trainer(self, network, grid, input_shape, **common):
         return LocalHeatmapTrainer(network, input_shape, grid.spacing,
