@@ -119,3 +119,14 @@ def write_text(path, text):
     with atomic_path(path, suffix=os.path.splitext(os.fspath(path))[1]) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
+
+
+def read_cache(path):
+    """dict. A JSON cache file's mapping, or {} when it is missing, unreadable or not a
+    mapping (a cache is rebuilt, never an error)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            cache = json.load(handle)
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}

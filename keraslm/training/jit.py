@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.errors import KeraslmError
-from keraslm.files import write_json
+from keraslm.files import read_cache, write_json
 from keraslm.precision import cpu_description
 
 JIT_MODES = ("auto", "on", "off")
@@ -123,15 +123,6 @@ def _probe_key(trainer, grid_shape, batch_size):
     ])
 
 
-def _read_cache(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            cache = json.load(handle)
-        return cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def choose_jit(mode, trainer, grid_shape, batch_size, cache_folder=None, on_gpu=None):
     """Resolves the `jit` setting of a training run (see the module docstring).
 
@@ -159,13 +150,13 @@ def choose_jit(mode, trainer, grid_shape, batch_size, cache_folder=None, on_gpu=
         return JitChoice(True, True, "GPU: XLA for the whole step")
     key = _probe_key(trainer, grid_shape, batch_size)
     path = os.path.join(cache_folder, PROBE_FILE) if cache_folder else None
-    cache = _read_cache(path) if path else {}
+    cache = read_cache(path) if path else {}
     timings, source = cache.get(key), "cached probe"
     if timings is None:
         timings, source = measure(trainer, grid_shape, batch_size), "probe"
         if path:
             os.makedirs(cache_folder, exist_ok=True)
-            cache = {**_read_cache(path), key: timings}
+            cache = {**read_cache(path), key: timings}
             write_json(path, cache, indent=1)
     device_xla = timings["device_stage_xla"] < timings["device_stage_plain"]
     # Whole-step XLA also compiles the device stage: compare the two parts together.

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from keraslm.errors import KeraslmError
-from keraslm.files import write_json
+from keraslm.files import read_cache, write_json
 
 #: Voxels of the grid a plan fits when neither a grid shape nor a spacing is given, per ndim.
 DEFAULT_VOXEL_BUDGET = {2: 64 * 64, 3: 32 * 64 * 64}
@@ -122,23 +122,14 @@ def activation_bytes_per_sample(network, input_shape, channels=1, cache_folder=N
                       f"channels {int(channels)}", f"policy {network.dtype_policy.name}",
                       json.dumps(network.get_config(), sort_keys=True, default=str)])
     path = os.path.join(cache_folder, MEMORY_CACHE_FILE) if cache_folder else None
-    cache = _read_cache(path) if path else {}
+    cache = read_cache(path) if path else {}
     if key in cache:
         return int(cache[key])
     total = _traced_activation_bytes(network, input_shape, channels)
     if path:
         os.makedirs(cache_folder, exist_ok=True)
-        write_json(path, {**_read_cache(path), key: total}, indent=1)
+        write_json(path, {**read_cache(path), key: total}, indent=1)
     return total
-
-
-def _read_cache(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            cache = json.load(handle)
-        return cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _traced_activation_bytes(network, input_shape, channels):
