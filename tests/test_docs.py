@@ -55,7 +55,7 @@ PAGES = ["README.md", "CONTRIBUTING.md"] + sorted(
 #: Pages whose examples train models or start several commands (each loads TensorFlow and
 #: compiles a model: 10-20 s apiece): run with -m slow, to keep the default run within 5 min.
 SLOW_PAGES = {"README.md", "docs/guides/own-data.md", "docs/guides/prediction.md",
-              "docs/results/pretrained.md"}
+              "docs/results/phantoms.md", "docs/results/pretrained.md"}
 #: Pages whose examples talk to a TF Serving REST endpoint on localhost:8501.
 SERVING_PAGES = {"docs/guides/serving.md"}
 SERVING_PORT = 8501
