@@ -11,6 +11,9 @@ FOLD=${1:?usage: train_fold.sh FOLD [WORKTREE]}
 WORKTREE=${2:-/work/train_wt}
 RUNS=/work/main/experiments/results/isbi2015_v6/runs
 LOGS=/work/runs_logs
+# Started with setsid (its own session), the job is its own scheduler autogroup, in which `nice`
+# alone does not lower its share against other sessions: lower the group's too (Linux).
+echo 19 > /proc/self/autogroup 2>/dev/null || true
 cd "$WORKTREE" || { echo "no worktree $WORKTREE: git worktree add --detach $WORKTREE HEAD" >&2; exit 1; }
 mkdir -p "$LOGS" "$RUNS"
 . /work/main/.venv/bin/activate
