@@ -159,16 +159,22 @@ def place_on_grid(image, grid):
     return GridPlacement(grid_to_image_matrix(image.size, image.spacing, grid).numpy())
 
 
-def _box_filter_axis(array, width, axis):
-    """Centred moving average of odd `width` (a scalar tensor) along `axis`, edges replicated."""
-    length = tf.shape(array)[axis]
-    half = width // 2
-    padded = tf.gather(array, tf.clip_by_value(tf.range(-half - 1, length + half), 0, length - 1),
-                       axis=axis)
-    cumulative = tf.cumsum(tf.cast(padded, tf.float64), axis=axis)
-    upper = tf.gather(cumulative, tf.range(width, width + length), axis=axis)
-    lower = tf.gather(cumulative, tf.range(0, length), axis=axis)
-    return tf.cast((upper - lower) / tf.cast(width, tf.float64), tf.float32)
+def _box_filter_at(array, width, axis, index):
+    """The centred moving average of odd `width` (a scalar tensor) along `axis`, edges
+    replicated, at the positions `index` (int32 vector, inside the axis) only: the running sum
+    is taken over the whole axis, but only the averages that resampling reads are formed (a
+    grid much coarser than the image reads few of them). Width 1 is the array itself."""
+    def averaged():
+        length = tf.shape(array)[axis]
+        half = width // 2
+        padded = tf.gather(array, tf.clip_by_value(tf.range(-half - 1, length + half), 0, length - 1),
+                           axis=axis)
+        cumulative = tf.cumsum(tf.cast(padded, tf.float64), axis=axis)
+        upper = tf.gather(cumulative, index + width, axis=axis)
+        lower = tf.gather(cumulative, index, axis=axis)
+        return tf.cast((upper - lower) / tf.cast(width, tf.float64), tf.float32)
+
+    return tf.cond(width > 1, averaged, lambda: tf.gather(array, index, axis=axis))
 
 
 def resample_to_grid(array, placement, grid, fill_value=0.0):
@@ -196,7 +202,6 @@ def resample_to_grid(array, placement, grid, fill_value=0.0):
         axis = grid.ndim - 1 - d  # The matching array axis.
         scale = matrix[d, d]
         width = tf.where(scale >= 2, 2 * tf.cast(tf.floor(scale / 2), tf.int32) + 1, 1)
-        result = _box_filter_axis(result, width, axis)
         image_size = tf.shape(result)[axis]
         coordinate = scale * tf.range(grid_size, dtype=tf.float64) + matrix[d, -1]
         low = tf.cast(tf.floor(coordinate), tf.int32)
@@ -206,10 +211,11 @@ def resample_to_grid(array, placement, grid, fill_value=0.0):
         weight_high = tf.where((low + 1 >= 0) & (low + 1 < image_size), fraction, 0.0)
         shape = [1] * grid.ndim
         shape[axis] = grid_size
-        result = (tf.gather(result, tf.clip_by_value(low, 0, image_size - 1), axis=axis)
-                  * tf.reshape(weight_low, shape)
-                  + tf.gather(result, tf.clip_by_value(low + 1, 0, image_size - 1), axis=axis)
-                  * tf.reshape(weight_high, shape))
+        # The (anti-aliased) image at both neighbours of every grid position, in one pass.
+        neighbours = tf.clip_by_value(tf.concat([low, low + 1], 0), 0, image_size - 1)
+        value_low, value_high = tf.split(_box_filter_at(result, width, axis, neighbours), 2,
+                                         axis=axis)
+        result = value_low * tf.reshape(weight_low, shape) + value_high * tf.reshape(weight_high, shape)
         inside_weight = inside_weight * tf.reshape(weight_low + weight_high, shape)
     result = result + (1.0 - inside_weight) * fill_value
     return tf.ensure_shape(result, grid.shape)

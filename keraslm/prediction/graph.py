@@ -30,7 +30,7 @@ from keras import ops
 from keraslm.calibration import blend_stages, expected_error_mm
 from keraslm.errors import KeraslmError
 from keraslm.ops.augmentation import crop_to_grid, extract_crops
-from keraslm.preprocessing import prepare_on_grid
+from keraslm.preprocessing import normalize, prepare_on_grid
 
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # As keraslm.io.plain reads colour images.
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -232,10 +232,15 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
     local_weight = spec.local_weight
 
     def on_grid(array, spacing, stage, prepared):
-        """The image on a stage's grid, prepared once per distinct grid and normalisation."""
+        """The image on a stage's grid, prepared once per distinct grid and normalisation; the
+        normalisation (a pass over every pixel: histogram equalisation of a radiograph) once
+        per method, whatever the number of grids."""
         key = (stage.grid, stage.normalization)
         if key not in prepared:
-            prepared[key] = prepare_on_grid(array, spacing, stage.grid, stage.normalization)
+            if stage.normalization not in prepared:
+                prepared[stage.normalization] = normalize(array, stage.normalization)
+            prepared[key] = prepare_on_grid(prepared[stage.normalization], spacing, stage.grid,
+                                            "none")
         return prepared[key]
 
     def stages(array, spacing):
