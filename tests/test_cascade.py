@@ -541,6 +541,8 @@ def test_cascade_prediction_keras_and_saved_model_agree(cascade_runs, cascade_ex
     np.testing.assert_allclose(np.load(tmp_path / "mm.npy"), served[0].points_mm, atol=1e-4)
 
 
+# Slow (20 s: three command-line runs); the Python path of refine= is in the default run.
+@pytest.mark.slow
 def test_cascade_cli_and_mismatched_refine(cascade_runs, tmp_path, capsys):
     from keraslm.commands.predict import main
 

@@ -148,6 +148,8 @@ def test_ensemble_members_are_checked(members, cascade_export):
         load_predictor(g[0], refine=[cascade_export])
 
 
+# Slow (12 s: evaluations of several run folders).
+@pytest.mark.slow
 def test_evaluate_runs_takes_ensembles_and_checks_their_split(members):
     from keraslm.evaluation import evaluate_runs
 

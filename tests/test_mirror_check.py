@@ -15,6 +15,9 @@ def _mirrored(image):
                  origin=image.origin, direction=image.direction)
 
 
+# Slow (22 s: 4 images and their mirrors through three detectors, an export); the check's
+# recording, fitting and validation are in the default run.
+@pytest.mark.slow
 def test_an_image_and_its_mirror_get_mirrored_answers_when_both_are_tried(trained_2d, tmp_path):
     """With a threshold above every confidence both facings are tried for every image, so an
     image and its mirror have the same candidates: their answers are mirrors of each other,

@@ -184,6 +184,8 @@ def test_nifti_volumes_with_slicer_markups_in_ras(tmp_path):
 
 # -- the walk through the installed commands ------------------------------------------------
 
+# Slow (19 s): the own-data guide's examples (tests/test_docs.py, slow) walk the same commands too.
+@pytest.mark.slow
 def test_walkthrough_train_evaluate_predict_export_on_a_plain_folder(phantom, tmp_path, capsys):
     """README "Your own data": a folder of images + one pixel CSV, through the commands."""
     from keraslm.commands.evaluate import main as evaluate_main
