@@ -224,25 +224,49 @@ def resample_to_grid(array, placement, grid, fill_value=0.0):
     return tf.ensure_shape(result, grid.shape)
 
 
+def _value_table(flat):
+    """For integer values over a modest range: (each value's index into the table, the count
+    of each value, the fraction of values at or below each value) - equalisation per grey
+    value, float64."""
+    if flat.dtype in (tf.uint8, tf.int8, tf.uint16, tf.int16):  # Differences fit in int32.
+        return _value_table_of(tf.cast(flat, tf.int32) - tf.cast(tf.reduce_min(flat), tf.int32))
+    # Values may lie beyond int32 (a small range of large values): subtract in int64.
+    return _value_table_of(tf.cast(tf.cast(flat, tf.int64) - tf.cast(tf.reduce_min(flat), tf.int64),
+                                   tf.int32))
+
+
+def _value_table_of(offset):
+    histogram = tf.cast(tf.math.bincount(offset, dtype=tf.int64), tf.float64)
+    return offset, histogram, tf.cumsum(histogram) / tf.cast(tf.size(offset), tf.float64)
+
+
+def _equalize_by_sort(flat):
+    ordered = tf.sort(flat)
+    return (tf.cast(tf.searchsorted(ordered, flat, side="right"), tf.float64)
+            / tf.cast(tf.size(flat), tf.float64))
+
+
+def _integer_valued_small_range(array, flat):
+    """Whether every value is an integer and max - min < 2**20 (a histogram fits)."""
+    small_range = tf.cast(tf.reduce_max(flat), tf.float64) - tf.cast(tf.reduce_min(flat), tf.float64) < 2**20
+    if array.dtype.is_integer:
+        return small_range
+    return tf.logical_and(small_range, tf.reduce_all(tf.equal(flat, tf.round(flat))))
+
+
 def equalize(array):
     """Histogram equalisation, in TF ops: each value -> the fraction of pixels at or below it
-    (float32). Integer images use a histogram, others a sort."""
+    (float32). Integer values over a modest range (8/16-bit pixels, also when sent as floats)
+    use a histogram, much faster than the sort the others use; the same fractions either way."""
     array = tf.convert_to_tensor(array)
     flat = tf.reshape(array, [-1])
-    count = tf.cast(tf.size(flat), tf.float64)
-
-    def by_sort():
-        ordered = tf.sort(flat)
-        return tf.cast(tf.searchsorted(ordered, flat, side="right"), tf.float64) / count
 
     def by_histogram():
-        offset = tf.cast(flat, tf.int64) - tf.cast(tf.reduce_min(flat), tf.int64)
-        histogram = tf.math.bincount(tf.cast(offset, tf.int32), dtype=tf.int64)
-        return tf.gather(tf.cast(tf.cumsum(histogram), tf.float64) / count, offset)
+        offset, _, equalized = _value_table(flat)
+        return tf.gather(equalized, offset)
 
-    # Integer values over a modest range (8/16-bit pixels, also when sent as floats): a
-    # histogram, much faster than sorting; the same fractions either way.
-    fraction = tf.cond(_integer_valued_small_range(array, flat), by_histogram, by_sort)
+    fraction = tf.cond(_integer_valued_small_range(array, flat), by_histogram,
+                       lambda: _equalize_by_sort(flat))
     return tf.reshape(tf.cast(fraction, tf.float32), tf.shape(array))
 
 
@@ -255,33 +279,25 @@ def _standardize(array):
 
 
 def _equalize_standardize(array):
-    """`equalize` then `_standardize`. Integer values over a modest range (8/16-bit pixels)
-    go through a table per value - the equalised value's mean and SD weighted by the
-    histogram, then one lookup per pixel - instead of several passes over every pixel: the
-    same numbers, at a fraction of the time for a radiograph."""
+    """`equalize` then `_standardize`. Integer values over a modest range go through a table
+    per grey value - the equalised value's mean and SD weighted by the histogram, then one
+    lookup per pixel - instead of several passes over every pixel: the same numbers, at a
+    fraction of the time for a radiograph."""
     flat = tf.reshape(array, [-1])
-    count = tf.cast(tf.size(flat), tf.float64)
 
     def by_table():
-        offset = tf.cast(flat, tf.int32) - tf.cast(tf.reduce_min(flat), tf.int32)
-        histogram = tf.cast(tf.math.bincount(offset, dtype=tf.int64), tf.float64)
-        equalized = tf.cumsum(histogram) / count  # Per value: the fraction at or below it.
+        offset, histogram, equalized = _value_table(flat)
+        count = tf.cast(tf.size(flat), tf.float64)
         mean = tf.reduce_sum(histogram * equalized) / count
         std = tf.sqrt(tf.reduce_sum(histogram * tf.square(equalized - mean)) / count)
         std = tf.where(std > 0, std, tf.ones_like(std))
-        table = tf.cast((equalized - mean) / std, tf.float32)
-        return tf.reshape(tf.gather(table, offset), tf.shape(array))
+        return tf.gather(tf.cast((equalized - mean) / std, tf.float32), offset)
 
-    return tf.cond(_integer_valued_small_range(array, flat), by_table,
-                   lambda: _standardize(equalize(array)))
+    def by_sort():
+        return _standardize(tf.cast(_equalize_by_sort(flat), tf.float32))
 
-
-def _integer_valued_small_range(array, flat):
-    """Whether every value is an integer and max - min < 2**20 (a histogram fits)."""
-    small_range = tf.cast(tf.reduce_max(flat), tf.float64) - tf.cast(tf.reduce_min(flat), tf.float64) < 2**20
-    if array.dtype.is_integer:
-        return small_range
-    return tf.logical_and(small_range, tf.reduce_all(tf.equal(flat, tf.round(flat))))
+    return tf.reshape(tf.cond(_integer_valued_small_range(array, flat), by_table, by_sort),
+                      tf.shape(array))
 
 
 def normalize(array, method):

@@ -11,6 +11,7 @@ from keraslm.io import Image
 from keraslm.preprocessing import (
     NORMALIZATIONS,
     GridSpec,
+    equalize,
     normalize,
     place_on_grid,
     prepare_on_grid,
@@ -150,3 +151,14 @@ def test_prepare_on_grid_in_a_graph_rejects_an_image_larger_than_the_field():
     assert grid_image.shape == (16, 16) and matrix.shape == (3, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="larger than the field of view of the model"):
         function(np.ones((10, 12), np.float32), np.array([2.0, 1.0]))
+
+
+def test_equalize_takes_large_integer_values_and_matches_the_sort_path():
+    # Integer values beyond int32 over a small range take the per-value table (subtracting in
+    # int64); the same values shifted by 0.5 are not integers and take the sort: equal answers.
+    offsets = np.random.default_rng(3).integers(0, 50, (9, 11))
+    large = (offsets + 2 ** 40).astype(np.float64)
+    halves = offsets.astype(np.float64) + 0.5
+    np.testing.assert_allclose(normalize(large, "equalize_standardize").numpy(),
+                               normalize(halves, "equalize_standardize").numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(equalize(large).numpy(), equalize(halves).numpy(), rtol=1e-6)
