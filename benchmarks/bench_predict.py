@@ -4,6 +4,7 @@ goes. Not a test.
 Times, median over the images after one warm-up image (the machine should be otherwise idle):
 
   end to end      keraslm.predict on the shipped SavedModel (reading the JPEG included)
+  predict_array   the SavedModel's array signature (no reading), and on the images mirrored
   read            keraslm.io.read_image alone
   global part     the same spec's global stages alone (preprocessing, networks, decoding),
                   as a Keras detector of the same architectures and presets (random weights:
@@ -22,14 +23,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keraslm.io import read_image  # noqa: E402
+from keraslm.io import Image, read_image  # noqa: E402
 from keraslm.models import build_model  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import (DetectorPredictor, LandmarkDetector, SavedModelPredictor,  # noqa: E402
                                 predict)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = os.path.join(REPO, "saved_models", "isbi2015_scn", "6")
+SHIPPED = os.path.join(REPO, "saved_models", "isbi2015_scn", "7")
 
 
 def _median_seconds(function, items):
@@ -40,6 +41,12 @@ def _median_seconds(function, items):
         function(item)
         times.append(time.perf_counter() - start)
     return float(np.median(times)), float(np.max(times))
+
+
+def mirrored(image):
+    """A patient facing the other way (a model with a mirror check tries both facings)."""
+    return Image(np.ascontiguousarray(image.array[:, ::-1]), spacing=image.spacing,
+                 origin=image.origin, direction=image.direction)
 
 
 def main():
@@ -59,12 +66,16 @@ def main():
         return [build_model(s.architecture, spec.ndim, spec.num_landmarks, preset="small")
                 for s in stages]
 
-    full = LandmarkDetector(spec, networks(spec.global_stages), networks(spec.local_stages))
+    # Random weights are unsure of every image: without the mirror check, which they would
+    # trigger every time (the SavedModel rows show what the check costs).
+    keras_spec = spec.replace(mirror_check=None)
+    full = LandmarkDetector(keras_spec, networks(spec.global_stages), networks(spec.local_stages))
     count = sum(int(np.prod(v.shape)) for v in saved._loaded.signatures["predict_array"].variables)
     keras_count = sum(int(np.prod(w.shape)) for w in full.weights)
     print(f"weights: SavedModel {count}, Keras detector {keras_count}"
           + ("" if count == keras_count else "  (DIFFER: the part timings are approximate)"))
-    global_only = LandmarkDetector(spec.replace(local_stages=(), calibration=None), full.networks)
+    global_only = LandmarkDetector(keras_spec.replace(local_stages=(), calibration=None),
+                                   full.networks)
     images = [read_image(path, spacing=0.1) for path in paths]
     rows = [
         ("end to end (keraslm.predict, SavedModel)",
@@ -73,6 +84,8 @@ def main():
          _median_seconds(lambda path: read_image(path, spacing=0.1), paths)),
         ("SavedModel predict_array (no reading)",
          _median_seconds(saved.locate, images)),
+        ("  the same, images mirrored left-right",
+         _median_seconds(saved.locate, [mirrored(image) for image in images])),
     ]
     whole = _median_seconds(DetectorPredictor(full).locate, images)
     part = _median_seconds(DetectorPredictor(global_only).locate, images)

@@ -3,9 +3,9 @@ predicted as it is and mirrored left-right (a patient facing left), by a fold's 
 and with the mirror check (`keraslm.spec.MirrorCheck`); the table gives the mean radial error
 of each, the mean landmark confidences that tell the facings apart, and the time per image.
 
-The mirror check's threshold is fitted (`keraslm.calibration.fit_mirror_threshold`) on the OTHER
-half of the held-out images (two halves, each fitted on the other), so no image decides its own
-threshold.
+The mirror check decides on the global stage's mean confidence; its threshold is fitted
+(`keraslm.calibration.fit_mirror_threshold`) on the OTHER half of the held-out images (two
+halves, each fitted on the other), so no image decides its own threshold.
 
     python experiments/isbi2015_facing.py --global experiments/results/isbi2015_v6/runs/scn_fold0 \\
         --fold 0 --output-dir experiments/results/isbi2015_facing/fold0_global
@@ -85,8 +85,14 @@ def main(argv=None):
 
     plain_upright, plain_upright_s = timed_predictions(detector, images)
     plain_mirrored, plain_mirrored_s = timed_predictions(detector, mirrors)
-    upright_confidence = np.array([a.confidence.mean() for a in plain_upright])
-    mirrored_confidence = np.array([a.confidence.mean() for a in plain_mirrored])
+    # The check decides on the global stage's confidence: of the global runs alone.
+    global_detector = (combine_detectors([load_detector(os.path.join(r, "model.keras"))
+                                          for r in args.global_runs.split(",")])
+                       if args.refine else None)
+    upright_confidence, mirrored_confidence = (
+        np.array([a.confidence.mean() for a in answers]) for answers in (
+            (plain_upright, plain_mirrored) if global_detector is None else
+            (predict(global_detector, images), predict(global_detector, mirrors))))
     halves = [np.arange(len(images)) % 2 == h for h in (0, 1)]
     checked = {"upright": [None] * len(images), "mirrored": [None] * len(images)}
     seconds = {"upright": 0.0, "mirrored": 0.0}
@@ -119,7 +125,7 @@ def main(argv=None):
     for name, e, s in rows:
         lines.append(f"| {name} | {e.mean():.2f} | {e.std():.2f} | {np.median(e):.2f} | "
                      f"{100 * np.mean(e <= 2.0):.1f} | {int(np.sum(e > 10))} | {s:.2f} |")
-    lines += ["", f"Mean landmark confidence: as it is {upright_confidence.min():.1f} to "
+    lines += ["", f"Mean landmark confidence of the global stage: as it is {upright_confidence.min():.1f} to "
               f"{upright_confidence.max():.1f} (median {np.median(upright_confidence):.1f}); "
               f"mirrored {mirrored_confidence.min():.1f} to {mirrored_confidence.max():.1f} "
               f"(median {np.median(mirrored_confidence):.1f}).", "",

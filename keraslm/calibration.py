@@ -205,8 +205,8 @@ def fit_local_weight(global_mm, refined_mm, ground_truth_mm):
 
 def fit_mirror_threshold(upright_confidence, mirrored_confidence):
     """The confidence threshold of a mirror check (`keraslm.spec.MirrorCheck`) from the mean
-    landmark confidences of held-out images as they are (`upright_confidence`, `(num_images,)`)
-    and mirrored (`mirrored_confidence`): halfway between the highest mirrored and the lowest
+    landmark confidences of the global stage(s) on held-out images as they are
+    (`upright_confidence`, `(num_images,)`) and mirrored (`mirrored_confidence`): halfway between the highest mirrored and the lowest
     upright confidence when they separate, else just above the highest mirrored one (every
     mirrored image is then tried again; so are the upright ones below it, which costs time,
     not accuracy: the surer answer is kept)."""

@@ -141,14 +141,15 @@ class StageSpec:
 @dataclasses.dataclass(frozen=True)
 class MirrorCheck:
     """Images that may show their subject facing the other way (lateral views): an image whose
-    mean landmark confidence is below `confidence_below` is predicted mirrored along `axis` too,
-    and the answer with the higher mean confidence is kept (mapped back to the image). The
-    threshold is fitted on held-out images and their mirrors
-    (`keraslm.calibration.fit_mirror_threshold`).
+    mean landmark confidence in the global stages is below `confidence_below` goes through the
+    global stages mirrored along `axis` too, the facing with the higher mean global confidence
+    is kept, and the local stages (if any) run once, on that facing; the answer is mapped back
+    to the image. The threshold is fitted on the global stages' confidences of held-out images
+    and their mirrors (`keraslm.calibration.fit_mirror_threshold`).
 
     Args:
         axis: str. "x", "y" or "z": the axis (of the canonical frame) to mirror along.
-        confidence_below: float. Mean confidence below which the mirror is tried.
+        confidence_below: float. Mean global-stage confidence below which the mirror is tried.
     """
 
     axis: str

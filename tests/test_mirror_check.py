@@ -63,3 +63,39 @@ def test_mirror_check_is_recorded_fitted_and_checked(trained_2d, capsys):
         MirrorCheck("left", 30)
     assert export_main([result.output_dir, "/nonexistent/never", "--mirror-check", "x"]) != 0
     assert "--mirror-check takes AXIS:CONFIDENCE, e.g. x:30" in capsys.readouterr().err
+
+
+def test_the_facing_is_decided_by_the_global_stage_and_refined_once(cascade_2d):
+    """Coarse-to-fine: the global stage decides the facing (its surer mean confidence), the
+    local stage then refines on that facing only, so an image and its mirror get mirrored
+    answers when both facings are tried, equal to the plain pair's answer on the chosen facing
+    (mapped back); below-threshold-never leaves the pair's answers unchanged."""
+    from keraslm.prediction import combine_detectors
+
+    _, dataset, coarse, local, _ = cascade_2d
+    pair = combine_detectors([load_detector(coarse.model_path), load_detector(local.model_path)])
+    global_only = load_detector(coarse.model_path)
+
+    def checked(threshold):
+        return LandmarkDetector(pair.spec.replace(mirror_check=MirrorCheck("x", threshold)),
+                                pair.networks, pair.local_networks)
+
+    images = [dataset.read_image(record) for record in dataset.records[:3]]
+    mirrors = [_mirrored(image) for image in images]
+    plain, plain_mirrored = predict(pair, images), predict(pair, mirrors)
+    both, both_mirrored = predict(checked(1e30), images), predict(checked(1e30), mirrors)
+    global_upright, global_mirrored = predict(global_only, images), predict(global_only, mirrors)
+    for image, a, b, pa, pb, ga, gb in zip(images, both, both_mirrored, plain, plain_mirrored,
+                                           global_upright, global_mirrored):
+        width = image.size[0]
+        np.testing.assert_allclose(b.points_index[:, 0], width - 1 - a.points_index[:, 0], atol=1e-3)
+        np.testing.assert_allclose(b.points_index[:, 1], a.points_index[:, 1], atol=1e-3)
+        if ga.confidence.mean() >= gb.confidence.mean():  # the image's own facing is surer
+            np.testing.assert_allclose(a.points_mm, pa.points_mm, atol=1e-3)
+            np.testing.assert_allclose(a.confidence, pa.confidence, rtol=1e-4)
+        else:  # its mirror's: the pair's answer on the mirror, mapped back
+            np.testing.assert_allclose(a.points_index[:, 0], width - 1 - pb.points_index[:, 0],
+                                       atol=1e-3)
+            np.testing.assert_allclose(a.confidence, pb.confidence, rtol=1e-4)
+    for a, b in zip(predict(checked(-1e30), images), plain):
+        np.testing.assert_array_equal(a.points_mm, b.points_mm)

@@ -31,9 +31,10 @@ def main(argv=None):
                         "every prediction carries expected_error_mm per landmark")
     parser.add_argument("--mirror-check", metavar="AXIS:CONFIDENCE",
                         help="for subjects that may face either way (lateral cephalograms): an "
-                        "image whose mean landmark confidence is below CONFIDENCE is predicted "
-                        "mirrored along AXIS too and the surer answer kept, e.g. x:30 (fit "
-                        "CONFIDENCE on held-out images and their mirrors: "
+                        "image whose mean landmark confidence in the global stage is below "
+                        "CONFIDENCE goes through it mirrored along AXIS too, the surer facing is "
+                        "kept and refined, e.g. x:30 (fit CONFIDENCE on the global stage's "
+                        "confidences of held-out images and their mirrors: "
                         "keraslm.calibration.fit_mirror_threshold)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.

@@ -243,9 +243,8 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
                                             "none")
         return prepared[key]
 
-    def stages(array, spacing):
-        """Every stage on one image: points (its index), confidence, spread."""
-        prepared = {}
+    def global_answer(array, spacing, prepared):
+        """The global stages on one image: points (its index), confidence, spread."""
         points, confidences, spreads = [], [], []
         for net, stage, codec in global_stages:
             grid_image, grid_to_image = on_grid(array, spacing, stage, prepared)
@@ -255,43 +254,76 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
             points.append(_apply(grid_to_image, tf.cast(points_grid[0], tf.float64)))
             confidences.append(confidence[0])
             spreads.append(codec.spread(heatmaps, stage.grid_spacing)[0])
-        points_index, confidence, spread = _mean(points), _mean(confidences), _mean(spreads)
-        if refines:
-            points, confidences, spreads = [], [], []
-            for refine, stage in refines:
-                fine_image, fine_to_image = on_grid(array, spacing, stage, prepared)
-                image_to_fine = tf.linalg.inv(fine_to_image)
-                points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
-                for _ in range(iterations):
-                    points_fine, local_confidence, local_spread = refine(
-                        fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
-                points.append(_apply(fine_to_image, tf.cast(points_fine[0], tf.float64)))
-                confidences.append(local_confidence[0])
-                spreads.append(local_spread[0])
-            refined_index = _mean(points)
-            points_index = (refined_index if local_weight is None
-                            else blend_stages(points_index, refined_index, local_weight))
-            confidence, spread = _mean(confidences), _mean(spreads)
-        return points_index, confidence, spread
+        return _mean(points), _mean(confidences), _mean(spreads)
 
-    def with_mirror_check(array, spacing, answer):
-        """`answer` = stages(array, spacing), or the mirrored image's answer mapped back when
-        the confidence is below the check's threshold and the mirror's is higher."""
+    def refined_answer(array, spacing, prepared, answer):
+        """The local stages on one image, refining the global `answer`."""
+        points_index = answer[0]
+        points, confidences, spreads = [], [], []
+        for refine, stage in refines:
+            fine_image, fine_to_image = on_grid(array, spacing, stage, prepared)
+            image_to_fine = tf.linalg.inv(fine_to_image)
+            points_fine = tf.cast(_apply(image_to_fine, points_index), tf.float32)[tf.newaxis]
+            for _ in range(iterations):
+                points_fine, local_confidence, local_spread = refine(
+                    fine_image[tf.newaxis, ..., tf.newaxis], points_fine)
+            points.append(_apply(fine_to_image, tf.cast(points_fine[0], tf.float64)))
+            confidences.append(local_confidence[0])
+            spreads.append(local_spread[0])
+        refined_index = _mean(points)
+        points_index = (refined_index if local_weight is None
+                        else blend_stages(points_index, refined_index, local_weight))
+        return points_index, _mean(confidences), _mean(spreads)
+
+    def mirror_points(points_index, array, axis):
+        """Index points of an image <-> of the image reversed along point axis `axis`."""
+        size = tf.cast(tf.shape(array)[spec.ndim - 1 - axis], tf.float64)
+        flip = tf.one_hot(axis, spec.ndim, dtype=tf.float64)
+        return points_index * (1.0 - 2.0 * flip) + flip * (size - 1.0)  # x -> size - 1 - x
+
+    def stages(array, spacing):
+        """Every stage on one image: points (its index), confidence, spread.
+
+        With a mirror check, the facing is decided on the global stages' mean confidence: below
+        the threshold, the global stages run on the mirrored image too and the surer facing is
+        kept; the local stages then run once, on that facing."""
+        prepared = {}
+        answer = global_answer(array, spacing, prepared)
         check = spec.mirror_check
+        if check is None:
+            return refined_answer(array, spacing, prepared, answer) if refines else answer
         axis = "xyz".index(check.axis)
         array_axis = spec.ndim - 1 - axis
         confidence = tf.reduce_mean(answer[1])
 
-        def mirrored():
-            points, other_confidence, spread = stages(tf.reverse(array, [array_axis]), spacing)
-            size = tf.cast(tf.shape(array)[array_axis], tf.float64)
-            flip = tf.one_hot(axis, spec.ndim, dtype=tf.float64)
-            points = points * (1.0 - 2.0 * flip) + flip * (size - 1.0)  # x -> size - 1 - x
-            better = tf.reduce_mean(other_confidence) > confidence
-            return tuple(tf.where(better, mine, theirs) for mine, theirs in
-                         zip((points, other_confidence, spread), answer))
+        def mirror(upright):
+            # Normalisation maps each pixel by a table of the whole image: a mirror's is the
+            # mirrored normalisation, so only the grids are prepared again.
+            return {key: tf.reverse(value, [array_axis]) for key, value in upright.items()
+                    if not isinstance(key, tuple)}
 
-        return tf.cond(confidence < check.confidence_below, mirrored, lambda: answer)
+        def try_mirrored():
+            other = global_answer(tf.reverse(array, [array_axis]), spacing, mirror(prepared))
+            return tf.reduce_mean(other[1]) > confidence, other
+
+        def keep_upright():
+            return tf.constant(False), tuple(tf.zeros_like(part) for part in answer)
+
+        use_mirror, mirrored_answer = tf.cond(confidence < check.confidence_below,
+                                              try_mirrored, keep_upright)
+        if not refines:
+            mapped = (mirror_points(mirrored_answer[0], array, axis),) + tuple(mirrored_answer[1:])
+            return tuple(tf.where(use_mirror, mine, theirs)
+                         for mine, theirs in zip(mapped, answer))
+
+        def refine_mirrored():
+            reversed_array = tf.reverse(array, [array_axis])
+            points, refined_confidence, spread = refined_answer(
+                reversed_array, spacing, mirror(prepared), mirrored_answer)
+            return mirror_points(points, array, axis), refined_confidence, spread
+
+        return tf.cond(use_mirror, refine_mirrored,
+                       lambda: refined_answer(array, spacing, prepared, answer))
 
     def locate(array, spacing, origin, direction):
         if spec.storage_orientation is not None:
@@ -301,10 +333,7 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         if spec.canonical_orientation:
             array, spacing, canonical_to_image = canonical_frame(
                 array, spacing, tf.cast(direction, tf.float64))
-        answer = stages(array, spacing)
-        if spec.mirror_check is not None:
-            answer = with_mirror_check(array, spacing, answer)
-        points_index, confidence, spread = answer
+        points_index, confidence, spread = stages(array, spacing)
         if spec.canonical_orientation:
             points_index = _apply(canonical_to_image, points_index)
         index_to_mm = tf.cast(direction, tf.float64) * image_spacing[tf.newaxis, :]

@@ -1,0 +1,139 @@
+"""ISBI 2015 version 7: version 6's networks, exported again by this keraslm (its faster
+prediction graph) with a mirror check for patients facing left.
+
+Version 6's `.keras` stages are not kept; its SavedModel holds every weight. The four networks
+(two global SCNs, two local U-Nets: `build_model(architecture, 2, 19, preset="small")`) are
+built from the SavedModel's spec, their weights taken from the `predict_array` signature's
+captured variables, which come in the networks' order (names and shapes are checked one by
+one). The rebuilt detector must reproduce version 6 on the first training images (points within
+1e-3 mm) before anything is exported.
+
+The mirror check's threshold: the global ensemble's mean confidence on every training image as
+it is and mirrored left-right (`keraslm.calibration.fit_mirror_threshold`). No mirrored image
+was ever seen in training, so their confidences are what a left-facing patient gives; the
+upright ones are training images (higher than held-out ones would be), so the report sets the
+threshold beside fold 0's held-out upright confidences too.
+
+    python experiments/isbi2015_v7.py --output-dir experiments/results/isbi2015_v7
+"""
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from keraslm.calibration import fit_mirror_threshold  # noqa: E402
+from keraslm.datasets import load_dataset  # noqa: E402
+from keraslm.export import export_saved_model  # noqa: E402
+from keraslm.io import Image  # noqa: E402
+from keraslm.models import build_model  # noqa: E402
+from keraslm.precision import describe_machine  # noqa: E402
+from keraslm.prediction import LandmarkDetector, load_predictor, predict  # noqa: E402
+from keraslm.spec import MirrorCheck  # noqa: E402
+
+
+def rebuilt_detector(saved_model_dir, preset):
+    """The Keras detector of an exported SavedModel whose networks are `build_model(...,
+    preset=preset)` of its stages' architectures, with the SavedModel's weights."""
+    saved = load_predictor(saved_model_dir)
+    spec = saved.spec
+    captured = saved._loaded.signatures["predict_array"].variables
+    networks = [build_model(s.architecture, spec.ndim, len(spec.landmark_names), preset=preset)
+                for s in spec.global_stages + spec.local_stages]
+    weights = [w for network in networks for w in network.weights]
+    if len(weights) != len(captured):
+        raise SystemExit(f"{saved_model_dir}: {len(captured)} variables, the rebuilt networks "
+                         f"have {len(weights)}")
+    for weight, variable in zip(weights, captured):
+        if weight.path != variable.name.split(":")[0] or tuple(weight.shape) != tuple(variable.shape):
+            raise SystemExit(f"{saved_model_dir}: variable {variable.name} {variable.shape} does "
+                             f"not match {weight.path} {weight.shape}")
+        weight.assign(variable.numpy())
+    count = len(spec.global_stages)
+    return saved, LandmarkDetector(spec, networks[:count], networks[count:])
+
+
+def mirrored(image):
+    return Image(np.ascontiguousarray(image.array[:, ::-1]), spacing=image.spacing,
+                 origin=image.origin, direction=image.direction,
+                 spacing_source=image.spacing_source)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="saved_models/isbi2015_scn/6")
+    parser.add_argument("--base-dir", default="saved_models/isbi2015_scn")
+    parser.add_argument("--version", type=int, default=7)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
+    parser.add_argument("--facing-results", default="experiments/results/isbi2015_facing/"
+                        "fold0_c2f/results.json", help="fold 0's held-out global confidences")
+    parser.add_argument("--output-dir", required=True)
+    args = parser.parse_args(argv)
+    print(describe_machine(), flush=True)
+    saved, detector = rebuilt_detector(args.source, args.preset)
+    dataset = load_dataset("isbi2015", root=args.dataset_root)
+    images = [dataset.read_image(record) for record in dataset.records]
+    check_images = images[:3]
+    reproduced = max(float(np.abs(a.points_mm - b.points_mm).max()) for a, b in zip(
+        predict(saved, check_images), predict(detector, check_images)))
+    print(f"rebuilt detector vs {args.source}: points within {reproduced:.2e} mm", flush=True)
+    if reproduced > 1e-3:
+        raise SystemExit(f"the rebuilt networks do not reproduce {args.source}")
+    spec = detector.spec
+    global_only = LandmarkDetector(spec.replace(local_stages=(), calibration=None),
+                                   detector.networks)
+    upright = np.array([a.confidence.mean() for a in predict(global_only, images)])
+    mirrors = np.array([a.confidence.mean()
+                        for a in predict(global_only, [mirrored(i) for i in images])])
+    threshold = fit_mirror_threshold(upright, mirrors)
+    check = MirrorCheck("x", round(threshold, 2))
+    print(f"global confidence: upright {upright.min():.1f}-{upright.max():.1f}, mirrored "
+          f"{mirrors.min():.1f}-{mirrors.max():.1f}; threshold {check.confidence_below}", flush=True)
+    with_check = LandmarkDetector(spec.replace(mirror_check=check), detector.networks,
+                                  detector.local_networks)
+    path = os.path.relpath(export_saved_model(with_check, args.base_dir, version=args.version))
+    size = sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
+    held_out = None
+    if os.path.exists(args.facing_results):
+        with open(args.facing_results, encoding="utf-8") as handle:
+            held_out = json.load(handle)
+    lines = [f"# ISBI 2015 version {args.version}: version 6's networks, this keraslm's graph, "
+             "a mirror check", "",
+             f"{describe_machine()}. Source: `{args.source}` ({len(detector.networks)} global "
+             f"and {len(detector.local_networks)} local networks, preset {args.preset!r}); "
+             f"rebuilt, it reproduces the source on {len(check_images)} training images within "
+             f"{reproduced:.1e} mm. Exported: `{path}` ({size / 1e6:.1f} MB).", "",
+             f"Mirror check along x below a mean global confidence of **{check.confidence_below}**"
+             f" (`fit_mirror_threshold`): the global ensemble's mean confidence on the "
+             f"{len(images)} training images as they are {upright.min():.1f} to "
+             f"{upright.max():.1f} (median {np.median(upright):.1f}), mirrored "
+             f"{mirrors.min():.1f} to {mirrors.max():.1f} (median {np.median(mirrors):.1f})."]
+    if held_out is not None:
+        fold_upright = np.asarray(held_out["upright_confidence"])
+        lines += ["", f"For comparison, fold 0's global run on its 30 held-out images (never seen "
+                  f"in its training): as they are {fold_upright.min():.1f} to "
+                  f"{fold_upright.max():.1f}, mirrored "
+                  f"{min(held_out['mirrored_confidence']):.1f} to "
+                  f"{max(held_out['mirrored_confidence']):.1f} (`{args.facing_results}`)."]
+    lines += ["", "Command: `python experiments/isbi2015_v7.py " + " ".join(argv or sys.argv[1:])
+              + "`"]
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "export.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.output_dir, "export.json"), "w", encoding="utf-8") as handle:
+        json.dump({"source": args.source, "exported": path, "size_bytes": size,
+                   "reproduced_within_mm": reproduced,
+                   "mirror_check": check.to_json(), "ids": [r.id for r in dataset.records],
+                   "upright_confidence": upright.tolist(),
+                   "mirrored_confidence": mirrors.tolist()}, handle, indent=1)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
