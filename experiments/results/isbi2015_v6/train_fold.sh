@@ -3,7 +3,7 @@
 # elastic second member) in two lanes side by side - the global lane and the local lane - into
 # the ISBI driver's run folders, with the settings the driver gives them (the README's version-6
 # driver command); the driver then finds them finished and only reports. Usage:
-#   [LANES=global|local|flip] train_fold.sh FOLD [WORKTREE]
+#   [LANES=global|local|flip|mean] train_fold.sh FOLD [WORKTREE]
 # Resumable: run it again after an interruption (each run continues from its checkpoints;
 # training_seconds.json sums the parts, to the minute). WORKTREE: a checkout pinned for the runs
 # (git worktree add --detach DIR COMMIT), so that work on main does not change a running job.
@@ -28,7 +28,7 @@ run() {
   # Record the training time every minute, so an interrupted chunk keeps its time too.
   ( while sleep 60; do echo "{\"seconds\": $(( before + $(date +%s) - start ))}" > "$out/training_seconds.json"; done ) &
   local ticker=$!
-  python train.py --dataset isbi2015 --dataset-root /work/shared/data/isbi2015-train \
+  python train.py --dataset isbi2015 --dataset-root "${DATASET_ROOT:-/work/shared/data/isbi2015-train}" \
     --fold "$FOLD" --num-folds 5 "$@" --output-dir "$out" --no-export \
     $( [ -d "$out/checkpoints" ] && echo --resume )
   local rc=$?
@@ -52,7 +52,16 @@ flip_lane() {
   run local_unet_flip --architecture unet --crop-shape 96,96 --grid-spacing 0.4 --translation-mm 6 \
     --batch-size 2 --steps 4000 --flip x
 }
-# LANES="global local" (default), one of them, or "flip".
+# The second annotator (issue 31): version 6's first global and first local run trained on the
+# mean of both doctors' landmarks (experiments/isbi2015_mean_labels.py writes that folder).
+mean_lane() {
+  DATASET_ROOT=${MEAN_LABELS_ROOT:-/work/isbi2015_mean_labels}
+  [ -f "$DATASET_ROOT/landmarks.csv" ] || { echo "no $DATASET_ROOT/landmarks.csv: python experiments/isbi2015_mean_labels.py --output-dir $DATASET_ROOT" >&2; return 1; }
+  run scn_meanlabels --grid-shape 192,160 --steps 4000 --rotation-degrees 8 --scale-range 0.05 &&
+  run local_unet_meanlabels --architecture unet --crop-shape 96,96 --grid-spacing 0.4 \
+    --translation-mm 6 --batch-size 2 --steps 4000
+}
+# LANES="global local" (default), one of them, "flip" or "mean".
 for lane in ${LANES:-global local}; do
   ${lane}_lane >> "$LOGS/v6_${lane}_fold$FOLD.log" 2>&1 &
 done
