@@ -30,7 +30,7 @@ from keraslm.prediction import (DetectorPredictor, LandmarkDetector, SavedModelP
                                 predict)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = os.path.join(REPO, "saved_models", "isbi2015_scn", "7")
+SHIPPED = os.path.join(REPO, "saved_models", "isbi2015_scn", "8")
 
 
 def _median_seconds(function, items):

@@ -32,7 +32,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", required=True, help="folder of ISBI 2015 JPEGs")
     parser.add_argument("--model", default=os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "saved_models", "isbi2015_scn", "7"))
+        os.path.abspath(__file__))), "saved_models", "isbi2015_scn", "8"))
     args = parser.parse_args()
     print(describe_machine())
     spec = SavedModelPredictor(args.model).spec

@@ -42,6 +42,11 @@ CALIBRATION_FORMAT = "keraslm-calibration-1"
 _SPREAD_OFFSET_MM = 0.1
 _MIN_CONFIDENCE = 1e-3
 _ROUNDS = 3
+#: `fit_shape_vote`'s defaults: the ridge penalty, and how many of a landmark's normal
+#: variation (`scale_mm`) a point may lie from the other landmarks' vote before that raises its
+#: expected error.
+SHAPE_VOTE_RIDGE = 10.0
+SHAPE_VOTE_MARGIN = 2.0
 #: The local-stage weights `fit_local_weight` chooses from.
 LOCAL_WEIGHT_STEPS = np.linspace(0.0, 1.0, 11)
 
@@ -158,6 +163,9 @@ def check_calibration(calibration, landmark_names):
             or not np.all(np.isfinite(np.asarray(knots + values + scale, np.float64)))
             or np.any(np.diff(knots) < 0)):
         raise KeraslmError("the calibration's knots, values and landmark_scale are malformed")
+    vote = calibration.get("shape_vote")
+    if vote is not None:
+        _check_shape_vote(vote, len(names))
     weight = calibration.get("local_weight")
     if weight is not None and (
             len(weight) != len(names) or not np.all(np.isfinite(np.asarray(weight, np.float64)))
@@ -165,6 +173,25 @@ def check_calibration(calibration, landmark_names):
         raise KeraslmError(
             f"the calibration's local_weight must hold one weight in [0, 1] per landmark "
             f"({len(names)}). Received: {weight}")
+
+
+def _check_shape_vote(vote, num_landmarks):
+    try:
+        y_mean = np.asarray(vote["y_mean"], np.float64)
+        ndim = y_mean.shape[1]
+        features = (num_landmarks - 1) * ndim
+        shapes = {"y_mean": (num_landmarks, ndim), "x_mean": (num_landmarks, features),
+                  "weights": (num_landmarks, features, ndim), "scale_mm": (num_landmarks,)}
+        good = all(np.asarray(vote[key], np.float64).shape == shape
+                   and np.all(np.isfinite(np.asarray(vote[key], np.float64)))
+                   for key, shape in shapes.items())
+        good = good and np.isfinite(float(vote["margin"])) and float(vote["margin"]) >= 0
+    except (KeyError, TypeError, ValueError, IndexError):
+        good = False
+    if not good:
+        raise KeraslmError(f"the calibration's shape_vote is malformed (expected x_mean, y_mean, "
+                           f"weights, scale_mm for {num_landmarks} landmarks and a margin >= 0; "
+                           "keraslm.calibration.fit_shape_vote)")
 
 
 def fit_local_weight(global_mm, refined_mm, ground_truth_mm):
@@ -264,9 +291,135 @@ def cross_fitted_blend(global_mm, refined_mm, ground_truth_mm, num_folds=5, grou
     return blended
 
 
-def expected_error_mm(calibration, confidence, spread_mm):
+def _others(num_landmarks):
+    """`(L, L-1)` int: row k lists every landmark but k."""
+    return np.array([[j for j in range(num_landmarks) if j != k] for k in range(num_landmarks)])
+
+
+def _vote_features(points, others):
+    """Per landmark k: the other landmarks relative to their centroid, flattened
+    `(N, L, (L-1)*ndim)`, and that centroid `(N, L, ndim)` (NumPy)."""
+    gathered = points[:, others]  # (N, L, L-1, ndim)
+    centroid = gathered.mean(axis=2)
+    relative = gathered - centroid[:, :, None]
+    return relative.reshape(points.shape[0], others.shape[0], -1), centroid
+
+
+def fit_shape_vote(points_mm, landmark_names, ridge=SHAPE_VOTE_RIDGE, margin=SHAPE_VOTE_MARGIN,
+                   num_folds=5):
+    """The other landmarks' vote for each landmark, from annotated shapes (the training labels):
+    per landmark k a ridge regression of its position, relative to the centroid of the other
+    landmarks, on those landmarks' positions relative to the same centroid. A predicted point
+    far from its vote - further than its landmark's shapes vary - is a point the rest of the
+    landmarks place elsewhere: `expected_error_mm` raises its expected error to the distance
+    beyond `margin` times that variation.
+
+    Args:
+        points_mm: array `(num_shapes, num_landmarks, ndim)`, physical mm. Shapes with a
+            non-finite coordinate are left out.
+        landmark_names: sequence of str.
+        ridge: float > 0. The regression's ridge penalty (mm^2 scale of the centred features).
+        margin: float >= 0. How many of a landmark's `scale_mm` a residual may reach before it
+            raises the expected error.
+        num_folds: int >= 2. `scale_mm` is the root mean square residual of shapes held out of
+            the fit, over this many folds (the in-sample residual is too small).
+
+    Returns:
+        dict (JSON-serialisable), the calibration's "shape_vote" entry: `x_mean`
+        `(L, (L-1)*ndim)`, `y_mean` `(L, ndim)`, `weights` `(L, (L-1)*ndim, ndim)`, `scale_mm`
+        `(L,)`, `margin`, `ridge`, `num_shapes`.
+
+    Raises:
+        KeraslmError: fewer than 2 * num_folds complete shapes, fewer than 3 landmarks, or
+            shapes that do not match the names.
+    """
+    points = np.asarray(points_mm, np.float64)
+    names = [str(name) for name in landmark_names]
+    if points.ndim != 3 or points.shape[1] != len(names) or len(names) < 3:
+        raise KeraslmError(f"fitting a shape vote needs shapes (num_shapes, {len(names)} >= 3 "
+                           f"landmarks, ndim). Received: {points.shape}")
+    points = points[np.all(np.isfinite(points), axis=(1, 2))]
+    if len(points) < 2 * num_folds:
+        raise KeraslmError(f"fitting a shape vote needs at least {2 * num_folds} complete "
+                           f"shapes; {len(points)} given")
+    others = _others(len(names))
+
+    def fit(shapes):
+        features, centroid = _vote_features(shapes, others)
+        target = shapes - centroid  # (N, L, ndim)
+        x_mean, y_mean = features.mean(0), target.mean(0)
+        weights = []
+        for k in range(len(names)):
+            x = features[:, k] - x_mean[k]
+            weights.append(np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]),
+                                           x.T @ (target[:, k] - y_mean[k])))
+        return x_mean, y_mean, np.stack(weights)
+
+    residuals = []
+    for fold in range(num_folds):
+        held = np.arange(len(points)) % num_folds == fold
+        residuals.append(_vote_residual_numpy(fit(points[~held]), points[held], others))
+    scale = np.sqrt(np.mean(np.concatenate(residuals) ** 2, axis=0))
+    x_mean, y_mean, weights = fit(points)
+    return {"x_mean": x_mean.tolist(), "y_mean": y_mean.tolist(), "weights": weights.tolist(),
+            "scale_mm": scale.tolist(), "margin": float(margin), "ridge": float(ridge),
+            "num_shapes": int(len(points))}
+
+
+def _vote_residual_numpy(fitted, points, others):
+    x_mean, y_mean, weights = fitted
+    features, centroid = _vote_features(points, others)
+    vote = centroid + y_mean + np.einsum("nlf,lfd->nld", features - x_mean, weights)
+    return np.linalg.norm(points - vote, axis=-1)
+
+
+def shape_vote_residual_mm(shape_vote, points_mm, mirror_axis=None):
+    """Each point's distance in mm from the other landmarks' vote (`fit_shape_vote`), points
+    `(..., num_landmarks, ndim)` physical mm (keras.ops; runs in the prediction graph). With
+    `mirror_axis` (0 = x, ...), the smaller of the shape's and its mirror image's residual
+    (a subject facing the other way)."""
+    x_mean = np.asarray(shape_vote["x_mean"], np.float64)
+    y_mean = np.asarray(shape_vote["y_mean"], np.float64)
+    weights = np.asarray(shape_vote["weights"], np.float64)
+    num_landmarks, ndim = y_mean.shape
+    others = _others(num_landmarks)
+    points = ops.cast(ops.convert_to_tensor(points_mm), "float64")
+
+    def residual(shape):
+        gathered = ops.take(shape, others, axis=-2)  # (..., L, L-1, ndim)
+        centroid = ops.mean(gathered, axis=-2)
+        relative = ops.reshape(gathered - centroid[..., None, :],
+                               tuple(shape.shape[:-2]) + (num_landmarks, (num_landmarks - 1) * ndim))
+        vote = centroid + y_mean + ops.einsum("...lf,lfd->...ld", relative - x_mean, weights)
+        return ops.sqrt(ops.sum(ops.square(shape - vote), axis=-1))
+
+    found = residual(points)
+    if mirror_axis is not None:
+        flip = np.ones(ndim)
+        flip[mirror_axis] = -1.0
+        found = ops.minimum(found, residual(points * flip))
+    return found
+
+
+def expected_error_mm(calibration, confidence, spread_mm, points_mm=None, mirror_axis=None):
     """Expected error in mm `(..., num_landmarks)` of predictions with these confidences and
-    spreads (keras.ops; runs in the prediction graph)."""
+    spreads (keras.ops; runs in the prediction graph). A calibration with a "shape_vote"
+    (`fit_shape_vote`) also takes the points (`points_mm`, physical mm): a point further from
+    the other landmarks' vote than `margin` times its landmark's `scale_mm` expects at least
+    the distance beyond that (`mirror_axis`: see `shape_vote_residual_mm`)."""
+    heatmap = _heatmap_expected_error_mm(calibration, confidence, spread_mm)
+    vote = calibration.get("shape_vote")
+    if vote is None:
+        return heatmap
+    if points_mm is None:
+        raise KeraslmError("this calibration has a shape vote: expected_error_mm needs the "
+                           "points (points_mm)")
+    beyond = (shape_vote_residual_mm(vote, points_mm, mirror_axis)
+              - vote["margin"] * np.asarray(vote["scale_mm"], np.float64))
+    return ops.maximum(heatmap, ops.cast(beyond, heatmap.dtype))
+
+
+def _heatmap_expected_error_mm(calibration, confidence, spread_mm):
     score = calibration_score(confidence, spread_mm)
     knots = np.asarray(calibration["knots"], np.float32)
     values = np.asarray(calibration["values"], np.float32)

@@ -146,7 +146,7 @@ class ServingClient:
         port: int. Used by the default transport.
 
     Examples:
-    >>> client = ServingClient("isbi2015", "saved_models/isbi2015_scn/7")
+    >>> client = ServingClient("isbi2015", "saved_models/isbi2015_scn/8")
     >>> prediction = client.predict(["image.jpg"], spacing=0.1)[0]
     >>> prediction.points_mm                     # (num_landmarks, 2), physical mm
     """

@@ -12,6 +12,8 @@ from keraslm.calibration import (
     cross_fitted_expected_error,
     expected_error_mm,
     fit_calibration,
+    fit_shape_vote,
+    shape_vote_residual_mm,
     spearman,
 )
 from keraslm.errors import KeraslmError
@@ -216,3 +218,61 @@ def test_check_calibration_names_a_bad_local_weight():
     for bad in ([0.5], [0.5, 1.5], [0.5, float("nan")]):
         with pytest.raises(KeraslmError, match="local_weight must hold one weight in"):
             check_calibration({**calibration, "local_weight": bad}, ["a", "b"])
+
+
+def _shapes(num_shapes=80, seed=3):
+    """Eight landmarks on a base shape (mm), each shape shifted, rotated up to 5 degrees, scaled
+    by up to 5 % and jittered by 0.5 mm per coordinate."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[0, 0], [40, 5], [80, 0], [90, 40], [70, 80], [30, 85], [0, 60], [45, 45]],
+                    np.float64)
+    shapes = []
+    for _ in range(num_shapes):
+        angle = np.radians(rng.uniform(-5, 5))
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        shapes.append(rng.uniform(0.95, 1.05) * base @ rotation.T + rng.uniform(-20, 20, 2)
+                      + rng.normal(0, 0.5, base.shape))
+    return np.stack(shapes)
+
+
+def test_the_shape_vote_raises_the_expected_error_of_a_point_the_others_place_elsewhere():
+    """A point moved 15 mm off its shape lies about 15 mm from the other landmarks' vote; the
+    others stay near their vote (about their normal variation), so its expected error rises to
+    the distance beyond `margin` x its variation and the others keep the heatmap's. The graph
+    (keras.ops in tf.function) gives NumPy's numbers; a mirrored shape is as consistent as its
+    original when the mirror axis is given."""
+    names = [f"p{i}" for i in range(8)]
+    shapes = _shapes()
+    vote = fit_shape_vote(shapes[:60], names, margin=2.0)
+    json.dumps(vote)
+    scale = np.asarray(vote["scale_mm"])
+    assert np.all((scale > 0.3) & (scale < 3.0))  # Jitter 0.5 mm x sqrt(2), widened by the fit.
+    test = shapes[60:].copy()
+    test[:, 3] += [15.0, 0.0]
+    residual = np.asarray(shape_vote_residual_mm(vote, test))
+    # The others' votes shift too (the moved point is one of the 7 each of them is voted by):
+    # by a fraction of the 15 mm.
+    others = np.delete(residual, 3, axis=1)
+    assert np.all(residual[:, 3] > 11.0) and np.all(residual[:, 3] > 2.5 * others.max(axis=1))
+    assert np.median(np.asarray(shape_vote_residual_mm(vote, shapes[60:]))) < 2.0
+    confidence, spread, errors = _synthetic(num_images=20)
+    calibration = {**fit_calibration(np.ones((20, 8)) * 50, np.ones((20, 8)),
+                                     np.ones((20, 8)), names), "shape_vote": vote}
+    check_calibration(calibration, names)
+    heatmap = np.ones((20, 8), np.float32)
+    expected = np.asarray(expected_error_mm(calibration, heatmap * 50, heatmap, test))
+    np.testing.assert_allclose(expected, np.maximum(1.0, residual - 2.0 * scale), rtol=1e-5)
+    assert np.all(expected[:, 3] > 5.0)
+    graph = tf.function(lambda c, s, p: expected_error_mm(calibration, c, s, p))
+    np.testing.assert_allclose(graph(heatmap[0] * 50, heatmap[0], test[0]).numpy(), expected[0],
+                               rtol=1e-5)
+    mirrored = test * [-1.0, 1.0]
+    np.testing.assert_allclose(np.asarray(shape_vote_residual_mm(vote, mirrored, mirror_axis=0)),
+                               residual, rtol=1e-6)
+    assert np.median(np.asarray(shape_vote_residual_mm(vote, mirrored))) > 20.0
+    with pytest.raises(KeraslmError, match="needs the points"):
+        expected_error_mm(calibration, heatmap, heatmap)
+    with pytest.raises(KeraslmError, match="shape_vote is malformed"):
+        check_calibration({**calibration, "shape_vote": {**vote, "scale_mm": [1.0]}}, names)
+    with pytest.raises(KeraslmError, match="at least 10 complete shapes"):
+        fit_shape_vote(shapes[:9], names)

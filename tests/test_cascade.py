@@ -727,12 +727,24 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     # The CLI prints and writes it; an uncalibrated model writes no expected_error.csv.
     assert predict_main([str(base / "1"), paths[0], "--spacing", str(dataset.image_spacing[0]),
                          "--output-dir", str(tmp_path / "p")]) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert "expected error" in out and "CHECK: expected error above 2.5 mm" in out
-    header = (tmp_path / "p" / "expected_error.csv").read_text().splitlines()[0]
-    assert header == ",".join(["id", *dataset.landmark_names])
+    header, row = (tmp_path / "p" / "expected_error.csv").read_text().splitlines()[:2]
+    assert header == ",".join(["id", *dataset.landmark_names, "check"])
+    # The last column names the landmarks above 2.5 mm; one warning line for the image if any.
+    values = row.split(",")
+    flagged = [n for n, e in zip(dataset.landmark_names, values[1:-1]) if float(e) > 2.5]
+    assert values[-1] == ";".join(flagged)
+    warnings = [line for line in printed.err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == (1 if flagged else 0)
+    if flagged:
+        assert f"{len(flagged)} landmark(s) to check by hand" in warnings[0]
+        assert all(name in warnings[0] for name in flagged)
     payload = json.loads((tmp_path / "p" / "predictions.json").read_text())
-    assert "expected_error_mm" in next(iter(payload["predictions"][0]["landmarks"].values()))
+    entries = payload["predictions"][0]["landmarks"]
+    assert "expected_error_mm" in next(iter(entries.values()))
+    assert [n for n, entry in entries.items() if entry["check"]] == flagged
     assert predict_main([coarse.model_path, paths[0], "--spacing", str(dataset.image_spacing[0]),
                          "--output-dir", str(tmp_path / "q")]) == 0
     assert not (tmp_path / "q" / "expected_error.csv").exists()
@@ -852,6 +864,36 @@ def test_a_calibration_is_attached_when_stages_are_combined(cascade_2d):
         combine_detectors(detectors[:1], calibration)
     with pytest.raises(KeraslmError, match="holds the calibration it was exported with"):
         load_predictor(exported, calibration=calibration)
+
+
+def test_a_shape_vote_in_the_calibration_raises_expected_errors_in_the_graph(cascade_2d):
+    """A calibration with a shape vote (`fit_shape_vote` on the training shapes): the
+    prediction graph's expected error is the larger of the heatmap's and the point's distance
+    from the other landmarks' vote beyond `margin` x its variation, computed on the answer's
+    points (blended) - with and without a mirror check (the vote then takes the nearer facing)."""
+    from keraslm.calibration import fit_shape_vote, shape_vote_residual_mm
+    from keraslm.prediction import combine_detectors, load_detector, predict
+    from keraslm.spec import MirrorCheck
+
+    root, dataset, coarse, local, exported = cascade_2d
+    names = list(dataset.landmark_names)
+    vote = fit_shape_vote(dataset.points_mm, names, margin=0.5, num_folds=4)
+    calibration = {"format": "keraslm-calibration-1", "score": "log_confidence_over_spread",
+                   "knots": [0.0, 1.0], "values": [0.01, 0.001], "landmark_scale": [1.0] * len(names),
+                   "landmark_names": names, "num_points": 2, "source": "test",
+                   "local_weight": [0.5] * len(names), "shape_vote": vote}
+    detectors = [load_detector(coarse.model_path), load_detector(local.model_path)]
+    combined = combine_detectors(detectors, calibration)
+    images = [dataset.read_image(record) for record in dataset.records[:2]]
+    checked = LandmarkDetector(combined.spec.replace(mirror_check=MirrorCheck("x", -1.0)),
+                               combined.networks, combined.local_networks)
+    for detector, axis in ((combined, None), (checked, 0)):
+        for answer in predict(detector, images):
+            beyond = (np.asarray(shape_vote_residual_mm(vote, answer.points_mm, axis))
+                      - 0.5 * np.asarray(vote["scale_mm"]))
+            np.testing.assert_allclose(answer.expected_error_mm, np.maximum(0.01, beyond),
+                                       rtol=1e-4, atol=1e-5)
+            assert np.any(beyond > 0.01)  # The vote decides somewhere: the test is not idle.
 
 
 def test_a_local_stage_trained_with_refine_of_saves_and_validates_the_pair(cascade_2d, tmp_path):

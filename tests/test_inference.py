@@ -287,7 +287,7 @@ def test_python_m_keraslm_predict_prints_named_landmarks(trained, tmp_path):
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "saved_models", "isbi2015_scn", "7")
+                       "saved_models", "isbi2015_scn", "8")
 ISBI_IMAGE = os.path.join(os.path.dirname(SHIPPED), "..", "..", "..", "shared", "data",
                           "isbi2015-train", "images", "001.jpg")
 

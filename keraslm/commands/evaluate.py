@@ -155,20 +155,20 @@ def _with_calibration(result, calibration, path, global_only=None):
         raise KeraslmError(f"{path}: these predictions carry no confidence / spread to apply it to")
     import numpy as np
 
-    expected = np.asarray(expected_error_mm(calibration, result.confidence, result.spread_mm),
-                          np.float64)
-    result = dataclasses.replace(result, expected_error_mm=expected)
-    if calibration.get("local_weight") is None:
-        return result
-    if global_only is None:
-        raise KeraslmError(f"{path}: this calibration blends a global and a local stage "
-                           "(local_weight); give the local stage with --refine")
-    from keraslm.calibration import blend_stages
-    from keraslm.evaluation.sources import with_points
+    if calibration.get("local_weight") is not None:
+        if global_only is None:
+            raise KeraslmError(f"{path}: this calibration blends a global and a local stage "
+                               "(local_weight); give the local stage with --refine")
+        from keraslm.calibration import blend_stages
+        from keraslm.evaluation.sources import with_points
 
-    blended = np.asarray(blend_stages(global_only.predicted_mm, result.predicted_mm,
-                                      calibration["local_weight"]))
-    return with_points(result, blended, f"{result.method} (stages blended)")
+        blended = np.asarray(blend_stages(global_only.predicted_mm, result.predicted_mm,
+                                          calibration["local_weight"]))
+        result = with_points(result, blended, f"{result.method} (stages blended)")
+    # The answer's points (blended, as the model answers): a shape vote looks at them.
+    expected = np.asarray(expected_error_mm(calibration, result.confidence, result.spread_mm,
+                                            result.predicted_mm), np.float64)
+    return dataclasses.replace(result, expected_error_mm=expected)
 
 
 def main(argv=None):

@@ -86,6 +86,13 @@ def main(argv=None):
                 line += f"   expected error {expected[i]:5.2f} mm"
                 line += "   CHECK" if expected[i] > flag_mm else ""
             print(line)
+    for prediction in predictions:  # One line per image with a landmark to check.
+        expected = prediction.expected_error_mm
+        if expected is not None and any(error > flag_mm for error in expected):
+            flagged = [f"{name} {error:.1f} mm" for name, error
+                       in zip(prediction.landmark_names, expected) if error > flag_mm]
+            print(f"warning: {prediction.image_id}: {len(flagged)} landmark(s) to check by hand "
+                  f"(expected error above {flag_mm:g} mm): {', '.join(flagged)}", file=sys.stderr)
     if predictions and predictions[0].expected_error_mm is not None:
         print(f"CHECK: expected error above {flag_mm:g} mm (the model's calibration on held-out "
               "images); look at these landmarks by hand")

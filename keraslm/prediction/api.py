@@ -70,6 +70,7 @@ class Prediction:
                 entry["spread_mm"] = float(self.spread_mm[i])
             if self.expected_error_mm is not None:
                 entry["expected_error_mm"] = float(self.expected_error_mm[i])
+                entry["check"] = bool(self.expected_error_mm[i] > FLAG_MM)
             landmarks[name] = entry
         return {"id": self.image_id, "image_path": self.image_path, "landmarks": landmarks}
 
@@ -297,7 +298,8 @@ def write_predictions(folder, predictions):
     """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
     `predictions.json`, one 3D Slicer markups file per image (`markups/<id>.mrk.json`, LPS
     mm: open it over the image in Slicer) and, for a calibrated model, `expected_error.csv`
-    (one column per landmark, mm) into `folder`, atomically. Returns the written paths."""
+    (one column per landmark, mm, and a last column `check` naming the landmarks whose expected
+    error is above `FLAG_MM`, ";"-separated) into `folder`, atomically. Returns the written paths."""
     import csv
 
     from keraslm.io import LandmarkTable, write_landmarks, write_markups
@@ -333,8 +335,12 @@ def write_predictions(folder, predictions):
         with atomic_path(path, suffix=".csv") as temporary:
             with open(temporary, "w", encoding="utf-8", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["id", *names])
+                # The last column names the landmarks to check by hand (expected error above
+                # FLAG_MM), ";"-separated; empty when there is none.
+                writer.writerow(["id", *names, "check"])
                 for p in predictions:
-                    writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm)])
+                    writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm),
+                                     ";".join(name for name, e in zip(names, p.expected_error_mm)
+                                              if e > FLAG_MM)])
         written.append(path)
     return written

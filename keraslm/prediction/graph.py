@@ -341,7 +341,9 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,
                    "confidence": confidence, "spread_mm": spread}
         if spec.calibration is not None:
-            outputs["expected_error_mm"] = expected_error_mm(spec.calibration, confidence, spread)
+            outputs["expected_error_mm"] = expected_error_mm(
+                spec.calibration, confidence, spread, points_mm,
+                None if spec.mirror_check is None else "xyz".index(spec.mirror_check.axis))
         return outputs
 
     return locate

@@ -1,5 +1,6 @@
-"""ISBI 2015 version 7: version 6's networks, exported again by this keraslm (its faster
-prediction graph) with a mirror check for patients facing left.
+"""ISBI 2015, the shipped model from version 6's networks: exported again by this keraslm (its
+faster prediction graph) with a mirror check for patients facing left (version 7) and a shape
+vote in the calibration that flags points the other landmarks place elsewhere (version 8).
 
 Version 6's `.keras` stages are not kept; its SavedModel holds every weight. The four networks
 (two global SCNs, two local U-Nets: `build_model(architecture, 2, 19, preset="small")`) are
@@ -14,7 +15,13 @@ was ever seen in training, so their confidences are what a left-facing patient g
 upright ones are training images (higher than held-out ones would be), so the report sets the
 threshold beside fold 0's held-out upright confidences too.
 
-    python experiments/isbi2015_v7.py --output-dir experiments/results/isbi2015_v7
+The shape vote (`--shape-vote-margin M`): `keraslm.calibration.fit_shape_vote` on the senior
+doctor's landmarks of all 150 training images, added to version 6's calibration (the heatmap
+part unchanged); experiments/isbi2015_flag.py measures it on a fold's held-out images.
+
+    python experiments/isbi2015_shipped.py --version 7 --output-dir experiments/results/isbi2015_v7
+    python experiments/isbi2015_shipped.py --version 8 --shape-vote-margin 2 \
+        --output-dir experiments/results/isbi2015_v8
 """
 import argparse
 import json
@@ -25,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keraslm.calibration import fit_mirror_threshold  # noqa: E402
+from keraslm.calibration import fit_mirror_threshold, fit_shape_vote  # noqa: E402
 from keraslm.datasets import load_dataset  # noqa: E402
 from keraslm.export import export_saved_model  # noqa: E402
 from keraslm.io import Image  # noqa: E402
@@ -66,7 +73,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="saved_models/isbi2015_scn/6")
     parser.add_argument("--base-dir", default="saved_models/isbi2015_scn")
-    parser.add_argument("--version", type=int, default=7)
+    parser.add_argument("--version", type=int, required=True)
+    parser.add_argument("--shape-vote-margin", type=float,
+                        help="add a shape vote with this margin to the calibration")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
     parser.add_argument("--facing-results", default="experiments/results/isbi2015_facing/"
@@ -93,8 +102,15 @@ def main(argv=None):
     check = MirrorCheck("x", round(threshold, 2))
     print(f"global confidence: upright {upright.min():.1f}-{upright.max():.1f}, mirrored "
           f"{mirrors.min():.1f}-{mirrors.max():.1f}; threshold {check.confidence_below}", flush=True)
-    with_check = LandmarkDetector(spec.replace(mirror_check=check), detector.networks,
-                                  detector.local_networks)
+    shipped_spec = spec.replace(mirror_check=check)
+    if args.shape_vote_margin is not None:
+        vote = fit_shape_vote(np.stack([r.points_mm for r in dataset.records]),
+                              spec.landmark_names, margin=args.shape_vote_margin)
+        shipped_spec = shipped_spec.replace(calibration={
+            **spec.calibration, "shape_vote": vote,
+            "source": f"{spec.calibration.get('source')}; shape vote: the {vote['num_shapes']} "
+                      "training shapes (senior doctor)"})
+    with_check = LandmarkDetector(shipped_spec, detector.networks, detector.local_networks)
     path = os.path.relpath(export_saved_model(with_check, args.base_dir, version=args.version))
     size = sum(os.path.getsize(os.path.join(root, name))
                for root, _, names in os.walk(path) for name in names)
@@ -103,7 +119,7 @@ def main(argv=None):
         with open(args.facing_results, encoding="utf-8") as handle:
             held_out = json.load(handle)
     lines = [f"# ISBI 2015 version {args.version}: version 6's networks, this keraslm's graph, "
-             "a mirror check", "",
+             "a mirror check" + ("" if args.shape_vote_margin is None else ", a shape vote"), "",
              f"{describe_machine()}. Source: `{args.source}` ({len(detector.networks)} global "
              f"and {len(detector.local_networks)} local networks, preset {args.preset!r}); "
              f"rebuilt, it reproduces the source on {len(check_images)} training images within "
@@ -113,6 +129,12 @@ def main(argv=None):
              f"{len(images)} training images as they are {upright.min():.1f} to "
              f"{upright.max():.1f} (median {np.median(upright):.1f}), mirrored "
              f"{mirrors.min():.1f} to {mirrors.max():.1f} (median {np.median(mirrors):.1f})."]
+    if args.shape_vote_margin is not None:
+        scale = shipped_spec.calibration["shape_vote"]["scale_mm"]
+        lines += ["", f"Shape vote: fitted on the {len(dataset.records)} training shapes (the "
+                  f"senior doctor's landmarks), margin {args.shape_vote_margin:g} x each "
+                  f"landmark's variation ({min(scale):.1f} to {max(scale):.1f} mm, held-out "
+                  "shapes of 5 folds); the heatmap calibration is version 6's."]
     if held_out is not None:
         fold_upright = np.asarray(held_out["upright_confidence"])
         lines += ["", f"For comparison, fold 0's global run on its 30 held-out images (never seen "
@@ -120,7 +142,7 @@ def main(argv=None):
                   f"{fold_upright.max():.1f}, mirrored "
                   f"{min(held_out['mirrored_confidence']):.1f} to "
                   f"{max(held_out['mirrored_confidence']):.1f} (`{args.facing_results}`)."]
-    lines += ["", "Command: `python experiments/isbi2015_v7.py " + " ".join(argv or sys.argv[1:])
+    lines += ["", "Command: `python experiments/isbi2015_shipped.py " + " ".join(argv or sys.argv[1:])
               + "`"]
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "export.md"), "w", encoding="utf-8") as handle:
