@@ -13,7 +13,6 @@ prediction: where the two doctors disagree by as much, the reference itself is i
         --output-dir experiments/results/isbi2015_flag/fold0
 """
 import argparse
-import csv
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ from keraslm.calibration import (  # noqa: E402
     spearman,
 )
 from keraslm.data import select_split  # noqa: E402
-from keraslm.datasets import load_dataset  # noqa: E402
+from keraslm.datasets import isbi2015, load_dataset  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import combine_detectors, load_detector, predict  # noqa: E402
 from keraslm.prediction.api import FLAG_MM  # noqa: E402
@@ -40,14 +39,10 @@ MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
 
 def junior_points_mm(root, held_out):
     """The second doctor's landmarks of the held-out images (physical mm), or None."""
-    path = os.path.join(root, "landmarks_junior.csv")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(root, "landmarks_junior.csv")):
         return None
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = {os.path.splitext(os.path.basename(row[0]))[0]: np.asarray(row[1:], np.float64)
-                for row in list(csv.reader(handle))[1:]}
-    return np.stack([held_out.read_image_header(r).index_to_physical(rows[r.id].reshape(-1, 2))
-                     for r in held_out.records])
+    junior = isbi2015(root, landmarks_file="landmarks_junior.csv")
+    return np.stack([junior.record(i).points_mm for i in held_out.ids])
 
 
 def main(argv=None):

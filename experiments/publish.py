@@ -18,7 +18,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fold0_global",
                "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f", "isbi2015_flag/fold0",
-               "table1_phantom2d",
+               "isbi2015_annotators/fold0", "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
@@ -48,6 +48,12 @@ COMMANDS = {
                            "experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 "
                            "--dataset-root ../shared/data/isbi2015-train --output-dir "
                            "experiments/results/isbi2015_flag/fold0",
+    "isbi2015_annotators/fold0": "python experiments/isbi2015_annotators.py --fold 0 --config "
+                                 "'trained on the senior labels' "
+                                 "experiments/results/isbi2015_v6/runs/scn_fold0 "
+                                 "experiments/results/isbi2015_v6/runs/local_unet_fold0 "
+                                 "--dataset-root ../shared/data/isbi2015-train --output-dir "
+                                 "experiments/results/isbi2015_annotators/fold0",
 }
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (

@@ -222,6 +222,10 @@ def test_isbi2015_reader():
     image = dataset.read_image(first)
     assert image.array.shape == (2400, 1935) and image.array.dtype == np.uint8
     assert [len(test) for _, test in dataset.kfold(5, seed=0)] == [30] * 5
+    # The second doctor's table: the same images in the same order, other points.
+    junior = isbi2015(ISBI_ROOT, landmarks_file="landmarks_junior.csv")
+    assert junior.ids == dataset.ids
+    np.testing.assert_allclose(junior.record("001").points_mm[0], [82.9, 99.1])  # pixel (829, 991)
 
 
 def test_isbi2015_reader_errors(tmp_path):
@@ -229,6 +233,8 @@ def test_isbi2015_reader_errors(tmp_path):
 
     with pytest.raises(DatasetError, match="not an ISBI 2015 folder"):
         isbi2015(tmp_path)
+    with pytest.raises(DatasetError, match="no landmarks_junior.csv"):
+        isbi2015(tmp_path, landmarks_file="landmarks_junior.csv")
     with pytest.raises(DatasetError, match="dataset 'isbi2015' needs its folder"):
         load_dataset("isbi2015")
     with pytest.raises(DatasetError, match="unknown dataset 'mnist'"):

@@ -34,11 +34,13 @@ ISBI2015_LANDMARKS = (
 )
 
 
-def isbi2015(root):
+def isbi2015(root, landmarks_file="landmarks.csv"):
     """Loads the ISBI 2015 cephalometric dataset folder as a `LandmarkDataset`.
 
     Args:
         root: str. Folder holding `landmarks.csv` and `images/`.
+        landmarks_file: str. The landmark table in `root`: "landmarks.csv" (the senior doctor's,
+            the challenge's ground truth) or "landmarks_junior.csv" (the second doctor's).
 
     Returns:
         LandmarkDataset named "isbi2015": records with ids "001", "002", ..., 19 landmarks in
@@ -49,9 +51,9 @@ def isbi2015(root):
             landmark columns are not the 19 ISBI 2015 landmarks.
     """
     root = os.fspath(root)
-    csv_path = os.path.join(root, "landmarks.csv")
+    csv_path = os.path.join(root, landmarks_file)
     if not os.path.isfile(csv_path):
-        raise DatasetError(f"{root}: not an ISBI 2015 folder (no landmarks.csv)")
+        raise DatasetError(f"{root}: not an ISBI 2015 folder (no {landmarks_file})")
     dataset = from_csv(
         csv_path, image_root=root, units="index", spacing=ISBI2015_SPACING_MM, name="isbi2015"
     )
