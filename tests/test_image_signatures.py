@@ -257,7 +257,7 @@ ISBI_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 # Slow (14 s): version 6 stays as an export of keraslm 0.1's form; the shipped version 8 is
-# checked in the default run (below).
+# checked below.
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
 def test_shipped_model_answers_predicts_points_and_expected_errors_on_an_isbi_jpeg():
@@ -286,6 +286,10 @@ def test_shipped_model_answers_predicts_points_and_expected_errors_on_an_isbi_jp
     assert 0.2 < float(np.median(expected.expected_error_mm)) < 5.0
 
 
+# Slow (26 s: two SavedModels loaded, four ISBI predictions); the graph's mirror check and shape
+# vote are checked on the phantom cascade in the default run (test_mirror_check.py,
+# test_cascade.py).
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
 def test_shipped_version_8_answers_a_patient_facing_left_with_the_mirrored_landmarks():
     """Version 8 = version 6's networks exported by this keraslm with a mirror check and a shape
