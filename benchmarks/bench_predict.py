@@ -23,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keraslm.io import Image, read_image  # noqa: E402
+from keraslm.experiments.isbi2015 import mirrored_left_right  # noqa: E402
+from keraslm.io import read_image  # noqa: E402
 from keraslm.models import build_model  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import (DetectorPredictor, LandmarkDetector, SavedModelPredictor,  # noqa: E402
@@ -41,12 +42,6 @@ def _median_seconds(function, items):
         function(item)
         times.append(time.perf_counter() - start)
     return float(np.median(times)), float(np.max(times))
-
-
-def mirrored(image):
-    """A patient facing the other way (a model with a mirror check tries both facings)."""
-    return Image(np.ascontiguousarray(image.array[:, ::-1]), spacing=image.spacing,
-                 origin=image.origin, direction=image.direction)
 
 
 def main():
@@ -85,7 +80,7 @@ def main():
         ("SavedModel predict_array (no reading)",
          _median_seconds(saved.locate, images)),
         ("  the same, images mirrored left-right",
-         _median_seconds(saved.locate, [mirrored(image) for image in images])),
+         _median_seconds(saved.locate, [mirrored_left_right(image) for image in images])),
     ]
     whole = _median_seconds(DetectorPredictor(full).locate, images)
     part = _median_seconds(DetectorPredictor(global_only).locate, images)

@@ -11,9 +11,7 @@ senior labels and on the mean of both) are compared on the same images.
         --output-dir experiments/results/isbi2015_annotators/fold0
 """
 import argparse
-import json
 import os
-import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from keraslm.data import select_split  # noqa: E402
 from keraslm.datasets import isbi2015  # noqa: E402
+from keraslm.experiments.runs import write_experiment  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import combine_detectors, load_detector, predict  # noqa: E402
 
@@ -77,16 +76,12 @@ def main(argv=None):
                            f"{by_reference['junior'][:, k].mean():.2f}"
                            for by_reference in errors.values())
         lines.append(f"| {landmark} | {apart[:, k].mean():.2f} | {cells} |")
-    lines += ["", "Command: `python experiments/isbi2015_annotators.py "
-              + shlex.join(argv or sys.argv[1:]) + "`"]
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "table.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"ids": list(ids), "doctors_apart_mm": apart.tolist(),
-                   "errors_mm": {name: {label: e.tolist() for label, e in by_reference.items()}
-                                 for name, by_reference in errors.items()}}, handle, indent=1)
-    print("\n".join(lines))
+    print(write_experiment(
+        args.output_dir, lines,
+        {"ids": list(ids), "doctors_apart_mm": apart.tolist(),
+         "errors_mm": {name: {label: e.tolist() for label, e in by_reference.items()}
+                       for name, by_reference in errors.items()}},
+        "experiments/isbi2015_annotators.py", argv if argv is not None else sys.argv[1:]))
     return 0
 
 

@@ -11,7 +11,6 @@ halves, each fitted on the other), so no image decides its own threshold.
         --fold 0 --output-dir experiments/results/isbi2015_facing/fold0_global
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,8 @@ import numpy as np  # noqa: E402
 from keraslm.calibration import fit_mirror_threshold  # noqa: E402
 from keraslm.data import select_split  # noqa: E402
 from keraslm.datasets import load_dataset  # noqa: E402
-from keraslm.io import Image  # noqa: E402
+from keraslm.experiments.runs import write_experiment  # noqa: E402
+from keraslm.experiments.isbi2015 import mirrored_left_right  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import (  # noqa: E402
     LandmarkDetector,
@@ -35,15 +35,8 @@ from keraslm.prediction import (  # noqa: E402
 from keraslm.spec import MirrorCheck  # noqa: E402
 
 
-def mirrored(image):
-    """The image mirrored left-right (the same geometry): a patient facing the other way."""
-    return Image(np.ascontiguousarray(image.array[:, ::-1]), spacing=image.spacing,
-                 origin=image.origin, direction=image.direction,
-                 spacing_source=image.spacing_source)
-
-
 def mirrored_points_mm(image, points_mm):
-    """Landmarks in mm of `mirrored(image)`."""
+    """Landmarks in mm of `mirrored_left_right(image)`."""
     index = image.physical_to_index(points_mm)
     index[:, 0] = image.size[0] - 1 - index[:, 0]
     return image.index_to_physical(index)
@@ -75,7 +68,7 @@ def main(argv=None):
     _, held_out = select_split(dataset, fold=args.fold, num_folds=args.num_folds, seed=0)
     records = held_out.records[:args.images]
     images = [held_out.read_image(record) for record in records]
-    mirrors = [mirrored(image) for image in images]
+    mirrors = [mirrored_left_right(image) for image in images]
     truth = np.stack([r.points_mm for r in records])
     mirrored_truth = np.stack([mirrored_points_mm(i, r.points_mm) for i, r in zip(images, records)])
     print(describe_machine(), flush=True)
@@ -128,19 +121,15 @@ def main(argv=None):
     lines += ["", f"Mean landmark confidence of the global stage: as it is {upright_confidence.min():.1f} to "
               f"{upright_confidence.max():.1f} (median {np.median(upright_confidence):.1f}); "
               f"mirrored {mirrored_confidence.min():.1f} to {mirrored_confidence.max():.1f} "
-              f"(median {np.median(mirrored_confidence):.1f}).", "",
-              "Command: `python experiments/isbi2015_facing.py " + " ".join(argv or sys.argv[1:])
-              + "`"]
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "table.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"ids": [r.id for r in records], "thresholds": thresholds,
-                   "upright_confidence": upright_confidence.tolist(),
-                   "mirrored_confidence": mirrored_confidence.tolist(),
-                   "rows": [{"images": n, "errors_mm": e.tolist(), "seconds_per_image": s}
-                            for n, e, s in rows]}, handle, indent=1)
-    print("\n".join(lines))
+              f"(median {np.median(mirrored_confidence):.1f})."]
+    print(write_experiment(
+        args.output_dir, lines,
+        {"ids": [r.id for r in records], "thresholds": thresholds,
+         "upright_confidence": upright_confidence.tolist(),
+         "mirrored_confidence": mirrored_confidence.tolist(),
+         "rows": [{"images": n, "errors_mm": e.tolist(), "seconds_per_image": s}
+                  for n, e, s in rows]},
+        "experiments/isbi2015_facing.py", argv if argv is not None else sys.argv[1:]))
     return 0
 
 

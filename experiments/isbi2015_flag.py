@@ -13,7 +13,6 @@ prediction: where the two doctors disagree by as much, the reference itself is i
         --output-dir experiments/results/isbi2015_flag/fold0
 """
 import argparse
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ from keraslm.calibration import (  # noqa: E402
 )
 from keraslm.data import select_split  # noqa: E402
 from keraslm.datasets import isbi2015, load_dataset  # noqa: E402
+from keraslm.experiments.runs import write_experiment  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import combine_detectors, load_detector, predict  # noqa: E402
 from keraslm.prediction.api import FLAG_MM  # noqa: E402
@@ -118,16 +118,12 @@ def main(argv=None):
                   "at points where the two doctors are more than 4 mm apart, and "
                   f"{(large & (np.linalg.norm(points - junior, axis=-1) < 2)).sum()} lie within "
                   "2 mm of the second doctor's point."]
-    lines += ["", "Command: `python experiments/isbi2015_flag.py " + " ".join(argv or sys.argv[1:])
-              + "`"]
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "table.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"ids": [r.id for r in held_out.records], "errors_mm": errors.tolist(),
-                   "heatmap_expected_mm": heatmap.tolist(), "vote_residual_mm": residual.tolist(),
-                   "vote_scale_mm": scale.tolist()}, handle, indent=1)
-    print("\n".join(lines))
+    print(write_experiment(
+        args.output_dir, lines,
+        {"ids": [r.id for r in held_out.records], "errors_mm": errors.tolist(),
+         "heatmap_expected_mm": heatmap.tolist(), "vote_residual_mm": residual.tolist(),
+         "vote_scale_mm": scale.tolist()},
+        "experiments/isbi2015_flag.py", argv if argv is not None else sys.argv[1:]))
     return 0
 
 

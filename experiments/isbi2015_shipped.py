@@ -34,8 +34,9 @@ import numpy as np  # noqa: E402
 
 from keraslm.calibration import fit_mirror_threshold, fit_shape_vote  # noqa: E402
 from keraslm.datasets import load_dataset  # noqa: E402
+from keraslm.experiments.runs import write_experiment  # noqa: E402
 from keraslm.export import export_saved_model  # noqa: E402
-from keraslm.io import Image  # noqa: E402
+from keraslm.experiments.isbi2015 import mirrored_left_right  # noqa: E402
 from keraslm.models import build_model  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import LandmarkDetector, load_predictor, predict  # noqa: E402
@@ -61,12 +62,6 @@ def rebuilt_detector(saved_model_dir, preset):
         weight.assign(variable.numpy())
     count = len(spec.global_stages)
     return saved, LandmarkDetector(spec, networks[:count], networks[count:])
-
-
-def mirrored(image):
-    return Image(np.ascontiguousarray(image.array[:, ::-1]), spacing=image.spacing,
-                 origin=image.origin, direction=image.direction,
-                 spacing_source=image.spacing_source)
 
 
 def main(argv=None):
@@ -97,7 +92,7 @@ def main(argv=None):
                                    detector.networks)
     upright = np.array([a.confidence.mean() for a in predict(global_only, images)])
     mirrors = np.array([a.confidence.mean()
-                        for a in predict(global_only, [mirrored(i) for i in images])])
+                        for a in predict(global_only, [mirrored_left_right(i) for i in images])])
     threshold = fit_mirror_threshold(upright, mirrors)
     check = MirrorCheck("x", round(threshold, 2))
     print(f"global confidence: upright {upright.min():.1f}-{upright.max():.1f}, mirrored "
@@ -142,18 +137,14 @@ def main(argv=None):
                   f"{fold_upright.max():.1f}, mirrored "
                   f"{min(held_out['mirrored_confidence']):.1f} to "
                   f"{max(held_out['mirrored_confidence']):.1f} (`{args.facing_results}`)."]
-    lines += ["", "Command: `python experiments/isbi2015_shipped.py " + " ".join(argv or sys.argv[1:])
-              + "`"]
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "export.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.output_dir, "export.json"), "w", encoding="utf-8") as handle:
-        json.dump({"source": args.source, "exported": path, "size_bytes": size,
-                   "reproduced_within_mm": reproduced,
-                   "mirror_check": check.to_json(), "ids": [r.id for r in dataset.records],
-                   "upright_confidence": upright.tolist(),
-                   "mirrored_confidence": mirrors.tolist()}, handle, indent=1)
-    print("\n".join(lines))
+    print(write_experiment(
+        args.output_dir, lines,
+        {"source": args.source, "exported": path, "size_bytes": size,
+         "reproduced_within_mm": reproduced, "mirror_check": check.to_json(),
+         "ids": [r.id for r in dataset.records], "upright_confidence": upright.tolist(),
+         "mirrored_confidence": mirrors.tolist()},
+        "experiments/isbi2015_shipped.py", argv if argv is not None else sys.argv[1:],
+        table="export.md", results="export.json"))
     return 0
 
 

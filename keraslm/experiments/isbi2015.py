@@ -33,6 +33,18 @@ from keraslm.spec import offset_prior_mm
 from keraslm.run_folder import RunFolder
 
 
+def mirrored_left_right(image):
+    """A 2D image mirrored left-right with the same geometry: a patient facing the other way
+    (the ISBI 2015 cephalograms all face right)."""
+    import numpy as np
+
+    from keraslm.io import Image
+
+    return Image(np.ascontiguousarray(image.array[:, ::-1]), spacing=image.spacing,
+                 origin=image.origin, direction=image.direction,
+                 spacing_source=image.spacing_source)
+
+
 def _write_fold_ids(folder, dataset, num_images, num_folds, seed):
     """Writes train/test id files of the folds of a `num_images` subset; returns their paths."""
     subset = dataset.reduced(num_images, seed=seed)

@@ -72,6 +72,20 @@ def write_json_numbers(path, payload):
     write_json(path, payload, default=_json_default)
 
 
+def write_experiment(output_dir, lines, payload, script, argv, table="table.md",
+                     results="results.json"):
+    """An experiment script's outputs, each written atomically into `output_dir`: its table
+    (`lines` and a last line with the command that made it: `python <script> <argv>`) and its
+    numbers (`payload`, JSON). Returns the table's text."""
+    import shlex
+
+    text = "\n".join(list(lines) + ["", f"Command: `python {script} {shlex.join(argv)}`"]) + "\n"
+    os.makedirs(output_dir, exist_ok=True)
+    write_text(os.path.join(output_dir, table), text)
+    write_json_numbers(os.path.join(output_dir, results), payload)
+    return text
+
+
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
