@@ -377,20 +377,22 @@ def shape_vote_residual_mm(shape_vote, points_mm, mirror_axis=None):
     """Each point's distance in mm from the other landmarks' vote (`fit_shape_vote`), points
     `(..., num_landmarks, ndim)` physical mm (keras.ops; runs in the prediction graph). With
     `mirror_axis` (0 = x, ...), the smaller of the shape's and its mirror image's residual
-    (a subject facing the other way)."""
-    x_mean = np.asarray(shape_vote["x_mean"], np.float64)
+    (a subject facing the other way). A shape with a non-finite point gets NaN throughout."""
     y_mean = np.asarray(shape_vote["y_mean"], np.float64)
-    weights = np.asarray(shape_vote["weights"], np.float64)
     num_landmarks, ndim = y_mean.shape
+    # The features unflattened (other landmark, axis), so that no tensor is reshaped: any
+    # leading dimensions, known or not.
+    x_mean = np.asarray(shape_vote["x_mean"], np.float64).reshape(num_landmarks, -1, ndim)
+    weights = np.asarray(shape_vote["weights"], np.float64).reshape(
+        num_landmarks, num_landmarks - 1, ndim, ndim)
     others = _others(num_landmarks)
     points = ops.cast(ops.convert_to_tensor(points_mm), "float64")
 
     def residual(shape):
         gathered = ops.take(shape, others, axis=-2)  # (..., L, L-1, ndim)
         centroid = ops.mean(gathered, axis=-2)
-        relative = ops.reshape(gathered - centroid[..., None, :],
-                               tuple(shape.shape[:-2]) + (num_landmarks, (num_landmarks - 1) * ndim))
-        vote = centroid + y_mean + ops.einsum("...lf,lfd->...ld", relative - x_mean, weights)
+        relative = gathered - centroid[..., None, :] - x_mean
+        vote = centroid + y_mean + ops.einsum("...lje,ljed->...ld", relative, weights)
         return ops.sqrt(ops.sum(ops.square(shape - vote), axis=-1))
 
     found = residual(points)
@@ -414,9 +416,10 @@ def expected_error_mm(calibration, confidence, spread_mm, points_mm=None, mirror
     if points_mm is None:
         raise KeraslmError("this calibration has a shape vote: expected_error_mm needs the "
                            "points (points_mm)")
-    beyond = (shape_vote_residual_mm(vote, points_mm, mirror_axis)
-              - vote["margin"] * np.asarray(vote["scale_mm"], np.float64))
-    return ops.maximum(heatmap, ops.cast(beyond, heatmap.dtype))
+    beyond = ops.cast(shape_vote_residual_mm(vote, points_mm, mirror_axis)
+                      - vote["margin"] * np.asarray(vote["scale_mm"], np.float64), heatmap.dtype)
+    # A shape with a missing (non-finite) point has no vote: the heatmap's estimate stands.
+    return ops.where(ops.isfinite(beyond), ops.maximum(heatmap, beyond), heatmap)
 
 
 def _heatmap_expected_error_mm(calibration, confidence, spread_mm):

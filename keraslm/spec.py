@@ -236,6 +236,11 @@ class DetectorSpec:
                                f"landmark, {len(self.landmark_names)}")
         if self.calibration is not None:
             check_calibration(self.calibration, self.landmark_names)
+            vote = self.calibration.get("shape_vote")
+            if vote is not None and np.shape(vote["y_mean"])[1] != self.ndim:
+                raise KeraslmError(f"the calibration's shape vote is for "
+                                   f"{np.shape(vote['y_mean'])[1]}D points, the detector is "
+                                   f"{self.ndim}D")
             if self.calibration.get("local_weight") is not None and not self.local_stages:
                 raise KeraslmError("the calibration blends a global and a local stage "
                                    "(local_weight); this model has no local stage")

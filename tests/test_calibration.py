@@ -266,6 +266,16 @@ def test_the_shape_vote_raises_the_expected_error_of_a_point_the_others_place_el
     graph = tf.function(lambda c, s, p: expected_error_mm(calibration, c, s, p))
     np.testing.assert_allclose(graph(heatmap[0] * 50, heatmap[0], test[0]).numpy(), expected[0],
                                rtol=1e-5)
+    # Any leading dimensions, also unknown ones (a batch in a traced function).
+    batched = tf.function(lambda p: shape_vote_residual_mm(vote, p),
+                          input_signature=[tf.TensorSpec([None, 8, 2], tf.float64)])
+    np.testing.assert_allclose(batched(test).numpy(), residual, rtol=1e-6)
+    # A shape with a missing point has no vote: the heatmap's expected errors stand.
+    missing = test[:1].copy()
+    missing[0, 5] = np.nan
+    np.testing.assert_allclose(
+        np.asarray(expected_error_mm(calibration, heatmap[:1] * 50, heatmap[:1], missing)), 1.0,
+        rtol=1e-5)
     mirrored = test * [-1.0, 1.0]
     np.testing.assert_allclose(np.asarray(shape_vote_residual_mm(vote, mirrored, mirror_axis=0)),
                                residual, rtol=1e-6)

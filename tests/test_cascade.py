@@ -894,6 +894,10 @@ def test_a_shape_vote_in_the_calibration_raises_expected_errors_in_the_graph(cas
             np.testing.assert_allclose(answer.expected_error_mm, np.maximum(0.01, beyond),
                                        rtol=1e-4, atol=1e-5)
             assert np.any(beyond > 0.01)  # The vote decides somewhere: the test is not idle.
+    volumes = np.random.default_rng(0).normal(size=(10, len(names), 3))
+    with pytest.raises(KeraslmError, match="shape vote is for 3D points, the detector is 2D"):
+        combine_detectors(detectors, {**calibration,
+                                      "shape_vote": fit_shape_vote(volumes, names, num_folds=4)})
 
 
 def test_a_local_stage_trained_with_refine_of_saves_and_validates_the_pair(cascade_2d, tmp_path):

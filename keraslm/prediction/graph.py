@@ -322,8 +322,9 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
                 reversed_array, spacing, mirror(prepared), mirrored_answer)
             return mirror_points(points, array, axis), refined_confidence, spread
 
+        # Each branch prepares into its own copy: tensors made inside a branch stay there.
         return tf.cond(use_mirror, refine_mirrored,
-                       lambda: refined_answer(array, spacing, prepared, answer))
+                       lambda: refined_answer(array, spacing, dict(prepared), answer))
 
     def locate(array, spacing, origin, direction):
         if spec.storage_orientation is not None:
