@@ -330,7 +330,7 @@ def fit_shape_vote(points_mm, landmark_names, ridge=SHAPE_VOTE_RIDGE, margin=SHA
         `(L,)`, `margin`, `ridge`, `num_shapes`.
 
     Raises:
-        KeraslmError: fewer than 2 * num_folds complete shapes, fewer than 3 landmarks, or
+        KeraslmError: num_folds or fewer complete shapes, fewer than 3 landmarks, or
             shapes that do not match the names.
     """
     points = np.asarray(points_mm, np.float64)
@@ -339,8 +339,8 @@ def fit_shape_vote(points_mm, landmark_names, ridge=SHAPE_VOTE_RIDGE, margin=SHA
         raise KeraslmError(f"fitting a shape vote needs shapes (num_shapes, {len(names)} >= 3 "
                            f"landmarks, ndim). Received: {points.shape}")
     points = points[np.all(np.isfinite(points), axis=(1, 2))]
-    if len(points) < 2 * num_folds:
-        raise KeraslmError(f"fitting a shape vote needs at least {2 * num_folds} complete "
+    if len(points) <= num_folds:
+        raise KeraslmError(f"fitting a shape vote needs at least {num_folds + 1} complete "
                            f"shapes; {len(points)} given")
     others = _others(len(names))
 
@@ -495,16 +495,27 @@ def calibration_quality(expected_mm, actual_mm, flag_mm=2.5, large_mm=4.0, num_b
 
 
 def cross_fitted_expected_error(confidence, spread_mm, errors_mm, landmark_names, num_folds=5,
-                                groups=None):
+                                groups=None, points_mm=None, shapes_mm=None,
+                                shape_vote_margin=None):
     """Expected errors of every point from calibrations fitted WITHOUT its image: an honest
     measure of a calibration fitted on all of them. One round per label of `groups`
     `(num_images,)` (e.g. each image's cross-validation fold), or `num_folds` groups of images
-    by position. Returns `(num_images, num_landmarks)` mm."""
+    by position. With `shape_vote_margin`, each round's calibration also holds a shape vote
+    fitted on the annotated shapes `shapes_mm` `(num_images, num_landmarks, ndim)` of the other
+    rounds' images (in k-fold cross-validation: the round's training images), applied to the
+    predicted points `points_mm` of the same shape. Returns `(num_images, num_landmarks)` mm."""
     confidence, spread_mm, errors_mm = (np.asarray(a, np.float64)
                                         for a in (confidence, spread_mm, errors_mm))
     expected = np.full(confidence.shape, np.nan)
     for test in _held_out_groups(confidence.shape[0], num_folds, "a calibration", groups):
         calibration = fit_calibration(confidence[~test], spread_mm[~test], errors_mm[~test],
                                       landmark_names)
-        expected[test] = np.asarray(expected_error_mm(calibration, confidence[test], spread_mm[test]))
+        if shape_vote_margin is None:
+            expected[test] = np.asarray(expected_error_mm(calibration, confidence[test],
+                                                          spread_mm[test]))
+            continue
+        calibration["shape_vote"] = fit_shape_vote(np.asarray(shapes_mm)[~test], landmark_names,
+                                                   margin=shape_vote_margin)
+        expected[test] = np.asarray(expected_error_mm(calibration, confidence[test],
+                                                      spread_mm[test], np.asarray(points_mm)[test]))
     return expected

@@ -284,5 +284,45 @@ def test_the_shape_vote_raises_the_expected_error_of_a_point_the_others_place_el
         expected_error_mm(calibration, heatmap, heatmap)
     with pytest.raises(KeraslmError, match="shape_vote is malformed"):
         check_calibration({**calibration, "shape_vote": {**vote, "scale_mm": [1.0]}}, names)
-    with pytest.raises(KeraslmError, match="at least 10 complete shapes"):
-        fit_shape_vote(shapes[:9], names)
+    with pytest.raises(KeraslmError, match="at least 6 complete shapes"):
+        fit_shape_vote(shapes[:5], names)
+
+
+def test_cross_fitting_with_a_shape_vote_fits_each_round_on_the_other_shapes():
+    """`cross_fitted_expected_error(..., shape_vote_margin=)`: each round's vote comes from the
+    other rounds' annotated shapes, so a far-off prediction is flagged from shapes that do not
+    include its own image; without a margin nothing changes."""
+    names = [f"p{i}" for i in range(8)]
+    shapes = _shapes(num_shapes=40)
+    predicted = shapes + np.random.default_rng(5).normal(0, 0.3, shapes.shape)
+    predicted[7, 2] += [0.0, 20.0]
+    confidence, spread = np.full((40, 8), 50.0), np.ones((40, 8))
+    errors = np.linalg.norm(predicted - shapes, axis=-1)
+    plain = cross_fitted_expected_error(confidence, spread, errors, names)
+    voted = cross_fitted_expected_error(confidence, spread, errors, names, points_mm=predicted,
+                                        shapes_mm=shapes, shape_vote_margin=2.0)
+    assert plain[7, 2] < 2.0 and voted[7, 2] > 12.0
+    held = np.arange(40) % 5 == 7 % 5  # Image 7's round (images by position, modulo 5).
+    vote = fit_shape_vote(shapes[~held], names, margin=2.0)
+    beyond = (np.asarray(shape_vote_residual_mm(vote, predicted[held]))
+              - 2.0 * np.asarray(vote["scale_mm"]))
+    np.testing.assert_allclose(voted[held], np.maximum(plain[held], beyond), rtol=1e-5)
+
+
+def test_evaluate_calibrate_stores_a_shape_vote(trained_2d, phantom2d_root, tmp_path, capsys):
+    """evaluate.py --calibrate JSON --shape-vote-margin M: the calibration holds a vote fitted on
+    the evaluated images' shapes; --shape-vote-margin alone is refused."""
+    from evaluate import main as evaluate_main
+
+    result, dataset = trained_2d
+    path = tmp_path / "calibration.json"
+    assert evaluate_main(["--model", result.model_path, "--dataset", str(phantom2d_root),
+                          "--all-images", "--no-plots", "--output-dir",
+        str(tmp_path / "eval"), "--calibrate", str(path), "--shape-vote-margin", "2"]) == 0
+    calibration = json.loads(path.read_text())
+    check_calibration(calibration, dataset.landmark_names)
+    assert calibration["shape_vote"]["margin"] == 2.0
+    assert calibration["shape_vote"]["num_shapes"] == len(dataset.records)
+    with pytest.raises(SystemExit):
+        evaluate_main(["--model", result.model_path, "--shape-vote-margin", "2"])
+    assert "--shape-vote-margin goes with --calibrate" in capsys.readouterr().err

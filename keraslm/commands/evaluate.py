@@ -93,6 +93,13 @@ def parse_args(argv=None):
                          "- store the weights in the calibration and report the blended points, "
                          "each image's from weights fitted without its run (--runs) or without "
                          "its fifth of the images)")
+    metrics.add_argument("--shape-vote-margin", type=float, metavar="M",
+                         help="with --calibrate: also store a shape vote "
+                         "(keraslm.calibration.fit_shape_vote, fitted on the evaluated images' "
+                         "annotated shapes): a point further from where the other landmarks "
+                         "place it than M times its landmark's normal variation expects at "
+                         "least the distance beyond (2 flags far-off points; the ISBI 2015 "
+                         "model uses 2)")
     metrics.add_argument("--calibration", metavar="JSON",
                          help="apply this calibration (from --calibrate) to the predictions and "
                          "report how well its expected errors rank the actual ones here, e.g. a "
@@ -114,6 +121,10 @@ def parse_args(argv=None):
         parser.error("--refine goes with --model or --runs")
     if args.calibration and args.predictions:
         parser.error("--calibration needs a model (--model or --runs)")
+    if args.shape_vote_margin is not None and not args.calibrate:
+        parser.error("--shape-vote-margin goes with --calibrate")
+    if args.shape_vote_margin is not None and args.shape_vote_margin < 0:
+        parser.error(f"--shape-vote-margin must be >= 0. Received: {args.shape_vote_margin}")
     if args.calibrate and args.predictions:
         parser.error("--calibrate needs a model (--model or --runs): CSV predictions carry no "
                      "confidence or spread")
@@ -258,7 +269,8 @@ def main(argv=None):
         if args.calibrate:
             _, quality, files = evaluation.write_calibration(
                 args.calibrate, result, args.output_dir, plots=not args.no_plots,
-                local_weight=local_weight, groups=evaluation.held_out_groups(result))
+                local_weight=local_weight, groups=evaluation.held_out_groups(result),
+                shape_vote_margin=args.shape_vote_margin)
             written += files
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -187,7 +187,7 @@ def _file_label(image_id):
 
 
 def write_calibration(path, evaluation, output_dir=None, plots=True, local_weight=None,
-                      groups=None):
+                      groups=None, shape_vote_margin=None):
     """Fits a calibration of expected errors (`keraslm.calibration`) to an evaluation's
     held-out predictions and writes it to `path` (JSON), with its quality measured by
     cross-fitting (each image's expected errors from a calibration fitted without it: without
@@ -195,7 +195,10 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     - or, by default, without its fifth of the images by position) and, in
     `output_dir`, the cross-fitted reliability plot. `local_weight` (a coarse-to-fine model's
     per-landmark blend of its stages, `keraslm.evaluation.blend_evaluation`; the evaluation
-    then holds the blended points) is stored with it.
+    then holds the blended points) is stored with it. `shape_vote_margin`: the calibration also
+    holds a shape vote (`keraslm.calibration.fit_shape_vote`) fitted on the evaluated images'
+    annotated shapes (complete ones; pooled cross-validation folds: the whole dataset), and
+    the cross-fitted quality counts it (each round's vote fitted on the other rounds' shapes).
 
     Returns:
         (calibration dict, quality dict, list of written paths).
@@ -205,7 +208,7 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
             keraslm gave them; use the .keras models).
     """
     from keraslm.calibration import (calibration_quality, cross_fitted_expected_error,
-                                     fit_calibration)
+                                     fit_calibration, fit_shape_vote)
 
     if evaluation.confidence is None or evaluation.spread_mm is None:
         raise KeraslmError(
@@ -216,9 +219,15 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     calibration = fit_calibration(
         evaluation.confidence, evaluation.spread_mm, errors, evaluation.landmark_names,
         source=f"held-out predictions of {len(evaluation.ids)} images: {sources}")
+    if shape_vote_margin is not None:
+        calibration["shape_vote"] = fit_shape_vote(evaluation.ground_truth_mm,
+                                                   evaluation.landmark_names,
+                                                   margin=shape_vote_margin)
     expected = cross_fitted_expected_error(evaluation.confidence, evaluation.spread_mm, errors,
                                            evaluation.landmark_names,
-                                           groups=groups)
+                                           groups=groups, points_mm=evaluation.predicted_mm,
+                                           shapes_mm=evaluation.ground_truth_mm,
+                                           shape_vote_margin=shape_vote_margin)
     quality = calibration_quality(expected, errors)
     calibration["quality_cross_fitted"] = {k: v for k, v in quality.items() if k != "bins"}
     if local_weight is not None:
