@@ -20,10 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from keraslm.calibration import fit_mirror_threshold  # noqa: E402
-from keraslm.data import select_split  # noqa: E402
-from keraslm.datasets import load_dataset  # noqa: E402
 from keraslm.experiments.runs import write_experiment  # noqa: E402
-from keraslm.experiments.isbi2015 import mirrored_left_right  # noqa: E402
+from keraslm.experiments.isbi2015 import (  # noqa: E402
+    add_fold_model_arguments,
+    fold_model,
+    mirrored_left_right,
+)
 from keraslm.precision import describe_machine  # noqa: E402
 from keraslm.prediction import (  # noqa: E402
     LandmarkDetector,
@@ -53,19 +55,10 @@ def timed_predictions(detector, images):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--global", dest="global_runs", required=True,
-                        help="the fold's global run folder(s), comma-separated (an ensemble)")
-    parser.add_argument("--refine", help="the fold's local run folder(s), comma-separated")
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--num-folds", type=int, default=5)
-    parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
+    add_fold_model_arguments(parser)
     parser.add_argument("--images", type=int, help="only the first N held-out images")
-    parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
-    runs = args.global_runs.split(",") + (args.refine.split(",") if args.refine else [])
-    detector = combine_detectors([load_detector(os.path.join(r, "model.keras")) for r in runs])
-    dataset = load_dataset("isbi2015", root=args.dataset_root)
-    _, held_out = select_split(dataset, fold=args.fold, num_folds=args.num_folds, seed=0)
+    runs, detector, _, _, held_out = fold_model(args)
     records = held_out.records[:args.images]
     images = [held_out.read_image(record) for record in records]
     mirrors = [mirrored_left_right(image) for image in images]

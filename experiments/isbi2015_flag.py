@@ -27,11 +27,11 @@ from keraslm.calibration import (  # noqa: E402
     shape_vote_residual_mm,
     spearman,
 )
-from keraslm.data import select_split  # noqa: E402
-from keraslm.datasets import isbi2015, load_dataset  # noqa: E402
+from keraslm.datasets import isbi2015  # noqa: E402
+from keraslm.experiments.isbi2015 import add_fold_model_arguments, fold_model  # noqa: E402
 from keraslm.experiments.runs import write_experiment  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
-from keraslm.prediction import combine_detectors, load_detector, predict  # noqa: E402
+from keraslm.prediction import predict  # noqa: E402
 from keraslm.prediction.api import FLAG_MM  # noqa: E402
 
 MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
@@ -47,18 +47,9 @@ def junior_points_mm(root, held_out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--global", dest="global_runs", required=True,
-                        help="the fold's global run folder(s), comma-separated")
-    parser.add_argument("--refine", help="the fold's local run folder(s), comma-separated")
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--num-folds", type=int, default=5)
-    parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
-    parser.add_argument("--output-dir", required=True)
+    add_fold_model_arguments(parser)
     args = parser.parse_args(argv)
-    runs = args.global_runs.split(",") + (args.refine.split(",") if args.refine else [])
-    detector = combine_detectors([load_detector(os.path.join(r, "model.keras")) for r in runs])
-    dataset = load_dataset("isbi2015", root=args.dataset_root)
-    training, held_out = select_split(dataset, fold=args.fold, num_folds=args.num_folds, seed=0)
+    runs, detector, dataset, training, held_out = fold_model(args)
     names = list(dataset.landmark_names)
     print(describe_machine(), flush=True)
     answers = predict(detector, [held_out.read_image(r) for r in held_out.records])

@@ -33,6 +33,32 @@ from keraslm.spec import offset_prior_mm
 from keraslm.run_folder import RunFolder
 
 
+def add_fold_model_arguments(parser):
+    """The arguments of a script that evaluates one cross-validation fold's models on its
+    held-out ISBI 2015 images: --global, --refine, --fold, --num-folds, --dataset-root,
+    --output-dir."""
+    parser.add_argument("--global", dest="global_runs", required=True,
+                        help="the fold's global run folder(s), comma-separated (an ensemble)")
+    parser.add_argument("--refine", help="the fold's local run folder(s), comma-separated")
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--num-folds", type=int, default=5)
+    parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
+    parser.add_argument("--output-dir", required=True)
+
+
+def fold_model(args):
+    """(run folders, their combined detector, the dataset, its training split, its held-out
+    split) of `add_fold_model_arguments`' parsed `args`."""
+    from keraslm.data import select_split
+    from keraslm.prediction import combine_detectors, load_detector
+
+    runs = args.global_runs.split(",") + (args.refine.split(",") if args.refine else [])
+    detector = combine_detectors([load_detector(os.path.join(r, "model.keras")) for r in runs])
+    dataset = load_dataset("isbi2015", root=args.dataset_root)
+    training, held_out = select_split(dataset, fold=args.fold, num_folds=args.num_folds, seed=0)
+    return runs, detector, dataset, training, held_out
+
+
 def mirrored_left_right(image):
     """A 2D image mirrored left-right with the same geometry: a patient facing the other way
     (the ISBI 2015 cephalograms all face right)."""
