@@ -2,11 +2,14 @@
 images; each landmark's expected error is the calibrated heatmap's (`fit_calibration`, fitted on
 the other half of the held-out images: cross-fitted) or - with the shape vote - the larger of
 that and the point's distance from the other landmarks' vote beyond `margin` times its normal
-variation (`fit_shape_vote`, fitted on the fold's training labels only). The table gives, for
-each setting, the share of landmarks flagged (expected error above 2.5 mm), how many of the
-errors above 4 mm and above 10 mm the flag catches, and the Spearman correlation of expected and
-actual errors. Errors above 10 mm are listed with the second doctor's distance from the
-prediction: where the two doctors disagree by as much, the reference itself is in doubt.
+variation (`fit_shape_vote`, fitted on the fold's training labels only). Two more signals are
+tried on top of the shipped one (heatmap and vote at margin 2): the distance between the global
+stage's point and the refined point, and - given a second coarse-to-fine pair of the same fold
+(`--second-pair`) - the two pairs' disagreement, with the model then their ensemble. The table
+gives, for each setting, the share of landmarks flagged (expected error above 2.5 mm), how many
+of the errors above 4 mm and above 10 mm the flag catches, and the Spearman correlation of
+expected and actual errors. Errors above 10 mm are listed with the second doctor's distance from
+the prediction: where the two doctors disagree by as much, the reference itself is in doubt.
 
     python experiments/isbi2015_flag.py --global experiments/results/isbi2015_v6/runs/scn_fold0 \\
         --refine experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 \\
@@ -31,10 +34,12 @@ from keraslm.datasets import isbi2015  # noqa: E402
 from keraslm.experiments.isbi2015 import add_fold_model_arguments, fold_model  # noqa: E402
 from keraslm.experiments.runs import write_experiment  # noqa: E402
 from keraslm.precision import describe_machine  # noqa: E402
-from keraslm.prediction import predict  # noqa: E402
+from keraslm.prediction import combine_detectors, load_detector, predict  # noqa: E402
 from keraslm.prediction.api import FLAG_MM  # noqa: E402
 
 MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
+#: Offsets (mm) tried for the extra signals: expected error = max(shipped, signal - offset).
+SIGNAL_OFFSETS = (0.5, 1.0, 2.0)
 
 
 def junior_points_mm(root, held_out):
@@ -45,76 +50,139 @@ def junior_points_mm(root, held_out):
     return np.stack([junior.record(i).points_mm for i in held_out.ids])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_fold_model_arguments(parser)
-    args = parser.parse_args(argv)
-    runs, detector, dataset, training, held_out = fold_model(args)
-    names = list(dataset.landmark_names)
-    print(describe_machine(), flush=True)
-    answers = predict(detector, [held_out.read_image(r) for r in held_out.records])
-    points = np.stack([a.points_mm for a in answers])
-    confidence = np.stack([a.confidence for a in answers])
-    spread = np.stack([a.spread_mm for a in answers])
-    truth = np.stack([r.points_mm for r in held_out.records])
-    errors = np.linalg.norm(points - truth, axis=-1)
-    # The heatmap's expected error, cross-fitted over two halves of the held-out images.
+def load_runs(runs):
+    """The combined detector of run folders (global ones first)."""
+    return combine_detectors([load_detector(os.path.join(r, "model.keras")) for r in runs])
+
+
+def answers_of(detector, images):
+    """(points mm, confidence, spread mm) of `detector` on `images`, stacked over images."""
+    answers = predict(detector, images)
+    return tuple(np.stack([getattr(a, key) for a in answers])
+                 for key in ("points_mm", "confidence", "spread_mm"))
+
+
+def cross_fitted_heatmap(confidence, spread, errors, names):
+    """The heatmap's expected error, cross-fitted over two halves of the held-out images."""
     heatmap = np.zeros_like(errors)
-    halves = np.arange(len(answers)) % 2
+    halves = np.arange(len(errors)) % 2
     for half in (0, 1):
         calibration = fit_calibration(confidence[halves != half], spread[halves != half],
                                       errors[halves != half], names)
         heatmap[halves == half] = np.asarray(expected_error_mm(
             calibration, confidence[halves == half], spread[halves == half]))
+    return heatmap
+
+
+def flag_rows(expected_by_label, errors):
+    """Table rows: per expected-error setting, flagged share, catches and Spearman."""
+    large, far = errors > 4.0, errors > 10.0
+    rows = []
+    for label, expected in expected_by_label:
+        flagged = expected > FLAG_MM
+        rows.append(f"| {label} | {100 * flagged.mean():.1f} | {flagged[large].sum()} of "
+                    f"{large.sum()} ({100 * flagged[large].mean():.0f} %) | {flagged[far].sum()} "
+                    f"of {far.sum()} | {spearman(expected, errors):.3f} |")
+    return rows
+
+
+HEADER = ["| expected error | flagged % | errors > 4 mm caught | errors > 10 mm caught | Spearman |",
+          "|---|---|---|---|---|"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_fold_model_arguments(parser)
+    parser.add_argument("--second-pair", metavar="GLOBAL_RUN,LOCAL_RUN",
+                        help="a second coarse-to-fine pair of the same fold (e.g. the "
+                             "flip-trained runs): adds a table for the two pairs' ensemble, "
+                             "with their disagreement as a further signal")
+    args = parser.parse_args(argv)
+    runs, detector, dataset, training, held_out = fold_model(args)
+    if not args.refine:
+        parser.error("--refine is needed: the flag is measured on a coarse-to-fine model")
+    names = list(dataset.landmark_names)
+    print(describe_machine(), flush=True)
+    images = [held_out.read_image(r) for r in held_out.records]
+    points, confidence, spread = answers_of(detector, images)
+    global_points = answers_of(load_runs(args.global_runs.split(",")), images)[0]
+    truth = np.stack([r.points_mm for r in held_out.records])
+    errors = np.linalg.norm(points - truth, axis=-1)
+    heatmap = cross_fitted_heatmap(confidence, spread, errors, names)
     vote = fit_shape_vote(np.stack([r.points_mm for r in training.records]), names)
     residual = np.asarray(shape_vote_residual_mm(vote, points))
     scale = np.asarray(vote["scale_mm"])
     large, far = errors > 4.0, errors > 10.0
-
-    def row(label, expected):
-        flagged = expected > FLAG_MM
-        return (f"| {label} | {100 * flagged.mean():.1f} | {flagged[large].sum()} of {large.sum()} "
-                f"({100 * flagged[large].mean():.0f} %) | {flagged[far].sum()} of {far.sum()} | "
-                f"{spearman(expected, errors):.3f} |")
+    shipped = np.maximum(heatmap, residual - vote["margin"] * scale)
+    stage_gap = np.linalg.norm(points - global_points, axis=-1)
+    settings = [("heatmap (calibrated peak and spread)", heatmap)]
+    settings += [(f"max(heatmap, vote residual - {m:g} x variation)",
+                  np.maximum(heatmap, residual - m * scale)) for m in MARGINS]
+    settings += [(f"max(shipped, stage gap - {o:g} mm)", np.maximum(shipped, stage_gap - o))
+                 for o in SIGNAL_OFFSETS]
 
     lines = [f"# ISBI 2015 fold {args.fold}: flagging far-off points", "",
-             f"Models: {', '.join(runs)}. {len(answers)} held-out images of fold {args.fold} (of "
+             f"Models: {', '.join(runs)}. {len(images)} held-out images of fold {args.fold} (of "
              f"{args.num_folds}), {errors.size} landmarks; MRE {errors.mean():.2f} mm. Heatmap "
              "calibration cross-fitted over two halves of the held-out images; shape vote fitted "
              f"on the fold's {len(training.records)} training shapes (ridge {vote['ridge']:g}; "
              f"normal variation per landmark {scale.min():.1f} to {scale.max():.1f} mm). "
-             f"Flag: expected error above {FLAG_MM:g} mm. {describe_machine()}.", "",
-             "| expected error | flagged % | errors > 4 mm caught | errors > 10 mm caught | Spearman |",
-             "|---|---|---|---|---|",
-             row("heatmap (calibrated peak and spread)", heatmap)]
-    for margin in MARGINS:
-        row_expected = np.maximum(heatmap, residual - margin * scale)
-        lines.append(row(f"max(heatmap, vote residual - {margin:g} x variation)", row_expected))
+             f"Flag: expected error above {FLAG_MM:g} mm. 'shipped' = max(heatmap, vote residual "
+             f"- {vote['margin']:g} x variation), as the shipped model computes it; 'stage gap' = "
+             "distance between the global stage's point and the refined one. "
+             f"{describe_machine()}.", ""] + HEADER + flag_rows(settings, errors)
+    payload = {"ids": [r.id for r in held_out.records], "errors_mm": errors.tolist(),
+               "heatmap_expected_mm": heatmap.tolist(), "vote_residual_mm": residual.tolist(),
+               "vote_scale_mm": scale.tolist(), "stage_gap_mm": stage_gap.tolist()}
+    if args.second_pair:
+        second = args.second_pair.split(",")
+        if len(second) != 2:
+            parser.error(f"--second-pair takes GLOBAL_RUN,LOCAL_RUN. Received: {args.second_pair}")
+        first_points = answers_of(load_runs(args.global_runs.split(",")[:1] +
+                                            args.refine.split(",")[:1]), images)[0]
+        second_points = answers_of(load_runs(second), images)[0]
+        ensemble = load_runs(args.global_runs.split(",")[:1] + second[:1] +
+                             args.refine.split(",")[:1] + second[1:])
+        e_points, e_confidence, e_spread = answers_of(ensemble, images)
+        e_errors = np.linalg.norm(e_points - truth, axis=-1)
+        e_heatmap = cross_fitted_heatmap(e_confidence, e_spread, e_errors, names)
+        e_residual = np.asarray(shape_vote_residual_mm(vote, e_points))
+        e_shipped = np.maximum(e_heatmap, e_residual - vote["margin"] * scale)
+        disagreement = np.linalg.norm(first_points - second_points, axis=-1)
+        e_settings = [("heatmap (calibrated peak and spread)", e_heatmap), ("shipped", e_shipped)]
+        e_settings += [(f"max(shipped, pairs' disagreement - {o:g} mm)",
+                        np.maximum(e_shipped, disagreement - o)) for o in SIGNAL_OFFSETS]
+        lines += ["", f"The ensemble of both pairs ({args.global_runs.split(',')[0]} + "
+                  f"{args.refine.split(',')[0]} and {' + '.join(second)}; each pair's local stage "
+                  f"refines the ensemble's global estimate): MRE {e_errors.mean():.2f} +- "
+                  f"{e_errors.std():.2f} mm, {(e_errors > 4).sum()} errors > 4 mm, "
+                  f"{(e_errors > 10).sum()} > 10 mm (the first pair alone: {errors.mean():.2f} "
+                  f"mm; the second alone: "
+                  f"{np.linalg.norm(second_points - truth, axis=-1).mean():.2f} mm). "
+                  "'pairs' disagreement' = distance between the two pairs' points, each pair "
+                  "predicting on its own.", ""] + HEADER + flag_rows(e_settings, e_errors)
+        payload.update({"ensemble_errors_mm": e_errors.tolist(),
+                        "pairs_disagreement_mm": disagreement.tolist()})
     junior = junior_points_mm(args.dataset_root, held_out)
-    shipped = np.maximum(heatmap, residual - vote["margin"] * scale)
-    lines += ["", f"Errors above 10 mm (expected error with the vote at margin {vote['margin']:g}):",
+    lines += ["", "Errors above 10 mm of the first pair (expected error 'shipped'):",
               "", "| image | landmark | error mm | heatmap expected mm | vote residual mm | "
-              "expected mm | second doctor from the prediction mm | doctors apart mm |",
-              "|---|---|---|---|---|---|---|---|"]
+              "expected mm | stage gap mm | second doctor from the prediction mm | doctors "
+              "apart mm |", "|---|---|---|---|---|---|---|---|---|"]
     for i, k in zip(*np.nonzero(far)):
-        second = ("" if junior is None else
-                  f"{np.linalg.norm(points[i, k] - junior[i, k]):.1f} | "
-                  f"{np.linalg.norm(truth[i, k] - junior[i, k]):.1f}")
+        doctors = ("- | -" if junior is None else
+                   f"{np.linalg.norm(points[i, k] - junior[i, k]):.1f} | "
+                   f"{np.linalg.norm(truth[i, k] - junior[i, k]):.1f}")
         lines.append(f"| {held_out.records[i].id} | {names[k]} | {errors[i, k]:.1f} | "
                      f"{heatmap[i, k]:.1f} | {residual[i, k]:.1f} | {shipped[i, k]:.1f} | "
-                     f"{second or '- | -'} |")
+                     f"{stage_gap[i, k]:.1f} | {doctors} |")
     if junior is not None:
         apart = np.linalg.norm(truth - junior, axis=-1)
         lines += ["", f"Of the {large.sum()} errors above 4 mm, {(large & (apart > 4)).sum()} are "
                   "at points where the two doctors are more than 4 mm apart, and "
                   f"{(large & (np.linalg.norm(points - junior, axis=-1) < 2)).sum()} lie within "
                   "2 mm of the second doctor's point."]
-    print(write_experiment(
-        args.output_dir, lines,
-        {"ids": [r.id for r in held_out.records], "errors_mm": errors.tolist(),
-         "heatmap_expected_mm": heatmap.tolist(), "vote_residual_mm": residual.tolist(),
-         "vote_scale_mm": scale.tolist()},
-        "experiments/isbi2015_flag.py", argv if argv is not None else sys.argv[1:]))
+    print(write_experiment(args.output_dir, lines, payload, "experiments/isbi2015_flag.py",
+                           argv if argv is not None else sys.argv[1:]))
     return 0
 
 

@@ -55,7 +55,9 @@ COMMANDS = {
                            "experiments/results/isbi2015_v6/runs/scn_fold0 --refine "
                            "experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 "
                            "--dataset-root ../shared/data/isbi2015-train --output-dir "
-                           "experiments/results/isbi2015_flag/fold0",
+                           "experiments/results/isbi2015_flag/fold0 --second-pair "
+                           "experiments/results/isbi2015_v6/runs/scn_flip_fold0,"
+                           "experiments/results/isbi2015_v6/runs/local_unet_flip_fold0",
     "isbi2015_annotators/fold0": "python experiments/isbi2015_annotators.py --fold 0 --config "
                                  "'trained on the senior labels' "
                                  "experiments/results/isbi2015_v6/runs/scn_fold0 "
