@@ -18,7 +18,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fold0_global",
                "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
-               "isbi2015_facing/fold0_c2f_flip", "isbi2015_flag/fold0",
+               "isbi2015_facing/fold0_c2f_flip", "isbi2015_facing/fold0_c2f_mixed",
+               "isbi2015_flag/fold0",
                "isbi2015_annotators/fold0", "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
@@ -51,6 +52,15 @@ COMMANDS = {
                                       "--fold 0 --dataset-root ../shared/data/isbi2015-train "
                                       "--output-dir "
                                       "experiments/results/isbi2015_facing/fold0_c2f_flip",
+    "isbi2015_facing/fold0_c2f_mixed": "python experiments/isbi2015_facing.py --global "
+                                       "experiments/results/isbi2015_v6/runs/scn_fold0,"
+                                       "experiments/results/isbi2015_v6/runs/scn_flip_fold0 "
+                                       "--refine "
+                                       "experiments/results/isbi2015_v6/runs/local_unet_fold0,"
+                                       "experiments/results/isbi2015_v6/runs/local_unet_flip_fold0 "
+                                       "--fold 0 --dataset-root ../shared/data/isbi2015-train "
+                                       "--output-dir "
+                                       "experiments/results/isbi2015_facing/fold0_c2f_mixed",
     "isbi2015_flag/fold0": "python experiments/isbi2015_flag.py --global "
                            "experiments/results/isbi2015_v6/runs/scn_fold0 --refine "
                            "experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 "

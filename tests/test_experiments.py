@@ -245,7 +245,8 @@ def test_publish_copies_generated_tables(tmp_path):
     assert publish.EXPERIMENTS == ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6",
                                    "isbi2015_facing/fold0_global",
                                    "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
-                                   "isbi2015_facing/fold0_c2f_flip", "isbi2015_flag/fold0",
+                                   "isbi2015_facing/fold0_c2f_flip",
+                                   "isbi2015_facing/fold0_c2f_mixed", "isbi2015_flag/fold0",
                                    "isbi2015_annotators/fold0",
                                    "table1_phantom2d", "table2_phantom3d", "benchmarks")
     page = docs / "results" / "all.md"
