@@ -20,7 +20,7 @@ EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fol
                "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
                "isbi2015_facing/fold0_c2f_flip", "isbi2015_facing/fold0_c2f_mixed",
                "isbi2015_flag/fold0",
-               "isbi2015_annotators/fold0", "table1_phantom2d",
+               "isbi2015_annotators/fold0", "isbi2015_queue", "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
@@ -74,6 +74,8 @@ COMMANDS = {
                                  "experiments/results/isbi2015_v6/runs/local_unet_fold0 "
                                  "--dataset-root ../shared/data/isbi2015-train --output-dir "
                                  "experiments/results/isbi2015_annotators/fold0",
+    "isbi2015_queue": "python experiments/isbi2015_queue.py status --output-dir "
+                      "experiments/results/isbi2015_queue",
 }
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (

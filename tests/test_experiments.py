@@ -247,7 +247,7 @@ def test_publish_copies_generated_tables(tmp_path):
                                    "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
                                    "isbi2015_facing/fold0_c2f_flip",
                                    "isbi2015_facing/fold0_c2f_mixed", "isbi2015_flag/fold0",
-                                   "isbi2015_annotators/fold0",
+                                   "isbi2015_annotators/fold0", "isbi2015_queue",
                                    "table1_phantom2d", "table2_phantom3d", "benchmarks")
     page = docs / "results" / "all.md"
     page.write_text("intro\n" + "".join(
@@ -276,3 +276,50 @@ def test_publish_copies_generated_tables(tmp_path):
     assert page.read_text() == text  # idempotent
     page.write_text("no markers")
     assert publish.main(arguments) == 2
+
+def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
+    queue = _script("isbi2015_queue")
+    runs = tmp_path / "runs"
+    # Every fold's four cross-validation runs are queued, each run once.
+    assert len(set(queue.PLAN)) == len(queue.PLAN)
+    for fold in range(5):
+        for kind in ("scn", "local_unet", "scn_member2", "local_unet_member2"):
+            assert (kind, fold) in queue.PLAN
+    finished = runs / "scn_fold1"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    partial = runs / "local_unet_fold1"
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "history.json").write_text(json.dumps({"loss": [3.0, 2.0, 1.5]}))
+    (partial / "training_seconds.json").write_text(json.dumps({"seconds": 5400}))
+    held = queue._try_lock(str(runs), "scn_flip", 1)  # another worker trains it
+    lines = {line.split(" | ")[1]: line.split(" | ", 2)[2] for line in
+             queue.status_lines(str(runs))[2:]}
+    assert len(lines) == len(queue.PLAN)
+    assert lines["scn_fold1"] == "finished | 40/40 |  |"
+    assert lines["local_unet_fold1"] == "partial | 3/40 | 1.5 |"
+    assert lines["scn_flip_fold1"] == "training | 0/40 |  |"
+    assert lines["local_unet_flip_fold1"] == "waiting | 0/40 |  |"
+    assert queue._try_lock(str(runs), "scn_flip", 1) is None
+    command = queue.train_command("local_unet", 1, str(runs), "/data", "/mean")
+    assert command[command.index("--dataset-root") + 1] == "/data"
+    assert command[-1] == "--resume" and "--flip" not in command
+    command = queue.train_command("scn_meanlabels", 0, str(runs), "/data", "/mean")
+    assert command[command.index("--dataset-root") + 1] == "/mean" and "--resume" not in command
+    assert command[command.index("--grid-shape") + 1] == "192,160"
+    # A worker takes the runs in order, skipping finished and locked ones, until none is left.
+    trained = []
+
+    def fake_train(kind, fold, args, log):
+        trained.append((kind, fold))
+        (runs / f"{kind}_fold{fold}").mkdir(exist_ok=True)
+        (runs / f"{kind}_fold{fold}" / "metrics.json").write_text("{}")
+        return 1 if kind == "scn_member2" and fold == 4 else 0
+
+    monkeypatch.setattr(queue, "_train_one", fake_train)
+    args = type("Args", (), {"runs_dir": str(runs), "logs": str(tmp_path)})()
+    failed = set()
+    queue.worker(1, args, failed)
+    assert trained == [run for run in queue.PLAN if run not in (("scn", 1), ("scn_flip", 1))]
+    assert failed == {("scn_member2", 4)}
+    held.close()
