@@ -146,7 +146,10 @@ def _train_one(kind, fold, args, log):
     thread = threading.Thread(target=ticker, daemon=True)
     thread.start()
     command = train_command(kind, fold, args.runs_dir, args.dataset_root, args.mean_labels_root)
+    # The checkout's cache by default: its XLA probes (a probe timed beside another training
+    # can decide either way) and prepared images are the earlier runs'.
     env = dict(os.environ, PYTHONPATH=args.worktree)
+    env.setdefault("KERASLM_CACHE", os.path.join(REPO, ".cache", "keraslm"))
     print(f"{time.strftime('%H:%M:%S')} {run_name(kind, fold)}: {shlex.join(command)}",
           file=log, flush=True)
     try:
