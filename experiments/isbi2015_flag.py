@@ -40,6 +40,9 @@ from keraslm.prediction.api import FLAG_MM  # noqa: E402
 MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
 #: Offsets (mm) tried for the extra signals: expected error = max(shipped, signal - offset).
 SIGNAL_OFFSETS = (0.5, 1.0, 2.0)
+#: `HeatmapCodec.second_peak`'s radius: two sigmas of version 6's global targets (2 pixels of
+#: 1.25 mm), beyond which a clean peak's flank is below 14 % of it.
+SECOND_PEAK_RADIUS_MM = 5.0
 
 
 def junior_points_mm(root, held_out):
@@ -72,6 +75,41 @@ def cross_fitted_heatmap(confidence, spread, errors, names):
         heatmap[halves == half] = np.asarray(expected_error_mm(
             calibration, confidence[halves == half], spread[halves == half]))
     return heatmap
+
+
+def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
+    """`HeatmapCodec.second_peak` of the detector's global stage(s) on each image (their mean
+    over an ensemble): `(num_images, num_landmarks)`."""
+    import tensorflow as tf
+
+    from keraslm.preprocessing import normalize, prepare_on_grid
+
+    ratios = []
+    for image in images:
+        per_stage = []
+        for network, stage in zip(detector.networks, detector.spec.global_stages):
+            normalized = normalize(tf.constant(image.array, tf.float32), stage.normalization)
+            grid_image, _ = prepare_on_grid(normalized, tf.constant(image.spacing, tf.float64),
+                                            stage.grid, "none")
+            heatmaps = network(grid_image[tf.newaxis, ..., tf.newaxis], training=False)
+            per_stage.append(np.asarray(stage.codec.second_peak(
+                tf.cast(heatmaps, tf.float32), stage.grid_spacing, radius_mm))[0])
+        ratios.append(np.mean(per_stage, axis=0))
+    return np.stack(ratios)
+
+
+def cross_fitted_second_peak(ratio, errors):
+    """The error to expect from the second peak alone: an increasing step function of it
+    (isotonic, pooled over landmarks), cross-fitted over two halves of the images."""
+    from keraslm.calibration import _interp, _isotonic_decreasing
+
+    expected = np.zeros_like(errors)
+    halves = np.arange(len(errors)) % 2
+    for half in (0, 1):
+        knots, values = _isotonic_decreasing(-ratio[halves != half].ravel(),
+                                             errors[halves != half].ravel())
+        expected[halves == half] = _interp(knots, values, -ratio[halves == half])
+    return expected
 
 
 def flag_rows(expected_by_label, errors):
@@ -120,6 +158,15 @@ def main(argv=None):
                   np.maximum(heatmap, residual - m * scale)) for m in MARGINS]
     settings += [(f"max(shipped, stage gap - {o:g} mm)", np.maximum(shipped, stage_gap - o))
                  for o in SIGNAL_OFFSETS]
+    second_peak = second_peaks(load_runs(args.global_runs.split(",")), images)
+    settings.append(("max(shipped, second peak's error)",
+                     np.maximum(shipped, cross_fitted_second_peak(second_peak, errors))))
+    for power in (1, 2):
+        damped = confidence * (1.0 - second_peak) ** power
+        settings.append((f"max(heatmap calibrated on confidence x (1 - second peak)^{power}, "
+                         f"vote residual - {vote['margin']:g} x variation)",
+                         np.maximum(cross_fitted_heatmap(damped, spread, errors, names),
+                                    residual - vote["margin"] * scale)))
 
     lines = [f"# ISBI 2015 fold {args.fold}: flagging far-off points", "",
              f"Models: {', '.join(runs)}. {len(images)} held-out images of fold {args.fold} (of "
@@ -129,11 +176,16 @@ def main(argv=None):
              f"normal variation per landmark {scale.min():.1f} to {scale.max():.1f} mm). "
              f"Flag: expected error above {FLAG_MM:g} mm. 'shipped' = max(heatmap, vote residual "
              f"- {vote['margin']:g} x variation), as the shipped model computes it; 'stage gap' = "
-             "distance between the global stage's point and the refined one. "
+             "distance between the global stage's point and the refined one; 'second peak' = the "
+             "global stage's highest heatmap value farther than "
+             f"{SECOND_PEAK_RADIUS_MM:g} mm from its peak, over the peak (`HeatmapCodec."
+             "second_peak`), as an error by an isotonic fit (cross-fitted like the heatmap's) "
+             "or folded into the confidence the heatmap calibration reads. "
              f"{describe_machine()}.", ""] + HEADER + flag_rows(settings, errors)
     payload = {"ids": [r.id for r in held_out.records], "errors_mm": errors.tolist(),
                "heatmap_expected_mm": heatmap.tolist(), "vote_residual_mm": residual.tolist(),
-               "vote_scale_mm": scale.tolist(), "stage_gap_mm": stage_gap.tolist()}
+               "vote_scale_mm": scale.tolist(), "stage_gap_mm": stage_gap.tolist(),
+               "second_peak": second_peak.tolist()}
     if args.second_pair:
         second = args.second_pair.split(",")
         if len(second) != 2:
@@ -152,6 +204,13 @@ def main(argv=None):
         e_settings = [("heatmap (calibrated peak and spread)", e_heatmap), ("shipped", e_shipped)]
         e_settings += [(f"max(shipped, pairs' disagreement - {o:g} mm)",
                         np.maximum(e_shipped, disagreement - o)) for o in SIGNAL_OFFSETS]
+        e_second = second_peaks(load_runs(args.global_runs.split(",")[:1] + second[:1]), images)
+        e_settings.append((
+            "max(heatmap calibrated on confidence x (1 - second peak)^2, vote residual - "
+            f"{vote['margin']:g} x variation)",
+            np.maximum(cross_fitted_heatmap(e_confidence * (1.0 - e_second) ** 2, e_spread,
+                                            e_errors, names),
+                       e_residual - vote["margin"] * scale)))
         lines += ["", f"The ensemble of both pairs ({args.global_runs.split(',')[0]} + "
                   f"{args.refine.split(',')[0]} and {' + '.join(second)}; each pair's local stage "
                   f"refines the ensemble's global estimate): MRE {e_errors.mean():.2f} +- "

@@ -326,3 +326,26 @@ def test_evaluate_calibrate_stores_a_shape_vote(trained_2d, phantom2d_root, tmp_
     with pytest.raises(SystemExit):
         evaluate_main(["--model", result.model_path, "--shape-vote-margin", "2"])
     assert "--shape-vote-margin goes with --calibrate" in capsys.readouterr().err
+
+
+def test_second_peak_is_the_runner_up_place_over_the_peak():
+    codec = HeatmapCodec((64, 64), sigma=2.0)
+    points = np.array([[[30.0, 30.0], [50.0, 30.0]]], np.float32)
+    two = codec.encode(points)  # 1 mm per pixel below: the Gaussians are 20 mm apart.
+    single = np.asarray(codec.second_peak(two[..., :1], 1.0, radius_mm=5.0))[0, 0]
+    assert single == pytest.approx(np.exp(-26 / 8.0), abs=0.01)  # The flank beyond 5 mm.
+    split = np.maximum(two[..., :1], 0.6 * two[..., 1:])
+    heights = np.stack([split[..., 0], 0.6 * split[..., 0], -split[..., 0]], -1)
+    got = np.asarray(codec.second_peak(heights, 1.0, radius_mm=5.0))[0]
+    assert got[0] == pytest.approx(0.6, abs=1e-5) and got[1] == pytest.approx(0.6, abs=1e-5)
+    assert got[2] == 0.0  # No positive peak.
+    # Millimetres, not pixels: at 0.2 mm per pixel the second Gaussian is 4 mm away.
+    assert np.asarray(codec.second_peak(split, 0.2, radius_mm=5.0))[0, 0] < 0.2
+    # A strided 3D codec: the runner-up 8 input pixels (= 16 mm along x) away.
+    codec3 = HeatmapCodec((16, 16, 32), stride=2, sigma=1.0)
+    heatmaps = np.zeros((1, 8, 8, 16, 1), np.float32)
+    heatmaps[0, 4, 4, 4, 0], heatmaps[0, 4, 4, 8, 0], heatmaps[0, 4, 5, 4, 0] = 1.0, 0.3, 0.9
+    got = np.asarray(codec3.second_peak(heatmaps, (2.0, 1.0, 1.0), radius_mm=5.0))[0, 0]
+    assert got == pytest.approx(0.3)  # The 0.9 is 2 mm away along y: the peak's own flank.
+    with pytest.raises(KeraslmError, match="radius_mm"):
+        codec.second_peak(two, 1.0, radius_mm=0.0)

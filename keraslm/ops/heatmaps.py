@@ -321,6 +321,43 @@ class HeatmapCodec:
             variance = variance + ops.sum(mass * ops.square(position - mean), axis=spatial)
         return ops.sqrt(ops.maximum(variance, 0.0))
 
+    def second_peak(self, heatmaps, spacing, radius_mm):
+        """How strongly a second place responds: the highest value farther than `radius_mm`
+        from each heatmap's peak, as a fraction of the peak - about 0 for one clean peak, near 1
+        where two look-alike structures answer almost alike (an uncertainty feature, like
+        `spread`). A `radius_mm` of two sigmas or more keeps the peak's own flank out.
+
+        Args:
+            heatmaps: tensor `(batch, *output_shape, num_landmarks)`.
+            spacing: float or per-axis sequence (x, y[, z]). mm per INPUT grid pixel.
+            radius_mm: float > 0.
+
+        Returns:
+            `(batch, num_landmarks)` float32 in [0, 1]; 0 where the peak is not positive.
+        """
+        heatmaps, shape = self._checked_heatmaps(heatmaps)
+        if not radius_mm > 0:
+            raise UsageError(f"`radius_mm` must be positive. Received: radius_mm={radius_mm}")
+        spacing_xyz = np.broadcast_to(np.asarray(spacing, np.float64), (self.ndim,))
+        num_landmarks = shape[-1]
+        num = _product(self.output_shape)
+        flat = ops.reshape(ops.moveaxis(heatmaps, -1, 1), (-1, num_landmarks, num))
+        peak_index = ops.cast(ops.argmax(flat, axis=-1), "int32")  # (batch, L)
+        peak = ops.max(flat, axis=-1)
+        index = np.arange(num)
+        distance2 = 0.0
+        for axis, n in enumerate(self.output_shape):
+            stride = _product(self.output_shape[axis + 1:])
+            mm = (self.to_input(np.arange(n, dtype=np.float64))
+                  * spacing_xyz[self.ndim - 1 - axis]).astype(np.float32)
+            position = ops.convert_to_tensor(mm[(index // stride) % n])  # (num,)
+            peak_position = ops.take(ops.convert_to_tensor(mm), (peak_index // stride) % n)
+            distance2 = distance2 + ops.square(position - peak_position[..., None])
+        outside = ops.where(distance2 > radius_mm ** 2, flat, ops.full_like(flat, -np.inf))
+        second = ops.max(outside, axis=-1)
+        ratio = ops.where(peak > 0, ops.clip(second / ops.maximum(peak, 1e-12), 0.0, 1.0), 0.0)
+        return ops.where(ops.isfinite(ratio), ratio, 0.0)
+
     def _decode(self, heatmaps, grid, num_landmarks, method, weighted=None):
         """Argmax (of `weighted` if given) + refinement; `grid` = heatmap spatial shape, ints or
         scalar int32 tensors."""
