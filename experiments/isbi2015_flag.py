@@ -14,6 +14,9 @@ the prediction: where the two doctors disagree by as much, the reference itself 
     python experiments/isbi2015_flag.py --global experiments/results/isbi2015_v6/runs/scn_fold0 \\
         --refine experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 \\
         --output-dir experiments/results/isbi2015_flag/fold0
+
+Several folds pool their held-out images, each fold's calibrated on the other folds' (run
+folders with `{fold}`): `--global R/scn_fold{fold} --refine R/local_unet_fold{fold} --fold 0,1`.
 """
 import argparse
 import os
@@ -65,15 +68,18 @@ def answers_of(detector, images):
                  for key in ("points_mm", "confidence", "spread_mm"))
 
 
-def cross_fitted_heatmap(confidence, spread, errors, names):
-    """The heatmap's expected error, cross-fitted over two halves of the held-out images."""
+def _rounds(groups):
+    """Cross-fitting rounds: the held-out mask of each distinct group label."""
+    return [groups == group for group in np.unique(groups)]
+
+
+def cross_fitted_heatmap(confidence, spread, errors, names, groups):
+    """The heatmap's expected error, each group's images calibrated on the other groups'."""
     heatmap = np.zeros_like(errors)
-    halves = np.arange(len(errors)) % 2
-    for half in (0, 1):
-        calibration = fit_calibration(confidence[halves != half], spread[halves != half],
-                                      errors[halves != half], names)
-        heatmap[halves == half] = np.asarray(expected_error_mm(
-            calibration, confidence[halves == half], spread[halves == half]))
+    for test in _rounds(groups):
+        calibration = fit_calibration(confidence[~test], spread[~test], errors[~test], names)
+        heatmap[test] = np.asarray(expected_error_mm(calibration, confidence[test],
+                                                     spread[test]))
     return heatmap
 
 
@@ -98,17 +104,15 @@ def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
     return np.stack(ratios)
 
 
-def cross_fitted_second_peak(ratio, errors):
-    """The error to expect from the second peak alone: an increasing step function of it
-    (isotonic, pooled over landmarks), cross-fitted over two halves of the images."""
+def cross_fitted_second_peak(ratio, errors, groups):
+    """The error to expect from the second peak alone: an increasing function of it (isotonic,
+    pooled over landmarks, linear between the blocks), each group's images fitted on the other groups'."""
     from keraslm.calibration import _interp, _isotonic_decreasing
 
     expected = np.zeros_like(errors)
-    halves = np.arange(len(errors)) % 2
-    for half in (0, 1):
-        knots, values = _isotonic_decreasing(-ratio[halves != half].ravel(),
-                                             errors[halves != half].ravel())
-        expected[halves == half] = _interp(knots, values, -ratio[halves == half])
+    for test in _rounds(groups):
+        knots, values = _isotonic_decreasing(-ratio[~test].ravel(), errors[~test].ravel())
+        expected[test] = _interp(knots, values, -ratio[test])
     return expected
 
 
@@ -128,110 +132,154 @@ HEADER = ["| expected error | flagged % | errors > 4 mm caught | errors > 10 mm 
           "| Spearman |", "|---|---|---|---|---|"]
 
 
+def fold_arrays(args, fold):
+    """One fold's held-out predictions and signals (arrays over its images), its run folders,
+    the dataset and its number of training images."""
+    runs, detector, dataset, training, held_out = fold_model(args, fold)
+    images = [held_out.read_image(r) for r in held_out.records]
+    global_runs = args.global_runs.format(fold=fold).split(",")
+    names = list(dataset.landmark_names)
+    points, confidence, spread = answers_of(detector, images)
+    vote = fit_shape_vote(np.stack([r.points_mm for r in training.records]), names)
+    arrays = {"points": points, "confidence": confidence, "spread": spread,
+              "global_points": answers_of(load_runs(global_runs), images)[0],
+              "second_peak": second_peaks(load_runs(global_runs), images),
+              "truth": np.stack([r.points_mm for r in held_out.records]),
+              "residual": np.asarray(shape_vote_residual_mm(vote, points)),
+              "scale": np.broadcast_to(np.asarray(vote["scale_mm"]), points.shape[:2]),
+              "fold": np.full(len(images), fold)}
+    junior = junior_points_mm(args.dataset_root, held_out)
+    if junior is not None:
+        arrays["junior"] = junior
+    if args.second_pair:
+        first_pair = global_runs[:1] + args.refine.format(fold=fold).split(",")[:1]
+        second = args.second_pair.format(fold=fold).split(",")
+        ensemble = load_runs(first_pair[:1] + second[:1] + first_pair[1:] + second[1:])
+        e_points, e_confidence, e_spread = answers_of(ensemble, images)
+        arrays.update({
+            "first_pair_points": answers_of(load_runs(first_pair), images)[0],
+            "second_pair_points": answers_of(load_runs(second), images)[0],
+            "ensemble_points": e_points, "ensemble_confidence": e_confidence,
+            "ensemble_spread": e_spread,
+            "ensemble_second_peak": second_peaks(load_runs(first_pair[:1] + second[:1]), images),
+            "ensemble_residual": np.asarray(shape_vote_residual_mm(vote, e_points))})
+    return arrays, runs, dataset, len(training.records), [r.id for r in held_out.records], vote
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_fold_model_arguments(parser)
+    add_fold_model_arguments(parser, several_folds=True)
     parser.add_argument("--second-pair", metavar="GLOBAL_RUN,LOCAL_RUN",
-                        help="a second coarse-to-fine pair of the same fold (e.g. the "
-                             "flip-trained runs): adds a table for the two pairs' ensemble, "
-                             "with their disagreement as a further signal")
+                        help="a second coarse-to-fine pair of the same fold(s) (e.g. the "
+                             "flip-trained runs; {fold} for the fold's number): adds a table for "
+                             "the two pairs' ensemble, with their disagreement as a further "
+                             "signal")
     args = parser.parse_args(argv)
-    runs, detector, dataset, training, held_out = fold_model(args)
     if not args.refine:
         parser.error("--refine is needed: the flag is measured on a coarse-to-fine model")
-    names = list(dataset.landmark_names)
+    if len(args.fold) > 1 and "{fold}" not in args.global_runs:
+        parser.error("several folds need {fold} in the run folders (e.g. --global "
+                     "runs/scn_fold{fold})")
     print(describe_machine(), flush=True)
-    images = [held_out.read_image(r) for r in held_out.records]
-    points, confidence, spread = answers_of(detector, images)
-    global_points = answers_of(load_runs(args.global_runs.split(",")), images)[0]
-    truth = np.stack([r.points_mm for r in held_out.records])
+    parts, runs, ids, training_sizes = [], [], [], []
+    for fold in args.fold:
+        arrays, fold_runs, dataset, num_training, fold_ids, vote = fold_arrays(args, fold)
+        parts.append(arrays)
+        runs += fold_runs
+        ids += [f"{fold}:{i}" for i in fold_ids]
+        training_sizes.append(num_training)
+    pooled = {key: np.concatenate([part[key] for part in parts])
+              for key in parts[0] if all(key in part for part in parts)}
+    names = list(dataset.landmark_names)
+    margin = vote["margin"]
+    points, confidence, spread = pooled["points"], pooled["confidence"], pooled["spread"]
+    truth, residual, scale = pooled["truth"], pooled["residual"], pooled["scale"]
+    second_peak = pooled["second_peak"]
+    # Cross-fitting: each fold's images calibrated on the other folds'; one fold: two halves.
+    groups = pooled["fold"] if len(args.fold) > 1 else np.arange(len(points)) % 2
     errors = np.linalg.norm(points - truth, axis=-1)
-    heatmap = cross_fitted_heatmap(confidence, spread, errors, names)
-    vote = fit_shape_vote(np.stack([r.points_mm for r in training.records]), names)
-    residual = np.asarray(shape_vote_residual_mm(vote, points))
-    scale = np.asarray(vote["scale_mm"])
+    heatmap = cross_fitted_heatmap(confidence, spread, errors, names, groups)
     large, far = errors > 4.0, errors > 10.0
-    shipped = np.maximum(heatmap, residual - vote["margin"] * scale)
-    stage_gap = np.linalg.norm(points - global_points, axis=-1)
+    shipped = np.maximum(heatmap, residual - margin * scale)
+    stage_gap = np.linalg.norm(points - pooled["global_points"], axis=-1)
     settings = [("heatmap (calibrated peak and spread)", heatmap)]
     settings += [(f"max(heatmap, vote residual - {m:g} x variation)",
                   np.maximum(heatmap, residual - m * scale)) for m in MARGINS]
     settings += [(f"max(shipped, stage gap - {o:g} mm)", np.maximum(shipped, stage_gap - o))
                  for o in SIGNAL_OFFSETS]
-    second_peak = second_peaks(load_runs(args.global_runs.split(",")), images)
     settings.append(("max(shipped, second peak's error)",
-                     np.maximum(shipped, cross_fitted_second_peak(second_peak, errors))))
+                     np.maximum(shipped, cross_fitted_second_peak(second_peak, errors, groups))))
     for power in (1, 2):
         damped = confidence * (1.0 - second_peak) ** power
         settings.append((f"max(heatmap calibrated on confidence x (1 - second peak)^{power}, "
-                         f"vote residual - {vote['margin']:g} x variation)",
-                         np.maximum(cross_fitted_heatmap(damped, spread, errors, names),
-                                    residual - vote["margin"] * scale)))
+                         f"vote residual - {margin:g} x variation)",
+                         np.maximum(cross_fitted_heatmap(damped, spread, errors, names, groups),
+                                    residual - margin * scale)))
 
-    lines = [f"# ISBI 2015 fold {args.fold}: flagging far-off points", "",
-             f"Models: {', '.join(runs)}. {len(images)} held-out images of fold {args.fold} (of "
-             f"{args.num_folds}), {errors.size} landmarks; MRE {errors.mean():.2f} mm. Heatmap "
-             "calibration cross-fitted over two halves of the held-out images; shape vote fitted "
-             f"on the fold's {len(training.records)} training shapes (ridge {vote['ridge']:g}; "
-             f"normal variation per landmark {scale.min():.1f} to {scale.max():.1f} mm). "
-             f"Flag: expected error above {FLAG_MM:g} mm. 'shipped' = max(heatmap, vote residual "
-             f"- {vote['margin']:g} x variation), as the shipped model computes it; 'stage gap' = "
-             "distance between the global stage's point and the refined one; 'second peak' = the "
-             "global stage's highest heatmap value farther than "
-             f"{SECOND_PEAK_RADIUS_MM:g} mm from its peak, over the peak (`HeatmapCodec."
+    folds_text = ", ".join(map(str, args.fold))
+    fitted = (": each fold's images on the other folds'" if len(args.fold) > 1 else
+              " over two halves of the held-out images")
+    lines = [f"# ISBI 2015 fold{'s' if len(args.fold) > 1 else ''} {folds_text}: flagging "
+             "far-off points", "",
+             f"Models: {', '.join(runs)}. {len(points)} held-out images of fold"
+             f"{'s' if len(args.fold) > 1 else ''} {folds_text} (of {args.num_folds}), "
+             f"{errors.size} landmarks; MRE {errors.mean():.2f} mm. Heatmap calibration "
+             f"cross-fitted{fitted}; shape vote fitted on each fold's "
+             f"{'/'.join(map(str, sorted(set(training_sizes))))} training shapes (ridge "
+             f"{vote['ridge']:g}; normal variation per landmark {scale.min():.1f} to "
+             f"{scale.max():.1f} mm). Flag: expected error above {FLAG_MM:g} mm. 'shipped' = "
+             f"max(heatmap, vote residual - {margin:g} x variation), as the shipped model "
+             "computes it; 'stage gap' = distance between the global stage's point and the "
+             "refined one; 'second peak' = the global stage's highest heatmap value farther "
+             f"than {SECOND_PEAK_RADIUS_MM:g} mm from its peak, over the peak (`HeatmapCodec."
              "second_peak`), as an error by an isotonic fit (cross-fitted like the heatmap's) "
-             "or folded into the confidence the heatmap calibration reads. "
-             f"{describe_machine()}.", ""] + HEADER + flag_rows(settings, errors)
-    payload = {"ids": [r.id for r in held_out.records], "errors_mm": errors.tolist(),
-               "heatmap_expected_mm": heatmap.tolist(), "vote_residual_mm": residual.tolist(),
-               "vote_scale_mm": scale.tolist(), "stage_gap_mm": stage_gap.tolist(),
-               "second_peak": second_peak.tolist()}
+             f"or folded into the confidence the heatmap calibration reads. {describe_machine()}.",
+             ""] + HEADER + flag_rows(settings, errors)
+    payload = {"ids": ids, "errors_mm": errors.tolist(), "heatmap_expected_mm": heatmap.tolist(),
+               "vote_residual_mm": residual.tolist(), "vote_scale_mm": scale.tolist(),
+               "stage_gap_mm": stage_gap.tolist(), "second_peak": second_peak.tolist()}
     if args.second_pair:
-        second = args.second_pair.split(",")
-        if len(second) != 2:
-            parser.error(f"--second-pair takes GLOBAL_RUN,LOCAL_RUN. Received: {args.second_pair}")
-        first_points = answers_of(load_runs(args.global_runs.split(",")[:1] +
-                                            args.refine.split(",")[:1]), images)[0]
-        second_points = answers_of(load_runs(second), images)[0]
-        ensemble = load_runs(args.global_runs.split(",")[:1] + second[:1] +
-                             args.refine.split(",")[:1] + second[1:])
-        e_points, e_confidence, e_spread = answers_of(ensemble, images)
+        e_points = pooled["ensemble_points"]
         e_errors = np.linalg.norm(e_points - truth, axis=-1)
-        e_heatmap = cross_fitted_heatmap(e_confidence, e_spread, e_errors, names)
-        e_residual = np.asarray(shape_vote_residual_mm(vote, e_points))
-        e_shipped = np.maximum(e_heatmap, e_residual - vote["margin"] * scale)
-        disagreement = np.linalg.norm(first_points - second_points, axis=-1)
+        e_heatmap = cross_fitted_heatmap(pooled["ensemble_confidence"],
+                                         pooled["ensemble_spread"], e_errors, names, groups)
+        e_vote = pooled["ensemble_residual"] - margin * scale
+        e_shipped = np.maximum(e_heatmap, e_vote)
+        disagreement = np.linalg.norm(pooled["first_pair_points"] - pooled["second_pair_points"],
+                                      axis=-1)
+        e_damped = pooled["ensemble_confidence"] * (1.0 - pooled["ensemble_second_peak"]) ** 2
         e_settings = [("heatmap (calibrated peak and spread)", e_heatmap), ("shipped", e_shipped)]
         e_settings += [(f"max(shipped, pairs' disagreement - {o:g} mm)",
                         np.maximum(e_shipped, disagreement - o)) for o in SIGNAL_OFFSETS]
-        e_second = second_peaks(load_runs(args.global_runs.split(",")[:1] + second[:1]), images)
         e_settings.append((
             "max(heatmap calibrated on confidence x (1 - second peak)^2, vote residual - "
-            f"{vote['margin']:g} x variation)",
-            np.maximum(cross_fitted_heatmap(e_confidence * (1.0 - e_second) ** 2, e_spread,
-                                            e_errors, names),
-                       e_residual - vote["margin"] * scale)))
-        lines += ["", f"The ensemble of both pairs ({args.global_runs.split(',')[0]} + "
-                  f"{args.refine.split(',')[0]} and {' + '.join(second)}; each pair's local stage "
-                  f"refines the ensemble's global estimate): MRE {e_errors.mean():.2f} +- "
+            f"{margin:g} x variation)",
+            np.maximum(cross_fitted_heatmap(e_damped, pooled["ensemble_spread"], e_errors,
+                                            names, groups), e_vote)))
+        first = np.linalg.norm(pooled["first_pair_points"] - truth, axis=-1)
+        second = np.linalg.norm(pooled["second_pair_points"] - truth, axis=-1)
+        pairs = [args.global_runs.split(",")[0] + " + " + args.refine.split(",")[0],
+                 " + ".join(args.second_pair.split(","))]
+        lines += ["", f"The ensemble of both pairs ({pairs[0]} and {pairs[1]}; each pair's local "
+                  f"stage refines the ensemble's global estimate): MRE {e_errors.mean():.2f} +- "
                   f"{e_errors.std():.2f} mm, {(e_errors > 4).sum()} errors > 4 mm, "
-                  f"{(e_errors > 10).sum()} > 10 mm (the first pair alone: {errors.mean():.2f} "
-                  f"mm; the second alone: "
-                  f"{np.linalg.norm(second_points - truth, axis=-1).mean():.2f} mm). "
-                  "'pairs' disagreement' = distance between the two pairs' points, each pair "
-                  "predicting on its own.", ""] + HEADER + flag_rows(e_settings, e_errors)
+                  f"{(e_errors > 10).sum()} > 10 mm (the first pair alone: {first.mean():.2f} "
+                  f"mm; the second alone: {second.mean():.2f} mm). 'pairs' disagreement' = "
+                  "distance between the two pairs' points, each pair predicting on its own.",
+                  ""] + HEADER + flag_rows(e_settings, e_errors)
         payload.update({"ensemble_errors_mm": e_errors.tolist(),
                         "pairs_disagreement_mm": disagreement.tolist()})
-    junior = junior_points_mm(args.dataset_root, held_out)
+    junior = pooled.get("junior")
     lines += ["", "Errors above 10 mm of the first pair (expected error 'shipped'):",
               "", "| image | landmark | error mm | heatmap expected mm | vote residual mm | "
               "expected mm | stage gap mm | second doctor from the prediction mm | doctors "
               "apart mm |", "|---|---|---|---|---|---|---|---|---|"]
     for i, k in zip(*np.nonzero(far)):
+        image = ids[i] if len(args.fold) > 1 else ids[i].split(":", 1)[1]
         doctors = ("- | -" if junior is None else
                    f"{np.linalg.norm(points[i, k] - junior[i, k]):.1f} | "
                    f"{np.linalg.norm(truth[i, k] - junior[i, k]):.1f}")
-        lines.append(f"| {held_out.records[i].id} | {names[k]} | {errors[i, k]:.1f} | "
+        lines.append(f"| {image} | {names[k]} | {errors[i, k]:.1f} | "
                      f"{heatmap[i, k]:.1f} | {residual[i, k]:.1f} | {shipped[i, k]:.1f} | "
                      f"{stage_gap[i, k]:.1f} | {doctors} |")
     if junior is not None:

@@ -65,9 +65,15 @@ def train_command(kind, fold, runs_dir, dataset_root, mean_labels_root):
     command = [sys.executable, "train.py", "--dataset", "isbi2015", "--dataset-root",
                mean_labels_root if mean_labels else dataset_root, "--fold", str(fold),
                "--num-folds", "5"] + arguments + ["--output-dir", output, "--no-export"]
-    if os.path.isdir(os.path.join(output, "checkpoints")):
+    if _run_folder(output).has_checkpoints():
         command.append("--resume")
     return command
+
+
+def _run_folder(path):
+    from keraslm.run_folder import RunFolder  # light: no TensorFlow
+
+    return RunFolder(path)
 
 
 def _read_json(path, default=None):
@@ -83,7 +89,7 @@ def run_state(runs_dir, kind, fold):
     folder = os.path.join(runs_dir, run_name(kind, fold))
     history = _read_json(os.path.join(folder, "history.json"), {}) or {}
     seconds = (_read_json(os.path.join(folder, "training_seconds.json"), {}) or {}).get("seconds")
-    return {"finished": os.path.isfile(os.path.join(folder, "metrics.json")),
+    return {"finished": _run_folder(folder).is_finished(),
             "epochs": len(history.get("loss", [])), "seconds": seconds,
             "started": os.path.isdir(folder)}
 
@@ -125,8 +131,22 @@ def status_lines(runs_dir, plan=PLAN):
     return lines
 
 
-def _train_one(kind, fold, args, log):
-    """Trains (or resumes) one run, recording its training seconds every minute."""
+def _die_with_parent():
+    """In the child before exec (Linux): SIGTERM when the worker that started it ends, so that
+    no training outlives a killed queue (its seconds would go unrecorded and its folder could
+    be trained twice by the next queue)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _train_one(kind, fold, args, log, lock):
+    """Trains (or resumes) one run, recording its training seconds every minute. The child
+    inherits the run's `lock` (an open file), so the run stays locked while it trains."""
     folder = os.path.join(args.runs_dir, run_name(kind, fold))
     os.makedirs(folder, exist_ok=True)
     seconds_path = os.path.join(folder, "training_seconds.json")
@@ -135,9 +155,10 @@ def _train_one(kind, fold, args, log):
     done = threading.Event()
 
     def record():
-        with open(seconds_path + ".tmp", "w", encoding="utf-8") as handle:
+        temporary = f"{seconds_path}.{threading.get_ident()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
             json.dump({"seconds": int(before + time.time() - start)}, handle)
-        os.replace(seconds_path + ".tmp", seconds_path)
+        os.replace(temporary, seconds_path)
 
     def ticker():
         while not done.wait(60):
@@ -153,30 +174,47 @@ def _train_one(kind, fold, args, log):
     print(f"{time.strftime('%H:%M:%S')} {run_name(kind, fold)}: {shlex.join(command)}",
           file=log, flush=True)
     try:
-        code = subprocess.call(command, cwd=args.worktree, env=env, stdout=log, stderr=log)
+        code = subprocess.call(command, cwd=args.worktree, env=env, stdout=log, stderr=log,
+                               pass_fds=(lock.fileno(),), preexec_fn=_die_with_parent)
     finally:
         done.set()
+        thread.join()
         record()
     print(f"{time.strftime('%H:%M:%S')} {run_name(kind, fold)}: exit {code}", file=log, flush=True)
     return code
 
 
-def worker(number, args, failed):
+def _next_run(args, failed):
+    """(kind, fold, its lock) of the first run neither finished, failed in this queue nor
+    locked by another worker (checked again once locked), or None."""
+    for kind, fold in PLAN:
+        if (kind, fold) in failed or run_state(args.runs_dir, kind, fold)["finished"]:
+            continue
+        lock = _try_lock(args.runs_dir, kind, fold)
+        if lock is None:
+            continue
+        if (kind, fold) in failed or run_state(args.runs_dir, kind, fold)["finished"]:
+            lock.close()
+            continue
+        return kind, fold, lock
+    return None
+
+
+def worker(number, args, failed, rescan_seconds=5.0):
     """Takes the first run that is neither finished, locked nor failed in this queue, until
-    none is left."""
+    none is left (looking twice before leaving: `status` holds each lock for a moment)."""
     log_path = os.path.join(args.logs, f"queue_worker{number}.log")
     with open(log_path, "a", encoding="utf-8") as log:
         while True:
-            for kind, fold in PLAN:
-                if (kind, fold) in failed or run_state(args.runs_dir, kind, fold)["finished"]:
-                    continue
-                lock = _try_lock(args.runs_dir, kind, fold)
-                if lock is not None:
-                    break
-            else:
+            taken = _next_run(args, failed)
+            if taken is None:
+                time.sleep(rescan_seconds)
+                taken = _next_run(args, failed)
+            if taken is None:
                 return
+            kind, fold, lock = taken
             with lock:
-                if _train_one(kind, fold, args, log) != 0:
+                if _train_one(kind, fold, args, log, lock) != 0:
                     failed.add((kind, fold))
 
 
@@ -234,6 +272,9 @@ def main(argv=None):
                os.path.join(args.mean_labels_root, "landmarks.csv")):
         parser.error(f"no {args.mean_labels_root}/landmarks.csv: write it first (python "
                      f"experiments/isbi2015_mean_labels.py --output-dir {args.mean_labels_root})")
+    if not os.path.isfile(os.path.join(args.worktree, "train.py")):
+        parser.error(f"--worktree {args.worktree} holds no train.py: a checkout of keraslm is "
+                     "needed (git worktree add --detach DIR COMMIT)")
     if args.workers < 1:
         parser.error(f"--workers must be 1 or more. Received: {args.workers}")
     os.makedirs(args.logs, exist_ok=True)

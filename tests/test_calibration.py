@@ -341,11 +341,19 @@ def test_second_peak_is_the_runner_up_place_over_the_peak():
     assert got[2] == 0.0  # No positive peak.
     # Millimetres, not pixels: at 0.2 mm per pixel the second Gaussian is 4 mm away.
     assert np.asarray(codec.second_peak(split, 0.2, radius_mm=5.0))[0, 0] < 0.2
-    # A strided 3D codec: the runner-up 8 input pixels (= 16 mm along x) away.
+    # Spacing per axis (x, y) against array axes (y, x): 1 mm along x, 3 mm along y.
+    spikes = np.zeros((1, 64, 64, 1), np.float32)
+    spikes[0, 30, 30, 0], spikes[0, 32, 30, 0], spikes[0, 30, 34, 0] = 1.0, 0.5, 0.8
+    got = np.asarray(codec.second_peak(spikes, (1.0, 3.0), radius_mm=5.0))[0, 0]
+    assert got == pytest.approx(0.5)  # 6 mm away along y counts; the 0.8, 4 mm along x, not.
+    # A strided 3D codec (x, y, z spacing 1, 1, 2 mm): output pixels are 2 input pixels.
     codec3 = HeatmapCodec((16, 16, 32), stride=2, sigma=1.0)
     heatmaps = np.zeros((1, 8, 8, 16, 1), np.float32)
-    heatmaps[0, 4, 4, 4, 0], heatmaps[0, 4, 4, 8, 0], heatmaps[0, 4, 5, 4, 0] = 1.0, 0.3, 0.9
-    got = np.asarray(codec3.second_peak(heatmaps, (2.0, 1.0, 1.0), radius_mm=5.0))[0, 0]
-    assert got == pytest.approx(0.3)  # The 0.9 is 2 mm away along y: the peak's own flank.
+    heatmaps[0, 4, 4, 4, 0] = 1.0
+    heatmaps[0, 4, 4, 7, 0] = 0.3  # 3 output = 6 input pixels along x: 6 mm, counts.
+    heatmaps[0, 4, 6, 4, 0] = 0.9  # 2 output pixels along y: 4 mm, the peak's own flank.
+    heatmaps[0, 5, 4, 4, 0] = 0.8  # 1 output pixel along z: 4 mm, too.
+    got = np.asarray(codec3.second_peak(heatmaps, (1.0, 1.0, 2.0), radius_mm=5.0))[0, 0]
+    assert got == pytest.approx(0.3)
     with pytest.raises(KeraslmError, match="radius_mm"):
         codec.second_peak(two, 1.0, radius_mm=0.0)

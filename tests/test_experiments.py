@@ -287,7 +287,11 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
             assert (kind, fold) in queue.PLAN
     finished = runs / "scn_fold1"
     finished.mkdir(parents=True)
-    (finished / "metrics.json").write_text("{}")
+    (finished / "model.keras").write_text("")
+    half_written = runs / "scn_fold0"  # Killed between its metrics and its model.
+    (half_written / "trained.weights.h5").parent.mkdir(parents=True)
+    (half_written / "metrics.json").write_text("{}")
+    (half_written / "trained.weights.h5").write_text("")
     partial = runs / "local_unet_fold1"
     (partial / "checkpoints").mkdir(parents=True)
     (partial / "history.json").write_text(json.dumps({"loss": [3.0, 2.0, 1.5]}))
@@ -300,6 +304,9 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
     assert lines["local_unet_fold1"] == "partial | 3/40 | 1.5 |"
     assert lines["scn_flip_fold1"] == "training | 0/40 |  |"
     assert lines["local_unet_flip_fold1"] == "waiting | 0/40 |  |"
+    assert lines["scn_fold0"] == "partial | 0/40 |  |"
+    resumed = queue.train_command("scn", 0, str(runs), "/data", "/mean")
+    assert resumed[-1] == "--resume"  # Its trained weights are kept until the model is written.
     assert queue._try_lock(str(runs), "scn_flip", 1) is None
     command = queue.train_command("local_unet", 1, str(runs), "/data", "/mean")
     assert command[command.index("--dataset-root") + 1] == "/data"
@@ -310,16 +317,17 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
     # A worker takes the runs in order, skipping finished and locked ones, until none is left.
     trained = []
 
-    def fake_train(kind, fold, args, log):
+    def fake_train(kind, fold, args, log, lock):
+        assert queue._try_lock(str(runs), kind, fold) is None  # Held while it trains.
         trained.append((kind, fold))
         (runs / f"{kind}_fold{fold}").mkdir(exist_ok=True)
-        (runs / f"{kind}_fold{fold}" / "metrics.json").write_text("{}")
+        (runs / f"{kind}_fold{fold}" / "model.keras").write_text("")
         return 1 if kind == "scn_member2" and fold == 4 else 0
 
     monkeypatch.setattr(queue, "_train_one", fake_train)
     args = type("Args", (), {"runs_dir": str(runs), "logs": str(tmp_path)})()
     failed = set()
-    queue.worker(1, args, failed)
+    queue.worker(1, args, failed, rescan_seconds=0.0)
     assert trained == [run for run in queue.PLAN if run not in (("scn", 1), ("scn_flip", 1))]
     assert failed == {("scn_member2", 4)}
     held.close()

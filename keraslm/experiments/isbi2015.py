@@ -2,6 +2,7 @@
 (refined points, and with two folds or more the two stages blended per landmark with weights
 fitted on the other folds): MRE +- SD, SDR at 2 / 2.5 / 3 / 4 mm, per-fold and per-landmark
 tables, cumulative error curve."""
+import argparse
 import dataclasses
 import os
 import time
@@ -33,25 +34,46 @@ from keraslm.spec import offset_prior_mm
 from keraslm.run_folder import RunFolder
 
 
-def add_fold_model_arguments(parser):
+def _folds(text):
+    try:
+        folds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated fold numbers expected: {text!r}")
+    if len(set(folds)) != len(folds):
+        raise argparse.ArgumentTypeError(f"a fold given twice: {text!r}")
+    return folds
+
+
+def add_fold_model_arguments(parser, several_folds=False):
     """The arguments of a script that evaluates one cross-validation fold's models on its
     held-out ISBI 2015 images: --global, --refine, --fold, --num-folds, --dataset-root,
-    --output-dir."""
+    --output-dir. With `several_folds`, --fold takes a comma-separated list and the run folders
+    a `{fold}` placeholder (`fold_model(args, fold)` fills it in)."""
+    folder = "folder(s)" + (" with {fold} for the fold's number" if several_folds else "")
     parser.add_argument("--global", dest="global_runs", required=True,
-                        help="the fold's global run folder(s), comma-separated (an ensemble)")
-    parser.add_argument("--refine", help="the fold's local run folder(s), comma-separated")
-    parser.add_argument("--fold", type=int, required=True)
+                        help=f"the fold's global run {folder}, comma-separated (an ensemble)")
+    parser.add_argument("--refine", help=f"the fold's local run {folder}, comma-separated")
+    if several_folds:
+        parser.add_argument("--fold", type=_folds, required=True, metavar="K[,K...]",
+                            help="the fold(s), comma-separated")
+    else:
+        parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--num-folds", type=int, default=5)
     parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
     parser.add_argument("--output-dir", required=True)
 
 
-def fold_model(args):
+def fold_model(args, fold=None):
     """(run folders, their combined detector, the dataset, its training split, its held-out
-    split) of `add_fold_model_arguments`' parsed `args`."""
+    split) of `add_fold_model_arguments`' parsed `args`; `fold` (with `several_folds`) fills
+    the run folders' `{fold}` placeholder and chooses the split."""
     from keraslm.data import select_split
     from keraslm.prediction import combine_detectors, load_detector
 
+    if fold is not None:
+        args = argparse.Namespace(**{**vars(args), "fold": fold,
+                                     "global_runs": args.global_runs.format(fold=fold),
+                                     "refine": args.refine and args.refine.format(fold=fold)})
     runs = args.global_runs.split(",") + (args.refine.split(",") if args.refine else [])
     detector = combine_detectors([load_detector(os.path.join(r, "model.keras")) for r in runs])
     dataset = load_dataset("isbi2015", root=args.dataset_root)

@@ -95,8 +95,9 @@ def _json_default(value):
 
 
 def run_finished(run_dir):
-    """bool. Whether the run folder holds the metrics.json a finished training writes."""
-    return os.path.isfile(os.path.join(run_dir, METRICS_FILE))
+    """bool. Whether the run folder holds its model - the last thing a finished training writes
+    (`RunFolder.is_finished`; its metrics.json comes just before)."""
+    return RunFolder(run_dir).is_finished()
 
 
 def execute(runs, log=None):
