@@ -331,3 +331,29 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
     assert trained == [run for run in queue.PLAN if run not in (("scn", 1), ("scn_flip", 1))]
     assert failed == {("scn_member2", 4)}
     held.close()
+
+
+def test_fold_model_arguments_take_several_folds_and_fill_run_folders(tmp_path, monkeypatch):
+    import argparse
+
+    from keraslm.experiments import isbi2015 as experiment
+
+    parser = argparse.ArgumentParser()
+    experiment.add_fold_model_arguments(parser, several_folds=True)
+    args = parser.parse_args(["--global", "r/scn_fold{fold}", "--refine", "r/unet_fold{fold}",
+                              "--fold", "0,1", "--output-dir", str(tmp_path)])
+    assert args.fold == [0, 1]
+    for bad in ("0,0", "0,x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--global", "g", "--fold", bad, "--output-dir", str(tmp_path)])
+    loaded = []
+    monkeypatch.setattr("keraslm.prediction.load_detector", loaded.append)
+    monkeypatch.setattr("keraslm.prediction.combine_detectors", lambda detectors: "combined")
+    monkeypatch.setattr(experiment, "load_dataset", lambda name, root: "dataset")
+    monkeypatch.setattr("keraslm.data.select_split",
+                        lambda dataset, fold, num_folds, seed: (f"train{fold}", f"test{fold}"))
+    runs, detector, _, training, held_out = experiment.fold_model(args, 1)
+    assert runs == ["r/scn_fold1", "r/unet_fold1"] and (training, held_out) == ("train1", "test1")
+    assert loaded == [os.path.join("r/scn_fold1", "model.keras"),
+                      os.path.join("r/unet_fold1", "model.keras")]
+    assert args.global_runs == "r/scn_fold{fold}"  # The parsed arguments stay templates.
