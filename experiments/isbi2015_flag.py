@@ -27,8 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from keraslm.calibration import (  # noqa: E402
-    expected_error_mm,
-    fit_calibration,
+    cross_fitted_expected_error,
     fit_shape_vote,
     shape_vote_residual_mm,
     spearman,
@@ -68,19 +67,9 @@ def answers_of(detector, images):
                  for key in ("points_mm", "confidence", "spread_mm"))
 
 
-def _rounds(groups):
-    """Cross-fitting rounds: the held-out mask of each distinct group label."""
-    return [groups == group for group in np.unique(groups)]
-
-
 def cross_fitted_heatmap(confidence, spread, errors, names, groups):
     """The heatmap's expected error, each group's images calibrated on the other groups'."""
-    heatmap = np.zeros_like(errors)
-    for test in _rounds(groups):
-        calibration = fit_calibration(confidence[~test], spread[~test], errors[~test], names)
-        heatmap[test] = np.asarray(expected_error_mm(calibration, confidence[test],
-                                                     spread[test]))
-    return heatmap
+    return cross_fitted_expected_error(confidence, spread, errors, names, groups=groups)
 
 
 def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
@@ -107,10 +96,10 @@ def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
 def cross_fitted_second_peak(ratio, errors, groups):
     """The error to expect from the second peak alone: an increasing function of it (isotonic,
     pooled over landmarks, linear between the blocks), each group's images fitted on the other groups'."""
-    from keraslm.calibration import _interp, _isotonic_decreasing
+    from keraslm.calibration import _held_out_groups, _interp, _isotonic_decreasing
 
     expected = np.zeros_like(errors)
-    for test in _rounds(groups):
+    for test in _held_out_groups(len(errors), None, "the second peak", groups):
         knots, values = _isotonic_decreasing(-ratio[~test].ravel(), errors[~test].ravel())
         expected[test] = _interp(knots, values, -ratio[test])
     return expected
