@@ -95,7 +95,8 @@ def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
 
 def cross_fitted_second_peak(ratio, errors, groups):
     """The error to expect from the second peak alone: an increasing function of it (isotonic,
-    pooled over landmarks, linear between the blocks), each group's images fitted on the other groups'."""
+    pooled over landmarks, linear between the blocks), each group's images fitted on the other
+    groups'."""
     from keraslm.calibration import _held_out_groups, _interp, _isotonic_decreasing
 
     expected = np.zeros_like(errors)

@@ -11,8 +11,9 @@ runs/<run>_fold<K>`), so the driver and the fold experiments find them.
     nohup setsid python experiments/isbi2015_queue.py train --workers 2 \\
         --worktree /work/train_wt2 > /work/runs_logs/queue.log 2>&1 &
 
-Order: fold 0's coarse-to-fine pair and flip-trained pair (finished), fold 1's coarse-to-fine pair (facing, flag and annotator figures of a second fold), fold
-1's flip-trained pair (flips against the check), both folds' pairs trained on the mean of the
+Order: fold 0's coarse-to-fine pair and flip-trained pair (finished), fold 1's coarse-to-fine
+pair (facing, flag and annotator figures of a second fold), fold 1's flip-trained pair (flips
+against the check), both folds' pairs trained on the mean of the
 two doctors' labels (`--mean-labels-root`, written by `experiments/isbi2015_mean_labels.py`),
 the second ensemble members of folds 0 and 1, then folds 2-4's four runs each.
 """
