@@ -260,7 +260,10 @@ def main(argv=None):
             write_experiment(args.output_dir, lines, {"runs": states},
                              "experiments/isbi2015_queue.py",
                              argv if argv is not None else sys.argv[1:])
-        print("\n".join(lines))
+        try:
+            print("\n".join(lines), flush=True)
+        except BrokenPipeError:  # `status | head`: the reader left; not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if args.command == "commands":
         for kind, fold in PLAN:

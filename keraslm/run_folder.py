@@ -9,11 +9,18 @@
                           (a run that fails in its final validation resumes from them)
     <run>/trained_sigma.json  with them, the learned target sigmas (--learn-sigma)
     <run>/logs/           TensorBoard logs
+    <run>/.training.lock  locked while a training writes the folder (`RunFolder.training_lock`)
 
 `train.py` writes it (`keraslm.training.run`); `evaluate.py --runs`, `keraslm.export` and the
 experiment drivers read it.
 """
+import contextlib
 import os
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks; training_lock then only creates the folder.
+    fcntl = None
 
 from keraslm.errors import KeraslmError
 from keraslm.files import read_json, write_json
@@ -26,6 +33,7 @@ TRAINED_WEIGHTS_FILE = "trained.weights.h5"
 TRAINED_SIGMA_FILE = "trained_sigma.json"
 CHECKPOINT_FOLDER = "checkpoints"
 LOG_FOLDER = "logs"
+LOCK_FILE = ".training.lock"
 
 
 class RunFolder:
@@ -75,6 +83,48 @@ class RunFolder:
     @property
     def log_dir(self):
         return self.file(LOG_FOLDER)
+
+    @property
+    def lock_path(self):
+        return self.file(LOCK_FILE)
+
+    @contextlib.contextmanager
+    def training_lock(self):
+        """Holds an exclusive lock on the run folder (created if missing) while a training writes
+        it, so that a second training into the same folder - a `--resume` started twice, a
+        cross-validation driver beside a queue - stops with a KeraslmError naming the process
+        that holds it instead of writing the same checkpoints. The operating system releases the
+        lock however the holder ends. A folder this call created and nothing but the lock was
+        written into is removed again on release.
+
+        Raises:
+            KeraslmError: another process holds the lock.
+        """
+        created = not os.path.isdir(self.path)
+        os.makedirs(self.path, exist_ok=True)
+        with open(self.lock_path, "a+") as handle:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    raise KeraslmError(
+                        f"{self.path} is being trained by another process (pid {holder}): wait "
+                        "for it to end, or train into another --output-dir") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                if created and os.listdir(self.path) == [LOCK_FILE]:
+                    os.remove(self.lock_path)
+                    os.rmdir(self.path)
+                else:  # No stale pid for the next holder's error message.
+                    handle.seek(0)
+                    handle.truncate()
 
     def is_finished(self):
         """bool. Whether the run wrote its model (the last thing a run writes)."""

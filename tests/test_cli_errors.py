@@ -4,6 +4,7 @@ nothing half-written. (Run in-process: an exception escaping `main` fails the te
 
 Cases here: unknown dataset; CSV without --units; landmark file without an image; unreadable
 image in a CSV dataset (all named); --output-dir that is a file; --resume with nothing to resume;
+an --output-dir another training is writing;
 a bad --grid-shape; evaluate on a missing run folder, with a malformed predictions CSV, or
 --predictions without --ground-truth; predict with a missing or truncated model; check of a
 missing dataset; plain images without --spacing; a --spacing of the wrong length, NaN or inf;
@@ -22,6 +23,7 @@ from keraslm.commands.train import main as train_main
 from keraslm.commands.dataset import main as dataset_main
 from keraslm.commands.predict import main as predict_main
 from keraslm.io import write_markups, write_png
+from keraslm.run_folder import RunFolder
 
 
 def _one_error_line(capsys, *fragments):
@@ -68,6 +70,11 @@ def test_train_errors(images, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert train_main(["--resume", "--output-dir", str(tmp_path / "empty")]) == 2
     _one_error_line(capsys, "nothing to resume")
+    with RunFolder(out).training_lock():  # Another training writes the folder.
+        assert train_main(["--dataset", "nowhere", "--output-dir", str(out)]) == 2
+        _one_error_line(capsys, str(out), "being trained by another process",
+                        f"pid {os.getpid()}")
+    assert not out.exists()  # The lock's folder went with it: nothing was written there.
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--grid-shape", "0,5"])
     assert exit_info.value.code == 2

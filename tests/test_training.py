@@ -145,6 +145,40 @@ def test_resume_after_sigkill(phantom_root, tmp_path):
     assert finished.returncode == 2 and "holds a finished run" in finished.stderr
 
 
+def test_training_lock_keeps_a_second_training_out(tmp_path):
+    from keraslm.run_folder import LOCK_FILE, RunFolder
+    run = RunFolder(tmp_path / "run")
+    with run.training_lock():
+        assert (tmp_path / "run" / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(KeraslmError, match=f"being trained by another process .pid {os.getpid()}"):
+            with RunFolder(tmp_path / "run").training_lock():
+                pass  # pragma: no cover
+        (tmp_path / "run" / "config.json").write_text("{}")
+    with run.training_lock():  # Released on leaving; a folder with contents is kept.
+        pass
+    assert (tmp_path / "run" / LOCK_FILE).read_text() == ""  # No stale pid.
+    assert sorted(os.listdir(tmp_path / "run")) == [LOCK_FILE, "config.json"]
+    with pytest.raises(RuntimeError):
+        with RunFolder(tmp_path / "fresh").training_lock():
+            raise RuntimeError("the training failed before writing anything")
+    assert not (tmp_path / "fresh").exists()
+    # Another process holding it (what a queue's or a second train.py's lock is).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write('4242'); f.flush(); print('held', flush=True); "
+         "time.sleep(60)", run.lock_path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(KeraslmError, match="pid 4242"):
+            with run.training_lock():
+                pass  # pragma: no cover
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.training_lock():  # The system released the killed holder's lock.
+        pass
+
+
 @pytest.mark.slow
 def test_resume_with_nothing_to_resume_and_output_dir_a_file(phantom_root, tmp_path):
     command = [sys.executable, os.path.join(REPO, "train.py"), "--dataset", phantom_root,

@@ -165,7 +165,11 @@ def train(config, log=None):
     """
     policy = keras.mixed_precision.global_policy()
     try:
-        return _train(config, log)
+        if config.run.plan_only:
+            return _train(config, log)
+        check_output_folder(config.run.output_dir, "--output-dir")  # Before making it.
+        with RunFolder(config.run.output_dir).training_lock():
+            return _train(config, log)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
