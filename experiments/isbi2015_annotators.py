@@ -26,7 +26,7 @@ from keraslm.prediction import combine_detectors, load_detector, predict  # noqa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs=3, action="append", required=True,
                         metavar=("NAME", "GLOBAL_RUNS", "LOCAL_RUNS"),
                         help="a configuration: its name, its global and its local run folders "

@@ -54,7 +54,7 @@ def timed_predictions(detector, images):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fold_model_arguments(parser)
     parser.add_argument("--images", type=int, help="only the first N held-out images")
     args = parser.parse_args(argv)

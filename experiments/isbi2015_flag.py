@@ -157,7 +157,7 @@ def fold_arrays(args, fold):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fold_model_arguments(parser, several_folds=True)
     parser.add_argument("--second-pair", metavar="GLOBAL_RUN,LOCAL_RUN",
                         help="a second coarse-to-fine pair of the same fold(s) (e.g. the "

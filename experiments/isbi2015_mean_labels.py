@@ -31,7 +31,7 @@ def mean_rows(senior_path, junior_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)

@@ -65,7 +65,7 @@ def rebuilt_detector(saved_model_dir, preset):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="saved_models/isbi2015_scn/6")
     parser.add_argument("--base-dir", default="saved_models/isbi2015_scn")
     parser.add_argument("--version", type=int, required=True)
