@@ -5,7 +5,9 @@ that and the point's distance from the other landmarks' vote beyond `margin` tim
 variation (`fit_shape_vote`, fitted on the fold's training labels only). Two more signals are
 tried on top of the shipped one (heatmap and vote at margin 2): the distance between the global
 stage's point and the refined point, and - given a second coarse-to-fine pair of the same fold
-(`--second-pair`) - the two pairs' disagreement, with the model then their ensemble. The table
+(`--second-pair`) - the two pairs' disagreement, with the model then their ensemble; with
+`--test-time`, how far the points move when the image is predicted again rescaled and shifted
+(test-time augmentation). The table
 gives, for each setting, the share of landmarks flagged (expected error above 2.5 mm), how many
 of the errors above 4 mm and above 10 mm the flag catches, and the Spearman correlation of
 expected and actual errors. Errors above 10 mm are listed with the second doctor's distance from
@@ -45,6 +47,11 @@ SIGNAL_OFFSETS = (0.5, 1.0, 2.0)
 #: `HeatmapCodec.second_peak`'s radius: two sigmas of version 6's global targets (2 pixels of
 #: 1.25 mm), beyond which a clean peak's flank is below 14 % of it.
 SECOND_PEAK_RADIUS_MM = 5.0
+#: `--test-time`: the copies each held-out image is predicted on besides itself - spacings
+#: scaled (the patient seen smaller: a larger one would leave the model's field of view) and the
+#: pixels shifted cyclically (x, y) by pixel counts off the global grid's step.
+TEST_TIME_SCALES = (0.93, 0.97)
+TEST_TIME_SHIFTS = ((37, 29), (-41, -23))
 
 
 def junior_points_mm(root, held_out):
@@ -93,6 +100,30 @@ def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
     return np.stack(ratios)
 
 
+def test_time_spread(detector, images, points_mm):
+    """How far the points move when the image is predicted again rescaled or shifted
+    (`TEST_TIME_SCALES`, `TEST_TIME_SHIFTS`): per image and landmark the root mean square
+    distance (mm) of the copies' points, mapped back to the image, from their mean (with
+    `points_mm`, the image's own). Returns (spread `(num_images, num_landmarks)`, the copies'
+    mean points `(num_images, num_landmarks, ndim)`)."""
+    import dataclasses
+
+    copies = [points_mm]
+    for scale in TEST_TIME_SCALES:
+        scaled = [dataclasses.replace(image, spacing=np.asarray(image.spacing) * scale)
+                  for image in images]
+        copies.append(np.stack([image.index_to_physical(answer.points_index) for image, answer
+                                in zip(images, predict(detector, scaled))]))
+    for shift in TEST_TIME_SHIFTS:
+        shifted = [dataclasses.replace(image, array=np.roll(image.array, shift[::-1], axis=(0, 1)))
+                   for image in images]
+        copies.append(np.stack([image.index_to_physical(answer.points_index - np.asarray(shift))
+                                for image, answer in zip(images, predict(detector, shifted))]))
+    copies = np.stack(copies)
+    mean = copies.mean(axis=0)
+    return np.sqrt(np.mean(np.sum((copies - mean) ** 2, axis=-1), axis=0)), mean
+
+
 def cross_fitted_second_peak(ratio, errors, groups):
     """The error to expect from the second peak alone: an increasing function of it (isotonic,
     pooled over landmarks, linear between the blocks), each group's images fitted on the other
@@ -138,6 +169,11 @@ def fold_arrays(args, fold):
               "residual": np.asarray(shape_vote_residual_mm(vote, points)),
               "scale": np.broadcast_to(np.asarray(vote["scale_mm"]), points.shape[:2]),
               "fold": np.full(len(images), fold)}
+    if args.test_time:
+        if dataset.ndim != 2:
+            raise SystemExit("--test-time shifts 2D images only")
+        arrays["test_time_spread"], arrays["test_time_points"] = test_time_spread(
+            detector, images, points)
     junior = junior_points_mm(args.dataset_root, held_out)
     if junior is not None:
         arrays["junior"] = junior
@@ -164,6 +200,9 @@ def main(argv=None):
                              "flip-trained runs; {fold} for the fold's number): adds a table for "
                              "the two pairs' ensemble, with their disagreement as a further "
                              "signal")
+    parser.add_argument("--test-time", action="store_true",
+                        help="also predict each image rescaled and shifted (TEST_TIME_SCALES, "
+                             "TEST_TIME_SHIFTS) and try how far its points move as a signal")
     args = parser.parse_args(argv)
     if not args.refine:
         parser.error("--refine is needed: the flag is measured on a coarse-to-fine model")
@@ -205,6 +244,12 @@ def main(argv=None):
                          f"vote residual - {margin:g} x variation)",
                          np.maximum(cross_fitted_heatmap(damped, spread, errors, names, groups),
                                     residual - margin * scale)))
+    if args.test_time:
+        moved = pooled["test_time_spread"]
+        settings.append(("max(shipped, test-time spread's error)",
+                         np.maximum(shipped, cross_fitted_second_peak(moved, errors, groups))))
+        settings += [(f"max(shipped, {k:g} x test-time spread - {o:g} mm)",
+                      np.maximum(shipped, k * moved - o)) for k, o in ((1, 0.5), (2, 1), (3, 2))]
 
     folds_text = ", ".join(map(str, args.fold))
     fitted = (": each fold's images on the other folds'" if len(args.fold) > 1 else
@@ -223,11 +268,22 @@ def main(argv=None):
              "refined one; 'second peak' = the global stage's highest heatmap value farther "
              f"than {SECOND_PEAK_RADIUS_MM:g} mm from its peak, over the peak (`HeatmapCodec."
              "second_peak`), as an error by an isotonic fit (cross-fitted like the heatmap's) "
-             f"or folded into the confidence the heatmap calibration reads. {describe_machine()}.",
-             ""] + HEADER + flag_rows(settings, errors)
+             "or folded into the confidence the heatmap calibration reads."
+             + ("" if not args.test_time else
+                " 'test-time spread' = root mean square distance of the points from their mean "
+                "when each image is predicted also with its spacing scaled by "
+                f"{', '.join(f'{v:g}' for v in TEST_TIME_SCALES)} and its pixels shifted by "
+                f"{', '.join(f'({x}, {y})' for x, y in TEST_TIME_SHIFTS)} (x, y); the mean of "
+                "those 5 predictions has an MRE of "
+                f"{np.linalg.norm(pooled['test_time_points'] - truth, axis=-1).mean():.2f} mm "
+                f"(median spread {np.median(pooled['test_time_spread']):.2f} mm, "
+                f"{np.median(pooled['test_time_spread'][errors > 4]):.2f} mm at errors > 4 mm).")
+             + f" {describe_machine()}.", ""] + HEADER + flag_rows(settings, errors)
     payload = {"ids": ids, "errors_mm": errors.tolist(), "heatmap_expected_mm": heatmap.tolist(),
                "vote_residual_mm": residual.tolist(), "vote_scale_mm": scale.tolist(),
                "stage_gap_mm": stage_gap.tolist(), "second_peak": second_peak.tolist()}
+    if args.test_time:
+        payload["test_time_spread_mm"] = pooled["test_time_spread"].tolist()
     if args.second_pair:
         e_points = pooled["ensemble_points"]
         e_errors = np.linalg.norm(e_points - truth, axis=-1)

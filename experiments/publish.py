@@ -67,7 +67,8 @@ COMMANDS = {
                            "--dataset-root ../shared/data/isbi2015-train --output-dir "
                            "experiments/results/isbi2015_flag/fold0 --second-pair "
                            "experiments/results/isbi2015_v6/runs/scn_flip_fold0,"
-                           "experiments/results/isbi2015_v6/runs/local_unet_flip_fold0",
+                           "experiments/results/isbi2015_v6/runs/local_unet_flip_fold0 "
+                           "--test-time",
     "isbi2015_annotators/fold0": "python experiments/isbi2015_annotators.py --fold 0 --config "
                                  "'trained on the senior labels' "
                                  "experiments/results/isbi2015_v6/runs/scn_fold0 "
