@@ -19,8 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fold0_global",
                "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
                "isbi2015_facing/fold0_c2f_flip", "isbi2015_facing/fold0_c2f_mixed",
-               "isbi2015_facing/fold1_global", "isbi2015_flag/fold0",
-               "isbi2015_annotators/fold0", "isbi2015_queue", "table1_phantom2d",
+               "isbi2015_facing/fold1_global", "isbi2015_facing/fold1_c2f",
+               "isbi2015_flag/fold0", "isbi2015_annotators/fold0",
+               "isbi2015_annotators/fold1", "isbi2015_queue", "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
@@ -65,6 +66,11 @@ COMMANDS = {
                                     "experiments/results/isbi2015_v6/runs/scn_fold1 --fold 1 "
                                     "--dataset-root ../shared/data/isbi2015-train --output-dir "
                                     "experiments/results/isbi2015_facing/fold1_global",
+    "isbi2015_facing/fold1_c2f": "python experiments/isbi2015_facing.py --global "
+                                 "experiments/results/isbi2015_v6/runs/scn_fold1 --refine "
+                                 "experiments/results/isbi2015_v6/runs/local_unet_fold1 --fold 1 "
+                                 "--dataset-root ../shared/data/isbi2015-train --output-dir "
+                                 "experiments/results/isbi2015_facing/fold1_c2f",
     "isbi2015_flag/fold0": "python experiments/isbi2015_flag.py --global "
                            "experiments/results/isbi2015_v6/runs/scn_fold0 --refine "
                            "experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 "
@@ -79,6 +85,12 @@ COMMANDS = {
                                  "experiments/results/isbi2015_v6/runs/local_unet_fold0 "
                                  "--dataset-root ../shared/data/isbi2015-train --output-dir "
                                  "experiments/results/isbi2015_annotators/fold0",
+    "isbi2015_annotators/fold1": "python experiments/isbi2015_annotators.py --fold 1 --config "
+                                 "'trained on the senior labels' "
+                                 "experiments/results/isbi2015_v6/runs/scn_fold1 "
+                                 "experiments/results/isbi2015_v6/runs/local_unet_fold1 "
+                                 "--dataset-root ../shared/data/isbi2015-train --output-dir "
+                                 "experiments/results/isbi2015_annotators/fold1",
     "isbi2015_queue": "python experiments/isbi2015_queue.py status --output-dir "
                       "experiments/results/isbi2015_queue",
 }
