@@ -20,7 +20,8 @@ EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fol
                "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
                "isbi2015_facing/fold0_c2f_flip", "isbi2015_facing/fold0_c2f_mixed",
                "isbi2015_facing/fold1_global", "isbi2015_facing/fold1_c2f",
-               "isbi2015_flag/fold0", "isbi2015_flag/folds01", "isbi2015_annotators/fold0",
+               "isbi2015_flag/fold0", "isbi2015_flag/folds01", "isbi2015_flag/fold1",
+               "isbi2015_annotators/fold0",
                "isbi2015_annotators/fold1", "isbi2015_queue", "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
@@ -84,6 +85,11 @@ COMMANDS = {
                              "'experiments/results/isbi2015_v6/runs/local_unet_fold{fold}' "
                              "--fold 0,1 --dataset-root ../shared/data/isbi2015-train "
                              "--output-dir experiments/results/isbi2015_flag/folds01 --test-time",
+    "isbi2015_flag/fold1": "python experiments/isbi2015_flag.py --global "
+                           "experiments/results/isbi2015_v6/runs/scn_fold1 --refine "
+                           "experiments/results/isbi2015_v6/runs/local_unet_fold1 --fold 1 "
+                           "--dataset-root ../shared/data/isbi2015-train --output-dir "
+                           "experiments/results/isbi2015_flag/fold1 --test-time",
     "isbi2015_annotators/fold0": "python experiments/isbi2015_annotators.py --fold 0 --config "
                                  "'trained on the senior labels' "
                                  "experiments/results/isbi2015_v6/runs/scn_fold0 "
