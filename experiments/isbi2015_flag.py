@@ -100,7 +100,7 @@ def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
     return np.stack(ratios)
 
 
-def test_time_spread(detector, images, points_mm):
+def augmented_spread(detector, images, points_mm):
     """How far the points move when the image is predicted again rescaled or shifted
     (`TEST_TIME_SCALES`, `TEST_TIME_SHIFTS`): per image and landmark the root mean square
     distance (mm) of the copies' points, mapped back to the image, from their mean (with
@@ -124,16 +124,16 @@ def test_time_spread(detector, images, points_mm):
     return np.sqrt(np.mean(np.sum((copies - mean) ** 2, axis=-1), axis=0)), mean
 
 
-def cross_fitted_second_peak(ratio, errors, groups):
-    """The error to expect from the second peak alone: an increasing function of it (isotonic,
-    pooled over landmarks, linear between the blocks), each group's images fitted on the other
-    groups'."""
+def cross_fitted_increasing(signal, errors, groups):
+    """The error to expect from one signal alone (the second peak, the test-time spread): an
+    increasing function of it (isotonic, pooled over landmarks, linear between the blocks), each
+    group's images fitted on the other groups'."""
     from keraslm.calibration import _held_out_groups, _interp, _isotonic_decreasing
 
     expected = np.zeros_like(errors)
-    for test in _held_out_groups(len(errors), None, "the second peak", groups):
-        knots, values = _isotonic_decreasing(-ratio[~test].ravel(), errors[~test].ravel())
-        expected[test] = _interp(knots, values, -ratio[test])
+    for test in _held_out_groups(len(errors), None, "the signal", groups):
+        knots, values = _isotonic_decreasing(-signal[~test].ravel(), errors[~test].ravel())
+        expected[test] = _interp(knots, values, -signal[test])
     return expected
 
 
@@ -172,7 +172,7 @@ def fold_arrays(args, fold):
     if args.test_time:
         if dataset.ndim != 2:
             raise SystemExit("--test-time shifts 2D images only")
-        arrays["test_time_spread"], arrays["test_time_points"] = test_time_spread(
+        arrays["test_time_spread"], arrays["test_time_points"] = augmented_spread(
             detector, images, points)
     junior = junior_points_mm(args.dataset_root, held_out)
     if junior is not None:
@@ -237,7 +237,7 @@ def main(argv=None):
     settings += [(f"max(shipped, stage gap - {o:g} mm)", np.maximum(shipped, stage_gap - o))
                  for o in SIGNAL_OFFSETS]
     settings.append(("max(shipped, second peak's error)",
-                     np.maximum(shipped, cross_fitted_second_peak(second_peak, errors, groups))))
+                     np.maximum(shipped, cross_fitted_increasing(second_peak, errors, groups))))
     for power in (1, 2):
         damped = confidence * (1.0 - second_peak) ** power
         settings.append((f"max(heatmap calibrated on confidence x (1 - second peak)^{power}, "
@@ -247,7 +247,7 @@ def main(argv=None):
     if args.test_time:
         moved = pooled["test_time_spread"]
         settings.append(("max(shipped, test-time spread's error)",
-                         np.maximum(shipped, cross_fitted_second_peak(moved, errors, groups))))
+                         np.maximum(shipped, cross_fitted_increasing(moved, errors, groups))))
         settings += [(f"max(shipped, {k:g} x test-time spread - {o:g} mm)",
                       np.maximum(shipped, k * moved - o)) for k, o in ((1, 0.5), (2, 1), (3, 2))]
 

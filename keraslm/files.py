@@ -51,6 +51,15 @@ def check_output_folder(path, name):
         raise KeraslmError(f"{name} {path} cannot be made: {parent} is a file, not a folder")
 
 
+def _created_mode(mode):
+    """`mode` less the process's umask: the permissions a plain `open` / `os.makedirs` gives, so
+    that atomically written outputs (a model a TF Serving user reads, a shared folder's CSVs)
+    are not left at the temporary file's owner-only 0600 / 0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
     """Yields a temporary path in the target's folder; renames it to `path` on success and
@@ -69,6 +78,7 @@ def atomic_path(path, suffix=""):
     os.close(handle)
     try:
         yield temporary
+        os.chmod(temporary, _created_mode(0o666))  # mkstemp's 0600 -> what open() would give.
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -93,6 +103,7 @@ def atomic_folder(path, overwrite=False):
     temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     try:
         yield temporary
+        os.chmod(temporary, _created_mode(0o777))  # mkdtemp's 0700 -> what makedirs would give.
         if os.path.exists(path):
             trash = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
             os.replace(path, os.path.join(trash, "old"))
