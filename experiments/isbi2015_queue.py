@@ -11,11 +11,12 @@ runs/<run>_fold<K>`), so the driver and the fold experiments find them.
     nohup setsid python experiments/isbi2015_queue.py train --workers 2 \\
         --worktree /work/train_wt2 > /work/runs_logs/queue.log 2>&1 &
 
-Order: fold 0's coarse-to-fine pair and flip-trained pair (finished), fold 1's coarse-to-fine
-pair (facing, flag and annotator figures of a second fold), fold 1's flip-trained pair (flips
-against the check), both folds' pairs trained on the mean of the
-two doctors' labels (`--mean-labels-root`, written by `experiments/isbi2015_mean_labels.py`),
-the second ensemble members of folds 0 and 1, then folds 2-4's four runs each.
+Order (the run folders of sessions 15-22 were lost with their machine on 2026-12-05, so every
+run trains again): folds 0 and 1's coarse-to-fine pairs (what every comparison of the issue
+stands on), both folds' pairs trained on the mean of the two doctors' labels
+(`--mean-labels-root`, written by `experiments/isbi2015_mean_labels.py`), fold 1's flip-trained
+pair (flips against the check), the second ensemble members of folds 0 and 1, folds 2-4's four
+runs each, and last fold 0's flip-trained pair (its figures are published from the lost runs).
 """
 import argparse
 import fcntl
@@ -45,14 +46,15 @@ KINDS = {
     "scn_meanlabels": (["--grid-shape", "192,160"] + _GLOBAL, True),
     "local_unet_meanlabels": (_LOCAL, True),
 }
-PLAN = ([("scn", 0), ("local_unet", 0), ("scn_flip", 0), ("local_unet_flip", 0),
-         ("scn", 1), ("local_unet", 1), ("scn_flip", 1), ("local_unet_flip", 1),
+PLAN = ([("scn", 0), ("local_unet", 0), ("scn", 1), ("local_unet", 1),
          ("scn_meanlabels", 0), ("local_unet_meanlabels", 0),
          ("scn_meanlabels", 1), ("local_unet_meanlabels", 1),
+         ("scn_flip", 1), ("local_unet_flip", 1),
          ("scn_member2", 0), ("local_unet_member2", 0),
          ("scn_member2", 1), ("local_unet_member2", 1)]
         + [(kind, fold) for fold in (2, 3, 4)
-           for kind in ("scn", "local_unet", "scn_member2", "local_unet_member2")])
+           for kind in ("scn", "local_unet", "scn_member2", "local_unet_member2")]
+        + [("scn_flip", 0), ("local_unet_flip", 0)])
 
 
 def run_name(kind, fold):

@@ -32,6 +32,18 @@ held-out error (`fit_local_weight`). Where the local stage is misled by a look-a
 (on ISBI 2015: orbitale, subspinale) the weight is low; where the two stages' errors are partly
 independent, a mean of both beats either. A calibration without `local_weight` keeps the
 refined point.
+
+A calibration may also read a third feature, the global stage's `second_peak`
+(`keraslm.ops.heatmaps.HeatmapCodec.second_peak`: the strongest response farther than two
+target sigmas from the peak, over the peak; near 1 where a look-alike structure answers almost
+as strongly, about 0.14 for one clean peak). With `second_peak_power` p in the calibration the
+confidence is damped before the score,
+
+    confidence x (1 - second_peak) ** p
+
+so a point whose global heatmap has a runner-up elsewhere expects a larger error (fitted that
+way too: `fit_calibration(..., second_peak=...)`). Every prediction graph returns the feature,
+mean over the global stages.
 """
 import numpy as np
 from keras import ops
@@ -47,6 +59,9 @@ _ROUNDS = 3
 #: expected error.
 SHAPE_VOTE_RIDGE = 10.0
 SHAPE_VOTE_MARGIN = 2.0
+#: `fit_calibration`'s default power of the second-peak damping (chosen on ISBI 2015 fold 0 and
+#: confirmed on fold 1: `experiments/isbi2015_flag.py`).
+SECOND_PEAK_POWER = 2.0
 #: The local-stage weights `fit_local_weight` chooses from.
 LOCAL_WEIGHT_STEPS = np.linspace(0.0, 1.0, 11)
 
@@ -57,6 +72,19 @@ def calibration_score(confidence, spread_mm):
     spread_mm = ops.cast(ops.convert_to_tensor(spread_mm), "float32")
     return (ops.log(ops.maximum(confidence, _MIN_CONFIDENCE))
             - ops.log(ops.maximum(spread_mm, 0.0) + _SPREAD_OFFSET_MM))
+
+
+def damped_confidence(confidence, second_peak, power):
+    """`confidence x (1 - second_peak) ** power` (keras.ops; any matching shapes; a second peak
+    outside [0, 1] is clipped into it)."""
+    confidence = ops.cast(ops.convert_to_tensor(confidence), "float32")
+    remaining = 1.0 - ops.clip(ops.cast(ops.convert_to_tensor(second_peak), "float32"), 0.0, 1.0)
+    return confidence * ops.power(remaining, float(power))
+
+
+def _damped_numpy(confidence, second_peak, power):
+    remaining = 1.0 - np.clip(np.asarray(second_peak, np.float64), 0.0, 1.0)
+    return np.asarray(confidence, np.float64) * remaining ** float(power)
 
 
 def _score_numpy(confidence, spread_mm):
@@ -97,7 +125,8 @@ def _interp(knots, values, score):
     return np.interp(score, knots, values) if len(knots) > 1 else np.full_like(score, values[0])
 
 
-def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=None, max_knots=48):
+def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=None, max_knots=48,
+                    second_peak=None, second_peak_power=SECOND_PEAK_POWER):
     """Fits a calibration (see the module docstring) to held-out predictions.
 
     Args:
@@ -107,10 +136,15 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
         landmark_names: sequence of str, one per landmark.
         source: str, optional. What the calibration was fitted on (kept in the result).
         max_knots: int >= 2. Knots kept of the isotonic fit.
+        second_peak: array like `confidence`, or None. The predictions' global second peak
+            (the prediction graph's `second_peak`): the confidence is damped by it
+            (`damped_confidence`) and the calibration records `second_peak_power`, so that
+            `expected_error_mm` damps the same way.
+        second_peak_power: float >= 0. The damping's power (with `second_peak`).
 
     Returns:
         dict, JSON-serialisable: format, knots, values, landmark_scale, landmark_names, the
-        number of points fitted and `source`.
+        number of points fitted, `source` and, with `second_peak`, `second_peak_power`.
 
     Raises:
         KeraslmError: shapes do not match, or a landmark has no usable point.
@@ -124,6 +158,15 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
             "confidence, spread_mm and errors_mm must have the same shape (num_images, "
             f"num_landmarks={len(names)}). Received: {confidence.shape}, {spread_mm.shape}, "
             f"{errors_mm.shape}")
+    if second_peak is not None:
+        second_peak = np.asarray(second_peak, np.float64)
+        if second_peak.shape != confidence.shape:
+            raise KeraslmError(f"second_peak must have the confidence's shape {confidence.shape}. "
+                               f"Received: {second_peak.shape}")
+        if not (np.isfinite(second_peak_power) and second_peak_power >= 0):
+            raise KeraslmError("second_peak_power must be a finite number >= 0. Received: "
+                               f"{second_peak_power!r}")
+        confidence = _damped_numpy(confidence, second_peak, second_peak_power)
     score = _score_numpy(confidence, spread_mm)
     usable = np.isfinite(score) & np.isfinite(errors_mm)
     empty = [name for name, count in zip(names, usable.sum(0)) if count == 0]
@@ -136,7 +179,7 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
         scale = (np.nansum(np.where(usable, errors_mm, np.nan), 0)
                  / np.maximum(np.nansum(fitted, 0), 1e-9))
     knots, values = _thin(knots, values, max_knots)
-    return {
+    calibration = {
         "format": CALIBRATION_FORMAT,
         "score": "log(max(confidence, 1e-3)) - log(spread_mm + 0.1)",
         "knots": [float(k) for k in knots],
@@ -146,6 +189,11 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
         "num_points": int(usable.sum()),
         "source": source,
     }
+    if second_peak is not None:
+        calibration["score"] = ("log(max(confidence x (1 - second_peak) ** second_peak_power, "
+                                "1e-3)) - log(spread_mm + 0.1)")
+        calibration["second_peak_power"] = float(second_peak_power)
+    return calibration
 
 
 def check_calibration(calibration, landmark_names):
@@ -166,6 +214,11 @@ def check_calibration(calibration, landmark_names):
     vote = calibration.get("shape_vote")
     if vote is not None:
         _check_shape_vote(vote, len(names))
+    power = calibration.get("second_peak_power")
+    if power is not None and not (isinstance(power, (int, float)) and np.isfinite(power)
+                                  and power >= 0):
+        raise KeraslmError(f"the calibration's second_peak_power must be a number >= 0. "
+                           f"Received: {power!r}")
     weight = calibration.get("local_weight")
     if weight is not None and (
             len(weight) != len(names) or not np.all(np.isfinite(np.asarray(weight, np.float64)))
@@ -403,12 +456,21 @@ def shape_vote_residual_mm(shape_vote, points_mm, mirror_axis=None):
     return found
 
 
-def expected_error_mm(calibration, confidence, spread_mm, points_mm=None, mirror_axis=None):
+def expected_error_mm(calibration, confidence, spread_mm, points_mm=None, mirror_axis=None,
+                      second_peak=None):
     """Expected error in mm `(..., num_landmarks)` of predictions with these confidences and
-    spreads (keras.ops; runs in the prediction graph). A calibration with a "shape_vote"
+    spreads (keras.ops; runs in the prediction graph). A calibration with `second_peak_power`
+    also takes the global second peak (`second_peak`, like `confidence`) and damps the
+    confidence by it (`damped_confidence`). A calibration with a "shape_vote"
     (`fit_shape_vote`) also takes the points (`points_mm`, physical mm): a point further from
     the other landmarks' vote than `margin` times its landmark's `scale_mm` expects at least
     the distance beyond that (`mirror_axis`: see `shape_vote_residual_mm`)."""
+    power = calibration.get("second_peak_power")
+    if power is not None:
+        if second_peak is None:
+            raise KeraslmError("this calibration damps the confidence by the global second peak "
+                               "(second_peak_power): expected_error_mm needs second_peak")
+        confidence = damped_confidence(confidence, second_peak, power)
     heatmap = _heatmap_expected_error_mm(calibration, confidence, spread_mm)
     vote = calibration.get("shape_vote")
     if vote is None:
@@ -496,26 +558,32 @@ def calibration_quality(expected_mm, actual_mm, flag_mm=2.5, large_mm=4.0, num_b
 
 def cross_fitted_expected_error(confidence, spread_mm, errors_mm, landmark_names, num_folds=5,
                                 groups=None, points_mm=None, shapes_mm=None,
-                                shape_vote_margin=None):
+                                shape_vote_margin=None, second_peak=None,
+                                second_peak_power=SECOND_PEAK_POWER):
     """Expected errors of every point from calibrations fitted WITHOUT its image: an honest
     measure of a calibration fitted on all of them. One round per label of `groups`
     `(num_images,)` (e.g. each image's cross-validation fold), or `num_folds` groups of images
-    by position. With `shape_vote_margin`, each round's calibration also holds a shape vote
-    fitted on the annotated shapes `shapes_mm` `(num_images, num_landmarks, ndim)` of the other
-    rounds' images (in k-fold cross-validation: the round's training images), applied to the
-    predicted points `points_mm` of the same shape. Returns `(num_images, num_landmarks)` mm."""
+    by position. With `second_peak` (like `confidence`) each round's calibration damps the
+    confidence by it (`fit_calibration`). With `shape_vote_margin`, each round's calibration
+    also holds a shape vote fitted on the annotated shapes `shapes_mm` `(num_images,
+    num_landmarks, ndim)` of the other rounds' images (in k-fold cross-validation: the round's
+    training images), applied to the predicted points `points_mm` of the same shape. Returns
+    `(num_images, num_landmarks)` mm."""
     confidence, spread_mm, errors_mm = (np.asarray(a, np.float64)
                                         for a in (confidence, spread_mm, errors_mm))
+    peak = None if second_peak is None else np.asarray(second_peak, np.float64)
     expected = np.full(confidence.shape, np.nan)
     for test in _held_out_groups(confidence.shape[0], num_folds, "a calibration", groups):
         calibration = fit_calibration(confidence[~test], spread_mm[~test], errors_mm[~test],
-                                      landmark_names)
-        if shape_vote_margin is None:
-            expected[test] = np.asarray(expected_error_mm(calibration, confidence[test],
-                                                          spread_mm[test]))
-            continue
-        calibration["shape_vote"] = fit_shape_vote(np.asarray(shapes_mm)[~test], landmark_names,
-                                                   margin=shape_vote_margin)
-        expected[test] = np.asarray(expected_error_mm(calibration, confidence[test],
-                                                      spread_mm[test], np.asarray(points_mm)[test]))
+                                      landmark_names,
+                                      second_peak=None if peak is None else peak[~test],
+                                      second_peak_power=second_peak_power)
+        points = None
+        if shape_vote_margin is not None:
+            calibration["shape_vote"] = fit_shape_vote(np.asarray(shapes_mm)[~test],
+                                                       landmark_names, margin=shape_vote_margin)
+            points = np.asarray(points_mm)[test]
+        expected[test] = np.asarray(expected_error_mm(
+            calibration, confidence[test], spread_mm[test], points,
+            second_peak=None if peak is None else peak[test]))
     return expected

@@ -20,7 +20,8 @@ preprocessing, every stage, the mapping back - so a client sends an image and ge
     serving_default predict_image for 2D detectors, predict_array for 3D
 
     outputs: landmarks_index (L, ndim) original image index, landmarks_mm (L, ndim) LPS mm,
-             confidence (L,), spread_mm (L,), expected_error_mm (L,) for a calibrated detector
+             confidence (L,), spread_mm (L,), second_peak (L,), expected_error_mm (L,) for a
+             calibrated detector
              (predict_image: one row per image)
 
 A wrong rank or dtype is rejected by the signature, NaN / Inf pixels, a non-positive spacing,

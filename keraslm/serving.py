@@ -14,7 +14,7 @@ array and geometry, one image per request,
      "inputs": {"image": <array>, "spacing": [...], "origin": [...], "direction": [[...]]}}
 
 and the answer's `landmarks_index`, `landmarks_mm`, `confidence` (and `spread_mm`,
-`expected_error_mm`) become the same `keraslm.prediction.Prediction` objects `keraslm.predict`
+`second_peak`, `expected_error_mm`) become the same `keraslm.prediction.Prediction` objects `keraslm.predict`
 returns. Row format ("instances") answers `{"predictions": [{...}, ...]}`, columnar format
 ("inputs") `{"outputs": {...}}`; both are read.
 
@@ -41,7 +41,7 @@ from keraslm.spec import DetectorSpec
 
 OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence")
 #: Outputs of every current export (expected_error_mm: calibrated models only).
-OPTIONAL_OUTPUTS = ("spread_mm", "expected_error_mm")
+OPTIONAL_OUTPUTS = ("spread_mm", "expected_error_mm", "second_peak")
 #: Files the `predict_image` signature decodes itself (sent as bytes).
 BYTES_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 

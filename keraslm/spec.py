@@ -107,6 +107,13 @@ class StageSpec:
         return GridSpec(self.grid_shape, self.grid_spacing)
 
     @property
+    def second_peak_radius_mm(self):
+        """float. The radius beyond which `HeatmapCodec.second_peak` looks for a runner-up:
+        two target sigmas in mm (the largest sigma, along the coarsest axis), where one clean
+        peak's flank has fallen to exp(-2) = 14 % of it."""
+        return float(2.0 * np.max(self.sigma) * self.output_stride * max(self.grid_spacing))
+
+    @property
     def codec(self):
         """HeatmapCodec of the network's input: the whole grid, or a local stage's crop."""
         return HeatmapCodec(self.crop_shape or self.grid_shape, stride=self.output_stride,

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keraslm.calibration import (
     calibration_quality,
+    damped_confidence,
     check_calibration,
     cross_fitted_expected_error,
     expected_error_mm,
@@ -357,3 +358,77 @@ def test_second_peak_is_the_runner_up_place_over_the_peak():
     assert got == pytest.approx(0.3)
     with pytest.raises(KeraslmError, match="radius_mm"):
         codec.second_peak(two, 1.0, radius_mm=0.0)
+
+
+def test_the_second_peak_damps_the_confidence_a_calibration_reads():
+    """A calibration fitted with the global second peak records its power, ranks errors that
+    grow with the second peak better than one without it, expects more error of a point with a
+    stronger runner-up, and computes the same in the graph as in NumPy."""
+    rng = np.random.default_rng(3)
+    confidence, spread = rng.uniform(5, 100, (80, 3)), rng.uniform(0.5, 3.0, (80, 3))
+    second_peak = rng.uniform(0.1, 0.9, (80, 3))
+    typical = 30.0 * spread / (confidence * (1.0 - second_peak) ** 2)
+    errors = typical * np.array([1.0, 2.0, 4.0]) * rng.gamma(8.0, 1 / 8.0, typical.shape)
+    calibration = fit_calibration(confidence, spread, errors, NAMES, second_peak=second_peak)
+    check_calibration(calibration, NAMES)
+    json.dumps(calibration)
+    assert calibration["second_peak_power"] == 2.0 and "second_peak" in calibration["score"]
+    assert "second_peak_power" not in fit_calibration(confidence, spread, errors, NAMES)
+    with_peak = calibration_quality(cross_fitted_expected_error(
+        confidence, spread, errors, NAMES, second_peak=second_peak), errors)
+    without = calibration_quality(cross_fitted_expected_error(confidence, spread, errors, NAMES),
+                                  errors)
+    assert with_peak["spearman"] > without["spearman"] + 0.1
+    # The same heatmap peak and spread: a stronger runner-up expects more error.
+    same_c, same_s = np.full((1, 3), 40.0, np.float32), np.full((1, 3), 1.0, np.float32)
+    peaks = np.array([0.1, 0.5, 0.9], np.float32)
+    by_peak = [np.asarray(expected_error_mm(calibration, same_c, same_s,
+                                            second_peak=np.full((1, 3), p, np.float32)))
+               for p in peaks]
+    assert np.all(by_peak[0] < by_peak[1]) and np.all(by_peak[1] < by_peak[2])
+    # Graph and NumPy agree on the damped score.
+    test_c = np.array([[1.0, 50.0, 1e4], [20.0, 5.0, 80.0]], np.float32)
+    test_s = np.array([[9.0, 1.0, 0.01], [2.0, 0.5, 1.0]], np.float32)
+    test_p = np.array([[0.0, 0.5, 1.0], [0.2, 1.5, -0.5]], np.float32)  # Outside [0, 1]: clipped.
+    damped = test_c * (1.0 - np.clip(test_p, 0.0, 1.0)) ** 2
+    np.testing.assert_allclose(np.asarray(damped_confidence(test_c, test_p, 2.0)), damped, rtol=1e-6)
+    score = np.log(np.maximum(damped, 1e-3)) - np.log(test_s + 0.1)
+    reference = np.interp(score, calibration["knots"], calibration["values"]) * np.asarray(
+        calibration["landmark_scale"])
+    graph = tf.function(lambda c, s, p: expected_error_mm(calibration, c, s, second_peak=p))
+    np.testing.assert_allclose(graph(test_c, test_s, test_p).numpy(), reference, rtol=1e-5)
+    with pytest.raises(KeraslmError, match="needs second_peak"):
+        expected_error_mm(calibration, test_c, test_s)
+    with pytest.raises(KeraslmError, match="second_peak_power"):
+        check_calibration({**calibration, "second_peak_power": -1.0}, NAMES)
+    with pytest.raises(KeraslmError, match="second_peak_power"):
+        check_calibration({**calibration, "second_peak_power": "2"}, NAMES)
+    with pytest.raises(KeraslmError, match="second_peak must have"):
+        fit_calibration(confidence, spread, errors, NAMES, second_peak=second_peak[:, :2])
+    with pytest.raises(KeraslmError, match="second_peak_power"):
+        fit_calibration(confidence, spread, errors, NAMES, second_peak=second_peak,
+                        second_peak_power=-1.0)
+
+
+def test_evaluate_calibrate_damps_by_the_second_peak(trained_2d, phantom2d_root, tmp_path, capsys):
+    """evaluate.py --calibrate reads the predictions' second peak (power 2 by default, 0 leaves it
+    out); --calibration applies such a calibration; a negative power is refused."""
+    from evaluate import main as evaluate_main
+
+    result, dataset = trained_2d
+    common = ["--model", result.model_path, "--dataset", str(phantom2d_root), "--all-images",
+              "--no-plots"]
+    damped, plain = tmp_path / "damped.json", tmp_path / "plain.json"
+    assert evaluate_main(common + ["--output-dir", str(tmp_path / "a"),
+                                   "--calibrate", str(damped)]) == 0
+    assert evaluate_main(common + ["--output-dir", str(tmp_path / "b"), "--calibrate", str(plain),
+                                   "--second-peak-power", "0"]) == 0
+    assert json.loads(damped.read_text())["second_peak_power"] == 2.0
+    assert "second_peak_power" not in json.loads(plain.read_text())
+    assert evaluate_main(common + ["--output-dir", str(tmp_path / "c"),
+                                   "--calibration", str(damped)]) == 0
+    report = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert report["expected_error"] is not None
+    with pytest.raises(SystemExit):
+        evaluate_main(common + ["--calibrate", str(damped), "--second-peak-power", "-1"])
+    assert "--second-peak-power must be >= 0" in capsys.readouterr().err

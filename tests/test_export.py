@@ -79,20 +79,22 @@ def _image(shape, seed):
 
 
 def _keras_reference(detector, image):
-    """(index, mm, confidence, spread_mm) of one image through the Keras network without the
-    prediction graph: the image on the grid (`prepare_on_grid`), the network, the codec, and
-    back through the placement and the image geometry."""
+    """(index, mm, confidence, spread_mm, second_peak) of one image through the Keras network
+    without the prediction graph: the image on the grid (`prepare_on_grid`), the network, the
+    codec, and back through the placement and the image geometry."""
     stage = detector.spec.global_stages[0]
     grid_image, grid_to_image = prepare_on_grid(
         image.array, tf.constant(image.spacing, tf.float64), stage.grid, stage.normalization)
     heatmaps = detector.networks[0](grid_image[tf.newaxis, ..., tf.newaxis], training=False)
     points, confidence = stage.codec.decode(heatmaps, method=stage.decode_method)
     spread = stage.codec.spread(heatmaps, stage.grid_spacing)
+    second_peak = stage.codec.second_peak(heatmaps, stage.grid_spacing, stage.second_peak_radius_mm)
     matrix = np.asarray(grid_to_image)
     index = np.asarray(points[0], np.float64) @ matrix[:-1, :-1].T + matrix[:-1, -1]
     index_to_mm = np.asarray(image.direction) * np.asarray(image.spacing)[np.newaxis, :]
     mm = index @ index_to_mm.T + np.asarray(image.origin)
-    return index, mm, np.asarray(confidence[0]), np.asarray(spread[0])
+    return (index, mm, np.asarray(confidence[0]), np.asarray(spread[0]),
+            np.asarray(second_peak[0]))
 
 
 def _array_inputs(image):
@@ -149,12 +151,12 @@ def test_signatures_equal_the_keras_network_for_images_of_any_size(exports, name
     ndim = MODELS[name][1]
     assert set(loaded.signatures) == (
         {"serving_default", "predict_array"} | ({"predict_image"} if ndim == 2 else set()))
-    outputs_expected = {"landmarks_index", "landmarks_mm", "confidence", "spread_mm"}
+    outputs_expected = {"landmarks_index", "landmarks_mm", "confidence", "spread_mm", "second_peak"}
     if name == "down3d":
         outputs_expected.add("expected_error_mm")
     for seed, shape in enumerate(MODELS[name][4]):
         image = _image(shape, seed)
-        index, mm, confidence, spread = _keras_reference(detector, image)
+        index, mm, confidence, spread, second_peak = _keras_reference(detector, image)
         outputs = loaded.signatures["predict_array"](**_array_inputs(image))
         assert set(outputs) == outputs_expected
         assert outputs["landmarks_mm"].dtype == tf.float32
@@ -163,6 +165,8 @@ def test_signatures_equal_the_keras_network_for_images_of_any_size(exports, name
         np.testing.assert_allclose(outputs["landmarks_mm"].numpy(), mm, atol=1e-3)
         np.testing.assert_allclose(outputs["confidence"].numpy(), confidence, atol=1e-5)
         np.testing.assert_allclose(outputs["spread_mm"].numpy(), spread, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(outputs["second_peak"].numpy(), second_peak, atol=1e-5)
+        assert np.all((second_peak >= 0) & (second_peak <= 1))
         if name == "down3d":
             np.testing.assert_allclose(outputs["expected_error_mm"].numpy(),
                                        expected_error_mm(CALIBRATION, confidence, spread), rtol=1e-4)
@@ -203,7 +207,8 @@ def test_spec_asset_and_landmark_names(exports):
         described = stored["saved_model"]
         assert described["serving_default"] == serving_default
         assert set(described["inputs"]) == {"predict_array", serving_default}
-        assert described["outputs"] == ["landmarks_index", "landmarks_mm", "confidence", "spread_mm"] + (
+        assert described["outputs"] == ["landmarks_index", "landmarks_mm", "confidence", "spread_mm",
+                                         "second_peak"] + (
             ["expected_error_mm"] if name == "down3d" else [])
         loaded = tf.saved_model.load(path)
         assert [n.decode() for n in loaded.landmark_names.numpy()] == list(NAMES)
@@ -312,7 +317,7 @@ def test_export_runs_in_plain_tensorflow_without_keraslm(exports, trained_run, t
             np.testing.assert_allclose(answer["confidence"][n], reference.confidence, atol=1e-3)
     with np.load(tmp_path / "dicom_out.npz") as answer:
         np.testing.assert_allclose(answer["landmarks_mm"], trained[2].points_mm, atol=0.01)
-    for output, (index, mm, confidence, _) in expected:
+    for output, (index, mm, confidence, _, _) in expected:
         with np.load(output) as answer:
             assert list(answer["names"]) == list(NAMES)
             np.testing.assert_allclose(answer["landmarks_index"], index, atol=1e-3)
@@ -347,7 +352,7 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exports, tmp_path):
         capture_output=True, text=True, env=subprocess_env(), timeout=120,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    for key in ("landmarks_index", "landmarks_mm", "confidence", "spread_mm"):
+    for key in ("landmarks_index", "landmarks_mm", "confidence", "spread_mm", "second_peak"):
         assert f"Result for output key {key}" in run.stdout, key
 
 
@@ -404,9 +409,10 @@ def test_saved_model_predictor_equals_the_keras_network(exports):
     image = _image((9, 7, 11), 5)
     found = predictor.locate(image)
     assert set(found) == {"landmarks_index", "landmarks_mm", "confidence", "spread_mm",
-                          "expected_error_mm"}
+                          "second_peak", "expected_error_mm"}
     assert found["landmarks_mm"].dtype == found["landmarks_index"].dtype == np.float64
-    index, mm, confidence, spread = _keras_reference(detector, image)
+    index, mm, confidence, spread, second_peak = _keras_reference(detector, image)
+    np.testing.assert_allclose(found["second_peak"], second_peak, atol=1e-5)
     np.testing.assert_allclose(found["landmarks_index"], index, atol=1e-3)
     np.testing.assert_allclose(found["landmarks_mm"], mm, atol=1e-3)
     np.testing.assert_allclose(found["confidence"], confidence, atol=1e-5)

@@ -64,13 +64,15 @@ def test_predict_image_equals_keraslm_predict_for_png_of_different_sizes(model_2
     data = [open(path, "rb").read() for path in files]
     outputs = loaded.signatures["predict_image"](
         image_bytes=tf.constant(data), spacing=tf.constant([spacing] * len(files), tf.float32))
-    assert set(outputs) == {"landmarks_index", "landmarks_mm", "confidence", "spread_mm"}
+    assert set(outputs) == {"landmarks_index", "landmarks_mm", "confidence", "spread_mm",
+                            "second_peak"}
     for i, reference in enumerate(expected):
         np.testing.assert_allclose(outputs["landmarks_mm"][i].numpy(), reference.points_mm, atol=TOLERANCE_MM)
         np.testing.assert_allclose(outputs["landmarks_index"][i].numpy(), reference.points_index,
                                    atol=TOLERANCE_MM / min(spacing))
         np.testing.assert_allclose(outputs["confidence"][i].numpy(), reference.confidence, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(outputs["spread_mm"][i].numpy(), reference.spread_mm, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(outputs["second_peak"][i].numpy(), reference.second_peak, atol=1e-3)
     # serving_default is predict_image for a 2D export.
     default = loaded.signatures["serving_default"](
         image_bytes=tf.constant(data[:1]), spacing=tf.constant([spacing], tf.float32))

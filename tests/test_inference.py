@@ -330,7 +330,7 @@ def test_a_model_keras_of_keraslm_0_1_loads_through_the_upgrade(trained):
         "grid_shape": list(stage.grid_shape), "grid_spacing": list(stage.grid_spacing),
         "normalization": stage.normalization, "output_stride": stage.output_stride,
         "size_divisor": stage.size_divisor, "sigma": stage.sigma, "decode_method": "quadratic",
-        "stage": "global", "training_precision": "float32",
+        "stage": "global", "training_precision": stage.training_precision,
         "plain_image_spacing": list(dataset.image_spacing), "storage_orientation": ["+x", "+y"]}
     config = {"name": "landmark_detector", "trainable": True, "dtype": None,
               "network": keras.saving.serialize_keras_object(detector.networks[0]),

@@ -177,7 +177,7 @@ def test_request_body_helpers(tmp_path):
     assert body["inputs"]["direction"] == np.eye(3).tolist()
     json.dumps(body)
     assert set(OUTPUTS) == {"landmarks_index", "landmarks_mm", "confidence"}
-    assert set(OPTIONAL_OUTPUTS) == {"spread_mm", "expected_error_mm"}
+    assert set(OPTIONAL_OUTPUTS) == {"spread_mm", "expected_error_mm", "second_peak"}
 
 
 def test_client_arguments_and_bad_input(served, tmp_path):

@@ -100,6 +100,13 @@ def parse_args(argv=None):
                          "place it than M times its landmark's normal variation expects at "
                          "least the distance beyond (2 flags far-off points; the ISBI 2015 "
                          "model uses 2)")
+    metrics.add_argument("--second-peak-power", type=float, default=2.0, metavar="P",
+                         help="with --calibrate: damp each landmark's confidence by its global "
+                         "heatmap's second peak, confidence x (1 - second_peak)^P, before it is "
+                         "calibrated, so a point with a look-alike answer elsewhere expects a "
+                         "larger error (default 2, as the ISBI 2015 model; 0 leaves it out; "
+                         "models exported before keraslm gave the second peak are calibrated "
+                         "without it)")
     metrics.add_argument("--calibration", metavar="JSON",
                          help="apply this calibration (from --calibrate) to the predictions and "
                          "report how well its expected errors rank the actual ones here, e.g. a "
@@ -123,6 +130,8 @@ def parse_args(argv=None):
         parser.error("--calibration needs a model (--model or --runs)")
     if args.shape_vote_margin is not None and not args.calibrate:
         parser.error("--shape-vote-margin goes with --calibrate")
+    if not args.second_peak_power >= 0:  # Also NaN.
+        parser.error(f"--second-peak-power must be >= 0. Received: {args.second_peak_power}")
     if args.shape_vote_margin is not None and args.shape_vote_margin < 0:
         parser.error(f"--shape-vote-margin must be >= 0. Received: {args.shape_vote_margin}")
     if args.calibrate and args.predictions:
@@ -164,6 +173,9 @@ def _with_calibration(result, calibration, path, global_only=None):
         raise KeraslmError(f"{path}: {error}") from None
     if result.confidence is None or result.spread_mm is None:
         raise KeraslmError(f"{path}: these predictions carry no confidence / spread to apply it to")
+    if calibration.get("second_peak_power") is not None and result.second_peak is None:
+        raise KeraslmError(f"{path}: this calibration reads the global second peak; these "
+                           "predictions carry none (a model exported before keraslm gave it)")
     import numpy as np
 
     if calibration.get("local_weight") is not None:
@@ -178,7 +190,8 @@ def _with_calibration(result, calibration, path, global_only=None):
         result = with_points(result, blended, f"{result.method} (stages blended)")
     # The answer's points (blended, as the model answers): a shape vote looks at them.
     expected = np.asarray(expected_error_mm(calibration, result.confidence, result.spread_mm,
-                                            result.predicted_mm), np.float64)
+                                            result.predicted_mm, second_peak=result.second_peak),
+                          np.float64)
     return dataclasses.replace(result, expected_error_mm=expected)
 
 
@@ -270,7 +283,8 @@ def main(argv=None):
             _, quality, files = evaluation.write_calibration(
                 args.calibrate, result, args.output_dir, plots=not args.no_plots,
                 local_weight=local_weight, groups=evaluation.held_out_groups(result),
-                shape_vote_margin=args.shape_vote_margin)
+                shape_vote_margin=args.shape_vote_margin,
+                second_peak_power=args.second_peak_power)
             written += files
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -187,7 +187,7 @@ def _file_label(image_id):
 
 
 def write_calibration(path, evaluation, output_dir=None, plots=True, local_weight=None,
-                      groups=None, shape_vote_margin=None):
+                      groups=None, shape_vote_margin=None, second_peak_power=2.0):
     """Fits a calibration of expected errors (`keraslm.calibration`) to an evaluation's
     held-out predictions and writes it to `path` (JSON), with its quality measured by
     cross-fitting (each image's expected errors from a calibration fitted without it: without
@@ -199,6 +199,9 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     holds a shape vote (`keraslm.calibration.fit_shape_vote`) fitted on the evaluated images'
     annotated shapes (complete ones; pooled cross-validation folds: the whole dataset), and
     the cross-fitted quality counts it (each round's vote fitted on the other rounds' shapes).
+    `second_peak_power` (> 0; the default is `keraslm.calibration.SECOND_PEAK_POWER`): where
+    the predictions carry the global second peak, the confidence is damped by it
+    (`keraslm.calibration.fit_calibration`); 0 or None leaves it out.
 
     Returns:
         (calibration dict, quality dict, list of written paths).
@@ -216,9 +219,12 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
             "keraslm gave spread_mm); calibrate with the .keras models (--runs)")
     errors = evaluation.errors.errors_mm
     sources = "; ".join(str(source.get("run") or source.get("model")) for source in evaluation.sources)
+    second_peak = evaluation.second_peak if second_peak_power else None
+    damping = ({} if second_peak is None
+               else {"second_peak": second_peak, "second_peak_power": second_peak_power})
     calibration = fit_calibration(
         evaluation.confidence, evaluation.spread_mm, errors, evaluation.landmark_names,
-        source=f"held-out predictions of {len(evaluation.ids)} images: {sources}")
+        source=f"held-out predictions of {len(evaluation.ids)} images: {sources}", **damping)
     if shape_vote_margin is not None:
         calibration["shape_vote"] = fit_shape_vote(evaluation.ground_truth_mm,
                                                    evaluation.landmark_names,
@@ -227,7 +233,7 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
                                            evaluation.landmark_names,
                                            groups=groups, points_mm=evaluation.predicted_mm,
                                            shapes_mm=evaluation.ground_truth_mm,
-                                           shape_vote_margin=shape_vote_margin)
+                                           shape_vote_margin=shape_vote_margin, **damping)
     quality = calibration_quality(expected, errors)
     calibration["quality_cross_fitted"] = {k: v for k, v in quality.items() if k != "bins"}
     if local_weight is not None:

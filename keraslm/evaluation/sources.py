@@ -42,9 +42,9 @@ class Evaluation:
         image_readers: tuple or None. Per image a callable returning its `keraslm.io.Image`
             (for overlays), or None where the image is not known.
         sources: tuple of dict. What was evaluated (model, dataset, split, run folder, ids).
-        confidence, spread_mm, expected_error_mm: np.ndarray `(num_images, num_landmarks)` or
-            None. The predictions' uncertainty outputs (`keraslm.prediction.Prediction`), where
-            the model gave them.
+        confidence, spread_mm, expected_error_mm, second_peak: np.ndarray `(num_images,
+            num_landmarks)` or None. The predictions' uncertainty outputs
+            (`keraslm.prediction.Prediction`), where the model gave them.
         baseline_mm: np.ndarray like `predicted_mm`, or None. The mean-position baseline's
             points (each landmark at its mean training position,
             `keraslm.evaluation.metrics.mean_position_points`), where the model recorded them.
@@ -62,6 +62,7 @@ class Evaluation:
     spread_mm: np.ndarray = None
     expected_error_mm: np.ndarray = None
     baseline_mm: np.ndarray = None
+    second_peak: np.ndarray = None
 
     @property
     def ndim(self):
@@ -237,6 +238,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         stacked("confidence"), stacked("spread_mm"), stacked("expected_error_mm"),
         None if spec.mean_position_mm is None else mean_position_points(
             spec.mean_position_mm, len(records), spec.ndim),
+        second_peak=stacked("second_peak"),
     )
 
 
@@ -413,7 +415,7 @@ def combine(evaluations, method=None):
         dataclasses.replace(errors, ids=tuple(ids)), readers,
         tuple(source for part in evaluations for source in part.sources),
         pooled("confidence"), pooled("spread_mm"), pooled("expected_error_mm"),
-        pooled("baseline_mm"),
+        pooled("baseline_mm"), second_peak=pooled("second_peak"),
     )
 
 

@@ -50,6 +50,10 @@ class Prediction:
         expected_error_mm: np.ndarray `(num_landmarks,)` or None. The error to expect for each
             landmark, mm, from the model's calibration (`keraslm.calibration`); None when the
             model has none. Check the landmarks whose expected error is high.
+        second_peak: np.ndarray `(num_landmarks,)` or None. How strongly another place of the
+            global heatmap responds, as a fraction of its peak
+            (`keraslm.ops.heatmaps.HeatmapCodec.second_peak`); None for models exported before
+            keraslm gave it.
     """
 
     image_id: str
@@ -60,6 +64,7 @@ class Prediction:
     confidence: np.ndarray
     spread_mm: np.ndarray = None
     expected_error_mm: np.ndarray = None
+    second_peak: np.ndarray = None
 
     def to_dict(self):
         landmarks = {}
@@ -68,6 +73,8 @@ class Prediction:
                      "confidence": float(self.confidence[i])}
             if self.spread_mm is not None:
                 entry["spread_mm"] = float(self.spread_mm[i])
+            if self.second_peak is not None:
+                entry["second_peak"] = float(self.second_peak[i])
             if self.expected_error_mm is not None:
                 entry["expected_error_mm"] = float(self.expected_error_mm[i])
                 entry["check"] = bool(self.expected_error_mm[i] > FLAG_MM)
@@ -277,7 +284,7 @@ def predict(model, images, spacing=None, refine=None, precision="float32"):
         results.append(Prediction(image_id, path, tuple(spec.landmark_names),
                                   found["landmarks_mm"], found["landmarks_index"],
                                   found["confidence"], found.get("spread_mm"),
-                                  found.get("expected_error_mm")))
+                                  found.get("expected_error_mm"), found.get("second_peak")))
     return results
 
 

@@ -35,7 +35,7 @@ from keraslm.preprocessing import normalize, prepare_on_grid
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # As keraslm.io.plain reads colour images.
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: The outputs of `locate`; "expected_error_mm" only for a calibrated detector.
-OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence", "spread_mm")
+OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence", "spread_mm", "second_peak")
 CALIBRATED_OUTPUTS = OUTPUTS + ("expected_error_mm",)
 
 
@@ -206,7 +206,9 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         directions (all float64). Returns a dict of `landmarks_index` `(L, ndim)` float64
         (original image index, pixel centres at integers), `landmarks_mm` `(L, ndim)` float64,
         `confidence` `(L,)` float32 (the heatmap peak; the local stages' with local stages),
-        `spread_mm` `(L,)` float32 (the last stage's `HeatmapCodec.spread`) and, for a
+        `spread_mm` `(L,)` float32 (the last stage's `HeatmapCodec.spread`), `second_peak`
+        `(L,)` float32 (the global stages' `HeatmapCodec.second_peak` at their
+        `second_peak_radius_mm`: an uncertainty feature a calibration may read) and, for a
         calibrated spec, `expected_error_mm` `(L,)` float32. A calibration with
         `local_weight` blends the global and the refined point per landmark
         (`keraslm.calibration.blend_stages`). A spec trained in the canonical frame
@@ -244,8 +246,9 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         return prepared[key]
 
     def global_answer(array, spacing, prepared):
-        """The global stages on one image: points (its index), confidence, spread."""
-        points, confidences, spreads = [], [], []
+        """The global stages on one image: points (its index), confidence, spread, second
+        peak."""
+        points, confidences, spreads, second_peaks = [], [], [], []
         for net, stage, codec in global_stages:
             grid_image, grid_to_image = on_grid(array, spacing, stage, prepared)
             heatmaps = tf.cast(net(grid_image[tf.newaxis, ..., tf.newaxis], training=False),
@@ -254,10 +257,13 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
             points.append(_apply(grid_to_image, tf.cast(points_grid[0], tf.float64)))
             confidences.append(confidence[0])
             spreads.append(codec.spread(heatmaps, stage.grid_spacing)[0])
-        return _mean(points), _mean(confidences), _mean(spreads)
+            second_peaks.append(codec.second_peak(heatmaps, stage.grid_spacing,
+                                                  stage.second_peak_radius_mm)[0])
+        return _mean(points), _mean(confidences), _mean(spreads), _mean(second_peaks)
 
     def refined_answer(array, spacing, prepared, answer):
-        """The local stages on one image, refining the global `answer`."""
+        """The local stages on one image, refining the global `answer` (whose second peak
+        the answer keeps)."""
         points_index = answer[0]
         points, confidences, spreads = [], [], []
         for refine, stage in refines:
@@ -273,7 +279,7 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         refined_index = _mean(points)
         points_index = (refined_index if local_weight is None
                         else blend_stages(points_index, refined_index, local_weight))
-        return points_index, _mean(confidences), _mean(spreads)
+        return points_index, _mean(confidences), _mean(spreads), answer[3]
 
     def mirror_points(points_index, array, axis):
         """Index points of an image <-> of the image reversed along point axis `axis`."""
@@ -282,7 +288,7 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         return points_index * (1.0 - 2.0 * flip) + flip * (size - 1.0)  # x -> size - 1 - x
 
     def stages(array, spacing):
-        """Every stage on one image: points (its index), confidence, spread.
+        """Every stage on one image: points (its index), confidence, spread, second peak.
 
         With a mirror check, the facing is decided on the global stages' mean confidence: below
         the threshold, the global stages run on the mirrored image too and the surer facing is
@@ -318,9 +324,9 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
 
         def refine_mirrored():
             reversed_array = tf.reverse(array, [array_axis])
-            points, refined_confidence, spread = refined_answer(
-                reversed_array, spacing, mirror(prepared), mirrored_answer)
-            return mirror_points(points, array, axis), refined_confidence, spread
+            points, *features = refined_answer(reversed_array, spacing, mirror(prepared),
+                                               mirrored_answer)
+            return (mirror_points(points, array, axis), *features)
 
         # Each branch prepares into its own copy: tensors made inside a branch stay there.
         return tf.cond(use_mirror, refine_mirrored,
@@ -334,17 +340,18 @@ def image_to_landmarks(spec, networks, local_networks=(), iterations=1):
         if spec.canonical_orientation:
             array, spacing, canonical_to_image = canonical_frame(
                 array, spacing, tf.cast(direction, tf.float64))
-        points_index, confidence, spread = stages(array, spacing)
+        points_index, confidence, spread, second_peak = stages(array, spacing)
         if spec.canonical_orientation:
             points_index = _apply(canonical_to_image, points_index)
         index_to_mm = tf.cast(direction, tf.float64) * image_spacing[tf.newaxis, :]
         points_mm = tf.linalg.matvec(index_to_mm, points_index) + tf.cast(origin, tf.float64)
         outputs = {"landmarks_index": points_index, "landmarks_mm": points_mm,
-                   "confidence": confidence, "spread_mm": spread}
+                   "confidence": confidence, "spread_mm": spread, "second_peak": second_peak}
         if spec.calibration is not None:
             outputs["expected_error_mm"] = expected_error_mm(
                 spec.calibration, confidence, spread, points_mm,
-                None if spec.mirror_check is None else "xyz".index(spec.mirror_check.axis))
+                None if spec.mirror_check is None else "xyz".index(spec.mirror_check.axis),
+                second_peak=second_peak)
         return outputs
 
     return locate
