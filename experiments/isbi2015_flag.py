@@ -44,9 +44,6 @@ from keraslm.prediction.api import FLAG_MM  # noqa: E402
 MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
 #: Offsets (mm) tried for the extra signals: expected error = max(shipped, signal - offset).
 SIGNAL_OFFSETS = (0.5, 1.0, 2.0)
-#: `HeatmapCodec.second_peak`'s radius: two sigmas of version 6's global targets (2 pixels of
-#: 1.25 mm), beyond which a clean peak's flank is below 14 % of it.
-SECOND_PEAK_RADIUS_MM = 5.0
 #: `--test-time`: the copies each held-out image is predicted on besides itself - spacings
 #: scaled (the patient seen smaller: a larger one would leave the model's field of view) and the
 #: pixels shifted cyclically (x, y) by pixel counts off the global grid's step.
@@ -68,36 +65,19 @@ def load_runs(runs):
 
 
 def answers_of(detector, images):
-    """(points mm, confidence, spread mm) of `detector` on `images`, stacked over images."""
+    """(points mm, confidence, spread mm, global second peak) of `detector` on `images`, stacked
+    over images."""
     answers = predict(detector, images)
     return tuple(np.stack([getattr(a, key) for a in answers])
-                 for key in ("points_mm", "confidence", "spread_mm"))
+                 for key in ("points_mm", "confidence", "spread_mm", "second_peak"))
 
 
-def cross_fitted_heatmap(confidence, spread, errors, names, groups):
-    """The heatmap's expected error, each group's images calibrated on the other groups'."""
-    return cross_fitted_expected_error(confidence, spread, errors, names, groups=groups)
-
-
-def second_peaks(detector, images, radius_mm=SECOND_PEAK_RADIUS_MM):
-    """`HeatmapCodec.second_peak` of the detector's global stage(s) on each image (their mean
-    over an ensemble): `(num_images, num_landmarks)`."""
-    import tensorflow as tf
-
-    from keraslm.preprocessing import normalize, prepare_on_grid
-
-    ratios = []
-    for image in images:
-        per_stage = []
-        for network, stage in zip(detector.networks, detector.spec.global_stages):
-            normalized = normalize(tf.constant(image.array, tf.float32), stage.normalization)
-            grid_image, _ = prepare_on_grid(normalized, tf.constant(image.spacing, tf.float64),
-                                            stage.grid, "none")
-            heatmaps = network(grid_image[tf.newaxis, ..., tf.newaxis], training=False)
-            per_stage.append(np.asarray(stage.codec.second_peak(
-                tf.cast(heatmaps, tf.float32), stage.grid_spacing, radius_mm))[0])
-        ratios.append(np.mean(per_stage, axis=0))
-    return np.stack(ratios)
+def cross_fitted_heatmap(confidence, spread, errors, names, groups, second_peak=None, power=None):
+    """The heatmap's expected error, each group's images calibrated on the other groups' (with
+    `second_peak`: the confidence damped by it to the `power`, as the shipped calibration can)."""
+    damping = {} if second_peak is None else {"second_peak": second_peak,
+                                              "second_peak_power": power}
+    return cross_fitted_expected_error(confidence, spread, errors, names, groups=groups, **damping)
 
 
 def augmented_spread(detector, images, points_mm):
@@ -160,11 +140,11 @@ def fold_arrays(args, fold):
     images = [held_out.read_image(r) for r in held_out.records]
     global_runs = args.global_runs.format(fold=fold).split(",")
     names = list(dataset.landmark_names)
-    points, confidence, spread = answers_of(detector, images)
+    points, confidence, spread, second_peak = answers_of(detector, images)
     vote = fit_shape_vote(np.stack([r.points_mm for r in training.records]), names)
     arrays = {"points": points, "confidence": confidence, "spread": spread,
               "global_points": answers_of(load_runs(global_runs), images)[0],
-              "second_peak": second_peaks(load_runs(global_runs), images),
+              "second_peak": second_peak,
               "truth": np.stack([r.points_mm for r in held_out.records]),
               "residual": np.asarray(shape_vote_residual_mm(vote, points)),
               "scale": np.broadcast_to(np.asarray(vote["scale_mm"]), points.shape[:2]),
@@ -181,13 +161,13 @@ def fold_arrays(args, fold):
         first_pair = global_runs[:1] + args.refine.format(fold=fold).split(",")[:1]
         second = args.second_pair.format(fold=fold).split(",")
         ensemble = load_runs(first_pair[:1] + second[:1] + first_pair[1:] + second[1:])
-        e_points, e_confidence, e_spread = answers_of(ensemble, images)
+        e_points, e_confidence, e_spread, e_second_peak = answers_of(ensemble, images)
         arrays.update({
             "first_pair_points": answers_of(load_runs(first_pair), images)[0],
             "second_pair_points": answers_of(load_runs(second), images)[0],
             "ensemble_points": e_points, "ensemble_confidence": e_confidence,
             "ensemble_spread": e_spread,
-            "ensemble_second_peak": second_peaks(load_runs(first_pair[:1] + second[:1]), images),
+            "ensemble_second_peak": e_second_peak,
             "ensemble_residual": np.asarray(shape_vote_residual_mm(vote, e_points))})
     return arrays, runs, dataset, len(training.records), [r.id for r in held_out.records], vote
 
@@ -239,10 +219,10 @@ def main(argv=None):
     settings.append(("max(shipped, second peak's error)",
                      np.maximum(shipped, cross_fitted_increasing(second_peak, errors, groups))))
     for power in (1, 2):
-        damped = confidence * (1.0 - second_peak) ** power
         settings.append((f"max(heatmap calibrated on confidence x (1 - second peak)^{power}, "
                          f"vote residual - {margin:g} x variation)",
-                         np.maximum(cross_fitted_heatmap(damped, spread, errors, names, groups),
+                         np.maximum(cross_fitted_heatmap(confidence, spread, errors, names, groups,
+                                                         second_peak, power),
                                     residual - margin * scale)))
     if args.test_time:
         moved = pooled["test_time_spread"]
@@ -266,9 +246,10 @@ def main(argv=None):
              f"max(heatmap, vote residual - {margin:g} x variation), as the shipped model "
              "computes it; 'stage gap' = distance between the global stage's point and the "
              "refined one; 'second peak' = the global stage's highest heatmap value farther "
-             f"than {SECOND_PEAK_RADIUS_MM:g} mm from its peak, over the peak (`HeatmapCodec."
-             "second_peak`), as an error by an isotonic fit (cross-fitted like the heatmap's) "
-             "or folded into the confidence the heatmap calibration reads."
+             "than two target sigmas (5 mm) from its peak, over the peak (the prediction's "
+             "`second_peak`), as an error by an isotonic fit (cross-fitted like the heatmap's) "
+             "or folded into the confidence the heatmap calibration reads "
+             "(`second_peak_power`)."
              + ("" if not args.test_time else
                 " 'test-time spread' = root mean square distance of the points from their mean "
                 "when each image is predicted also with its spacing scaled by "
@@ -293,15 +274,15 @@ def main(argv=None):
         e_shipped = np.maximum(e_heatmap, e_vote)
         disagreement = np.linalg.norm(pooled["first_pair_points"] - pooled["second_pair_points"],
                                       axis=-1)
-        e_damped = pooled["ensemble_confidence"] * (1.0 - pooled["ensemble_second_peak"]) ** 2
         e_settings = [("heatmap (calibrated peak and spread)", e_heatmap), ("shipped", e_shipped)]
         e_settings += [(f"max(shipped, pairs' disagreement - {o:g} mm)",
                         np.maximum(e_shipped, disagreement - o)) for o in SIGNAL_OFFSETS]
         e_settings.append((
             "max(heatmap calibrated on confidence x (1 - second peak)^2, vote residual - "
             f"{margin:g} x variation)",
-            np.maximum(cross_fitted_heatmap(e_damped, pooled["ensemble_spread"], e_errors,
-                                            names, groups), e_vote)))
+            np.maximum(cross_fitted_heatmap(pooled["ensemble_confidence"],
+                                            pooled["ensemble_spread"], e_errors, names, groups,
+                                            pooled["ensemble_second_peak"], 2), e_vote)))
         first = np.linalg.norm(pooled["first_pair_points"] - truth, axis=-1)
         second = np.linalg.norm(pooled["second_pair_points"] - truth, axis=-1)
         pairs = [args.global_runs.split(",")[0] + " + " + args.refine.split(",")[0],
