@@ -361,3 +361,62 @@ def test_fold_model_arguments_take_several_folds_and_fill_run_folders(tmp_path, 
     assert loaded == [os.path.join("r/scn_fold1", "model.keras"),
                       os.path.join("r/unet_fold1", "model.keras")]
     assert args.global_runs == "r/scn_fold{fold}"  # The parsed arguments stay templates.
+
+
+@pytest.mark.slow
+@needs_isbi
+def test_isbi2015_records_keep_the_held_out_predictions_and_make_the_tables(tmp_path):
+    """The records of quick cross-validation runs: one per configuration and fold whose runs
+    finished, not written again for the same models; the tables from the records alone give
+    the CV driver's figures, and a mean-label configuration its comparison."""
+    import shutil
+
+    import numpy as np
+
+    output = _isbi2015_quick(tmp_path, "--architectures", "scn", "--ensemble-grid-shape", "40,32",
+                             "--ensemble-local-elastic-mm", "2")
+    records = _script("isbi2015_records")
+    runs, record_dir = output / "runs", tmp_path / "records"
+    for fold in (0, 1):  # A "mean-label" pair: the senior pair's models again.
+        for kind in ("scn", "local_unet"):
+            shutil.copytree(runs / f"{kind}_fold{fold}", runs / f"{kind}_meanlabels_fold{fold}")
+    common = ["--runs-dir", str(runs), "--records-dir", str(record_dir), "--dataset-root",
+              ISBI_ROOT]
+    assert records.main(["save", *common]) == 0
+    names = sorted(os.listdir(record_dir))
+    assert names == sorted(f"{c}_fold{f}.{e}" for c in ("pair", "ensemble", "meanlabels")
+                           for f in (0, 1) for e in ("npz", "json"))
+    stamps = {name: os.stat(record_dir / name).st_mtime_ns for name in names}
+    assert records.main(["save", *common]) == 0  # Same models: nothing written again.
+    assert {name: os.stat(record_dir / name).st_mtime_ns for name in names} == stamps
+    with np.load(record_dir / "ensemble_fold1.npz") as stored:
+        assert stored["refined_mm"].shape == stored["senior_mm"].shape == (2, 19, 2)
+        assert stored["junior_mm"].shape == (2, 19, 2)
+        assert np.all((stored["second_peak"] >= 0) & (stored["second_peak"] <= 1))
+    described = json.loads((record_dir / "ensemble_fold0.json").read_text())
+    assert [r["run"] for r in described["runs"]] == [
+        "scn_fold0", "scn_member2_fold0", "local_unet_fold0", "local_unet_member2_fold0"]
+    assert all(len(r["model_sha256"]) == 64 for r in described["runs"])
+    table_dir = tmp_path / "table"
+    assert records.main(["table", "--records-dir", str(record_dir), "--output-dir",
+                         str(table_dir)]) == 0
+    results = json.loads((table_dir / "results.json").read_text())
+    driver = json.loads((output / "results.json").read_text())
+    for configuration, driver_label in (
+            ("pair", "SpatialConf-Net + local U-Net"),
+            ("ensemble", "SpatialConf-Net x2 + local U-Net x2 (ensemble)")):
+        for stage, suffix in (("refined", ""), ("blended", ", blended")):
+            mine = [row for row in results["configurations"][configuration]["per_fold"]
+                    if row["method"].endswith(f", {stage}, fold 1")]
+            theirs = [row for row in driver["per_fold"]
+                      if row["method"] == f"{driver_label}{suffix}, fold 1 (2 images)"]
+            assert mine[0]["summary"]["mean_mm"] == pytest.approx(
+                theirs[0]["summary"]["mean_mm"], abs=1e-3), (configuration, stage)
+    assert results["mean_labels"]["folds"] == [0, 1]
+    same = results["mean_labels"]["mre_mm"]
+    assert same["senior"] == same["mean of both"]  # The same models under both names.
+    table = (table_dir / "table.md").read_text()
+    assert "| sella | " in table and "+0.00 |" in table
+    with pytest.raises(SystemExit, match="no records"):
+        records.main(["table", "--records-dir", str(tmp_path / "none"), "--output-dir",
+                      str(tmp_path / "t2")])

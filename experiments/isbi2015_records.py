@@ -1,0 +1,314 @@
+"""ISBI 2015: the cross-validation runs' held-out predictions, recorded in the repository, and the
+tables made from the records alone (issue 31).
+
+Run folders live outside git and have twice been lost with their machine; a record is small and
+is committed. `save` predicts a fold's held-out images with every configuration whose runs of
+that fold have finished and writes `<configuration>_fold<K>.npz` (per image and landmark: the
+global stage's point, the refined point, confidence, spread and global second peak, beside the
+senior and the junior doctor's landmarks) and `.json` (the runs, a SHA-256 of each model, their
+training hours and precision, the CPU); a record whose runs were trained again is written anew.
+`table` reads the records: per configuration the global, refined and blended rows (the blend's
+per-landmark weights fitted on the other recorded folds, as the shipped calibration's
+`local_weight`), per fold and per landmark, the runs' training hours, and - on the folds where
+both are recorded - the pair trained on the mean of both doctors' labels against the pair
+trained on the senior's, measured against the senior (the challenge's ground truth), the junior
+and their mean.
+
+    python experiments/isbi2015_records.py save [--runs-dir experiments/results/isbi2015_v6/runs]
+    python experiments/isbi2015_records.py table [--output-dir experiments/results/isbi2015_records]
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS_DIR = os.path.join(REPO, "experiments", "results", "isbi2015_v6", "runs")
+RECORDS_DIR = os.path.join(REPO, "experiments", "results", "isbi2015_records")
+NUM_FOLDS = 5
+#: Each configuration: its global and its local runs' kinds (`isbi2015_queue.KINDS`; several
+#: make an ensemble) and its table label.
+CONFIGURATIONS = {
+    "pair": (("scn",), ("local_unet",), "SCN + local U-Net (trained on the senior's labels)"),
+    "ensemble": (("scn", "scn_member2"), ("local_unet", "local_unet_member2"),
+                 "SCN x2 + local U-Net x2 (version 6's configuration)"),
+    "meanlabels": (("scn_meanlabels",), ("local_unet_meanlabels",),
+                   "SCN + local U-Net trained on the mean of both doctors' labels"),
+    "flip": (("scn_flip",), ("local_unet_flip",), "SCN + local U-Net trained with random flips"),
+}
+ARRAYS = ("global_mm", "refined_mm", "confidence", "spread_mm", "second_peak")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_paths(records_dir, configuration, fold):
+    stem = os.path.join(records_dir, f"{configuration}_fold{fold}")
+    return stem + ".npz", stem + ".json"
+
+
+def _run_description(run_dir):
+    from keraslm.run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    config = json.load(open(folder.config_path, encoding="utf-8"))
+    seconds_path = os.path.join(run_dir, "training_seconds.json")
+    seconds = (json.load(open(seconds_path, encoding="utf-8"))["seconds"]
+               if os.path.isfile(seconds_path) else None)
+    return {"run": os.path.basename(run_dir), "model_sha256": _sha256(folder.model_path),
+            "training_seconds": seconds,
+            "precision": (config.get("resolved_precision") or {}).get("precision")}
+
+
+def save(runs_dir, records_dir, dataset_root, folds, log=print):
+    """Records every (configuration, fold) whose runs have finished and whose record is missing
+    or of other models; returns the paths written."""
+    from keraslm.datasets import isbi2015
+    from keraslm.files import atomic_path, write_json
+    from keraslm.precision import describe_machine
+    from keraslm.prediction import combine_detectors, load_detector, predict
+    from keraslm.run_folder import RunFolder
+
+    senior = isbi2015(dataset_root)
+    junior_file = os.path.join(dataset_root, "landmarks_junior.csv")
+    junior = (isbi2015(dataset_root, landmarks_file="landmarks_junior.csv")
+              if os.path.isfile(junior_file) else None)
+    written = []
+    for fold in folds:
+        for configuration, (global_kinds, local_kinds, _) in CONFIGURATIONS.items():
+            run_dirs = [os.path.join(runs_dir, f"{kind}_fold{fold}")
+                        for kind in global_kinds + local_kinds]
+            if not all(RunFolder(d).is_finished() for d in run_dirs):
+                continue
+            runs = [_run_description(d) for d in run_dirs]
+            npz_path, json_path = record_paths(records_dir, configuration, fold)
+            if os.path.isfile(json_path):
+                with open(json_path, encoding="utf-8") as handle:
+                    if [r["model_sha256"] for r in json.load(handle)["runs"]] == [
+                            r["model_sha256"] for r in runs]:
+                        continue
+            # The images the runs held out (all of them the same), with the senior's landmarks
+            # - also for runs trained on other labels.
+            held_out_ids = {tuple(RunFolder(d).read_metrics()["validation_ids"]) for d in run_dirs}
+            if len(held_out_ids) != 1:
+                raise SystemExit(f"{configuration} fold {fold}: the runs "
+                                 f"{', '.join(map(os.path.basename, run_dirs))} held out "
+                                 "different images")
+            held_out = senior.subset(list(held_out_ids.pop()))
+            log(f"recording {configuration} fold {fold}: "
+                f"{', '.join(os.path.basename(d) for d in run_dirs)}")
+            models = [load_detector(os.path.join(d, "model.keras")) for d in run_dirs]
+            images = [held_out.read_image(r) for r in held_out.records]
+            started = time.perf_counter()
+            global_answers = predict(combine_detectors(models[:len(global_kinds)]), images)
+            answers = predict(combine_detectors(models), images)
+            seconds = time.perf_counter() - started
+            arrays = {"ids": np.array(held_out.ids),
+                      "senior_mm": np.stack([r.points_mm for r in held_out.records]),
+                      "global_mm": np.stack([a.points_mm for a in global_answers]),
+                      "refined_mm": np.stack([a.points_mm for a in answers]),
+                      "confidence": np.stack([a.confidence for a in answers]),
+                      "spread_mm": np.stack([a.spread_mm for a in answers]),
+                      "second_peak": np.stack([a.second_peak for a in answers])}
+            if junior is not None:
+                arrays["junior_mm"] = np.stack([junior.record(i).points_mm for i in held_out.ids])
+            os.makedirs(records_dir, exist_ok=True)
+            with atomic_path(npz_path, suffix=".npz") as temporary:
+                with open(temporary, "wb") as handle:
+                    np.savez_compressed(handle, **arrays)
+            write_json(json_path, {
+                "configuration": configuration, "fold": fold, "num_folds": NUM_FOLDS,
+                "landmark_names": list(senior.landmark_names), "runs": runs,
+                "prediction_seconds_per_image": seconds / (2 * len(images)),
+                "machine": describe_machine(),
+                "recorded": time.strftime("%Y-%m-%d %H:%M %Z")})
+            written += [npz_path, json_path]
+    return written
+
+
+def load_records(records_dir):
+    """{configuration: {fold: (arrays dict, description dict)}} of the records in the folder."""
+    records = {}
+    for configuration in CONFIGURATIONS:
+        for fold in range(NUM_FOLDS):
+            npz_path, json_path = record_paths(records_dir, configuration, fold)
+            if not (os.path.isfile(npz_path) and os.path.isfile(json_path)):
+                continue
+            with np.load(npz_path) as stored:
+                arrays = {key: stored[key] for key in stored.files}
+            with open(json_path, encoding="utf-8") as handle:
+                records.setdefault(configuration, {})[fold] = (arrays, json.load(handle))
+    return records
+
+
+def _errors(predicted, truth, ids, names):
+    from keraslm.evaluation import point_errors
+
+    return point_errors(predicted, truth, tuple(str(i) for i in ids), tuple(names))
+
+
+def _blended(parts, names):
+    """Per fold, the blended points (weights fitted on the other folds) and the weights fitted
+    on all of them; with one fold, None."""
+    from keraslm.calibration import cross_fitted_blend, fit_local_weight
+
+    if len(parts) < 2:
+        return None, None
+    stacked = {key: np.concatenate([p[key] for p in parts])
+               for key in ("global_mm", "refined_mm", "senior_mm")}
+    groups = np.repeat(np.arange(len(parts)), [len(p["ids"]) for p in parts])
+    blended = cross_fitted_blend(stacked["global_mm"], stacked["refined_mm"],
+                                 stacked["senior_mm"], groups=groups)
+    weights = fit_local_weight(stacked["global_mm"], stacked["refined_mm"], stacked["senior_mm"])
+    return [blended[groups == n] for n in range(len(parts))], weights
+
+
+def configuration_rows(configuration, by_fold, names):
+    """(pooled rows, per-fold rows, per-landmark tables, blend weights or None, the answer per
+    fold: the blended points where there are two folds or more, else the refined ones)."""
+    from keraslm.evaluation import per_landmark, pool, summarize
+
+    label = CONFIGURATIONS[configuration][2]
+    folds = sorted(by_fold)
+    parts = [by_fold[f][0] for f in folds]
+    blended, weights = _blended(parts, names)
+    stages = [("global stage", [p["global_mm"] for p in parts]),
+              ("refined", [p["refined_mm"] for p in parts])]
+    if blended is not None:
+        stages.append(("blended", blended))
+    rows, fold_rows, landmarks = [], [], {}
+    for stage, points in stages:
+        errors = [_errors(pts, p["senior_mm"], p["ids"], names) for pts, p in zip(points, parts)]
+        method = f"{label}, {stage}"
+        pooled = pool(errors)
+        rows.append({"method": f"{method} (folds {', '.join(map(str, folds))})",
+                     "summary": summarize(pooled)})
+        fold_rows += [{"method": f"{method}, fold {f}", "summary": summarize(e)}
+                      for f, e in zip(folds, errors)]
+        landmarks[method] = per_landmark(pooled)
+    return rows, fold_rows, landmarks, weights, dict(zip(folds, stages[-1][1]))
+
+
+def table(records_dir, output_dir, argv):
+    from keraslm.evaluation import per_landmark, pool, summarize
+    from keraslm.evaluation.tables import format_landmark_table, format_sdr_table
+    from keraslm.experiments.runs import write_experiment
+
+    records = load_records(records_dir)
+    if not records:
+        raise SystemExit(f"{records_dir}: no records (python experiments/isbi2015_records.py save)")
+    names = next(iter(next(iter(records.values())).values()))[1]["landmark_names"]
+    lines = ["# ISBI 2015: cross-validation from the recorded held-out predictions", "",
+             "Each fold's 30 held-out images (5 folds, seed 0), measured against the senior "
+             "doctor's landmarks (the challenge's ground truth). 'global stage' = the global "
+             "network(s) alone; 'refined' = the local stage(s) around their estimate; 'blended' "
+             "= per landmark w x refined + (1 - w) x global with w fitted on the other recorded "
+             "folds (what a calibrated export answers). Records: "
+             f"`{os.path.relpath(records_dir, REPO)}`.", ""]
+    payload = {"configurations": {}}
+    answers = {}
+    for configuration, by_fold in records.items():
+        rows, fold_rows, landmarks, weights, answer = configuration_rows(configuration, by_fold,
+                                                                          names)
+        answers[configuration] = answer
+        lines += [f"## {CONFIGURATIONS[configuration][2]}", "", format_sdr_table(rows), "",
+                  "Per fold:", "", format_sdr_table(fold_rows), "", "Per landmark:", "",
+                  format_landmark_table(landmarks), ""]
+        if weights is not None:
+            lines += ["Blend weights w fitted on all recorded folds: " + ", ".join(
+                f"{n} {w:.1f}" for n, w in zip(names, weights)), ""]
+        hours = ["| fold | run | training h | precision | CPU |", "|---|---|---|---|---|"]
+        for fold in sorted(by_fold):
+            description = by_fold[fold][1]
+            for run in description["runs"]:
+                seconds = run["training_seconds"]
+                hours.append(f"| {fold} | {run['run']} | "
+                             f"{'' if seconds is None else f'{seconds / 3600:.2f}'} | "
+                             f"{run['precision']} | {description['machine']} |")
+        lines += ["Training time of each run (wall time recorded by the run; the runs trained "
+                  "one at a time unless the machine was shared):", ""] + hours + [""]
+        payload["configurations"][configuration] = {
+            "folds": sorted(by_fold), "rows": _json_rows(rows), "per_fold": _json_rows(fold_rows),
+            "local_weight": None if weights is None else dict(zip(names, map(float, weights))),
+            "runs": {fold: by_fold[fold][1]["runs"] for fold in sorted(by_fold)}}
+    if "pair" in records and "meanlabels" in records:
+        lines += _mean_label_lines(records, answers, names, payload, per_landmark, pool, summarize)
+    return write_experiment(output_dir, lines, payload, "experiments/isbi2015_records.py", argv)
+
+
+def _json_rows(rows):
+    from keraslm.experiments.runs import json_rows
+
+    return json_rows(rows)
+
+
+def _mean_label_lines(records, answers, names, payload, per_landmark, pool, summarize):
+    """The senior-label pair against the mean-label pair on the folds both have, against each
+    doctor and their mean."""
+    folds = sorted(set(records["pair"]) & set(records["meanlabels"]))
+    lines = ["## Trained on the senior's labels or on the mean of both doctors' labels", "",
+             f"Folds {', '.join(map(str, folds))} (the answer of each: blended where two folds "
+             "or more are recorded, else refined). MRE in mm against each reference:", "",
+             "| trained on | vs senior | vs junior | vs doctors' mean |", "|---|---|---|---|"]
+    per_reference, result = {}, {}
+    for configuration, trained_on in (("pair", "senior"), ("meanlabels", "mean of both")):
+        means = []
+        for reference in ("senior", "junior", "mean"):
+            errors = []
+            for fold in folds:
+                arrays = records[configuration][fold][0]
+                truth = (arrays["senior_mm"] if reference == "senior" else arrays["junior_mm"]
+                         if reference == "junior"
+                         else (arrays["senior_mm"] + arrays["junior_mm"]) / 2.0)
+                errors.append(_errors(answers[configuration][fold], truth, arrays["ids"], names))
+            pooled = pool(errors)
+            per_reference[configuration, reference] = per_landmark(pooled)
+            means.append(summarize(pooled)["mean_mm"])
+        result[trained_on] = dict(zip(("senior", "junior", "mean"), means))
+        lines.append(f"| {trained_on} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    lines += ["", "Per landmark, MRE against the senior (mm):", "",
+              "| landmark | senior labels | mean labels | change |", "|---|---|---|---|"]
+    senior_rows = per_reference["pair", "senior"]
+    mean_rows = per_reference["meanlabels", "senior"]
+    for name, a, b in zip(names, senior_rows, mean_rows):
+        lines.append(f"| {name} | {a['mean_mm']:.2f} | {b['mean_mm']:.2f} | "
+                     f"{b['mean_mm'] - a['mean_mm']:+.2f} |")
+    payload["mean_labels"] = {"folds": folds, "mre_mm": result}
+    return lines + [""]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("save", "table"),
+                        help="save: record the finished runs' held-out predictions; table: the "
+                        "tables from the records")
+    parser.add_argument("--runs-dir", default=RUNS_DIR, help="the run folders (save)")
+    parser.add_argument("--records-dir", default=RECORDS_DIR)
+    parser.add_argument("--dataset-root", default=os.path.join(REPO, "..", "shared", "data",
+                                                               "isbi2015-train"))
+    parser.add_argument("--folds", default="0,1,2,3,4", help="folds to record (save)")
+    parser.add_argument("--output-dir", default=RECORDS_DIR, help="where table writes (table)")
+    args = parser.parse_args(argv)
+    if args.command == "save":
+        written = save(args.runs_dir, args.records_dir, args.dataset_root,
+                       [int(f) for f in args.folds.split(",")])
+        print(f"{len(written) // 2} record(s) written" if written else "nothing new to record")
+        return 0
+    print(table(args.records_dir, args.output_dir, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
