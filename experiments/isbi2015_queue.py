@@ -2,7 +2,9 @@
 priority, and its state. `status` lists every run (finished, epochs done, training time); `train`
 works the queue with a number of workers, each taking the first run that is neither finished nor
 taken by another worker (a lock file per run, released when its worker ends, however it ends),
-and resuming it from its checkpoints. Stop it any time (a session's end kills it); start it again
+and resuming it from its checkpoints; after each finished run it records the fold's held-out
+predictions of every configuration that run completes (`isbi2015_records.py save`, into the
+repository: commit them). Stop it any time (a session's end kills it); start it again
 to continue. The runs are version 6's configuration, the settings the README's version-6 driver
 (`experiments/isbi2015_cv.py`) gives them, in its run folders (`experiments/results/isbi2015_v6/
 runs/<run>_fold<K>`), so the driver and the fold experiments find them.
@@ -219,6 +221,21 @@ def worker(number, args, failed, rescan_seconds=5.0):
             with lock:
                 if _train_one(kind, fold, args, log, lock) != 0:
                     failed.add((kind, fold))
+                    continue
+            _record(fold, args, log)
+
+
+def _record(fold, args, log):
+    """`isbi2015_records.py save` for the fold, with this checkout's keraslm: records every
+    configuration the finished run completes (commit them: run folders can be lost)."""
+    command = [sys.executable, os.path.join(REPO, "experiments", "isbi2015_records.py"), "save",
+               "--runs-dir", args.runs_dir, "--folds", str(fold), "--dataset-root",
+               args.dataset_root]
+    print(f"{time.strftime('%H:%M:%S')} records of fold {fold}: {shlex.join(command)}", file=log,
+          flush=True)
+    code = subprocess.call(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
+                           stderr=log, preexec_fn=_die_with_parent)
+    print(f"{time.strftime('%H:%M:%S')} records of fold {fold}: exit {code}", file=log, flush=True)
 
 
 def main(argv=None):

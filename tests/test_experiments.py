@@ -328,12 +328,16 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
         (runs / f"{kind}_fold{fold}" / "model.keras").write_text("")
         return 1 if kind == "scn_member2" and fold == 4 else 0
 
+    recorded = []
     monkeypatch.setattr(queue, "_train_one", fake_train)
+    monkeypatch.setattr(queue, "_record", lambda fold, args, log: recorded.append(fold))
     args = type("Args", (), {"runs_dir": str(runs), "logs": str(tmp_path)})()
     failed = set()
     queue.worker(1, args, failed, rescan_seconds=0.0)
     assert trained == [run for run in queue.PLAN if run not in (("scn", 1), ("scn_flip", 1))]
     assert failed == {("scn_member2", 4)}
+    # The fold's records after every run that finished, none after the failed one.
+    assert recorded == [fold for kind, fold in trained if (kind, fold) != ("scn_member2", 4)]
     held.close()
 
 
