@@ -200,6 +200,48 @@ def configuration_rows(configuration, by_fold, names):
     return rows, fold_rows, landmarks, weights, dict(zip(folds, stages[-1][1]))
 
 
+def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
+                             second_peak_power=2.0, source=None):
+    """The shipped model's calibration refitted on recorded held-out predictions
+    (`{fold: (arrays, description)}` of one configuration, two folds or more): per-landmark
+    blend weights (`local_weight`, on all folds), the heatmap calibration of the blended points'
+    errors against the senior - each fold's points blended with weights fitted on the other
+    folds - with the confidence damped by the global second peak (`second_peak_power`; 0: not),
+    and a shape vote fitted on `shapes_mm` (the training shapes). Returns (calibration, a dict
+    of cross-fitted figures: each fold's expected errors from a calibration fitted on the other
+    folds, with the vote fitted on their held-out shapes)."""
+    from keraslm.calibration import (calibration_quality, cross_fitted_expected_error,
+                                     fit_calibration, fit_shape_vote)
+
+    folds = sorted(by_fold)
+    parts = [by_fold[f][0] for f in folds]
+    blended, weights = _blended(parts, names)
+    if blended is None:
+        raise SystemExit("a calibration from records needs two recorded folds or more")
+    stacked = {key: np.concatenate([p[key] for p in parts])
+               for key in ("confidence", "spread_mm", "second_peak", "senior_mm")}
+    points = np.concatenate(blended)
+    errors = np.linalg.norm(points - stacked["senior_mm"], axis=-1)
+    groups = np.repeat(np.arange(len(parts)), [len(p["ids"]) for p in parts])
+    damping = ({} if not second_peak_power else
+               {"second_peak": stacked["second_peak"], "second_peak_power": second_peak_power})
+    calibration = fit_calibration(stacked["confidence"], stacked["spread_mm"], errors, names,
+                                  source=source, **damping)
+    calibration["local_weight"] = [float(w) for w in weights]
+    calibration["shape_vote"] = fit_shape_vote(shapes_mm, names, margin=shape_vote_margin)
+    expected = cross_fitted_expected_error(
+        stacked["confidence"], stacked["spread_mm"], errors, names, groups=groups,
+        points_mm=points, shapes_mm=stacked["senior_mm"], shape_vote_margin=shape_vote_margin,
+        **damping)
+    quality = calibration_quality(expected, errors)
+    far = errors > 10.0
+    quality.pop("bins", None)
+    quality.update({"num_far": int(far.sum()), "far_caught": int((expected[far] > 2.5).sum()),
+                    "mre_mm": float(errors.mean()), "folds": folds})
+    calibration["quality_cross_fitted"] = quality
+    return calibration, quality
+
+
 def table(records_dir, output_dir, argv):
     from keraslm.evaluation import per_landmark, pool, summarize
     from keraslm.evaluation.tables import format_landmark_table, format_sdr_table

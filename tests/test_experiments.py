@@ -424,3 +424,43 @@ def test_isbi2015_records_keep_the_held_out_predictions_and_make_the_tables(tmp_
     with pytest.raises(SystemExit, match="no records"):
         records.main(["table", "--records-dir", str(tmp_path / "none"), "--output-dir",
                       str(tmp_path / "t2")])
+
+
+
+def test_calibration_from_records_refits_weights_damped_heatmap_and_vote():
+    """The shipped calibration refitted on two folds' records: blend weights, the heatmap
+    calibration damped by the second peak, a shape vote, cross-fitted figures; without the
+    second peak when its power is 0; one fold is not enough."""
+    import numpy as np
+
+    from keraslm.calibration import check_calibration
+
+    records = _script("isbi2015_records")
+    rng = np.random.default_rng(0)
+    names = [f"l{i}" for i in range(5)]
+    mean_shape = rng.uniform(0, 100, (5, 2))
+    by_fold = {}
+    for fold in (0, 1):
+        truth = mean_shape + rng.normal(0, 3, (12, 5, 2))
+        second_peak = rng.uniform(0.1, 0.9, (12, 5))
+        noise = rng.normal(0, 1, (12, 5, 2)) * (1 + 4 * second_peak[..., None])
+        by_fold[fold] = ({"ids": np.arange(12) + 12 * fold, "senior_mm": truth,
+                          "global_mm": truth + rng.normal(0, 2, truth.shape),
+                          "refined_mm": truth + noise, "confidence": rng.uniform(20, 90, (12, 5)),
+                          "spread_mm": rng.uniform(0.5, 2, (12, 5)), "second_peak": second_peak},
+                         {"runs": []})
+    shapes = mean_shape + rng.normal(0, 3, (40, 5, 2))
+    calibration, quality = records.calibration_from_records(by_fold, names, shapes, source="x")
+    check_calibration(calibration, names)
+    assert calibration["second_peak_power"] == 2.0 and len(calibration["local_weight"]) == 5
+    assert calibration["shape_vote"]["margin"] == 2.0 and calibration["source"] == "x"
+    assert calibration["shape_vote"]["num_shapes"] == 40
+    assert quality["folds"] == [0, 1] and quality["num_points"] == 2 * 12 * 5
+    assert 0 <= quality["flagged_fraction"] <= 1 and quality["mre_mm"] > 0
+    plain, plain_quality = records.calibration_from_records(by_fold, names, shapes,
+                                                            second_peak_power=0)
+    assert "second_peak_power" not in plain
+    # The errors grow with the second peak: damping by it ranks them better.
+    assert quality["spearman"] > plain_quality["spearman"]
+    with pytest.raises(SystemExit, match="two recorded folds"):
+        records.calibration_from_records({0: by_fold[0]}, names, shapes)
