@@ -22,7 +22,8 @@ EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fol
                "isbi2015_facing/fold1_global", "isbi2015_facing/fold1_c2f",
                "isbi2015_flag/fold0", "isbi2015_flag/folds01", "isbi2015_flag/fold1",
                "isbi2015_annotators/fold0",
-               "isbi2015_annotators/fold1", "isbi2015_queue", "table1_phantom2d",
+               "isbi2015_annotators/fold1", "isbi2015_queue", "isbi2015_records",
+               "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
@@ -104,6 +105,7 @@ COMMANDS = {
                                  "experiments/results/isbi2015_annotators/fold1",
     "isbi2015_queue": "python experiments/isbi2015_queue.py status --output-dir "
                       "experiments/results/isbi2015_queue",
+    "isbi2015_records": "python experiments/isbi2015_records.py table",
 }
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (
