@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from keraslm.calibration import (  # noqa: E402
+    SECOND_PEAK_POWER,
     cross_fitted_expected_error,
     fit_shape_vote,
     shape_vote_residual_mm,
@@ -72,7 +73,8 @@ def answers_of(detector, images):
                  for key in ("points_mm", "confidence", "spread_mm", "second_peak"))
 
 
-def cross_fitted_heatmap(confidence, spread, errors, names, groups, second_peak=None, power=None):
+def cross_fitted_heatmap(confidence, spread, errors, names, groups, second_peak=None,
+                         power=SECOND_PEAK_POWER):
     """The heatmap's expected error, each group's images calibrated on the other groups' (with
     `second_peak`: the confidence damped by it to the `power`, as the shipped calibration can)."""
     damping = {} if second_peak is None else {"second_peak": second_peak,
@@ -246,7 +248,8 @@ def main(argv=None):
              f"max(heatmap, vote residual - {margin:g} x variation), as the shipped model "
              "computes it; 'stage gap' = distance between the global stage's point and the "
              "refined one; 'second peak' = the global stage's highest heatmap value farther "
-             "than two target sigmas (5 mm) from its peak, over the peak (the prediction's "
+             "than two target sigmas (5 mm on the 192x160 grid, 4 mm on the 240x208 grid of a "
+             "second ensemble member) from its peak, over the peak (the prediction's "
              "`second_peak`), as an error by an isotonic fit (cross-fitted like the heatmap's) "
              "or folded into the confidence the heatmap calibration reads "
              "(`second_peak_power`)."

@@ -42,7 +42,6 @@ CONFIGURATIONS = {
                    "SCN + local U-Net trained on the mean of both doctors' labels"),
     "flip": (("scn_flip",), ("local_unet_flip",), "SCN + local U-Net trained with random flips"),
 }
-ARRAYS = ("global_mm", "refined_mm", "confidence", "spread_mm", "second_peak")
 
 
 def _sha256(path):
@@ -110,9 +109,11 @@ def save(runs_dir, records_dir, dataset_root, folds, log=print):
                 f"{', '.join(os.path.basename(d) for d in run_dirs)}")
             models = [load_detector(os.path.join(d, "model.keras")) for d in run_dirs]
             images = [held_out.read_image(r) for r in held_out.records]
-            started = time.perf_counter()
             global_answers = predict(combine_detectors(models[:len(global_kinds)]), images)
-            answers = predict(combine_detectors(models), images)
+            detector = combine_detectors(models)
+            answers = predict(detector, images[:1])  # Traced once: the time is per image.
+            started = time.perf_counter()
+            answers += predict(detector, images[1:])
             seconds = time.perf_counter() - started
             arrays = {"ids": np.array(held_out.ids),
                       "senior_mm": np.stack([r.points_mm for r in held_out.records]),
@@ -130,7 +131,7 @@ def save(runs_dir, records_dir, dataset_root, folds, log=print):
             write_json(json_path, {
                 "configuration": configuration, "fold": fold, "num_folds": NUM_FOLDS,
                 "landmark_names": list(senior.landmark_names), "runs": runs,
-                "prediction_seconds_per_image": seconds / (2 * len(images)),
+                "prediction_seconds_per_image": seconds / max(len(images) - 1, 1),
                 "machine": describe_machine(),
                 "recorded": time.strftime("%Y-%m-%d %H:%M %Z")})
             written += [npz_path, json_path]
@@ -252,7 +253,7 @@ def table(records_dir, output_dir, argv):
         raise SystemExit(f"{records_dir}: no records (python experiments/isbi2015_records.py save)")
     names = next(iter(next(iter(records.values())).values()))[1]["landmark_names"]
     lines = ["# ISBI 2015: cross-validation from the recorded held-out predictions", "",
-             "Each fold's 30 held-out images (5 folds, seed 0), measured against the senior "
+             "Each fold's held-out images (5 folds of the 150, seed 0), measured against the senior "
              "doctor's landmarks (the challenge's ground truth). 'global stage' = the global "
              "network(s) alone; 'refined' = the local stage(s) around their estimate; 'blended' "
              "= per landmark w x refined + (1 - w) x global with w fitted on the other recorded "
@@ -270,7 +271,7 @@ def table(records_dir, output_dir, argv):
         if weights is not None:
             lines += ["Blend weights w fitted on all recorded folds: " + ", ".join(
                 f"{n} {w:.1f}" for n, w in zip(names, weights)), ""]
-        hours = ["| fold | run | training h | precision | CPU |", "|---|---|---|---|---|"]
+        hours = ["| fold | run | training h | precision | recorded on |", "|---|---|---|---|---|"]
         for fold in sorted(by_fold):
             description = by_fold[fold][1]
             for run in description["runs"]:
@@ -279,12 +280,16 @@ def table(records_dir, output_dir, argv):
                              f"{'' if seconds is None else f'{seconds / 3600:.2f}'} | "
                              f"{run['precision']} | {description['machine']} |")
         lines += ["Training time of each run (wall time recorded by the run; the runs trained "
-                  "one at a time unless the machine was shared):", ""] + hours + [""]
+                  "one at a time unless the machine was shared) and the machine that recorded "
+                  "the predictions (the queue records right after training, on the same "
+                  "machine):", ""] + hours + [""]
         payload["configurations"][configuration] = {
             "folds": sorted(by_fold), "rows": _json_rows(rows), "per_fold": _json_rows(fold_rows),
             "local_weight": None if weights is None else dict(zip(names, map(float, weights))),
             "runs": {fold: by_fold[fold][1]["runs"] for fold in sorted(by_fold)}}
-    if "pair" in records and "meanlabels" in records:
+    if "pair" in records and "meanlabels" in records and all(
+            "junior_mm" in arrays for configuration in ("pair", "meanlabels")
+            for arrays, _ in records[configuration].values()):
         lines += _mean_label_lines(records, answers, names, payload, per_landmark, pool, summarize)
     return write_experiment(output_dir, lines, payload, "experiments/isbi2015_records.py", argv)
 

@@ -42,7 +42,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keraslm.calibration import fit_mirror_threshold, fit_shape_vote  # noqa: E402
+from keraslm.calibration import (  # noqa: E402
+    SECOND_PEAK_POWER,
+    fit_mirror_threshold,
+    fit_shape_vote,
+)
 from keraslm.datasets import load_dataset  # noqa: E402
 from keraslm.experiments.runs import write_experiment  # noqa: E402
 from keraslm.export import export_saved_model  # noqa: E402
@@ -81,13 +85,22 @@ def _refit_calibration(args, spec, dataset):
     from isbi2015_records import calibration_from_records, load_records
 
     by_fold = load_records(args.calibration_records).get("ensemble", {})
+    if len(by_fold) < 2:
+        raise SystemExit(f"{args.calibration_records}: {len(by_fold)} fold(s) of the ensemble "
+                         "configuration recorded; the refit needs two or more "
+                         "(experiments/isbi2015_records.py save)")
+    for fold, (_, description) in sorted(by_fold.items()):
+        if description["landmark_names"] != list(spec.landmark_names):
+            raise SystemExit(f"{args.calibration_records}: fold {fold}'s record has landmarks "
+                             f"{description['landmark_names']}, {args.source} has "
+                             f"{list(spec.landmark_names)}")
     runs = "; ".join(" & ".join(r["run"] for r in by_fold[f][1]["runs"]) for f in sorted(by_fold))
     shapes = np.stack([r.points_mm for r in dataset.records])
     source = (f"held-out predictions of folds {', '.join(map(str, sorted(by_fold)))} recorded in "
               f"{args.calibration_records} ({runs}); shape vote: the {len(shapes)} training "
               "shapes (senior doctor)")
     qualities, calibration = {}, None
-    for power in (args.second_peak_power, 0.0):
+    for power in dict.fromkeys((args.second_peak_power, 0.0)):  # The comparison without.
         fitted, quality = calibration_from_records(
             by_fold, list(spec.landmark_names), shapes, args.shape_vote_margin, power, source)
         qualities[f"second_peak_power {power:g}"] = quality
@@ -99,8 +112,10 @@ def _refit_calibration(args, spec, dataset):
     text = "\n".join([
         f"Calibration refitted on the ensemble's recorded held-out predictions of folds "
         f"{', '.join(map(str, quality['folds']))} (`{args.calibration_records}`; blended MRE "
-        f"{quality['mre_mm']:.2f} mm): blend weights, heatmap calibration (confidence x (1 - "
-        f"second peak)^{args.second_peak_power:g}) and a shape vote with margin "
+        f"{quality['mre_mm']:.2f} mm): blend weights, heatmap calibration ("
+        + (f"confidence x (1 - second peak)^{args.second_peak_power:g}"
+           if args.second_peak_power else "confidence, no second peak")
+        + ") and a shape vote with margin "
         f"{args.shape_vote_margin:g} fitted on the {len(dataset.records)} training shapes. "
         "Cross-fitted over the folds (each fold's expected errors from a calibration fitted on "
         "the others, the vote on their held-out shapes), flag at 2.5 mm:", "",
@@ -119,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--calibration-records", metavar="DIR",
                         help="refit the calibration on these records' ensemble folds "
                         "(experiments/isbi2015_records.py; needs --shape-vote-margin)")
-    parser.add_argument("--second-peak-power", type=float, default=2.0,
+    parser.add_argument("--second-peak-power", type=float, default=SECOND_PEAK_POWER,
                         help="with --calibration-records: the second-peak damping (0: none)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--dataset-root", default="../shared/data/isbi2015-train")
@@ -129,6 +144,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.calibration_records and args.shape_vote_margin is None:
         parser.error("--calibration-records needs --shape-vote-margin")
+    if not (np.isfinite(args.second_peak_power) and args.second_peak_power >= 0):
+        parser.error(f"--second-peak-power must be a number >= 0. Received: "
+                     f"{args.second_peak_power}")
     print(describe_machine(), flush=True)
     saved, detector = rebuilt_detector(args.source, args.preset)
     dataset = load_dataset("isbi2015", root=args.dataset_root)
@@ -140,8 +158,10 @@ def main(argv=None):
     if reproduced > 1e-3:
         raise SystemExit(f"the rebuilt networks do not reproduce {args.source}")
     spec = detector.spec
-    global_only = LandmarkDetector(spec.replace(local_stages=(), calibration=None),
-                                   detector.networks)
+    # Without the source's own mirror check (version 8 has one): it would flip a mirrored
+    # image back before its confidence is read.
+    global_only = LandmarkDetector(spec.replace(local_stages=(), calibration=None,
+                                                mirror_check=None), detector.networks)
     upright = np.array([a.confidence.mean() for a in predict(global_only, images)])
     mirrors = np.array([a.confidence.mean()
                         for a in predict(global_only, [mirrored_left_right(i) for i in images])])

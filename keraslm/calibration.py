@@ -2,8 +2,8 @@
 measured on held-out images.
 
 Every prediction carries two uncertainty features of its last stage's heatmap: `confidence`
-(the peak value) and `spread_mm` (`keraslm.ops.heatmaps.HeatmapCodec.spread`). They combine
-into one score, higher = surer,
+(the peak value) and `spread_mm` (`keraslm.ops.heatmaps.HeatmapCodec.spread`) - and a third of
+its global stage's, `second_peak` (below). They combine into one score, higher = surer,
 
     score = log(max(confidence, 1e-3)) - log(spread_mm + 0.1)
 
@@ -36,7 +36,7 @@ refined point.
 A calibration may also read a third feature, the global stage's `second_peak`
 (`keraslm.ops.heatmaps.HeatmapCodec.second_peak`: the strongest response farther than two
 target sigmas from the peak, over the peak; near 1 where a look-alike structure answers almost
-as strongly, about 0.14 for one clean peak). With `second_peak_power` p in the calibration the
+as strongly, about 0.1-0.2 for one clean peak, by where it falls between pixels). With `second_peak_power` p in the calibration the
 confidence is damped before the score,
 
     confidence x (1 - second_peak) ** p
@@ -45,6 +45,8 @@ so a point whose global heatmap has a runner-up elsewhere expects a larger error
 way too: `fit_calibration(..., second_peak=...)`). Every prediction graph returns the feature,
 mean over the global stages.
 """
+import numbers
+
 import numpy as np
 from keras import ops
 
@@ -140,7 +142,8 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
             (the prediction graph's `second_peak`): the confidence is damped by it
             (`damped_confidence`) and the calibration records `second_peak_power`, so that
             `expected_error_mm` damps the same way.
-        second_peak_power: float >= 0. The damping's power (with `second_peak`).
+        second_peak_power: float >= 0. The damping's power (with `second_peak`; 0: no damping,
+            and the calibration does not record it).
 
     Returns:
         dict, JSON-serialisable: format, knots, values, landmark_scale, landmark_names, the
@@ -163,10 +166,14 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
         if second_peak.shape != confidence.shape:
             raise KeraslmError(f"second_peak must have the confidence's shape {confidence.shape}. "
                                f"Received: {second_peak.shape}")
-        if not (np.isfinite(second_peak_power) and second_peak_power >= 0):
+        if not (isinstance(second_peak_power, numbers.Real) and np.isfinite(second_peak_power)
+                and second_peak_power >= 0):
             raise KeraslmError("second_peak_power must be a finite number >= 0. Received: "
                                f"{second_peak_power!r}")
-        confidence = _damped_numpy(confidence, second_peak, second_peak_power)
+        if second_peak_power == 0:
+            second_peak = None
+        else:
+            confidence = _damped_numpy(confidence, second_peak, second_peak_power)
     score = _score_numpy(confidence, spread_mm)
     usable = np.isfinite(score) & np.isfinite(errors_mm)
     empty = [name for name, count in zip(names, usable.sum(0)) if count == 0]

@@ -403,6 +403,9 @@ def test_the_second_peak_damps_the_confidence_a_calibration_reads():
         check_calibration({**calibration, "second_peak_power": -1.0}, NAMES)
     with pytest.raises(KeraslmError, match="second_peak_power"):
         check_calibration({**calibration, "second_peak_power": "2"}, NAMES)
+    assert "second_peak_power" not in fit_calibration(confidence, spread, errors, NAMES,
+                                                      second_peak=second_peak,
+                                                      second_peak_power=0)
     with pytest.raises(KeraslmError, match="second_peak must have"):
         fit_calibration(confidence, spread, errors, NAMES, second_peak=second_peak[:, :2])
     with pytest.raises(KeraslmError, match="second_peak_power"):
@@ -429,6 +432,10 @@ def test_evaluate_calibrate_damps_by_the_second_peak(trained_2d, phantom2d_root,
                                    "--calibration", str(damped)]) == 0
     report = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert report["expected_error"] is not None
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            evaluate_main(common + ["--calibrate", str(damped), "--second-peak-power", bad])
+        assert "--second-peak-power must be a number >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        evaluate_main(common + ["--calibrate", str(damped), "--second-peak-power", "-1"])
-    assert "--second-peak-power must be >= 0" in capsys.readouterr().err
+        evaluate_main(common + ["--second-peak-power", "2"])
+    assert "--second-peak-power goes with --calibrate" in capsys.readouterr().err

@@ -279,6 +279,22 @@ def test_local_weight_blends_the_stages_per_landmark(blobs):
     np.testing.assert_allclose(blended.expected_error_mm, np.asarray(
         expected_error_mm(calibration, refined.confidence, refined.spread_mm)), rtol=1e-5)
     assert refined.expected_error_mm is None
+    # The second peak is the global stage's, whatever refines it; a calibration with
+    # second_peak_power damps the confidence by it in the graph.
+    np.testing.assert_allclose(refined.second_peak, global_only.second_peak, atol=1e-6)
+    np.testing.assert_allclose(blended.second_peak, global_only.second_peak, atol=1e-6)
+    assert np.all((global_only.second_peak > 0) & (global_only.second_peak < 1))
+    wide = {**calibration, "knots": [-20.0, 20.0], "values": [5.0, 0.5]}  # Every score inside.
+    answers = {}
+    for power in (0.0, 2.0):
+        damped = {**wide, "second_peak_power": power}
+        [answers[power]] = predict(LandmarkDetector(cascade.spec.replace(calibration=damped),
+                                                    cascade.networks, cascade.local_networks),
+                                   [image])
+        np.testing.assert_allclose(answers[power].expected_error_mm, np.asarray(expected_error_mm(
+            damped, refined.confidence, refined.spread_mm, second_peak=global_only.second_peak)),
+            rtol=1e-5)
+    assert np.all(answers[2.0].expected_error_mm > answers[0.0].expected_error_mm)
     # A blending calibration needs a local stage; one without weights keeps the refined points,
     # and the first detector's calibration is the combined one's.
     with pytest.raises(KeraslmError, match="this model has no local stage"):

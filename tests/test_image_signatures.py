@@ -73,6 +73,7 @@ def test_predict_image_equals_keraslm_predict_for_png_of_different_sizes(model_2
         np.testing.assert_allclose(outputs["confidence"][i].numpy(), reference.confidence, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(outputs["spread_mm"][i].numpy(), reference.spread_mm, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(outputs["second_peak"][i].numpy(), reference.second_peak, atol=1e-3)
+        assert np.all((reference.second_peak > 0) & (reference.second_peak < 1))
     # serving_default is predict_image for a 2D export.
     default = loaded.signatures["serving_default"](
         image_bytes=tf.constant(data[:1]), spacing=tf.constant([spacing], tf.float32))

@@ -40,6 +40,9 @@ def test_an_image_and_its_mirror_get_mirrored_answers_when_both_are_tried(traine
         np.testing.assert_allclose(b.points_index[:, 1], a.points_index[:, 1], atol=1e-3)
         surer = plain_a if plain_a.confidence.mean() >= plain_b.confidence.mean() else plain_b
         np.testing.assert_allclose(a.confidence.mean(), surer.confidence.mean(), rtol=1e-5)
+        # The second peak is the kept facing's too.
+        np.testing.assert_allclose(a.second_peak, b.second_peak, atol=1e-5)
+        np.testing.assert_allclose(a.second_peak, surer.second_peak, atol=1e-5)
     for a, b in zip(predict(never, images), as_is):
         np.testing.assert_array_equal(a.points_mm, b.points_mm)
     assert export_main([result.output_dir, str(tmp_path / "served"), "--mirror-check", "x:1e30"]) == 0

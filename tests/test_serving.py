@@ -71,6 +71,7 @@ def test_client_equals_predict(served, served_answers, answer):
         np.testing.assert_allclose(answer_.points_mm, reference.points_mm, atol=1e-4)
         np.testing.assert_allclose(answer_.confidence, reference.confidence, atol=1e-5)
         np.testing.assert_allclose(answer_.spread_mm, reference.spread_mm, atol=1e-4)
+        np.testing.assert_allclose(answer_.second_peak, reference.second_peak, atol=1e-4)
         assert answer_.expected_error_mm is None and reference.expected_error_mm is None
 
 
@@ -89,6 +90,7 @@ def _answer(seed, calibrated=False):
               "confidence": rng.uniform(0, 1, 3).tolist(), "spread_mm": rng.uniform(1, 3, 3).tolist()}
     if calibrated:
         answer["expected_error_mm"] = rng.uniform(0.5, 4, 3).tolist()
+        answer["second_peak"] = rng.uniform(0, 1, 3).tolist()
     return answer
 
 
@@ -158,8 +160,12 @@ def test_request_bodies_and_answers_in_order(tmp_path, calibrated, columnar):
         np.testing.assert_allclose(prediction.spread_mm, expected["spread_mm"])
         if calibrated:
             np.testing.assert_allclose(prediction.expected_error_mm, expected["expected_error_mm"])
-        else:
-            assert prediction.expected_error_mm is None
+            np.testing.assert_allclose(prediction.second_peak, expected["second_peak"])
+            assert prediction.to_dict()["landmarks"]["sella"]["second_peak"] == pytest.approx(
+                expected["second_peak"][1])
+        else:  # An export of an older keraslm: no second peak either.
+            assert prediction.expected_error_mm is None and prediction.second_peak is None
+            assert "second_peak" not in prediction.to_dict()["landmarks"]["sella"]
 
 
 def test_request_body_helpers(tmp_path):

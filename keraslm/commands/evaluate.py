@@ -100,7 +100,7 @@ def parse_args(argv=None):
                          "place it than M times its landmark's normal variation expects at "
                          "least the distance beyond (2 flags far-off points; the ISBI 2015 "
                          "model uses 2)")
-    metrics.add_argument("--second-peak-power", type=float, default=2.0, metavar="P",
+    metrics.add_argument("--second-peak-power", type=float, metavar="P",
                          help="with --calibrate: damp each landmark's confidence by its global "
                          "heatmap's second peak, confidence x (1 - second_peak)^P, before it is "
                          "calibrated, so a point with a look-alike answer elsewhere expects a "
@@ -130,8 +130,11 @@ def parse_args(argv=None):
         parser.error("--calibration needs a model (--model or --runs)")
     if args.shape_vote_margin is not None and not args.calibrate:
         parser.error("--shape-vote-margin goes with --calibrate")
-    if not args.second_peak_power >= 0:  # Also NaN.
-        parser.error(f"--second-peak-power must be >= 0. Received: {args.second_peak_power}")
+    if args.second_peak_power is not None and not args.calibrate:
+        parser.error("--second-peak-power goes with --calibrate")
+    if args.second_peak_power is not None and not 0 <= args.second_peak_power < float("inf"):
+        parser.error(f"--second-peak-power must be a number >= 0. Received: "
+                     f"{args.second_peak_power}")
     if args.shape_vote_margin is not None and args.shape_vote_margin < 0:
         parser.error(f"--shape-vote-margin must be >= 0. Received: {args.shape_vote_margin}")
     if args.calibrate and args.predictions:
@@ -175,7 +178,9 @@ def _with_calibration(result, calibration, path, global_only=None):
         raise KeraslmError(f"{path}: these predictions carry no confidence / spread to apply it to")
     if calibration.get("second_peak_power") is not None and result.second_peak is None:
         raise KeraslmError(f"{path}: this calibration reads the global second peak; these "
-                           "predictions carry none (a model exported before keraslm gave it)")
+                           "predictions carry none (a model exported before keraslm gave it): "
+                           "export the model again with this keraslm, or fit the calibration "
+                           "with --second-peak-power 0")
     import numpy as np
 
     if calibration.get("local_weight") is not None:
@@ -280,6 +285,9 @@ def main(argv=None):
         written = evaluation.write_report(args.output_dir, result, plots=not args.no_plots,
                                           num_worst=args.num_worst, progress=log)
         if args.calibrate:
+            if result.second_peak is None and args.second_peak_power != 0:
+                log("these predictions carry no second peak (a model exported before keraslm "
+                    "gave it): the calibration reads the heatmap's confidence and spread only")
             _, quality, files = evaluation.write_calibration(
                 args.calibrate, result, args.output_dir, plots=not args.no_plots,
                 local_weight=local_weight, groups=evaluation.held_out_groups(result),

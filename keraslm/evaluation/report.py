@@ -187,7 +187,7 @@ def _file_label(image_id):
 
 
 def write_calibration(path, evaluation, output_dir=None, plots=True, local_weight=None,
-                      groups=None, shape_vote_margin=None, second_peak_power=2.0):
+                      groups=None, shape_vote_margin=None, second_peak_power=None):
     """Fits a calibration of expected errors (`keraslm.calibration`) to an evaluation's
     held-out predictions and writes it to `path` (JSON), with its quality measured by
     cross-fitting (each image's expected errors from a calibration fitted without it: without
@@ -199,9 +199,9 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     holds a shape vote (`keraslm.calibration.fit_shape_vote`) fitted on the evaluated images'
     annotated shapes (complete ones; pooled cross-validation folds: the whole dataset), and
     the cross-fitted quality counts it (each round's vote fitted on the other rounds' shapes).
-    `second_peak_power` (> 0; the default is `keraslm.calibration.SECOND_PEAK_POWER`): where
-    the predictions carry the global second peak, the confidence is damped by it
-    (`keraslm.calibration.fit_calibration`); 0 or None leaves it out.
+    `second_peak_power` (>= 0; None: `keraslm.calibration.SECOND_PEAK_POWER`): where the
+    predictions carry the global second peak, the confidence is damped by it to this power
+    (`keraslm.calibration.fit_calibration`); 0 leaves it out.
 
     Returns:
         (calibration dict, quality dict, list of written paths).
@@ -210,8 +210,8 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
         KeraslmError: the predictions carry no confidence / spread (an export made before
             keraslm gave them; use the .keras models).
     """
-    from keraslm.calibration import (calibration_quality, cross_fitted_expected_error,
-                                     fit_calibration, fit_shape_vote)
+    from keraslm.calibration import (SECOND_PEAK_POWER, calibration_quality,
+                                     cross_fitted_expected_error, fit_calibration, fit_shape_vote)
 
     if evaluation.confidence is None or evaluation.spread_mm is None:
         raise KeraslmError(
@@ -219,6 +219,8 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
             "keraslm gave spread_mm); calibrate with the .keras models (--runs)")
     errors = evaluation.errors.errors_mm
     sources = "; ".join(str(source.get("run") or source.get("model")) for source in evaluation.sources)
+    if second_peak_power is None:
+        second_peak_power = SECOND_PEAK_POWER
     second_peak = evaluation.second_peak if second_peak_power else None
     damping = ({} if second_peak is None
                else {"second_peak": second_peak, "second_peak_power": second_peak_power})

@@ -31,7 +31,8 @@ _VERSION = re.compile(r"^[0-9]+$")
 class Predictor:
     """What `keraslm.predict` needs of a model: `spec` and `locate(image) -> dict` of NumPy
     arrays for one `keraslm.io.Image`: `landmarks_index` `(L, ndim)` and `landmarks_mm`
-    `(L, ndim)` float64, `confidence`, `spread_mm` and, for a calibrated model,
+    `(L, ndim)` float64, `confidence`, `spread_mm`, `second_peak` (not from SavedModels exported
+    before keraslm gave it) and, for a calibrated model,
     `expected_error_mm` `(L,)` (`keraslm.prediction.graph.image_to_landmarks`). An image the
     model cannot take (larger than its field of view, stored otherwise than its training
     images) raises `tf.errors.InvalidArgumentError` with the reason."""
