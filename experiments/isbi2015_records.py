@@ -180,7 +180,7 @@ def configuration_rows(configuration, by_fold, names):
     fold: the blended points where there are two folds or more, else the refined ones)."""
     from keraslm.evaluation import per_landmark, pool, summarize
 
-    label = CONFIGURATIONS[configuration][2]
+    label = configuration
     folds = sorted(by_fold)
     parts = [by_fold[f][0] for f in folds]
     blended, weights = _blended(parts, names)
@@ -193,8 +193,8 @@ def configuration_rows(configuration, by_fold, names):
         errors = [_errors(pts, p["senior_mm"], p["ids"], names) for pts, p in zip(points, parts)]
         method = f"{label}, {stage}"
         pooled = pool(errors)
-        rows.append({"method": f"{method} (folds {', '.join(map(str, folds))})",
-                     "summary": summarize(pooled)})
+        rows.append({"method": f"{method} (fold{'s' if len(folds) > 1 else ''} "
+                               f"{', '.join(map(str, folds))})", "summary": summarize(pooled)})
         fold_rows += [{"method": f"{method}, fold {f}", "summary": summarize(e)}
                       for f, e in zip(folds, errors)]
         landmarks[method] = per_landmark(pooled)
@@ -265,7 +265,8 @@ def table(records_dir, output_dir, argv):
         rows, fold_rows, landmarks, weights, answer = configuration_rows(configuration, by_fold,
                                                                           names)
         answers[configuration] = answer
-        lines += [f"## {CONFIGURATIONS[configuration][2]}", "", format_sdr_table(rows), "",
+        lines += [f"## {configuration}: {CONFIGURATIONS[configuration][2]}", "",
+                  format_sdr_table(rows), "",
                   "Per fold:", "", format_sdr_table(fold_rows), "", "Per landmark:", "",
                   format_landmark_table(landmarks), ""]
         if weights is not None:
