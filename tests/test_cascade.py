@@ -692,6 +692,7 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     calibration = json.loads(calibration_path.read_text())
     check_calibration(calibration, dataset.landmark_names)
     assert len(calibration["local_weight"]) == 37
+    assert calibration["second_peak_power"] == 2.0  # Damped by the global second peak.
     # --no-blend keeps the refined points: a calibration without weights.
     assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir, "--no-plots",
                           "--output-dir", str(tmp_path / "eval_n"), "--no-blend", "--calibrate",
@@ -726,9 +727,9 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     keras_side = predict(calibrated, paths, spacing=dataset.image_spacing)
     for a, b in zip(served, keras_side):
         assert a.expected_error_mm is not None and a.expected_error_mm.shape == (37,)
-        np.testing.assert_allclose(
-            a.expected_error_mm, np.asarray(expected_error_mm(calibration, a.confidence, a.spread_mm)),
-            rtol=1e-4)
+        np.testing.assert_allclose(a.expected_error_mm, np.asarray(expected_error_mm(
+            calibration, a.confidence, a.spread_mm, second_peak=a.second_peak)), rtol=1e-4)
+        np.testing.assert_allclose(a.second_peak, b.second_peak, atol=1e-3)
         np.testing.assert_allclose(a.expected_error_mm, b.expected_error_mm, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(a.spread_mm, b.spread_mm, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(a.points_mm, b.points_mm, atol=1e-3)
