@@ -238,6 +238,7 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
     far = errors > 10.0
     quality.pop("bins", None)
     quality.update({"num_far": int(far.sum()), "far_caught": int((expected[far] > 2.5).sum()),
+                    "large_caught": int((expected[errors > 4.0] > 2.5).sum()),
                     "mre_mm": float(errors.mean()), "folds": folds})
     calibration["quality_cross_fitted"] = quality
     return calibration, quality
@@ -284,15 +285,45 @@ def table(records_dir, output_dir, argv):
                   "one at a time unless the machine was shared) and the machine that recorded "
                   "the predictions (the queue records right after training, on the same "
                   "machine):", ""] + hours + [""]
+        flags = _flag_lines(by_fold, names) if len(by_fold) >= 2 else ([], {})
+        lines += flags[0]
         payload["configurations"][configuration] = {
             "folds": sorted(by_fold), "rows": _json_rows(rows), "per_fold": _json_rows(fold_rows),
             "local_weight": None if weights is None else dict(zip(names, map(float, weights))),
-            "runs": {fold: by_fold[fold][1]["runs"] for fold in sorted(by_fold)}}
+            "runs": {fold: by_fold[fold][1]["runs"] for fold in sorted(by_fold)},
+            "flag": flags[1]}
     if "pair" in records and "meanlabels" in records and all(
             "junior_mm" in arrays for configuration in ("pair", "meanlabels")
             for arrays, _ in records[configuration].values()):
         lines += _mean_label_lines(records, answers, names, payload, per_landmark, pool, summarize)
     return write_experiment(output_dir, lines, payload, "experiments/isbi2015_records.py", argv)
+
+
+def _flag_lines(by_fold, names):
+    """The flag (expected error above 2.5 mm) of the blended answers, cross-fitted over the
+    recorded folds, with the shipped rule (heatmap calibration and shape vote, margin 2) with
+    and without the second peak: (table lines, figures by setting)."""
+    shapes = np.concatenate([by_fold[f][0]["senior_mm"] for f in sorted(by_fold)])
+    figures = {}
+    lines = ["Flag (expected error above 2.5 mm) of the blended points, cross-fitted over the "
+             "recorded folds (each fold's calibration and shape vote fitted on the other folds' "
+             "held-out predictions and shapes):", "",
+             "| calibration | flagged % | errors > 4 mm caught | errors > 10 mm caught | "
+             "Spearman |", "|---|---|---|---|---|"]
+    from keraslm.errors import KeraslmError
+
+    for label, power in (("heatmap x (1 - second peak)^2, shape vote", 2.0),
+                         ("heatmap, shape vote (version 8's rule)", 0.0)):
+        try:
+            _, quality = calibration_from_records(by_fold, names, shapes, 2.0, power)
+        except KeraslmError as error:  # E.g. too few recorded shapes for a vote.
+            return [f"No flag figures: {error}.", ""], {}
+        figures[label] = quality
+        lines.append(f"| {label} | {100 * quality['flagged_fraction']:.1f} | "
+                     f"{quality['large_caught']} of {quality['num_large']} | "
+                     f"{quality['far_caught']} of {quality['num_far']} | "
+                     f"{quality['spearman']:.3f} |")
+    return lines + [""], figures
 
 
 def _json_rows(rows):

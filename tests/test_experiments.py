@@ -422,13 +422,14 @@ def test_isbi2015_records_keep_the_held_out_predictions_and_make_the_tables(tmp_
     assert same["senior"] == same["mean of both"]  # The same models under both names.
     table = (table_dir / "table.md").read_text()
     assert "| sella | " in table and "+0.00 |" in table
+    assert "No flag figures: fitting a shape vote needs" in table  # 2 images per fold.
     with pytest.raises(SystemExit, match="no records"):
         records.main(["table", "--records-dir", str(tmp_path / "none"), "--output-dir",
                       str(tmp_path / "t2")])
 
 
 
-def test_calibration_from_records_refits_weights_damped_heatmap_and_vote():
+def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_path):
     """The shipped calibration refitted on two folds' records: blend weights, the heatmap
     calibration damped by the second peak, a shape vote, cross-fitted figures; without the
     second peak when its power is 0; one fold is not enough."""
@@ -458,6 +459,8 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote():
     assert calibration["shape_vote"]["num_shapes"] == 40
     assert quality["folds"] == [0, 1] and quality["num_points"] == 2 * 12 * 5
     assert 0 <= quality["flagged_fraction"] <= 1 and quality["mre_mm"] > 0
+    assert 0 <= quality["large_caught"] <= quality["num_large"]
+    assert 0 <= quality["far_caught"] <= quality["num_far"]
     plain, plain_quality = records.calibration_from_records(by_fold, names, shapes,
                                                             second_peak_power=0)
     assert "second_peak_power" not in plain
@@ -465,3 +468,29 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote():
     assert quality["spearman"] > plain_quality["spearman"]
     with pytest.raises(SystemExit, match="two recorded folds"):
         records.calibration_from_records({0: by_fold[0]}, names, shapes)
+    # The tables from record files: the pair's rows and flag over both folds, and a mean-label
+    # pair with the same predictions compares equal.
+    record_dir = tmp_path / "records"
+    record_dir.mkdir()
+    for configuration in ("pair", "meanlabels"):
+        for fold, (arrays, _) in by_fold.items():
+            npz_path, json_path = records.record_paths(str(record_dir), configuration, fold)
+            np.savez(npz_path, **arrays, junior_mm=arrays["senior_mm"] + 1.0)
+            with open(json_path, "w", encoding="utf-8") as handle:
+                json.dump({"landmark_names": names, "machine": "CPU test", "runs": [
+                    {"run": f"scn_fold{fold}", "training_seconds": 3600, "precision": "float32",
+                     "model_sha256": "0" * 64}]}, handle)
+    assert records.main(["table", "--records-dir", str(record_dir), "--output-dir",
+                         str(tmp_path / "table")]) == 0
+    results = json.loads((tmp_path / "table" / "results.json").read_text())
+    pair = results["configurations"]["pair"]
+    assert pair["folds"] == [0, 1] and [row["method"] for row in pair["rows"]] == [
+        "pair, global stage (folds 0, 1)", "pair, refined (folds 0, 1)",
+        "pair, blended (folds 0, 1)"]
+    assert set(pair["flag"]) == {"heatmap x (1 - second peak)^2, shape vote",
+                                 "heatmap, shape vote (version 8's rule)"}
+    mean_labels = results["mean_labels"]["mre_mm"]
+    assert mean_labels["senior"] == mean_labels["mean of both"]
+    assert mean_labels["senior"]["junior"] > mean_labels["senior"]["senior"]
+    table = (tmp_path / "table" / "table.md").read_text()
+    assert "| 1 | scn_fold1 | 1.00 | float32 | CPU test |" in table
