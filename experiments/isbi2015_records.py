@@ -159,20 +159,15 @@ def _errors(predicted, truth, ids, names):
     return point_errors(predicted, truth, tuple(str(i) for i in ids), tuple(names))
 
 
-def _blended(parts, names):
+def _blended(parts):
     """Per fold, the blended points (weights fitted on the other folds) and the weights fitted
     on all of them; with one fold, None."""
-    from keraslm.calibration import cross_fitted_blend, fit_local_weight
+    from keraslm.experiments.runs import StagePoints, blended_fold_points
 
     if len(parts) < 2:
         return None, None
-    stacked = {key: np.concatenate([p[key] for p in parts])
-               for key in ("global_mm", "refined_mm", "senior_mm")}
-    groups = np.repeat(np.arange(len(parts)), [len(p["ids"]) for p in parts])
-    blended = cross_fitted_blend(stacked["global_mm"], stacked["refined_mm"],
-                                 stacked["senior_mm"], groups=groups)
-    weights = fit_local_weight(stacked["global_mm"], stacked["refined_mm"], stacked["senior_mm"])
-    return [blended[groups == n] for n in range(len(parts))], weights
+    return blended_fold_points([StagePoints(tuple(p["ids"]), p["global_mm"], p["refined_mm"],
+                                            p["senior_mm"]) for p in parts])
 
 
 def configuration_rows(configuration, by_fold, names):
@@ -183,7 +178,7 @@ def configuration_rows(configuration, by_fold, names):
     label = configuration
     folds = sorted(by_fold)
     parts = [by_fold[f][0] for f in folds]
-    blended, weights = _blended(parts, names)
+    blended, weights = _blended(parts)
     stages = [("global stage", [p["global_mm"] for p in parts]),
               ("refined", [p["refined_mm"] for p in parts])]
     if blended is not None:
@@ -216,7 +211,7 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
 
     folds = sorted(by_fold)
     parts = [by_fold[f][0] for f in folds]
-    blended, weights = _blended(parts, names)
+    blended, weights = _blended(parts)
     if blended is None:
         raise SystemExit("a calibration from records needs two recorded folds or more")
     stacked = {key: np.concatenate([p[key] for p in parts])

@@ -270,6 +270,18 @@ def blended_fold_errors(parts, landmark_names):
     Returns:
         (list of PointErrors, np.ndarray `(num_landmarks,)` weights of the refined point).
     """
+    blended, weights = blended_fold_points(parts)
+    return [point_errors(points, part.ground_truth_mm, part.ids, landmark_names)
+            for points, part in zip(blended, parts)], weights
+
+
+def blended_fold_points(parts):
+    """Per fold, the blended points `(num_images, num_landmarks, ndim)` mm with weights fitted
+    on the OTHER folds (see `blended_fold_errors`), and the weights fitted on all folds.
+
+    Args:
+        parts: sequence of StagePoints, one per fold (at least 2).
+    """
     from keraslm.calibration import cross_fitted_blend, fit_local_weight
 
     if len(parts) < 2:
@@ -279,10 +291,9 @@ def blended_fold_errors(parts, landmark_names):
     groups = np.repeat(np.arange(len(parts)), [len(part.ids) for part in parts])
     blended = cross_fitted_blend(stacked["global_mm"], stacked["refined_mm"],
                                  stacked["ground_truth_mm"], groups=groups)
-    errors = [point_errors(blended[groups == number], part.ground_truth_mm, part.ids, landmark_names)
-              for number, part in enumerate(parts)]
-    return errors, fit_local_weight(stacked["global_mm"], stacked["refined_mm"],
-                                    stacked["ground_truth_mm"])
+    return ([blended[groups == number] for number in range(len(parts))],
+            fit_local_weight(stacked["global_mm"], stacked["refined_mm"],
+                             stacked["ground_truth_mm"]))
 
 
 def size_text(shape):
