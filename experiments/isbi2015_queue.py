@@ -274,7 +274,7 @@ def main(argv=None):
             done = sum(state["finished"] for state in states)
             lines = [f"State on {time.strftime('%Y-%m-%d %H:%M %Z')}: {done} of {len(PLAN)} "
                      f"runs finished. Training hours as recorded in the run folders (wall time "
-                     f"of the training, two runs side by side); this machine: "
+                     f"of the training, with whatever else ran beside it); this machine: "
                      f"{describe_machine()}.", ""] + lines
             write_experiment(args.output_dir, lines, {"runs": states},
                              "experiments/isbi2015_queue.py",
