@@ -58,15 +58,13 @@ def record_paths(records_dir, configuration, fold):
 
 
 def _run_description(run_dir):
+    from keraslm.experiments.runs import recorded_training_seconds
     from keraslm.run_folder import RunFolder
 
     folder = RunFolder(run_dir)
-    config = json.load(open(folder.config_path, encoding="utf-8"))
-    seconds_path = os.path.join(run_dir, "training_seconds.json")
-    seconds = (json.load(open(seconds_path, encoding="utf-8"))["seconds"]
-               if os.path.isfile(seconds_path) else None)
+    config = folder.read_config()
     return {"run": os.path.basename(run_dir), "model_sha256": _sha256(folder.model_path),
-            "training_seconds": seconds,
+            "training_seconds": recorded_training_seconds(run_dir),
             "precision": (config.get("resolved_precision") or {}).get("precision")}
 
 
@@ -240,7 +238,6 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
 
 
 def table(records_dir, output_dir, argv):
-    from keraslm.evaluation import per_landmark, pool, summarize
     from keraslm.evaluation.tables import format_landmark_table, format_sdr_table
     from keraslm.experiments.runs import write_experiment
 
@@ -290,7 +287,7 @@ def table(records_dir, output_dir, argv):
     if "pair" in records and "meanlabels" in records and all(
             "junior_mm" in arrays for configuration in ("pair", "meanlabels")
             for arrays, _ in records[configuration].values()):
-        lines += _mean_label_lines(records, answers, names, payload, per_landmark, pool, summarize)
+        lines += _mean_label_lines(records, answers, names, payload)
     return write_experiment(output_dir, lines, payload, "experiments/isbi2015_records.py", argv)
 
 
@@ -327,9 +324,11 @@ def _json_rows(rows):
     return json_rows(rows)
 
 
-def _mean_label_lines(records, answers, names, payload, per_landmark, pool, summarize):
+def _mean_label_lines(records, answers, names, payload):
     """The senior-label pair against the mean-label pair on the folds both have, against each
     doctor and their mean."""
+    from keraslm.evaluation import per_landmark, pool, summarize
+
     folds = sorted(set(records["pair"]) & set(records["meanlabels"]))
     lines = ["## Trained on the senior's labels or on the mean of both doctors' labels", "",
              f"Folds {', '.join(map(str, folds))} (the answer of each: blended where two folds "
