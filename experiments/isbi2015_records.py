@@ -5,7 +5,8 @@ Run folders live outside git and have twice been lost with their machine; a reco
 is committed. `save` predicts a fold's held-out images with every configuration whose runs of
 that fold have finished and writes `<configuration>_fold<K>.npz` (per image and landmark: the
 global stage's point, the refined point, confidence, spread and global second peak, beside the
-senior and the junior doctor's landmarks) and `.json` (the runs, a SHA-256 of each model, their
+senior and the junior doctor's landmarks; an ensemble's also each member's global and refined
+point) and `.json` (the runs, a SHA-256 of each model, their
 training hours and precision, the CPU); a record whose runs were trained again is written anew.
 `table` reads the records: per configuration the global, refined and blended rows (the blend's
 per-landmark weights fitted on the other recorded folds, as the shipped calibration's
@@ -120,6 +121,16 @@ def save(runs_dir, records_dir, dataset_root, folds, log=print):
                       "confidence": np.stack([a.confidence for a in answers]),
                       "spread_mm": np.stack([a.spread_mm for a in answers]),
                       "second_peak": np.stack([a.second_peak for a in answers])}
+            if len(global_kinds) > 1:
+                # An ensemble's members one by one (member k: global run k refined by local
+                # run k): how far they disagree is a candidate signal for the flag.
+                members = [(models[k], models[len(global_kinds) + k])
+                           for k in range(len(global_kinds))]
+                arrays["member_global_mm"] = np.stack([
+                    np.stack([a.points_mm for a in predict(scn, images)]) for scn, _ in members])
+                arrays["member_refined_mm"] = np.stack([
+                    np.stack([a.points_mm for a in predict(combine_detectors(pair), images)])
+                    for pair in members])
             if junior is not None:
                 arrays["junior_mm"] = np.stack([junior.record(i).points_mm for i in held_out.ids])
             os.makedirs(records_dir, exist_ok=True)

@@ -398,6 +398,15 @@ def test_isbi2015_records_keep_the_held_out_predictions_and_make_the_tables(tmp_
         assert stored["refined_mm"].shape == stored["senior_mm"].shape == (2, 19, 2)
         assert stored["junior_mm"].shape == (2, 19, 2)
         assert np.all((stored["second_peak"] >= 0) & (stored["second_peak"] <= 1))
+        members = stored["member_global_mm"], stored["member_refined_mm"]
+    with np.load(record_dir / "pair_fold1.npz") as stored:
+        assert "member_refined_mm" not in stored.files
+        pair = stored["global_mm"], stored["refined_mm"]
+    # Member 0 is the pair (scn_fold1 refined by local_unet_fold1); member 1 other runs.
+    for member, pair_points in zip(members, pair):
+        assert member.shape == (2, 2, 19, 2)
+        np.testing.assert_allclose(member[0], pair_points, atol=1e-3)
+        assert np.abs(member[1] - member[0]).max() > 1e-3
     described = json.loads((record_dir / "ensemble_fold0.json").read_text())
     assert [r["run"] for r in described["runs"]] == [
         "scn_fold0", "scn_member2_fold0", "local_unet_fold0", "local_unet_member2_fold0"]
