@@ -503,3 +503,29 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert mean_labels["senior"]["junior"] > mean_labels["senior"]["senior"]
     table = (tmp_path / "table" / "table.md").read_text()
     assert "| 1 | scn_fold1 | 1.00 | float32 | CPU test |" in table
+    # Version 9's refit (isbi2015_shipped.py --calibration-records) reads the ensemble's
+    # records: the same calibration, with the comparison without the second peak.
+    from types import SimpleNamespace
+
+    shipped = _script("isbi2015_shipped")
+    spec = SimpleNamespace(landmark_names=tuple(names))
+    dataset = SimpleNamespace(records=[SimpleNamespace(points_mm=shape) for shape in shapes])
+    args = SimpleNamespace(calibration_records=str(record_dir), shape_vote_margin=2.0,
+                           second_peak_power=2.0, source="v8")
+    with pytest.raises(SystemExit, match="0 fold"):
+        shipped._refit_calibration(args, spec, dataset)
+    for fold, (arrays, _) in by_fold.items():
+        npz_path, json_path = records.record_paths(str(record_dir), "ensemble", fold)
+        np.savez(npz_path, **arrays)
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump({"landmark_names": names, "runs": [{"run": f"scn_fold{fold}"}]}, handle)
+    refit = shipped._refit_calibration(args, spec, dataset)
+    assert refit["calibration"]["second_peak_power"] == 2.0
+    assert refit["calibration"]["local_weight"] == calibration["local_weight"]
+    assert refit["calibration"]["knots"] == calibration["knots"]
+    assert "scn_fold0; scn_fold1" in refit["calibration"]["source"]
+    assert set(refit["qualities"]) == {"second_peak_power 2", "second_peak_power 0"}
+    assert refit["qualities"]["second_peak_power 0"]["spearman"] == plain_quality["spearman"]
+    assert refit["text"].count("| second_peak_power ") == 2
+    with pytest.raises(SystemExit, match="has landmarks"):
+        shipped._refit_calibration(args, SimpleNamespace(landmark_names=("a",) * 5), dataset)
