@@ -470,6 +470,8 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert 0 <= quality["flagged_fraction"] <= 1 and quality["mre_mm"] > 0
     assert 0 <= quality["large_caught"] <= quality["num_large"]
     assert 0 <= quality["far_caught"] <= quality["num_far"]
+    assert quality["large_caught"] <= quality["large_in_top_15_percent"] or (
+        quality["flagged_fraction"] > 0.15)
     plain, plain_quality = records.calibration_from_records(by_fold, names, shapes,
                                                             second_peak_power=0)
     assert "second_peak_power" not in plain
