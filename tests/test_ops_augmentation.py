@@ -47,7 +47,7 @@ def pixel_grid(spatial):
 def resample_reference(images, matrix, displacement=None, fill=0.0, scale=None, shift=None):
     """Linear interpolation at matrix @ p + u(p), constant `fill` outside, float64."""
     images = np.asarray(images, np.float64)
-    batch, spatial, channels = images.shape[0], images.shape[1:-1], images.shape[-1]
+    batch, spatial = images.shape[0], images.shape[1:-1]
     ndim = len(spatial)
     sizes = spatial[::-1]
     grid = pixel_grid(spatial)
