@@ -1,5 +1,5 @@
 """Where the shipped model's prediction time goes, op by op: the normalisation, the resampling onto
-each stage's grid, each network, heatmap decoding and spread, crop extraction - each compiled
+each stage's grid, each network, heatmap decoding, spread and the global second peak, crop extraction - each compiled
 alone and timed (median over 5 images or repeats after one warm-up). Networks are built from the
 spec with random weights (compute time does not depend on the values). Not a test.
 
@@ -61,6 +61,10 @@ def main():
         timeit(f"  decode {stage.decode_method}", decode, [heatmaps] * 6)
         spread = tf.function(lambda h, stage=stage: stage.codec.spread(h, stage.grid_spacing))
         timeit("  spread", spread, [heatmaps] * 6)
+        if stage.crop_shape is None:
+            peak = tf.function(lambda h, stage=stage: stage.codec.second_peak(
+                h, stage.grid_spacing, stage.second_peak_radius_mm))
+            timeit("  second peak", peak, [heatmaps] * 6)
         if stage.crop_shape is not None:
             fine = tf.random.normal((1, *stage.grid.shape, 1))
             centres = tf.random.uniform((1, spec.num_landmarks, 2), 100, 400)
