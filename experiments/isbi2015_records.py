@@ -241,6 +241,24 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
     quality = calibration_quality(expected, errors)
     far = errors > 10.0
     quality.pop("bins", None)
+    ids = np.concatenate([p["ids"] for p in parts])
+    junior = (np.concatenate([p["junior_mm"] for p in parts])
+              if all("junior_mm" in p for p in parts) else None)
+    # Each error > 10 mm, and where the junior doctor puts that landmark: an error the second
+    # doctor shares with the model is a disputed label rather than a far-off point.
+    far_points = [{"image": str(ids[i]), "landmark": names[k], "error_mm": float(errors[i, k]),
+                   "expected_error_mm": float(expected[i, k]),
+                   **({} if junior is None else {
+                       "junior_to_answer_mm": float(np.linalg.norm(junior[i, k] - points[i, k])),
+                       "junior_to_senior_mm": float(np.linalg.norm(
+                           junior[i, k] - stacked["senior_mm"][i, k]))})}
+                  for i, k in zip(*np.nonzero(far))]
+    ranked_large = np.cumsum(errors.ravel()[np.argsort(-expected.ravel(), kind="stable")] > 4.0)
+    quality.update({"far_points": far_points,
+                    # The share of landmarks one must flag (highest expected errors first) to
+                    # catch 60 % of the errors > 4 mm (the issue's target).
+                    "flagged_for_60_percent": float(
+                        (np.argmax(ranked_large >= 0.6 * ranked_large[-1]) + 1) / errors.size)})
     quality.update({"num_far": int(far.sum()), "far_caught": int((expected[far] > 2.5).sum()),
                     "large_caught": int((expected[errors > 4.0] > 2.5).sum()),
                     # The ranking's own limit, whatever the threshold: of the errors > 4 mm,
@@ -316,7 +334,8 @@ def _flag_lines(by_fold, names):
              "recorded folds (each fold's calibration and shape vote fitted on the other folds' "
              "held-out predictions and shapes):", "",
              "| calibration | flagged % | errors > 4 mm caught | errors > 10 mm caught | "
-             "Spearman | errors > 4 mm among the 15 % highest |", "|---|---|---|---|---|---|"]
+             "Spearman | errors > 4 mm among the 15 % highest | % to flag for 60 % of > 4 mm |",
+             "|---|---|---|---|---|---|---|"]
     from keraslm.errors import KeraslmError
 
     for label, power in (("heatmap x (1 - second peak)^2, shape vote", 2.0),
@@ -329,10 +348,23 @@ def _flag_lines(by_fold, names):
         lines.append(f"| {label} | {100 * quality['flagged_fraction']:.1f} | "
                      f"{quality['large_caught']} of {quality['num_large']} | "
                      f"{quality['far_caught']} of {quality['num_far']} | "
-                     f"{quality['spearman']:.3f} | {quality['large_in_top_15_percent']} |")
-    return lines + ["", "The last column is what the ranking allows at the issue's budget of 15 % "
-                    "flagged, whatever the threshold: the errors > 4 mm among the 15 % of "
-                    "landmarks with the highest expected error.", ""], figures
+                     f"{quality['spearman']:.3f} | {quality['large_in_top_15_percent']} | "
+                     f"{100 * quality['flagged_for_60_percent']:.1f} |")
+    lines += ["", "The last two columns are what the ranking allows, whatever the threshold: "
+              "the errors > 4 mm among the 15 % of landmarks with the highest expected error "
+              "(the issue's budget), and the share of landmarks one must flag, highest expected "
+              "errors first, to catch 60 % of the errors > 4 mm (the issue's target).", ""]
+    far_points = next(iter(figures.values()))["far_points"]
+    if far_points and "junior_to_answer_mm" in far_points[0]:
+        lines += [f"The errors > 10 mm ({next(iter(figures))}), and where the junior doctor "
+                  "puts the landmark:", "",
+                  "| image | landmark | error mm | expected error mm | junior to the answer mm | "
+                  "junior to the senior mm |", "|---|---|---|---|---|---|"]
+        lines += [f"| {f['image']} | {f['landmark']} | {f['error_mm']:.1f} | "
+                  f"{f['expected_error_mm']:.2f} | {f['junior_to_answer_mm']:.1f} | "
+                  f"{f['junior_to_senior_mm']:.1f} |" for f in far_points]
+        lines.append("")
+    return lines, figures
 
 
 def _json_rows(rows):

@@ -252,7 +252,7 @@ def test_publish_copies_generated_tables(tmp_path):
                                    "isbi2015_flag/fold1",
                                    "isbi2015_annotators/fold0",
                                    "isbi2015_annotators/fold1", "isbi2015_queue",
-                                   "isbi2015_records",
+                                   "isbi2015_records", "isbi2015_flag_signals",
                                    "table1_phantom2d", "table2_phantom3d", "benchmarks")
     page = docs / "results" / "all.md"
     page.write_text("intro\n" + "".join(
@@ -472,6 +472,10 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert 0 <= quality["far_caught"] <= quality["num_far"]
     assert quality["large_caught"] <= quality["large_in_top_15_percent"] or (
         quality["flagged_fraction"] > 0.15)
+    assert 0 < quality["flagged_for_60_percent"] <= 1
+    assert len(quality["far_points"]) == quality["num_far"]
+    assert all(f["error_mm"] > 10 and "junior_to_answer_mm" not in f
+               for f in quality["far_points"])  # These records hold no junior landmarks.
     plain, plain_quality = records.calibration_from_records(by_fold, names, shapes,
                                                             second_peak_power=0)
     assert "second_peak_power" not in plain
@@ -483,8 +487,11 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     # pair with the same predictions compares equal.
     record_dir = tmp_path / "records"
     record_dir.mkdir()
+    far_off = {key: value.copy() for key, value in by_fold[0][0].items()}
+    for key in ("global_mm", "refined_mm"):  # One point 30 mm off in both stages.
+        far_off[key][0, 0] += 30.0
     for configuration in ("pair", "meanlabels"):
-        for fold, (arrays, _) in by_fold.items():
+        for fold, arrays in ((0, far_off), (1, by_fold[1][0])):
             npz_path, json_path = records.record_paths(str(record_dir), configuration, fold)
             np.savez(npz_path, **arrays, junior_mm=arrays["senior_mm"] + 1.0)
             with open(json_path, "w", encoding="utf-8") as handle:
@@ -505,6 +512,12 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert mean_labels["senior"]["junior"] > mean_labels["senior"]["senior"]
     table = (tmp_path / "table" / "table.md").read_text()
     assert "| 1 | scn_fold1 | 1.00 | float32 | CPU test |" in table
+    far = pair["flag"]["heatmap x (1 - second peak)^2, shape vote"]["far_points"]
+    # The point 30 mm off, with the junior's landmarks (senior + 1 mm in x and y).
+    assert [(f["image"], f["landmark"]) for f in far] == [("0", "l0")]
+    assert far[0]["error_mm"] > 10 and far[0]["junior_to_answer_mm"] > 10
+    assert far[0]["junior_to_senior_mm"] == pytest.approx(2 ** 0.5)
+    assert "| 0 | l0 | " in table and "junior to the answer mm" in table
     # Version 9's refit (isbi2015_shipped.py --calibration-records) reads the ensemble's
     # records: the same calibration, with the comparison without the second peak.
     from types import SimpleNamespace
@@ -531,3 +544,31 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert refit["text"].count("| second_peak_power ") == 2
     with pytest.raises(SystemExit, match="has landmarks"):
         shipped._refit_calibration(args, SimpleNamespace(landmark_names=("a",) * 5), dataset)
+    # What the flag's signals allow, from the same records (pair and mean-label pair).
+    signals = _script("isbi2015_flag_signals")
+    assert signals.main(["--records-dir", str(record_dir), "--output-dir",
+                         str(tmp_path / "signals")]) == 0
+    ranked = json.loads((tmp_path / "signals" / "results.json").read_text())
+    assert ranked["folds"] == [0, 1] and ranked["num_far"] >= 1  # The point 30 mm off.
+    assert "the two pairs apart (mm)" in ranked["scores"]
+    for figures in ranked["scores"].values():
+        assert 0 <= figures["large_in_budget"] <= ranked["num_large"]
+        assert 0 < figures["flagged_for_60_percent"] <= 1
+    # The point 30 mm off is in the shape vote's and the expected error's top 15 %.
+    assert ranked["scores"]["expected error (heatmap x (1 - second peak)^2, shape vote)"][
+        "far_in_budget"] == ranked["num_far"]
+    with pytest.raises(SystemExit, match="1 fold"):
+        os.remove(records.record_paths(str(record_dir), "pair", 1)[0])
+        signals.main(["--records-dir", str(record_dir), "--output-dir", str(tmp_path / "s2")])
+
+
+def test_flag_signals_ranking_figures():
+    """The top-15 % counts and the share to flag for 60 % of the errors > 4 mm."""
+    import numpy as np
+
+    signals = _script("isbi2015_flag_signals")
+    errors = np.array([[12.0, 5.0, 0.5, 0.4, 4.5, 0.3, 0.2, 0.1, 0.2, 0.3]])
+    score = np.array([[9.0, 1.0, 8.0, 0.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    # Top 15 % of 10 = 1 landmark: the 12 mm error. 60 % of the 3 errors > 4 mm = 2: flag the
+    # 12 mm, the 0.5 mm and the 4.5 mm ones, 30 %.
+    assert signals.ranking_figures(score, errors) == (1, 1, 0.3)
