@@ -20,6 +20,7 @@ EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fol
                "isbi2015_facing/fold0_global_flip", "isbi2015_facing/fold0_c2f",
                "isbi2015_facing/fold0_c2f_flip", "isbi2015_facing/fold0_c2f_mixed",
                "isbi2015_facing/fold1_global", "isbi2015_facing/fold1_c2f",
+               "isbi2015_facing/fold1_c2f_retrained", "isbi2015_facing/fold1_c2f_flip",
                "isbi2015_flag/fold0", "isbi2015_flag/folds01", "isbi2015_flag/fold1",
                "isbi2015_annotators/fold0",
                "isbi2015_annotators/fold1", "isbi2015_queue", "isbi2015_records",
@@ -73,6 +74,19 @@ COMMANDS = {
                                  "experiments/results/isbi2015_v6/runs/local_unet_fold1 --fold 1 "
                                  "--dataset-root ../shared/data/isbi2015-train --output-dir "
                                  "experiments/results/isbi2015_facing/fold1_c2f",
+    "isbi2015_facing/fold1_c2f_retrained": "python experiments/isbi2015_facing.py --global "
+                                           "experiments/results/isbi2015_v6/runs/scn_fold1 "
+                                           "--refine experiments/results/isbi2015_v6/runs/"
+                                           "local_unet_fold1 --fold 1 --dataset-root "
+                                           "../shared/data/isbi2015-train --output-dir "
+                                           "experiments/results/isbi2015_facing/"
+                                           "fold1_c2f_retrained",
+    "isbi2015_facing/fold1_c2f_flip": "python experiments/isbi2015_facing.py --global "
+                                      "experiments/results/isbi2015_v6/runs/scn_flip_fold1 "
+                                      "--refine experiments/results/isbi2015_v6/runs/"
+                                      "local_unet_flip_fold1 --fold 1 --dataset-root "
+                                      "../shared/data/isbi2015-train --output-dir "
+                                      "experiments/results/isbi2015_facing/fold1_c2f_flip",
     "isbi2015_flag/fold0": "python experiments/isbi2015_flag.py --global "
                            "experiments/results/isbi2015_v6/runs/scn_fold0 --refine "
                            "experiments/results/isbi2015_v6/runs/local_unet_fold0 --fold 0 "

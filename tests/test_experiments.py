@@ -248,6 +248,8 @@ def test_publish_copies_generated_tables(tmp_path):
                                    "isbi2015_facing/fold0_c2f_flip",
                                    "isbi2015_facing/fold0_c2f_mixed",
                                    "isbi2015_facing/fold1_global", "isbi2015_facing/fold1_c2f",
+                                   "isbi2015_facing/fold1_c2f_retrained",
+                                   "isbi2015_facing/fold1_c2f_flip",
                                    "isbi2015_flag/fold0", "isbi2015_flag/folds01",
                                    "isbi2015_flag/fold1",
                                    "isbi2015_annotators/fold0",
