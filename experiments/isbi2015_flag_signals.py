@@ -23,7 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from isbi2015_records import RECORDS_DIR, _blended, load_records  # noqa: E402
+from isbi2015_records import (  # noqa: E402
+    RECORDS_DIR,
+    _blended,
+    load_records,
+    ranking_figures,
+)
 
 BUDGET = 0.15
 
@@ -44,17 +49,6 @@ def _logistic(x_train, y_train, ridge=1.0, iterations=50):
         hessian = (features * (p * (1 - p))[:, None]).T @ features + np.diag(penalty)
         beta -= np.linalg.solve(hessian, gradient)
     return lambda x: design(x) @ beta
-
-
-def ranking_figures(score, errors):
-    """(errors > 4 mm, errors > 10 mm) among the BUDGET highest scores, the share to flag for
-    60 % of the errors > 4 mm."""
-    order = np.argsort(-score.ravel(), kind="stable")
-    ranked = errors.ravel()[order]
-    top = ranked[:int(BUDGET * ranked.size)]
-    caught = np.cumsum(ranked > 4.0)
-    share = (np.argmax(caught >= 0.6 * caught[-1]) + 1) / ranked.size
-    return int((top > 4.0).sum()), int((top > 10.0).sum()), float(share)
 
 
 def main(argv=None):

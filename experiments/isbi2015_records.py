@@ -205,6 +205,17 @@ def configuration_rows(configuration, by_fold, names):
     return rows, fold_rows, landmarks, weights, dict(zip(folds, stages[-1][1]))
 
 
+def ranking_figures(score, errors, budget=0.15):
+    """What a score's ranking allows, whatever the threshold: (errors > 4 mm and errors > 10 mm
+    among the `budget` share of landmarks it ranks highest - the issue's 15 % -, the share one
+    must flag, highest scores first, to catch 60 % of the errors > 4 mm - the issue's target)."""
+    ranked = errors.ravel()[np.argsort(-score.ravel(), kind="stable")]
+    top = ranked[:int(budget * ranked.size)]
+    caught = np.cumsum(ranked > 4.0)
+    share = (np.argmax(caught >= 0.6 * caught[-1]) + 1) / ranked.size
+    return int((top > 4.0).sum()), int((top > 10.0).sum()), float(share)
+
+
 def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
                              second_peak_power=2.0, source=None):
     """The shipped model's calibration refitted on recorded held-out predictions
@@ -253,18 +264,11 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
                        "junior_to_senior_mm": float(np.linalg.norm(
                            junior[i, k] - stacked["senior_mm"][i, k]))})}
                   for i, k in zip(*np.nonzero(far))]
-    ranked_large = np.cumsum(errors.ravel()[np.argsort(-expected.ravel(), kind="stable")] > 4.0)
-    quality.update({"far_points": far_points,
-                    # The share of landmarks one must flag (highest expected errors first) to
-                    # catch 60 % of the errors > 4 mm (the issue's target).
-                    "flagged_for_60_percent": float(
-                        (np.argmax(ranked_large >= 0.6 * ranked_large[-1]) + 1) / errors.size)})
+    large_in_budget, _, share = ranking_figures(expected, errors)
+    quality.update({"far_points": far_points, "flagged_for_60_percent": share,
+                    "large_in_top_15_percent": large_in_budget})
     quality.update({"num_far": int(far.sum()), "far_caught": int((expected[far] > 2.5).sum()),
                     "large_caught": int((expected[errors > 4.0] > 2.5).sum()),
-                    # The ranking's own limit, whatever the threshold: of the errors > 4 mm,
-                    # how many are among the 15 % highest expected errors (the issue's budget).
-                    "large_in_top_15_percent": int(np.sum(errors.ravel()[np.argsort(
-                        -expected.ravel(), kind="stable")[:int(0.15 * errors.size)]] > 4.0)),
                     "mre_mm": float(errors.mean()), "folds": folds})
     calibration["quality_cross_fitted"] = quality
     return calibration, quality
