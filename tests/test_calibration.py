@@ -289,6 +289,35 @@ def test_the_shape_vote_raises_the_expected_error_of_a_point_the_others_place_el
         fit_shape_vote(shapes[:5], names)
 
 
+def test_evaluate_applies_a_shape_vote_with_the_models_mirror_axis():
+    """`keraslm-evaluate --calibration` gives a model with a mirror check the expected errors its
+    own graph gives: the shape vote accepts the mirrored shape (a left-facing image's answer is
+    not flagged for its facing); without the mirror axis the whole mirrored shape would be."""
+    import dataclasses
+
+    from keraslm.commands.evaluate import _with_calibration
+    from keraslm.evaluation.metrics import point_errors
+    from keraslm.evaluation.sources import Evaluation
+
+    names = [f"p{i}" for i in range(8)]
+    shapes = _shapes()
+    calibration = {**fit_calibration(np.ones((20, 8)) * 50, np.ones((20, 8)),
+                                     np.ones((20, 8)), names),
+                   "shape_vote": fit_shape_vote(shapes[:60], names, margin=2.0)}
+    mirrored = shapes[60:] * [-1.0, 1.0]
+    heatmap = np.ones(mirrored.shape[:2])
+    evaluation = Evaluation("model", tuple(f"i{n}" for n in range(20)), tuple(names), mirrored,
+                            mirrored, point_errors(mirrored, mirrored), confidence=heatmap * 50,
+                            spread_mm=heatmap, second_peak=None, mirror_axis=0)
+    checked = _with_calibration(evaluation, calibration, "calibration.json").expected_error_mm
+    upright = np.asarray(expected_error_mm(calibration, heatmap * 50, heatmap, shapes[60:]))
+    np.testing.assert_allclose(checked, upright, rtol=1e-5)
+    assert np.median(checked) < 2.0
+    unchecked = _with_calibration(dataclasses.replace(evaluation, mirror_axis=None), calibration,
+                                  "calibration.json").expected_error_mm
+    assert np.median(unchecked) > 10.0
+
+
 def test_cross_fitting_with_a_shape_vote_fits_each_round_on_the_other_shapes():
     """`cross_fitted_expected_error(..., shape_vote_margin=)`: each round's vote comes from the
     other rounds' annotated shapes, so a far-off prediction is flagged from shapes that do not

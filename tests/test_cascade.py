@@ -911,6 +911,11 @@ def test_a_shape_vote_in_the_calibration_raises_expected_errors_in_the_graph(cas
             np.testing.assert_allclose(answer.expected_error_mm, np.maximum(0.01, beyond),
                                        rtol=1e-4, atol=1e-5)
             assert np.any(beyond > 0.01)  # The vote decides somewhere: the test is not idle.
+    # keraslm-evaluate --calibration applies the vote with the model's mirror axis too.
+    from keraslm.evaluation import evaluate_model
+    two = dataset.subset(dataset.ids[:2])
+    assert evaluate_model(checked, two).mirror_axis == 0
+    assert evaluate_model(combined, two).mirror_axis is None
     volumes = np.random.default_rng(0).normal(size=(10, len(names), 3))
     with pytest.raises(KeraslmError, match="shape vote is for 3D points, the detector is 2D"):
         combine_detectors(detectors, {**calibration,

@@ -193,9 +193,11 @@ def _with_calibration(result, calibration, path, global_only=None):
         blended = np.asarray(blend_stages(global_only.predicted_mm, result.predicted_mm,
                                           calibration["local_weight"]))
         result = with_points(result, blended, f"{result.method} (stages blended)")
-    # The answer's points (blended, as the model answers): a shape vote looks at them.
+    # The answer's points (blended, as the model answers): a shape vote looks at them, and
+    # accepts their mirror image where the model checks the facing (as its graph does).
     expected = np.asarray(expected_error_mm(calibration, result.confidence, result.spread_mm,
-                                            result.predicted_mm, second_peak=result.second_peak),
+                                            result.predicted_mm, result.mirror_axis,
+                                            second_peak=result.second_peak),
                           np.float64)
     return dataclasses.replace(result, expected_error_mm=expected)
 

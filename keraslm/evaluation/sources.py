@@ -48,6 +48,9 @@ class Evaluation:
         baseline_mm: np.ndarray like `predicted_mm`, or None. The mean-position baseline's
             points (each landmark at its mean training position,
             `keraslm.evaluation.metrics.mean_position_points`), where the model recorded them.
+        mirror_axis: int or None. The axis (0 = x, ...) the model's mirror check
+            (`keraslm.spec.MirrorCheck`) mirrors along: a calibration's shape vote applied to
+            these points then accepts the mirrored shape too, as the model's own graph does.
     """
 
     method: str
@@ -63,6 +66,7 @@ class Evaluation:
     expected_error_mm: np.ndarray = None
     baseline_mm: np.ndarray = None
     second_peak: np.ndarray = None
+    mirror_axis: int = None
 
     @property
     def ndim(self):
@@ -239,6 +243,7 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
         None if spec.mean_position_mm is None else mean_position_points(
             spec.mean_position_mm, len(records), spec.ndim),
         second_peak=stacked("second_peak"),
+        mirror_axis=None if spec.mirror_check is None else "xyz".index(spec.mirror_check.axis),
     )
 
 
@@ -416,6 +421,8 @@ def combine(evaluations, method=None):
         tuple(source for part in evaluations for source in part.sources),
         pooled("confidence"), pooled("spread_mm"), pooled("expected_error_mm"),
         pooled("baseline_mm"), second_peak=pooled("second_peak"),
+        mirror_axis=(first.mirror_axis
+                     if len({part.mirror_axis for part in evaluations}) == 1 else None),
     )
 
 
