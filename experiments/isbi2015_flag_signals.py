@@ -8,11 +8,15 @@ regression of "error > 4 mm" on the signals - confidence, spread, the global sec
 shape vote's residual (fitted on the other folds' shapes, in units of its landmark's
 variation), the distance between the global and the refined point, the landmark - and, where
 the mean-label pair is recorded on the same folds, the distance between the two pairs' answers
-(two independently trained models: a stand-in for an ensemble's members' disagreement). For
-each score: the errors > 4 mm and > 10 mm among the 15 % of landmarks it ranks highest, and the
+(two independently trained models: a stand-in for an ensemble's members' disagreement). With
+`--configuration ensemble` the ensemble's answers are ranked instead, and where its records hold
+the members one by one (`member_refined_mm`), the distance between the members' answers - the
+real members' disagreement - is a score too. For each score: the errors > 4 mm and > 10 mm among the 15 % of landmarks it ranks highest, and the
 share one must flag to catch 60 % of the errors > 4 mm.
 
     python experiments/isbi2015_flag_signals.py --output-dir experiments/results/isbi2015_flag_signals
+    python experiments/isbi2015_flag_signals.py --configuration ensemble \
+        --output-dir experiments/results/isbi2015_flag_signals_ensemble
 """
 import argparse
 import os
@@ -24,6 +28,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from isbi2015_records import (  # noqa: E402
+    CONFIGURATIONS,
     RECORDS_DIR,
     _blended,
     load_records,
@@ -54,6 +59,8 @@ def _logistic(x_train, y_train, ridge=1.0, iterations=50):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records-dir", default=RECORDS_DIR)
+    parser.add_argument("--configuration", default="pair", choices=sorted(CONFIGURATIONS),
+                        help="whose recorded answers to rank (default: the pair)")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
     from keraslm.calibration import (
@@ -64,10 +71,10 @@ def main(argv=None):
     from keraslm.experiments.runs import write_experiment
 
     records = load_records(args.records_dir)
-    pair = records.get("pair", {})
+    pair = records.get(args.configuration, {})
     if len(pair) < 2:
-        raise SystemExit(f"{args.records_dir}: the pair is recorded on {len(pair)} fold(s); "
-                         "the cross-fitted figures need two or more")
+        raise SystemExit(f"{args.records_dir}: the {args.configuration} is recorded on "
+                         f"{len(pair)} fold(s); the cross-fitted figures need two or more")
     folds = sorted(pair)
     names = pair[folds[0]][1]["landmark_names"]
     parts = [pair[f][0] for f in folds]
@@ -97,8 +104,13 @@ def main(argv=None):
     num_images, num_landmarks = errors.shape
     landmark = [np.broadcast_to((np.arange(num_landmarks) == k).astype(float), errors.shape)
                 for k in range(num_landmarks)]
-    other = records.get("meanlabels", {})
-    pairs_apart = None
+    other = records.get("meanlabels", {}) if args.configuration == "pair" else {}
+    pairs_apart = members_apart = None
+    if all("member_refined_mm" in p for p in parts):
+        # The members' answers (refined, one (images, landmarks, ndim) per member): each
+        # landmark's mean distance of the members from their mean.
+        members = np.concatenate([p["member_refined_mm"] for p in parts], axis=1)
+        members_apart = np.linalg.norm(members - members.mean(0), axis=-1).mean(0)
     if sorted(other) == folds:
         other_blended, _ = _blended([other[f][0] for f in folds])
         pairs_apart = np.linalg.norm(np.concatenate(other_blended) - points, axis=-1)
@@ -124,9 +136,13 @@ def main(argv=None):
         scores["the two pairs apart (mm)"] = pairs_apart
         scores["logistic: + stages apart, the two pairs apart"] = cross_fitted_logistic(
             list(signals.values()) + [np.log(pairs_apart + 0.1)])
+    if members_apart is not None:
+        scores["the members apart (mm, mean distance from their mean)"] = members_apart
+        scores["logistic: + stages apart, the members apart"] = cross_fitted_logistic(
+            list(signals.values()) + [np.log(members_apart + 0.1)])
     num_large, num_far = int((errors > 4).sum()), int((errors > 10).sum())
     lines = [f"# ISBI 2015: the flag's signals, ranked (folds {', '.join(map(str, folds))})", "",
-             f"The coarse-to-fine pair's blended answers on {num_images} held-out images "
+             f"The {args.configuration}'s ({CONFIGURATIONS[args.configuration][2]}) blended answers on {num_images} held-out images "
              f"({errors.size} landmarks; {num_large} errors > 4 mm, {num_far} > 10 mm; records "
              f"`{os.path.relpath(args.records_dir)}`), every score cross-fitted over the folds. "
              f"Per score: the errors among the {100 * BUDGET:.0f} % of landmarks it ranks "
@@ -142,12 +158,15 @@ def main(argv=None):
                           "flagged_for_60_percent": share}
         lines.append(f"| {label} | {large} of {num_large} | {far} of {num_far} | "
                      f"{100 * share:.1f} |")
-    if pairs_apart is None:
+    if pairs_apart is None and args.configuration == "pair":
         lines += ["", "The mean-label pair is not recorded on the same folds: no two-pair "
                   "disagreement."]
+    if members_apart is None and args.configuration == "ensemble":
+        lines += ["", "The ensemble's records hold no members one by one (recorded before "
+                  "`member_refined_mm`): no members' disagreement."]
     print(write_experiment(args.output_dir, lines,
-                           {"folds": folds, "num_large": num_large, "num_far": num_far,
-                            "scores": results},
+                           {"configuration": args.configuration, "folds": folds,
+                            "num_large": num_large, "num_far": num_far, "scores": results},
                            "experiments/isbi2015_flag_signals.py",
                            argv if argv is not None else sys.argv[1:]))
     return 0

@@ -559,6 +559,26 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     # The point 30 mm off is in the shape vote's and the expected error's top 15 %.
     assert ranked["scores"]["expected error (heatmap x (1 - second peak)^2, shape vote)"][
         "far_in_budget"] == ranked["num_far"]
+    # The ensemble's answers with its members one by one: on one point the members are 30 mm
+    # apart and their mean (the answer) 15 mm off; the members' disagreement ranks it first.
+    for fold, (arrays, _) in by_fold.items():
+        npz_path, _ = records.record_paths(str(record_dir), "ensemble", fold)
+        ensemble = {key: value.copy() for key, value in arrays.items()}
+        member2 = ensemble["refined_mm"].copy()
+        if fold == 0:
+            for key in ("global_mm", "refined_mm"):
+                ensemble[key][1, 2] += [15.0, 0.0]
+            member2[1, 2] += [30.0, 0.0]
+        ensemble["member_refined_mm"] = np.stack([arrays["refined_mm"], member2])
+        ensemble["member_global_mm"] = np.stack([arrays["global_mm"], member2])
+        np.savez(npz_path, **ensemble)
+    assert signals.main(["--records-dir", str(record_dir), "--configuration", "ensemble",
+                         "--output-dir", str(tmp_path / "signals_ensemble")]) == 0
+    ranked = json.loads((tmp_path / "signals_ensemble" / "results.json").read_text())
+    assert ranked["configuration"] == "ensemble" and ranked["num_far"] >= 1
+    assert "the two pairs apart (mm)" not in ranked["scores"]
+    apart = ranked["scores"]["the members apart (mm, mean distance from their mean)"]
+    assert apart["far_in_budget"] == ranked["num_far"]
     with pytest.raises(SystemExit, match="1 fold"):
         os.remove(records.record_paths(str(record_dir), "pair", 1)[0])
         signals.main(["--records-dir", str(record_dir), "--output-dir", str(tmp_path / "s2")])
