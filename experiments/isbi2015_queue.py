@@ -4,7 +4,8 @@ works the queue with a number of workers, each taking the first run that is neit
 taken by another worker (a lock file per run, released when its worker ends, however it ends),
 and resuming it from its checkpoints; after each finished run it records the fold's held-out
 predictions of every configuration that run completes (`isbi2015_records.py save`, into the
-repository: commit them). Stop it any time (a session's end kills it); start it again
+repository: commit them). A run whose configurations are all recorded for its fold is not
+needed again, even when its folder is gone with a machine ("recorded"). Stop it any time (a session's end kills it); start it again
 to continue. The runs are version 6's configuration, the settings the README's version-6 driver
 (`experiments/isbi2015_cv.py`) gives them, in its run folders (`experiments/results/isbi2015_v6/
 runs/<run>_fold<K>`), so the driver and the fold experiments find them.
@@ -29,6 +30,9 @@ import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from isbi2015_records import CONFIGURATIONS, RECORDS_DIR, record_paths  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = os.path.join(REPO, "experiments", "results", "isbi2015_v6", "runs")
@@ -89,14 +93,32 @@ def _read_json(path, default=None):
         return default
 
 
-def run_state(runs_dir, kind, fold):
-    """dict: `finished` (bool), `epochs` done, `seconds` of training recorded so far."""
+def is_recorded(records_dir, kind, fold):
+    """True when every records configuration the run is part of (`isbi2015_records.
+    CONFIGURATIONS`) is recorded for its fold in `records_dir` (None: never): the run is not
+    needed again."""
+    if records_dir is None:
+        return False
+    configurations = [name for name, (global_kinds, local_kinds, _) in CONFIGURATIONS.items()
+                      if kind in global_kinds + local_kinds]
+    return all(os.path.isfile(path) for name in configurations
+               for path in record_paths(records_dir, name, fold))
+
+
+def run_state(runs_dir, kind, fold, records_dir=None):
+    """dict: `finished` (bool), `recorded` (bool, `is_recorded`), `epochs` done, `seconds` of
+    training recorded so far."""
     folder = os.path.join(runs_dir, run_name(kind, fold))
     history = _read_json(os.path.join(folder, "history.json"), {}) or {}
     seconds = (_read_json(os.path.join(folder, "training_seconds.json"), {}) or {}).get("seconds")
     return {"finished": _run_folder(folder).is_finished(),
+            "recorded": is_recorded(records_dir, kind, fold),
             "epochs": len(history.get("loss", [])), "seconds": seconds,
             "started": os.path.isdir(folder)}
+
+
+def _done(state):
+    return state["finished"] or state["recorded"]
 
 
 def _lock_path(runs_dir, kind, fold):
@@ -115,15 +137,17 @@ def _try_lock(runs_dir, kind, fold):
     return handle
 
 
-def status_lines(runs_dir, plan=PLAN):
+def status_lines(runs_dir, plan=PLAN, records_dir=None):
     """The queue's state as table lines."""
     lines = ["| # | run | state | epochs | training h |", "|---|---|---|---|---|"]
     epochs_total = STEPS // STEPS_PER_EPOCH
     for number, (kind, fold) in enumerate(plan, 1):
-        state = run_state(runs_dir, kind, fold)
-        lock = None if state["finished"] else _try_lock(runs_dir, kind, fold)
+        state = run_state(runs_dir, kind, fold, records_dir)
+        lock = None if _done(state) else _try_lock(runs_dir, kind, fold)
         if state["finished"]:
             word = "finished"
+        elif state["recorded"]:
+            word = "recorded"
         elif lock is None:
             word = "training"
         else:
@@ -190,15 +214,19 @@ def _train_one(kind, fold, args, log, lock):
 
 
 def _next_run(args, failed):
-    """(kind, fold, its lock) of the first run neither finished, failed in this queue nor
-    locked by another worker (checked again once locked), or None."""
+    """(kind, fold, its lock) of the first run neither finished, recorded, failed in this
+    queue nor locked by another worker (checked again once locked), or None."""
+    def done(kind, fold):
+        return (kind, fold) in failed or _done(run_state(args.runs_dir, kind, fold,
+                                                         args.records_dir))
+
     for kind, fold in PLAN:
-        if (kind, fold) in failed or run_state(args.runs_dir, kind, fold)["finished"]:
+        if done(kind, fold):
             continue
         lock = _try_lock(args.runs_dir, kind, fold)
         if lock is None:
             continue
-        if (kind, fold) in failed or run_state(args.runs_dir, kind, fold)["finished"]:
+        if done(kind, fold):
             lock.close()
             continue
         return kind, fold, lock
@@ -218,19 +246,19 @@ def worker(number, args, failed, rescan_seconds=5.0):
             if taken is None:
                 return
             kind, fold, lock = taken
-            with lock:
+            with lock:  # Held while it records too: no other worker records the same fold's run.
                 if _train_one(kind, fold, args, log, lock) != 0:
                     failed.add((kind, fold))
                     continue
-            _record(fold, args, log)
+                _record(fold, args, log)
 
 
 def _record(fold, args, log):
     """`isbi2015_records.py save` for the fold, with this checkout's keraslm: records every
     configuration the finished run completes (commit them: run folders can be lost)."""
     command = [sys.executable, os.path.join(REPO, "experiments", "isbi2015_records.py"), "save",
-               "--runs-dir", args.runs_dir, "--folds", str(fold), "--dataset-root",
-               args.dataset_root]
+               "--runs-dir", args.runs_dir, "--records-dir", args.records_dir, "--folds", str(fold),
+               "--dataset-root", args.dataset_root]
     print(f"{time.strftime('%H:%M:%S')} records of fold {fold}: {shlex.join(command)}", file=log,
           flush=True)
     code = subprocess.call(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
@@ -248,6 +276,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2,
                         help="runs trained side by side (default: 2, one per core here)")
     parser.add_argument("--runs-dir", default=RUNS_DIR)
+    parser.add_argument("--records-dir", default=RECORDS_DIR,
+                        help="the held-out predictions' records (isbi2015_records.py): a run "
+                             "whose configurations are all recorded here is not trained again")
     parser.add_argument("--dataset-root",
                         default=os.path.join(REPO, "..", "shared", "data", "isbi2015-train"))
     parser.add_argument("--mean-labels-root", default="/work/isbi2015_mean_labels",
@@ -264,16 +295,16 @@ def main(argv=None):
     args.dataset_root = os.path.abspath(args.dataset_root)
     args.worktree = os.path.abspath(args.worktree)
     if args.command == "status":
-        lines = status_lines(args.runs_dir)
+        lines = status_lines(args.runs_dir, records_dir=args.records_dir)
         if args.output_dir:
             from keraslm.experiments.runs import write_experiment
             from keraslm.precision import describe_machine
 
-            states = [dict(run_state(args.runs_dir, kind, fold), run=run_name(kind, fold))
-                      for kind, fold in PLAN]
-            done = sum(state["finished"] for state in states)
+            states = [dict(run_state(args.runs_dir, kind, fold, args.records_dir),
+                           run=run_name(kind, fold)) for kind, fold in PLAN]
+            done = sum(_done(state) for state in states)
             lines = [f"State on {time.strftime('%Y-%m-%d %H:%M %Z')}: {done} of {len(PLAN)} "
-                     f"runs finished. Training hours as recorded in the run folders (wall time "
+                     f"runs finished or recorded. Training hours as recorded in the run folders (wall time "
                      f"of the training, with whatever else ran beside it); this machine: "
                      f"{describe_machine()}.", ""] + lines
             write_experiment(args.output_dir, lines, {"runs": states},
@@ -286,11 +317,11 @@ def main(argv=None):
         return 0
     if args.command == "commands":
         for kind, fold in PLAN:
-            if not run_state(args.runs_dir, kind, fold)["finished"]:
+            if not _done(run_state(args.runs_dir, kind, fold, args.records_dir)):
                 print(shlex.join(train_command(kind, fold, args.runs_dir, args.dataset_root,
                                                args.mean_labels_root)))
         return 0
-    if any(KINDS[kind][1] and not run_state(args.runs_dir, kind, fold)["finished"]
+    if any(KINDS[kind][1] and not _done(run_state(args.runs_dir, kind, fold, args.records_dir))
            for kind, fold in PLAN) and not os.path.isfile(
                os.path.join(args.mean_labels_root, "landmarks.csv")):
         parser.error(f"no {args.mean_labels_root}/landmarks.csv: write it first (python "
@@ -316,7 +347,7 @@ def main(argv=None):
         time.sleep(1)  # the first worker takes its lock before the next looks
     for thread in threads:
         thread.join()
-    print("\n".join(status_lines(args.runs_dir)))
+    print("\n".join(status_lines(args.runs_dir, records_dir=args.records_dir)))
     return 1 if failed else 0
 
 

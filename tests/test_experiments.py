@@ -304,8 +304,18 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
     (partial / "history.json").write_text(json.dumps({"loss": [3.0, 2.0, 1.5]}))
     (partial / "training_seconds.json").write_text(json.dumps({"seconds": 5400}))
     held = queue._try_lock(str(runs), "scn_flip", 1)  # another worker trains it
+    # Records committed from a lost machine: fold 0's flip pair is not needed again; fold 2's
+    # pair is recorded but its runs are members of fold 2's ensemble too, not recorded yet.
+    records_dir = tmp_path / "records"
+    records_dir.mkdir()
+    for configuration, fold in (("flip", 0), ("pair", 2)):
+        for path in queue.record_paths(str(records_dir), configuration, fold):
+            open(path, "w").close()
     lines = {line.split(" | ")[1]: line.split(" | ", 2)[2] for line in
-             queue.status_lines(str(runs))[2:]}
+             queue.status_lines(str(runs), records_dir=str(records_dir))[2:]}
+    assert lines["scn_flip_fold0"] == "recorded | 0/40 |  |"
+    assert lines["local_unet_flip_fold0"] == "recorded | 0/40 |  |"
+    assert lines["scn_fold2"] == "waiting | 0/40 |  |"
     assert len(lines) == len(queue.PLAN)
     assert lines["scn_fold1"] == "finished | 40/40 |  |"
     assert lines["local_unet_fold1"] == "partial | 3/40 | 1.5 |"
@@ -334,10 +344,12 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
     recorded = []
     monkeypatch.setattr(queue, "_train_one", fake_train)
     monkeypatch.setattr(queue, "_record", lambda fold, args, log: recorded.append(fold))
-    args = type("Args", (), {"runs_dir": str(runs), "logs": str(tmp_path)})()
+    args = type("Args", (), {"runs_dir": str(runs), "logs": str(tmp_path),
+                             "records_dir": str(records_dir)})()
     failed = set()
     queue.worker(1, args, failed, rescan_seconds=0.0)
-    assert trained == [run for run in queue.PLAN if run not in (("scn", 1), ("scn_flip", 1))]
+    assert trained == [run for run in queue.PLAN if run not in (
+        ("scn", 1), ("scn_flip", 1), ("scn_flip", 0), ("local_unet_flip", 0))]
     assert failed == {("scn_member2", 4)}
     # The fold's records after every run that finished, none after the failed one.
     assert recorded == [fold for kind, fold in trained if (kind, fold) != ("scn_member2", 4)]
