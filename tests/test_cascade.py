@@ -762,6 +762,22 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     entries = payload["predictions"][0]["landmarks"]
     assert "expected_error_mm" in next(iter(entries.values()))
     assert [n for n, entry in entries.items() if entry["check"]] == flagged
+    assert payload["flag_mm"] == 2.5
+    # --flag-mm: another threshold, the same expected errors; 0.01 mm flags every landmark.
+    assert predict_main([str(base / "1"), paths[0], "--spacing", str(dataset.image_spacing[0]),
+                         "--output-dir", str(tmp_path / "f"), "--flag-mm", "0.01"]) == 0
+    printed = capsys.readouterr()
+    assert "CHECK: expected error above 0.01 mm" in printed.out
+    header, all_row = (tmp_path / "f" / "expected_error.csv").read_text().splitlines()[:2]
+    assert all_row.split(",")[:-1] == values[:-1]
+    assert all_row.split(",")[-1] == ";".join(dataset.landmark_names)
+    assert f"{len(dataset.landmark_names)} landmark(s) to check by hand" in printed.err
+    flagged_all = json.loads((tmp_path / "f" / "predictions.json").read_text())
+    assert flagged_all["flag_mm"] == 0.01 and all(
+        entry["check"] for entry in flagged_all["predictions"][0]["landmarks"].values())
+    with pytest.raises(SystemExit):
+        predict_main([str(base / "1"), paths[0], "--flag-mm", "-1"])
+    assert "expected a positive number, got '-1'" in capsys.readouterr().err
     assert predict_main([coarse.model_path, paths[0], "--spacing", str(dataset.image_spacing[0]),
                          "--output-dir", str(tmp_path / "q")]) == 0
     assert not (tmp_path / "q" / "expected_error.csv").exists()

@@ -488,6 +488,16 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
         quality["flagged_fraction"] > 0.15)
     assert 0 < quality["flagged_for_60_percent"] <= 1
     assert len(quality["far_points"]) == quality["num_far"]
+    # Other thresholds: a lower one flags more and catches at least as much.
+    points = quality["operating_points"]
+    assert [p["flag_mm"] for p in points] == list(records.OPERATING_FLAG_MM)
+    at_default = next(p for p in points if p["flag_mm"] == 2.5)
+    assert at_default["flagged_fraction"] == quality["flagged_fraction"]
+    assert at_default["large_caught"] == quality["large_caught"]
+    for lower, higher in zip(points, points[1:]):
+        assert lower["flagged_fraction"] >= higher["flagged_fraction"]
+        assert lower["large_caught"] >= higher["large_caught"]
+    assert points[0]["flagged_fraction"] > points[-1]["flagged_fraction"]
     assert all(f["error_mm"] > 10 and "junior_to_answer_mm" not in f
                for f in quality["far_points"])  # These records hold no junior landmarks.
     plain, plain_quality = records.calibration_from_records(by_fold, names, shapes,
@@ -532,6 +542,7 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert far[0]["error_mm"] > 10 and far[0]["junior_to_answer_mm"] > 10
     assert far[0]["junior_to_senior_mm"] == pytest.approx(2 ** 0.5)
     assert "| 0 | l0 | " in table and "junior to the answer mm" in table
+    assert "| flag above mm | flagged % |" in table and "| 2.5 | " in table
     # Version 9's refit (isbi2015_shipped.py --calibration-records) reads the ensemble's
     # records: the same calibration, with the comparison without the second peak.
     from types import SimpleNamespace

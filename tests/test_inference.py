@@ -342,3 +342,26 @@ def test_a_model_keras_of_keraslm_0_1_loads_through_the_upgrade(trained):
     image = dataset.read_image(dataset.records[0])
     np.testing.assert_array_equal(predict(old, [image])[0].points_mm,
                                   predict(detector, [image])[0].points_mm)
+
+
+def test_write_predictions_flags_above_the_given_threshold(tmp_path):
+    """`write_predictions(..., flag_mm)` (keraslm-predict --flag-mm): the `check` column of
+    expected_error.csv and the JSON's `check` name the landmarks whose expected error is above
+    the threshold (2.5 mm by default), and the JSON records the threshold."""
+    from keraslm.prediction import FLAG_MM, Prediction, write_predictions
+
+    names = ("a", "b", "c")
+    prediction = Prediction("img", "img.png", names, np.zeros((3, 2)), np.zeros((3, 2)),
+                            np.ones(3), spread_mm=np.ones(3),
+                            expected_error_mm=np.array([1.0, 2.0, 3.0]))
+    for flag_mm, flagged in ((None, ["c"]), (1.5, ["b", "c"]), (5.0, [])):
+        folder = tmp_path / str(flag_mm)
+        write_predictions(str(folder), [prediction],
+                          **({} if flag_mm is None else {"flag_mm": flag_mm}))
+        rows = (folder / "expected_error.csv").read_text().splitlines()
+        assert rows[0] == "id,a,b,c,check"
+        assert rows[1] == "img,1.000,2.000,3.000," + ";".join(flagged)
+        payload = json.loads((folder / "predictions.json").read_text())
+        assert payload["flag_mm"] == (FLAG_MM if flag_mm is None else flag_mm)
+        landmarks = payload["predictions"][0]["landmarks"]
+        assert [name for name in names if landmarks[name]["check"]] == flagged

@@ -42,6 +42,12 @@ def main(argv=None):
                         "the spacing the model was trained on, where it is recorded); DICOM and "
                         "NIfTI files carry their own")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
+    parser.add_argument("--flag-mm", type=cli.positive_float, metavar="MM",
+                        help="a calibrated model's landmarks whose expected error is above MM "
+                        "are flagged to check by hand (printed, a warning per image, the "
+                        "`check` column of expected_error.csv). Default: 2.5. Lower flags more "
+                        "landmarks and catches more of the far-off ones: the shipped ISBI "
+                        "model's figures per threshold are in docs/results/pretrained.md")
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "bfloat16", "float16", "auto"],
                         help="compute precision of .keras models (float32: the same numbers as "
@@ -75,7 +81,7 @@ def main(argv=None):
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
-    flag_mm = FLAG_MM
+    flag_mm = FLAG_MM if args.flag_mm is None else args.flag_mm
     for prediction in predictions:
         print(f"{prediction.image_id}:")
         expected = prediction.expected_error_mm
@@ -97,7 +103,7 @@ def main(argv=None):
         print(f"CHECK: expected error above {flag_mm:g} mm (the model's calibration on held-out "
               "images); look at these landmarks by hand")
     try:
-        written = write_predictions(args.output_dir, predictions)
+        written = write_predictions(args.output_dir, predictions, flag_mm)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)

@@ -66,7 +66,10 @@ class Prediction:
     expected_error_mm: np.ndarray = None
     second_peak: np.ndarray = None
 
-    def to_dict(self):
+    def to_dict(self, flag_mm=FLAG_MM):
+        """dict (JSON-ready): the image's id and path and each landmark's point (mm, index),
+        confidence and, where the model gives them, spread, second peak, expected error and
+        `check` (expected error above `flag_mm`)."""
         landmarks = {}
         for i, name in enumerate(self.landmark_names):
             entry = {"mm": self.points_mm[i].tolist(), "index": self.points_index[i].tolist(),
@@ -77,7 +80,7 @@ class Prediction:
                 entry["second_peak"] = float(self.second_peak[i])
             if self.expected_error_mm is not None:
                 entry["expected_error_mm"] = float(self.expected_error_mm[i])
-                entry["check"] = bool(self.expected_error_mm[i] > FLAG_MM)
+                entry["check"] = bool(self.expected_error_mm[i] > flag_mm)
             landmarks[name] = entry
         return {"id": self.image_id, "image_path": self.image_path, "landmarks": landmarks}
 
@@ -301,12 +304,13 @@ def _predictor(model, refine, precision):
     return predictors[precision]
 
 
-def write_predictions(folder, predictions):
+def write_predictions(folder, predictions, flag_mm=FLAG_MM):
     """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
     `predictions.json`, one 3D Slicer markups file per image (`markups/<id>.mrk.json`, LPS
     mm: open it over the image in Slicer) and, for a calibrated model, `expected_error.csv`
     (one column per landmark, mm, and a last column `check` naming the landmarks whose expected
-    error is above `FLAG_MM`, ";"-separated) into `folder`, atomically. Returns the written paths."""
+    error is above `flag_mm` - by default `FLAG_MM` -, ";"-separated) into `folder`,
+    atomically. Returns the written paths."""
     import csv
 
     from keraslm.io import LandmarkTable, write_landmarks, write_markups
@@ -325,7 +329,8 @@ def write_predictions(folder, predictions):
     write_json(os.path.join(folder, "predictions.json"),
                {"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
                           "expected_error_mm": "calibrated expected point error, mm"},
-                "predictions": [p.to_dict() for p in predictions]})
+                "flag_mm": flag_mm,
+                "predictions": [p.to_dict(flag_mm) for p in predictions]})
     written = [os.path.join(folder, name) for name in
                ("predictions.csv", "predictions_index.csv", "predictions.json")]
     # The markups folder holds this prediction's images only: replaced whole, not added to.
@@ -343,11 +348,11 @@ def write_predictions(folder, predictions):
             with open(temporary, "w", encoding="utf-8", newline="") as handle:
                 writer = csv.writer(handle)
                 # The last column names the landmarks to check by hand (expected error above
-                # FLAG_MM), ";"-separated; empty when there is none.
+                # flag_mm), ";"-separated; empty when there is none.
                 writer.writerow(["id", *names, "check"])
                 for p in predictions:
                     writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm),
                                      ";".join(name for name, e in zip(names, p.expected_error_mm)
-                                              if e > FLAG_MM)])
+                                              if e > flag_mm)])
         written.append(path)
     return written
