@@ -24,7 +24,7 @@ EXPERIMENTS = ("isbi2015_cv", "isbi2015_v4", "isbi2015_v6", "isbi2015_facing/fol
                "isbi2015_flag/fold0", "isbi2015_flag/folds01", "isbi2015_flag/fold1",
                "isbi2015_annotators/fold0",
                "isbi2015_annotators/fold1", "isbi2015_queue", "isbi2015_records",
-               "isbi2015_flag_signals", "table1_phantom2d",
+               "isbi2015_flag_signals", "isbi2015_flag_signals_ensemble", "table1_phantom2d",
                "table2_phantom3d", "benchmarks")
 #: The command that writes an experiment's table, where it is not `experiments/<name>.py`.
 COMMANDS = {
@@ -122,6 +122,9 @@ COMMANDS = {
     "isbi2015_records": "python experiments/isbi2015_records.py table",
     "isbi2015_flag_signals": "python experiments/isbi2015_flag_signals.py --output-dir "
                              "experiments/results/isbi2015_flag_signals",
+    "isbi2015_flag_signals_ensemble": "python experiments/isbi2015_flag_signals.py "
+                                      "--configuration ensemble --output-dir "
+                                      "experiments/results/isbi2015_flag_signals_ensemble",
 }
 #: Benchmark outputs (`python benchmarks/<name>.py --output .../benchmarks/<name>.md`).
 BENCHMARKS = (

@@ -255,6 +255,7 @@ def test_publish_copies_generated_tables(tmp_path):
                                    "isbi2015_annotators/fold0",
                                    "isbi2015_annotators/fold1", "isbi2015_queue",
                                    "isbi2015_records", "isbi2015_flag_signals",
+                                   "isbi2015_flag_signals_ensemble",
                                    "table1_phantom2d", "table2_phantom3d", "benchmarks")
     page = docs / "results" / "all.md"
     page.write_text("intro\n" + "".join(

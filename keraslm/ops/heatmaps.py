@@ -346,17 +346,21 @@ class HeatmapCodec:
         flat = ops.reshape(ops.moveaxis(heatmaps, -1, 1), (-1, num_landmarks, num))
         peak_index = ops.cast(ops.argmax(flat, axis=-1), "int32")  # (batch, L)
         peak = ops.max(flat, axis=-1)
-        index = np.arange(num)
+        # Squared mm from each heatmap's peak, `(batch, *output_shape, L)`, built by broadcasting
+        # one mm table per axis (no per-pixel constant: a SavedModel's graph stays small).
         distance2 = 0.0
         for axis, n in enumerate(self.output_shape):
             stride = _product(self.output_shape[axis + 1:])
             mm = (self.to_input(np.arange(n, dtype=np.float64))
                   * spacing_xyz[self.ndim - 1 - axis]).astype(np.float32)
-            position = ops.convert_to_tensor(mm[(index // stride) % n])  # (num,)
             peak_position = ops.take(ops.convert_to_tensor(mm), (peak_index // stride) % n)
-            distance2 = distance2 + ops.square(position - peak_position[..., None])
-        outside = ops.where(distance2 > radius_mm ** 2, flat, ops.full_like(flat, -np.inf))
-        second = ops.max(outside, axis=-1)
+            along = [1] * (self.ndim + 2)
+            along[1 + axis] = n
+            distance2 = distance2 + ops.square(
+                mm.reshape(along)
+                - ops.reshape(peak_position, (-1,) + (1,) * self.ndim + (num_landmarks,)))
+        outside = ops.where(distance2 > radius_mm ** 2, heatmaps, ops.full_like(heatmaps, -np.inf))
+        second = ops.max(outside, axis=tuple(range(1, self.ndim + 1)))
         ratio = ops.where(peak > 0, ops.clip(second / ops.maximum(peak, 1e-12), 0.0, 1.0), 0.0)
         return ops.where(ops.isfinite(ratio), ratio, 0.0)
 
