@@ -267,16 +267,19 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
                            junior[i, k] - stacked["senior_mm"][i, k]))})}
                   for i, k in zip(*np.nonzero(far))]
     large_in_budget, _, share = ranking_figures(expected, errors)
-    # What other thresholds give (keraslm-predict --flag-mm): more flagged, more caught.
-    operating_points = [{"flag_mm": flag_mm, "flagged_fraction": float((expected > flag_mm).mean()),
-                         "large_caught": int((expected[errors > 4.0] > flag_mm).sum()),
-                         "far_caught": int((expected[far] > flag_mm).sum())}
-                        for flag_mm in OPERATING_FLAG_MM]
+
+    def flagged_at(flag_mm):
+        return {"flag_mm": flag_mm, "flagged_fraction": float((expected > flag_mm).mean()),
+                "large_caught": int((expected[errors > 4.0] > flag_mm).sum()),
+                "far_caught": int((expected[far] > flag_mm).sum())}
+
+    at_default = flagged_at(2.5)
     quality.update({"far_points": far_points, "flagged_for_60_percent": share,
                     "large_in_top_15_percent": large_in_budget,
-                    "operating_points": operating_points})
-    quality.update({"num_far": int(far.sum()), "far_caught": int((expected[far] > 2.5).sum()),
-                    "large_caught": int((expected[errors > 4.0] > 2.5).sum()),
+                    # What other thresholds give (keraslm-predict --flag-mm).
+                    "operating_points": [flagged_at(t) for t in OPERATING_FLAG_MM]})
+    quality.update({"num_far": int(far.sum()), "far_caught": at_default["far_caught"],
+                    "large_caught": at_default["large_caught"],
                     "mre_mm": float(errors.mean()), "folds": folds})
     calibration["quality_cross_fitted"] = quality
     return calibration, quality
