@@ -219,23 +219,33 @@ def ranking_figures(score, errors, budget=0.15):
 
 
 def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
-                             second_peak_power=2.0, source=None):
+                             second_peak_power=2.0, source=None, local_weight=None):
     """The shipped model's calibration refitted on recorded held-out predictions
     (`{fold: (arrays, description)}` of one configuration, two folds or more): per-landmark
     blend weights (`local_weight`, on all folds), the heatmap calibration of the blended points'
     errors against the senior - each fold's points blended with weights fitted on the other
     folds - with the confidence damped by the global second peak (`second_peak_power`; 0: not),
-    and a shape vote fitted on `shapes_mm` (the training shapes). Returns (calibration, a dict
-    of cross-fitted figures: each fold's expected errors from a calibration fitted on the other
-    folds, with the vote fitted on their held-out shapes)."""
+    and a shape vote fitted on `shapes_mm` (the training shapes). Given `local_weight` (one per
+    landmark, e.g. the shipped model's own), the blend is kept: every fold's points are blended
+    with those weights and only the rest is refitted, so the model's points do not change.
+    Returns (calibration, a dict of cross-fitted figures: each fold's expected errors from a
+    calibration fitted on the other folds, with the vote fitted on their held-out shapes)."""
     from keraslm.calibration import (calibration_quality, cross_fitted_expected_error,
                                      fit_calibration, fit_shape_vote)
 
     folds = sorted(by_fold)
     parts = [by_fold[f][0] for f in folds]
-    blended, weights = _blended(parts)
-    if blended is None:
+    if len(parts) < 2:
         raise SystemExit("a calibration from records needs two recorded folds or more")
+    if local_weight is None:
+        blended, weights = _blended(parts)
+    else:
+        weights = np.asarray(local_weight, np.float64)
+        if weights.shape != (len(names),):
+            raise SystemExit(f"local_weight: {len(names)} weights expected (one per landmark), "
+                             f"got shape {weights.shape}")
+        blended = [weights[:, None] * p["refined_mm"] + (1 - weights[:, None]) * p["global_mm"]
+                   for p in parts]
     stacked = {key: np.concatenate([p[key] for p in parts])
                for key in ("confidence", "spread_mm", "second_peak", "senior_mm")}
     points = np.concatenate(blended)
@@ -280,7 +290,8 @@ def calibration_from_records(by_fold, names, shapes_mm, shape_vote_margin=2.0,
                     "operating_points": [flagged_at(t) for t in OPERATING_FLAG_MM]})
     quality.update({"num_far": int(far.sum()), "far_caught": at_default["far_caught"],
                     "large_caught": at_default["large_caught"],
-                    "mre_mm": float(errors.mean()), "folds": folds})
+                    "mre_mm": float(errors.mean()), "folds": folds,
+                    "blend_weights": "fitted" if local_weight is None else "kept"})
     calibration["quality_cross_fitted"] = quality
     return calibration, quality
 

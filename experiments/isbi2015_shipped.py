@@ -23,11 +23,13 @@ part unchanged); experiments/isbi2015_flag.py measures it on a fold's held-out i
     python experiments/isbi2015_shipped.py --version 8 --shape-vote-margin 2 \
         --output-dir experiments/results/isbi2015_v8
 
-`--calibration-records DIR` refits the whole calibration instead (version 9): the blend weights,
-the heatmap calibration with the confidence damped by the global second peak
-(`--second-peak-power`) and the shape vote, from the recorded held-out predictions of the
-ensemble configuration's cross-validation folds (`experiments/isbi2015_records.py`), with its
-cross-fitted flag figures against the same refit without the second peak:
+`--calibration-records DIR` refits the calibration instead (version 9): the heatmap calibration
+with the confidence damped by the global second peak (`--second-peak-power`) and the shape vote,
+from the recorded held-out predictions of the ensemble configuration's cross-validation folds
+(`experiments/isbi2015_records.py`), with its cross-fitted flag figures against the same refit
+without the second peak. The source's blend weights (`local_weight`) are kept, so the exported
+model answers the source's points (the figures measured with it on held-out data still hold);
+`--refit-blend-weights` refits them on the records too (other points):
 
     python experiments/isbi2015_shipped.py --source saved_models/isbi2015_scn/8 --version 9 \
         --shape-vote-margin 2 --calibration-records experiments/results/isbi2015_records \
@@ -99,10 +101,15 @@ def _refit_calibration(args, spec, dataset):
     source = (f"held-out predictions of folds {', '.join(map(str, sorted(by_fold)))} recorded in "
               f"{args.calibration_records} ({runs}); shape vote: the {len(shapes)} training "
               "shapes (senior doctor)")
+    kept = None if args.refit_blend_weights else (spec.calibration or {}).get("local_weight")
+    if kept is None and not args.refit_blend_weights:
+        raise SystemExit(f"{args.source}: its calibration has no blend weights (local_weight) "
+                         "to keep; give --refit-blend-weights to fit them on the records")
     qualities, calibration = {}, None
     for power in dict.fromkeys((args.second_peak_power, 0.0)):  # The comparison without.
         fitted, quality = calibration_from_records(
-            by_fold, list(spec.landmark_names), shapes, args.shape_vote_margin, power, source)
+            by_fold, list(spec.landmark_names), shapes, args.shape_vote_margin, power, source,
+            local_weight=kept)
         qualities[f"second_peak_power {power:g}"] = quality
         calibration = calibration or fitted
     rows = [f"| {label} | {100 * q['flagged_fraction']:.1f} | {q['caught_fraction'] * 100:.0f} % "
@@ -112,7 +119,11 @@ def _refit_calibration(args, spec, dataset):
     text = "\n".join([
         f"Calibration refitted on the ensemble's recorded held-out predictions of folds "
         f"{', '.join(map(str, quality['folds']))} (`{args.calibration_records}`; blended MRE "
-        f"{quality['mre_mm']:.2f} mm): blend weights, heatmap calibration ("
+        f"{quality['mre_mm']:.2f} mm): "
+        + ("blend weights refitted (other points than the source), "
+           if args.refit_blend_weights else
+           "the source's blend weights kept (its points unchanged), ")
+        + "heatmap calibration ("
         + (f"confidence x (1 - second peak)^{args.second_peak_power:g}"
            if args.second_peak_power else "confidence, no second peak")
         + ") and a shape vote with margin "
@@ -134,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--calibration-records", metavar="DIR",
                         help="refit the calibration on these records' ensemble folds "
                         "(experiments/isbi2015_records.py; needs --shape-vote-margin)")
+    parser.add_argument("--refit-blend-weights", action="store_true",
+                        help="with --calibration-records: refit the blend weights too (the "
+                        "exported model then answers other points than the source)")
     parser.add_argument("--second-peak-power", type=float, default=SECOND_PEAK_POWER,
                         help="with --calibration-records: the second-peak damping (0: none)")
     parser.add_argument("--preset", default="small")
@@ -144,6 +158,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.calibration_records and args.shape_vote_margin is None:
         parser.error("--calibration-records needs --shape-vote-margin")
+    if args.refit_blend_weights and not args.calibration_records:
+        parser.error("--refit-blend-weights needs --calibration-records")
     if not (np.isfinite(args.second_peak_power) and args.second_peak_power >= 0):
         parser.error(f"--second-peak-power must be a number >= 0. Received: "
                      f"{args.second_peak_power}")

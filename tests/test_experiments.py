@@ -508,6 +508,22 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert quality["spearman"] > plain_quality["spearman"]
     with pytest.raises(SystemExit, match="two recorded folds"):
         records.calibration_from_records({0: by_fold[0]}, names, shapes)
+    # Blend weights kept (the shipped model's points unchanged): every fold blended with them,
+    # the MRE that of those points; the wrong number of weights is refused.
+    given = [0.0, 0.25, 0.5, 0.75, 1.0]
+    kept, kept_quality = records.calibration_from_records(by_fold, names, shapes,
+                                                          local_weight=given)
+    assert kept["local_weight"] == given and kept_quality["blend_weights"] == "kept"
+    assert quality["blend_weights"] == "fitted"
+    weight = np.asarray(given)[:, None]
+    kept_points = np.concatenate([weight * a["refined_mm"] + (1 - weight) * a["global_mm"]
+                                  for a, _ in by_fold.values()])
+    truth = np.concatenate([a["senior_mm"] for a, _ in by_fold.values()])
+    assert kept_quality["mre_mm"] == pytest.approx(
+        np.linalg.norm(kept_points - truth, axis=-1).mean())
+    assert kept_quality["mre_mm"] != pytest.approx(quality["mre_mm"])
+    with pytest.raises(SystemExit, match="5 weights expected"):
+        records.calibration_from_records(by_fold, names, shapes, local_weight=[0.5] * 4)
     # The tables from record files: the pair's rows and flag over both folds, and a mean-label
     # pair with the same predictions compares equal.
     record_dir = tmp_path / "records"
@@ -549,10 +565,10 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     from types import SimpleNamespace
 
     shipped = _script("isbi2015_shipped")
-    spec = SimpleNamespace(landmark_names=tuple(names))
+    spec = SimpleNamespace(landmark_names=tuple(names), calibration={"local_weight": given})
     dataset = SimpleNamespace(records=[SimpleNamespace(points_mm=shape) for shape in shapes])
     args = SimpleNamespace(calibration_records=str(record_dir), shape_vote_margin=2.0,
-                           second_peak_power=2.0, source="v8")
+                           second_peak_power=2.0, source="v8", refit_blend_weights=True)
     with pytest.raises(SystemExit, match="0 fold"):
         shipped._refit_calibration(args, spec, dataset)
     for fold, (arrays, _) in by_fold.items():
@@ -568,6 +584,16 @@ def test_calibration_from_records_refits_weights_damped_heatmap_and_vote(tmp_pat
     assert set(refit["qualities"]) == {"second_peak_power 2", "second_peak_power 0"}
     assert refit["qualities"]["second_peak_power 0"]["spearman"] == plain_quality["spearman"]
     assert refit["text"].count("| second_peak_power ") == 2
+    assert "blend weights refitted" in refit["text"]
+    # By default the source's blend weights are kept; a source without them is refused.
+    args.refit_blend_weights = False
+    kept_refit = shipped._refit_calibration(args, spec, dataset)
+    assert kept_refit["calibration"]["local_weight"] == given
+    assert kept_refit["calibration"]["knots"] == kept["knots"]
+    assert "blend weights kept" in kept_refit["text"]
+    with pytest.raises(SystemExit, match="no blend weights"):
+        shipped._refit_calibration(args, SimpleNamespace(landmark_names=tuple(names),
+                                                         calibration=None), dataset)
     with pytest.raises(SystemExit, match="has landmarks"):
         shipped._refit_calibration(args, SimpleNamespace(landmark_names=("a",) * 5), dataset)
     # What the flag's signals allow, from the same records (pair and mean-label pair).
