@@ -975,3 +975,31 @@ def test_a_local_stage_trained_with_refine_of_saves_and_validates_the_pair(casca
     with pytest.raises(KeraslmError, match=r"--refine-of trains a local stage on a global one"):
         train(TrainingConfig(grid_shape=(32, 32), batch_size=2, refine_of=coarse.output_dir,
                              output_dir=str(tmp_path / "global2"), **common))
+
+
+def _largest_constants(version_dir):
+    """(elements, node name) of the largest Const nodes in a SavedModel's graphs, largest last."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as handle:
+        saved.ParseFromString(handle.read())
+    sizes = []
+    for graph in saved.meta_graphs:
+        nodes = list(graph.graph_def.node)
+        for function in graph.graph_def.library.function:
+            nodes += list(function.node_def)
+        sizes += [(int(np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim])),
+                   node.name) for node in nodes if node.op == "Const"]
+    return sorted(sizes)
+
+
+def test_exported_cascade_holds_no_per_pixel_constants(cascade_runs, cascade_export):
+    """The crops' index grid and the local centre prior are built in the graph from one short
+    vector per axis: an exported graph holds no constant as large as a crop (it would be copied
+    into every signature and mirror branch)."""
+    _, _, _, local = cascade_runs
+    [stage] = load_detector(local.model_path).spec.local_stages
+    crop_pixels = int(np.prod(stage.crop_shape))
+    largest = _largest_constants(str(cascade_export))
+    assert largest and largest[-1][0] < crop_pixels, largest[-3:]

@@ -245,10 +245,17 @@ def resample(images, matrix, displacement=None, fill_value=0.0, intensity_scale=
     num_in = int(np.prod(spatial))
     num = int(np.prod(output_shape))
     dtype = images.dtype
-    grid = index_grid(output_shape)  # (num, ndim) constant
     linear = ops.cast(matrix[:, :ndim, :ndim], "float32")
     offset = ops.cast(matrix[:, :ndim, ndim], "float32")
-    coords = ops.einsum("nj,bij->bni", grid, linear) + offset[:, None, :]
+    # matrix @ p for every output pixel p, built by broadcasting one index vector per axis: no
+    # `(num, ndim)` grid constant (it would be embedded in every exported graph that crops).
+    coords = ops.reshape(offset, (batch,) + (1,) * ndim + (ndim,))
+    for axis, n in enumerate(output_shape):  # array order; column ndim - 1 - axis is (x, y[, z])
+        along = [1] * (ndim + 2)
+        along[1 + axis] = n
+        column = ops.reshape(linear[:, :, ndim - 1 - axis], (batch,) + (1,) * ndim + (ndim,))
+        coords = coords + np.arange(n, dtype=np.float32).reshape(along) * column
+    coords = ops.reshape(coords, (batch, num, ndim))
     if displacement is not None:
         coords = coords + ops.reshape(ops.cast(displacement, "float32"), (batch, num, ndim))
     sizes = spatial[::-1]  # (x, y[, z])

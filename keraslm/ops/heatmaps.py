@@ -264,19 +264,29 @@ class HeatmapCodec:
             spacing: float or per-axis sequence (x, y[, z]). mm per input grid pixel.
             sigma_mm: float > 0. Standard deviation of the offset, mm.
         """
+        prior = np.ones((1,) + self.output_shape + (1,), np.float64)
+        for factor in self.centre_prior_factors(spacing, sigma_mm):
+            prior = prior * factor
+        return prior.astype(np.float32)
+
+    def centre_prior_factors(self, spacing, sigma_mm):
+        """`centre_prior` as one Gaussian factor per axis (it is separable): a list of ndim
+        float32 arrays, the one of array axis a shaped `(1, ..., output_shape[a], ..., 1)`; their
+        product broadcasts to the prior. A graph that multiplies them holds ndim short vectors
+        instead of a per-pixel constant."""
         if not (isinstance(sigma_mm, (int, float)) and sigma_mm > 0):
             raise UsageError(f"`sigma_mm` must be a number > 0. Received: sigma_mm={sigma_mm!r}")
         spacing_xyz = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
-        squared = 0.0
+        factors = []
         for axis, n in enumerate(self.output_shape):  # array order; spacing in (x, y[, z])
             position = self.to_input(np.arange(n))  # input grid index
             offset_mm = ((position - (self.input_shape[axis] - 1) / 2.0)
                          * spacing_xyz[self.ndim - 1 - axis])
-            shape = [1] * self.ndim
-            shape[axis] = n
-            squared = squared + (offset_mm ** 2).reshape(shape)
-        prior = np.exp(-squared / (2.0 * float(sigma_mm) ** 2))
-        return prior[np.newaxis, ..., np.newaxis].astype(np.float32)
+            shape = [1] * (self.ndim + 2)
+            shape[1 + axis] = n
+            factors.append(np.exp(-offset_mm ** 2 / (2.0 * float(sigma_mm) ** 2))
+                           .reshape(shape).astype(np.float32))
+        return factors
 
     def _checked_heatmaps(self, heatmaps):
         """float32 heatmaps on this codec's output grid, and their static shape."""

@@ -93,14 +93,19 @@ def refine_function(network, stage, with_spread=False):
     """
     crop_shape = stage.crop_shape
     codec = stage.codec
-    prior = None
+    prior_factors = None
     if stage.offset_prior_mm is not None:
-        prior = codec.centre_prior(stage.grid_spacing, stage.offset_prior_mm)
+        prior_factors = codec.centre_prior_factors(stage.grid_spacing, stage.offset_prior_mm)
 
     def refine(images, centres):
         batch, num_landmarks, ndim = centres.shape
         crops = extract_crops(images, centres, crop_shape)
         heatmaps = ops.cast(network(crops, training=False), "float32")
+        prior = None
+        if prior_factors is not None:  # Multiplied in the graph: no per-pixel constant.
+            prior = ops.convert_to_tensor(prior_factors[0])
+            for factor in prior_factors[1:]:
+                prior = prior * factor
         # (batch * L, L, ndim)
         points, confidence = codec.decode(heatmaps, method=stage.decode_method, peak_weights=prior)
         points = ops.reshape(points, (batch, num_landmarks, num_landmarks, ndim))
