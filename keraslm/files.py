@@ -33,7 +33,7 @@ def read_json(path, missing, error=KeraslmError):
 
 def check_output_folder(path, name):
     """Raises KeraslmError when a folder cannot be made or written at `path` because it, or a
-    folder it would be made in, is a file - before any work is done for it.
+    folder it would be made in, is a file or not writable - before any work is done for it.
 
     Args:
         path: str. The output folder (need not exist).
@@ -49,6 +49,10 @@ def check_output_folder(path, name):
             break
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise KeraslmError(f"{name} {path} cannot be made: {parent} is a file, not a folder")
+    existing = path if os.path.isdir(path) else parent
+    if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
+        raise KeraslmError(f"{name} {path}: {existing} is not writable (its permissions); "
+                           "choose another")
 
 
 def _created_mode(mode):

@@ -746,13 +746,16 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
                          "--output-dir", str(tmp_path / "p")]) == 0
     printed = capsys.readouterr()
     out = printed.out
-    assert "expected error" in out and "CHECK: expected error above 2.5 mm" in out
+    assert "expected error" in out
     header, row = (tmp_path / "p" / "expected_error.csv").read_text().splitlines()[:2]
     assert header == ",".join(["id", *dataset.landmark_names, "check"])
-    # The last column names the landmarks above 2.5 mm; one warning line for the image if any.
+    # The last column names the landmarks above 2.5 mm; one warning line for the image if any,
+    # and the CHECK legend only then.
     values = row.split(",")
     flagged = [n for n, e in zip(dataset.landmark_names, values[1:-1]) if float(e) > 2.5]
     assert values[-1] == ";".join(flagged)
+    assert ("CHECK: expected error above 2.5 mm" in out) == bool(flagged)
+    assert ("no landmark flagged: every expected error is at most 2.5 mm" in out) != bool(flagged)
     warnings = [line for line in printed.err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == (1 if flagged else 0)
     if flagged:
@@ -778,9 +781,13 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     with pytest.raises(SystemExit):
         predict_main([str(base / "1"), paths[0], "--flag-mm", "-1"])
     assert "expected a positive number, got '-1'" in capsys.readouterr().err
+    # An uncalibrated model: no expected_error.csv, and --flag-mm is said to do nothing.
     assert predict_main([coarse.model_path, paths[0], "--spacing", str(dataset.image_spacing[0]),
-                         "--output-dir", str(tmp_path / "q")]) == 0
+                         "--output-dir", str(tmp_path / "q"), "--flag-mm", "2"]) == 0
     assert not (tmp_path / "q" / "expected_error.csv").exists()
+    printed = capsys.readouterr()
+    assert (f"warning: --flag-mm has no effect: {coarse.model_path} has no calibration"
+            in printed.err) and "CHECK" not in printed.out and "flagged" not in printed.out
     # Evaluating the calibrated export reports how well its expected errors rank the errors.
     test_set = dataset.subset(dataset.ids[:2])
     evaluation = evaluate_model(str(base / "1"), test_set)

@@ -365,3 +365,95 @@ def test_write_predictions_flags_above_the_given_threshold(tmp_path):
         assert payload["flag_mm"] == (FLAG_MM if flag_mm is None else flag_mm)
         landmarks = payload["predictions"][0]["landmarks"]
         assert [name for name in names if landmarks[name]["check"]] == flagged
+
+
+def test_spacing_given_for_files_without_one(tmp_path):
+    """`spacing=` (--spacing) for a DICOM that stores no pixel spacing is its in-plane spacing:
+    a series keeps the slice gap of its slices' positions (x, y, z given are taken as they are);
+    a plain 2D image given three values, or a missing file, is an error naming the file."""
+    import pydicom
+
+    from keraslm.errors import ImageReadError
+    from keraslm.io import Image, write_dicom_series, write_image
+    from keraslm.prediction import load_input_image
+
+    volume = Image(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6),
+                   spacing=(0.7, 0.8, 2.5))
+    folder = tmp_path / "series"
+    write_dicom_series(str(folder), volume)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(str(path))
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(str(path))
+    with pytest.raises(UsageError, match="series: the file stores no pixel spacing"):
+        load_input_image(str(folder), 0, 3)
+    for given, expected in ((0.5, (0.5, 0.5, 2.5)), ((0.4, 0.6), (0.4, 0.6, 2.5)),
+                            ((0.4, 0.6, 3.0), (0.4, 0.6, 3.0))):
+        _, _, image = load_input_image(str(folder), 0, 3, spacing=given)
+        np.testing.assert_allclose(image.spacing, expected, rtol=1e-6)
+    png = tmp_path / "plain.png"
+    write_image(str(png), Image(np.zeros((6, 7), np.uint8), spacing=1.0))
+    with pytest.raises(UsageError, match=r"plain\.png: --spacing gives 3 values .*this image "
+                       r"is 2D: give MM or X,Y"):
+        load_input_image(str(png), 0, 2, spacing=(0.1, 0.1, 0.1))
+    _, _, image = load_input_image(str(png), 0, 2, spacing=(0.1, 0.2))
+    np.testing.assert_allclose(image.spacing, (0.1, 0.2))
+    with pytest.raises(ImageReadError, match=r"missing\.png: no such image file or folder"):
+        load_input_image(str(tmp_path / "missing.png"), 0, 2, spacing=0.1)
+
+
+def test_write_predictions_refuses_a_markups_folder_with_other_files(tmp_path):
+    """The markups folder is replaced whole with every prediction: one holding a file keraslm
+    did not write is refused before anything is written (the user's file kept); keraslm's own
+    earlier markups are replaced."""
+    from keraslm.errors import KeraslmError
+    from keraslm.prediction import Prediction, check_prediction_folder, write_predictions
+
+    prediction = Prediction("img", "img.png", ("a", "b"), np.zeros((2, 2)), np.zeros((2, 2)),
+                            np.ones(2))
+    folder = tmp_path / "out"
+    write_predictions(str(folder), [prediction])
+    (folder / "markups" / "old.mrk.json").write_text("{}")
+    (folder / "predictions.csv").unlink()
+    write_predictions(str(folder), [prediction])
+    assert sorted(p.name for p in (folder / "markups").iterdir()) == ["img.mrk.json"]
+    mine = folder / "markups" / "notes.txt"
+    mine.write_text("mine")
+    (folder / "predictions.csv").unlink()
+    for call in (lambda: check_prediction_folder(str(folder)),
+                 lambda: write_predictions(str(folder), [prediction])):
+        with pytest.raises(KeraslmError, match=r"notes\.txt: not a markups file keraslm wrote"):
+            call()
+    assert mine.read_text() == "mine" and not (folder / "predictions.csv").exists()
+    with pytest.raises(KeraslmError, match="is a file, not a folder"):
+        check_prediction_folder(str(folder / "predictions.json"))
+
+
+def test_predict_command_checks_inputs_and_output_before_predicting(trained, tmp_path, capsys):
+    """keraslm-predict: a missing image is named (exit 1) and a markups folder holding a user's
+    file refused (exit 2: choose another --output-dir) before the model loads; a folder's images are predicted in natural
+    order (2 before 10)."""
+    dataset, result = trained
+    spacing = ",".join(str(s) for s in dataset.image_spacing)
+    png = dataset.records[0].image_path
+    assert main([result.model_path, str(tmp_path / "typo.png"), "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'typo.png'}: no such image file or folder\n"
+    (tmp_path / "used" / "markups").mkdir(parents=True)
+    (tmp_path / "used" / "markups" / "mine.txt").write_text("mine")
+    assert main([result.model_path, png, "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "used")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "mine.txt: not a markups file keraslm wrote" in error
+    assert sorted(os.listdir(tmp_path / "used")) == ["markups"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("10.png", "2.png", "1.png"):
+        shutil.copy(png, folder / name)
+    assert main([result.model_path, str(folder), "--spacing", spacing,
+                 "--output-dir", str(tmp_path / "sorted")]) == 0
+    ids = [row.split(",")[0] for row in
+           (tmp_path / "sorted" / "predictions.csv").read_text().splitlines()[1:]]
+    assert ids == ["1", "2", "10"]

@@ -6,16 +6,18 @@ import sys
 
 from keraslm import cli
 from keraslm.errors import KeraslmError, exit_status
-from keraslm.files import check_output_folder
-from keraslm.io import is_image_path
+from keraslm.io import is_image_path, natural_key
 
 
 def main(argv=None):
     """`keraslm-predict` / `python -m keraslm predict`."""
     parser = argparse.ArgumentParser(
         prog="keraslm-predict",
-        description="Find landmarks in images with a trained keraslm model and write them as "
-        "CSV (physical mm and image index) and JSON.",
+        description="Find landmarks in images with a trained keraslm model and write them into "
+        "--output-dir: predictions.csv (physical mm), predictions_index.csv (image index, "
+        "0-based, pixel centres at whole numbers), predictions.json, markups/<id>.mrk.json (3D "
+        "Slicer; the folder is replaced whole, and refused if it holds other files) and, for a "
+        "calibrated model, expected_error.csv with a `check` column.",
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("model", type=cli.ensemble_paths,
@@ -40,7 +42,9 @@ def main(argv=None):
                         help="mm per pixel of plain images (PNG/JPEG/BMP/TIFF), which store "
                         "none: 0.1 or x,y. Required when such images are given (an error names "
                         "the spacing the model was trained on, where it is recorded); DICOM and "
-                        "NIfTI files carry their own")
+                        "NIfTI files carry their own. For a DICOM without pixel spacing it is "
+                        "the in-plane spacing; a series keeps the slice gap of its slices' "
+                        "positions")
     parser.add_argument("--output-dir", default="predictions", help="where to write the results")
     parser.add_argument("--flag-mm", type=cli.positive_float, metavar="MM",
                         help="a calibrated model's landmarks whose expected error is above MM "
@@ -54,24 +58,33 @@ def main(argv=None):
                         "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
-    from keraslm.prediction import (FLAG_MM, input_image_ids, load_predictor, predict,
-                                    write_predictions)
+    from keraslm.prediction import (FLAG_MM, check_prediction_folder, input_image_ids,
+                                    load_predictor, predict, write_predictions)
 
     paths = []
     for item in args.images:
+        if not os.path.exists(item):
+            print(f"error: {item}: no such image file or folder", file=sys.stderr)
+            return 1
         if os.path.isdir(item) and not args.series:
-            # A folder of images: its image files, and its sub-folders as DICOM series.
-            paths += sorted(
-                os.path.join(item, name) for name in os.listdir(item)
-                if not name.startswith(".") and is_image_path(os.path.join(item, name))
-            )
+            # A folder of images: its image files, and its sub-folders as DICOM series, in
+            # natural order (2.png before 10.png).
+            try:
+                names = os.listdir(item)
+            except OSError as error:
+                print(f"error: {item}: cannot list the folder ({error.strerror})",
+                      file=sys.stderr)
+                return 1
+            paths += sorted((os.path.join(item, name) for name in names
+                             if not name.startswith(".")
+                             and is_image_path(os.path.join(item, name))), key=natural_key)
         else:
             paths.append(item)
     if not paths:
         print(f"error: no images found in {', '.join(args.images)}", file=sys.stderr)
         return 2
     try:
-        check_output_folder(args.output_dir, "--output-dir")
+        check_prediction_folder(args.output_dir, "--output-dir")
         if args.refine_iterations != 1 and not args.refine:
             raise KeraslmError("--refine-iterations needs --refine")
         input_image_ids(paths)  # Unique ids (or an error) before the model loads; predict names so.
@@ -82,6 +95,11 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
     flag_mm = FLAG_MM if args.flag_mm is None else args.flag_mm
+    calibrated = bool(predictions) and predictions[0].expected_error_mm is not None
+    if args.flag_mm is not None and not calibrated:
+        print(f"warning: --flag-mm has no effect: {args.model if isinstance(args.model, str) else ','.join(args.model)} has no calibration, "
+              "so no expected errors to flag (keraslm-evaluate --calibrate fits one)",
+              file=sys.stderr)
     for prediction in predictions:
         print(f"{prediction.image_id}:")
         expected = prediction.expected_error_mm
@@ -92,16 +110,20 @@ def main(argv=None):
                 line += f"   expected error {expected[i]:5.2f} mm"
                 line += "   CHECK" if expected[i] > flag_mm else ""
             print(line)
+    any_flagged = False
     for prediction in predictions:  # One line per image with a landmark to check.
         expected = prediction.expected_error_mm
         if expected is not None and any(error > flag_mm for error in expected):
+            any_flagged = True
             flagged = [f"{name} {error:.1f} mm" for name, error
                        in zip(prediction.landmark_names, expected) if error > flag_mm]
             print(f"warning: {prediction.image_id}: {len(flagged)} landmark(s) to check by hand "
                   f"(expected error above {flag_mm:g} mm): {', '.join(flagged)}", file=sys.stderr)
-    if predictions and predictions[0].expected_error_mm is not None:
+    if any_flagged:
         print(f"CHECK: expected error above {flag_mm:g} mm (the model's calibration on held-out "
               "images); look at these landmarks by hand")
+    elif calibrated:
+        print(f"no landmark flagged: every expected error is at most {flag_mm:g} mm")
     try:
         written = write_predictions(args.output_dir, predictions, flag_mm)
     except KeraslmError as error:

@@ -15,6 +15,7 @@ from keraslm.prediction.api import (
     MARKUPS_FOLDER,
     Prediction,
     check_plain_image_spacing,
+    check_prediction_folder,
     input_image_ids,
     load_input_image,
     predict,
@@ -35,7 +36,7 @@ from keraslm.prediction.predictors import (
 __all__ = [
     "DetectorPredictor", "EXPECTED_ERROR_FILE", "FLAG_MM", "LandmarkDetector", "MARKUPS_FOLDER",
     "Prediction", "Predictor", "SavedModelPredictor", "check_plain_image_spacing",
-    "combine_detectors", "decode_image_bytes", "image_to_landmarks", "input_image_ids",
+    "check_prediction_folder", "combine_detectors", "decode_image_bytes", "image_to_landmarks", "input_image_ids",
     "load_detector", "load_input_image", "load_model", "load_predictor", "predict",
     "refine_function", "saved_model_folder", "saved_model_versions", "write_predictions",
 ]

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.data import image_id_from_path
-from keraslm.errors import KeraslmError, UsageError
-from keraslm.files import atomic_folder, atomic_path, write_json
+from keraslm.errors import ImageReadError, KeraslmError, UsageError
+from keraslm.files import atomic_folder, atomic_path, check_output_folder, write_json
 from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
 from keraslm.prediction.detector import LandmarkDetector
 from keraslm.prediction.predictors import load_predictor
@@ -207,17 +207,24 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
         image, path = item, getattr(item, "path", None)
     else:
         path = os.fspath(item)
+        if not os.path.exists(path):
+            raise ImageReadError(f"{path}: no such image file or folder")
         # `spacing` for plain images only: DICOM and NIfTI keep the spacing they store.
-        image = read_image(path, spacing=None if holds_geometry(path) else spacing)
+        stores_geometry = holds_geometry(path)
+        count = None if spacing is None else np.size(spacing)
+        if not stores_geometry and count is not None and count > 2:
+            raise UsageError(f"{path}: --spacing gives {count} values (spacing=); this image "
+                             "is 2D: give MM or X,Y")
+        image = read_image(path, spacing=None if stores_geometry else spacing)
         if image.spacing_source == "default":  # Nothing in the file: a DICOM without spacing.
             if spacing is None:
                 raise UsageError(
                     f"{path}: the file stores no pixel spacing; give the mm per pixel with "
                     "--spacing MM or X,Y (Python: spacing=)")
-            image = read_image(path, spacing=spacing)
+            image = read_image(path, spacing=_spacing_with_slice_gap(spacing, image, path))
     name = path or f"image {index}"
     if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
-        raise KeraslmError(f"{name} contains non-finite pixel values")
+        raise ImageReadError(f"{name} contains non-finite pixel values")
     if image.ndim != ndim:
         hint = ""
         if ndim == 3 and image.ndim == 2 and path and path.lower().endswith(".dcm"):
@@ -227,6 +234,22 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
     if image_id is None:
         image_id = image_id_from_path(path) if path else f"image{index:04d}"
     return image_id, path, image
+
+
+def _spacing_with_slice_gap(spacing, image, path):
+    """The spacing of a DICOM image that stores no in-plane spacing: the given `spacing` (one
+    value or x, y) in the plane and, for a 3D image, the slice gap its slice positions give;
+    x, y, z given for a 3D image are taken as they are."""
+    values = np.atleast_1d(np.asarray(spacing, np.float64))
+    if values.size in (1, 2):
+        in_plane = np.broadcast_to(values, (2,))
+        return tuple(float(v) for v in (*in_plane, *np.asarray(image.spacing)[2:]))
+    if values.size != image.ndim:
+        raise UsageError(f"{path}: --spacing gives {values.size} values (spacing=); this image "
+                         f"is {image.ndim}D: give MM or X,Y (the in-plane spacing"
+                         + ("; the slice gap comes from the slices' positions)" if image.ndim == 3
+                            else ")"))
+    return tuple(float(v) for v in values)
 
 
 def graph_error_text(error):
@@ -304,10 +327,34 @@ def _predictor(model, refine, precision):
     return predictors[precision]
 
 
+def check_prediction_folder(folder, name="--output-dir"):
+    """Raises KeraslmError when `write_predictions` could not write into `folder` - a file in
+    its place, a folder that is not writable, or a `markups` folder holding files keraslm did
+    not write (it is replaced whole with every prediction) - so that a command finds out before
+    any image is predicted.
+
+    Args:
+        folder: str. The output folder (need not exist).
+        name: str. What names it in the message.
+    """
+    check_output_folder(folder, name)
+    markups = os.path.join(os.fspath(folder), MARKUPS_FOLDER)
+    if not os.path.isdir(markups):
+        return
+    for root, _, names in os.walk(markups):
+        foreign = sorted(n for n in names if not n.endswith(".mrk.json") and not n.startswith("."))
+        if foreign:
+            raise KeraslmError(
+                f"{os.path.join(root, foreign[0])}: not a markups file keraslm wrote, in "
+                f"{markups}, which every prediction replaces whole (one .mrk.json per image); "
+                f"move it or choose another {name}")
+
+
 def write_predictions(folder, predictions, flag_mm=FLAG_MM):
     """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
     `predictions.json`, one 3D Slicer markups file per image (`markups/<id>.mrk.json`, LPS
-    mm: open it over the image in Slicer) and, for a calibrated model, `expected_error.csv`
+    mm: open it over the image in Slicer; the folder is replaced whole, and refused when it
+    holds other files, `check_prediction_folder`) and, for a calibrated model, `expected_error.csv`
     (one column per landmark, mm, and a last column `check` naming the landmarks whose expected
     error is above `flag_mm` - by default `FLAG_MM` -, ";"-separated) into `folder`,
     atomically. Returns the written paths."""
@@ -315,6 +362,7 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
 
     from keraslm.io import LandmarkTable, write_landmarks, write_markups
 
+    check_prediction_folder(folder, "the output folder")  # Nothing written when it fails.
     os.makedirs(folder, exist_ok=True)
     names = predictions[0].landmark_names
     ids = [p.image_id for p in predictions]

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, ModelFileError
 from keraslm.prediction.detector import LandmarkDetector, combine_detectors, load_detector
 from keraslm.run_folder import RunFolder
 from keraslm.spec import upgrade_spec
@@ -191,11 +191,11 @@ def load_model(item, what="model"):
         run_model = RunFolder(path).model_path
         if os.path.isfile(run_model):
             return load_detector(run_model)
-        raise KeraslmError(f"{path}: not a SavedModel folder nor a finished training run (no "
+        raise ModelFileError(f"{path}: not a SavedModel folder nor a finished training run (no "
                            f"{os.path.basename(run_model)})")
     if not os.path.exists(path):
-        raise KeraslmError(f"{path}: no such model file or folder")
-    raise KeraslmError(f"{path}: not a .keras file, a training run folder or a SavedModel folder")
+        raise ModelFileError(f"{path}: no such model file or folder")
+    raise ModelFileError(f"{path}: not a .keras file, a training run folder or a SavedModel folder")
 
 
 def load_predictor(model, refine=None, precision="float32", iterations=1, calibration=None):
