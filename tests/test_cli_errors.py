@@ -79,6 +79,27 @@ def test_train_errors(images, tmp_path, capsys):
         train_main(["--grid-shape", "0,5"])
     assert exit_info.value.code == 2
     assert "expected 2 or 3 positive sizes" in capsys.readouterr().err
+    for option in ("--steps", "--steps-per-epoch", "--batch-size", "--learning-rate", "--sigma",
+                   "--landmarks-per-image"):
+        with pytest.raises(SystemExit) as exit_info:
+            train_main([option, "0"])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: expected a" in capsys.readouterr().err
+
+
+def test_steps_that_the_epochs_do_not_make_are_refused(images, tmp_path, capsys):
+    """--steps 150 with 100 steps per epoch would train 200 steps (the last 50 past the
+    learning rate's schedule): refused, naming both and what to give, before any image is
+    prepared."""
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    out = tmp_path / "run"
+    assert train_main(["--dataset", str(images), "--units", "index", "--spacing", "0.5",
+                       "--grid-shape", "16,16", "--steps", "150", "--test-fraction", "0.5",
+                       "--output-dir", str(out),
+                       "--no-export"]) == 2
+    _one_error_line(capsys, "--steps 150 is not a multiple of --steps-per-epoch 100",
+                    "would train 200 steps", "--steps 100 or 200")
+    assert not out.exists()
 
 
 def test_unreadable_images_are_data_errors_named_all(images, tmp_path, capsys):

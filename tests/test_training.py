@@ -65,6 +65,35 @@ def test_streaming_pipeline_matches_in_memory_samples(phantom_root, tmp_path):
     assert any(name.startswith("cache") for name in os.listdir(tmp_path))
 
 
+def test_cache_prefix_is_keyed_by_what_the_cache_holds(tmp_path):
+    """--cache-file: another fold, grid or normalisation gets its own cache (a cache found by
+    its path alone trained a second fold on the first's images); what a training killed in its
+    first pass left is removed, a finished cache kept."""
+    from keraslm.training.pipeline import cache_prefix, clear_unfinished_cache
+
+    dataset = make_phantom(str(tmp_path / "data"), ndim=2, num_images=8, seed=1,
+                           image_size=(64, 64))
+    grid = choose_grid(dataset, (32, 32))
+    os.makedirs(tmp_path / "caches")
+    base = str(tmp_path / "caches" / "cache")
+    prefix = cache_prefix(base, dataset, grid)
+    assert prefix.startswith(base + "-") and len(prefix) == len(base) + 13
+    assert cache_prefix(base, dataset, grid) == prefix
+    others = {cache_prefix(base, dataset.subset(dataset.ids[:4]), grid),
+              cache_prefix(base, dataset.subset(dataset.ids[4:]), grid),
+              cache_prefix(base, dataset, choose_grid(dataset, (16, 16))),
+              cache_prefix(base, dataset, grid, "standardize")}
+    assert len(others) == 4 and prefix not in others
+    left = [prefix + "_0.lockfile", prefix + "_0.data-00000-of-00001.tempstate123"]
+    for path in left + [base + "-other_0.lockfile"]:
+        open(path, "w").close()
+    assert clear_unfinished_cache(prefix) == sorted(left)
+    assert sorted(os.listdir(tmp_path / "caches")) == ["cache-other_0.lockfile"]
+    for path in (prefix + ".index", prefix + "_0.lockfile"):
+        open(path, "w").close()
+    assert clear_unfinished_cache(prefix) == [] and os.path.exists(prefix + "_0.lockfile")
+
+
 def test_short_training_lowers_loss_and_point_error(phantom_root, tmp_path):
     config = TrainingConfig(
         dataset=phantom_root, architecture="unet", grid_shape=(64, 64), steps=60,
@@ -290,6 +319,48 @@ def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_pat
     assert os.path.isfile(result.model_path) and not weights.exists()
     assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 4
     assert len(json.load(open(tmp_path / "run" / "history.json"))["loss"]) == 2  # Kept, not rerun.
+
+
+def test_failure_saving_the_trained_weights_keeps_the_checkpoints(phantom_root, tmp_path,
+                                                                  monkeypatch):
+    """The checkpoints are removed only after the trained weights are saved: a failure saving
+    them (a full disk) leaves the checkpoints, and --resume finishes without training again."""
+    import contextlib
+
+    import keraslm.training.run as run_module
+
+    config = TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=4, steps_per_epoch=2,
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False)
+    original = run_module.atomic_path
+
+    @contextlib.contextmanager
+    def full_disk(path, suffix=""):
+        if path.endswith("trained.weights.h5"):
+            raise OSError(28, "No space left on device")
+        with original(path, suffix=suffix) as temporary:
+            yield temporary
+
+    monkeypatch.setattr(run_module, "atomic_path", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(config)
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    assert not (tmp_path / "run" / "trained.weights.h5").exists()
+    monkeypatch.setattr(run_module, "atomic_path", original)
+    result = train(config.replace(resume=True))
+    assert os.path.isfile(result.model_path) and not (tmp_path / "run" / "checkpoints").exists()
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 4
+    assert len(json.load(open(tmp_path / "run" / "history.json"))["loss"]) == 2  # Not rerun.
+    # Through a --cache-file: its keyed cache is written on the first pass, with progress.
+    messages = []
+    cached = train(config.replace(output_dir=str(tmp_path / "cached"),
+                                  cache_file=str(tmp_path / "c" / "cache")), log=messages.append)
+    assert os.path.isfile(cached.model_path)
+    [line] = [m for m in messages if m.startswith("cache: ")]
+    prefix = line.split()[1]
+    assert prefix.startswith(str(tmp_path / "c" / "cache-")) and os.path.isfile(prefix + ".index")
+    assert any(m.startswith("preparing training (into the cache) images: ") for m in messages)
 
 
 def _free_ports(count):

@@ -15,6 +15,8 @@ from keraslm.cli import (
     add_split_arguments,
     grid_shape,
     model_option,
+    positive_float,
+    positive_int,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
@@ -95,8 +97,10 @@ def _parser():
                        "stage refines (trained on the same split); the run saves both as one "
                        "coarse-to-fine model.keras, reports the pair's validation error and "
                        "exports the pair")
-    model.add_argument("--sigma", type=float,
-                       help="standard deviation of the target heatmaps' Gaussians in grid pixels "
+    model.add_argument("--sigma", type=positive_float,
+                       help="standard deviation of the target heatmaps' Gaussians in output "
+                       "(heatmap) pixels: grid pixels for every architecture but downsampling "
+                       "(4 grid pixels per output pixel in 2D) "
                        "(None: the training preset's, 2.0; keep sigma x grid spacing when "
                        "changing the spacing to keep the target's width in mm)")
     model.add_argument("--learn-sigma", action="store_true", default=None,
@@ -107,16 +111,19 @@ def _parser():
     model.add_argument("--sigma-penalty", type=float,
                        help="strength of the learned sigma's pull towards small values (default "
                        "2.36: a landmark keeps --sigma when its error SD per axis is --sigma)")
-    model.add_argument("--landmarks-per-image", type=int,
+    model.add_argument("--landmarks-per-image", type=positive_int,
                        help="local stage: crops per image and step (default: one per landmark)")
     fit = parser.add_argument_group("training")
     fit.add_argument("--training-preset", default="default", choices=["default", "paper"],
                      help="optimiser and augmentation settings (paper: SGD, momentum 0.99)")
-    fit.add_argument("--steps", type=int, help="total training steps (preset default: 2000)")
-    fit.add_argument("--steps-per-epoch", type=int, default=100,
+    fit.add_argument("--steps", type=positive_int,
+                     help="total training steps (preset default: 2000; paper preset 40000 in "
+                     "2D, 15000 in 3D); a multiple of --steps-per-epoch, or less than it")
+    fit.add_argument("--steps-per-epoch", type=positive_int, default=100,
                      help="steps between validations and checkpoints")
-    fit.add_argument("--batch-size", type=int, help="images per step (preset default)")
-    fit.add_argument("--learning-rate", type=float, help="initial learning rate (preset default)")
+    fit.add_argument("--batch-size", type=positive_int, help="images per step (preset default)")
+    fit.add_argument("--learning-rate", type=positive_float,
+                     help="initial learning rate (preset default)")
     fit.add_argument("--elastic-mm", type=float, help="elastic deformation amplitude in mm (0 = off)")
     fit.add_argument("--translation-mm", type=float,
                      help="largest random translation per axis in mm (preset default 10); for a "
@@ -127,8 +134,8 @@ def _parser():
                      "default training preset)")
     fit.add_argument("--scale-range", type=float,
                      help="largest random isotropic scaling: factors in [1 - this, 1 + this] "
-                     "(preset default 0.1; e.g. 0.03 for images of one machine and "
-                     "magnification)")
+                     "(default preset 0.1, paper preset 0; e.g. 0.03 for images of one "
+                     "machine and magnification)")
     fit.add_argument("--blur-mm", type=float,
                      help="random Gaussian blur of every training image with a standard deviation "
                      "up to this many mm (robustness to other X-ray machines' sharpness; e.g. "

@@ -64,8 +64,8 @@ class ModelSettings:
         refine_of: str or None. Local stage: the run folder of the global stage it refines
             (trained on the same split). The run then saves both as one coarse-to-fine
             detector and validates it through the prediction graph.
-        sigma: float or None. Standard deviation of the target Gaussians in grid pixels
-            (None: the training preset's, 2.0).
+        sigma: float or None. Standard deviation of the target Gaussians in output (heatmap)
+            pixels (None: the training preset's, 2.0).
         learn_sigma: bool or None. Learn one target sigma per landmark, starting at `sigma`
             (`keraslm.training.trainer.HeatmapTrainer`; None: the preset's, off).
         sigma_penalty: float or None. Strength of the learned sigma's penalty (None: the

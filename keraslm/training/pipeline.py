@@ -166,8 +166,48 @@ def training_dataset(samples, batch_size, seed=0):
     )
 
 
+def cache_prefix(cache_file, dataset, grid, normalization=None):
+    """The tf.data cache file prefix for `dataset` on `grid`: `cache_file` with a key of what
+    the cache holds appended (`<cache_file>-<12 hex>`) - the records' ids, image paths, sizes
+    and modification times, their landmarks, the grid and the normalisation - so that another
+    fold, grid or normalisation given the same --cache-file gets its own cache instead of
+    silently training on the images of the first."""
+    import hashlib
+    import json
+    import os
+
+    normalization = normalization or DEFAULT_NORMALIZATION[grid.ndim]
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"grid_shape": list(grid.shape),
+                              "grid_spacing": [float(s) for s in grid.spacing],
+                              "normalization": normalization, "format": 1}).encode())
+    for record in dataset.records:
+        stat = os.stat(record.image_path)
+        digest.update(json.dumps([record.id, os.path.abspath(record.image_path), stat.st_size,
+                                  stat.st_mtime_ns]).encode())
+        digest.update(np.ascontiguousarray(record.points_mm, np.float64).tobytes())
+    return f"{cache_file}-{digest.hexdigest()[:12]}"
+
+
+def clear_unfinished_cache(prefix):
+    """Removes what a training stopped during its first pass left of the cache at `prefix` (TF's
+    lockfile and temporary shard, which would stop the next run with "concurrent caching
+    iterator"); a finished cache (`<prefix>.index`) is kept. Returns the removed paths. One
+    training per cache at a time: another one writing it would lose its lock."""
+    import glob
+    import os
+
+    if os.path.exists(prefix + ".index"):
+        return []
+    leftovers = sorted(glob.glob(glob.escape(prefix) + "_*.lockfile")
+                       + glob.glob(glob.escape(prefix) + "_*.data-*"))
+    for path in leftovers:
+        os.remove(path)
+    return leftovers
+
+
 def streaming_training_dataset(dataset, grid, batch_size, cache_file, normalization=None, seed=0,
-                               shuffle_buffer=256):
+                               shuffle_buffer=256, progress=None):
     """Endless `(images, points_grid)` batches for datasets too large for memory: images are
     prepared on the first pass and written to a tf.data cache file, later epochs read it.
 
@@ -175,10 +215,12 @@ def streaming_training_dataset(dataset, grid, batch_size, cache_file, normalizat
         dataset: LandmarkDataset.
         grid: GridSpec.
         batch_size: int. Static batch size.
-        cache_file: str. tf.data cache file prefix (its folder must exist).
+        cache_file: str. tf.data cache file prefix (its folder must exist), used as it is:
+            `cache_prefix` keys it by the dataset and grid.
         normalization: str, optional. As for `prepare_samples`.
         seed: int. Shuffle seed.
         shuffle_buffer: int. Shuffle buffer size (samples).
+        progress: optional callable `(done, total)`, called per image on the first pass.
     """
     if batch_size > len(dataset):
         raise DatasetError(
@@ -188,7 +230,9 @@ def streaming_training_dataset(dataset, grid, batch_size, cache_file, normalizat
     normalization = normalization or DEFAULT_NORMALIZATION[grid.ndim]
 
     def samples():
-        for record in dataset.records:  # Runs on the first pass only; then the cache serves.
+        for done, record in enumerate(dataset.records, 1):  # First pass only; then the cache.
+            if progress is not None:
+                progress(done, len(dataset))
             image = canonical_image(dataset, record)
             array, placement = prepare_image(image, grid, normalization)
             points = placement.image_index_to_grid(image.physical_to_index(record.points_mm))

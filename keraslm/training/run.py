@@ -20,6 +20,7 @@ version folder `<export_dir>/<version>/` (`keraslm.export.export_saved_model`).
 import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -29,7 +30,7 @@ import tensorflow as tf
 
 from keraslm.data import select_split
 from keraslm.datasets import cache_dir, load_dataset
-from keraslm.errors import DatasetError, KeraslmError
+from keraslm.errors import DatasetError, KeraslmError, UsageError
 from keraslm.export import export_saved_model
 from keraslm.evaluation.metrics import mean_position_points, summarize
 from keraslm.prediction import LandmarkDetector, combine_detectors
@@ -45,6 +46,8 @@ from keraslm.training.config import DISTRIBUTE, TrainingConfig  # noqa: F401  (r
 from keraslm.training.jit import JitChoice, choose_jit
 from keraslm.training.pipeline import (
     DEFAULT_NORMALIZATION,
+    cache_prefix,
+    clear_unfinished_cache,
     evaluation_dataset,
     prepare_samples,
     streaming_training_dataset,
@@ -284,9 +287,22 @@ def _memory_batch(config, stage, network, input_shape, settings, num_landmarks):
     return limit, f"memory: {what}, {memory} fits {limit} (the {preset} has {batch})", megabytes
 
 
-def _plan(config, stage, grid, settings, memory=None):
+def _check_steps(steps, steps_per_epoch):
+    """Raises UsageError unless the training's epochs make exactly `steps` steps: a multiple of
+    `steps_per_epoch`, or fewer (one epoch of `steps`); a rounded-up last epoch would train
+    past the learning rate's schedule."""
+    if steps > steps_per_epoch and steps % steps_per_epoch:
+        below = steps - steps % steps_per_epoch
+        raise UsageError(
+            f"--steps {steps} is not a multiple of --steps-per-epoch {steps_per_epoch}: the "
+            f"epochs would train {below + steps_per_epoch} steps; give --steps {below} or "
+            f"{below + steps_per_epoch}, or a --steps-per-epoch that divides {steps}")
+
+
+def _plan(config, stage, grid, settings, memory=None, output_stride=1):
     """The run's TrainingPlan: the grid and the training values, each with its reason.
-    `memory`: `_memory_batch`'s (batch size, reason, MB per sample), or None."""
+    `memory`: `_memory_batch`'s (batch size, reason, MB per sample), or None; `output_stride`:
+    the network's grid pixels per heatmap pixel (sigma is in heatmap pixels)."""
     preset = f"training preset {config.run.training_preset!r}"
 
     def why(flag, value, default_reason):
@@ -294,13 +310,13 @@ def _plan(config, stage, grid, settings, memory=None):
 
     spacing = float(grid.spacing[0])
     sigma = settings["sigma"]
-    values = {"sigma (grid voxels)": sigma, "heatmap_scale": float(settings["heatmap_scale"]),
+    values = {"sigma (output pixels)": sigma, "heatmap_scale": float(settings["heatmap_scale"]),
               "learning_rate": float(settings["learning_rate"]),
               "batch_size": int(settings["batch_size"]), "steps": int(settings["steps"])}
     reasons = {
         "grid": stage.grid_reason,
-        "sigma (grid voxels)": why("--sigma", config.model.sigma, preset)
-        + (f"; {sigma * spacing:.3g} mm" if np.ndim(sigma) == 0 else ""),
+        "sigma (output pixels)": why("--sigma", config.model.sigma, preset)
+        + (f"; {sigma * spacing * output_stride:.3g} mm" if np.ndim(sigma) == 0 else ""),
         "heatmap_scale": (f"{preset}: with peak 1 the all-zero output is so close in L2 that "
                           "training collapsed onto it"),
         "learning_rate": why("--learning-rate", config.run.learning_rate,
@@ -373,9 +389,11 @@ def _train(config, log=None):
         + stage.describe(input_shape)
     )
     settings = _resolved_settings(config, dataset, network, input_shape)  # Checks sizes.
+    _check_steps(int(settings["steps"]), run.steps_per_epoch)
     memory = _memory_batch(config, stage, network, input_shape, settings, dataset.num_landmarks)
     settings["batch_size"] = memory[0]
-    plan = _plan(config, stage, grid, settings, memory)
+    plan = _plan(config, stage, grid, settings, memory,
+                 output_stride=int(getattr(network, "output_stride", 1)))
     for line in plan.lines():
         log(f"plan: {line}")
     if run.plan_only:
@@ -416,9 +434,15 @@ def _train(config, log=None):
 
     if data.cache_file:
         os.makedirs(os.path.dirname(os.path.abspath(data.cache_file)), exist_ok=True)
+        prefix = cache_prefix(data.cache_file, train_set, grid, data.normalization)
+        for leftover in clear_unfinished_cache(prefix):
+            log(f"removed {leftover}: left by a training stopped while writing the cache")
+        log(f"cache: {prefix}" + (" (written before; read)" if os.path.exists(prefix + ".index")
+                                  else " (written while the first epoch reads the images)"))
         train_data = streaming_training_dataset(
-            train_set, grid, settings["batch_size"], data.cache_file,
+            train_set, grid, settings["batch_size"], prefix,
             normalization=data.normalization, seed=run.seed,
+            progress=prepare_log("training (into the cache)"),
         )
     else:
         train_samples = prepare_samples(
@@ -441,8 +465,9 @@ def _train(config, log=None):
                 "resolved_precision": precision.to_dict(), "resolved_jit": jit.to_dict()}
     run_folder.write_config(resolved)
     callbacks = [
+        # The checkpoints are removed only once the trained weights are saved (below).
         keras.callbacks.BackupAndRestore(run_folder.checkpoint_dir, save_freq="epoch",
-                                         double_checkpoint=True),
+                                         double_checkpoint=True, delete_checkpoint=False),
         EpochHistory(run_folder.history_path),  # After BackupAndRestore.
         keras.callbacks.TensorBoard(run_folder.log_dir, update_freq="epoch"),
         *stage.callbacks(run_folder.log_dir, val_samples, network),
@@ -459,12 +484,13 @@ def _train(config, log=None):
     else:
         _fit(trainer, train_data, epochs, steps_per_epoch, val_samples, settings["batch_size"],
              callbacks)
-        # BackupAndRestore removes its checkpoints when fit ends: keep the trained weights until
-        # model.keras is written, so a failure in between does not lose the training.
+        # The trained weights are kept until model.keras is written, so a failure in between
+        # does not lose the training; the checkpoints only once they are saved.
         if trainer.learn_sigma:  # Before the weights: their presence means "trained".
             write_json(run_folder.trained_sigma_path, {"sigma": trainer.learned_sigma()})
         with atomic_path(run_folder.trained_weights_path, suffix=".weights.h5") as temporary:
             network.save_weights(temporary)
+        shutil.rmtree(run_folder.checkpoint_dir, ignore_errors=True)
     optimizer_steps = steps if trained else int(trainer.optimizer.iterations.numpy())
     sigma = trainer.learned_sigma() if trainer.learn_sigma else settings["sigma"]
     if trainer.learn_sigma:
@@ -522,6 +548,7 @@ def _train(config, log=None):
     for leftover in (run_folder.trained_weights_path, run_folder.trained_sigma_path):
         if os.path.isfile(leftover):
             os.remove(leftover)
+    shutil.rmtree(run_folder.checkpoint_dir, ignore_errors=True)  # Left when resumed trained.
     pictures = []
     if val_samples is not None and run.plots and _is_chief(strategy):
         pictures = _write_pictures(output_dir, val_set, points_mm, errors_mm, stage.picture_label())
