@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from keraslm.errors import DatasetError, DatasetArgumentError, KeraslmError, MissingSpacingError
+from keraslm.errors import (DatasetArgumentError, DatasetError, KeraslmError, MissingSpacingError,
+                             UsageError)
 from keraslm.io import (
     holds_geometry,
     is_image_path,
@@ -262,7 +263,24 @@ def select_split(dataset, fold=None, num_folds=5, train_ids=None, test_ids=None,
     if train_ids or test_ids:
         if not (train_ids and test_ids):
             raise DatasetError("give both --train-ids and --test-ids, or neither")
-        return dataset.subset(read_id_list(train_ids)), dataset.subset(read_id_list(test_ids))
+        if fold is not None:
+            raise UsageError(f"--fold {fold} and --train-ids/--test-ids both choose the split; "
+                             "give one of them")
+        parts = []
+        for path in (train_ids, test_ids):
+            try:
+                parts.append(dataset.subset(read_id_list(path)))
+            except DatasetError as error:
+                if str(error).startswith(f"{path}:"):
+                    raise
+                raise DatasetError(f"{path}: {error}") from None
+        shared = sorted(set(parts[0].ids) & set(parts[1].ids), key=natural_key)
+        if shared:
+            raise DatasetError(
+                f"{train_ids} and {test_ids} share {len(shared)} id(s) "
+                f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}): a held-out "
+                "image would also be trained on")
+        return tuple(parts)
     if fold is not None:
         return dataset.fold(fold, num_folds, seed=seed)
     if test_fraction == 0:

@@ -228,3 +228,18 @@ def test_help_names_every_registered_architecture_and_preset():
 
     assert list(ARCHITECTURE_HELP) == list(ARCHITECTURES)
     assert tuple(MODEL_PRESETS) == tuple(PRESET_NAMES)
+
+
+def test_options_of_the_other_stage_are_refused(images, tmp_path, capsys):
+    """Options that the chosen stage would ignore are refused, naming them: --grid-shape for a
+    local stage (its grid is --grid-spacing over every image), --landmarks-per-image for a
+    global one."""
+    (images / "landmarks.csv").write_text("image,p_x,p_y\na,1,2\nb,3,4\n")
+    data = ["--dataset", str(images), "--units", "index", "--spacing", "0.5",
+            "--test-fraction", "0.5", "--no-export", "--output-dir", str(tmp_path / "run")]
+    assert train_main(data + ["--crop-shape", "8,8", "--grid-spacing", "1",
+                              "--grid-shape", "16,16"]) == 2
+    _one_error_line(capsys, "a local stage (--crop-shape) takes no --grid-shape")
+    assert train_main(data + ["--grid-shape", "16,16", "--landmarks-per-image", "2"]) == 2
+    _one_error_line(capsys, "--landmarks-per-image is a local stage's", "needs --crop-shape")
+    assert not (tmp_path / "run").exists()

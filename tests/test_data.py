@@ -239,3 +239,33 @@ def test_isbi2015_reader_errors(tmp_path):
         load_dataset("isbi2015")
     with pytest.raises(DatasetError, match="unknown dataset 'mnist'"):
         load_dataset("mnist")
+
+
+def test_split_by_id_files_is_checked(tmp_path):
+    """--train-ids/--test-ids: an unknown id names its file; ids in both files (a held-out image
+    also trained on) and a --fold beside them (it was ignored) are refused."""
+    from keraslm.data import select_split
+    from keraslm.errors import UsageError
+
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    ids = [f"case{i}" for i in range(1, 6)]
+    for name in ids:
+        write_png(str(folder / f"{name}.png"), np.zeros((8, 8), np.uint8))
+    write_landmarks(str(folder / "landmarks.csv"),
+                    LandmarkTable(ids, ["p"], np.ones((5, 1, 2))))
+    dataset = from_csv(str(folder / "landmarks.csv"), units="index", spacing=0.5)
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("case1\ncase2\ncase3\n")
+    test.write_text("case4\ncase5\n")
+    parts = select_split(dataset, train_ids=str(train), test_ids=str(test))
+    assert [list(p.ids) for p in parts] == [["case1", "case2", "case3"], ["case4", "case5"]]
+    with pytest.raises(UsageError, match="--fold 1 and --train-ids/--test-ids both choose"):
+        select_split(dataset, fold=1, train_ids=str(train), test_ids=str(test))
+    test.write_text("case3\ncase9\n")
+    with pytest.raises(DatasetError, match=r"test\.txt: dataset .* no records with ids: case9"):
+        select_split(dataset, train_ids=str(train), test_ids=str(test))
+    test.write_text("case3\ncase4\n")
+    with pytest.raises(DatasetError, match=r"train\.txt and .*test\.txt share 1 id\(s\) \(case3\): "
+                       "a held-out image would also be trained on"):
+        select_split(dataset, train_ids=str(train), test_ids=str(test))

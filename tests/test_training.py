@@ -232,10 +232,10 @@ def test_resume_with_nothing_to_resume_and_output_dir_a_file(phantom_root, tmp_p
         ({"grid_spacing": 0.5}, KeraslmError, r"is larger than the grid's field of view"),
         ({"grid_shape": (60, 60)}, ValueError, r"divisible by 8"),
         ({"ndim": 3}, KeraslmError, r"is 2D but a 3D model was requested \(--ndim\)"),
-        ({"crop_shape": (16, 16)}, KeraslmError, r"local stage \(--crop-shape\) needs --grid-spacing"),
-        ({"crop_shape": (8, 16, 16), "grid_spacing": 2.0}, KeraslmError,
+        ({"grid_shape": None, "crop_shape": (16, 16)}, KeraslmError, r"local stage \(--crop-shape\) needs --grid-spacing"),
+        ({"grid_shape": None, "crop_shape": (8, 16, 16), "grid_spacing": 2.0}, KeraslmError,
          r"is 2D but --crop-shape \(8, 16, 16\) is 3D"),
-        ({"crop_shape": (12, 12), "grid_spacing": 2.0}, ValueError, r"divisible by 8"),
+        ({"grid_shape": None, "crop_shape": (12, 12), "grid_spacing": 2.0}, ValueError, r"divisible by 8"),
     ],
 )
 def test_bad_configurations_fail_before_training(phantom_root, tmp_path, overrides, error, message):
@@ -319,6 +319,42 @@ def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_pat
     assert os.path.isfile(result.model_path) and not weights.exists()
     assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 4
     assert len(json.load(open(tmp_path / "run" / "history.json"))["loss"]) == 2  # Kept, not rerun.
+
+
+def test_resume_keeps_the_batch_size_and_checks_the_split(phantom_root, tmp_path, monkeypatch):
+    """A resumed run trains on with the batch size it started with (not one chosen again from
+    the memory free now) and refuses a dataset whose split changed (images added or removed)."""
+    import keraslm.training.run as run_module
+
+    config = TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), steps=4, steps_per_epoch=2,
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False)
+
+    def fail(errors):
+        raise RuntimeError("simulated failure in the final validation")
+
+    original = run_module.summarize
+    monkeypatch.setattr(run_module, "summarize", fail)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train(config)
+    monkeypatch.setattr(run_module, "summarize", original)
+    config_path = tmp_path / "run" / "config.json"
+    recorded = json.loads(config_path.read_text())
+    assert recorded["validation_ids"] and recorded["settings"]["batch_size"] != 3
+    started = dict(recorded)
+    recorded["validation_ids"] = recorded["validation_ids"][1:] + ["someone_else"]
+    config_path.write_text(json.dumps(recorded))
+    with pytest.raises(DatasetError, match=r"--resume: .* another split of the dataset .*: "
+                       r"validation images now also .*; no longer someone_else"):
+        train(config.replace(resume=True))
+    started["settings"]["batch_size"] = 3  # As if less memory had been free now.
+    config_path.write_text(json.dumps(started))
+    messages = []
+    train(config.replace(resume=True), log=messages.append)
+    [line] = [m for m in messages if m.startswith("plan: batch_size")]
+    assert line.startswith("plan: batch_size 3 (the resumed run's own (")
+    assert json.loads(config_path.read_text())["settings"]["batch_size"] == 3
 
 
 def test_failure_saving_the_trained_weights_keeps_the_checkpoints(phantom_root, tmp_path,

@@ -312,8 +312,10 @@ def run_test_set(run_dir, config=None):
                  "run from the folder the run was trained in" if relative_path else "")
         raise type(error)(f"{RunFolder(run_dir).config_path}: the run's dataset {recorded!r} "
                           f"cannot be loaded ({error}){where}") from None
-    _, test_set = select_split(
-        dataset, fold=config.get("fold"), num_folds=config.get("num_folds", 5),
+    by_id_files = bool(config.get("train_ids") or config.get("test_ids"))
+    _, test_set = select_split(  # Runs of before the check recorded a --fold beside id files.
+        dataset, fold=None if by_id_files else config.get("fold"),
+        num_folds=config.get("num_folds", 5),
         train_ids=config.get("train_ids"), test_ids=config.get("test_ids"),
         test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 0),
     )

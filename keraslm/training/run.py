@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm.data import select_split
+from keraslm.io import holds_geometry, natural_key
 from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError, UsageError
 from keraslm.export import export_saved_model
@@ -37,7 +38,6 @@ from keraslm.prediction import LandmarkDetector, combine_detectors
 from keraslm.spec import DetectorSpec, mean_position_mm, stage_spec
 from keraslm.files import atomic_path, check_output_folder, read_json, write_json
 from keraslm.models import build_model
-from keraslm.io import holds_geometry
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
@@ -391,6 +391,24 @@ def _train(config, log=None):
     settings = _resolved_settings(config, dataset, network, input_shape)  # Checks sizes.
     _check_steps(int(settings["steps"]), run.steps_per_epoch)
     memory = _memory_batch(config, stage, network, input_shape, settings, dataset.num_landmarks)
+    recorded = (run_folder.read_config() if run.resume and not run.plan_only
+                and os.path.isfile(run_folder.config_path) else {})
+    recorded_batch = recorded.get("settings", {}).get("batch_size")
+    if recorded_batch is not None and int(recorded_batch) != memory[0]:
+        # The batch size chosen from the memory free then, not now: a resumed run keeps it.
+        memory = (int(recorded_batch), f"the resumed run's own ({memory[0]} would be chosen "
+                  "now)", memory[2])
+    recorded_ids = recorded.get("validation_ids")
+    if recorded_ids is not None and list(recorded_ids) != list(val_set.ids):
+        added = sorted(set(val_set.ids) - set(recorded_ids), key=natural_key)
+        gone = sorted(set(recorded_ids) - set(val_set.ids), key=natural_key)
+        raise DatasetError(
+            f"--resume: {output_dir} was started on another split of the dataset (its images "
+            "changed since?): validation images "
+            + "; ".join(part for part in (
+                f"now also {', '.join(added[:5])}" if added else "",
+                f"no longer {', '.join(gone[:5])}" if gone else "") if part)
+            + ". Restore the dataset or train again in a new --output-dir")
     settings["batch_size"] = memory[0]
     plan = _plan(config, stage, grid, settings, memory,
                  output_stride=int(getattr(network, "output_stride", 1)))
@@ -459,7 +477,8 @@ def _train(config, log=None):
     steps_per_epoch = min(run.steps_per_epoch, steps)
     epochs = math.ceil(steps / steps_per_epoch)
     os.makedirs(output_dir, exist_ok=True)
-    resolved = {**config.to_dict(), "grid_shape": list(grid.shape),
+    resolved = {**config.to_dict(), "validation_ids": list(val_set.ids),
+                "grid_shape": list(grid.shape),
                 "grid_spacing": list(grid.spacing), "settings": settings,
                 "plan": plan.to_dict(),
                 "resolved_precision": precision.to_dict(), "resolved_jit": jit.to_dict()}

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keraslm.errors import KeraslmError
+from keraslm.errors import KeraslmError, UsageError
 from keraslm.prediction import DetectorPredictor, load_detector, refine_function
 from keraslm.preprocessing import GridSpec
 from keraslm.run_folder import RunFolder
@@ -101,6 +101,9 @@ class GlobalStage(TrainingStage):
         if model.refine_of is not None:
             raise KeraslmError("--refine-of trains a local stage on a global one: it needs "
                                "--crop-shape (and --grid-spacing)")
+        if model.landmarks_per_image is not None:
+            raise UsageError("--landmarks-per-image is a local stage's (crops per image and "
+                             "step): it needs --crop-shape")
         if model.grid_shape is not None and len(model.grid_shape) != dataset.ndim:
             raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but --grid-shape "
                                f"{tuple(model.grid_shape)} is {len(model.grid_shape)}D")
@@ -151,6 +154,10 @@ class LocalStage(TrainingStage):
         if model.grid_spacing is None:
             raise KeraslmError("a local stage (--crop-shape) needs --grid-spacing: the mm per "
                                "pixel of its fine grid, e.g. 0.4 for ISBI 2015")
+        if model.grid_shape is not None:
+            raise UsageError("a local stage (--crop-shape) takes no --grid-shape: its fine grid "
+                             "is --grid-spacing over every image, its network sees "
+                             "--crop-shape crops of it")
         if self.config.data.cache_file:
             raise KeraslmError("--cache-file is not supported for a local stage (--crop-shape)")
         self.grid_reason = ("the fine grid of --grid-spacing that covers every image; the "
