@@ -22,6 +22,7 @@ The transport is pluggable: any `transport(path, body) -> response` callable wit
 `/v1/models/hand:predict` and `body` / `response` JSON-compatible dicts; `http_transport` posts
 to a TF Serving server with urllib.
 """
+import http.client
 import json
 import os
 import urllib.error
@@ -123,12 +124,24 @@ def http_transport(host="localhost", port=8501, timeout=60.0):
             headers={"Content-Type": "application/json"}, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
-                return json.loads(answer.read().decode("utf-8"))
+                text = answer.read().decode("utf-8")
         except urllib.error.HTTPError as error:
             detail = error.read().decode("utf-8", "replace")
             raise KeraslmError(f"{url}: HTTP {error.code}: {detail}") from None
         except urllib.error.URLError as error:
             raise KeraslmError(f"{url}: {error.reason}") from None
+        except TimeoutError:
+            raise KeraslmError(f"{url}: no answer within {timeout:g} s (timeout=)") from None
+        except (OSError, http.client.HTTPException) as error:  # Reset, dropped connection.
+            raise KeraslmError(f"{url}: the connection failed ({type(error).__name__}: "
+                               f"{error})") from None
+        except UnicodeDecodeError:
+            raise KeraslmError(f"{url}: the answer is not UTF-8 text") from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise KeraslmError(f"{url}: the answer is not JSON (a proxy's page?): "
+                               f"{text[:120]!r}") from None
 
     return transport
 
@@ -140,10 +153,15 @@ class ServingClient:
         model_name: str. The served model name (`MODEL_NAME` of the container).
         spec: keraslm.spec.DetectorSpec, or the exported SavedModel version folder it is read
             from (its `assets/keraslm.json`).
-        version: int or None. A fixed model version; None = the newest the server has.
-        transport: callable(path, body) -> response dict, or None for `http_transport(host, port)`.
+        version: int, "latest" or None. The model version asked for. None: the version of the
+            folder `spec` is read from (so that the answers are the model whose landmark names
+            and geometry the client uses), or the newest the server has for a `DetectorSpec`;
+            "latest": the newest the server has.
+        transport: callable(path, body) -> response dict, or None for `http_transport(host, port,
+            timeout)`.
         host: str. Used by the default transport.
         port: int. Used by the default transport.
+        timeout: float. Seconds per request of the default transport.
 
     Examples:
     >>> client = ServingClient("isbi2015", "saved_models/isbi2015_scn/8")
@@ -152,18 +170,26 @@ class ServingClient:
     """
 
     def __init__(self, model_name, spec, version=None, transport=None, host="localhost",
-                 port=8501):
+                 port=8501, timeout=60.0):
         if not (isinstance(model_name, str) and model_name and "/" not in model_name):
             raise KeraslmError(f"`model_name` must be a non-empty name without '/'. Received: "
                                f"model_name={model_name!r}")
-        if version is not None and not (isinstance(version, int) and not isinstance(version, bool)
-                                        and version >= 1):
-            raise KeraslmError(f"`version` must be an int >= 1 or None. Received: version={version!r}")
+        if version not in (None, "latest") and not (
+                isinstance(version, int) and not isinstance(version, bool) and version >= 1):
+            raise KeraslmError(f"`version` must be an int >= 1, 'latest' or None. Received: "
+                               f"version={version!r}")
         self.model_name = model_name
-        self.spec = (spec if isinstance(spec, DetectorSpec)
-                     else read_saved_model_spec(saved_model_folder(spec)))
-        self.version = version
-        self.transport = transport or http_transport(host, port)
+        folder_version = None
+        if isinstance(spec, DetectorSpec):
+            self.spec = spec
+        else:
+            folder = saved_model_folder(spec)
+            self.spec = read_saved_model_spec(folder)
+            name = os.path.basename(folder)
+            folder_version = int(name) if name.isdigit() and int(name) >= 1 else None
+        self.version = (folder_version if version is None
+                        else None if version == "latest" else version)
+        self.transport = transport or http_transport(host, port, timeout)
 
     @property
     def path(self):

@@ -638,7 +638,8 @@ def test_serving_client_refines_like_predict(cascade_runs, cascade_export):
     assert len(client.spec.local_stages) == 1
     served = client.predict(paths, spacing=dataset.image_spacing, batch_size=2)
     assert sorted(name for _, name in calls) == ["predict_array", "predict_image"]
-    assert all(path == "/v1/models/cascade:predict" for path, _ in calls)
+    # The version of the folder the spec is read from is asked for.
+    assert all(path == "/v1/models/cascade/versions/1:predict" for path, _ in calls)
     expected = predict(coarse.model_path, paths, spacing=dataset.image_spacing,
                        refine=local.model_path)
     for a, b in zip(expected, served):

@@ -190,6 +190,28 @@ def test_evaluate_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate_main(["--predictions", str(tmp_path / "p.csv")])
     assert exit_info.value.code == 2
+    # Split options name --model's test data: refused, not ignored, with --runs / --predictions.
+    csvs = ["--predictions", str(tmp_path / "p.csv"), "--ground-truth", str(tmp_path / "g.csv")]
+    for source in (["--runs", str(tmp_path / "missing")], csvs):
+        for split in (["--fold", "3"], ["--test-ids", "x.txt"], ["--seed", "7"],
+                      ["--test-fraction", "0.5"]):
+            with pytest.raises(SystemExit) as exit_info:
+                evaluate_main(source + split)
+            assert exit_info.value.code == 2
+            assert f"{split[0]} goes with --model" in capsys.readouterr().err
+    for bad in (["--calibrate", "c.json", "--calibration", "d.json"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_main(["--runs", str(tmp_path / "missing")] + bad)
+        assert exit_info.value.code == 2
+    assert "expected a whole number >= 1" in capsys.readouterr().err
+    # --calibrate's path is checked before anything is evaluated.
+    assert evaluate_main(["--runs", str(tmp_path / "missing"), "--calibrate", str(tmp_path),
+                          "--output-dir", str(tmp_path / "e")]) == 2
+    _one_error_line(capsys, f"--calibrate {tmp_path} is a folder")
+    assert evaluate_main(["--runs", str(tmp_path / "missing"), "--calibrate",
+                          str(tmp_path / "file" / "c.json"), "--output-dir",
+                          str(tmp_path / "e")]) == 2
+    _one_error_line(capsys, "--calibrate's folder", "is a file, not a folder")
 
 
 def test_predict_errors(images, tmp_path, capsys):

@@ -257,6 +257,15 @@ def test_evaluate_predictions_matches_ids_naming_the_same_image(phantom2d_root, 
                         "--ground-truth-subset", "--output-dir", str(tmp_path / "out"),
                         "--no-plots"]) == 0
     assert "10 images without a prediction left out" in capsys.readouterr().out
+    # A landmark left blank is excluded with a warning (a blank must not pass for a good answer).
+    blank = np.stack([truth.points_of(f"images/{s}.png") for s in stems]) + 3.0
+    blank[0, 1] = np.nan
+    write_landmarks(tmp_path / "blank.csv", LandmarkTable(stems, truth.names, blank))
+    assert script.main(["--predictions", str(tmp_path / "blank.csv"), "--ground-truth", truth_csv,
+                        "--ground-truth-subset", "--output-dir", str(tmp_path / "out_blank"),
+                        "--no-plots"]) == 0
+    assert ("warning: 1 landmark(s) have ground truth but no prediction; they are left out of "
+            "every figure above") in capsys.readouterr().err
     # With the extension, or a folder path relative to another root, the same image matches.
     write_landmarks(tmp_path / "mixed.csv", LandmarkTable(
         ["phantom2d_008.png", "data/images/phantom2d_010"], truth.names,
@@ -478,3 +487,26 @@ def test_held_out_groups_follow_the_pooled_runs(runs):
     both = combine([first, second])
     np.testing.assert_array_equal(held_out_groups(both), [0] * 6 + [1] * 6)
     assert held_out_groups(dataclasses.replace(both, sources=({"run": "x"}, {"run": "y"}))) is None
+
+
+def test_reports_write_strict_json_and_say_when_nothing_is_large():
+    """metrics.json and calibration.json hold no NaN (strict readers such as jq refuse it): a
+    calibration quality without errors > 4 mm has caught_fraction NaN, written as null and
+    said in words."""
+    import math
+
+    from keraslm.calibration import calibration_quality
+    from keraslm.evaluation.report import format_calibration_quality
+    from keraslm.evaluation.tables import json_finite
+
+    payload = {"a": float("nan"), "b": [1.0, np.float32("inf"), (np.float64(2.0), None)],
+               "c": {"d": np.float64("nan"), "e": "text", "f": 3}}
+    assert json_finite(payload) == {"a": None, "b": [1.0, None, [2.0, None]],
+                                    "c": {"d": None, "e": "text", "f": 3}}
+    errors = np.linspace(0.5, 3.0, 12).reshape(4, 3)  # None above 4 mm.
+    quality = calibration_quality(errors + 0.5, errors)
+    assert quality["num_large"] == 0 and math.isnan(quality["caught_fraction"])
+    text = json.dumps(json_finite(quality), allow_nan=False)
+    assert json.loads(text)["caught_fraction"] is None
+    line = format_calibration_quality(quality)
+    assert "no error is > 4 mm to catch" in line and "nan" not in line

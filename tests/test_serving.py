@@ -7,6 +7,7 @@ import http.server
 import json
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,9 +60,10 @@ def test_client_equals_predict(served, served_answers, answer):
     arrays = [p for p in paths if not p.endswith(BYTES_EXTENSIONS)]
     assert files and arrays
     # Each DICOM alone through predict_array (columnar); the PNG files as bytes, 2 per request.
-    assert log == ([("/v1/models/phantom:predict", "predict_array", False)] * len(arrays)
-                   + [("/v1/models/phantom:predict", "predict_image", True)]
-                   * ((len(files) + 1) // 2))
+    # The version of the export the spec is read from (its folder "1") is asked for.
+    path = "/v1/models/phantom/versions/1:predict"
+    assert log == ([(path, "predict_array", False)] * len(arrays)
+                   + [(path, "predict_image", True)] * ((len(files) + 1) // 2))
     assert len(answers) == len(expected) == len(paths)
     for answer_, reference in zip(answers, expected):
         assert answer_.image_id == reference.image_id and answer_.image_path == reference.image_path
@@ -190,9 +192,15 @@ def test_client_arguments_and_bad_input(served, tmp_path):
     result, paths, spacing = served
     assert ServingClient("hand", SPEC).path == "/v1/models/hand:predict"
     assert ServingClient("hand", SPEC, version=3).path == "/v1/models/hand/versions/3:predict"
-    # The spec read from the export's assets/keraslm.json.
+    # The spec read from the export's assets/keraslm.json; its version asked for unless the
+    # newest is ("latest") or another one.
     client = ServingClient("hand", result.export_path)
     assert client.spec == read_saved_model_spec(result.export_path) and client.spec.ndim == 2
+    assert client.path == "/v1/models/hand/versions/1:predict"
+    assert ServingClient("hand", result.export_path, version="latest").path == (
+        "/v1/models/hand:predict")
+    assert ServingClient("hand", result.export_path, version=2).path == (
+        "/v1/models/hand/versions/2:predict")
     for kwargs, message in [
         ({"model_name": ""}, "model_name=''"),
         ({"model_name": "a/b"}, "model_name='a/b'"),
@@ -314,7 +322,15 @@ def http_server():
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append((self.path, self.headers["Content-Type"], body))
-            if self.path.endswith("/versions/2:predict"):
+            if self.path.startswith("/v1/models/slow/"):
+                time.sleep(1.5)  # Longer than the client's timeout below.
+                return
+            if self.path.startswith("/v1/models/drop/"):
+                self.close_connection = True  # Closed without an answer.
+                return
+            if self.path.startswith("/v1/models/proxy/"):
+                data, status = "<html>Bad gateway page</html>", 200
+            elif self.path.endswith("/versions/2:predict"):
                 data = json.dumps({"predictions": [_answer(0)] * len(body["instances"])})
                 status = 200
             else:
@@ -352,6 +368,23 @@ def test_http_transport_posts_json_and_names_http_errors(http_server, tmp_path):
     with pytest.raises(KeraslmError, match=rf"http://127\.0\.0\.1:{port}/v1/models/hand:predict: "
                        r"HTTP 404: .*Servable not found for request"):
         ServingClient("hand", SPEC, host="127.0.0.1", port=port).predict([png], spacing=0.5)
+
+
+def test_http_transport_names_timeouts_dropped_connections_and_answers_not_json(http_server,
+                                                                              tmp_path):
+    """No raw socket or JSON exception escapes the client: each is a KeraslmError naming the
+    URL (and the timeout)."""
+    port, _ = http_server
+    png = _png(tmp_path / "a.png")
+    for name, message in (("drop", r"the connection failed \(RemoteDisconnected"),
+                          ("proxy", r"the answer is not JSON \(a proxy's page\?\): "
+                                    r"'<html>Bad gateway page</html>'"),
+                          # Last: the one-thread server sleeps through it.
+                          ("slow", r"no answer within 0\.5 s \(timeout=\)")):
+        client = ServingClient(name, SPEC, version=2, host="127.0.0.1", port=port, timeout=0.5)
+        with pytest.raises(KeraslmError, match=rf"http://127\.0\.0\.1:{port}/v1/models/{name}/"
+                           rf"versions/2:predict: {message}"):
+            client.predict([png], spacing=0.5)
 
 
 def test_http_transport_names_an_unreachable_server(tmp_path):

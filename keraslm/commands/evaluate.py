@@ -12,6 +12,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up noise down.
 
+from keraslm import cli  # noqa: E402
 from keraslm.cli import HelpFormatter, add_dataset_arguments, add_split_arguments, ensemble_paths  # noqa: E402
 
 
@@ -32,7 +33,8 @@ def parse_args(argv=None):
             "Evaluate landmark localization: point error per landmark and image in physical mm, "
             "the paper's summary (median, mean +- SD, outliers > 10 mm), success detection rates "
             "at 2 / 2.5 / 3 / 4 mm, outlier counts at 2 / 4 / 10 mm and a per-landmark table. "
-            "Missing ground truth is excluded and counted. Input: a model plus a dataset split, "
+            "Missing ground truth, and missing predictions (with a warning), are excluded and "
+            "counted. Input: a model plus a dataset split, "
             "training run folders (each on its own held-out split, pooled as in a "
             "cross-validation), or a predictions CSV plus a ground-truth CSV. Writes "
             "predictions.csv (headerless id,x0,y0,... in mm), predictions_named.csv, "
@@ -112,7 +114,8 @@ def parse_args(argv=None):
                          "report how well its expected errors rank the actual ones here, e.g. a "
                          "calibration fitted on one fold measured on another")
     metrics.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    metrics.add_argument("--batch-size", type=int, default=4, help="images per network call")
+    metrics.add_argument("--batch-size", type=cli.positive_int, default=4,
+                         help="images per network call")
     metrics.add_argument("--precision", default="float32",
                          choices=["float32", "bfloat16", "float16", "auto"],
                          help="compute precision of .keras models (auto: bfloat16 where the "
@@ -137,6 +140,10 @@ def parse_args(argv=None):
                      f"{args.second_peak_power}")
     if args.shape_vote_margin is not None and args.shape_vote_margin < 0:
         parser.error(f"--shape-vote-margin must be >= 0. Received: {args.shape_vote_margin}")
+    if args.calibrate and args.calibration:
+        parser.error("--calibrate fits a new calibration, --calibration applies one: give one "
+                     "(a calibration fitted on points blended by another's weights would be "
+                     "saved without them)")
     if args.calibrate and args.predictions:
         parser.error("--calibrate needs a model (--model or --runs): CSV predictions carry no "
                      "confidence or spread")
@@ -149,12 +156,19 @@ def parse_args(argv=None):
         parser.error("--all-images evaluates every image: leave out --fold, --train-ids, "
                      "--test-ids and --test-fraction")
     if not args.model:
-        # The dataset options describe --model's test data; --runs rebuild each run's split from
-        # its config.json, and --predictions / --ground-truth are mm CSVs: refused, not ignored.
+        # The dataset and split options describe --model's test data; --runs rebuild each run's
+        # split from its config.json, and --predictions / --ground-truth are mm CSVs: refused,
+        # not ignored.
         given = [flag for flag, value in (
             ("--dataset", args.dataset != parser.get_default("dataset")),
             ("--dataset-root", args.dataset_root), ("--units", args.units),
-            ("--spacing", args.spacing)) if value]
+            ("--spacing", args.spacing), ("--ndim", getattr(args, "ndim", None)),
+            ("--fold", args.fold is not None),
+            ("--num-folds", args.num_folds != parser.get_default("num_folds")),
+            ("--train-ids", args.train_ids), ("--test-ids", args.test_ids),
+            ("--test-fraction", args.test_fraction != parser.get_default("test_fraction")),
+            ("--seed", getattr(args, "seed", None) != parser.get_default("seed")))
+            if value]
         if given:
             parser.error(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --model: "
                          + ("--runs evaluate each run on the split its config.json names"
@@ -217,6 +231,12 @@ def main(argv=None):
         from keraslm.files import check_output_folder
 
         check_output_folder(args.output_dir, "--output-dir")  # Before the predictions run.
+        if args.calibrate:
+            if os.path.isdir(args.calibrate):
+                raise KeraslmError(f"--calibrate {args.calibrate} is a folder; give the path "
+                                   "of the calibration's .json file")
+            check_output_folder(os.path.dirname(os.path.abspath(args.calibrate)),
+                                "--calibrate's folder")
         calibration = None
         if args.calibration:  # Read first: a missing file is named before the predictions run.
             from keraslm.files import read_json
@@ -299,7 +319,13 @@ def main(argv=None):
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
-    print(evaluation.format_summary(result.summary(), result.method))
+    summary = result.summary()
+    print(evaluation.format_summary(summary, result.method))
+    if summary["missing_predictions"]:
+        print(f"warning: {summary['missing_predictions']} landmark(s) have ground truth but no "
+              "prediction; they are left out of every figure above (a method that leaves the hard "
+              "ones blank scores better), so compare methods on the same points",
+              file=sys.stderr)
     if not args.predictions:  # A CSV of predictions carries no training positions.
         print(evaluation.format_baseline(result.summary(), result.baseline_summary()))
     if result.expected_error_mm is not None:

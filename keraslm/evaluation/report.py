@@ -22,7 +22,7 @@ import re
 
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import OUTLIER_RADII_MM, SDR_RADII_MM, outlier_key, sdr_key
-from keraslm.evaluation.tables import format_number, json_number, table1_row
+from keraslm.evaluation.tables import format_number, json_finite, json_number, table1_row
 from keraslm.io import LandmarkTable, write_landmarks
 from keraslm.files import write_text
 
@@ -156,9 +156,11 @@ def format_calibration_quality(quality):
     """One Markdown/console line describing `keraslm.calibration.calibration_quality`."""
     return (f"Spearman correlation of expected and actual error {quality['spearman']:.3f} over "
             f"{quality['num_points']} points; expected > {quality['flag_mm']:g} mm flags "
-            f"{100 * quality['flagged_fraction']:.1f} % of the landmarks and catches "
-            f"{100 * quality['caught_fraction']:.1f} % of the {quality['num_large']} errors > "
-            f"{quality['large_mm']:g} mm; mean expected {quality['mean_expected_mm']:.2f} mm, "
+            f"{100 * quality['flagged_fraction']:.1f} % of the landmarks and "
+            + (f"catches {100 * quality['caught_fraction']:.1f} % of the {quality['num_large']} "
+               f"errors > {quality['large_mm']:g} mm" if quality["num_large"]
+               else f"no error is > {quality['large_mm']:g} mm to catch")
+            + f"; mean expected {quality['mean_expected_mm']:.2f} mm, "
             f"mean actual {quality['mean_actual_mm']:.2f} mm.")
 
 
@@ -241,7 +243,7 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     if local_weight is not None:
         calibration["local_weight"] = [float(w) for w in local_weight]
     written = [path]
-    write_text(path, json.dumps(calibration, indent=2) + "\n")
+    write_text(path, json.dumps(json_finite(calibration), indent=2, allow_nan=False) + "\n")
     if plots and output_dir is not None:
         from keraslm.evaluation import plots as plotting
 
@@ -302,7 +304,8 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
                 plot_files.append(name)
         written += [os.path.join(output_dir, name) for name in plot_files]
     metrics_path = os.path.join(output_dir, METRICS_FILE)
-    write_text(metrics_path, json.dumps(_metrics(evaluation, summary, landmarks), indent=2) + "\n")
+    write_text(metrics_path, json.dumps(json_finite(_metrics(evaluation, summary, landmarks)),
+                                        indent=2, allow_nan=False) + "\n")
     report_path = os.path.join(output_dir, REPORT_FILE)
     write_text(report_path, _markdown(evaluation, summary, landmarks, plot_files))
     return written + [metrics_path, report_path]

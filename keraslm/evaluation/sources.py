@@ -294,7 +294,7 @@ def run_test_set(run_dir, config=None):
     config = config or read_run_config(run_dir)
     def load(spacing):
         return load_dataset(config["dataset"], root=config.get("dataset_root"),
-                            units=config.get("units"), spacing=spacing)
+                            units=config.get("units"), spacing=spacing, ndim=config.get("ndim"))
 
     try:
         try:

@@ -18,6 +18,19 @@ def json_number(value):
     return None if value is None or not math.isfinite(value) else value
 
 
+def json_finite(payload):
+    """`payload` with every float NaN or infinity (Python or numpy) inside dicts, lists and
+    tuples replaced by None: what strict JSON readers (jq, JavaScript) accept."""
+    if isinstance(payload, dict):
+        return {key: json_finite(value) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [json_finite(value) for value in payload]
+    if isinstance(payload, float) or (hasattr(payload, "dtype") and getattr(payload, "ndim", 1) == 0
+                                      and payload.dtype.kind == "f"):
+        return json_number(float(payload))
+    return payload
+
+
 def table1_row(summary, method):
     """str. A markdown row `| method | median | mean +- SD | outliers > 10 mm (count, %) |`."""
     return (
