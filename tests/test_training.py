@@ -357,6 +357,36 @@ def test_resume_keeps_the_batch_size_and_checks_the_split(phantom_root, tmp_path
     assert json.loads(config_path.read_text())["settings"]["batch_size"] == 3
 
 
+def test_resume_after_a_kill_between_a_checkpoints_weights_and_its_epoch(phantom_root, tmp_path,
+                                                                         monkeypatch):
+    """Keras writes a checkpoint's weights before its epoch number: killed in between, the
+    checkpoint holds two epochs' weights and says one. The resumed run goes by the optimizer's
+    step count in the weights: 6 steps in all, not 8 (one epoch trained twice)."""
+    import keraslm.training.run as run_module
+    from keraslm.training.callbacks import EpochHistory
+
+    class Interrupted(EpochHistory):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch == 1:  # After the second epoch's checkpoint.
+                raise RuntimeError("simulated kill")
+
+    config = TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=6, steps_per_epoch=2,
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False)
+    monkeypatch.setattr(run_module, "EpochHistory", Interrupted)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config)
+    monkeypatch.setattr(run_module, "EpochHistory", EpochHistory)
+    metadata = tmp_path / "run" / "checkpoints" / "training_metadata.json"
+    assert json.loads(metadata.read_text())["epoch"] == 2
+    metadata.write_text(json.dumps({"epoch": 1, "batch": 0}))  # The kill's state.
+    train(config.replace(resume=True))
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 6
+    assert len(json.load(open(tmp_path / "run" / "history.json"))["loss"]) == 3
+
+
 def test_failure_saving_the_trained_weights_keeps_the_checkpoints(phantom_root, tmp_path,
                                                                   monkeypatch):
     """The checkpoints are removed only after the trained weights are saved: a failure saving

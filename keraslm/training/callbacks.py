@@ -49,6 +49,34 @@ class HeatmapImages(keras.callbacks.Callback):
             self._writer.close()
 
 
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore`, resuming at the epoch that the restored optimizer's step
+    count gives. Keras writes a checkpoint's weights (with the optimizer's state) before its
+    epoch number: a training killed between the two resumed at the epoch before and trained
+    that epoch twice (45 optimizer steps for 40).
+
+    Args:
+        backup_dir: str. As for Keras's.
+        steps_per_epoch: int. Optimizer steps per epoch.
+        **kwargs: as for Keras's (`save_freq` must be "epoch").
+    """
+
+    def __init__(self, backup_dir, steps_per_epoch, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        if self.save_freq != "epoch":
+            raise ValueError("keraslm's BackupAndRestore resumes whole epochs: save_freq='epoch'")
+        self._steps_per_epoch = int(steps_per_epoch)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        optimizer = self.model.optimizer
+        if optimizer is None or not tf.io.gfile.exists(self._weights_path):
+            return
+        trained_epochs = int(optimizer.iterations.numpy()) // self._steps_per_epoch
+        if trained_epochs != int(getattr(self.model, "_initial_epoch", None) or 0):
+            self.model._initial_epoch = trained_epochs
+
+
 class EpochHistory(keras.callbacks.Callback):
     """Keeps `history.json` (one list per metric, one entry per epoch) up to date after every
     epoch, written atomically, so a run killed at any moment and resumed ends with the curve of

@@ -41,7 +41,7 @@ from keraslm.models import build_model
 from keraslm.run_folder import RunFolder
 from keraslm.precision import choose_precision, dtype_policy, with_precision
 from keraslm.ops.augmentation import AugmentationConfig
-from keraslm.training.callbacks import EpochHistory
+from keraslm.training.callbacks import BackupAndRestore, EpochHistory
 from keraslm.training.config import DISTRIBUTE, TrainingConfig  # noqa: F401  (re-exported)
 from keraslm.training.jit import JitChoice, choose_jit
 from keraslm.training.pipeline import (
@@ -485,8 +485,8 @@ def _train(config, log=None):
     run_folder.write_config(resolved)
     callbacks = [
         # The checkpoints are removed only once the trained weights are saved (below).
-        keras.callbacks.BackupAndRestore(run_folder.checkpoint_dir, save_freq="epoch",
-                                         double_checkpoint=True, delete_checkpoint=False),
+        BackupAndRestore(run_folder.checkpoint_dir, steps_per_epoch, save_freq="epoch",
+                         double_checkpoint=True, delete_checkpoint=False),
         EpochHistory(run_folder.history_path),  # After BackupAndRestore.
         keras.callbacks.TensorBoard(run_folder.log_dir, update_freq="epoch"),
         *stage.callbacks(run_folder.log_dir, val_samples, network),
