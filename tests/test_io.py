@@ -463,3 +463,20 @@ def test_unregistered_extensions_are_named_in_the_error(tmp_path):
     with pytest.raises(ImageWriteError, match=r"scan\.xyz: keraslm writes images as"):
         from keraslm.io import write_image
         write_image(str(path), Image(np.zeros((2, 2)), spacing=1.0))
+
+
+def test_dicom_files_without_an_extension_are_images(tmp_path):
+    """Scanners write DICOM files without an extension: a folder scan finds them by the "DICM"
+    marker (as read_image reads them), and a README without an extension is not an image."""
+    import shutil
+
+    from keraslm.io import is_image_path, read_image, write_dicom
+
+    image = Image(np.arange(30, dtype=np.float32).reshape(5, 6), spacing=(0.5, 0.7))
+    write_dicom(str(tmp_path / "scan.dcm"), image)
+    shutil.copy(tmp_path / "scan.dcm", tmp_path / "IM0001")
+    (tmp_path / "README").write_text("not an image" * 20)
+    (tmp_path / "short").write_bytes(b"x")
+    assert is_image_path(str(tmp_path / "IM0001"))
+    assert not is_image_path(str(tmp_path / "README")) and not is_image_path(str(tmp_path / "short"))
+    np.testing.assert_allclose(read_image(str(tmp_path / "IM0001")).spacing, (0.5, 0.7))

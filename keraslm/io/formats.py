@@ -103,12 +103,24 @@ def format_for_path(path):
 
 
 def is_image_path(path):
-    """bool. Whether `path` looks like something `read_image` reads (by name, or a folder)."""
+    """bool. Whether `path` looks like something `read_image` reads: by name, a folder, or a
+    file without an extension that starts like a DICOM file (the "DICM" marker after its
+    128-byte preamble; scanners often write DICOM files without an extension, and a README
+    without one is not taken for an image)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return any(f.folder for f in IMAGE_FORMATS.values())
     lower = path.lower()
-    return any(lower.endswith(e) for e in image_extensions())
+    if any(lower.endswith(e) for e in image_extensions()):
+        return True
+    if os.path.splitext(os.path.basename(lower))[1] or not any(
+            f.no_extension for f in IMAGE_FORMATS.values()):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def holds_geometry(path):
