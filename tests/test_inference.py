@@ -452,8 +452,12 @@ def test_predict_command_checks_inputs_and_output_before_predicting(trained, tmp
     folder.mkdir()
     for name in ("10.png", "2.png", "1.png"):
         shutil.copy(png, folder / name)
+    (folder / "thumbs").mkdir()  # Not a DICOM series: skipped with a note, not an abort.
+    shutil.copy(png, folder / "thumbs" / "1.png")
     assert main([result.model_path, str(folder), "--spacing", spacing,
                  "--output-dir", str(tmp_path / "sorted")]) == 0
+    assert f"note: {folder / 'thumbs'} skipped: a sub-folder without DICOM files" in (
+        capsys.readouterr().err)
     ids = [row.split(",")[0] for row in
            (tmp_path / "sorted" / "predictions.csv").read_text().splitlines()[1:]]
     assert ids == ["1", "2", "10"]

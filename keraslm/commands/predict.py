@@ -9,6 +9,22 @@ from keraslm.errors import KeraslmError, exit_status
 from keraslm.io import is_image_path, natural_key
 
 
+def _holds_dicom(folder):
+    """Whether `folder` holds a DICOM file (by name or marker): a sub-folder of thumbnails or
+    notes is not taken for a DICOM series (reading it would stop the whole run)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return True  # Let reading it name the problem.
+    for name in names:
+        path = os.path.join(folder, name)
+        if (os.path.isfile(path) and not name.startswith(".")
+                and (name.lower().endswith(".dcm") or (not os.path.splitext(name)[1]
+                                                       and is_image_path(path)))):
+            return True
+    return False
+
+
 def main(argv=None):
     """`keraslm-predict` / `python -m keraslm predict`."""
     parser = argparse.ArgumentParser(
@@ -75,9 +91,15 @@ def main(argv=None):
                 print(f"error: {item}: cannot list the folder ({error.strerror})",
                       file=sys.stderr)
                 return 1
-            paths += sorted((os.path.join(item, name) for name in names
-                             if not name.startswith(".")
-                             and is_image_path(os.path.join(item, name))), key=natural_key)
+            found = sorted((os.path.join(item, name) for name in names
+                            if not name.startswith(".")
+                            and is_image_path(os.path.join(item, name))), key=natural_key)
+            for path in found:
+                if os.path.isdir(path) and not _holds_dicom(path):
+                    print(f"note: {path} skipped: a sub-folder without DICOM files (sub-folders "
+                          "are read as DICOM series)", file=sys.stderr)
+                else:
+                    paths.append(path)
         else:
             paths.append(item)
     if not paths:
