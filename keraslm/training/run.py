@@ -227,9 +227,10 @@ def _same_setting(key, saved, requested):
 
 def _check_resumed_settings(run_folder, config):
     """Raises KeraslmError when a resumed run is asked to train with other settings than those
-    its config.json recorded (the weights and the optimizer state belong to those)."""
+    its config.json recorded (the weights and the optimizer state belong to those). Returns the
+    recorded config.json ({} when the run stopped before writing it)."""
     if not os.path.isfile(run_folder.config_path):
-        return  # Stopped before its config was written: nothing to compare.
+        return {}  # Stopped before its config was written: nothing to compare.
     saved = run_folder.read_config()
     differences = [
         f"{key} {value!r} (config.json: {saved[key]!r})"
@@ -241,6 +242,7 @@ def _check_resumed_settings(run_folder, config):
             + "; ".join(differences) + ". A resumed run trains on with its own settings: "
             "resume it with the same ones (train.py --resume --output-dir RUN alone takes them "
             "from its config.json), or start a new run in another --output-dir")
+    return saved
 
 
 def _resolved_settings(config, dataset, network, input_shape):
@@ -354,12 +356,13 @@ def _train(config, log=None):
     stage = stage_for(config)
     run_folder = RunFolder(run.output_dir)
     output_dir = run_folder.path
+    recorded = {}  # A resumed run's config.json.
     if not run.plan_only:
         _check_run_folder(run_folder, run.resume)
         if run.export_dir:  # Checked now, not after the training.
             check_output_folder(run.export_dir, "--export-dir")
         if run.resume:
-            _check_resumed_settings(run_folder, config)
+            recorded = _check_resumed_settings(run_folder, config)
 
     precision = choose_precision(run.precision)
     dataset = load_dataset(data.dataset, root=data.dataset_root, units=data.units,
@@ -391,8 +394,6 @@ def _train(config, log=None):
     settings = _resolved_settings(config, dataset, network, input_shape)  # Checks sizes.
     _check_steps(int(settings["steps"]), run.steps_per_epoch)
     memory = _memory_batch(config, stage, network, input_shape, settings, dataset.num_landmarks)
-    recorded = (run_folder.read_config() if run.resume and not run.plan_only
-                and os.path.isfile(run_folder.config_path) else {})
     recorded_batch = recorded.get("settings", {}).get("batch_size")
     if recorded_batch is not None and int(recorded_batch) != memory[0]:
         # The batch size chosen from the memory free then, not now: a resumed run keeps it.
