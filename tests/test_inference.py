@@ -461,3 +461,43 @@ def test_predict_command_checks_inputs_and_output_before_predicting(trained, tmp
     ids = [row.split(",")[0] for row in
            (tmp_path / "sorted" / "predictions.csv").read_text().splitlines()[1:]]
     assert ids == ["1", "2", "10"]
+
+
+def test_predict_skip_errors_predicts_the_other_images(trained, tmp_path, capsys):
+    """keraslm-predict: an unreadable image among good ones stops the run with nothing written
+    (and says so); with --skip-errors it is named and left out, the others are written, and
+    the exit status is 1. Progress is shown per image; the library's `on_error` gets the id."""
+    dataset, result = trained
+    spacing = ",".join(str(s) for s in dataset.image_spacing)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        shutil.copy(dataset.records[0].image_path, folder / name)
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out"
+    assert main([result.model_path, str(folder), "--spacing", spacing,
+                 "--output-dir", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"error: {folder / 'b.png'}" in error and "nothing written (--skip-errors" in error
+    assert not out.exists()
+    assert main([result.model_path, str(folder), "--spacing", spacing, "--skip-errors",
+                 "--output-dir", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {folder / 'b.png'}" in captured.err and "(skipped)" in captured.err
+    assert "predicted 1/3: a" in captured.err and "predicted 3/3: c" in captured.err
+    assert "error: 1 of 3 images skipped (not in the output): b" in captured.err
+    assert read_landmarks(out / "predictions.csv").ids == ("a", "c")
+    assert sorted(os.listdir(out / "markups")) == ["a.mrk.json", "c.mrk.json"]
+    # Nothing readable: nothing written, exit 1.
+    assert main([result.model_path, str(folder / "b.png"), "--spacing", spacing,
+                 "--skip-errors", "--output-dir", str(tmp_path / "none")]) == 1
+    assert "none of the 1 images could be predicted" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    failed, messages = [], []
+    found = predict(result.model_path, [str(folder / n) for n in ("a.png", "b.png", "c.png")],
+                    spacing=dataset.image_spacing,
+                    on_error=lambda image_id, error: failed.append((image_id, str(error))),
+                    progress=messages.append)
+    assert [p.image_id for p in found] == ["a", "c"] and [f[0] for f in failed] == ["b"]
+    assert "b.png" in failed[0][1]
+    assert messages == ["predicted 1/3: a", "predicted 3/3: c"]

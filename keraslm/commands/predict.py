@@ -68,14 +68,18 @@ def main(argv=None):
                         "`check` column of expected_error.csv). Default: 2.5. Lower flags more "
                         "landmarks and catches more of the far-off ones: the shipped ISBI "
                         "model's figures per threshold are in docs/results/pretrained.md")
+    parser.add_argument("--skip-errors", action="store_true",
+                        help="an image that cannot be read or predicted is named and left out, "
+                        "the others are predicted and written, and the exit status is 1. "
+                        "Without it, the first such image stops the run with nothing written")
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "bfloat16", "float16", "auto"],
                         help="compute precision of .keras models (float32: the same numbers as "
                         "the SavedModel export; auto: bfloat16 where the CPU/GPU has it)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
-    from keraslm.prediction import (FLAG_MM, check_prediction_folder, input_image_ids,
-                                    load_predictor, predict, write_predictions)
+    from keraslm.prediction import (FLAG_MM, check_plain_image_spacing, check_prediction_folder,
+                                    input_image_ids, load_predictor, predict, write_predictions)
 
     paths = []
     for item in args.images:
@@ -112,10 +116,33 @@ def main(argv=None):
         input_image_ids(paths)  # Unique ids (or an error) before the model loads; predict names so.
         model = load_predictor(args.model, refine=args.refine, precision=args.precision,
                                iterations=args.refine_iterations)
-        predictions = predict(model, paths, spacing=args.spacing)
+        # A run-wide error (no --spacing for plain images) before any image, not per image.
+        check_plain_image_spacing(paths, args.spacing, model.spec)
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
+    try:
+        skipped = []
+
+        def skip(image_id, error):
+            skipped.append(image_id)
+            print(f"error: {error} (skipped)", file=sys.stderr)
+
+        def progress(message):
+            print(message, file=sys.stderr, flush=True)
+
+        predictions = predict(model, paths, spacing=args.spacing,
+                              on_error=skip if args.skip_errors else None,
+                              progress=progress if len(paths) > 1 else None)
+    except KeraslmError as error:
+        hint = ("; nothing written (--skip-errors predicts the other images)"
+                if len(paths) > 1 else "")
+        print(f"error: {error}{hint}", file=sys.stderr)
+        return exit_status(error)
+    if not predictions:
+        print(f"error: none of the {len(paths)} images could be predicted; nothing written",
+              file=sys.stderr)
+        return 1
     flag_mm = FLAG_MM if args.flag_mm is None else args.flag_mm
     calibrated = bool(predictions) and predictions[0].expected_error_mm is not None
     if args.flag_mm is not None and not calibrated:
@@ -155,6 +182,10 @@ def main(argv=None):
         print(f"error: cannot write the predictions into {args.output_dir}: {error}", file=sys.stderr)
         return 1
     print("wrote " + ", ".join(written))
+    if skipped:
+        print(f"error: {len(skipped)} of {len(paths)} images skipped (not in the output): "
+              f"{', '.join(skipped)}", file=sys.stderr)
+        return 1
     return 0
 
 if __name__ == "__main__":

@@ -264,7 +264,8 @@ def graph_error_text(error):
     return lines[-1] if lines else error.message
 
 
-def predict(model, images, spacing=None, refine=None, precision="float32"):
+def predict(model, images, spacing=None, refine=None, precision="float32", on_error=None,
+            progress=None):
     """Finds the landmarks in images.
 
     Args:
@@ -283,10 +284,16 @@ def predict(model, images, spacing=None, refine=None, precision="float32"):
             (`load_predictor`); the confidence is then the local stage's.
         precision: str. Compute precision of Keras models (`DetectorPredictor`): "float32"
             (default), "bfloat16", "float16" or "auto".
+        on_error: callable `(image_id, error)`, optional. Given, an image that cannot be read
+            or predicted (a KeraslmError: unreadable, wrong dimension, no spacing, outside the
+            model's field of view) is passed to it with its error and left out, and the other
+            images are predicted; by default the first such image raises.
+        progress: callable `(message)`, optional. Told after each image is predicted
+            (`"predicted 3/120: image_id"`).
 
     Returns:
-        list of Prediction, one per image, in order; their ids are unique
-        (`input_image_ids`).
+        list of Prediction, one per image, in order (without the images `on_error` was given);
+        their ids are unique (`input_image_ids`).
 
     Raises:
         KeraslmError: an image cannot be read, has the wrong dimension, does not fit the
@@ -302,11 +309,20 @@ def predict(model, images, spacing=None, refine=None, precision="float32"):
     check_plain_image_spacing(images, spacing, spec)  # Every image, before any is predicted.
     results = []
     for index, item in enumerate(images):
-        image_id, path, image = load_input_image(item, index, spec.ndim, spacing, image_ids[index])
         try:
-            found = predictor.locate(image)
-        except tf.errors.InvalidArgumentError as error:
-            raise KeraslmError(f"{path or image_id}: {graph_error_text(error)}") from None
+            image_id, path, image = load_input_image(item, index, spec.ndim, spacing,
+                                                     image_ids[index])
+            try:
+                found = predictor.locate(image)
+            except tf.errors.InvalidArgumentError as error:
+                raise KeraslmError(f"{path or image_id}: {graph_error_text(error)}") from None
+        except KeraslmError as error:
+            if on_error is None:
+                raise
+            on_error(image_ids[index], error)
+            continue
+        if progress is not None:
+            progress(f"predicted {index + 1}/{len(images)}: {image_id}")
         results.append(Prediction(image_id, path, tuple(spec.landmark_names),
                                   found["landmarks_mm"], found["landmarks_index"],
                                   found["confidence"], found.get("spread_mm"),
