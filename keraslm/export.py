@@ -43,7 +43,7 @@ from keraslm.errors import KeraslmError
 from keraslm.files import atomic_folder, check_output_folder
 from keraslm.prediction import LandmarkDetector, decode_image_bytes, image_to_landmarks
 from keraslm.prediction.graph import output_names
-from keraslm.prediction.predictors import SPEC_ASSET, saved_model_versions
+from keraslm.prediction.predictors import SPEC_ASSET, read_saved_model_spec, saved_model_versions
 
 SIGNATURES = ("predict_image", "predict_array", "serving_default")
 
@@ -183,6 +183,43 @@ def _signature_description(spec):
     return description
 
 
+def check_export_base(base_dir, landmark_names, ndim, name="the model base folder"):
+    """Raises a KeraslmError when `base_dir`'s newest version answers other landmarks or
+    another image dimension than a model about to be exported into it: TF Serving serves the
+    newest version under the base folder's name, so clients asking for those landmarks would
+    get others without a word (as when two experiments' runs of the same folder name export
+    into `saved_models/<name>`). Nothing to check for a missing or empty base folder.
+
+    Args:
+        base_dir: str. The model base folder.
+        landmark_names: sequence of str. The new model's, in order.
+        ndim: int. The new model's image dimension.
+        name: str. What names `base_dir` in the message (e.g. "--export-dir").
+    """
+    versions = saved_model_versions(base_dir)
+    if not versions:
+        return
+    newest = os.path.join(os.fspath(base_dir), str(versions[-1]))
+    try:
+        spec = read_saved_model_spec(newest)
+    except KeraslmError as error:
+        raise KeraslmError(f"{name} {base_dir}: its newest version cannot be read as a keraslm "
+                           f"export ({error}); export into another folder") from None
+    differences = []
+    if spec.ndim != ndim:
+        differences.append(f"{spec.ndim}D images, not {ndim}D")
+    if tuple(spec.landmark_names) != tuple(landmark_names):
+        differences.append(f"landmarks {', '.join(spec.landmark_names[:3])}"
+                           f"{', ...' if len(spec.landmark_names) > 3 else ''} "
+                           f"({len(spec.landmark_names)}), not {', '.join(landmark_names[:3])}"
+                           f"{', ...' if len(landmark_names) > 3 else ''} ({len(landmark_names)})")
+    if differences:
+        raise KeraslmError(
+            f"{name} {base_dir}: its newest version {versions[-1]} is another model "
+            f"({'; '.join(differences)}); TF Serving would serve the new export under the same "
+            "name to clients of that one: export into another folder")
+
+
 def export_saved_model(detector, base_dir, version=None):
     """Writes a TF Serving version folder `base_dir/<version>/` (see the module docstring).
 
@@ -199,8 +236,9 @@ def export_saved_model(detector, base_dir, version=None):
 
     Raises:
         KeraslmError: a local stage alone, a network that does not take one-channel images of
-            any size, an existing version (versions are never overwritten), or an output
-            folder that cannot be written.
+            any size, an existing version (versions are never overwritten), a base folder whose
+            newest version answers other landmarks (`check_export_base`), or an output folder
+            that cannot be written.
     """
     from keraslm.precision import with_precision
 
@@ -227,6 +265,7 @@ def export_saved_model(detector, base_dir, version=None):
                                 [with_precision(n, "float32") for n in detector.local_networks])
     base_dir = os.path.abspath(os.fspath(base_dir))
     check_output_folder(base_dir, "the model base folder")
+    check_export_base(base_dir, spec.landmark_names, spec.ndim)
     if version is None:
         version = (saved_model_versions(base_dir) or [0])[-1] + 1
     elif not (isinstance(version, (int, np.integer)) and not isinstance(version, bool)

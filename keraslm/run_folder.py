@@ -8,6 +8,8 @@
     <run>/trained.weights.h5  the weights after the last step, until model.keras is written
                           (a run that fails in its final validation resumes from them)
     <run>/trained_sigma.json  with them, the learned target sigmas (--learn-sigma)
+    <run>/export.json     the SavedModel version folder the run exported (a resumed run that
+                          was stopped after its export does not export a second version)
     <run>/logs/           TensorBoard logs
     <run>/.training.lock  locked while a training writes the folder (`RunFolder.training_lock`)
 
@@ -31,6 +33,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 TRAINED_WEIGHTS_FILE = "trained.weights.h5"
 TRAINED_SIGMA_FILE = "trained_sigma.json"
+EXPORT_FILE = "export.json"
 CHECKPOINT_FOLDER = "checkpoints"
 LOG_FOLDER = "logs"
 LOCK_FILE = ".training.lock"
@@ -75,6 +78,10 @@ class RunFolder:
     @property
     def trained_sigma_path(self):
         return self.file(TRAINED_SIGMA_FILE)
+
+    @property
+    def export_record_path(self):
+        return self.file(EXPORT_FILE)
 
     @property
     def checkpoint_dir(self):

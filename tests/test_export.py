@@ -379,6 +379,27 @@ def test_versions_are_numbered_never_overwritten_and_written_atomically(exports,
         export_saved_model(detector, tmp_path / "file" / "x")
 
 
+def test_export_refuses_a_base_folder_of_another_model(exports, tmp_path):
+    """A base folder's newest version answering other landmarks or another dimension refuses
+    the export (TF Serving would serve it to that model's clients); the same model goes on."""
+    from keraslm.export import check_export_base
+
+    detector3d, _ = exports["down3d"]
+    detector2d, _ = exports["down2d"]
+    base = tmp_path / "served"
+    export_saved_model(detector3d, base)
+    with pytest.raises(KeraslmError, match=r"served: its newest version 1 is another model "
+                       r"\(3D images, not 2D.*export into another folder"):
+        export_saved_model(detector2d, base)
+    names = list(detector3d.spec.landmark_names)
+    with pytest.raises(KeraslmError, match=r"--export-dir .*served: .*landmarks .*, not other"):
+        check_export_base(str(base), ["other"] + names[1:], 3, "--export-dir")
+    check_export_base(str(base), names, 3)
+    check_export_base(str(tmp_path / "new"), ["x"], 2)  # Nothing there: nothing to check.
+    assert export_saved_model(detector3d, base) == str(base / "2")
+    assert saved_model_versions(base) == [1, 2]
+
+
 def test_export_bad_detector(exports, tmp_path):
     detector, _ = exports["down2d"]
     fixed = _detector("down2d", input_shape=(32, 32, 1))

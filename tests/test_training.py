@@ -555,3 +555,42 @@ def test_plan_only_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert "plan: grid " in text and "fitted to the images within 131072 voxels" in text
     assert "plan: learning_rate 0.001" in text and "--plan-only: nothing was trained" in text
     assert not (tmp_path / "run").exists()
+
+
+def test_resumed_run_stopped_after_its_export_does_not_export_again(phantom_root, tmp_path,
+                                                                     monkeypatch):
+    """A run stopped after its SavedModel export but before model.keras resumes at the final
+    validation and keeps the version it exported (export.json), not a second version; a base
+    folder of another model is refused before the training."""
+    from keraslm.prediction import LandmarkDetector
+
+    base = tmp_path / "served"
+    config = TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=2, steps_per_epoch=2,
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False, export_dir=str(base))
+    original = LandmarkDetector.save
+
+    def stopped(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LandmarkDetector, "save", stopped)
+    with pytest.raises(OSError, match="No space left"):
+        train(config)
+    assert sorted(os.listdir(base)) == ["1"]
+    monkeypatch.setattr(LandmarkDetector, "save", original)
+    messages = []
+    result = train(config.replace(resume=True), log=messages.append)
+    assert result.export_path == str(base / "1") and sorted(os.listdir(base)) == ["1"]
+    assert any("exported for TF Serving before this run was resumed" in m for m in messages)
+    # A new run exports the next version.
+    assert train(config.replace(output_dir=str(tmp_path / "run2"))).export_path == str(base / "2")
+    # Another model's base folder: refused before training (here: other landmark names).
+    spec_path = base / "2" / "assets" / "keraslm.json"
+    spec = json.loads(spec_path.read_text())
+    spec["landmark_names"] = ["x"] * len(spec["landmark_names"])
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(KeraslmError, match=r"--export-dir .*served: its newest version 2 is "
+                       r"another model"):
+        train(config.replace(output_dir=str(tmp_path / "run3")), log=messages.append)
+    assert not (tmp_path / "run3" / "history.json").exists()

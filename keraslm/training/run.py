@@ -32,7 +32,7 @@ from keraslm.data import select_split
 from keraslm.io import holds_geometry, natural_key
 from keraslm.datasets import cache_dir, load_dataset
 from keraslm.errors import DatasetError, KeraslmError, UsageError
-from keraslm.export import export_saved_model
+from keraslm.export import check_export_base, export_saved_model
 from keraslm.evaluation.metrics import mean_position_points, summarize
 from keraslm.prediction import LandmarkDetector, combine_detectors
 from keraslm.spec import DetectorSpec, mean_position_mm, stage_spec
@@ -175,6 +175,33 @@ def train(config, log=None):
             return _train(config, log)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+
+
+def _exported(run_folder, export_dir):
+    """The version folder this run exported into `export_dir` before (recorded in
+    export.json, and still there), or None."""
+    if not os.path.isfile(run_folder.export_record_path):
+        return None
+    recorded = read_json(run_folder.export_record_path, f"{run_folder.export_record_path}: missing")
+    path = recorded.get("export_path")
+    if (path and os.path.dirname(path) == os.path.abspath(export_dir)
+            and os.path.isfile(os.path.join(path, "saved_model.pb"))):
+        return path
+    return None
+
+
+def _export_once(run_folder, detector, export_dir, log):
+    """Exports `detector` as the next version of `export_dir` and records it in the run
+    folder's export.json; a run resumed after its export (stopped before model.keras was
+    written) finds the record and keeps that version instead of exporting a second one."""
+    export_path = _exported(run_folder, export_dir)
+    if export_path:
+        log(f"exported for TF Serving before this run was resumed: {export_path}")
+        return export_path
+    export_path = export_saved_model(detector, export_dir)
+    write_json(run_folder.export_record_path, {"export_path": export_path})
+    log(f"exported for TF Serving: {export_path}")
+    return export_path
 
 
 def _check_run_folder(run_folder, resume):
@@ -359,6 +386,8 @@ def _train(config, log=None):
     recorded = {}  # A resumed run's config.json.
     if not run.plan_only:
         _check_run_folder(run_folder, run.resume)
+        if not run.resume and os.path.isfile(run_folder.export_record_path):
+            os.remove(run_folder.export_record_path)  # A new run: an old record is not its export.
         if run.export_dir:  # Checked now, not after the training.
             check_output_folder(run.export_dir, "--export-dir")
         if run.resume:
@@ -370,6 +399,9 @@ def _train(config, log=None):
     if data.ndim is not None and data.ndim != dataset.ndim:
         raise KeraslmError(f"dataset {dataset.name!r} is {dataset.ndim}D but a {data.ndim}D "
                            "model was requested (--ndim)")
+    exports = stage.name == "global" or config.model.refine_of is not None
+    if run.export_dir and exports and not run.plan_only and not _exported(run_folder, run.export_dir):
+        check_export_base(run.export_dir, dataset.landmark_names, dataset.ndim, "--export-dir")
     keras.utils.set_random_seed(run.seed)
     strategy = _strategy(run.distribute)
     with strategy.scope():
@@ -554,8 +586,7 @@ def _train(config, log=None):
         log(f"a {stage.name} stage is not exported alone: export it with its global model, "
             "keraslm-export GLOBAL_RUN BASE_DIR --refine LOCAL_RUN")
     elif run.export_dir and _is_chief(strategy):  # One export, by the chief.
-        export_path = export_saved_model(detector, run.export_dir)
-        log(f"exported for TF Serving: {export_path}")
+        export_path = _export_once(run_folder, detector, run.export_dir, log)
     run_folder.write_metrics(
         {"validation_ids": list(val_set.ids), "summary": summary,
          "mean_position_baseline": baseline_summary,
