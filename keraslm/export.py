@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from keraslm.errors import KeraslmError
 from keraslm.files import atomic_folder, check_output_folder
-from keraslm.prediction import LandmarkDetector, decode_image_bytes, image_to_landmarks
+from keraslm.prediction import LandmarkDetector, decode_image_bytes
 from keraslm.prediction.graph import output_names
 from keraslm.prediction.predictors import SPEC_ASSET, read_saved_model_spec, saved_model_versions
 
