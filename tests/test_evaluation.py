@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -426,7 +427,7 @@ def test_model_and_run_bad_input(runs, capsys, tmp_path):
     assert "p.csv: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--predictions", str(tmp_path / "p.csv")])
-    assert "--predictions needs --ground-truth" in capsys.readouterr().err
+    assert "--predictions needs a ground truth: --ground-truth CSV" in capsys.readouterr().err
     # Dataset options go with --model: refused with --runs and CSVs, not silently ignored.
     with pytest.raises(SystemExit):
         script.main(["--runs", str(runs / "fold0"), "--dataset", str(runs / "phantom")])
@@ -434,7 +435,8 @@ def test_model_and_run_bad_input(runs, capsys, tmp_path):
     with pytest.raises(SystemExit):
         script.main(["--predictions", "p.csv", "--ground-truth", "t.csv", "--units", "index",
                      "--spacing", "0.5"])
-    assert "--units, --spacing go with --model" in capsys.readouterr().err
+    assert ("--units, --spacing and --ground-truth both give the ground truth of --predictions"
+            in capsys.readouterr().err)
     config["seed"] = 0
     config["dataset"] = os.path.join("elsewhere", "phantom")  # Relative, not found from here.
     (tmp_path / "moved" / "config.json").write_text(json.dumps(config))
@@ -510,3 +512,57 @@ def test_reports_write_strict_json_and_say_when_nothing_is_large():
     assert json.loads(text)["caught_fraction"] is None
     line = format_calibration_quality(quality)
     assert "no error is > 4 mm to catch" in line and "nan" not in line
+
+
+def test_evaluate_predictions_against_a_dataset_and_a_ground_truth_in_pixels(phantom2d_root, tmp_path,
+                                                                          capsys):
+    """--predictions with --dataset: the dataset's landmarks (mm, as the dataset reads them)
+    are the ground truth. A ground-truth CSV in pixels against mm predictions (ISBI 2015's
+    landmarks.csv against predictions.csv) gives errors that mean nothing: a warning says so."""
+    from keraslm.datasets import load_dataset
+
+    dataset = load_dataset(str(phantom2d_root))
+    predicted = dataset.points_mm[:3] + np.array([0.6, 0.8])
+    ids = [os.path.splitext(os.path.basename(r.image_path))[0] for r in dataset.records[:3]]
+    write_landmarks(tmp_path / "pred.csv", LandmarkTable(ids, dataset.landmark_names, predicted))
+    result = evaluate_predictions(tmp_path / "pred.csv", dataset, ground_truth_subset=True)
+    np.testing.assert_allclose(result.errors.errors_mm, 1.0, atol=1e-9)
+    assert result.sources[0]["ground_truth"] == f"dataset {dataset.name!r}"
+    assert result.sources[0]["shape_size_ratio"] == pytest.approx(1.0, abs=1e-9)
+    script = _evaluate_script()
+    assert script.main(["--predictions", str(tmp_path / "pred.csv"), "--dataset",
+                        str(phantom2d_root), "--ground-truth-subset", "--output-dir",
+                        str(tmp_path / "out"), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "images without a prediction left out" in captured.out and "warning" not in captured.err
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["summary"]["mean_mm"] == (
+        pytest.approx(1.0))
+    # The ground truth ten times the size (pixels of 0.1 mm): warned.
+    write_landmarks(tmp_path / "pixels.csv", LandmarkTable(ids, dataset.landmark_names,
+                                                           dataset.points_mm[:3] * 10))
+    assert script.main(["--predictions", str(tmp_path / "pred.csv"), "--ground-truth",
+                        str(tmp_path / "pixels.csv"), "--output-dir", str(tmp_path / "out2"),
+                        "--no-plots"]) == 0
+    error = capsys.readouterr().err
+    assert re.search(r"warning: the ground truth's landmark shapes are 10(\.0)? times the size of "
+                     r"the predictions'.*likely not in mm", error.replace("\n", " "))
+    # One ground truth only; split options still refused.
+    for extra, message in ((["--ground-truth", str(tmp_path / "pixels.csv"), "--dataset",
+                             str(phantom2d_root)], "both give the ground truth"),
+                           (["--dataset", str(phantom2d_root), "--fold", "0"], "--fold goes with --model"),
+                           ([], "--predictions needs a ground truth")):
+        with pytest.raises(SystemExit):
+            script.main(["--predictions", str(tmp_path / "pred.csv"), *extra])
+        assert message in capsys.readouterr().err
+
+
+def test_evaluate_headerless_predictions_with_ndim(tmp_path, capsys):
+    """--ndim goes with --predictions (a headerless CSV needs it; it was refused as a --model
+    option)."""
+    predictions, truth = _write_csvs(tmp_path)
+    script = _evaluate_script()
+    arguments = ["--predictions", predictions, "--ground-truth", truth, "--output-dir",
+                 str(tmp_path / "out"), "--no-plots"]
+    assert script.main(arguments) == 1  # Bad data: exit 1.
+    assert "headerless landmark file" in capsys.readouterr().err
+    assert script.main(arguments + ["--ndim", "2"]) == 0

@@ -5,6 +5,7 @@ Three ways in:
   python evaluate.py --runs runs/fold0 runs/fold1 runs/fold2        (cross-validation, pooled)
   python evaluate.py --runs runs/a0,runs/b0 runs/a1,runs/b1          (ensembles of two, pooled)
   python evaluate.py --predictions predictions.csv --ground-truth landmarks.csv [--ndim 2]
+  python evaluate.py --predictions predictions.csv --dataset isbi2015 --dataset-root DIR
 """
 import argparse
 import os
@@ -14,6 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up
 
 from keraslm import cli  # noqa: E402
 from keraslm.cli import HelpFormatter, add_dataset_arguments, add_split_arguments, ensemble_paths  # noqa: E402
+
+
+#: --predictions: warn when the ground truth's shapes are more than this many times larger or
+#: smaller than the predictions' (one file in pixels, the other in mm: 10 for ISBI 2015).
+UNIT_RATIO_WARNING = 2.5
 
 
 def _landmark_pair(text):
@@ -58,8 +64,12 @@ def parse_args(argv=None):
                         "refining the estimates: one model with --model, or one run folder per "
                         "--runs folder, in the same order; comma-joined: an ensemble of local "
                         "stages, each refining the same estimate, their points averaged")
-    choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless layout)")
-    source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions")
+    choice.add_argument("--predictions", help="predictions CSV in mm (named or headerless "
+                        "layout; keraslm-predict's predictions.csv), compared with --ground-truth "
+                        "or with --dataset's landmarks (which it converts to mm, e.g. ISBI "
+                        "2015's pixel coordinates)")
+    source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions (a "
+                        "CSV in pixels: give it as --dataset CSV --units index --spacing MM)")
     source.add_argument("--ground-truth-subset", action="store_true",
                         help="with --predictions: the predictions cover only some of the "
                         "ground truth's images (e.g. one split of a whole dataset's CSV); rows "
@@ -121,8 +131,15 @@ def parse_args(argv=None):
                          help="compute precision of .keras models (auto: bfloat16 where the "
                          "CPU/GPU has it; float32 gives the SavedModel's numbers)")
     args = parser.parse_args(argv)
-    if args.predictions and not args.ground_truth:
-        parser.error("--predictions needs --ground-truth")
+    dataset_given = [flag for flag, value in (
+        ("--dataset", args.dataset != parser.get_default("dataset")),
+        ("--dataset-root", args.dataset_root), ("--units", args.units),
+        ("--spacing", args.spacing)) if value]
+    if args.predictions and not args.ground_truth and not dataset_given:
+        parser.error("--predictions needs a ground truth: --ground-truth CSV (mm) or --dataset")
+    if args.predictions and args.ground_truth and dataset_given:
+        parser.error(f"{', '.join(dataset_given)} and --ground-truth both give the ground truth "
+                     "of --predictions: give one")
     if args.ground_truth and not args.predictions:
         parser.error("--ground-truth goes with --predictions")
     if args.ground_truth_subset and not args.predictions:
@@ -157,12 +174,14 @@ def parse_args(argv=None):
                      "--test-ids and --test-fraction")
     if not args.model:
         # The dataset and split options describe --model's test data; --runs rebuild each run's
-        # split from its config.json, and --predictions / --ground-truth are mm CSVs: refused,
-        # not ignored.
+        # split from its config.json, and --predictions are compared with a whole ground truth
+        # (a CSV or a dataset): refused, not ignored.
         given = [flag for flag, value in (
-            ("--dataset", args.dataset != parser.get_default("dataset")),
-            ("--dataset-root", args.dataset_root), ("--units", args.units),
-            ("--spacing", args.spacing), ("--ndim", getattr(args, "ndim", None)),
+            ("--dataset", args.dataset != parser.get_default("dataset") and not args.predictions),
+            ("--dataset-root", args.dataset_root and not args.predictions),
+            ("--units", args.units and not args.predictions),
+            ("--spacing", args.spacing and not args.predictions),
+            ("--ndim", getattr(args, "ndim", None) and not args.predictions),
             ("--fold", args.fold is not None),
             ("--num-folds", args.num_folds != parser.get_default("num_folds")),
             ("--train-ids", args.train_ids), ("--test-ids", args.test_ids),
@@ -172,7 +191,8 @@ def parse_args(argv=None):
         if given:
             parser.error(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --model: "
                          + ("--runs evaluate each run on the split its config.json names"
-                            if args.runs else "--predictions and --ground-truth are CSVs in mm"))
+                            if args.runs else "--predictions are compared with every image of "
+                            "the ground truth (--ground-truth-subset: those predicted)"))
     return args
 
 
@@ -250,13 +270,25 @@ def main(argv=None):
             except KeraslmError as error:
                 raise KeraslmError(f"{args.calibration}: {error}") from None
         if args.predictions:
+            truth = args.ground_truth or evaluation.open_dataset(
+                args.dataset, args.dataset_root, spacing=args.spacing, units=args.units,
+                ndim=args.ndim)
             result = evaluation.evaluate_predictions(
-                args.predictions, args.ground_truth, ndim=args.ndim,
+                args.predictions, truth, ndim=args.ndim,
                 method=args.method or "predictions", ground_truth_subset=args.ground_truth_subset,
                 **normalize)
             left_out = result.sources[0].get("ground_truth_rows_left_out")
             if left_out:
-                log(f"{args.ground_truth}: {left_out} images without a prediction left out")
+                log(f"{result.sources[0]['ground_truth']}: {left_out} images without a "
+                    "prediction left out")
+            ratio = result.sources[0].get("shape_size_ratio")
+            if ratio is not None and not 1 / UNIT_RATIO_WARNING <= ratio <= UNIT_RATIO_WARNING:
+                print(f"warning: the ground truth's landmark shapes are {ratio:.3g} times the "
+                      f"size of the predictions' ({result.sources[0]['ground_truth']} vs "
+                      f"{args.predictions}): one of them is likely not in mm (pixels?), and the "
+                      "errors below mean nothing. keraslm-predict's predictions.csv is in mm; "
+                      "give a ground truth in pixels as --dataset CSV --units index --spacing MM",
+                      file=sys.stderr)
         elif args.runs:
             result = evaluation.evaluate_runs(
                 args.runs, method=args.method, batch_size=args.batch_size, progress=log,

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from keraslm.data import select_split
+from keraslm.data import LandmarkDataset, select_split
 from keraslm.errors import KeraslmError, MissingSpacingError
 from keraslm.evaluation.metrics import (mean_position_points, per_landmark, point_errors, pool,
                                         summarize)
@@ -573,18 +573,41 @@ def _match_image_ids(predicted_ids, truth_ids, predictions_csv, ground_truth_csv
     return {ids[0]: truth_id for truth_id, ids in claimed.items()}
 
 
+def shape_size(points):
+    """The median over images of the RMS distance of an image's landmarks from their centroid
+    (in the points' units; NaN landmarks left out): the size of the shapes a landmark file
+    holds, to tell whether two files are in the same units."""
+    points = np.asarray(points, np.float64)
+    centred = points - np.nanmean(points, axis=1, keepdims=True)
+    sizes = np.sqrt(np.nanmean(np.sum(centred ** 2, axis=-1), axis=1))
+    return float(np.nanmedian(sizes)) if np.any(np.isfinite(sizes)) else float("nan")
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator, or None where that is no finite number."""
+    if not (np.isfinite(numerator) and np.isfinite(denominator)) or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
 def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="predictions",
                          normalize_distance=None, normalize_landmarks=(1, 5),
                          ground_truth_subset=False):
     """Compares a predictions CSV with a ground-truth CSV (both physical mm; named or
-    headerless layout, see `keraslm.io.read_landmarks`). Rows are matched by id: the same
-    id, or ids that name the same image with or without the image extension and a relative
-    folder path (`x` == `x.png` == `images/x.png`, as `keraslm-predict` and a dataset's CSV
-    name one image), when the match is unambiguous.
+    headerless layout, see `keraslm.io.read_landmarks`) or with a dataset's landmarks (mm, as
+    the dataset reads them: a dataset whose file is in pixels is converted with its spacing).
+    Rows are matched by id: the same id, or ids that name the same image with or without the
+    image extension and a relative folder path (`x` == `x.png` == `images/x.png`, as
+    `keraslm-predict` and a dataset's CSV name one image), when the match is unambiguous.
+
+    The source entry records `shape_size_ratio`: the ground truth's shape size over the
+    predictions' (`shape_size`), about 1 when both are in mm; far from 1 (10 for ISBI 2015's
+    pixel file against mm predictions) when one file is in another unit - the errors are then
+    meaningless (`keraslm-evaluate` warns).
 
     Args:
         predictions_csv: str.
-        ground_truth_csv: str.
+        ground_truth_csv: str, or a `keraslm.data.LandmarkDataset` (its points in mm).
         ndim: int or None. Required if either file is headerless; checked otherwise.
         method: str. Report label.
         normalize_distance, normalize_landmarks: see `keraslm.evaluation.metrics.point_errors`.
@@ -602,7 +625,12 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
             ambiguously (all such ids named), or the landmark counts or dimensions differ.
     """
     predicted = read_landmarks(predictions_csv, ndim=ndim)
-    truth = read_landmarks(ground_truth_csv, ndim=ndim)
+    if isinstance(ground_truth_csv, LandmarkDataset):
+        dataset = ground_truth_csv
+        truth = LandmarkTable(dataset.ids, dataset.landmark_names, dataset.points_mm)
+        ground_truth_csv = f"dataset {dataset.name!r}"
+    else:
+        truth = read_landmarks(ground_truth_csv, ndim=ndim)
     if predicted.ndim != truth.ndim:
         raise KeraslmError(
             f"{predictions_csv} holds {predicted.ndim}D landmarks but {ground_truth_csv} holds "
@@ -634,5 +662,6 @@ def evaluate_predictions(predictions_csv, ground_truth_csv, ndim=None, method="p
     return Evaluation(
         method, truth.ids, truth.names, predicted_mm, truth.points, errors, None,
         ({"predictions": os.fspath(predictions_csv), "ground_truth": os.fspath(ground_truth_csv),
+          "shape_size_ratio": _ratio(shape_size(truth.points), shape_size(predicted_mm)),
           **({"ground_truth_rows_left_out": left_out} if ground_truth_subset else {})},),
     )
