@@ -163,6 +163,14 @@ def test_evaluate_predictions_matches_ids_and_writes_report(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["summary"]["missing_ground_truth"] == 1
     assert metrics["per_image"][0]["errors_mm"] == [5.0, 1.0, None]
+    # The same folder again without plots: the earlier report's plots (and worst images) go,
+    # other files stay.
+    (tmp_path / "out" / "worst_1_old.png").write_bytes(b"old")
+    (tmp_path / "out" / "reliability.png").write_bytes(b"old")
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    write_report(tmp_path / "out", result, plots=False)
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "metrics.json", "notes.txt", "predictions.csv", "predictions_named.csv", "report.md"]
 
 
 def test_landmarks_are_matched_by_name(tmp_path, trained_2d):
@@ -566,3 +574,16 @@ def test_evaluate_headerless_predictions_with_ndim(tmp_path, capsys):
     assert script.main(arguments) == 1  # Bad data: exit 1.
     assert "headerless landmark file" in capsys.readouterr().err
     assert script.main(arguments + ["--ndim", "2"]) == 0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--no-blend"], "--no-blend goes with --calibrate and --refine"),
+    (["--no-blend", "--calibrate", "c.json"], "--no-blend goes with --calibrate and --refine"),
+    (["--no-plots", "--num-worst", "8"], "--num-worst chooses how many worst images are plotted"),
+    (["--num-worst", "-1"], "--num-worst must be >= 0"),
+])
+def test_evaluate_refuses_options_it_would_ignore(arguments, message, capsys):
+    script = _evaluate_script()
+    with pytest.raises(SystemExit):
+        script.main(["--runs", "run_a", *arguments])
+    assert message in capsys.readouterr().err

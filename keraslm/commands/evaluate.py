@@ -148,6 +148,13 @@ def parse_args(argv=None):
         parser.error("--refine goes with --model or --runs")
     if args.calibration and args.predictions:
         parser.error("--calibration needs a model (--model or --runs)")
+    if args.no_blend and not (args.calibrate and args.refine):
+        parser.error("--no-blend goes with --calibrate and --refine (it keeps the refined points "
+                     "unblended in a new calibration)")
+    if args.no_plots and args.num_worst != parser.get_default("num_worst"):
+        parser.error("--num-worst chooses how many worst images are plotted: leave out --no-plots")
+    if args.num_worst < 0:
+        parser.error(f"--num-worst must be >= 0. Received: {args.num_worst}")
     if args.shape_vote_margin is not None and not args.calibrate:
         parser.error("--shape-vote-margin goes with --calibrate")
     if args.second_peak_power is not None and not args.calibrate:

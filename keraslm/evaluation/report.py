@@ -255,11 +255,24 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     return calibration, quality, written
 
 
+def _remove_earlier_plots(output_dir):
+    """Removes the plots an earlier report wrote into `output_dir` (its worst images, and plots
+    this report may not write: without --plots, without expected errors), so that the folder
+    shows this evaluation only. Other files are left alone."""
+    for name in os.listdir(output_dir):
+        if (name in (CUMULATIVE_PLOT, LANDMARK_PLOT, RELIABILITY_PLOT)
+                or (name.startswith("worst_") and name.endswith(".png"))):
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+
+
 def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None):
     """Writes predictions, metrics, report and plots of an evaluation into `output_dir`.
 
     Args:
-        output_dir: str. Created if needed; files of the same names are replaced.
+        output_dir: str. Created if needed; files of the same names are replaced, and the
+            plots of an earlier report (worst images, reliability) removed.
         evaluation: keraslm.evaluation.Evaluation.
         plots: bool. Write the PNG plots.
         num_worst: int. Overlays of this many worst images (by mean error), if images are known.
@@ -270,6 +283,7 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
     """
     progress = progress or (lambda message: None)
     os.makedirs(output_dir, exist_ok=True)
+    _remove_earlier_plots(output_dir)
     summary, landmarks = evaluation.summary(), evaluation.per_landmark()
     table = LandmarkTable(evaluation.ids, evaluation.landmark_names, evaluation.predicted_mm)
     written = [os.path.join(output_dir, PREDICTIONS_FILE), os.path.join(output_dir, NAMED_PREDICTIONS_FILE)]
