@@ -349,10 +349,17 @@ def _image_spacing(spacing, ndim, source):
 
 def _require_spacing(image_paths, spacing, source):
     """Raises unless `spacing` is given or every image file holds its own pixel spacing: plain
-    images (PNG/JPEG) would otherwise be read at an unknown 1 mm per pixel."""
-    if spacing is not None:
-        return
+    images (PNG/JPEG) would otherwise be read at an unknown 1 mm per pixel. A `spacing` given
+    where every image holds its own (DICOM, NIfTI) is refused: it would be ignored without a
+    word."""
     plain = [path for path in image_paths if not holds_geometry(path)]
+    if spacing is not None:
+        if image_paths and not plain:
+            examples = ", ".join(image_paths[:2]) + (" ..." if len(image_paths) > 2 else "")
+            raise DatasetArgumentError(
+                f"{source}: a pixel spacing was given (--spacing, spacing=) but every image "
+                f"stores its own ({examples}; DICOM / NIfTI), which is used: leave it out")
+        return
     if plain:
         examples = ", ".join(plain[:3]) + (" ..." if len(plain) > 3 else "")
         raise MissingSpacingError(
@@ -469,13 +476,18 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
     if not images:
         raise DatasetError(f"{folder}: no images with landmark files found")
     ids = sorted(images, key=natural_key)
-    contents = {}
+    contents, units_used = {}, False
     for image_id in ids:
         path = landmark_files[image_id][0]
         file_names, file_points, file_units = read_landmark_file(path)
         if file_units is None:
             _check_units(units, path)
+            units_used = True
         contents[image_id] = (path, file_names, file_points, file_units or units)
+    if units == "index" and not units_used:  # "mm" agrees with the markups (dataset.json says so).
+        raise DatasetArgumentError(
+            f"{folder}: units 'index' were given (--units, units=) but every landmark file "
+            "is a 3D Slicer markups file, in mm, which is used: leave --units out")
     names = []
     for _, file_names, _, _ in contents.values():
         names += [n for n in file_names if n not in names]

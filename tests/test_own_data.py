@@ -497,3 +497,32 @@ def test_walkthrough_on_nifti_volumes_with_slicer_markups(tmp_path, capsys):
     names, points, _ = read_landmark_file(str(markups[0]))
     np.testing.assert_allclose(points, read_landmarks(str(tmp_path / "pred" / "predictions.csv")).points[0],
                                atol=1e-6)
+
+
+def test_spacing_and_units_that_would_be_ignored_are_refused(phantom, tmp_path):
+    """--spacing for a dataset whose images all store their own (DICOM, NIfTI) and --units index
+    for Slicer markups (mm) would be ignored without a word: refused, naming the folder."""
+    from keraslm.errors import DatasetArgumentError
+
+    folder = tmp_path / "markups"
+    copied = _flat_copy(phantom, folder)
+    for r in phantom.records:
+        stem = os.path.splitext(os.path.basename(copied[r.id][0]))[0]
+        write_markups(str(folder / f"{stem}.mrk.json"), phantom.landmark_names, r.points_mm)
+    spacing = phantom.image_spacing
+    with pytest.raises(DatasetArgumentError, match=r"markups: units 'index' were given .* 3D "
+                       r"Slicer markups file, in mm"):
+        load_dataset(str(folder), units="index", spacing=spacing)
+    load_dataset(str(folder), units="mm", spacing=spacing)  # mm agrees with the markups.
+    stored = [path for path, _ in copied.values() if path.endswith(".dcm")]
+    assert stored and len(stored) < len(copied)  # The phantom mixes PNG and DICOM.
+    only_dicom = tmp_path / "dicom"
+    only_dicom.mkdir()
+    for path in stored:
+        shutil.copy(path, only_dicom)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        shutil.copy(folder / f"{stem}.mrk.json", only_dicom)
+    assert len(load_dataset(str(only_dicom))) == len(stored)
+    with pytest.raises(DatasetArgumentError, match=r"dicom: a pixel spacing was given .* every "
+                       r"image stores its own .*leave it out"):
+        load_dataset(str(only_dicom), spacing=spacing)
