@@ -583,6 +583,7 @@ def test_resumed_run_stopped_after_its_export_does_not_export_again(phantom_root
     result = train(config.replace(resume=True), log=messages.append)
     assert result.export_path == str(base / "1") and sorted(os.listdir(base)) == ["1"]
     assert any("exported for TF Serving before this run was resumed" in m for m in messages)
+    assert "final validation: 4/4 images" in messages  # Progress of the final validation.
     # A new run exports the next version.
     assert train(config.replace(output_dir=str(tmp_path / "run2"))).export_path == str(base / "2")
     # Another model's base folder: refused before training (here: other landmark names).

@@ -573,8 +573,15 @@ def _train(config, log=None):
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
+        log(f"final validation of the saved model on {len(val_set)} images")
+
+        def validation_progress(done, total):
+            if done == total or done % 10 == 0:
+                log(f"final validation: {done}/{total} images")
+
         points_mm = stage.validation_points_mm(trainer, val_set, val_samples,
-                                               settings["batch_size"], detector)
+                                               settings["batch_size"], detector,
+                                               validation_progress)
         errors_mm = np.linalg.norm(points_mm - val_set.points_mm, axis=-1)
         baseline_points_mm = mean_position_points(training_means, len(val_set),
                                                   dataset.ndim)

@@ -80,9 +80,11 @@ class TrainingStage:
         """The LandmarkDetector of the global stage this stage refines, or None."""
         return None
 
-    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
+    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector,
+                             progress=None):
         """Predicted landmarks `(num_images, num_landmarks, ndim)` of the validation images in
-        physical mm, by `detector` (the float32 detector that is saved)."""
+        physical mm, by `detector` (the float32 detector that is saved); `progress(done,
+        total)` is told the images done, where images are predicted one by one."""
         raise NotImplementedError
 
     def picture_label(self):
@@ -136,8 +138,9 @@ class GlobalStage(TrainingStage):
             return []
         return [HeatmapImages(log_dir, val_samples.images[:3], network)]
 
-    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
-        return graph_validation_points_mm(val_set, detector)
+    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector,
+                             progress=None):
+        return graph_validation_points_mm(val_set, detector, progress)
 
 
 class LocalStage(TrainingStage):
@@ -205,11 +208,12 @@ class LocalStage(TrainingStage):
                 "--test-ids / --seed)")
         return detector
 
-    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector):
+    def validation_points_mm(self, trainer, val_set, samples, batch_size, detector,
+                             progress=None):
         """With the global stage (`refine_of`): the pair through the prediction graph; alone:
         crops around the truth moved by a fixed random offset."""
         if detector.spec.global_stages:
-            return graph_validation_points_mm(val_set, detector)
+            return graph_validation_points_mm(val_set, detector, progress)
         points_grid = predict_local_validation_points(
             trainer, samples, batch_size, detector.spec.local_stages[0],
             network=detector.local_networks[0])
@@ -224,12 +228,17 @@ def stage_for(config):
     return LocalStage(config) if config.model.crop_shape is not None else GlobalStage(config)
 
 
-def graph_validation_points_mm(val_set, detector):
+def graph_validation_points_mm(val_set, detector, progress=None):
     """Landmarks `(num_images, num_landmarks, ndim)` in mm of the validation images as read
-    from their files, through the prediction graph (`keraslm.predict`, `keraslm-evaluate`)."""
+    from their files, through the prediction graph (`keraslm.predict`, `keraslm-evaluate`);
+    `progress(done, total)`, if given, is told after each image."""
     predictor = DetectorPredictor(detector)
-    return np.stack([predictor.locate(val_set.read_image(record))["landmarks_mm"]
-                     for record in val_set.records])
+    points = []
+    for record in val_set.records:
+        points.append(predictor.locate(val_set.read_image(record))["landmarks_mm"])
+        if progress is not None:
+            progress(len(points), len(val_set.records))
+    return np.stack(points)
 
 
 def predict_local_validation_points(trainer, samples, batch_size, stage, seed=12345,
