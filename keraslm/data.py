@@ -152,9 +152,14 @@ class LandmarkDataset:
         return None if holds_geometry(path) else self.image_spacing
 
     def _with_source(self, image, spacing):
+        if spacing is None and image.spacing_source == "default":
+            return self._with_dataset_spacing(image)
         if spacing is None or image.spacing_source == self.image_spacing_source:
             return image
         return dataclasses.replace(image, spacing_source=self.image_spacing_source)
+
+    def _with_dataset_spacing(self, image):
+        return _with_in_plane_spacing(image, self.image_spacing, self.image_spacing_source)
 
     # ------------------------------------------------------------------------------- splits
 
@@ -295,16 +300,29 @@ def _image_index(image_root):
     for folder in (image_root, os.path.join(image_root, "images")):
         if not os.path.isdir(folder):
             continue
+        found = {}
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
             if not name.startswith(".") and name != "images" and is_image_path(path):
-                index.setdefault(image_id_from_path(name), path)
+                found.setdefault(image_id_from_path(name), []).append(path)
+        for image_id, paths in found.items():
+            index.setdefault(image_id, paths[0] if len(paths) == 1 else tuple(paths))
     return index
 
 
-def _resolve_images(image_root, keys):
+def _unambiguous(image_id, found, source):
+    """`found` (a path, or a tuple of the paths of images sharing one id in one folder, e.g.
+    x.png and x.jpg): the path, else a DatasetError naming them all."""
+    if isinstance(found, tuple):
+        raise DatasetError(f"{source}: image id {image_id!r} names {len(found)} images "
+                           f"({', '.join(found)}); give the file name with its extension, or "
+                           "keep one")
+    return found
+
+
+def _resolve_images(image_root, keys, source=None):
     """Image path for each landmark-file id: a path relative to `image_root`, or an id found by
-    `_image_index`. None where absent."""
+    `_image_index`. None where absent; an id naming two images of one folder is an error."""
     index = None
     paths = []
     for key in keys:
@@ -314,7 +332,7 @@ def _resolve_images(image_root, keys):
             continue
         if index is None:
             index = _image_index(image_root)
-        paths.append(index.get(key))
+        paths.append(_unambiguous(key, index.get(key), source or image_root))
     return paths
 
 
@@ -349,16 +367,10 @@ def _image_spacing(spacing, ndim, source):
 
 def _require_spacing(image_paths, spacing, source):
     """Raises unless `spacing` is given or every image file holds its own pixel spacing: plain
-    images (PNG/JPEG) would otherwise be read at an unknown 1 mm per pixel. A `spacing` given
-    where every image holds its own (DICOM, NIfTI) is refused: it would be ignored without a
-    word."""
+    images (PNG/JPEG) would otherwise be read at an unknown 1 mm per pixel (DICOM files that
+    store none: `_check_stored_spacing`, once their headers are read)."""
     plain = [path for path in image_paths if not holds_geometry(path)]
     if spacing is not None:
-        if image_paths and not plain:
-            examples = ", ".join(image_paths[:2]) + (" ..." if len(image_paths) > 2 else "")
-            raise DatasetArgumentError(
-                f"{source}: a pixel spacing was given (--spacing, spacing=) but every image "
-                f"stores its own ({examples}; DICOM / NIfTI), which is used: leave it out")
         return
     if plain:
         examples = ", ".join(plain[:3]) + (" ..." if len(plain) > 3 else "")
@@ -366,6 +378,42 @@ def _require_spacing(image_paths, spacing, source):
             f"{source}: {len(plain)} of {len(image_paths)} images hold no pixel spacing (plain "
             f"images such as PNG/JPEG: {examples}); say how many mm a pixel is: --spacing MM or "
             "X,Y (spacing= in Python, plain_image_spacing in a dataset.json)")
+
+
+def _with_in_plane_spacing(image, spacing, spacing_source):
+    """A DICOM that stores no pixel spacing (read at a default 1 mm) with `spacing` (one or
+    more values; the first two are x, y) in the plane; a series keeps the slice gap of its
+    slices' positions. Unchanged when `spacing` is None."""
+    if spacing is None:
+        return image
+    in_plane = np.broadcast_to(np.atleast_1d(np.asarray(spacing, np.float64))[:2], (2,))
+    values = np.concatenate([in_plane, np.asarray(image.spacing, np.float64)[2:]])
+    return dataclasses.replace(image, spacing=values, spacing_source=spacing_source)
+
+
+def _check_stored_spacing(headers, spacing, source):
+    """After the headers of a dataset's images are read: DICOM files that store no pixel
+    spacing (read at a default 1 mm) need `spacing`; a `spacing` given where every image stores
+    its own (DICOM, NIfTI) would be ignored: both are errors naming the files.
+
+    Args:
+        headers: dict path -> Image header (as read, without the dataset's spacing).
+        spacing: the given spacing or None.
+        source: str. The dataset's file or folder, for messages.
+    """
+    unset = [path for path, header in headers.items() if header.spacing_source == "default"]
+    plain = [path for path in headers if not holds_geometry(path)]
+    if unset and spacing is None:
+        examples = ", ".join(unset[:3]) + (" ..." if len(unset) > 3 else "")
+        raise MissingSpacingError(
+            f"{source}: {len(unset)} of {len(headers)} images store no pixel spacing (e.g. DICOM "
+            f"without PixelSpacing / ImagerPixelSpacing: {examples}); say how many mm a pixel "
+            "is: --spacing MM or X,Y (spacing= in Python, plain_image_spacing in a dataset.json)")
+    if spacing is not None and headers and not unset and not plain:
+        examples = ", ".join(list(headers)[:2]) + (" ..." if len(headers) > 2 else "")
+        raise DatasetArgumentError(
+            f"{source}: a pixel spacing was given (--spacing, spacing=) but every image stores "
+            f"its own ({examples}; DICOM / NIfTI), which is used: leave it out")
 
 
 def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, name=None):
@@ -391,7 +439,7 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
     _check_units(units, csv_path)
     image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(csv_path))
     table = read_landmarks(csv_path, ndim=ndim)
-    resolved = list(zip(table.ids, _resolve_images(image_root, table.ids)))
+    resolved = list(zip(table.ids, _resolve_images(image_root, table.ids, csv_path)))
     missing = [key for key, path in resolved if path is None]
     if missing:
         raise DatasetError(
@@ -407,25 +455,31 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
         ndim=table.ndim,
         image_spacing=spacing,
     )
-    records, unreadable = [], []
+    records, unreadable, headers = [], [], {}
     for (key, path), points in zip(resolved, table.points):
+        # The file's geometry (its dimension, and its spacing for index units and the spacing
+        # checks); a plain image's spacing is the dataset's, set below.
+        try:
+            header = read_image_header(path)
+        except KeraslmError as error:
+            unreadable.append(f"row {key!r}: {error}")
+            continue
+        headers[path] = header
+        if header.ndim != table.ndim:
+            unreadable.append(f"row {key!r} has {table.ndim}D landmarks but its image {path} "
+                              f"is {header.ndim}D")
+            continue
         if units == "index":
-            try:  # The file's geometry; a plain image's spacing is the dataset's, set below.
-                header = read_image_header(path)
-            except KeraslmError as error:
-                unreadable.append(f"row {key!r}: {error}")
-                continue
-            if header.ndim != table.ndim:
-                unreadable.append(f"row {key!r} has {table.ndim}D landmarks but its image {path} "
-                                  f"is {header.ndim}D")
-                continue
-            if dataset._spacing_for(path) is not None:
-                header = dataclasses.replace(header, spacing=dataset.image_spacing)
+            spacing_for = dataset._spacing_for(path)
+            header = dataset._with_source(
+                header if spacing_for is None else dataclasses.replace(header, spacing=spacing_for),
+                spacing_for)
             points = header.index_to_physical(points)
         records.append(Record(image_id_from_path(key), path, points))
     if unreadable:
         raise DatasetError(f"{csv_path}: {len(unreadable)} images cannot be read or do not fit: "
                            + "; ".join(unreadable))
+    _check_stored_spacing(headers, spacing, csv_path)
     return dataclasses.replace(dataset, records=tuple(records))
 
 
@@ -457,7 +511,12 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
             if stem is not None and os.path.isfile(path):
                 landmark_files.setdefault(stem, []).append(path)
             elif entry != "images" and is_image_path(path):
-                images.setdefault(image_id_from_path(entry), path)
+                image_id = image_id_from_path(entry)
+                if image_id in images and os.path.dirname(images[image_id]) == sub:
+                    raise DatasetError(
+                        f"{folder}: two images share the name {image_id!r} ({images[image_id]}, "
+                        f"{path}), so its landmark file fits either; keep one")
+                images.setdefault(image_id, path)
     problems = []
     twice = sorted((k for k, v in landmark_files.items() if len(v) > 1), key=natural_key)
     if twice:
@@ -483,32 +542,41 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
         if file_units is None:
             _check_units(units, path)
             units_used = True
-        contents[image_id] = (path, file_names, file_points, file_units or units)
+        contents[image_id] = (path, file_names, file_points, file_units or units,
+                              file_units is None)
     if units == "index" and not units_used:  # "mm" agrees with the markups (dataset.json says so).
         raise DatasetArgumentError(
             f"{folder}: units 'index' were given (--units, units=) but every landmark file "
             "is a 3D Slicer markups file, in mm, which is used: leave --units out")
     names = []
-    for _, file_names, _, _ in contents.values():
+    for _, file_names, _, _, _ in contents.values():
         names += [n for n in file_names if n not in names]
     if all(n.isdigit() for n in names):
         names.sort(key=natural_key)
     _require_spacing([images[i] for i in ids], spacing, folder)
     plain = any(not holds_geometry(images[i]) for i in ids)
     plain_spacing = _image_spacing(spacing, 2, folder) if plain else None  # Plain images are 2D.
-    records, dims, unreadable = [], {}, []
+    records, dims, unreadable, headers = [], {}, [], {}
     for image_id in ids:
-        path, file_names, file_points, file_units = contents[image_id]
+        path, file_names, file_points, file_units, point_list = contents[image_id]
         plain = not holds_geometry(images[image_id])
         try:
             header = read_image_header(images[image_id], spacing=plain_spacing if plain else None)
         except KeraslmError as error:  # Every unreadable image named, not only the first.
             unreadable.append(str(error))
             continue
+        headers[images[image_id]] = header
+        if header.spacing_source == "default":  # A DICOM without spacing: the given one.
+            header = _with_in_plane_spacing(header, spacing, "caller")
         dims.setdefault(header.ndim, []).append(images[image_id])
         if file_points.shape[1] < header.ndim:
             raise DatasetError(f"{path}: {file_points.shape[1]}D points for the {header.ndim}D "
                                f"image {images[image_id]}")
+        if point_list and file_points.shape[1] > header.ndim:
+            raise DatasetError(f"{path}: {file_points.shape[1]} values per point for the "
+                               f"{header.ndim}D image {images[image_id]}; a point list holds "
+                               f"x,y{',z' if header.ndim == 3 else ''} per line (no point "
+                               "numbers or labels)")
         points = np.full((len(names), header.ndim), np.nan)
         for label, point in zip(file_names, file_points):
             points[names.index(label)] = point[: header.ndim]
@@ -518,6 +586,7 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
     if unreadable:
         raise DatasetError(f"{folder}: {len(unreadable)} images cannot be read: "
                            + "; ".join(unreadable))
+    _check_stored_spacing(headers, spacing, folder)
     if len(dims) > 1:
         raise DatasetError(f"{folder}: mixes " + " and ".join(
             f"{d}D images ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})"

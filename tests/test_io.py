@@ -420,12 +420,13 @@ def npy_format():
     from keraslm.io import IMAGE_FORMATS, ImageFormat, register_image_format
 
     def read(path, spacing=None):
-        return Image(np.load(path).astype(np.float32), spacing=spacing or 0.5, path=path)
+        return Image(np.load(path).astype(np.float32), spacing=spacing or 0.5, path=path,
+                     spacing_source="caller" if spacing else "file")
 
     def read_header(path, spacing=None):
         shape = np.load(path, mmap_mode="r").shape
         return Image(np.broadcast_to(np.zeros((), np.float32), shape), spacing=spacing or 0.5,
-                     path=path)
+                     path=path, spacing_source="caller" if spacing else "file")
 
     image_format = register_image_format(ImageFormat(
         "NumPy", (".npy",), read, read_header, write=lambda path, image: np.save(path, image.array)))

@@ -526,3 +526,168 @@ def test_spacing_and_units_that_would_be_ignored_are_refused(phantom, tmp_path):
     with pytest.raises(DatasetArgumentError, match=r"dicom: a pixel spacing was given .* every "
                        r"image stores its own .*leave it out"):
         load_dataset(str(only_dicom), spacing=spacing)
+
+
+# -- the edge cases of a review of own-data folders --------------------------------------------
+
+def _dicom_folder(folder, spacing_tag=True, count=3):
+    """`count` 2D DICOMs (40 x 30 pixels of 0.2 mm, or without any spacing tag) with a .txt
+    point list each in pixel indices; returns the index points per image."""
+    import pydicom
+
+    from keraslm.io import Image, write_dicom
+
+    os.makedirs(folder, exist_ok=True)
+    points = {}
+    for n in range(count):
+        path = os.path.join(folder, f"case{n}.dcm")
+        write_dicom(path, Image(np.random.default_rng(n).random((30, 40)).astype(np.float32),
+                                spacing=0.2))
+        if not spacing_tag:
+            ds = pydicom.dcmread(path)
+            del ds.PixelSpacing
+            ds.save_as(path)
+        points[f"case{n}"] = np.array([[5.0 + n, 6.0], [20.0, 10.0 + n]])
+        with open(os.path.join(folder, f"case{n}.txt"), "w") as handle:
+            handle.write("\n".join(f"{x},{y}" for x, y in points[f"case{n}"]) + "\n")
+    return points
+
+
+def test_dicom_without_spacing_needs_and_takes_the_given_spacing(tmp_path):
+    """A DICOM without PixelSpacing was read at 1 mm silently (and --spacing refused as if it
+    stored one): the spacing is required and used, in the landmarks and the images read."""
+    from keraslm.errors import DatasetArgumentError, MissingSpacingError
+
+    points = _dicom_folder(tmp_path / "bare", spacing_tag=False)
+    with pytest.raises(MissingSpacingError, match=r"bare: 3 of 3 images store no pixel spacing"):
+        load_dataset(str(tmp_path / "bare"), units="index")
+    dataset = load_dataset(str(tmp_path / "bare"), units="index", spacing=0.15)
+    np.testing.assert_allclose(dataset.record("case1").points_mm, points["case1"] * 0.15)
+    image = dataset.read_image(dataset.record("case1"))
+    np.testing.assert_allclose(image.spacing, [0.15, 0.15])
+    np.testing.assert_allclose(dataset.read_image_header(dataset.record("case1")).spacing, 0.15)
+    # DICOMs that store their spacing: the stored one, and a --spacing for them is refused.
+    stored = _dicom_folder(tmp_path / "stored")
+    np.testing.assert_allclose(load_dataset(str(tmp_path / "stored"), units="index")
+                               .record("case2").points_mm, stored["case2"] * 0.2)
+    with pytest.raises(DatasetArgumentError, match=r"stored: a pixel spacing was given"):
+        load_dataset(str(tmp_path / "stored"), units="index", spacing=0.15)
+    # The same through a CSV in pixels.
+    (tmp_path / "bare" / "landmarks.csv").write_text(
+        "id,a_x,a_y,b_x,b_y\n" + "".join(f"{k},{p[0, 0]},{p[0, 1]},{p[1, 0]},{p[1, 1]}\n"
+                                          for k, p in points.items()))
+    csv = str(tmp_path / "bare" / "landmarks.csv")
+    with pytest.raises(MissingSpacingError, match=r"landmarks.csv: 3 of 3 images store no"):
+        load_dataset(csv, units="index")
+    np.testing.assert_allclose(load_dataset(csv, units="index", spacing=0.15)
+                               .record("case0").points_mm, points["case0"] * 0.15)
+
+
+def test_point_lists_skip_blank_lines_and_comments_and_refuse_what_they_cannot_read(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("1,2\n\n3,4  # checked\n# a comment\n5 6\n")
+    names, points, units = read_landmark_file(str(path))
+    assert names == ["1", "2", "3"] and units is None
+    np.testing.assert_array_equal(np.stack(points), [[1, 2], [3, 4], [5, 6]])
+    # ISBI 2015's files: trailing classification numbers after the points end the list.
+    path.write_text("1,2\n3,4\n1\n3\n")
+    assert read_landmark_file(str(path))[0] == ["1", "2"]
+    path.write_text("1,2\nabc\n3,4\n")
+    with pytest.raises(LandmarkFileError, match=r"a.txt: line 3 is a point after line 2 'abc'"):
+        read_landmark_file(str(path))
+    # Three values per point for a 2D image (number, x, y) are refused, not cut to (number, x).
+    points = _dicom_folder(tmp_path / "numbered")
+    with open(tmp_path / "numbered" / "case0.txt", "w") as handle:
+        handle.write("".join(f"{n + 1} {x} {y}\n" for n, (x, y) in enumerate(points["case0"])))
+    with pytest.raises(DatasetError, match=r"case0.txt: 3 values per point for the 2D image"):
+        load_dataset(str(tmp_path / "numbered"), units="index")
+
+
+def test_markups_other_than_point_lists_are_not_landmarks(tmp_path):
+    path = tmp_path / "case.mrk.json"
+    write_markups(str(path), ["L1", "L2"], np.array([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]]))
+    document = json.loads(path.read_text())
+    ruler = dict(document["markups"][0], type="Line")
+    ruler["controlPoints"] = [dict(point, label=f"ruler-{n}") for n, point
+                              in enumerate(ruler["controlPoints"], 1)]
+    document["markups"].append(ruler)
+    path.write_text(json.dumps(document))
+    assert read_landmark_file(str(path))[0] == ["L1", "L2"]
+    document["markups"] = [ruler]
+    path.write_text(json.dumps(document))
+    with pytest.raises(LandmarkFileError, match=r"no point list among its markups \(Line\)"):
+        read_landmark_file(str(path))
+
+
+def test_nifti_spatial_units_are_turned_into_mm(tmp_path):
+    import nibabel as nib
+
+    from keraslm.io import read_image
+
+    for unit, scale in (("micron", 0.001), ("meter", 1000.0), ("mm", 1.0)):
+        nifti = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([500.0, 500.0, 1000.0, 1]))
+        nifti.header.set_xyzt_units(unit)
+        path = str(tmp_path / f"{unit}.nii.gz")
+        nib.save(nifti, path)
+        np.testing.assert_allclose(read_image(path).spacing, np.array([500, 500, 1000]) * scale)
+
+
+def test_image_ids_naming_two_images_and_2d_landmarks_of_3d_images_are_refused(tmp_path):
+    from keraslm.io import Image, write_image
+
+    folder = tmp_path / "ambiguous"
+    folder.mkdir()
+    for name in ("img1.png", "img1.jpg"):
+        write_image(str(folder / name), Image(np.zeros((8, 8), np.float32), spacing=1.0))
+    (folder / "landmarks.csv").write_text("id,a_x,a_y\nimg1,1,2\n")
+    with pytest.raises(DatasetError, match=r"image id 'img1' names 2 images \(.*img1.jpg, "
+                       r".*img1.png\)"):
+        load_dataset(str(folder / "landmarks.csv"), units="index", spacing=0.1)
+    (folder / "img1.txt").write_text("1,2\n")
+    (folder / "landmarks.csv").unlink()
+    with pytest.raises(DatasetError, match=r"two images share the name 'img1'"):
+        load_dataset(str(folder), units="index", spacing=0.1)
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    write_image(str(volumes / "v.nii.gz"), Image(np.zeros((6, 7, 8), np.float32), spacing=1.0))
+    (volumes / "landmarks.csv").write_text("id,a_x,a_y\nv,1,2\n")
+    with pytest.raises(DatasetError, match=r"row 'v' has 2D landmarks but its image .*v.nii.gz "
+                       r"is 3D"):
+        load_dataset(str(volumes / "landmarks.csv"), units="mm")
+
+
+def test_dataset_command_refuses_what_it_would_ignore_and_names_bad_files(tmp_path, capsys):
+    from keraslm.commands.dataset import main as dataset_main
+
+    for argv, message in ((["phantom2d", "--units", "index"], "--units: a phantom's units"),
+                          (["phantom2d", "--ndim", "3"], "--ndim 3: phantom2d is 2D"),
+                          ([str(tmp_path), "--seed", "5"], "--seed generate a phantom"),
+                          (["init", str(tmp_path / "x.csv")], "not a folder; init describes")):
+        with pytest.raises(SystemExit) as stop:
+            dataset_main(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png at all")
+    (folder / "landmarks.csv").write_text("id,p_x,p_y\na,1,2\n")
+    assert dataset_main([str(folder), "--units", "mm", "--spacing", "0.1"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "a.png" in error and "Traceback" not in error
+
+
+def test_init_keeps_the_units_of_point_lists_beside_markups(tmp_path):
+    """A folder of Slicer markups (mm) and .txt point lists (pixels): dataset.json records the
+    point lists' units, so reading it gives the same landmarks as before."""
+    from keraslm.commands.dataset import main as dataset_main
+
+    points = _dicom_folder(tmp_path / "mixed")
+    for n in (0, 1):  # Two of three as markups, in mm.
+        os.remove(tmp_path / "mixed" / f"case{n}.txt")
+        write_markups(str(tmp_path / "mixed" / f"case{n}.mrk.json"), ["1", "2"],
+                      np.c_[points[f"case{n}"] * 0.2, np.zeros(2)])
+    before = load_dataset(str(tmp_path / "mixed"), units="index")
+    assert dataset_main(["init", str(tmp_path / "mixed"), "--units", "index"]) == 0
+    assert json.loads((tmp_path / "mixed" / "dataset.json").read_text())["landmark_units"] == "index"
+    after = load_dataset(str(tmp_path / "mixed"))
+    np.testing.assert_allclose(after.points_mm, before.points_mm)
+    np.testing.assert_allclose(after.record("case2").points_mm, points["case2"] * 0.2)

@@ -121,12 +121,16 @@ def init_main(argv):
         description="Write FOLDER/dataset.json describing the folder as keraslm reads it (its "
         "one landmark CSV or the landmark files beside its images, units, plain-image spacing, "
         "landmark names), so the choice is visible and editable; --dataset FOLDER then reads it.")
-    parser.add_argument("folder")
+    parser.add_argument("folder", help="the dataset folder (images and their landmarks); "
+                        "refused when it holds a dataset.json already")
     parser.add_argument("--units", choices=["index", "mm"],
                         help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
     parser.add_argument("--spacing", type=spacing, metavar="MM", help=_SPACING_HELP)
     parser.add_argument("--ndim", type=int, choices=[2, 3], help=_NDIM_HELP)
     args = parser.parse_args(argv)
+    if not os.path.isdir(args.folder):
+        parser.error(f"{args.folder}: not a folder; init describes a folder of images and "
+                     "their landmarks")
     try:
         description, dataset = describe_folder(args.folder, units=args.units, spacing=args.spacing,
                                                ndim=args.ndim)
@@ -145,10 +149,31 @@ def main(argv=None):
         return check_main(argv[1:])
     if argv and argv[0] == "init":
         return init_main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    phantom = args.dataset in ("phantom2d", "phantom3d")
+    # Options that do nothing for this dataset are refused, not ignored.
+    if phantom:
+        given = [flag for flag, value in (("--units", args.units), ("--spacing", args.spacing))
+                 if value]
+        if given:
+            parser.error(f"{', '.join(given)}: a phantom's units and spacing are its own")
+        if args.ndim is not None and args.ndim != (2 if args.dataset == "phantom2d" else 3):
+            parser.error(f"--ndim {args.ndim}: {args.dataset} is "
+                         f"{2 if args.dataset == 'phantom2d' else 3}D")
+    else:
+        given = [flag for flag, value in (
+            ("--num-images", args.num_images is not None),
+            ("--seed", args.seed != parser.get_default("seed")),
+            ("--overwrite", args.overwrite)) if value]
+        if given:
+            parser.error(f"{', '.join(given)} generate a phantom (phantom2d, phantom3d), not "
+                         f"{args.dataset}")
+    if args.num_images is not None and args.num_images < 1:
+        parser.error(f"--num-images must be >= 1. Received: {args.num_images}")
     start = time.perf_counter()
     try:
-        if args.dataset in ("phantom2d", "phantom3d"):
+        if phantom:
             root = args.root or os.path.join(cache_dir(), args.dataset)
             options = {"num_images": args.num_images} if args.num_images is not None else {}
             print(f"generating {args.dataset} in {root} ...", flush=True)
@@ -162,11 +187,11 @@ def main(argv=None):
         else:
             dataset = load_dataset(args.dataset, root=args.root, units=args.units,
                                    spacing=args.spacing, ndim=args.ndim)
+        header = dataset.read_image_header(dataset.records[0])
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
     seconds = time.perf_counter() - start
-    header = dataset.read_image_header(dataset.records[0])
     points = dataset.points_mm
     print(
         f"{dataset.name}: {len(dataset)} {dataset.ndim}D images, {dataset.num_landmarks} landmarks "

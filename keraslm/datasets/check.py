@@ -417,7 +417,9 @@ def describe_folder(folder, units=None, spacing=None, ndim=None):
                     extensions[extension] = extensions.get(extension, 0) + 1
         extension = max(extensions, key=extensions.get)
         description["landmark_files"] = extension
-        description["landmark_units"] = "mm" if extension != ".txt" else units
+        # The units of the .txt point lists wherever there are any (Slicer markups say mm
+        # themselves): a folder mixing both keeps reading its point lists as given.
+        description["landmark_units"] = units if ".txt" in extensions else "mm"
     description["plain_image_spacing"] = (None if dataset.image_spacing is None
                                           else list(dataset.image_spacing))
     description["landmark_names"] = list(dataset.landmark_names)

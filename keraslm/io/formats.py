@@ -24,7 +24,9 @@ class ImageFormat:
     Args:
         name: str. Shown in messages, e.g. "NIfTI".
         extensions: tuple of str. Lower-case file name endings, e.g. (".nii", ".nii.gz").
-        read: callable `(path, spacing) -> Image`.
+        read: callable `(path, spacing) -> Image`. Its `spacing_source` says where the spacing
+            came from: "file" (the file's header), "caller" (`spacing` given) or "default"
+            (nothing known: the dataset's or the user's spacing is then required).
         read_header: callable `(path, spacing) -> Image` (placeholder array, real geometry).
         write: callable `(path, image)` or None (read-only format).
         holds_geometry: bool. Whether files carry their pixel spacing.

@@ -28,6 +28,7 @@ SPACING_SOURCES = (
     "ImagerPixelSpacing",  # DICOM detector spacing, not corrected for magnification.
     "PixelMeasuresSequence",  # Enhanced (multi-frame) DICOM.
     "nifti",  # NIfTI affine.
+    "file",  # The file's own header (a format registered with `register_image_format`).
     "caller",  # Passed by the caller (e.g. a dataset's documented spacing).
     "dataset.json",  # A dataset folder's dataset.json (`plain_image_spacing`).
     "default",  # Nothing known: 1.0 per index step.

@@ -55,6 +55,11 @@ def _ras_to_lps(points, system, path):
     raise LandmarkFileError(f"{path}: coordinate system {system!r} is neither RAS nor LPS")
 
 
+#: Slicer markup types whose control points are landmarks (the point list, "Fiducial" before
+#: Slicer 5); lines, angles, curves, planes and ROIs in the same file are not read.
+_POINT_LIST_TYPES = ("Fiducial", "PointList")
+
+
 def _read_mrk_json(path):
     try:
         with open(path, encoding="utf-8") as handle:
@@ -65,7 +70,13 @@ def _read_mrk_json(path):
     if not isinstance(markups, list) or not markups:
         raise LandmarkFileError(f"{path}: no 'markups' list (not a 3D Slicer markups file)")
     names, points = [], []
-    for markup in markups:
+    point_lists = [m for m in markups if isinstance(m, dict)
+                   and str(m.get("type", "Fiducial")) in _POINT_LIST_TYPES]
+    if not point_lists:
+        kinds = sorted({str(m.get("type")) for m in markups if isinstance(m, dict)})
+        raise LandmarkFileError(f"{path}: no point list among its markups ({', '.join(kinds)}); "
+                                "landmarks are a Slicer point list (Fiducial)")
+    for markup in point_lists:  # Lines, angles, curves, ROIs: measurements, not landmarks.
         units = markup.get("coordinateUnits", "mm")
         if units != "mm":
             raise LandmarkFileError(f"{path}: coordinate units {units!r}; keraslm reads mm")
@@ -124,22 +135,33 @@ def _read_fcsv(path):
 
 
 def _read_point_list(path):
-    points = []
+    """Points of a `.txt` point list: `x,y[,z]` per line (commas, semicolons or blanks between
+    the values); blank lines and `#` comments are skipped. Lines after the points that are no
+    points (the ISBI 2015 files' trailing classification numbers) end the list; a point after
+    such a line is an error naming both lines (a list cut short would drop landmarks)."""
+    points, end = [], None
     with open(path, encoding="utf-8-sig") as handle:
-        for line in handle:
-            cells = [c for c in re.split(r"[,;\s]+", line.strip()) if c]
+        for number, line in enumerate(handle, 1):
+            text = line.split("#", 1)[0].strip()
+            cells = [c for c in re.split(r"[,;\s]+", text) if c]
             if not cells:
-                if points:
-                    break
                 continue
             try:
                 values = [float(c) for c in cells]
             except ValueError:
                 values = []
-            if len(values) not in (2, 3) or not all(math.isfinite(v) for v in values):
-                if points:
-                    break
-                raise LandmarkFileError(f"{path}: first line {line.strip()!r} is not 'x,y' or 'x,y,z'")
+            is_point = len(values) in (2, 3) and all(math.isfinite(v) for v in values)
+            if not is_point:
+                if not points:
+                    raise LandmarkFileError(f"{path}: line {number} {line.strip()!r} is not "
+                                            "'x,y' or 'x,y,z'")
+                end = end or (number, line.strip())
+                continue
+            if end is not None:
+                raise LandmarkFileError(
+                    f"{path}: line {number} is a point after line {end[0]} {end[1]!r}, which "
+                    "is not 'x,y' or 'x,y,z'; a point list holds one point per line (lines "
+                    "after the last point are ignored)")
             points.append(values)
     if not points:
         raise LandmarkFileError(f"{path}: holds no points")

@@ -35,8 +35,25 @@ def _spatial_shape(shape, path):
     return shape
 
 
+#: NIfTI spatial units (`xyzt_units`) in mm; "unknown" is taken as mm, as ITK and Slicer do.
+_MM_PER_UNIT = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
+
+
+def _mm_per_unit(nifti, path):
+    """mm per unit of the file's affine: its header's spatial unit (NIfTI-1/2)."""
+    try:
+        unit = nifti.header.get_xyzt_units()[0]
+    except (AttributeError, KeyError, ValueError):
+        return 1.0  # Not a NIfTI header that says (e.g. an Analyze image): mm.
+    if unit not in _MM_PER_UNIT:
+        raise ImageReadError(f"{path}: NIfTI spatial unit {unit!r}; keraslm reads mm, meter "
+                             "or micron")
+    return _MM_PER_UNIT[unit]
+
+
 def _geometry(nifti, ndim, path, spacing):
     affine_lps = _RAS_TO_LPS @ np.asarray(nifti.affine, dtype=np.float64)[:3]
+    affine_lps = affine_lps * _mm_per_unit(nifti, path)  # In mm whatever unit the file says.
     axes = affine_lps[:, :ndim]  # (3, ndim): physical step of each index axis.
     steps = np.linalg.norm(axes, axis=0)
     if not np.all(steps > 0):
@@ -97,6 +114,7 @@ def write_nifti(path, image):
     nifti = nib.Nifti1Image(np.ascontiguousarray(array.T), affine)
     nifti.set_qform(affine, code=1)
     nifti.set_sform(affine, code=1)
+    nifti.header.set_xyzt_units("mm")
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
     with atomic_path(path, suffix=suffix) as temporary:
         nib.save(nifti, temporary)
