@@ -45,12 +45,14 @@ so a point whose global heatmap has a runner-up elsewhere expects a larger error
 way too: `fit_calibration(..., second_peak=...)`). Every prediction graph returns the feature,
 mean over the global stages.
 """
+import json
 import numbers
+import os
 
 import numpy as np
 from keras import ops
 
-from keraslm.errors import KeraslmError
+from keraslm.errors import CalibrationError, KeraslmError
 
 CALIBRATION_FORMAT = "keraslm-calibration-1"
 _SPREAD_OFFSET_MM = 0.1
@@ -203,15 +205,88 @@ def fit_calibration(confidence, spread_mm, errors_mm, landmark_names, source=Non
     return calibration
 
 
-def check_calibration(calibration, landmark_names):
-    """Raises KeraslmError unless `calibration` is a calibration for these landmarks."""
+def read_calibration(path):
+    """Reads a calibration JSON file (`keraslm-evaluate --calibrate`) and checks its own
+    consistency (`check_calibration` against its own landmark names).
+
+    Raises:
+        CalibrationError: the file is missing, a folder, not UTF-8 JSON, or malformed; the
+            message names it.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            calibration = json.load(handle)
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such calibration file") from None
+    except IsADirectoryError:
+        raise CalibrationError(f"{path} is a folder; give the calibration's .json file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CalibrationError(f"{path}: not a readable calibration JSON file ({error})") from None
+    names = calibration.get("landmark_names") if isinstance(calibration, dict) else None
+    try:
+        check_calibration(calibration, names if isinstance(names, list) else [])
+    except KeraslmError as error:
+        raise CalibrationError(f"{path}: {error}") from None
+    return calibration
+
+
+def name_difference(found, expected, other="the model"):
+    """A short description of how landmark names `found` differ from `expected` (`other`'s):
+    the counts, the first position of the same names in another order, or names only on one
+    side (up to three each)."""
+    found, expected = [str(n) for n in found], [str(n) for n in expected]
+    if len(found) != len(expected):
+        return f"{len(found)} landmarks, {other} has {len(expected)}"
+    if sorted(found) == sorted(expected):
+        first = next(i for i, (a, b) in enumerate(zip(found, expected)) if a != b)
+        return (f"the same landmarks in another order (position {first}: {found[first]!r}, "
+                f"{other}'s {expected[first]!r})")
+    only = [n for n in found if n not in expected]
+    missing = [n for n in expected if n not in found]
+    return (f"landmarks {', '.join(map(repr, only[:3]))} that {other} does not have, and not "
+            f"its {', '.join(map(repr, missing[:3]))}")
+
+
+def stage_counts(spec):
+    """dict `{"global": n, "local": m}`: the stage structure of a `keraslm.spec.DetectorSpec`
+    (ensemble members per stage), as a calibration records what it was fitted on."""
+    return {"global": len(spec.global_stages), "local": len(spec.local_stages)}
+
+
+def check_calibration(calibration, landmark_names, stages=None):
+    """Raises CalibrationError unless `calibration` is a well-formed calibration for these
+    landmarks and, when both are known, fitted on this stage structure (`stages`, as
+    `stage_counts` gives it; the calibration's "stages"): a calibration fitted on one global
+    model reads an ensemble's averaged or a local stage's confidence as if it were that
+    model's."""
+    try:
+        _check_calibration(calibration, landmark_names)
+    except CalibrationError:
+        raise
+    except KeraslmError as error:
+        raise CalibrationError(str(error)) from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+        raise CalibrationError(f"the calibration is malformed ({type(error).__name__}: {error})") from None
+    recorded = calibration.get("stages")
+    if stages is not None and recorded is not None and dict(recorded) != dict(stages):
+        raise CalibrationError(
+            f"the calibration was fitted on a model of {recorded.get('global')} global and "
+            f"{recorded.get('local')} local stage(s), this one has {stages['global']} and "
+            f"{stages['local']}: fit one on this model's held-out predictions "
+            "(keraslm-evaluate --calibrate)")
+
+
+def _check_calibration(calibration, landmark_names):
     if not isinstance(calibration, dict) or calibration.get("format") != CALIBRATION_FORMAT:
-        raise KeraslmError(f"not a keraslm calibration (expected format {CALIBRATION_FORMAT!r})")
+        raise CalibrationError(f"not a keraslm calibration (expected format {CALIBRATION_FORMAT!r})")
     names = [str(name) for name in landmark_names]
-    if list(calibration.get("landmark_names", [])) != names:
-        raise KeraslmError(
-            f"the calibration is for landmarks {calibration.get('landmark_names')}, the model "
-            f"has {names}")
+    found = calibration.get("landmark_names", [])
+    if not isinstance(found, list) or not all(isinstance(n, str) for n in found):
+        raise CalibrationError("the calibration's landmark_names must be a list of names")
+    if found != names:
+        raise CalibrationError(f"the calibration is for other landmarks: "
+                               f"{name_difference(found, names)}")
     knots, values = calibration.get("knots", []), calibration.get("values", [])
     scale = calibration.get("landmark_scale", [])
     if (len(knots) < 1 or len(knots) != len(values) or len(scale) != len(names)

@@ -46,9 +46,14 @@ class ModelFileError(KeraslmError, OSError):
     """A model file or folder is missing, truncated or not a keraslm model."""
 
 
+class CalibrationError(KeraslmError, ValueError):
+    """A calibration file (`keraslm-evaluate --calibrate`) is missing, malformed, or was fitted
+    for other landmarks or another stage structure than the model it is given to."""
+
+
 #: Errors about the data or files a command was given (exit status 1); any other error is a
 #: bad argument (exit status 2).
-DATA_ERRORS = (ImageReadError, LandmarkFileError, DatasetError, ModelFileError)
+DATA_ERRORS = (ImageReadError, LandmarkFileError, DatasetError, ModelFileError, CalibrationError)
 
 
 def exit_status(error):

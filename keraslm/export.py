@@ -196,10 +196,18 @@ def check_export_base(base_dir, landmark_names, ndim, name="the model base folde
         ndim: int. The new model's image dimension.
         name: str. What names `base_dir` in the message (e.g. "--export-dir").
     """
+    base_dir = os.fspath(base_dir)
+    for marker, what in (("saved_model.pb", "a SavedModel version folder"),
+                         ("model.keras", "a training run folder"),
+                         ("config.json", "a training run folder")):
+        if os.path.isfile(os.path.join(base_dir, marker)):
+            raise KeraslmError(f"{name} {base_dir} is {what} ({marker}), not a model base "
+                               "folder: versions written into it would make it unreadable as "
+                               "what it is; choose a base folder such as saved_models/<name>")
     versions = saved_model_versions(base_dir)
     if not versions:
         return
-    newest = os.path.join(os.fspath(base_dir), str(versions[-1]))
+    newest = os.path.join(base_dir, str(versions[-1]))
     try:
         spec = read_saved_model_spec(newest)
     except KeraslmError as error:
@@ -283,6 +291,12 @@ def export_saved_model(detector, base_dir, version=None):
         with open(asset_path, "w", encoding="utf-8") as handle:
             json.dump(asset, handle, indent=2)
         module = _LandmarkModule(detector, json.dumps(asset, sort_keys=True), asset_path)
-        with atomic_folder(path) as temporary:
-            tf.saved_model.save(module, temporary, signatures=module.concrete_signatures)
+        created = not os.path.isdir(base_dir)
+        try:
+            with atomic_folder(path) as temporary:
+                tf.saved_model.save(module, temporary, signatures=module.concrete_signatures)
+        except BaseException:
+            if created and os.path.isdir(base_dir) and not os.listdir(base_dir):
+                os.rmdir(base_dir)  # A failed first export leaves no empty base folder.
+            raise
     return path

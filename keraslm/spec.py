@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from keraslm.calibration import check_calibration
+from keraslm.calibration import check_calibration, name_difference
 from keraslm.errors import KeraslmError
 from keraslm.ops.heatmaps import METHODS, HeatmapCodec
 from keraslm.preprocessing import NORMALIZATIONS, GridSpec
@@ -242,7 +242,8 @@ class DetectorSpec:
             raise KeraslmError(f"mean_position_mm needs one {self.ndim}D point (or None) per "
                                f"landmark, {len(self.landmark_names)}")
         if self.calibration is not None:
-            check_calibration(self.calibration, self.landmark_names)
+            check_calibration(self.calibration, self.landmark_names,
+                              {"global": len(self.global_stages), "local": len(self.local_stages)})
             vote = self.calibration.get("shape_vote")
             if vote is not None and np.shape(vote["y_mean"])[1] != self.ndim:
                 raise KeraslmError(f"the calibration's shape vote is for "
@@ -278,10 +279,12 @@ class DetectorSpec:
         local stage that refines it). Landmarks and dimension must agree; the training records
         (storage orientation, plain image spacing, mean positions) and the calibration are this
         one's (the mean positions `other`'s where this one has none)."""
-        if tuple(other.landmark_names) != tuple(self.landmark_names) or other.ndim != self.ndim:
-            raise KeraslmError(
-                f"the stages disagree in their landmarks or dimension: {self.ndim}D "
-                f"{list(self.landmark_names)} vs {other.ndim}D {list(other.landmark_names)}")
+        if other.ndim != self.ndim:
+            raise KeraslmError(f"the stages disagree in their dimension: {other.ndim}D, the "
+                               f"first is {self.ndim}D")
+        if tuple(other.landmark_names) != tuple(self.landmark_names):
+            raise KeraslmError("the stages disagree in their landmarks: " + name_difference(
+                other.landmark_names, self.landmark_names, "the first"))
         if other.canonical_orientation != self.canonical_orientation:
             raise KeraslmError(
                 "the stages see images in different frames: one was trained in the canonical "

@@ -17,7 +17,7 @@ from keraslm.calibration import (
     shape_vote_residual_mm,
     spearman,
 )
-from keraslm.errors import KeraslmError
+from keraslm.errors import CalibrationError, KeraslmError
 from keraslm.ops.heatmaps import HeatmapCodec
 
 NAMES = ["a", "b", "c"]
@@ -114,12 +114,30 @@ def test_expected_error_in_the_graph_equals_numpy_interpolation():
 def test_bad_calibrations_and_inputs_are_named():
     confidence, spread, errors = _synthetic()
     calibration = fit_calibration(confidence, spread, errors, NAMES)
-    with pytest.raises(KeraslmError, match="the model has"):
+    with pytest.raises(CalibrationError, match=r"for other landmarks: landmarks 'c' that the "
+                       r"model does not have, and not its 'x'"):
         check_calibration(calibration, ["a", "b", "x"])
+    with pytest.raises(CalibrationError, match=r"the same landmarks in another order "
+                       r"\(position 0: 'a', the model's 'b'\)"):
+        check_calibration(calibration, ["b", "a", "c"])
+    with pytest.raises(CalibrationError, match=r"3 landmarks, the model has 2"):
+        check_calibration(calibration, ["a", "b"])
     with pytest.raises(KeraslmError, match="not a keraslm calibration"):
         check_calibration({"knots": [1.0]}, NAMES)
     with pytest.raises(KeraslmError, match="malformed"):
         check_calibration({**calibration, "landmark_scale": [1.0]}, NAMES)
+    # Wrong types are named, not a TypeError.
+    for broken in ({"local_weight": 0.5}, {"values": ["a"] * len(calibration["values"])},
+                   {"landmark_names": None}):
+        with pytest.raises(CalibrationError):
+            check_calibration({**calibration, **broken}, NAMES)
+    # The stage structure it was fitted on, when recorded, must be the model's.
+    staged = {**calibration, "stages": {"global": 1, "local": 0}}
+    check_calibration(staged, NAMES, {"global": 1, "local": 0})
+    check_calibration(calibration, NAMES, {"global": 2, "local": 0})  # Not recorded: no check.
+    with pytest.raises(CalibrationError, match=r"fitted on a model of 1 global and 0 local "
+                       r"stage\(s\), this one has 2 and 0"):
+        check_calibration(staged, NAMES, {"global": 2, "local": 0})
     with pytest.raises(KeraslmError, match="same shape"):
         fit_calibration(confidence, spread[:, :2], errors, NAMES)
     missing = errors.copy()

@@ -317,8 +317,8 @@ def test_cascade_checks_its_stages(blobs):
     with pytest.raises(KeraslmError, match="needs a global stage; all of these are local"):
         combine_detectors([local, local])
     other = _local(["a", "b", "x"], (180, 180), 0.5, (24, 24))
-    with pytest.raises(KeraslmError, match=r"disagree in their landmarks or dimension: 2D "
-                       r"\['a', 'b', 'c'\] vs 2D \['a', 'b', 'x'\]"):
+    with pytest.raises(KeraslmError, match=r"disagree in their landmarks: landmarks 'x' that "
+                       r"the first does not have, and not its 'c'"):
         load_predictor(coarse, refine=other)
     with pytest.raises(KeraslmError, match="local stage of a coarse-to-fine model"):
         predict(local, [image])
@@ -702,8 +702,10 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     assert "stages blended" not in capsys.readouterr().out
     # A blending calibration applied without the local stage is refused, naming the file.
     assert evaluate_main(["--runs", coarse.output_dir, "--output-dir", str(tmp_path / "eval_x"),
-                          "--no-plots", "--calibration", str(calibration_path)]) == 2
-    assert "calibration.json: this calibration blends" in capsys.readouterr().err
+                          "--no-plots", "--calibration", str(calibration_path)]) == 1
+    assert ("calibration.json: the calibration was fitted on a model of 1 global and 1 local "
+            "stage(s), this one has 1 and 0") in capsys.readouterr().err
+    assert calibration["stages"] == {"global": 1, "local": 1}
     # Applied to (other) held-out predictions, its quality is reported.
     assert evaluate_main(["--runs", coarse.output_dir, "--refine", local.output_dir, "--output-dir",
                           str(tmp_path / "eval_c"), "--no-plots", "--calibration", str(calibration_path)]) == 0
@@ -799,8 +801,28 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     # A calibration of other landmarks is refused, naming the file.
     other = dict(calibration, landmark_names=["x"] * 37)
     (tmp_path / "other.json").write_text(json.dumps(other))
-    assert export_main([coarse.output_dir, str(base), "--calibration", str(tmp_path / "other.json")]) == 2
+    assert export_main([coarse.output_dir, str(base), "--calibration", str(tmp_path / "other.json")]) == 1
     assert "other.json" in capsys.readouterr().err
+    # A calibration of the pair given to its global stage alone: another stage structure.
+    assert export_main([coarse.output_dir, str(base), "--calibration", str(calibration_path)]) == 1
+    assert "fitted on a model of 1 global and 1 local stage(s)" in capsys.readouterr().err
+    # A calibration path that is a folder, or not JSON: named, exit 1, before the models load.
+    (tmp_path / "not_json.json").write_bytes(b"\xe9")
+    for bad in (tmp_path, tmp_path / "not_json.json"):
+        assert export_main([coarse.output_dir, str(base), "--calibration", str(bad)]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {bad}") and "Traceback" not in error
+    # A SavedModel given as the model, and a run folder given as the base folder: refused.
+    for model in (base / "1", base):
+        assert export_main([str(model), str(tmp_path / "again")]) == 2
+        assert "a SavedModel is exported already" in capsys.readouterr().err
+    assert export_main([coarse.output_dir, local.output_dir]) == 2
+    assert "is a training run folder (model.keras), not a model base folder" in (
+        capsys.readouterr().err)
+    assert not any(name.isdigit() for name in os.listdir(local.output_dir))  # No version.
+    with pytest.raises(SystemExit):
+        export_main([coarse.output_dir, str(base), "--version", "0"])
+    assert "expected a whole number >= 1" in capsys.readouterr().err
     # Stages in the wrong place are named, in the command line's words.
     assert export_main([local.output_dir, str(base)]) == 2
     assert f"{local.output_dir}: a local stage" in capsys.readouterr().err
@@ -847,7 +869,7 @@ def test_blending_calibration_mixes_the_stages_in_every_path(cascade_runs, tmp_p
         np.testing.assert_allclose(s.confidence, r.confidence, rtol=1e-3, atol=1e-3)
     capsys.readouterr()
     assert export_main([coarse.output_dir, str(tmp_path / "single"), "--calibration",
-                        str(tmp_path / "blend.json")]) == 2
+                        str(tmp_path / "blend.json")]) == 1  # A calibration that does not fit.
     assert "blend.json: the calibration blends a global and a local stage (local_weight); this " \
            "model has no local stage" in capsys.readouterr().err
     assert not (tmp_path / "single").exists()

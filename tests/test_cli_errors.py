@@ -180,7 +180,7 @@ def test_evaluate_errors(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
     (tmp_path / "junk.json").write_text('{"format": "something else"}')
     assert evaluate_main(["--runs", str(tmp_path / "missing"), "--calibration",
-                          str(tmp_path / "junk.json"), "--output-dir", str(tmp_path / "e")]) == 2
+                          str(tmp_path / "junk.json"), "--output-dir", str(tmp_path / "e")]) == 1
     _one_error_line(capsys, "junk.json: not a keraslm calibration")  # Before the run is read.
     (tmp_path / "file").write_text("x")
     for output_dir in (tmp_path / "file", tmp_path / "file" / "sub"):

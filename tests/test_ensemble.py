@@ -119,6 +119,25 @@ def test_ensemble_averages_global_members_then_refines_their_mean(members, tmp_p
                                    rtol=1e-4, atol=2e-3)
 
 
+def test_export_names_the_member_that_does_not_fit(members, tmp_path, capsys):
+    """keraslm-export A,B with B's landmarks in another order: B is named, and the first
+    difference (exit 1, the files do not fit)."""
+    from keraslm.commands.export import main as export_main
+
+    _, globals_, _, _ = members
+    first = load_detector(globals_[1].model_path)
+    turned = LandmarkDetector(first.spec.replace(
+        landmark_names=tuple(reversed(first.spec.landmark_names))), first.networks)
+    turned.save(str(tmp_path / "turned.keras"))
+    assert export_main([f"{globals_[0].model_path},{tmp_path / 'turned.keras'}",
+                        str(tmp_path / "served")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'turned.keras'} does not fit "
+                            f"{globals_[0].model_path}: the stages disagree in their landmarks: "
+                            "the same landmarks in another order (position 0:")
+    assert not (tmp_path / "served").exists()
+
+
 def test_ensemble_members_are_checked(members, cascade_export):
     dataset, globals_, locals_, _ = members
     g = [run.model_path for run in globals_]

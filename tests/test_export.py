@@ -400,6 +400,23 @@ def test_export_refuses_a_base_folder_of_another_model(exports, tmp_path):
     assert saved_model_versions(base) == [1, 2]
 
 
+def test_failed_first_export_leaves_no_folder(exports, tmp_path, monkeypatch):
+    """A full disk in the middle of the first export: no version, and no empty base folder."""
+    import tensorflow as tf
+
+    detector, _ = exports["down2d"]
+
+    def full_disk(module, path, signatures=None):
+        with open(os.path.join(path, "saved_model.pb"), "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_saved_model(detector, tmp_path / "new_base")
+    assert not (tmp_path / "new_base").exists()
+
+
 def test_export_bad_detector(exports, tmp_path):
     detector, _ = exports["down2d"]
     fixed = _detector("down2d", input_shape=(32, 32, 1))

@@ -209,12 +209,14 @@ def _with_calibration(result, calibration, path, global_only=None):
     import dataclasses
 
     from keraslm.calibration import check_calibration, expected_error_mm
-    from keraslm.errors import KeraslmError
+    from keraslm.errors import CalibrationError, KeraslmError
 
+    stages = [source.get("stages") for source in result.sources]
     try:
-        check_calibration(calibration, result.landmark_names)
+        check_calibration(calibration, result.landmark_names,
+                          stages[0] if stages and all(s == stages[0] for s in stages) else None)
     except KeraslmError as error:
-        raise KeraslmError(f"{path}: {error}") from None
+        raise CalibrationError(f"{path}: {error}") from None
     if result.confidence is None or result.spread_mm is None:
         raise KeraslmError(f"{path}: these predictions carry no confidence / spread to apply it to")
     if calibration.get("second_peak_power") is not None and result.second_peak is None:
@@ -265,17 +267,11 @@ def main(argv=None):
             check_output_folder(os.path.dirname(os.path.abspath(args.calibrate)),
                                 "--calibrate's folder")
         calibration = None
-        if args.calibration:  # Read first: a missing file is named before the predictions run.
-            from keraslm.files import read_json
+        if args.calibration:  # Read first: a bad file is named before the predictions run.
+            from keraslm.calibration import read_calibration
 
-            calibration = read_json(args.calibration, f"{args.calibration}: no such file")
-            from keraslm.calibration import check_calibration
-
-            try:  # Its own consistency now; its landmarks against the model's after predicting.
-                check_calibration(calibration, calibration.get("landmark_names", [])
-                                  if isinstance(calibration, dict) else [])
-            except KeraslmError as error:
-                raise KeraslmError(f"{args.calibration}: {error}") from None
+            # Its own consistency now; its landmarks against the model's after predicting.
+            calibration = read_calibration(args.calibration)
         if args.predictions:
             truth = args.ground_truth or evaluation.open_dataset(
                 args.dataset, args.dataset_root, spacing=args.spacing, units=args.units,

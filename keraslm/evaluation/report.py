@@ -229,6 +229,10 @@ def write_calibration(path, evaluation, output_dir=None, plots=True, local_weigh
     calibration = fit_calibration(
         evaluation.confidence, evaluation.spread_mm, errors, evaluation.landmark_names,
         source=f"held-out predictions of {len(evaluation.ids)} images: {sources}", **damping)
+    stages = [source.get("stages") for source in evaluation.sources]
+    if stages and all(s is not None and s == stages[0] for s in stages):
+        # The stage structure it was fitted on: an export checks that the model has it.
+        calibration["stages"] = dict(stages[0])
     if shape_vote_margin is not None:
         calibration["shape_vote"] = fit_shape_vote(evaluation.ground_truth_mm,
                                                    evaluation.landmark_names,

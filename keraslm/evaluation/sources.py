@@ -238,7 +238,9 @@ def evaluate_model(model, test_set, method=None, normalize_distance=None,
     return Evaluation(
         method, test_set.ids, test_set.landmark_names, predicted, test_set.points_mm, errors,
         tuple(functools.partial(test_set.read_image, record) for record in records),
-        ({"model": label, "dataset": test_set.name, "ids": list(test_set.ids), **(source or {})},),
+        ({"model": label, "dataset": test_set.name, "ids": list(test_set.ids),
+          "stages": {"global": len(spec.global_stages), "local": len(spec.local_stages)},
+          **(source or {})},),
         stacked("confidence"), stacked("spread_mm"), stacked("expected_error_mm"),
         None if spec.mean_position_mm is None else mean_position_points(
             spec.mean_position_mm, len(records), spec.ndim),
