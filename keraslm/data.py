@@ -380,6 +380,31 @@ def _require_spacing(image_paths, spacing, source):
             "X,Y (spacing= in Python, plain_image_spacing in a dataset.json)")
 
 
+#: A Slicer point further than this (mm) from its 2D image's plane is refused: it was placed
+#: on another image, or the image is not the one the markups were made on.
+PLANE_TOLERANCE_MM = 2.0
+
+
+def _markups_in_image_plane(points_lps, names, header, image_path, markups_path):
+    """Slicer markups' 3D LPS points `(n, 3)` in a 2D image's physical space: its x, y where
+    the image lies in an axial plane (or stores no placement), else projected onto its plane
+    (a coronal radiograph's landmarks are LPS x, z); a point off the plane is an error."""
+    from keraslm.io.plane import image_plane_lps, is_axial, lps_to_image_2d
+
+    points_lps = np.asarray(points_lps, np.float64)
+    plane = image_plane_lps(image_path)
+    if plane is None or is_axial(plane):
+        return points_lps[:, :2]
+    points, distance = lps_to_image_2d(points_lps, plane, header)
+    far = np.flatnonzero(np.nan_to_num(distance) > PLANE_TOLERANCE_MM)
+    if far.size:
+        raise DatasetError(
+            f"{markups_path}: {len(far)} point(s) lie off the plane of the 2D image "
+            f"{image_path} (" + ", ".join(f"{names[i]} {distance[i]:.1f} mm" for i in far[:3])
+            + f"; at most {PLANE_TOLERANCE_MM:g} mm): were they placed on this image?")
+    return points
+
+
 def _with_in_plane_spacing(image, spacing, spacing_source):
     """A DICOM that stores no pixel spacing (read at a default 1 mm) with `spacing` (one or
     more values; the first two are x, y) in the plane; a series keeps the slice gap of its
@@ -577,6 +602,9 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
                                f"{header.ndim}D image {images[image_id]}; a point list holds "
                                f"x,y{',z' if header.ndim == 3 else ''} per line (no point "
                                "numbers or labels)")
+        if header.ndim == 2 and not point_list:  # Slicer's 3D LPS points on a 2D image.
+            file_points = _markups_in_image_plane(file_points, file_names, header,
+                                                  images[image_id], path)
         points = np.full((len(names), header.ndim), np.nan)
         for label, point in zip(file_names, file_points):
             points[names.index(label)] = point[: header.ndim]

@@ -691,3 +691,51 @@ def test_init_keeps_the_units_of_point_lists_beside_markups(tmp_path):
     after = load_dataset(str(tmp_path / "mixed"))
     np.testing.assert_allclose(after.points_mm, before.points_mm)
     np.testing.assert_allclose(after.record("case2").points_mm, points["case2"] * 0.2)
+
+
+def test_markups_of_a_coronal_radiograph_are_taken_into_its_plane(tmp_path):
+    """A 2D DICOM in a coronal plane (ImageOrientationPatient 1,0,0,0,0,-1, as AP chest X-rays
+    store it): Slicer's 3D LPS points are projected into the image's 2D space (their y became
+    0 before: every landmark on the first row), points off the plane are refused, and the
+    predicted markups go back onto the plane."""
+    import pydicom
+
+    from keraslm.io import Image, write_dicom
+    from keraslm.io.plane import image_2d_to_lps, image_plane_lps, lps_to_image_2d
+    from keraslm.prediction import Prediction, write_predictions
+
+    folder = tmp_path / "coronal"
+    folder.mkdir()
+    index = {"a": np.array([[10.0, 20.0], [60.0, 30.0]]), "b": np.array([[40.0, 5.0], [5.0, 44.0]])}
+    origin, axes = np.array([-30.0, 12.0, 50.0]), np.array([[1.0, 0.0], [0.0, 0.0], [0.0, -1.0]])
+    for image_id, points in index.items():
+        path = str(folder / f"{image_id}.dcm")
+        write_dicom(path, Image(np.zeros((50, 70), np.float32), spacing=0.5))
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.ImagePositionPatient = origin.tolist()
+        ds.save_as(path)
+        lps = origin + (points * 0.5) @ axes.T  # Where Slicer shows these pixels.
+        write_markups(str(folder / f"{image_id}.mrk.json"), ["p", "q"], lps)
+    dataset = load_dataset(str(folder))
+    for image_id, points in index.items():
+        record = dataset.record(image_id)
+        header = dataset.read_image_header(record)
+        np.testing.assert_allclose(header.physical_to_index(record.points_mm), points, atol=1e-9)
+    plane = image_plane_lps(str(folder / "a.dcm"))
+    header = dataset.read_image_header(dataset.record("a"))
+    lps = image_2d_to_lps(dataset.record("a").points_mm, plane, header)
+    np.testing.assert_allclose(lps, origin + (index["a"] * 0.5) @ axes.T, atol=1e-9)
+    np.testing.assert_allclose(lps_to_image_2d(lps, plane, header)[0], dataset.record("a").points_mm)
+    # keraslm-predict's markups of such an image lie on its plane.
+    prediction = Prediction("a", str(folder / "a.dcm"), ("p", "q"), dataset.record("a").points_mm,
+                            index["a"], np.ones(2))
+    write_predictions(str(tmp_path / "out"), [prediction])
+    names, points, _ = read_landmark_file(str(tmp_path / "out" / "markups" / "a.mrk.json"))
+    np.testing.assert_allclose(points, lps, atol=1e-6)
+    # A point 5 mm in front of the plane: placed on another image.
+    write_markups(str(folder / "b.mrk.json"), ["p", "q"],
+                  origin + (index["b"] * 0.5) @ axes.T + [0.0, 5.0, 0.0])
+    with pytest.raises(DatasetError, match=r"b.mrk.json: 2 point\(s\) lie off the plane of the 2D "
+                       r"image .*b.dcm \(p 5.0 mm, q 5.0 mm"):
+        load_dataset(str(folder))

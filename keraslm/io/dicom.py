@@ -70,6 +70,22 @@ def _orientation(ds, path):
     return np.stack([cosines[:3], cosines[3:]], axis=1)
 
 
+def dicom_plane_lps(path):
+    """(origin, axes `(3, 2)`) of a 2D DICOM file's plane in LPS (ImagePositionPatient,
+    ImageOrientationPatient), or None when it stores no placement or is multi-frame."""
+    ds = _read(path, stop_before_pixels=True)
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        return None
+    axes = _orientation(ds, path)
+    if axes is None or "ImagePositionPatient" not in ds:
+        return None
+    from keraslm.io.plane import check_plane
+
+    axes = axes / np.linalg.norm(axes, axis=0)
+    return check_plane(_floats(ds.ImagePositionPatient, 3, path, "ImagePositionPatient"), axes,
+                       path)
+
+
 def _plane_geometry_2d(origin_3d, axes_3d):
     """2D origin and direction from a plane placed in 3D: ITK's in-plane components where the
     plane is parallel to the physical x-y plane, else the plane's own coordinates."""

@@ -73,6 +73,19 @@ def _geometry(nifti, ndim, path, spacing):
     }
 
 
+def nifti_plane_lps(path):
+    """(origin, axes `(3, 2)`) of a 2D NIfTI file's plane in LPS mm, or None for a 3D file."""
+    nifti = _load(path)
+    if len(_spatial_shape(nifti.shape, path)) != 2:
+        return None
+    affine_lps = (_RAS_TO_LPS @ np.asarray(nifti.affine, dtype=np.float64)[:3]
+                  * _mm_per_unit(nifti, path))
+    axes = affine_lps[:, :2]
+    from keraslm.io.plane import check_plane
+
+    return check_plane(affine_lps[:, 3], axes / np.linalg.norm(axes, axis=0), path)
+
+
 def read_nifti(path, spacing=None, header_only=False):
     """Reads a .nii / .nii.gz file as a 2D or 3D `Image` (array is the transposed data)."""
     nifti = _load(path)

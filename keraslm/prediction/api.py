@@ -366,10 +366,30 @@ def check_prediction_folder(folder, name="--output-dir"):
                 f"move it or choose another {name}")
 
 
+def _markup_points(prediction):
+    """A prediction's points for its Slicer markups (3D LPS): a 2D DICOM / NIfTI image that
+    stores where its plane lies gets them on that plane (`keraslm.io.plane`), so they overlay
+    the image in Slicer; other 2D images at z = 0."""
+    from keraslm.io import read_image_header
+    from keraslm.io.plane import image_2d_to_lps, image_plane_lps
+
+    points = np.asarray(prediction.points_mm)
+    if points.shape[1] != 2 or not prediction.image_path:
+        return points
+    try:
+        plane = image_plane_lps(prediction.image_path)
+        if plane is None:
+            return points
+        return image_2d_to_lps(points, plane, read_image_header(prediction.image_path))
+    except KeraslmError:  # The image moved since: its plane is unknown now.
+        return points
+
+
 def write_predictions(folder, predictions, flag_mm=FLAG_MM):
     """Writes `predictions.csv` (named layout, mm), `predictions_index.csv` (image index),
     `predictions.json`, one 3D Slicer markups file per image (`markups/<id>.mrk.json`, LPS
-    mm: open it over the image in Slicer; the folder is replaced whole, and refused when it
+    mm, on a 2D DICOM / NIfTI image's plane where it stores one: open it over the image in
+    Slicer; the folder is replaced whole, and refused when it
     holds other files, `check_prediction_folder`) and, for a calibrated model, `expected_error.csv`
     (one column per landmark, mm, and a last column `check` naming the landmarks whose expected
     error is above `flag_mm` - by default `FLAG_MM` -, ";"-separated) into `folder`,
@@ -401,7 +421,7 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
     with atomic_folder(os.path.join(folder, MARKUPS_FOLDER), overwrite=True) as markups:
         for p in predictions:
             path = os.path.join(markups, f"{p.image_id}.mrk.json")
-            write_markups(path, names, p.points_mm, description=f"keraslm {p.image_id}")
+            write_markups(path, names, _markup_points(p), description=f"keraslm {p.image_id}")
     written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
     path = os.path.join(folder, EXPECTED_ERROR_FILE)
     if not all(p.expected_error_mm is not None for p in predictions):
