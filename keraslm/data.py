@@ -480,6 +480,13 @@ def from_csv(csv_path, image_root=None, units="index", spacing=None, ndim=None, 
         ndim=table.ndim,
         image_spacing=spacing,
     )
+    same_image = {}
+    for key, path in resolved:  # Rows `x` and `x.png`: two rows of one image.
+        same_image.setdefault(image_id_from_path(key), []).append(key)
+    twice = [keys for keys in same_image.values() if len(keys) > 1]
+    if twice:
+        raise DatasetError(f"{csv_path}: rows name the same image more than once: "
+                           + "; ".join(", ".join(keys) for keys in twice[:5]))
     records, unreadable, headers = [], [], {}
     for (key, path), points in zip(resolved, table.points):
         # The file's geometry (its dimension, and its spacing for index units and the spacing

@@ -3,6 +3,7 @@ a dataset (`keraslm.datasets.load_dataset`), and the walk from a plain folder th
 installed commands: train -> evaluate -> predict (Slicer markups out) -> export."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -739,3 +740,23 @@ def test_markups_of_a_coronal_radiograph_are_taken_into_its_plane(tmp_path):
     with pytest.raises(DatasetError, match=r"b.mrk.json: 2 point\(s\) lie off the plane of the 2D "
                        r"image .*b.dcm \(p 5.0 mm, q 5.0 mm"):
         load_dataset(str(folder))
+
+
+def test_csv_quirks_are_named(tmp_path):
+    """Semicolon / tab CSVs, Excel's sep= line, a landmark named twice and two rows of one
+    image: errors that say so (they were 'headerless file ... --ndim' or named no file)."""
+    from keraslm.io import Image, write_image
+
+    for name, text, message in (
+            ("semi.csv", "id;a_x;a_y\nimg1;1;2\n", "separated by semicolons"),
+            ("tab.csv", "id\ta_x\ta_y\nimg1\t1\t2\n", "separated by tabs"),
+            ("sep.csv", "sep=,\nid,a_x,a_y\nimg1,1,2\n", "Excel's separator hint"),
+            ("twice.csv", "id,a_x,a_y,a_x,a_y\nimg1,1,2,3,4\n", "names landmark 'a' twice")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(LandmarkFileError, match=f"{name}: .*{re.escape(message)}"):
+            read_landmarks(str(tmp_path / name))
+    write_image(str(tmp_path / "img1.png"), Image(np.zeros((8, 8), np.float32), spacing=1.0))
+    (tmp_path / "rows.csv").write_text("id,a_x,a_y\nimg1,1,2\nimg1.png,1,2\n")
+    with pytest.raises(DatasetError, match=r"rows.csv: rows name the same image more than "
+                       r"once: img1, img1.png"):
+        load_dataset(str(tmp_path / "rows.csv"), units="index", spacing=0.1)

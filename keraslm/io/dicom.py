@@ -58,6 +58,10 @@ def _in_plane_spacing(ds, path, spacing_override):
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds and ds[keyword].value is not None:
             row_spacing, column_spacing = _floats(ds[keyword].value, 2, path, keyword)
+            if not (row_spacing > 0 and column_spacing > 0):
+                raise ImageReadError(f"{path}: {keyword} is {[row_spacing, column_spacing]}; a "
+                                     "pixel spacing must be positive (give it with --spacing "
+                                     "after removing the tag)")
             return np.array([column_spacing, row_spacing]), keyword
     return np.ones(2), "default"
 

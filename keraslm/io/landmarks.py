@@ -126,6 +126,9 @@ def _names_from_header(header, path):
                 f"{path}: header columns {start + 2}-{start + ndim + 1} are {group}; expected "
                 f"{expected} (layout id,<name>_x,<name>_y[,<name>_z],...)"
             )
+        if name in names:
+            raise LandmarkFileError(f"{path}: header names landmark {name!r} twice (columns "
+                                    f"{start + 2}-{start + ndim + 1} again); each landmark once")
         names.append(name)
     return names, ndim
 
@@ -211,6 +214,15 @@ def read_landmarks(path, ndim=None):
     if not rows:
         raise LandmarkFileError(f"{path}: file holds no landmarks")
     first = rows[0][1]
+    if first[0].strip().lower().startswith("sep=") and not any(c.strip() for c in first[1:]):
+        raise LandmarkFileError(f"{path}: line {rows[0][0]} {first[0]!r} is Excel's separator "
+                                "hint; remove it (keraslm reads comma-separated CSV)")
+    if len(first) == 1:
+        for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+            if separator in first[0]:
+                raise LandmarkFileError(
+                    f"{path}: its values are separated by {name}; keraslm reads comma-separated "
+                    "CSV (save it as CSV with commas, e.g. Excel's 'CSV UTF-8')")
     if _is_long_header(first):
         return _read_long(path, first, rows[1:], ndim)
     if not all(_is_number(cell) for cell in first[1:]):
