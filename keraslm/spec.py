@@ -166,9 +166,11 @@ class MirrorCheck:
         if self.axis not in ("x", "y", "z"):
             raise KeraslmError(f"a mirror check's axis must be 'x', 'y' or 'z'. Received: "
                                f"{self.axis!r}")
-        if not isinstance(self.confidence_below, (int, float)) or np.isnan(self.confidence_below):
-            raise KeraslmError("a mirror check's confidence_below must be a number. Received: "
-                               f"{self.confidence_below!r}")
+        if (not isinstance(self.confidence_below, (int, float))
+                or not np.isfinite(self.confidence_below)):
+            # inf would mirror every image: not a check (and not JSON).
+            raise KeraslmError("a mirror check's confidence_below must be a finite number. "
+                               f"Received: {self.confidence_below!r}")
         object.__setattr__(self, "confidence_below", float(self.confidence_below))
 
     def to_json(self):

@@ -64,6 +64,8 @@ def test_mirror_check_is_recorded_fitted_and_checked(trained_2d, capsys):
         spec.replace(mirror_check=MirrorCheck("z", 30))
     with pytest.raises(KeraslmError, match="axis must be 'x', 'y' or 'z'"):
         MirrorCheck("left", 30)
+    with pytest.raises(KeraslmError, match="confidence_below must be a finite number"):
+        MirrorCheck("x", float("inf"))  # Every image mirrored: not a check.
     assert export_main([result.output_dir, "/nonexistent/never", "--mirror-check", "x"]) != 0
     assert "--mirror-check takes AXIS:CONFIDENCE, e.g. x:30" in capsys.readouterr().err
 
