@@ -481,3 +481,17 @@ def test_dicom_files_without_an_extension_are_images(tmp_path):
     assert is_image_path(str(tmp_path / "IM0001"))
     assert not is_image_path(str(tmp_path / "README")) and not is_image_path(str(tmp_path / "short"))
     np.testing.assert_allclose(read_image(str(tmp_path / "IM0001")).spacing, (0.5, 0.7))
+
+
+def test_grey_alpha_png_and_cmyk_jpeg_read_as_their_grey_values(tmp_path):
+    """A grey+alpha PNG was refused and a CMYK JPEG (Adobe stores it inverted) read as the
+    negative; both read as the grey values they show now."""
+    from PIL import Image as PilImage
+
+    grey = (np.arange(48 * 64).reshape(48, 64) % 256).astype(np.uint8)
+    PilImage.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(str(tmp_path / "la.png"), spacing=1.0).array, grey)
+    PilImage.fromarray(np.stack([grey] * 3, -1)).convert("CMYK").save(tmp_path / "cmyk.jpg",
+                                                                       quality=100)
+    cmyk = read_image(str(tmp_path / "cmyk.jpg"), spacing=1.0).array
+    assert np.corrcoef(cmyk.ravel(), grey.ravel())[0, 1] > 0.99

@@ -69,8 +69,10 @@ def read_plain(path, spacing=None):
             handle.load()
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageReadError(f"{path}: corrupt or truncated image ({error})") from None
-        if handle.mode in ("P", "PA", "1"):
-            handle = handle.convert("RGBA" if handle.mode == "PA" else "L")
+        if handle.mode in ("P", "PA", "1", "CMYK", "LA"):
+            # Palette, bilevel, grey+alpha and CMYK (stored inverted in Adobe JPEGs): Pillow's
+            # conversion, which knows each mode's meaning; alpha is dropped.
+            handle = handle.convert({"PA": "RGBA", "CMYK": "RGB"}.get(handle.mode, "L"))
         pixels = np.asarray(handle)
     array = _to_grey(pixels, path)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
