@@ -760,3 +760,14 @@ def test_csv_quirks_are_named(tmp_path):
     with pytest.raises(DatasetError, match=r"rows.csv: rows name the same image more than "
                        r"once: img1, img1.png"):
         load_dataset(str(tmp_path / "rows.csv"), units="index", spacing=0.1)
+
+
+def test_fcsv_with_a_bom_and_quoted_labels(tmp_path):
+    path = tmp_path / "case.fcsv"
+    path.write_text("\ufeff# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n"
+                    "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                    'vtkMRMLMarkupsFiducialNode_0,1,2,3,0,0,0,1,1,1,0,"sella, turcica",,\n'
+                    "vtkMRMLMarkupsFiducialNode_1,4,5,6,0,0,0,1,1,1,0,nasion,,\n", encoding="utf-8")
+    names, points, units = read_landmark_file(str(path))
+    assert names == ["sella, turcica", "nasion"] and units == "mm"
+    np.testing.assert_array_equal(np.stack(points), [[1, 2, 3], [4, 5, 6]])

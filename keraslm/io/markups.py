@@ -12,6 +12,7 @@ line that is not 2 or 3 numbers (the ISBI files append classification lines), so
 
 `write_markups` writes a `.mrk.json` (LPS) that Slicer opens over the image.
 """
+import csv
 import json
 import math
 import os
@@ -105,7 +106,7 @@ def _read_fcsv(path):
     system = "LPS"
     names, points = [], []
     columns = None
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # A BOM is not part of the first line.
         for number, line in enumerate(handle, 1):
             line = line.strip()
             if not line:
@@ -118,7 +119,7 @@ def _read_fcsv(path):
                 elif key == "columns":
                     columns = [c.strip() for c in value.split(",")]
                 continue
-            cells = [c.strip() for c in line.split(",")]
+            cells = [c.strip() for c in next(csv.reader([line]))]  # Quoted labels may hold ",".
             names_at = columns or ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel",
                                    "lock", "label"]
             row = dict(zip(names_at, cells))
