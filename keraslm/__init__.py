@@ -33,12 +33,14 @@ from keraslm.errors import (  # noqa: E402
 
 
 
-def predict(model, images, spacing=None, refine=None, precision="float32"):
+def predict(model, images, spacing=None, refine=None, precision="float32", on_error=None,
+            progress=None):
     """Finds landmarks in images; see `keraslm.prediction.predict` (imported on first use, so
     `import keraslm` stays light). On the command line: `keraslm-predict`."""
     from keraslm.prediction import predict as _predict
 
-    return _predict(model, images, spacing=spacing, refine=refine, precision=precision)
+    return _predict(model, images, spacing=spacing, refine=refine, precision=precision,
+                    on_error=on_error, progress=progress)
 
 
 __all__ = [

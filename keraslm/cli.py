@@ -133,8 +133,10 @@ def add_split_arguments(group, held_out="held-out"):
     """
     group.add_argument("--fold", type=int, help=f"cross-validation fold to use as the {held_out} set (0-based)")
     group.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds")
-    group.add_argument("--train-ids", help="file with the training record ids, one per line")
-    group.add_argument("--test-ids", help=f"file with the {held_out} record ids, one per line")
+    group.add_argument("--train-ids", help="file with the training record ids, one per line "
+                       "(with --test-ids: give both or neither)")
+    group.add_argument("--test-ids", help=f"file with the {held_out} record ids, one per line "
+                       "(with --train-ids: give both or neither)")
     group.add_argument("--test-fraction", type=float, default=0.2,
                        help=f"{held_out} share when neither --fold nor id files are given "
                        "(0: use every image, hold none out)")

@@ -47,7 +47,8 @@ def _parser():
     parser.add_argument("--ndim", type=int, choices=[2, 3], help=_NDIM_HELP)
     parser.add_argument(
         "--root",
-        help=f"where to generate a phantom (default: {cache_dir()}/<dataset>), or the isbi2015 folder",
+        help=f"where to generate a phantom (default: {cache_dir()}/<dataset>), the isbi2015 "
+        "folder, or the folder a CSV's image ids refer to (default: the CSV's folder)",
     )
     parser.add_argument("--num-images", type=int, help="phantom images to generate (default 100 in 2D, 40 in 3D)")
     parser.add_argument("--seed", type=int, default=0, help="phantom random seed (default 0)")
@@ -81,14 +82,20 @@ def check_main(argv):
         "and landmark - unreadable images, landmarks outside their image, two landmarks at the "
         "same place (errors), a landmark far from where the others put it (a likely "
         "mislabelled or swapped point) and mixed pixel spacings (warnings). Writes an overview "
-        "picture of all images' landmarks on the mean shape. Exit status 1 when there are "
+        "picture of all images' landmarks on the mean shape. Exit status 2 when the dataset "
+        "cannot be described as given (a missing --units, options contradicting dataset.json), "
+        "else 1 when there are "
         "errors.")
     _data_arguments(parser)
     parser.add_argument("--far-sd", type=float, default=4.0,
-                        help="standard deviations that make a landmark far from its mean position")
+                        help="standard deviations that make a landmark far from its mean "
+                        "position (default 4.0)")
     parser.add_argument("--overview", default="dataset_overview.png",
-                        help="where to write the overview picture")
+                        help="where to write the overview picture (default: "
+                        "dataset_overview.png in the current folder)")
     args = parser.parse_args(argv)
+    if not args.far_sd > 0:
+        parser.error(f"--far-sd must be a number > 0. Received: {args.far_sd}")
     try:
         from keraslm.files import check_output_folder
 
@@ -125,7 +132,9 @@ def init_main(argv):
                         "refused when it holds a dataset.json already")
     parser.add_argument("--units", choices=["index", "mm"],
                         help="units of CSV / .txt landmark coordinates (Slicer markups are mm)")
-    parser.add_argument("--spacing", type=spacing, metavar="MM", help=_SPACING_HELP)
+    parser.add_argument("--spacing", type=spacing, metavar="MM",
+                        help="mm per pixel of plain images (PNG/JPEG hold none; required for "
+                        "them): 0.1 or x,y; recorded in dataset.json")
     parser.add_argument("--ndim", type=int, choices=[2, 3], help=_NDIM_HELP)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.folder):

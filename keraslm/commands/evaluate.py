@@ -42,7 +42,7 @@ def parse_args(argv=None):
             "Missing ground truth, and missing predictions (with a warning), are excluded and "
             "counted. Input: a model plus a dataset split, "
             "training run folders (each on its own held-out split, pooled as in a "
-            "cross-validation), or a predictions CSV plus a ground-truth CSV. Writes "
+            "cross-validation), or a predictions CSV plus a ground-truth CSV or dataset. Writes "
             "predictions.csv (headerless id,x0,y0,... in mm), predictions_named.csv, "
             "metrics.json, report.md and PNG plots into --output-dir."
         ),
@@ -51,8 +51,8 @@ def parse_args(argv=None):
     source = parser.add_argument_group("what to evaluate (choose one)")
     choice = source.add_mutually_exclusive_group(required=True)
     choice.add_argument("--model", type=ensemble_paths,
-                        help="a .keras file (as train.py writes it) or a SavedModel "
-                        "version folder; evaluated on --dataset's test split. A,B (.keras "
+                        help="a run folder, a .keras file (as train.py writes it) or a "
+                        "SavedModel version folder; evaluated on --dataset's test split. A,B (.keras "
                         "files): an ensemble, the members' points averaged")
     choice.add_argument("--runs", nargs="+", metavar="RUN", type=ensemble_paths,
                         help="train.py run folders; each is evaluated on the held-out split its "
@@ -76,7 +76,9 @@ def parse_args(argv=None):
                         "without a prediction are left out and counted. Without it every "
                         "image needs both. Ids match when they name the same image: x, x.png "
                         "and images/x.png (an unambiguous match)")
-    data = parser.add_argument_group("dataset and split (with --model; same meaning as in train.py)")
+    data = parser.add_argument_group(
+        "dataset and split (with --model; same meaning as in train.py; the dataset options "
+        "alone also give the ground truth of --predictions)")
     add_dataset_arguments(data)
     add_split_arguments(data, held_out="test")
     data.add_argument("--all-images", action="store_true",

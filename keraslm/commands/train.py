@@ -83,8 +83,10 @@ def _parser():
                        "paper's), standardize in 3D (the paper's subtract_mean keeps the scanner's "
                        "intensity scale, on which the default training diverged)")
     model.add_argument("--grid-spacing", type=float,
-                       help="mm per grid pixel; default: the smallest at which every image fits "
-                       "(alone: the grid shape is the smallest that covers every image)")
+                       help="mm per grid pixel; default: with --grid-shape the smallest at "
+                       "which every image fits, without it the plan's (a voxel budget: "
+                       "--plan-only shows it). Alone: the grid shape is the smallest that "
+                       "covers every image")
     model.add_argument("--crop-shape", type=grid_shape,
                        help="train the LOCAL stage of a coarse-to-fine model instead: images go "
                        "whole onto a fine grid of --grid-spacing mm and the network learns on "
@@ -130,8 +132,8 @@ def _parser():
                      "local stage the largest offset of a crop from its landmark: about the "
                      "coarse stage's error")
     fit.add_argument("--rotation-degrees", type=float,
-                     help="largest random rotation in degrees (preset default 15 in 2D with the "
-                     "default training preset)")
+                     help="largest random rotation in degrees (the training preset's: 15 with "
+                     "the default preset, 30 with the paper's)")
     fit.add_argument("--scale-range", type=float,
                      help="largest random isotropic scaling: factors in [1 - this, 1 + this] "
                      "(default preset 0.1, paper preset 0; e.g. 0.03 for images of one "
