@@ -367,6 +367,41 @@ def test_write_predictions_flags_above_the_given_threshold(tmp_path):
         assert [name for name in names if landmarks[name]["check"]] == flagged
 
 
+def test_write_predictions_replaces_the_set_or_nothing(tmp_path, monkeypatch):
+    """A failure while writing (a full disk at the markups) leaves the previous prediction's
+    files as they were - not new CSVs beside an old JSON - and no staging folder; an
+    uncalibrated prediction afterwards removes the old expected_error.csv."""
+    import keraslm.prediction.api as api
+    from keraslm.prediction import Prediction, write_predictions
+
+    names = ("a", "b")
+
+    def prediction(image_id, value, expected=None):
+        return Prediction(image_id, f"{image_id}.png", names, np.full((2, 2), value),
+                          np.full((2, 2), value), np.ones(2), spread_mm=np.ones(2),
+                          expected_error_mm=expected)
+
+    folder = tmp_path / "out"
+    write_predictions(str(folder), [prediction("old", 1.0, np.array([1.0, 3.0]))])
+    before = {name: (folder / name).read_bytes() for name in
+              ("predictions.csv", "predictions_index.csv", "predictions.json", "expected_error.csv")}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api, "_markup_points", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_predictions(str(folder), [prediction("new", 2.0, np.array([1.0, 1.0]))])
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(folder / "markups")) == ["old.mrk.json"]
+    assert sorted(os.listdir(folder)) == sorted([*before, "markups"])  # No staging left.
+    monkeypatch.undo()
+    write_predictions(str(folder), [prediction("new", 2.0)])
+    assert not (folder / "expected_error.csv").exists()
+    assert sorted(os.listdir(folder / "markups")) == ["new.mrk.json"]
+    assert read_landmarks(folder / "predictions.csv").ids == ("new",)
+
+
 def test_spacing_given_for_files_without_one(tmp_path):
     """`spacing=` (--spacing) for a DICOM that stores no pixel spacing is its in-plane spacing:
     a series keeps the slice gap of its slices' positions (x, y, z given are taken as they are);

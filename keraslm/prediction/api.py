@@ -10,13 +10,15 @@ original image's index `(x, y[, z])` and to physical millimetres (LPS).
 import dataclasses
 import os
 import re
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from keraslm.data import image_id_from_path
 from keraslm.errors import ImageReadError, KeraslmError, UsageError
-from keraslm.files import atomic_folder, atomic_path, check_output_folder, write_json
+from keraslm.files import check_output_folder, write_json
 from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
 from keraslm.prediction.detector import LandmarkDetector
 from keraslm.prediction.predictors import load_predictor
@@ -392,8 +394,9 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
     Slicer; the folder is replaced whole, and refused when it
     holds other files, `check_prediction_folder`) and, for a calibrated model, `expected_error.csv`
     (one column per landmark, mm, and a last column `check` naming the landmarks whose expected
-    error is above `flag_mm` - by default `FLAG_MM` -, ";"-separated) into `folder`,
-    atomically. Returns the written paths."""
+    error is above `flag_mm` - by default `FLAG_MM` -, ";"-separated) into `folder`, as a
+    set: all are written into a staging folder and moved into place together, so a failure
+    leaves the previous set. Returns the written paths."""
     import csv
 
     from keraslm.io import LandmarkTable, write_landmarks, write_markups
@@ -402,34 +405,29 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
     os.makedirs(folder, exist_ok=True)
     names = predictions[0].landmark_names
     ids = [p.image_id for p in predictions]
-    write_landmarks(
-        os.path.join(folder, "predictions.csv"),
-        LandmarkTable(ids, names, np.stack([p.points_mm for p in predictions])),
-    )
-    write_landmarks(
-        os.path.join(folder, "predictions_index.csv"),
-        LandmarkTable(ids, names, np.stack([p.points_index for p in predictions])),
-    )
-    write_json(os.path.join(folder, "predictions.json"),
-               {"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
-                          "expected_error_mm": "calibrated expected point error, mm"},
-                "flag_mm": flag_mm,
-                "predictions": [p.to_dict(flag_mm) for p in predictions]})
-    written = [os.path.join(folder, name) for name in
-               ("predictions.csv", "predictions_index.csv", "predictions.json")]
-    # The markups folder holds this prediction's images only: replaced whole, not added to.
-    with atomic_folder(os.path.join(folder, MARKUPS_FOLDER), overwrite=True) as markups:
-        for p in predictions:
-            path = os.path.join(markups, f"{p.image_id}.mrk.json")
-            write_markups(path, names, _markup_points(p), description=f"keraslm {p.image_id}")
-    written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
-    path = os.path.join(folder, EXPECTED_ERROR_FILE)
-    if not all(p.expected_error_mm is not None for p in predictions):
-        if os.path.isfile(path):
-            os.remove(path)  # An earlier, calibrated model's; these predictions have none.
-    else:
-        with atomic_path(path, suffix=".csv") as temporary:
-            with open(temporary, "w", encoding="utf-8", newline="") as handle:
+    calibrated = all(p.expected_error_mm is not None for p in predictions)
+    files = ["predictions.csv", "predictions_index.csv", "predictions.json"]
+    files += [EXPECTED_ERROR_FILE] if calibrated else []
+    # Everything is written into a staging folder first and moved into place only when all of
+    # it is written: a failure (a full disk) leaves the previous prediction's set as it was,
+    # not new CSVs beside an old JSON.
+    staging = tempfile.mkdtemp(prefix=".keraslm-predict.", dir=folder)
+    try:
+        write_landmarks(os.path.join(staging, "predictions.csv"),
+                        LandmarkTable(ids, names, np.stack([p.points_mm for p in predictions])))
+        write_landmarks(os.path.join(staging, "predictions_index.csv"),
+                        LandmarkTable(ids, names, np.stack([p.points_index for p in predictions])))
+        write_json(os.path.join(staging, "predictions.json"),
+                   {"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
+                              "expected_error_mm": "calibrated expected point error, mm"},
+                    "flag_mm": flag_mm,
+                    "predictions": [p.to_dict(flag_mm) for p in predictions]})
+        for p in predictions:  # The markups folder holds this prediction's images only.
+            write_markups(os.path.join(staging, MARKUPS_FOLDER, f"{p.image_id}.mrk.json"), names,
+                          _markup_points(p), description=f"keraslm {p.image_id}")
+        if calibrated:
+            with open(os.path.join(staging, EXPECTED_ERROR_FILE), "w", encoding="utf-8",
+                      newline="") as handle:
                 writer = csv.writer(handle)
                 # The last column names the landmarks to check by hand (expected error above
                 # flag_mm), ";"-separated; empty when there is none.
@@ -438,5 +436,18 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
                     writer.writerow([p.image_id, *(f"{e:.3f}" for e in p.expected_error_mm),
                                      ";".join(name for name, e in zip(names, p.expected_error_mm)
                                               if e > flag_mm)])
-        written.append(path)
-    return written
+        # All written: into place (renames within one folder).
+        markups = os.path.join(folder, MARKUPS_FOLDER)
+        if os.path.isdir(markups):
+            os.replace(markups, os.path.join(staging, ".old_markups"))
+        os.replace(os.path.join(staging, MARKUPS_FOLDER), markups)
+        for name in files:
+            os.replace(os.path.join(staging, name), os.path.join(folder, name))
+        stale = os.path.join(folder, EXPECTED_ERROR_FILE)
+        if not calibrated and os.path.isfile(stale):
+            os.remove(stale)  # An earlier, calibrated model's; these predictions have none.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    written = [os.path.join(folder, name) for name in files[:3]]
+    written.append(os.path.join(folder, MARKUPS_FOLDER) + os.sep)
+    return written + ([os.path.join(folder, EXPECTED_ERROR_FILE)] if calibrated else [])
