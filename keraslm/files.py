@@ -50,9 +50,16 @@ def check_output_folder(path, name):
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise KeraslmError(f"{name} {path} cannot be made: {parent} is a file, not a folder")
     existing = path if os.path.isdir(path) else parent
-    if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
-        raise KeraslmError(f"{name} {path}: {existing} is not writable (its permissions); "
-                           "choose another")
+    if os.path.isdir(existing):
+        # A file made and removed: the permissions alone say nothing for root, a read-only
+        # file system or a full disk.
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".keraslm-write-test.", dir=existing)
+            os.close(handle)
+            os.remove(probe)
+        except OSError as error:
+            raise KeraslmError(f"{name} {path}: cannot write into {existing} "
+                               f"({error.strerror or error}); choose another") from None
 
 
 def _created_mode(mode):

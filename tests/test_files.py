@@ -34,3 +34,23 @@ def test_atomic_outputs_get_the_umask_permissions(tmp_path, umask):
     with atomic_folder(tmp_path / "private") as temporary:
         pass
     assert _mode(tmp_path / "c.json") == 0o600 and _mode(tmp_path / "private") == 0o700
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(tmp_path, monkeypatch):
+    """check_output_folder writes a probe file: os.access says "writable" to root and on a
+    read-only file system, where the first real write failed after the work."""
+    import tempfile
+
+    from keraslm.errors import KeraslmError
+    from keraslm.files import check_output_folder
+
+    check_output_folder(str(tmp_path / "new" / "deeper"), "--output-dir")
+    assert os.listdir(tmp_path) == []  # The probe is gone; nothing made.
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(KeraslmError, match=r"--output-dir .*new: cannot write into .* "
+                       r"\(Read-only file system\); choose another"):
+        check_output_folder(str(tmp_path / "new"), "--output-dir")
