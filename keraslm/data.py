@@ -389,7 +389,8 @@ def _markups_in_image_plane(points_lps, names, header, image_path, markups_path)
     """Slicer markups' 3D LPS points `(n, 3)` in a 2D image's physical space: its x, y where
     the image lies in an axial plane (or stores no placement), else projected onto its plane
     (a coronal radiograph's landmarks are LPS x, z); a point off the plane is an error."""
-    from keraslm.io.plane import image_plane_lps, is_axial, lps_to_image_2d
+    from keraslm.io import image_plane_lps
+    from keraslm.io.plane import is_axial, lps_to_image_2d
 
     points_lps = np.asarray(points_lps, np.float64)
     plane = image_plane_lps(image_path)

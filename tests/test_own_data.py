@@ -702,7 +702,8 @@ def test_markups_of_a_coronal_radiograph_are_taken_into_its_plane(tmp_path):
     import pydicom
 
     from keraslm.io import Image, write_dicom
-    from keraslm.io.plane import image_2d_to_lps, image_plane_lps, lps_to_image_2d
+    from keraslm.io import image_plane_lps
+    from keraslm.io.plane import image_2d_to_lps, lps_to_image_2d
     from keraslm.prediction import Prediction, write_predictions
 
     folder = tmp_path / "coronal"

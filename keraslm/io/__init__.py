@@ -14,7 +14,8 @@ from keraslm.io.formats import (
     write_image,
 )
 from keraslm.io.image import Image, orientation_groups, storage_orientation
-from keraslm.io.images import SUPPORTED_FORMATS, is_image_path, read_image, read_image_header
+from keraslm.io.images import (SUPPORTED_FORMATS, image_plane_lps, is_image_path, read_image,
+                               read_image_header)
 from keraslm.io.landmarks import LandmarkTable, read_landmarks, write_landmarks
 from keraslm.io.markups import (
     LANDMARK_FILE_EXTENSIONS,
@@ -37,6 +38,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "holds_geometry",
     "image_extensions",
+    "image_plane_lps",
     "is_image_path",
     "landmark_file_stem",
     "natural_key",

@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence
 from keraslm.errors import ImageReadError, ImageWriteError
 from keraslm.files import atomic_folder, atomic_path
 from keraslm.io.image import Image
+from keraslm.io.plane import check_plane
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 
@@ -83,8 +84,6 @@ def dicom_plane_lps(path):
     axes = _orientation(ds, path)
     if axes is None or "ImagePositionPatient" not in ds:
         return None
-    from keraslm.io.plane import check_plane
-
     axes = axes / np.linalg.norm(axes, axis=0)
     return check_plane(_floats(ds.ImagePositionPatient, 3, path, "ImagePositionPatient"), axes,
                        path)

@@ -5,7 +5,9 @@ import os
 import numpy as np
 
 from keraslm.errors import ImageReadError
-from keraslm.io.formats import format_for_path, is_image_path, supported_formats  # noqa: F401
+from keraslm.io.dicom import dicom_plane_lps
+from keraslm.io.formats import _by_name, format_for_path, is_image_path, supported_formats  # noqa: F401
+from keraslm.io.nifti import nifti_plane_lps
 
 #: The registered formats, for messages (see `keraslm.io.formats.supported_formats`).
 SUPPORTED_FORMATS = supported_formats()
@@ -59,3 +61,19 @@ def read_image_header(path, spacing=None):
     path = os.fspath(path)
     spacing = _check_spacing(spacing, path)
     return format_for_path(path).read_header(path, spacing)
+
+
+def image_plane_lps(path):
+    """(origin `(3,)`, axes `(3, 2)`: unit directions of the index axes x, y) of a 2D DICOM or
+    NIfTI file's plane in LPS mm, or None (no placement in 3D stored, a 3D image, another
+    format); `keraslm.io.plane` maps points between it and the image's 2D space."""
+    path = os.fspath(path)
+    lower = path.lower()
+    if os.path.isdir(path):
+        return None
+    if lower.endswith((".nii", ".nii.gz")):
+        return nifti_plane_lps(path)
+    found = _by_name(path)
+    if found is not None and found.name == "DICOM files":
+        return dicom_plane_lps(path)
+    return None

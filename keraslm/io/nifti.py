@@ -9,6 +9,7 @@ import numpy as np
 from keraslm.errors import ImageReadError, ImageWriteError
 from keraslm.files import atomic_path
 from keraslm.io.image import Image
+from keraslm.io.plane import check_plane
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -81,8 +82,6 @@ def nifti_plane_lps(path):
     affine_lps = (_RAS_TO_LPS @ np.asarray(nifti.affine, dtype=np.float64)[:3]
                   * _mm_per_unit(nifti, path))
     axes = affine_lps[:, :2]
-    from keraslm.io.plane import check_plane
-
     return check_plane(affine_lps[:, 3], axes / np.linalg.norm(axes, axis=0), path)
 
 

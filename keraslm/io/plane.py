@@ -9,37 +9,13 @@ functions take them into the image's 2D space and back:
     index (x, y) --spacing--> s * index --origin_3d + axes_3d @--> LPS mm (3D)
                                         --origin_2d + direction_2d @--> the image's 2D mm
 """
-import os
-
 import numpy as np
 
 from keraslm.errors import ImageReadError
 
 
-def image_plane_lps(path):
-    """(origin `(3,)`, axes `(3, 2)`: unit directions of the index axes x, y) of a 2D DICOM or
-    NIfTI file's plane in LPS mm, or None (no placement in 3D stored, a 3D image, another
-    format)."""
-    path = os.fspath(path)
-    lower = path.lower()
-    if os.path.isdir(path):
-        return None
-    if lower.endswith((".nii", ".nii.gz")):
-        from keraslm.io.nifti import nifti_plane_lps
-
-        return nifti_plane_lps(path)
-    from keraslm.io.formats import _by_name
-
-    found = _by_name(path)
-    if found is not None and found.name == "DICOM files":
-        from keraslm.io.dicom import dicom_plane_lps
-
-        return dicom_plane_lps(path)
-    return None
-
-
 def is_axial(plane):
-    """Whether a plane (`image_plane_lps`) is parallel to the physical x-y plane: its 2D image
+    """Whether a plane (`keraslm.io.image_plane_lps`) is parallel to the physical x-y plane: its 2D image
     space is then the LPS x, y of its points."""
     return bool(np.allclose(np.asarray(plane[1])[2], 0.0, atol=1e-6))
 

@@ -372,8 +372,8 @@ def _markup_points(prediction):
     """A prediction's points for its Slicer markups (3D LPS): a 2D DICOM / NIfTI image that
     stores where its plane lies gets them on that plane (`keraslm.io.plane`), so they overlay
     the image in Slicer; other 2D images at z = 0."""
-    from keraslm.io import read_image_header
-    from keraslm.io.plane import image_2d_to_lps, image_plane_lps
+    from keraslm.io import image_plane_lps, read_image_header
+    from keraslm.io.plane import image_2d_to_lps
 
     points = np.asarray(prediction.points_mm)
     if points.shape[1] != 2 or not prediction.image_path:
