@@ -61,8 +61,8 @@ def load_dataset(name_or_path, root=None, units=None, spacing=None, ndim=None):
         dataset = make_phantom(root or os.path.join(cache_dir(), name), ndim=2 if name == "phantom2d" else 3)
     elif name == "isbi2015":
         if root is None:
-            raise DatasetError("dataset 'isbi2015' needs its folder: pass root=<folder> "
-                               "(--dataset-root)")
+            raise DatasetArgumentError("dataset 'isbi2015' needs its folder: pass root=<folder> "
+                                       "(--dataset-root; keraslm-dataset: --root)")
         dataset = isbi2015(root)
     elif os.path.isfile(name):
         if not name.lower().endswith(".csv"):
