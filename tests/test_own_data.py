@@ -752,9 +752,11 @@ def test_csv_quirks_are_named(tmp_path):
             ("semi.csv", "id;a_x;a_y\nimg1;1;2\n", "separated by semicolons"),
             ("tab.csv", "id\ta_x\ta_y\nimg1\t1\t2\n", "separated by tabs"),
             ("sep.csv", "sep=,\nid,a_x,a_y\nimg1,1,2\n", "Excel's separator hint"),
-            ("twice.csv", "id,a_x,a_y,a_x,a_y\nimg1,1,2,3,4\n", "names landmark 'a' twice")):
+            ("twice.csv", "id,a_x,a_y,a_x,a_y\nimg1,1,2,3,4\n", "names landmark 'a' twice"),
+            ("half.csv", "id,a_x,a_y,b_x,b_y\nimg1,1,,3,4\n",
+             "line 2: landmark 'a' has only some of its 2 coordinates")):
         (tmp_path / name).write_text(text)
-        with pytest.raises(LandmarkFileError, match=f"{name}: .*{re.escape(message)}"):
+        with pytest.raises(LandmarkFileError, match=f"{name}.*{re.escape(message)}"):
             read_landmarks(str(tmp_path / name))
     write_image(str(tmp_path / "img1.png"), Image(np.zeros((8, 8), np.float32), spacing=1.0))
     (tmp_path / "rows.csv").write_text("id,a_x,a_y\nimg1,1,2\nimg1.png,1,2\n")

@@ -254,9 +254,15 @@ def read_landmarks(path, ndim=None):
                 f"{len(names)} landmarks x {ndim} coordinates)"
             )
         ids.append(row[0].strip())
-        points.append(
-            [_parse_value(cell, path, number, column) for column, cell in enumerate(row[1:], 2)]
-        )
+        values = [_parse_value(cell, path, number, column)
+                  for column, cell in enumerate(row[1:], 2)]
+        for k, name in enumerate(names):  # Missing is all of a landmark's cells, not some.
+            given = [np.isfinite(v) for v in values[k * ndim:(k + 1) * ndim]]
+            if any(given) and not all(given):
+                raise LandmarkFileError(
+                    f"{path}, line {number}: landmark {name!r} has only some of its "
+                    f"{ndim} coordinates; give all, or leave all empty for a missing landmark")
+        points.append(values)
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LandmarkFileError(f"{path}: duplicate ids: {', '.join(duplicates)}")
