@@ -26,6 +26,7 @@ from keraslm.io import (
     read_landmark_file,
     read_landmarks,
     strip_image_extension,
+    with_in_plane_spacing,
 )
 from keraslm.files import read_json
 
@@ -159,7 +160,9 @@ class LandmarkDataset:
         return dataclasses.replace(image, spacing_source=self.image_spacing_source)
 
     def _with_dataset_spacing(self, image):
-        return _with_in_plane_spacing(image, self.image_spacing, self.image_spacing_source)
+        if self.image_spacing is None:
+            return image
+        return with_in_plane_spacing(image, self.image_spacing, self.image_spacing_source)
 
     # ------------------------------------------------------------------------------- splits
 
@@ -406,17 +409,6 @@ def _markups_in_image_plane(points_lps, names, header, image_path, markups_path)
     return points
 
 
-def _with_in_plane_spacing(image, spacing, spacing_source):
-    """A DICOM that stores no pixel spacing (read at a default 1 mm) with `spacing` (one or
-    more values; the first two are x, y) in the plane; a series keeps the slice gap of its
-    slices' positions. Unchanged when `spacing` is None."""
-    if spacing is None:
-        return image
-    in_plane = np.broadcast_to(np.atleast_1d(np.asarray(spacing, np.float64))[:2], (2,))
-    values = np.concatenate([in_plane, np.asarray(image.spacing, np.float64)[2:]])
-    return dataclasses.replace(image, spacing=values, spacing_source=spacing_source)
-
-
 def _check_stored_spacing(headers, spacing, source):
     """After the headers of a dataset's images are read: DICOM files that store no pixel
     spacing (read at a default 1 mm) need `spacing`; a `spacing` given where every image stores
@@ -599,8 +591,8 @@ def from_landmark_files(folder, units=None, spacing=None, ndim=None, name=None):
             unreadable.append(str(error))
             continue
         headers[images[image_id]] = header
-        if header.spacing_source == "default":  # A DICOM without spacing: the given one.
-            header = _with_in_plane_spacing(header, spacing, "caller")
+        if header.spacing_source == "default" and spacing is not None:
+            header = with_in_plane_spacing(header, spacing)  # A DICOM without spacing.
         dims.setdefault(header.ndim, []).append(images[image_id])
         if file_points.shape[1] < header.ndim:
             raise DatasetError(f"{path}: {file_points.shape[1]}D points for the {header.ndim}D "

@@ -15,7 +15,7 @@ from keraslm.io.formats import (
 )
 from keraslm.io.image import Image, orientation_groups, storage_orientation
 from keraslm.io.images import (SUPPORTED_FORMATS, image_plane_lps, is_image_path, read_image,
-                               read_image_header)
+                               read_image_header, with_in_plane_spacing)
 from keraslm.io.landmarks import LandmarkTable, read_landmarks, write_landmarks
 from keraslm.io.markups import (
     LANDMARK_FILE_EXTENSIONS,
@@ -56,4 +56,5 @@ __all__ = [
     "write_markups",
     "write_nifti",
     "write_png",
+    "with_in_plane_spacing",
 ]

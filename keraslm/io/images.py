@@ -1,10 +1,11 @@
 """`read_image` / `read_image_header`: one entry point for every registered image format
 (`keraslm.io.formats`)."""
+import dataclasses
 import os
 
 import numpy as np
 
-from keraslm.errors import ImageReadError
+from keraslm.errors import ImageReadError, UsageError
 from keraslm.io.dicom import dicom_plane_lps
 from keraslm.io.formats import _by_name, format_for_path, is_image_path, supported_formats  # noqa: F401
 from keraslm.io.nifti import nifti_plane_lps
@@ -61,6 +62,33 @@ def read_image_header(path, spacing=None):
     path = os.fspath(path)
     spacing = _check_spacing(spacing, path)
     return format_for_path(path).read_header(path, spacing)
+
+
+def with_in_plane_spacing(image, spacing, spacing_source="caller"):
+    """`image`, read from a file that stores no pixel spacing (a DICOM without PixelSpacing /
+    ImagerPixelSpacing, read at the default 1 mm), with the given spacing: one value or x, y
+    is the in-plane spacing and a 3D image keeps the slice gap its slices' positions give;
+    x, y, z for a 3D image are taken as they are. No pixels are read again.
+
+    Args:
+        image: Image.
+        spacing: float or sequence of float, mm per pixel.
+        spacing_source: str. The new `spacing_source` ("caller", or a dataset's source).
+
+    Raises:
+        UsageError: another number of values, naming the image.
+    """
+    values = _check_spacing(spacing, image.path or "image")
+    values = np.atleast_1d(np.asarray(values, np.float64))
+    if values.size in (1, 2):
+        values = np.concatenate([np.broadcast_to(values, (2,)),
+                                 np.asarray(image.spacing, np.float64)[2:]])
+    elif values.size != image.ndim:
+        raise UsageError(
+            f"{image.path or 'image'}: --spacing gives {values.size} values (spacing=); this "
+            f"image is {image.ndim}D: give MM or X,Y (the in-plane spacing"
+            + ("; the slice gap comes from the slices' positions)" if image.ndim == 3 else ")"))
+    return dataclasses.replace(image, spacing=values, spacing_source=spacing_source)
 
 
 def image_plane_lps(path):

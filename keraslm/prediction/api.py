@@ -19,7 +19,8 @@ import tensorflow as tf
 from keraslm.data import image_id_from_path
 from keraslm.errors import ImageReadError, KeraslmError, UsageError
 from keraslm.files import check_output_folder, write_json
-from keraslm.io import Image, holds_geometry, read_image, strip_image_extension
+from keraslm.io import (Image, holds_geometry, read_image, strip_image_extension,
+                        with_in_plane_spacing)
 from keraslm.prediction.detector import LandmarkDetector
 from keraslm.prediction.predictors import load_predictor
 
@@ -223,7 +224,7 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
                 raise UsageError(
                     f"{path}: the file stores no pixel spacing; give the mm per pixel with "
                     "--spacing MM or X,Y (Python: spacing=)")
-            image = read_image(path, spacing=_spacing_with_slice_gap(spacing, image, path))
+            image = with_in_plane_spacing(image, spacing)
     name = path or f"image {index}"
     if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
         raise ImageReadError(f"{name} contains non-finite pixel values")
@@ -236,22 +237,6 @@ def load_input_image(item, index, ndim, spacing=None, image_id=None):
     if image_id is None:
         image_id = image_id_from_path(path) if path else f"image{index:04d}"
     return image_id, path, image
-
-
-def _spacing_with_slice_gap(spacing, image, path):
-    """The spacing of a DICOM image that stores no in-plane spacing: the given `spacing` (one
-    value or x, y) in the plane and, for a 3D image, the slice gap its slice positions give;
-    x, y, z given for a 3D image are taken as they are."""
-    values = np.atleast_1d(np.asarray(spacing, np.float64))
-    if values.size in (1, 2):
-        in_plane = np.broadcast_to(values, (2,))
-        return tuple(float(v) for v in (*in_plane, *np.asarray(image.spacing)[2:]))
-    if values.size != image.ndim:
-        raise UsageError(f"{path}: --spacing gives {values.size} values (spacing=); this image "
-                         f"is {image.ndim}D: give MM or X,Y (the in-plane spacing"
-                         + ("; the slice gap comes from the slices' positions)" if image.ndim == 3
-                            else ")"))
-    return tuple(float(v) for v in values)
 
 
 def graph_error_text(error):
