@@ -96,6 +96,14 @@ def ensemble_paths(text):
     if any(not member for member in members):
         raise argparse.ArgumentTypeError(
             f"expected PATH or PATH,PATH,... (an ensemble), got {text!r} (an empty member)")
+    seen = {}
+    for member in members:  # One model twice would weigh it double and pass as two.
+        key = os.path.realpath(member)
+        if key in seen:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} names one model twice ({seen[key]!r} and {member!r}); an ensemble's "
+                "members are different trainings")
+        seen[key] = member
     return members
 
 

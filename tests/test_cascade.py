@@ -668,7 +668,7 @@ def test_evaluate_runs_with_refine_runs(cascade_runs):
 
 @pytest.mark.slow
 def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(cascade_runs, tmp_path,
-                                                                              capsys):
+                                                                              capsys, monkeypatch):
     """evaluate.py --calibrate -> export --calibration -> every prediction path returns the same
     expected_error_mm, which is the calibration applied to the prediction's confidence/spread."""
     import tensorflow as tf
@@ -830,6 +830,23 @@ def test_calibrated_cascade_carries_expected_errors_from_evaluation_to_serving(c
     assert f"{coarse.output_dir}: a whole-image model, not a local stage" in capsys.readouterr().err
     assert export_main([coarse.output_dir, str(base), "--version", "1"]) == 2
     assert "choose another version (--version" in capsys.readouterr().err
+    # A version below the newest one is written (the export itself faked here) with a warning:
+    # TF Serving would go on serving the newest.
+    import keraslm.export
+
+    def write_version(detector, base_dir, version=None):
+        version = version or max(int(name) for name in os.listdir(base_dir)) + 1
+        os.makedirs(os.path.join(base_dir, str(version)))
+        return os.path.join(base_dir, str(version))
+
+    monkeypatch.setattr(keraslm.export, "export_saved_model", write_version)
+    (tmp_path / "versions" / "9").mkdir(parents=True)
+    assert export_main([coarse.output_dir, str(tmp_path / "versions"), "--version", "3"]) == 0
+    printed = capsys.readouterr()
+    assert "exported" in printed.out and (
+        "holds version 9, which TF Serving serves rather than 3" in printed.err)
+    assert export_main([coarse.output_dir, str(tmp_path / "versions")]) == 0
+    assert "warning" not in capsys.readouterr().err  # Version 10, the newest.
 
 
 @pytest.mark.slow

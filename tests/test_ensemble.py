@@ -267,6 +267,8 @@ def test_ensemble_paths_argument():
     assert ensemble_paths("runs/a,runs/b") == ["runs/a", "runs/b"]
     with pytest.raises(argparse.ArgumentTypeError, match="empty member"):
         ensemble_paths("runs/a,")
+    with pytest.raises(argparse.ArgumentTypeError, match="names one model twice"):
+        ensemble_paths("runs/a,runs/b,./runs/a/")
 
 
 def test_ensemble_paths_keeps_an_existing_path_with_a_comma(tmp_path):

@@ -53,7 +53,7 @@ def main(argv=None):
                         "keraslm.calibration.fit_mirror_threshold)")
     args = parser.parse_args(argv)
     # Imported after the arguments are parsed: they load TensorFlow, which --help does not need.
-    from keraslm.export import export_saved_model
+    from keraslm.export import export_saved_model, saved_model_versions
     from keraslm.prediction import LandmarkDetector, combine_detectors
     from keraslm.prediction.predictors import load_model
 
@@ -127,6 +127,10 @@ def main(argv=None):
     size = sum(os.path.getsize(os.path.join(root, name))
                for root, _, names in os.walk(path) for name in names)
     print(f"exported {path} ({size / 1e6:.1f} MB)")
+    newest = saved_model_versions(args.base_dir)[-1]
+    if newest > int(os.path.basename(path)):
+        print(f"warning: {args.base_dir} holds version {newest}, which TF Serving serves "
+              f"rather than {os.path.basename(path)}", file=sys.stderr)
     return 0
 
 
