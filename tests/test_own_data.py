@@ -379,6 +379,13 @@ def test_check_reports_the_storage_orientations_without_warning(phantom, tmp_pat
     lines = format_check(check)
     assert "  stored +x -y (index axes along LPS): 1 images" in lines
     assert any("mixed orientations are fine" in line for line in lines)
+    assert "shape_check_skipped" not in check.summary and check.aligned_mm is not None
+    # Two images cannot be aligned to a mean shape: said, not passed as checked.
+    few = check_dataset(dataset.subset(dataset.ids[:2]))
+    assert few.aligned_mm is None
+    assert ("not checked: landmarks far from the others (mislabelled or swapped points) and the "
+            "overview picture: 2 image(s) with at least 4 landmarks, the alignment needs 3"
+            ) in format_check(few)
 
 
 def test_check_reports_every_truncated_image(phantom, tmp_path, capsys):

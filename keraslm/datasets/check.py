@@ -286,6 +286,12 @@ def check_dataset(dataset, far_sd=4.0, spacing_ratio=5.0, progress=None):
                 f"other landmarks ({distance / sd[k]:.1f} SD; SD {sd[k]:.2f} mm){hint}",
                 int(i), int(k)))
     summary = _summary(dataset, headers, points)
+    if aligned is None:  # Said, not skipped silently: a clean result would read as checked.
+        summary["shape_check_skipped"] = (
+            f"too few landmarks ({len(names)}; the alignment needs {dataset.ndim + 2})"
+            if len(names) < dataset.ndim + 2 else
+            f"{int(usable.sum())} image(s) with at least {dataset.ndim + 2} landmarks, the "
+            "alignment needs 3")
     summary["errors"] = sum(f.severity == "error" for f in findings)
     summary["warnings"] = sum(f.severity == "warning" for f in findings)
     return DatasetCheck(summary, findings, aligned, mean_shape)
@@ -336,6 +342,9 @@ def format_check(check):
         lines.append(f"  {entry['name']:<30} {entry['missing']:>7}")
     for finding in check.findings:
         lines.append(finding.line())
+    if s.get("shape_check_skipped"):
+        lines.append(f"not checked: landmarks far from the others (mislabelled or swapped "
+                     f"points) and the overview picture: {s['shape_check_skipped']}")
     lines.append(f"{s['errors']} errors, {s['warnings']} warnings")
     return lines
 
