@@ -13,7 +13,7 @@ Implements Payer et al., "Regressing Heatmaps for Multiple Landmark Localization
 """
 import importlib.util as _importlib_util
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 
 if _importlib_util.find_spec("tensorflow") is None:
     raise ImportError(

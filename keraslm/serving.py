@@ -47,6 +47,20 @@ OPTIONAL_OUTPUTS = ("spread_mm", "expected_error_mm", "second_peak")
 BYTES_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def _graph_decodes(path):
+    """Whether `path` goes to `predict_image` as bytes: PNG / JPEG, and BMP of 24 or 32 bits
+    (exports before keraslm 0.4.4 read an 8-bit BMP's palette indices as its pixels; other BMPs
+    go as arrays, read by keraslm.io)."""
+    lower = path.lower()
+    if not lower.endswith(BYTES_EXTENSIONS):
+        return False
+    if lower.endswith(".bmp"):
+        with open(path, "rb") as handle:
+            header = handle.read(30)
+        return len(header) == 30 and int.from_bytes(header[28:30], "little") in (24, 32)
+    return True
+
+
 def image_request_body(paths, spacings):
     """The `predict_image` body for image files: their bytes, base64 as TF Serving's REST API
     expects for a string input, and their spacing (x, y) in mm per pixel."""
@@ -224,7 +238,7 @@ class ServingClient:
         files = []  # (position, path, header) of images sent as bytes.
         for index, item in enumerate(images):
             path = None if isinstance(item, Image) else os.fspath(item)
-            if ndim == 2 and path and path.lower().endswith(BYTES_EXTENSIONS):
+            if ndim == 2 and path and _graph_decodes(path):
                 files.append((index, path, read_image_header(path, spacing=spacing)))
                 continue
             image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])

@@ -200,6 +200,44 @@ def test_bad_inputs_are_invalid_argument_errors(model_2d):
                                atol=1e-3)
 
 
+def test_graph_reads_palette_images_as_keraslm_io_does(tmp_path):
+    """The served graph's decoder against `keraslm.io.read_image` on the same files: a palette
+    BMP went through as its raw palette indices (landmarks ~170 mm off, no error); palette
+    PNGs kept float luma where Pillow rounds. Each now equals keraslm.io's pixels; a 1-bit BMP,
+    which TensorFlow cannot decode, is refused saying so."""
+    from PIL import Image as PilImage
+
+    from keraslm.prediction.api import graph_error_text
+    from keraslm.prediction.graph import decode_image_bytes
+
+    rng = np.random.default_rng(0)
+    palette_image = PilImage.fromarray(rng.integers(0, 64, (9, 11)).astype(np.uint8), "P")
+    palette_image.putpalette(rng.integers(0, 256, 256 * 3).tolist())  # Not a grey ramp.
+    writers = {
+        "palette.bmp": lambda path: palette_image.save(path),
+        "palette16.bmp": lambda path: palette_image.quantize(16).save(path),
+        "grey.bmp": lambda path: palette_image.convert("L").save(path),
+        "colour.bmp": lambda path: palette_image.convert("RGB").save(path),
+        "palette.png": lambda path: palette_image.save(path),
+        "palette_transparent.png": lambda path: palette_image.save(path, transparency=3),
+        "one_bit.png": lambda path: palette_image.convert("1").save(path),
+    }
+    decode = tf.function(decode_image_bytes)
+    for name, write in writers.items():
+        write(str(tmp_path / name))
+        expected = read_image(str(tmp_path / name)).array.astype(np.float32)
+        decoded = decode(tf.constant((tmp_path / name).read_bytes())).numpy()
+        np.testing.assert_allclose(decoded, expected, atol=1e-4, err_msg=name)
+    indices = np.asarray(palette_image, np.float32)
+    assert np.abs(read_image(str(tmp_path / "palette.bmp")).array - indices).max() > 50
+    palette_image.convert("1").save(str(tmp_path / "one_bit.bmp"))
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant((tmp_path / "one_bit.bmp").read_bytes()))
+    assert graph_error_text(raised.value) == (
+        "a BMP of 1 bit(s) per pixel: the served graph reads BMPs of 8, 24 or 32 bits; send it "
+        "as PNG")
+
+
 def rest_transport(version_dir, log):
     """Answers like TF Serving's REST API for the image signatures: {"b64": ...} values become
     the decoded bytes; row format -> {"predictions": [...]}, columnar -> {"outputs": {...}}."""
@@ -230,18 +268,23 @@ def rest_transport(version_dir, log):
     return transport
 
 
-def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, keras_predictor):
+def test_serving_client_sends_files_and_arrays_and_equals_predict(model_2d, keras_predictor, tmp_path):
     from keraslm.serving import ServingClient
 
     result, dataset = model_2d
     pngs, others = _png_and_dicom(dataset)
     spacing = tuple(np.broadcast_to(dataset.image_spacing, (2,)).tolist())
-    items = pngs[:3] + others[:1]
+    # A palette BMP (exports before 0.4.4 decode its palette indices): as an array.
+    from PIL import Image as PilImage
+
+    palette_bmp = str(tmp_path / "palette.bmp")
+    PilImage.open(pngs[0]).convert("L").convert("P").save(palette_bmp)
+    items = pngs[:3] + others[:1] + [palette_bmp]
     log = []
     client = ServingClient("phantom", result.export_path, transport=rest_transport(result.export_path, log))
     answers = client.predict(items, spacing=spacing, batch_size=2)
     # Each DICOM alone through predict_array; the PNG files as bytes, 2 per predict_image request.
-    assert log == ["predict_array"] * len(others[:1]) + ["predict_image"] * ((len(pngs[:3]) + 1) // 2)
+    assert log == ["predict_array"] * 2 + ["predict_image"] * ((len(pngs[:3]) + 1) // 2)
     for answer, reference in zip(answers, predict(keras_predictor, items, spacing=spacing)):
         assert answer.image_id == reference.image_id and answer.landmark_names == reference.landmark_names
         np.testing.assert_allclose(answer.points_mm, reference.points_mm, atol=TOLERANCE_MM)

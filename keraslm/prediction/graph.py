@@ -63,9 +63,22 @@ def decode_image_bytes(data):
             lambda: tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False),
                             tf.float32))
 
-    pixels = tf.cond(
-        is_png16,
-        lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32), other)
+    is_bmp = tf.equal(tf.strings.substr(header, 0, 2), b"BM")
+    bmp_bits = tf.io.decode_raw(tf.strings.substr(header, 28, 2), tf.uint16, little_endian=True)[0]
+    bmp_check = tf.debugging.Assert(
+        tf.logical_or(tf.logical_not(is_bmp), tf.reduce_any(tf.equal(bmp_bits, [8, 24, 32]))),
+        [tf.strings.join(["a BMP of ", tf.strings.as_string(bmp_bits), " bit(s) per pixel: "
+                          "the served graph reads BMPs of 8, 24 or 32 bits; send it as PNG"])])
+    with tf.control_dependencies([bmp_check]):
+        pixels = tf.cond(
+            is_png16,
+            lambda: tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32),
+            other)
+    pixels = tf.cond(tf.logical_and(is_bmp, tf.equal(bmp_bits, 8)),
+                     lambda: _bmp_palette_grey(data, pixels), lambda: pixels)
+    is_palette_png = tf.logical_and(tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE),
+                                    tf.equal(tf.strings.substr(header, 25, 1), b"\x03"))
+    pixels = tf.cond(is_palette_png, lambda: _pillow_grey(pixels[..., :3]), lambda: pixels)
     channels = tf.shape(pixels)[-1]
 
     def colour():
@@ -76,6 +89,29 @@ def decode_image_bytes(data):
                        lambda: tf.tensordot(rgb, tf.constant(_LUMA_WEIGHTS, tf.float32), 1))
 
     return tf.cond(channels >= 3, colour, lambda: pixels[..., 0])
+
+
+def _bmp_palette_grey(data, indices):
+    """An 8-bit BMP's pixels (TensorFlow decodes them as palette indices `(H, W, 1)`) through
+    its colour table to grey `(H, W, 1)` float32 (`_pillow_grey`; a grey ramp stays itself)."""
+    def int32_at(offset):
+        return tf.io.decode_raw(tf.strings.substr(data, offset, 4), tf.int32, little_endian=True)[0]
+
+    info_size, used = int32_at(14), int32_at(46)
+    count = tf.where(used > 0, used, 256)
+    table = tf.io.decode_raw(tf.strings.substr(data, 14 + info_size, 4 * count), tf.uint8)
+    table = tf.reshape(table, (-1, 4))  # Blue, green, red, unused.
+    grey = _pillow_grey(tf.reverse(table[:, :3], [1]))[:, 0]
+    return tf.gather(grey, tf.cast(indices, tf.int32))
+
+
+def _pillow_grey(rgb):
+    """RGB `(..., 3)` -> grey `(..., 1)` float32 as Pillow converts a palette image to "L"
+    (integer luma, rounded), so palette images read here equal `keraslm.io`'s exactly."""
+    rgb = tf.cast(rgb, tf.int32)
+    grey = tf.bitwise.right_shift(
+        rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 32768, 16)
+    return tf.cast(grey, tf.float32)[..., tf.newaxis]
 
 
 def refine_function(network, stage, with_spread=False):
