@@ -37,6 +37,13 @@ EXPORT_FILE = "export.json"
 CHECKPOINT_FOLDER = "checkpoints"
 LOG_FOLDER = "logs"
 LOCK_FILE = ".training.lock"
+#: What train.py writes into a run folder: a new run overwrites or removes all of it.
+RUN_CONTENTS = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, HISTORY_FILE, TRAINED_WEIGHTS_FILE,
+                TRAINED_SIGMA_FILE, EXPORT_FILE, CHECKPOINT_FOLDER, LOG_FOLDER)
+#: Files of a checkpoint in CHECKPOINT_FOLDER (Keras's BackupAndRestore).
+CHECKPOINT_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json")
+#: Entries of a config.json that train.py wrote (every version of keraslm).
+_CONFIG_KEYS = ("dataset", "architecture", "output_dir", "steps")
 
 
 class RunFolder:
@@ -140,7 +147,42 @@ class RunFolder:
     def has_checkpoints(self):
         """bool. Whether an interrupted run left checkpoints (or its trained weights) to resume
         from."""
-        return os.path.isdir(self.checkpoint_dir) or os.path.isfile(self.trained_weights_path)
+        return (any(os.path.isfile(os.path.join(self.checkpoint_dir, name))
+                    for name in CHECKPOINT_FILES)
+                or os.path.isfile(self.trained_weights_path))
+
+    def has_run_config(self):
+        """bool. Whether config.json is there and is one that train.py wrote."""
+        import json
+
+        try:
+            with open(self.config_path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and all(key in config for key in _CONFIG_KEYS)
+
+    def foreign_contents(self):
+        """Names of `RUN_CONTENTS` present in a folder whose config.json train.py did not
+        write (another program's files a run would overwrite or remove); [] for a run folder."""
+        if not os.path.isdir(self.path) or self.has_run_config():
+            return []
+        return [name for name in RUN_CONTENTS if os.path.exists(self.file(name))]
+
+    def remove_leftovers(self):
+        """Removes the temporary files of writes a kill interrupted (`keraslm.files.atomic_path`
+        names them `.<name>.<random>.tmp<suffix>`); call with the training lock held. Returns
+        their names."""
+        removed = []
+        for name in sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []:
+            base = name.split(".tmp")[0]
+            if (name.startswith(".") and ".tmp" in name
+                    and any(base.startswith(f".{known}.") for known in RUN_CONTENTS)):
+                path = self.file(name)
+                if os.path.isfile(path):
+                    os.remove(path)
+                    removed.append(name)
+        return removed
 
     def read_config(self):
         """dict. `config.json`; KeraslmError when the folder or file is missing or unreadable."""

@@ -595,3 +595,137 @@ def test_resumed_run_stopped_after_its_export_does_not_export_again(phantom_root
                        r"another model"):
         train(config.replace(output_dir=str(tmp_path / "run3")), log=messages.append)
     assert not (tmp_path / "run3" / "history.json").exists()
+
+
+def test_a_folder_of_other_files_is_not_taken_for_a_run(phantom_root, tmp_path):
+    """A folder holding a checkpoints/ folder or a config.json that train.py did not write: the
+    "pass --resume" advice led a run to train from scratch and then remove the user's
+    checkpoints/ folder; its config.json and history.json were overwritten. Refused now, new
+    run or resumed, before anything is written; the files stay."""
+    config = TrainingConfig(dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=2,
+                            steps_per_epoch=2, model_overrides=TINY_MODEL, jit="off", plots=False)
+    own = tmp_path / "project"
+    (own / "checkpoints").mkdir(parents=True)
+    (own / "checkpoints" / "important.ckpt").write_text("keep")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"mine": 1}')
+    (tmp_path / "other" / "history.json").write_text("[]")
+    for folder, names in ((own, "checkpoints"), (tmp_path / "other", "config.json, history.json")):
+        for resume in (False, True):
+            with pytest.raises(KeraslmError, match=(
+                    f"{folder} holds {names} but no config.json of train.py: not a training run "
+                    "folder")):
+                train(config.replace(output_dir=str(folder), resume=resume))
+    assert (own / "checkpoints" / "important.ckpt").read_text() == "keep"
+    assert (tmp_path / "other" / "config.json").read_text() == '{"mine": 1}'
+    assert sorted(os.listdir(own)) == ["checkpoints"]
+
+
+def test_early_refusals_of_the_export_and_cache_folders(phantom_root, tmp_path):
+    """`--output-dir saved_models/x` made the default export folder the run folder: refused
+    after the training; now before it. An unwritable --cache-file was a traceback after the
+    model was built."""
+    config = TrainingConfig(dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=2,
+                            steps_per_epoch=2, model_overrides=TINY_MODEL, jit="off", plots=False)
+    run = tmp_path / "saved_models" / "x"
+    for export_dir in (run, run / "inner", tmp_path / "saved_models"):
+        with pytest.raises(KeraslmError, match=r"and the run folder .* \(--output-dir\) overlap"):
+            train(config.replace(output_dir=str(run), export_dir=str(export_dir)))
+    assert not run.exists()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(KeraslmError, match="--cache-file's folder .*a_file.* is a file"):
+        train(config.replace(output_dir=str(tmp_path / "run"),
+                             cache_file=str(tmp_path / "a_file" / "cache")))
+    from keraslm.commands.train import _export_dir, parse_args
+
+    # Recorded absolute: a run resumed from another working folder exports where it began.
+    assert _export_dir(parse_args(["--output-dir", "runs/x"])) == os.path.abspath("saved_models/x")
+
+
+def test_resume_after_a_kill_in_the_first_checkpoint(phantom_root, tmp_path, monkeypatch):
+    """Keras wrote a checkpoint in place: killed while writing the first one (no earlier one
+    to fall back to), the run could never be resumed (an h5py traceback). Checkpoints are now
+    written beside and renamed; a broken first one from an older keraslm restarts the run
+    with a warning. Leftover temporary files of interrupted writes are removed on resume."""
+    import keraslm.training.run as run_module
+    from keraslm.training.callbacks import EpochHistory
+
+    class Interrupted(EpochHistory):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            raise RuntimeError("simulated kill")
+
+    config = TrainingConfig(
+        dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=4, steps_per_epoch=2,
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False)
+    monkeypatch.setattr(run_module, "EpochHistory", Interrupted)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config)
+    monkeypatch.setattr(run_module, "EpochHistory", EpochHistory)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["latest.weights.h5", "training_metadata.json"]
+    (checkpoints / "latest.weights.h5").write_bytes(b"")  # As a kill mid-write left it.
+    leftover = tmp_path / "run" / ".model.keras.x1y2.tmp.keras"
+    leftover.write_bytes(b"partial")
+    (tmp_path / "run" / ".mine").write_text("kept")
+    messages = []
+    with pytest.warns(UserWarning, match="cannot be read .* the run starts from its first epoch"):
+        result = train(config.replace(resume=True), log=messages.append)
+    assert os.path.isfile(result.model_path) and not leftover.exists()
+    assert (tmp_path / "run" / ".mine").read_text() == "kept"
+    assert any("removed .model.keras.x1y2.tmp.keras" in m for m in messages)
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["optimizer_iterations"] == 4
+    assert len(json.load(open(tmp_path / "run" / "history.json"))["loss"]) == 2
+
+
+def test_resume_takes_resolved_values_and_a_moved_dataset(phantom_root, tmp_path, monkeypatch,
+                                                          capsys):
+    """--resume with the values the run resolved itself (--batch-size 8 where it chose 8,
+    --precision bfloat16 where "auto" chose it) was refused as "other settings"; a dataset
+    moved since could not be named (its recorded path was "unknown dataset"); Ctrl-C printed a
+    traceback and no word of --resume."""
+    import shutil
+
+    import keraslm.training
+    import keraslm.training.run as run_module
+    from keraslm.commands.train import main as train_main
+
+    moved = tmp_path / "data"
+    shutil.copytree(phantom_root, moved)
+    config = TrainingConfig(
+        dataset=str(moved), grid_shape=(32, 32), steps=4, steps_per_epoch=2, precision="auto",
+        test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
+        jit="off", plots=False)
+
+    def fail(errors):
+        raise RuntimeError("simulated failure in the final validation")
+
+    original = run_module.summarize
+    monkeypatch.setattr(run_module, "summarize", fail)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train(config)
+    monkeypatch.setattr(run_module, "summarize", original)
+    recorded = json.load(open(tmp_path / "run" / "config.json"))
+    batch, precision = recorded["settings"]["batch_size"], recorded["resolved_precision"]["precision"]
+    assert recorded["batch_size"] is None and recorded["precision"] == "auto"
+    with pytest.raises(KeraslmError, match=r"other settings: batch_size 99 \(config.json: None\)"):
+        train(config.replace(resume=True, batch_size=99))
+    shutil.move(str(moved), str(tmp_path / "moved"))
+    command = ["--resume", "--output-dir", str(tmp_path / "run"), "--no-export", "--no-plots"]
+    assert train_main(command) == 2
+    assert (f"--resume: the run's --dataset {moved} (its config.json) no longer exists; moved? "
+            f"give its new place") in capsys.readouterr().err
+
+    def interrupted(config, log=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keraslm.training, "train", interrupted)
+    assert train_main(command + ["--dataset", str(tmp_path / "moved")]) == 130
+    assert (f"interrupted: {tmp_path / 'run'} keeps the last finished epoch; continue with: "
+            f"python train.py --resume --output-dir {tmp_path / 'run'}") in capsys.readouterr().err
+    monkeypatch.undo()
+    result = train(config.replace(dataset=str(tmp_path / "moved"), resume=True, batch_size=batch,
+                                  precision=precision))
+    assert os.path.isfile(result.model_path)
+    assert json.load(open(tmp_path / "run" / "config.json"))["dataset"] == str(tmp_path / "moved")

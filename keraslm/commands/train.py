@@ -151,10 +151,15 @@ def _parser():
                      "or right; not for images with left/right landmark pairs); default off")
     fit.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation and augmentation")
     run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", default=os.path.join("runs", "default"), help="run folder")
+    run.add_argument("--output-dir", default=os.path.join("runs", "default"),
+                     help="run folder (default: runs/default): a new or empty folder; one that "
+                     "holds a finished run, or an interrupted one without --resume, is refused, "
+                     "as is one with files of a run's names that train.py did not write")
     run.add_argument("--export-dir", default=argparse.SUPPRESS,
                      help="TF Serving model base folder; the trained model is exported as its "
-                     "next version <export-dir>/<n>/ (default: saved_models/<name of --output-dir>)")
+                     "next version <export-dir>/<n>/ (default: saved_models/<name of "
+                     "--output-dir> in the current folder; recorded, so a resumed run exports "
+                     "there from any folder)")
     run.add_argument("--no-export", action="store_true", help="do not export a SavedModel")
     run.add_argument("--no-plots", action="store_true",
                      help="skip the closing pictures (validation cumulative error curve and "
@@ -164,9 +169,10 @@ def _parser():
                      "targets, learning rate, batch, steps, each with its reason) from the "
                      "image headers and stop: nothing is trained or written")
     run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run in --output-dir from its last checkpoint, "
-                     "with the settings its config.json recorded (other flags that would change "
-                     "what it trains are refused)")
+                     help="continue an interrupted run in --output-dir from its last finished "
+                     "epoch, with the settings its config.json recorded (other flags that would "
+                     "change what it trains are refused; a dataset moved since is given with "
+                     "--dataset NEW_PLACE)")
     run.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                      help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     run.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -188,9 +194,9 @@ def _export_dir(args):
     if args.no_export:
         return None
     if getattr(args, "export_dir", None):
-        return args.export_dir
+        return os.path.abspath(args.export_dir)  # Recorded: a resume from elsewhere finds it.
     name = os.path.basename(os.path.normpath(os.path.abspath(args.output_dir)))
-    return os.path.join("saved_models", name)
+    return os.path.abspath(os.path.join("saved_models", name))
 
 
 def _absolute_path(path):
@@ -238,6 +244,7 @@ def _resumed_config(args, argv):
     """--resume: the run's own settings from its config.json, with the options typed on this
     command line on top (`keraslm.training.train` refuses those that change what the run
     trains; where and how it runs - export, plots, XLA, distribution - may change)."""
+    from keraslm.errors import KeraslmError
     from keraslm.run_folder import RunFolder
     from keraslm.training import TrainingConfig
 
@@ -257,6 +264,15 @@ def _resumed_config(args, argv):
     typed = _typed_options(argv)
     given = {key: value for key, value in asked.to_dict().items()
              if typed & set(_OPTIONS_OF.get(key, (key,)))}
+    for key in ("dataset", "dataset_root", "train_ids", "test_ids"):
+        recorded = settings.get(key)
+        if (key not in given and isinstance(recorded, str) and os.path.isabs(recorded)
+                and not os.path.exists(recorded)):
+            option = "--" + key.replace("_", "-")
+            raise KeraslmError(
+                f"--resume: the run's {option} {recorded} (its config.json) no longer exists; "
+                f"moved? give its new place: train.py --resume --output-dir {args.output_dir} "
+                f"{option} NEW_PLACE")
     return TrainingConfig(**{**settings, **given, "resume": True, "output_dir": args.output_dir})
 
 
@@ -271,6 +287,17 @@ def main(argv=None):
     except (KeraslmError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
+    except KeyboardInterrupt:
+        from keraslm.run_folder import RunFolder
+
+        if RunFolder(args.output_dir).has_checkpoints():
+            print(f"\ninterrupted: {args.output_dir} keeps the last finished epoch; continue "
+                  f"with: python train.py --resume --output-dir {args.output_dir}",
+                  file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch was saved: nothing to resume",
+                  file=sys.stderr)
+        return 130
     if config.run.plan_only:
         print("--plan-only: nothing was trained")
         return 0

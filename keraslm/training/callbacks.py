@@ -1,4 +1,6 @@
 """Keras callbacks of a training run. TF-only edge: tf.summary for TensorBoard images."""
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -68,13 +70,41 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._steps_per_epoch = int(steps_per_epoch)
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+        try:
+            super().on_train_begin(logs)
+        except OSError as error:
+            # A checkpoint that cannot be read and no earlier one (Keras's own fallback): a
+            # kill while Keras wrote the first one, in place, before keraslm 0.4.4. Nothing
+            # of the run was saved: it starts again, with a warning.
+            import warnings
+
+            warnings.warn(f"{self._weights_path} cannot be read ({error}); it was being written "
+                          "when the training was stopped, before any epoch was saved: the run "
+                          "starts from its first epoch")
+            for path in (self._weights_path, self._training_metadata_path):
+                if os.path.exists(path):
+                    os.remove(path)
+            self.model._initial_epoch = 0
+            return
         optimizer = self.model.optimizer
         if optimizer is None or not tf.io.gfile.exists(self._weights_path):
             return
         trained_epochs = int(optimizer.iterations.numpy()) // self._steps_per_epoch
         if trained_epochs != int(getattr(self.model, "_initial_epoch", None) or 0):
             self.model._initial_epoch = trained_epochs
+
+
+    def _save_model(self):
+        """Keras's save, with each file written beside and renamed into place: a kill while
+        writing leaves the previous checkpoint readable (Keras writes in place)."""
+        os.makedirs(self.backup_dir, exist_ok=True)
+        temporary = self._weights_path + ".writing.weights.h5"
+        self.model.save_weights(filepath=temporary, overwrite=True)
+        os.replace(temporary, self._weights_path)  # Weights first: BackupAndRestore.on_train_begin
+        from keraslm.files import write_json
+
+        write_json(self._training_metadata_path,  # counts the epochs by the optimizer's steps.
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
 class EpochHistory(keras.callbacks.Callback):

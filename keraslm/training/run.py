@@ -171,6 +171,7 @@ def train(config, log=None):
         if config.run.plan_only:
             return _train(config, log)
         check_output_folder(config.run.output_dir, "--output-dir")  # Before making it.
+        _check_not_foreign(RunFolder(config.run.output_dir))  # Before its lock file.
         with RunFolder(config.run.output_dir).training_lock():
             return _train(config, log)
     finally:
@@ -204,10 +205,33 @@ def _export_once(run_folder, detector, export_dir, log):
     return export_path
 
 
+def _check_export_dir(export_dir, output_dir):
+    """The export's base folder must not be the run folder, inside it or hold it (the default
+    saved_models/<name of --output-dir> is the run folder for --output-dir saved_models/x)."""
+    export_dir, output_dir = os.path.abspath(export_dir), os.path.abspath(output_dir)
+    if os.path.commonpath([export_dir, output_dir]) in (export_dir, output_dir):
+        raise KeraslmError(
+            f"the SavedModel base folder {export_dir} (--export-dir; by default saved_models/"
+            f"<name of --output-dir>) and the run folder {output_dir} (--output-dir) overlap; "
+            "give another --export-dir, or an --output-dir outside saved_models/")
+
+
+def _check_not_foreign(run_folder):
+    """Raises KeraslmError when the folder holds files of the names a run writes that train.py
+    did not write (a run would overwrite them, and remove a checkpoints/ folder)."""
+    foreign = run_folder.foreign_contents()
+    if foreign:
+        raise KeraslmError(
+            f"{run_folder.path} holds {', '.join(foreign)} but no config.json of train.py: not a "
+            "training run folder, and a run would overwrite or remove them; choose another "
+            "--output-dir (a new or empty folder)")
+
+
 def _check_run_folder(run_folder, resume):
     """Raises KeraslmError when the run folder cannot take this run (or has nothing to resume)."""
     output_dir, model_path = run_folder.path, run_folder.model_path
     check_output_folder(output_dir, "--output-dir")
+    _check_not_foreign(run_folder)
     if resume and run_folder.is_finished():
         raise KeraslmError(f"nothing to resume in {output_dir}: it holds a finished run "
                            "(model.keras); start a new run in another --output-dir")
@@ -236,6 +260,8 @@ def _same_setting(key, saved, requested):
     if key in PATH_SETTINGS and isinstance(saved, str) and isinstance(requested, str):
         if saved == requested:
             return True
+        if os.path.isabs(saved) and not os.path.exists(saved) and os.path.exists(requested):
+            return True  # Moved: the new place (the validation images are compared later).
         # A built-in name (phantom2d) is not a path; a path is the same from any working folder.
         return (os.path.exists(saved) or os.path.exists(requested)) and \
             os.path.abspath(saved) == os.path.abspath(requested)
@@ -252,6 +278,18 @@ def _same_setting(key, saved, requested):
     return saved == requested
 
 
+def _resolved_value(saved, key):
+    """What a setting recorded as asked (None: the preset's; "auto") resolved to, from the
+    config.json `saved`: `--batch-size 8` resumes a run that chose 8 itself."""
+    if key == "precision":
+        return (saved.get("resolved_precision") or {}).get("precision")
+    if key == "ndim" and saved.get("grid_shape"):
+        return len(saved["grid_shape"])
+    if saved.get(key) is None:
+        return (saved.get("settings") or {}).get(key)
+    return None
+
+
 def _check_resumed_settings(run_folder, config):
     """Raises KeraslmError when a resumed run is asked to train with other settings than those
     its config.json recorded (the weights and the optimizer state belong to those). Returns the
@@ -262,7 +300,8 @@ def _check_resumed_settings(run_folder, config):
     differences = [
         f"{key} {value!r} (config.json: {saved[key]!r})"
         for key, value in config.to_dict().items()
-        if key not in RESUME_MAY_CHANGE and key in saved and not _same_setting(key, saved[key], value)]
+        if key not in RESUME_MAY_CHANGE and key in saved and not _same_setting(key, saved[key], value)
+        and not _same_setting(key, _resolved_value(saved, key), value)]
     if differences:
         raise KeraslmError(
             f"--resume: {run_folder.path} was started with other settings: "
@@ -386,10 +425,16 @@ def _train(config, log=None):
     recorded = {}  # A resumed run's config.json.
     if not run.plan_only:
         _check_run_folder(run_folder, run.resume)
+        for name in run_folder.remove_leftovers():
+            log(f"removed {name}: a temporary file of a write that a kill interrupted")
         if not run.resume and os.path.isfile(run_folder.export_record_path):
             os.remove(run_folder.export_record_path)  # A new run: an old record is not its export.
         if run.export_dir:  # Checked now, not after the training.
+            _check_export_dir(run.export_dir, output_dir)
             check_output_folder(run.export_dir, "--export-dir")
+        if data.cache_file:
+            check_output_folder(os.path.dirname(os.path.abspath(data.cache_file)),
+                                "--cache-file's folder")
         if run.resume:
             recorded = _check_resumed_settings(run_folder, config)
 
@@ -573,7 +618,7 @@ def _train(config, log=None):
     if val_samples is None:  # Every image trained on (--test-fraction 0): no held-out error.
         errors_mm = np.zeros((0, dataset.num_landmarks))
     else:
-        log(f"final validation of the saved model on {len(val_set)} images")
+        log(f"final validation of the trained model on {len(val_set)} images")
 
         def validation_progress(done, total):
             if done == total or done % 10 == 0:
