@@ -344,19 +344,22 @@ def prepare_on_grid(array, spacing, grid, normalization):
     array = tf.convert_to_tensor(array)
     size = tf.reverse(tf.shape(array), [0])  # x, y[, z]
     excess = field_excess_mm(size, spacing, grid)
-    check = tf.debugging.assert_less_equal(
-        tf.reduce_max(excess), tf.constant(0.0, tf.float64),
-        message=(f"the image is larger than the field of view of the model "
-                 f"({[round(n * s, 2) for n, s in zip(grid.size, grid.spacing)]} mm along x, y"
-                 f"{', z' if grid.ndim == 3 else ''}); its size in mm is pixels x spacing"))
+    axes = "x, y" + (", z" if grid.ndim == 3 else "")
+    extent = tf.strings.reduce_join(tf.strings.as_string(
+        tf.cast(size, tf.float64) * tf.cast(spacing, tf.float64), precision=2), separator=", ")
+    field = [round(n * s, 2) for n, s in zip(grid.size, grid.spacing)]
+    check = tf.debugging.Assert(
+        tf.reduce_max(excess) <= 0.0,
+        [tf.strings.join(["the image is [", extent, f"] mm along {axes} (pixels x spacing), "
+                          f"larger than the field of view of the model ({field} mm); crop it to "
+                          "the region the model was trained on, or check the spacing"])])
     # An image smaller than one grid pixel is a spacing mistake (e.g. metres for mm), and its
     # anti-aliasing box would be as wide as the scale factor: refused before any memory is used.
-    too_small = tf.debugging.assert_greater_equal(
-        tf.reduce_min(field_shortfall_mm(size, spacing, grid)), tf.constant(0.0, tf.float64),
-        message=(f"the image is smaller than one pixel of the grid of the model "
-                 f"({[round(s, 4) for s in grid.spacing]} mm along x, y"
-                 f"{', z' if grid.ndim == 3 else ''}); its size in mm is pixels x spacing - is "
-                 "the spacing right?"))
+    too_small = tf.debugging.Assert(
+        tf.reduce_min(field_shortfall_mm(size, spacing, grid)) >= 0.0,
+        [tf.strings.join(["the image is [", extent, f"] mm along {axes} (pixels x spacing), "
+                          "smaller than one pixel of the grid of the model "
+                          f"({[round(s, 4) for s in grid.spacing]} mm): is the spacing right?"])])
     with tf.control_dependencies([check, too_small]):
         matrix = grid_to_image_matrix(size, spacing, grid)
     return resample_to_grid(normalize(array, normalization), matrix, grid), matrix
