@@ -708,6 +708,10 @@ def test_resume_takes_resolved_values_and_a_moved_dataset(phantom_root, tmp_path
     monkeypatch.setattr(run_module, "summarize", original)
     recorded = json.load(open(tmp_path / "run" / "config.json"))
     batch, precision = recorded["settings"]["batch_size"], recorded["resolved_precision"]["precision"]
+    # The plan's reasons of unchanged values are the recorded ones (train.py --resume passes
+    # the recorded grid and steps on as if typed: "--steps given").
+    recorded["plan"]["reasons"]["steps"] = "the preset's, as recorded"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
     assert recorded["batch_size"] is None and recorded["precision"] == "auto"
     with pytest.raises(KeraslmError, match=r"other settings: batch_size 99 \(config.json: None\)"):
         train(config.replace(resume=True, batch_size=99))
@@ -728,4 +732,6 @@ def test_resume_takes_resolved_values_and_a_moved_dataset(phantom_root, tmp_path
     result = train(config.replace(dataset=str(tmp_path / "moved"), resume=True, batch_size=batch,
                                   precision=precision))
     assert os.path.isfile(result.model_path)
-    assert json.load(open(tmp_path / "run" / "config.json"))["dataset"] == str(tmp_path / "moved")
+    resumed = json.load(open(tmp_path / "run" / "config.json"))
+    assert resumed["dataset"] == str(tmp_path / "moved")
+    assert resumed["plan"]["reasons"]["steps"] == "the preset's, as recorded"

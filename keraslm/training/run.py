@@ -329,6 +329,23 @@ def _resolved_settings(config, dataset, network, input_shape):
     return settings
 
 
+def _keep_recorded_reasons(plan, recorded_plan):
+    """A resumed run's plan keeps the reasons its config.json recorded for the values that did
+    not change: `train.py --resume` passes the recorded grid and steps on as if typed, and the
+    plan said "--steps given" of a run that took its preset's."""
+    if not recorded_plan:
+        return
+    recorded_values = recorded_plan.get("values") or {}
+    for key, reason in (recorded_plan.get("reasons") or {}).items():
+        if key == "grid":
+            unchanged = list(recorded_plan.get("grid_shape") or []) == list(plan.grid_shape)
+        else:
+            unchanged = (key != "batch_size" and key in plan.values
+                         and recorded_values.get(key) == plan.values[key])
+        if unchanged:
+            plan.reasons[key] = reason
+
+
 def _memory_batch(config, stage, network, input_shape, settings, num_landmarks):
     """(batch size, reason, MB of activations per sample): the preset's batch, capped so that
     a step's activations fit in memory (`keraslm.training.plan`); a --batch-size given is kept,
@@ -490,6 +507,7 @@ def _train(config, log=None):
     settings["batch_size"] = memory[0]
     plan = _plan(config, stage, grid, settings, memory,
                  output_stride=int(getattr(network, "output_stride", 1)))
+    _keep_recorded_reasons(plan, recorded.get("plan"))
     for line in plan.lines():
         log(f"plan: {line}")
     if run.plan_only:
