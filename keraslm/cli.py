@@ -157,3 +157,16 @@ def apply_mode_defaults(args, defaults):
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
+
+
+def typed_options(parser, argv):
+    """set of str. The destinations of the options typed in `argv` (None: sys.argv[1:]), also
+    those typed with their default value (`--dataset phantom2d`)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in defaults:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default

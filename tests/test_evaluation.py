@@ -85,6 +85,26 @@ def test_summary_of_array_keeps_the_training_keys_and_counts_missing():
     assert empty["count"] == 0 and empty["median_mm"] is None and empty["missing_ground_truth"] == 4
 
 
+def test_an_error_equal_to_a_radius_counts_within_it():
+    """Pixel annotations 30 and 40 pixels apart at 0.1 mm: 3.0000000000000036 mm and
+    4.000000000000001 mm in floating point were counted outside SDR 3 / 4 mm."""
+    truth = np.zeros((3, 1, 2))
+    truth[:, 0, 0] = np.array([4, 1, 1]) * 0.1  # Pixel positions in mm, as a dataset reads them.
+    predicted = truth.copy()
+    predicted[:, 0, 0] = np.array([4 + 30, 1 + 40, 1 + 100]) * 0.1
+    errors = point_errors(predicted, truth)
+    raw = errors.errors_mm[:, 0]
+    assert raw[0] > 3.0 and raw[1] > 4.0 and raw[2] > 10.0  # Rounded above the radii.
+    summary = summarize(errors, outlier_radii=(4.0, 10.0))
+    assert summary["sdr_3.0mm_percent"] == pytest.approx(100 / 3)
+    assert summary["sdr_4.0mm_percent"] == pytest.approx(200 / 3)
+    assert summary["outliers"] == 0 and summary["outliers_10.0mm"] == 0
+    assert summary["outliers_4.0mm"] == 1
+    assert summarize(errors.errors_mm + 1e-6)["outliers"] == 1  # A real excess counts.
+    [row] = per_landmark(errors, sdr_radius=3.0)
+    assert row["sdr_3.0mm_percent"] == pytest.approx(100 / 3) and row["outliers"] == 0
+
+
 def test_missing_prediction_is_excluded_and_counted():
     predicted = PREDICTED.copy()
     predicted[1, 0] = NAN
@@ -219,10 +239,43 @@ def test_evaluate_predictions_of_a_ground_truth_subset(tmp_path, capsys):
     assert script.main(arguments) == 2
     assert "different ids" in capsys.readouterr().err
     assert script.main(arguments + ["--ground-truth-subset"]) == 0
-    assert "truth.csv: 1 images without a prediction left out" in capsys.readouterr().out
+    assert "truth.csv: 1 image without a prediction left out" in capsys.readouterr().out
+    # The report is written as a set: a folder where one of its files goes fails before any
+    # file is replaced (the earlier report stays whole); named, not a traceback.
+    report = (tmp_path / "out" / "report.md").read_text()
+    written = (tmp_path / "out" / "predictions_named.csv").read_text()
+    (tmp_path / "out" / "metrics.json").unlink()
+    (tmp_path / "out" / "metrics.json").mkdir()
+    assert script.main(["--predictions", predictions, "--ground-truth", truth, "--ndim", "2",
+                        "--output-dir", str(tmp_path / "out"), "--no-plots"]) == 2
+    assert "metrics.json is a folder; the report writes a file of that name" in (
+        capsys.readouterr().err)
+    assert (tmp_path / "out" / "report.md").read_text() == report
+    assert (tmp_path / "out" / "predictions_named.csv").read_text() == written
+    assert not [name for name in os.listdir(tmp_path / "out") if name.startswith(".")]
+    # A predictions file the report would replace (keraslm-predict's predictions.csv in the
+    # same folder) is refused; --dataset typed with its default value is a ground truth.
+    (tmp_path / "out" / "metrics.json").rmdir()
+    for name in ("predictions.csv", "predictions_named.csv"):
+        with pytest.raises(SystemExit):
+            script.main(["--predictions", str(tmp_path / "out" / name), "--ground-truth", truth,
+                         "--output-dir", str(tmp_path / "out")])
+        assert "is a file the report writes into --output-dir" in capsys.readouterr().err
+    assert (tmp_path / "out" / "predictions_named.csv").read_text() == written
+    assert script.parse_args(["--predictions", "p.csv", "--dataset", "phantom2d"]).dataset == "phantom2d"
     with pytest.raises(SystemExit):
         script.main(["--runs", "r", "--ground-truth-subset"])
     assert "--ground-truth-subset goes with --predictions" in capsys.readouterr().err
+
+
+def test_pooled_runs_of_the_same_name_keep_their_ids_apart():
+    """Runs seed1/run and seed2/run pooled: their images were both labelled run/<id> and the
+    pooling failed on duplicate ids after every prediction had run."""
+    from keraslm.evaluation.sources import _unique_labels
+
+    assert _unique_labels(["runs/fold0", "runs/fold1"]) == ["fold0", "fold1"]
+    assert _unique_labels(["a/seed1/run", "a/seed2/run/"]) == ["seed1/run", "seed2/run"]
+    assert _unique_labels(["x/run", "x/run"]) == ["run#1", "run#2"]
 
 
 def test_evaluate_predictions_bad_input(tmp_path):

@@ -69,7 +69,8 @@ def parse_args(argv=None):
                         "or with --dataset's landmarks (which it converts to mm, e.g. ISBI "
                         "2015's pixel coordinates)")
     source.add_argument("--ground-truth", help="ground-truth CSV in mm, for --predictions (a "
-                        "CSV in pixels: give it as --dataset CSV --units index --spacing MM)")
+                        "CSV in pixels: give it as --dataset CSV --dataset-root IMAGES --units "
+                        "index --spacing MM; the images' headers place the pixels in mm)")
     source.add_argument("--ground-truth-subset", action="store_true",
                         help="with --predictions: the predictions cover only some of the "
                         "ground truth's images (e.g. one split of a whole dataset's CSV); rows "
@@ -133,8 +134,9 @@ def parse_args(argv=None):
                          help="compute precision of .keras models (auto: bfloat16 where the "
                          "CPU/GPU has it; float32 gives the SavedModel's numbers)")
     args = parser.parse_args(argv)
+    typed = cli.typed_options(parser, argv)
     dataset_given = [flag for flag, value in (
-        ("--dataset", args.dataset != parser.get_default("dataset")),
+        ("--dataset", "dataset" in typed),
         ("--dataset-root", args.dataset_root), ("--units", args.units),
         ("--spacing", args.spacing)) if value]
     if args.predictions and not args.ground_truth and not dataset_given:
@@ -166,6 +168,10 @@ def parse_args(argv=None):
                      f"{args.second_peak_power}")
     if args.shape_vote_margin is not None and args.shape_vote_margin < 0:
         parser.error(f"--shape-vote-margin must be >= 0. Received: {args.shape_vote_margin}")
+    for option, path in (("--predictions", args.predictions), ("--ground-truth", args.ground_truth)):
+        if path and _written_by_report(path, args.output_dir):
+            parser.error(f"{option} {path} is a file the report writes into --output-dir "
+                         f"{args.output_dir} (it would be replaced): choose another --output-dir")
     if args.calibrate and args.calibration:
         parser.error("--calibrate fits a new calibration, --calibration applies one: give one "
                      "(a calibration fitted on points blended by another's weights would be "
@@ -186,7 +192,7 @@ def parse_args(argv=None):
         # split from its config.json, and --predictions are compared with a whole ground truth
         # (a CSV or a dataset): refused, not ignored.
         given = [flag for flag, value in (
-            ("--dataset", args.dataset != parser.get_default("dataset") and not args.predictions),
+            ("--dataset", "dataset" in typed and not args.predictions),
             ("--dataset-root", args.dataset_root and not args.predictions),
             ("--units", args.units and not args.predictions),
             ("--spacing", args.spacing and not args.predictions),
@@ -203,6 +209,18 @@ def parse_args(argv=None):
                             if args.runs else "--predictions are compared with every image of "
                             "the ground truth (--ground-truth-subset: those predicted)"))
     return args
+
+
+def _written_by_report(path, output_dir):
+    """Whether `path` is one of the files `write_report` replaces in `output_dir`."""
+    from keraslm.evaluation.report import (METRICS_FILE, NAMED_PREDICTIONS_FILE,
+                                           PREDICTIONS_FILE, REPORT_FILE)
+
+    for name in (PREDICTIONS_FILE, NAMED_PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE):
+        target = os.path.join(output_dir, name)
+        if os.path.exists(path) and os.path.exists(target) and os.path.samefile(path, target):
+            return True
+    return False
 
 
 def _with_calibration(result, calibration, path, global_only=None):
@@ -284,15 +302,16 @@ def main(argv=None):
                 **normalize)
             left_out = result.sources[0].get("ground_truth_rows_left_out")
             if left_out:
-                log(f"{result.sources[0]['ground_truth']}: {left_out} images without a "
-                    "prediction left out")
+                log(f"{result.sources[0]['ground_truth']}: {left_out} image"
+                    f"{'s' if left_out != 1 else ''} without a prediction left out")
             ratio = result.sources[0].get("shape_size_ratio")
             if ratio is not None and not 1 / UNIT_RATIO_WARNING <= ratio <= UNIT_RATIO_WARNING:
                 print(f"warning: the ground truth's landmark shapes are {ratio:.3g} times the "
                       f"size of the predictions' ({result.sources[0]['ground_truth']} vs "
                       f"{args.predictions}): one of them is likely not in mm (pixels?), and the "
                       "errors below mean nothing. keraslm-predict's predictions.csv is in mm; "
-                      "give a ground truth in pixels as --dataset CSV --units index --spacing MM",
+                      "give a ground truth in pixels as --dataset CSV --dataset-root IMAGES "
+                      "--units index --spacing MM (the images' headers place the pixels in mm)",
                       file=sys.stderr)
         elif args.runs:
             result = evaluation.evaluate_runs(
@@ -356,6 +375,9 @@ def main(argv=None):
     except KeraslmError as error:
         print(f"error: {error}", file=sys.stderr)
         return exit_status(error)
+    except OSError as error:  # A full disk, a folder where a report file goes: the old report kept.
+        print(f"error: cannot write the report into {args.output_dir}: {error}", file=sys.stderr)
+        return 1
     summary = result.summary()
     print(evaluation.format_summary(summary, result.method))
     if summary["missing_predictions"]:
@@ -374,8 +396,10 @@ def main(argv=None):
         print(f"calibration written to {args.calibrate}; cross-fitted on these images (each "
               f"image's expected errors from a calibration fitted {held_out}): "
               + evaluation.format_calibration_quality(quality))
-    print(f"wrote {len(written)} files into {args.output_dir}: "
-          + ", ".join(os.path.basename(path) for path in written))
+    inside = os.path.abspath(args.output_dir)
+    print(f"wrote {len(written)} file{'s' if len(written) != 1 else ''} into {args.output_dir}: "
+          + ", ".join(os.path.basename(path) if os.path.dirname(os.path.abspath(path)) == inside
+                      else path for path in written))
     return 0
 
 

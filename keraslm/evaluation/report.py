@@ -19,6 +19,8 @@ sets the model beside the mean-position baseline.
 import json
 import os
 import re
+import shutil
+import tempfile
 
 from keraslm.errors import KeraslmError
 from keraslm.evaluation.metrics import OUTLIER_RADII_MM, SDR_RADII_MM, outlier_key, sdr_key
@@ -98,6 +100,11 @@ def format_baseline(summary, baseline_summary):
     return line + f" ({base / max(model, 1e-9):.1f} x better)"
 
 
+def _from_predictions_file(evaluation):
+    """Whether the evaluation scored a predictions CSV (no model: no mean-position baseline)."""
+    return bool(evaluation.sources) and all("predictions" in source for source in evaluation.sources)
+
+
 def _markdown(evaluation, summary, landmarks, plots):
     lines = [
         f"# Landmark localization: {evaluation.method}",
@@ -109,8 +116,8 @@ def _markdown(evaluation, summary, landmarks, plots):
         "|---|---|---|---|",
         table1_row(summary, evaluation.method),
         "",
-        format_baseline(summary, evaluation.baseline_summary()) + ".",
-        "",
+        *([] if _from_predictions_file(evaluation) else [
+            format_baseline(summary, evaluation.baseline_summary()) + ".", ""]),
         "## Success detection rate and outliers",
         "",
         "| " + " | ".join(f"SDR {r:g} mm" for r in SDR_RADII_MM) + " | "
@@ -264,7 +271,7 @@ def _remove_earlier_plots(output_dir):
     this report may not write: without --plots, without expected errors), so that the folder
     shows this evaluation only. Other files are left alone."""
     for name in os.listdir(output_dir):
-        if (name in (CUMULATIVE_PLOT, LANDMARK_PLOT, RELIABILITY_PLOT)
+        if (name in (CUMULATIVE_PLOT, LANDMARK_PLOT, RELIABILITY_PLOT, CALIBRATION_PLOT)
                 or (name.startswith("worst_") and name.endswith(".png"))):
             path = os.path.join(output_dir, name)
             if os.path.isfile(path):
@@ -276,7 +283,9 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
 
     Args:
         output_dir: str. Created if needed; files of the same names are replaced, and the
-            plots of an earlier report (worst images, reliability) removed.
+            plots of an earlier report (worst images, reliability) removed - only once every
+            file of this report is written (into a staging folder first), so a failure leaves
+            the earlier report as it was.
         evaluation: keraslm.evaluation.Evaluation.
         plots: bool. Write the PNG plots.
         num_worst: int. Overlays of this many worst images (by mean error), if images are known.
@@ -286,27 +295,47 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
         list of str: the written file paths.
     """
     progress = progress or (lambda message: None)
-    os.makedirs(output_dir, exist_ok=True)
-    _remove_earlier_plots(output_dir)
     summary, landmarks = evaluation.summary(), evaluation.per_landmark()
     table = LandmarkTable(evaluation.ids, evaluation.landmark_names, evaluation.predicted_mm)
-    written = [os.path.join(output_dir, PREDICTIONS_FILE), os.path.join(output_dir, NAMED_PREDICTIONS_FILE)]
-    write_landmarks(written[0], table, layout="headerless")
-    write_landmarks(written[1], table, layout="named")
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".keraslm-evaluate.", dir=output_dir)
+    try:
+        names = _write_report_files(staging, evaluation, summary, landmarks, table, plots,
+                                    num_worst, progress)
+        for name in names:  # Checked before any file is replaced: all or nothing.
+            if os.path.isdir(os.path.join(output_dir, name)):
+                raise KeraslmError(f"{os.path.join(output_dir, name)} is a folder; the report "
+                                   "writes a file of that name: move it or choose another "
+                                   "--output-dir")
+        _remove_earlier_plots(output_dir)  # All written: the new set replaces the old.
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [os.path.join(output_dir, name) for name in names]
+
+
+def _write_report_files(folder, evaluation, summary, landmarks, table, plots, num_worst,
+                        progress):
+    """`write_report`'s files into `folder`; returns their names (predictions, plots, metrics,
+    report)."""
+    names = [PREDICTIONS_FILE, NAMED_PREDICTIONS_FILE]
+    write_landmarks(os.path.join(folder, PREDICTIONS_FILE), table, layout="headerless")
+    write_landmarks(os.path.join(folder, NAMED_PREDICTIONS_FILE), table, layout="named")
     plot_files = []
     if plots:
         from keraslm.evaluation import plots as plotting
 
         progress("plotting")
         plotting.plot_cumulative_error(
-            os.path.join(output_dir, CUMULATIVE_PLOT), {evaluation.method: evaluation.errors.valid}
+            os.path.join(folder, CUMULATIVE_PLOT), {evaluation.method: evaluation.errors.valid}
         )
         plotting.plot_landmark_errors(
-            os.path.join(output_dir, LANDMARK_PLOT), evaluation.errors.errors_mm, evaluation.landmark_names
+            os.path.join(folder, LANDMARK_PLOT), evaluation.errors.errors_mm, evaluation.landmark_names
         )
         plot_files += [CUMULATIVE_PLOT, LANDMARK_PLOT]
         if evaluation.expected_error_mm is not None:
-            plotting.plot_reliability(os.path.join(output_dir, RELIABILITY_PLOT),
+            plotting.plot_reliability(os.path.join(folder, RELIABILITY_PLOT),
                                       evaluation.expected_error_mm, evaluation.errors.errors_mm)
             plot_files.append(RELIABILITY_PLOT)
         if evaluation.image_readers is not None:
@@ -314,16 +343,14 @@ def write_report(output_dir, evaluation, plots=True, num_worst=4, progress=None)
             for rank, index in enumerate(evaluation.errors.worst_images(num_worst), 1):
                 name = f"worst_{rank}_{_file_label(evaluation.ids[index])}.png"
                 plotting.plot_overlay(
-                    os.path.join(output_dir, name), evaluation.image_readers[index](),
+                    os.path.join(folder, name), evaluation.image_readers[index](),
                     evaluation.ground_truth_mm[index], evaluation.predicted_mm[index],
                     title=f"{evaluation.ids[index]}: mean error {means[index]:.2f} {_unit(summary)} "
                           "(green: ground truth, red: prediction)",
                 )
                 plot_files.append(name)
-        written += [os.path.join(output_dir, name) for name in plot_files]
-    metrics_path = os.path.join(output_dir, METRICS_FILE)
-    write_text(metrics_path, json.dumps(json_finite(_metrics(evaluation, summary, landmarks)),
-                                        indent=2, allow_nan=False) + "\n")
-    report_path = os.path.join(output_dir, REPORT_FILE)
-    write_text(report_path, _markdown(evaluation, summary, landmarks, plot_files))
-    return written + [metrics_path, report_path]
+    write_text(os.path.join(folder, METRICS_FILE),
+               json.dumps(json_finite(_metrics(evaluation, summary, landmarks)), indent=2,
+                          allow_nan=False) + "\n")
+    write_text(os.path.join(folder, REPORT_FILE), _markdown(evaluation, summary, landmarks, plot_files))
+    return names + plot_files + [METRICS_FILE, REPORT_FILE]

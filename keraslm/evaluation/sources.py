@@ -385,6 +385,17 @@ def with_points(evaluation, predicted_mm, method):
     return dataclasses.replace(evaluation, method=method, predicted_mm=predicted_mm, errors=errors)
 
 
+def _unique_labels(paths):
+    """Short distinct labels of run folders: their names, with as many parent folders as it
+    takes to tell them apart (seed1/run, seed2/run); a path given twice is numbered."""
+    parts = [os.path.normpath(path).split(os.sep) for path in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{'/'.join(p[-1:])}#{number}" for number, p in enumerate(parts, 1)]
+
+
 def combine(evaluations, method=None):
     """Pools several evaluations (e.g. cross-validation folds) into one. Ids that occur in more
     than one part (repeated random splits) are prefixed by the part's run or method label.
@@ -404,9 +415,10 @@ def combine(evaluations, method=None):
     all_ids = [i for part in evaluations for i in part.ids]
     repeated = len(set(all_ids)) != len(all_ids)
     ids = []
-    for number, part in enumerate(evaluations):
-        label = part.sources[0].get("run", part.method) if part.sources else f"part{number}"
-        label = os.path.basename(os.path.normpath(str(label)))
+    labels = _unique_labels([
+        str(part.sources[0].get("run", part.method)) if part.sources else f"part{number}"
+        for number, part in enumerate(evaluations)])
+    for label, part in zip(labels, evaluations):
         ids += [f"{label}/{i}" if repeated else i for i in part.ids]
     errors = pool([part.errors for part in evaluations])
     readers = None
