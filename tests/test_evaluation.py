@@ -640,3 +640,18 @@ def test_evaluate_refuses_options_it_would_ignore(arguments, message, capsys):
     with pytest.raises(SystemExit):
         script.main(["--runs", "run_a", *arguments])
     assert message in capsys.readouterr().err
+
+
+def test_evaluating_a_model_on_its_training_images_is_warned(trained_2d, tmp_path, capsys):
+    """`--model RUN --fold 1` of a run trained on fold 0 scored the model on its own training
+    images with no word; the run folder's config.json names its validation images."""
+    result, dataset = trained_2d
+    root = os.path.dirname(os.path.dirname(dataset.records[0].image_path))
+    script = _evaluate_script()
+    common = ["--model", result.output_dir, "--dataset", root, "--num-folds", "2", "--no-plots"]
+    assert script.main(common + ["--fold", "1", "--output-dir", str(tmp_path / "f1")]) == 0
+    error = capsys.readouterr().err
+    assert (f"warning: 6 of the 6 test images were training images of {result.output_dir}"
+            in error) and "the figures are not held-out" in error
+    assert script.main(common + ["--fold", "0", "--output-dir", str(tmp_path / "f0")]) == 0
+    assert "training images of" not in capsys.readouterr().err

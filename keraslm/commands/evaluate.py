@@ -8,6 +8,7 @@ Three ways in:
   python evaluate.py --predictions predictions.csv --dataset isbi2015 --dataset-root DIR
 """
 import argparse
+import json
 import os
 import sys
 
@@ -223,6 +224,41 @@ def _written_by_report(path, output_dir):
     return False
 
 
+def _trained_on(args, dataset, test_set):
+    """[(model path, ids)]: the test images each --model / --refine member was trained on, read
+    from the run folder it lies in (config.json: its dataset and validation ids); models
+    outside a run folder, or of another dataset, are not checked."""
+    from keraslm.run_folder import CONFIG_FILE, MODEL_FILE
+
+    def absolute(path):
+        return os.path.abspath(path) if path and os.path.exists(path) else path
+
+    paths = [args.model] if isinstance(args.model, str) else list(args.model or [])
+    paths += list(args.refine or [])
+    found = []
+    for path in paths:
+        folder = path if os.path.isdir(path) else (
+            os.path.dirname(path) if os.path.basename(path) == MODEL_FILE else None)
+        config_path = os.path.join(folder, CONFIG_FILE) if folder else None
+        if not config_path or not os.path.isfile(config_path):
+            continue
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        validation = config.get("validation_ids") if isinstance(config, dict) else None
+        if (not isinstance(validation, list)
+                or absolute(config.get("dataset")) != absolute(args.dataset)
+                or absolute(config.get("dataset_root")) != absolute(args.dataset_root)):
+            continue
+        held_out = set(map(str, validation))
+        seen = [i for i in test_set.ids if i not in held_out and i in set(dataset.ids)]
+        if seen:
+            found.append((path, seen))
+    return found
+
+
 def _with_calibration(result, calibration, path, global_only=None):
     """The evaluation with expected errors from `calibration` (read from `path`; and, for a
     calibration with `local_weight`, the points blended with `global_only`'s)."""
@@ -331,6 +367,12 @@ def main(argv=None):
                         f"dataset {dataset.name!r}: the split holds out no images; "
                         "--all-images evaluates every image (an external test set)")
             log(f"{dataset.name}: evaluating {len(test_set)} test images")
+            for path, seen in _trained_on(args, dataset, test_set):
+                print(f"warning: {len(seen)} of the {len(test_set)} test images were training "
+                      f"images of {path} (its run's config.json: validation images are the "
+                      f"others), e.g. {', '.join(seen[:3])}: the figures are not held-out; "
+                      "evaluate it with the --fold / split it was trained with (or --runs RUN)",
+                      file=sys.stderr)
             result = evaluation.evaluate_model(
                 args.model, test_set, method=args.method, batch_size=args.batch_size,
                 progress=log, source={"split_seed": args.seed, "fold": args.fold},
