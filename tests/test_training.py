@@ -288,6 +288,21 @@ def test_augmentation_flags_and_sigma_reach_the_trainer_and_the_run_record(phant
     assert load_detector(tmp_path / "run" / "model.keras").spec.global_stages[0].sigma == 3.0
 
 
+def _train_failing_in_the_final_validation(config, monkeypatch):
+    """Trains `config` to the end of its steps and fails in the final validation (the trained
+    weights kept for --resume), as a crash there would."""
+    import keraslm.training.run as run_module
+
+    def fail(errors):
+        raise RuntimeError("simulated failure in the final validation")
+
+    original = run_module.summarize
+    monkeypatch.setattr(run_module, "summarize", fail)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train(config)
+    monkeypatch.setattr(run_module, "summarize", original)
+
+
 def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_path, monkeypatch):
     """fit() ends by deleting its checkpoints; a failure in the final validation must not lose
     the trained weights: --resume goes straight to the final validation with them."""
@@ -324,21 +339,12 @@ def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_pat
 def test_resume_keeps_the_batch_size_and_checks_the_split(phantom_root, tmp_path, monkeypatch):
     """A resumed run trains on with the batch size it started with (not one chosen again from
     the memory free now) and refuses a dataset whose split changed (images added or removed)."""
-    import keraslm.training.run as run_module
-
     config = TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), steps=4, steps_per_epoch=2,
         test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
         jit="off", plots=False)
 
-    def fail(errors):
-        raise RuntimeError("simulated failure in the final validation")
-
-    original = run_module.summarize
-    monkeypatch.setattr(run_module, "summarize", fail)
-    with pytest.raises(RuntimeError, match="simulated failure"):
-        train(config)
-    monkeypatch.setattr(run_module, "summarize", original)
+    _train_failing_in_the_final_validation(config, monkeypatch)
     config_path = tmp_path / "run" / "config.json"
     recorded = json.loads(config_path.read_text())
     assert recorded["validation_ids"] and recorded["settings"]["batch_size"] != 3
@@ -688,7 +694,6 @@ def test_resume_takes_resolved_values_and_a_moved_dataset(phantom_root, tmp_path
     import shutil
 
     import keraslm.training
-    import keraslm.training.run as run_module
     from keraslm.commands.train import main as train_main
 
     moved = tmp_path / "data"
@@ -698,14 +703,7 @@ def test_resume_takes_resolved_values_and_a_moved_dataset(phantom_root, tmp_path
         test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
         jit="off", plots=False)
 
-    def fail(errors):
-        raise RuntimeError("simulated failure in the final validation")
-
-    original = run_module.summarize
-    monkeypatch.setattr(run_module, "summarize", fail)
-    with pytest.raises(RuntimeError, match="simulated failure"):
-        train(config)
-    monkeypatch.setattr(run_module, "summarize", original)
+    _train_failing_in_the_final_validation(config, monkeypatch)
     recorded = json.load(open(tmp_path / "run" / "config.json"))
     batch, precision = recorded["settings"]["batch_size"], recorded["resolved_precision"]["precision"]
     # The plan's reasons of unchanged values are the recorded ones (train.py --resume passes
