@@ -303,6 +303,24 @@ def _train_failing_in_the_final_validation(config, monkeypatch):
     monkeypatch.setattr(run_module, "summarize", original)
 
 
+def _train_killed_after_epoch(config, epochs, monkeypatch):
+    """Trains `config` and stops it, as a kill would, once epoch `epochs` (1-based) and its
+    checkpoint are written."""
+    import keraslm.training.run as run_module
+    from keraslm.training.callbacks import EpochHistory
+
+    class Interrupted(EpochHistory):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch + 1 == epochs:
+                raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(run_module, "EpochHistory", Interrupted)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config)
+    monkeypatch.setattr(run_module, "EpochHistory", EpochHistory)
+
+
 def test_failure_after_training_resumes_without_retraining(phantom_root, tmp_path, monkeypatch):
     """fit() ends by deleting its checkpoints; a failure in the final validation must not lose
     the trained weights: --resume goes straight to the final validation with them."""
@@ -368,23 +386,11 @@ def test_resume_after_a_kill_between_a_checkpoints_weights_and_its_epoch(phantom
     """Keras writes a checkpoint's weights before its epoch number: killed in between, the
     checkpoint holds two epochs' weights and says one. The resumed run goes by the optimizer's
     step count in the weights: 6 steps in all, not 8 (one epoch trained twice)."""
-    import keraslm.training.run as run_module
-    from keraslm.training.callbacks import EpochHistory
-
-    class Interrupted(EpochHistory):
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            if epoch == 1:  # After the second epoch's checkpoint.
-                raise RuntimeError("simulated kill")
-
     config = TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=6, steps_per_epoch=2,
         test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
         jit="off", plots=False)
-    monkeypatch.setattr(run_module, "EpochHistory", Interrupted)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train(config)
-    monkeypatch.setattr(run_module, "EpochHistory", EpochHistory)
+    _train_killed_after_epoch(config, 2, monkeypatch)  # After the second epoch's checkpoint.
     metadata = tmp_path / "run" / "checkpoints" / "training_metadata.json"
     assert json.loads(metadata.read_text())["epoch"] == 2
     metadata.write_text(json.dumps({"epoch": 1, "batch": 0}))  # The kill's state.
@@ -653,22 +659,11 @@ def test_resume_after_a_kill_in_the_first_checkpoint(phantom_root, tmp_path, mon
     to fall back to), the run could never be resumed (an h5py traceback). Checkpoints are now
     written beside and renamed; a broken first one from an older keraslm restarts the run
     with a warning. Leftover temporary files of interrupted writes are removed on resume."""
-    import keraslm.training.run as run_module
-    from keraslm.training.callbacks import EpochHistory
-
-    class Interrupted(EpochHistory):
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            raise RuntimeError("simulated kill")
-
     config = TrainingConfig(
         dataset=phantom_root, grid_shape=(32, 32), batch_size=2, steps=4, steps_per_epoch=2,
         test_fraction=0.25, output_dir=str(tmp_path / "run"), model_overrides=TINY_MODEL,
         jit="off", plots=False)
-    monkeypatch.setattr(run_module, "EpochHistory", Interrupted)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train(config)
-    monkeypatch.setattr(run_module, "EpochHistory", EpochHistory)
+    _train_killed_after_epoch(config, 1, monkeypatch)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(os.listdir(checkpoints)) == ["latest.weights.h5", "training_metadata.json"]
     (checkpoints / "latest.weights.h5").write_bytes(b"")  # As a kill mid-write left it.
