@@ -159,13 +159,20 @@ def place_on_grid(image, grid):
     return GridPlacement(grid_to_image_matrix(image.size, image.spacing, grid).numpy())
 
 
+#: Relative tolerance of the anti-aliasing box's width choice (`_axis_resampling_matrix`).
+SCALE_TOLERANCE = 1e-6
+
+
 def _axis_resampling_matrix(length, grid_size, scale, offset):
     """`(grid_size, length)` float32: row i holds the weights with which grid position i reads
     the `length` pixels of one axis - linear interpolation at `scale * i + offset` (image
     index) between the image averaged over a centred box of odd width about `scale` wide
     (anti-aliasing, edges replicated; width 1 where `scale < 2`). Neighbours outside the image
     get weight 0 (the caller fills there)."""
-    width = tf.where(scale >= 2, 2 * tf.cast(tf.floor(scale / 2), tf.int32) + 1, 1)
+    # The width jumps at even scales (1 -> 3 at 2): a scale a rounding error below one (a
+    # spacing stored as 0.4999999 of the grid's) takes the same width as the exact one, so the
+    # same scan read from two files gives the same grid image (it moved points by ~a voxel).
+    width = 2 * tf.cast(tf.floor(scale / 2 * (1 + SCALE_TOLERANCE)), tf.int32) + 1
     half = width // 2
     coordinate = scale * tf.range(grid_size, dtype=tf.float64) + offset
     low = tf.cast(tf.floor(coordinate), tf.int32)

@@ -42,7 +42,7 @@ def resample_to_grid(array, placement, grid, fill_value=0.0):
         np.ndarray float32 of shape `grid.shape`.
     """
     scale_xyz = np.diag(placement.grid_to_image)[:-1]
-    widths = [2 * int(s // 2) + 1 if s >= 2 else 1 for s in reversed(scale_xyz)]
+    widths = [2 * int(np.floor(s / 2 * (1 + 1e-6))) + 1 for s in reversed(scale_xyz)]
     result = _box_prefilter(np.asarray(array, np.float32), widths)
     inside_weight = np.ones((1,) * grid.ndim, np.float32)
     for d, grid_size in enumerate(grid.size):  # d: point axis x, y[, z].
