@@ -2,6 +2,8 @@
 import argparse
 import ast
 import math
+import sys
+import warnings
 
 
 #: The built-in architectures (`keraslm.models.ARCHITECTURES`) and model presets
@@ -15,6 +17,21 @@ ARCHITECTURE_HELP = {
     "scn2019": "the authors' 2019 SCN (U-Net local appearance x spatial configuration)",
 }
 MODEL_PRESETS = ("paper", "small")
+
+
+def _show_keraslm_warning(message, category, filename, lineno, file=None, line=None,
+                          _default=warnings.showwarning):
+    """The commands print keraslm's own warnings as one "warning: ..." line (others as Python
+    does)."""
+    from keraslm.errors import KeraslmWarning
+
+    if issubclass(category, KeraslmWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_keraslm_warning  # The scripts import this module; not keraslm.
 
 
 def grid_shape(text):

@@ -56,6 +56,11 @@ class CalibrationError(KeraslmError, ValueError):
 DATA_ERRORS = (ImageReadError, LandmarkFileError, DatasetError, ModelFileError, CalibrationError)
 
 
+class KeraslmWarning(UserWarning):
+    """Something keraslm could do but that may not be what the user meant (e.g. a NIfTI whose
+    two geometries disagree); the commands print it as one "warning:" line."""
+
+
 def exit_status(error):
     """The command-line exit status for an error: 1 for bad data or files, 2 otherwise (a
     `UsageError` is always 2)."""

@@ -243,13 +243,50 @@ def test_dicom_series_matches_dicom_formula_and_sorts_slices(tmp_path, volume):
 def test_dicom_series_rejects_two_series_and_uneven_gaps(tmp_path, volume):
     write_dicom_series(tmp_path / "a", volume)
     os.remove(tmp_path / "a" / "slice_0002.dcm")
-    with pytest.raises(ImageReadError, match="slice spacing is not uniform"):
+    with pytest.raises(ImageReadError, match=r"slice spacing is not uniform \(gaps from 1.25 to 2.5 "
+                       r"mm; 1 gap\(s\) of 2.5 mm where the others are 1.25: slice\(s\) missing"):
         read_image(tmp_path / "a")
     write_dicom_series(tmp_path / "b", volume)
     write_dicom_series(tmp_path / "c", volume)
     os.rename(tmp_path / "c" / "slice_0000.dcm", tmp_path / "b" / "other.dcm")
     with pytest.raises(ImageReadError, match="holds 2 DICOM series"):
         read_image(tmp_path / "b")
+
+
+def test_dicom_series_of_tilted_rounded_or_incomplete_slices(tmp_path, volume):
+    """A gantry tilt (each slice shifted within its plane) was read as a straight stack, the
+    landmarks up to 19 mm off: refused. Positions rounded to 1e-3 mm on 0.625 mm slices were
+    refused as uneven gaps: read. A slice without ImageOrientationPatient other than the first
+    was a TypeError: named."""
+    def rewrite(folder, change):
+        for number, name in enumerate(sorted(os.listdir(folder))):
+            ds = pydicom.dcmread(folder / name)
+            change(number, ds)
+            ds.save_as(folder / name)
+
+    write_dicom_series(tmp_path / "tilt", volume)
+    row_axis = np.array(volume.direction)[:, 1]
+
+    def tilt(number, ds):
+        position = np.array(ds.ImagePositionPatient, float)
+        slice_index = int(ds.InstanceNumber) - 1
+        ds.ImagePositionPatient = list(position + np.tan(np.radians(20)) * 1.25 * slice_index * row_axis)
+
+    rewrite(tmp_path / "tilt", tilt)
+    with pytest.raises(ImageReadError, match=r"tilt: the slices are shifted within their plane "
+                       r"from one to the next \(up to 1.82 mm: a gantry tilt"):
+        read_image(tmp_path / "tilt")
+    thin = Image(volume.array, spacing=(0.4, 0.55, 0.625), origin=volume.origin,
+                 direction=volume.direction)
+    write_dicom_series(tmp_path / "thin", thin)
+    rewrite(tmp_path / "thin", lambda number, ds: setattr(
+        ds, "ImagePositionPatient", [round(float(v), 3) for v in ds.ImagePositionPatient]))
+    np.testing.assert_allclose(read_image(tmp_path / "thin").spacing, thin.spacing, atol=1e-3)
+    write_dicom_series(tmp_path / "no_orientation", volume)
+    rewrite(tmp_path / "no_orientation",
+            lambda number, ds: delattr(ds, "ImageOrientationPatient") if number == 3 else None)
+    with pytest.raises(ImageReadError, match="slice_0003.dcm: slice has no ImageOrientationPatient"):
+        read_image(tmp_path / "no_orientation")
 
 
 def test_multiframe_without_per_frame_geometry_is_rejected(tmp_path, volume):
@@ -273,6 +310,51 @@ def test_nifti_round_trip_and_affine(tmp_path, volume, picture, suffix):
         np.testing.assert_array_equal(read.array, image.array)
         assert read.spacing_source == "nifti"
         assert_same_geometry(read, image)
+
+
+def test_nifti_whose_geometries_disagree_or_are_missing_is_warned(tmp_path, capsys):
+    """qform and sform both set and different: keraslm (as nibabel) reads the sform, ITK and
+    3D Slicer the qform - landmarks placed in Slicer land elsewhere; neither set: nibabel's
+    fallback, which Slicer does not share. Both were silent; a KeraslmWarning now, which the
+    commands print as one line."""
+    import warnings
+
+    import nibabel as nib
+
+    from keraslm.errors import KeraslmWarning
+
+    data = np.zeros((6, 5, 4), np.float32)
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    cases = {}
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    cases["same.nii.gz"] = image
+    shifted = affine.copy()
+    shifted[0, 3] = 10.0
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(shifted, code=2)
+    cases["differ.nii.gz"] = image
+    image = nib.Nifti1Image(data, None)
+    image.set_qform(None, code=0)
+    image.set_sform(None, code=0)
+    cases["neither.nii.gz"] = image
+    for name, image in cases.items():
+        nib.save(image, str(tmp_path / name))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_image(tmp_path / "same.nii.gz")
+    assert not [w for w in caught if issubclass(w.category, KeraslmWarning)]
+    with pytest.warns(KeraslmWarning, match=r"differ.nii.gz: its qform and sform disagree "
+                      r"\(origins 10 mm apart\): keraslm reads the sform"):
+        assert read_image(tmp_path / "differ.nii.gz").origin[0] == -10.0  # LPS x of RAS 10.
+    with pytest.warns(KeraslmWarning, match="neither.nii.gz: stores no orientation"):
+        read_image(tmp_path / "neither.nii.gz")
+    import keraslm.cli  # The commands' format: one line.
+
+    warnings.showwarning("a message", KeraslmWarning, "x.py", 1)
+    assert capsys.readouterr().err == "warning: a message\n"
 
 
 def test_nifti_index_to_physical_matches_nibabel(tmp_path):

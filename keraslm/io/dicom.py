@@ -30,6 +30,10 @@ _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _MULTIFRAME_WORD_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7.3"
 _MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 _SLICE_SPACING_TOLERANCE = 1e-3  # Relative spread of slice gaps tolerated in a series.
+# Positions are stored rounded (often to 1e-3 mm): two roundings in one gap, and in-plane
+# shifts up to a few of them, are noise.
+_POSITION_ROUNDING_MM = 2e-3
+_SHEAR_TOLERANCE_MM = 0.05
 
 
 def _read(path, stop_before_pixels=False):
@@ -215,11 +219,26 @@ def _stack_geometry(positions, axes, path):
     if np.any(gaps <= 1e-6):
         raise ImageReadError(f"{path}: two or more slices share the same position")
     slice_spacing = float(np.mean(gaps))
-    if np.max(np.abs(gaps - slice_spacing)) > _SLICE_SPACING_TOLERANCE * slice_spacing + 1e-4:
+    if np.max(np.abs(gaps - slice_spacing)) > _SLICE_SPACING_TOLERANCE * slice_spacing + _POSITION_ROUNDING_MM:
+        smallest = float(np.min(gaps))
+        wide = np.flatnonzero(gaps > 1.5 * smallest)
+        missing = (f"; {len(wide)} gap(s) of {', '.join(f'{g:.4g}' for g in gaps[wide][:3])} mm "
+                   f"where the others are {smallest:.4g}: slice(s) missing (first after the "
+                   f"slice at {distances[order][wide[0]]:.4g} mm along the normal)?"
+                   if wide.size and wide.size < len(gaps) else "")
         raise ImageReadError(
             f"{path}: slice spacing is not uniform (gaps from {gaps.min():.4g} to "
-            f"{gaps.max():.4g} mm); resample the series first"
+            f"{gaps.max():.4g} mm{missing}); resample the series first"
         )
+    # Each slice straight along the normal from the first: a gantry tilt or a sheared stack
+    # shifts them within their plane, which a (spacing, direction) grid cannot hold.
+    shift = np.abs((positions[order] - positions[order[0]]) @ axes).max()
+    if shift > _SHEAR_TOLERANCE_MM:
+        raise ImageReadError(
+            f"{path}: the slices are shifted within their plane from one to the next (up to "
+            f"{shift:.3g} mm: a gantry tilt or a sheared stack); keraslm reads stacks of slices "
+            "straight along their normal: resample the series first (dcm2niix corrects a "
+            "gantry tilt)")
     direction = np.concatenate([axes, normal[:, np.newaxis]], axis=1)
     return order, positions[order[0]], slice_spacing, direction
 
@@ -305,7 +324,10 @@ def read_dicom_series(folder, spacing=None, header_only=False):
             raise ImageReadError(
                 f"{path}: slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {size[0]}x{size[1]}"
             )
-        if not np.allclose(_orientation(ds, path), axes, atol=1e-5):
+        orientation = _orientation(ds, path)
+        if orientation is None:
+            raise ImageReadError(f"{path}: slice has no ImageOrientationPatient")
+        if not np.allclose(orientation, axes, atol=1e-5):
             raise ImageReadError(f"{path}: slice orientation differs from the rest of the series")
     positions = np.stack(
         [_floats(ds.ImagePositionPatient, 3, path, "ImagePositionPatient") for path, ds in headers]

@@ -3,10 +3,12 @@
 nibabel's data is indexed `data[i, j, k]` with i the x axis, so keraslm's array is `data.T`.
 The affine maps (i, j, k) to RAS millimetres; keraslm works in LPS, so x and y are negated.
 """
+import warnings
+
 import nibabel as nib
 import numpy as np
 
-from keraslm.errors import ImageReadError, ImageWriteError
+from keraslm.errors import ImageReadError, ImageWriteError, KeraslmWarning
 from keraslm.files import atomic_path
 from keraslm.io.image import Image
 from keraslm.io.plane import check_plane
@@ -52,8 +54,34 @@ def _mm_per_unit(nifti, path):
     return _MM_PER_UNIT[unit]
 
 
+def _checked_affine(nifti, path):
+    """nibabel's affine (the sform where its code is set, else the qform, else the header's
+    fallback), with a KeraslmWarning where other software places the image otherwise: qform
+    and sform both set and different (ITK and 3D Slicer read the qform), or neither set."""
+    header = nifti.header
+    if not hasattr(header, "get_qform"):  # Analyze-like headers hold no forms.
+        return np.asarray(nifti.affine, dtype=np.float64)
+    qform, qform_code = header.get_qform(coded=True)
+    sform, sform_code = header.get_sform(coded=True)
+    if qform_code and sform_code:
+        difference = np.abs(np.asarray(qform, np.float64) - np.asarray(sform, np.float64))
+        if difference[:3, 3].max() > 1e-3 or difference[:3, :3].max() > 1e-4 * np.abs(sform[:3, :3]).max():
+            warnings.warn(
+                f"{path}: its qform and sform disagree (origins "
+                f"{np.linalg.norm(np.asarray(qform)[:3, 3] - np.asarray(sform)[:3, 3]):.3g} mm "
+                "apart): keraslm reads the sform, as nibabel does; ITK and 3D Slicer read the "
+                "qform, so landmarks placed there land elsewhere. Write the file with one "
+                "geometry", KeraslmWarning, stacklevel=2)
+    elif not qform_code and not sform_code:
+        warnings.warn(f"{path}: stores no orientation (qform and sform codes 0): read with "
+                      "nibabel's default placement (origin at the centre, rows flipped); 3D "
+                      "Slicer places it otherwise, so landmarks placed there land elsewhere",
+                      KeraslmWarning, stacklevel=2)
+    return np.asarray(nifti.affine, dtype=np.float64)
+
+
 def _geometry(nifti, ndim, path, spacing):
-    affine_lps = _RAS_TO_LPS @ np.asarray(nifti.affine, dtype=np.float64)[:3]
+    affine_lps = _RAS_TO_LPS @ _checked_affine(nifti, path)[:3]
     affine_lps = affine_lps * _mm_per_unit(nifti, path)  # In mm whatever unit the file says.
     axes = affine_lps[:, :ndim]  # (3, ndim): physical step of each index axis.
     steps = np.linalg.norm(axes, axis=0)
