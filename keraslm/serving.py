@@ -37,7 +37,8 @@ from keraslm.prediction import (
     input_image_ids,
     load_input_image,
 )
-from keraslm.prediction.predictors import read_saved_model_spec, saved_model_folder
+from keraslm.prediction.predictors import (graph_takes_any_orientation, in_graph_frame,
+                                           read_saved_model_spec, saved_model_folder)
 from keraslm.spec import DetectorSpec
 
 OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence")
@@ -194,11 +195,13 @@ class ServingClient:
                                f"version={version!r}")
         self.model_name = model_name
         folder_version = None
+        self._takes_any_orientation = True  # A spec given: its export's graph matches it.
         if isinstance(spec, DetectorSpec):
             self.spec = spec
         else:
             folder = saved_model_folder(spec)
             self.spec = read_saved_model_spec(folder)
+            self._takes_any_orientation = graph_takes_any_orientation(folder, self.spec)
             name = os.path.basename(folder)
             folder_version = int(name) if name.isdigit() and int(name) >= 1 else None
         self.version = (folder_version if version is None
@@ -242,8 +245,11 @@ class ServingClient:
                 files.append((index, path, read_image_header(path, spacing=spacing)))
                 continue
             image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])
-            outputs = _outputs(self.transport(self.path, array_request_body(image)), None,
+            sent = in_graph_frame(image, self._takes_any_orientation)
+            outputs = _outputs(self.transport(self.path, array_request_body(sent)), None,
                                OUTPUTS, OPTIONAL_OUTPUTS)
+            if sent is not image:  # Its indices are the canonical copy's.
+                outputs["landmarks_index"] = image.physical_to_index(outputs["landmarks_mm"])
             results[index] = _prediction(image_id, path, names, outputs, ndim)
         for start in range(0, len(files), batch_size):
             batch = files[start:start + batch_size]

@@ -370,9 +370,16 @@ def _old_stage(recorded, source):
 
 def _in_canonical_frame(spec):
     """A recorded spec whose training images were stored canonically (index axes along +x,
-    +y[, +z]) learned canonical arrays: it is in the canonical frame."""
+    +y[, +z]) learned canonical arrays: it is in the canonical frame. So, taken as such, did a
+    2D spec that recorded no storage orientation (keraslm 0.1's descriptions, and the ISBI 2015
+    versions 6 and 8 made from them): 2D training images - PNG/JPEG, radiographs in DICOM - are
+    stored +x +y, and its graph answered an image stored otherwise (a 2D NIfTI in RAS) upside
+    down; a 3D one is left as it was recorded."""
     canonical = tuple(f"+{axis}" for axis in "xyz"[:spec.ndim])
-    if spec.storage_orientation == canonical:
+    recorded = spec.storage_orientation
+    if recorded is None and not spec.canonical_orientation and spec.ndim == 2:
+        recorded = canonical
+    if recorded == canonical:
         return spec.replace(storage_orientation=None, canonical_orientation=True)
     return spec
 

@@ -373,3 +373,37 @@ def test_shipped_version_8_answers_a_patient_facing_left_with_the_mirrored_landm
     old_back = np.stack([width - 1 - old_mirrored.points_index[:, 0],
                          old_mirrored.points_index[:, 1]], axis=-1)
     assert np.mean(np.linalg.norm(old_back - old_upright.points_index, axis=-1)) * 0.1 > 10.0
+
+
+def test_a_model_trained_on_plain_images_is_in_the_canonical_frame():
+    """Version 8's description (keraslm 0.3.3) recorded no storage orientation; trained on JPEGs
+    (stored +x +y) it learned canonical arrays: read as canonical, so an image stored otherwise
+    is brought into that frame (its graph does not: the predictor does it before the call)."""
+    from keraslm.prediction.predictors import graph_takes_any_orientation, read_saved_model_spec
+
+    recorded = json.load(open(os.path.join(SHIPPED_LATEST, "assets", "keraslm.json")))
+    assert recorded["canonical_orientation"] is False and recorded["storage_orientation"] is None
+    spec = read_saved_model_spec(SHIPPED_LATEST)
+    assert spec.canonical_orientation and spec.storage_orientation is None
+    assert not graph_takes_any_orientation(SHIPPED_LATEST, spec)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(ISBI_IMAGE), reason="ISBI 2015 images not in ../shared/data")
+def test_shipped_version_8_answers_an_image_stored_in_another_orientation():
+    """The same cephalogram stored rows and columns reversed (a 2D NIfTI in RAS): version 8
+    answered it upside down (44 mm off at the median, exit 0); the predictor brings it into the
+    canonical frame first, so the landmarks in mm are the JPEG's and its indices its own."""
+    from keraslm.io import Image
+    from keraslm.prediction import load_predictor
+
+    upright = read_image(ISBI_IMAGE, spacing=0.1)
+    width, height = upright.size
+    stored_ras = Image(np.ascontiguousarray(upright.array[::-1, ::-1]), spacing=upright.spacing,
+                       origin=upright.index_to_physical([width - 1.0, height - 1.0]),
+                       direction=np.diag([-1.0, -1.0]))
+    predictor = load_predictor(SHIPPED_LATEST)
+    plain, flipped = predict(predictor, [upright, stored_ras])
+    np.testing.assert_allclose(flipped.points_mm, plain.points_mm, atol=1e-3)
+    np.testing.assert_allclose(flipped.points_index, stored_ras.physical_to_index(plain.points_mm),
+                               atol=1e-3)

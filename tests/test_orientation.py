@@ -174,7 +174,9 @@ def test_a_dicom_series_stored_feet_first_predicts_like_head_first(tmp_path):
 def test_older_models_keep_their_storage_order_and_canonically_stored_ones_upgrade():
     """A recorded model whose training images were stored +x +y is in the canonical frame
     already; one trained on images stored otherwise keeps its storage-orientation check; the
-    two kinds do not combine."""
+    two kinds do not combine. A 2D model that recorded no storage orientation (keraslm 0.1's,
+    the shipped ISBI versions) is taken as canonical - 2D training images are stored +x +y -,
+    a 3D one is left as it was."""
     from keraslm.errors import KeraslmError
     from keraslm.spec import DetectorSpec, StageSpec, upgrade_spec
 
@@ -182,12 +184,18 @@ def test_older_models_keep_their_storage_order_and_canonically_stored_ones_upgra
                       normalization="standardize", output_stride=1, size_divisor=8, sigma=2.0,
                       decode_method="quadratic")
     plain = DetectorSpec(("a", "b"), 2, (stage,))
-    for stored, canonical in ((["+x", "+y"], True), (["+x", "-y"], False), (None, False)):
+    for stored, canonical in ((["+x", "+y"], True), (["+x", "-y"], False), (None, True)):
         recorded = {**plain.to_json(), "storage_orientation": stored}
         recorded.pop("canonical_orientation")  # As keraslm 0.2.1 wrote it.
         spec = upgrade_spec(recorded, "model.keras")
         assert spec.canonical_orientation is canonical
         assert spec.storage_orientation == (None if canonical or stored is None else tuple(stored))
+    stage_3d = StageSpec(architecture="unet", grid_shape=(8, 16, 16), grid_spacing=(1.0,) * 3,
+                         normalization="standardize", output_stride=1, size_divisor=8, sigma=2.0,
+                         decode_method="quadratic")
+    recorded = {**DetectorSpec(("a", "b"), 3, (stage_3d,)).to_json(), "storage_orientation": None}
+    recorded.pop("canonical_orientation")
+    assert not upgrade_spec(recorded, "model.keras").canonical_orientation
     new = plain.replace(canonical_orientation=True)
     assert upgrade_spec(new.to_json(), "model.keras") == new
     with pytest.raises(KeraslmError, match="the stages see images in different frames"):

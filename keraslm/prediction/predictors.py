@@ -115,6 +115,26 @@ def saved_model_folder(path):
                        "version sub-folders)")
 
 
+def graph_takes_any_orientation(path, spec):
+    """Whether the prediction graph of the SavedModel version folder `path` brings an image into
+    the canonical frame itself. An export whose description recorded no canonical frame, of a
+    model `upgrade_spec` finds canonical (trained on images stored canonically), does not: its
+    caller brings images into the canonical frame (`Image.canonical`) before `predict_array`."""
+    if not spec.canonical_orientation:
+        return True  # Its graph refuses (or takes) images as the model was trained.
+    try:
+        with open(os.path.join(path, "assets", SPEC_ASSET), encoding="utf-8") as handle:
+            return bool(json.load(handle).get("canonical_orientation", False))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def in_graph_frame(image, takes_any_orientation):
+    """`image` as a SavedModel's `predict_array` takes it: in the canonical frame where the
+    graph does not bring it there itself (`graph_takes_any_orientation`)."""
+    return image if takes_any_orientation else image.canonical()[0]
+
+
 def read_saved_model_spec(path):
     """The DetectorSpec of a SavedModel version folder (its `assets/keraslm.json`)."""
     asset = os.path.join(path, "assets", SPEC_ASSET)
@@ -149,16 +169,20 @@ class SavedModelPredictor(Predictor):
                 f"found {sorted(self._loaded.signatures)}), which keraslm 0.2 no longer runs; "
                 "export its .keras model again: keraslm-export RUN_OR_MODEL.keras BASE_DIR")
         self._predict = self._loaded.signatures["predict_array"]
+        self._takes_any_orientation = graph_takes_any_orientation(self.path, self.spec)
 
     def locate(self, image):
+        sent = in_graph_frame(image, self._takes_any_orientation)
         outputs = self._predict(
-            image=tf.constant(np.asarray(image.array, np.float32)),
-            spacing=tf.constant(np.asarray(image.spacing, np.float32)),
-            origin=tf.constant(np.asarray(image.origin, np.float32)),
-            direction=tf.constant(np.asarray(image.direction, np.float32)))
+            image=tf.constant(np.asarray(sent.array, np.float32)),
+            spacing=tf.constant(np.asarray(sent.spacing, np.float32)),
+            origin=tf.constant(np.asarray(sent.origin, np.float32)),
+            direction=tf.constant(np.asarray(sent.direction, np.float32)))
         found = {key: value.numpy() for key, value in outputs.items()}
         for key in ("landmarks_index", "landmarks_mm"):
             found[key] = found[key].astype(np.float64)
+        if sent is not image:  # Its points in mm are the image's; its indices are not.
+            found["landmarks_index"] = image.physical_to_index(found["landmarks_mm"])
         return found
 
 
