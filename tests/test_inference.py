@@ -440,30 +440,50 @@ def test_spacing_given_for_files_without_one(tmp_path):
 
 
 def test_write_predictions_refuses_a_markups_folder_with_other_files(tmp_path):
-    """The markups folder is replaced whole with every prediction: one holding a file keraslm
-    did not write is refused before anything is written (the user's file kept); keraslm's own
-    earlier markups are replaced."""
+    """The markups folder is replaced whole with every prediction: one holding a file that is
+    not a markups file of the previous prediction (its predictions.json) - a note, a
+    hand-corrected copy saved from Slicer - is refused before anything is written (the user's
+    file kept); the previous prediction's markups are replaced. A folder where a prediction
+    file goes, or a file where the markups folder goes, is refused up front too (found after
+    every image was predicted, and the set was left half moved)."""
+    import shutil
+
     from keraslm.errors import KeraslmError
     from keraslm.prediction import Prediction, check_prediction_folder, write_predictions
 
-    prediction = Prediction("img", "img.png", ("a", "b"), np.zeros((2, 2)), np.zeros((2, 2)),
-                            np.ones(2))
+    def prediction(image_id):
+        return Prediction(image_id, f"{image_id}.png", ("a", "b"), np.zeros((2, 2)),
+                          np.zeros((2, 2)), np.ones(2))
+
     folder = tmp_path / "out"
-    write_predictions(str(folder), [prediction])
-    (folder / "markups" / "old.mrk.json").write_text("{}")
-    (folder / "predictions.csv").unlink()
-    write_predictions(str(folder), [prediction])
+    write_predictions(str(folder), [prediction("old")])
+    write_predictions(str(folder), [prediction("img")])
     assert sorted(p.name for p in (folder / "markups").iterdir()) == ["img.mrk.json"]
-    mine = folder / "markups" / "notes.txt"
-    mine.write_text("mine")
-    (folder / "predictions.csv").unlink()
-    for call in (lambda: check_prediction_folder(str(folder)),
-                 lambda: write_predictions(str(folder), [prediction])):
-        with pytest.raises(KeraslmError, match=r"notes\.txt: not a markups file keraslm wrote"):
-            call()
-    assert mine.read_text() == "mine" and not (folder / "predictions.csv").exists()
+    for mine in (folder / "markups" / "notes.txt", folder / "markups" / "img_corrected.mrk.json"):
+        shutil.copy(folder / "markups" / "img.mrk.json", mine)
+        (folder / "predictions.csv").unlink()
+        for call in (lambda: check_prediction_folder(str(folder)),
+                     lambda: write_predictions(str(folder), [prediction("img")])):
+            with pytest.raises(KeraslmError, match=f"{mine.name}: not a markups file of the "
+                               "previous prediction"):
+                call()
+        assert mine.exists() and not (folder / "predictions.csv").exists()
+        mine.unlink()
+        write_predictions(str(folder), [prediction("img")])
     with pytest.raises(KeraslmError, match="is a file, not a folder"):
         check_prediction_folder(str(folder / "predictions.json"))
+    (folder / "predictions_index.csv").unlink()
+    (folder / "predictions_index.csv").mkdir()
+    with pytest.raises(KeraslmError, match=r"predictions_index.csv is a folder; the predictions "
+                       "write a file of that name"):
+        check_prediction_folder(str(folder))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "markups").write_text("")
+    with pytest.raises(KeraslmError, match="markups is a file; the predictions write a folder"):
+        check_prediction_folder(str(other))
+    with pytest.raises(KeraslmError, match="no predictions to write"):
+        write_predictions(str(tmp_path / "none"), [])
 
 
 def test_predict_command_checks_inputs_and_output_before_predicting(trained, tmp_path, capsys):
@@ -481,7 +501,7 @@ def test_predict_command_checks_inputs_and_output_before_predicting(trained, tmp
     assert main([result.model_path, png, "--spacing", spacing,
                  "--output-dir", str(tmp_path / "used")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "mine.txt: not a markups file keraslm wrote" in error
+    assert error.startswith("error: ") and "mine.txt: not a markups file of the previous prediction" in error
     assert sorted(os.listdir(tmp_path / "used")) == ["markups"]
     folder = tmp_path / "images"
     folder.mkdir()
@@ -537,3 +557,25 @@ def test_predict_skip_errors_predicts_the_other_images(trained, tmp_path, capsys
     assert [p.image_id for p in found] == ["a", "c"] and [f[0] for f in failed] == ["b"]
     assert "b.png" in failed[0][1]
     assert messages == ["predicted 1/3: a", "predicted 3/3: c"]
+
+
+def test_predict_takes_a_generator_and_names_an_array(trained):
+    """`keraslm.predict(model, Path.glob(...))` returned [] without a word (the generator was
+    used up by the ids); a bare array was a TypeError from os.fspath."""
+    import pathlib
+
+    from keraslm.prediction import load_predictor
+
+    dataset, result = trained
+    png = pathlib.Path(next(r.image_path for r in dataset.records if r.image_path.endswith(".png")))
+    predictor = load_predictor(result.model_path)
+    found = keraslm.predict(predictor, png.parent.glob(png.name), spacing=dataset.image_spacing)
+    assert [p.image_id for p in found] == [png.stem]
+    with pytest.raises(UsageError, match=r"an image must be a path or a keraslm.io.Image. "
+                       r"Received: ndarray \(an array: Image\(array, spacing=...\)\)"):
+        keraslm.predict(predictor, [np.zeros((8, 8))])
+    # A spacing of three values for a 2D model: one usage error before any image is read
+    # (with --skip-errors it was skipped image by image).
+    with pytest.raises(UsageError, match="--spacing gives 3 values .*the model is 2D"):
+        keraslm.predict(predictor, [str(png)] * 2, spacing=(0.1, 0.1, 0.1),
+                        on_error=lambda image_id, error: None)

@@ -8,6 +8,7 @@ training, the network(s), heatmap decoding, the local stage(s), and the mapping 
 original image's index `(x, y[, z])` and to physical millimetres (LPS).
 """
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,9 @@ from keraslm.prediction.predictors import load_predictor
 
 EXPECTED_ERROR_FILE = "expected_error.csv"
 MARKUPS_FOLDER = "markups"
+#: The files `write_predictions` writes beside MARKUPS_FOLDER.
+PREDICTION_FILES = ("predictions.csv", "predictions_index.csv", "predictions.json",
+                    EXPECTED_ERROR_FILE)
 #: `keraslm-predict` marks a landmark whose expected error is above this (mm) for a check by hand.
 FLAG_MM = 2.5
 #: The last detector `predict` was given and its predictor per precision: calling `predict`
@@ -90,6 +94,9 @@ class Prediction:
 
 def _input_path(item):
     """The path of an input image (a path, or an `Image`'s `path`), or None."""
+    if not isinstance(item, (str, os.PathLike, Image)):
+        raise UsageError(f"an image must be a path or a keraslm.io.Image. Received: "
+                         f"{type(item).__name__} (an array: Image(array, spacing=...))")
     path = getattr(item, "path", None) if isinstance(item, Image) else os.fspath(item)
     return None if path is None else os.fspath(path)
 
@@ -166,9 +173,16 @@ def check_plain_image_spacing(images, spacing, spec):
             of the plain images it was trained on), if recorded, is named as the likely value.
 
     Raises:
-        UsageError: naming the first such file, how many there are, and what to pass.
+        UsageError: naming the first such file, how many there are, and what to pass; a
+            `spacing` of more values than the model's dimension (a whole-run mistake, not one
+            image's).
     """
     if spacing is not None:
+        count = np.size(spacing)
+        if count not in (1, 2, spec.ndim):
+            raise UsageError(f"--spacing gives {count} values (spacing=); the model is "
+                             f"{spec.ndim}D: give MM or X,Y (the in-plane spacing"
+                             + (", or X,Y,Z)" if spec.ndim == 3 else ")"))
         return
     plain = [path for path in (os.fspath(item) for item in images if not isinstance(item, Image))
              if not os.path.isdir(path) and not holds_geometry(path)]
@@ -290,6 +304,7 @@ def predict(model, images, spacing=None, refine=None, precision="float32", on_er
     """
     if isinstance(images, (str, os.PathLike, Image)):
         images = [images]
+    images = list(images)  # A generator (Path.glob) is read once, here.
     image_ids = input_image_ids(images)
     predictor = _predictor(model, refine, precision)
     spec = predictor.spec
@@ -341,16 +356,33 @@ def check_prediction_folder(folder, name="--output-dir"):
         name: str. What names it in the message.
     """
     check_output_folder(folder, name)
-    markups = os.path.join(os.fspath(folder), MARKUPS_FOLDER)
+    folder = os.fspath(folder)
+    for written in PREDICTION_FILES + (MARKUPS_FOLDER,):
+        path = os.path.join(folder, written)
+        if os.path.exists(path) and os.path.isdir(path) != (written == MARKUPS_FOLDER):
+            raise KeraslmError(f"{path} is a {'folder' if os.path.isdir(path) else 'file'}; the "
+                               f"predictions write a {'folder' if written == MARKUPS_FOLDER else 'file'} "
+                               f"of that name: move it or choose another {name}")
+    markups = os.path.join(folder, MARKUPS_FOLDER)
     if not os.path.isdir(markups):
         return
+    # The markups of the previous prediction (its predictions.json's ids) are replaced;
+    # anything else - a hand-corrected copy saved from Slicer - is the user's.
+    previous = set()
+    try:
+        with open(os.path.join(folder, "predictions.json"), encoding="utf-8") as handle:
+            previous = {f"{entry['id']}.mrk.json" for entry in json.load(handle)["predictions"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     for root, _, names in os.walk(markups):
-        foreign = sorted(n for n in names if not n.endswith(".mrk.json") and not n.startswith("."))
+        foreign = sorted(n for n in names if not n.startswith(".") and os.path.relpath(
+            os.path.join(root, n), markups).replace(os.sep, "/") not in previous)
         if foreign:
             raise KeraslmError(
-                f"{os.path.join(root, foreign[0])}: not a markups file keraslm wrote, in "
-                f"{markups}, which every prediction replaces whole (one .mrk.json per image); "
-                f"move it or choose another {name}")
+                f"{os.path.join(root, foreign[0])}: not a markups file of the previous "
+                f"prediction in {folder} (its predictions.json), in {markups}, which every "
+                f"prediction replaces whole (one .mrk.json per image); move it or choose "
+                f"another {name}")
 
 
 def _markup_points(prediction):
@@ -386,6 +418,8 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
 
     from keraslm.io import LandmarkTable, write_landmarks, write_markups
 
+    if not predictions:
+        raise KeraslmError(f"no predictions to write into {folder}")
     check_prediction_folder(folder, "the output folder")  # Nothing written when it fails.
     os.makedirs(folder, exist_ok=True)
     names = predictions[0].landmark_names
@@ -402,9 +436,11 @@ def write_predictions(folder, predictions, flag_mm=FLAG_MM):
                         LandmarkTable(ids, names, np.stack([p.points_mm for p in predictions])))
         write_landmarks(os.path.join(staging, "predictions_index.csv"),
                         LandmarkTable(ids, names, np.stack([p.points_index for p in predictions])))
+        units = {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])"}
+        if calibrated:
+            units["expected_error_mm"] = "calibrated expected point error, mm"
         write_json(os.path.join(staging, "predictions.json"),
-                   {"units": {"mm": "physical LPS millimetres", "index": "image index (x, y[, z])",
-                              "expected_error_mm": "calibrated expected point error, mm"},
+                   {"units": units,
                     "flag_mm": flag_mm,
                     "predictions": [p.to_dict(flag_mm) for p in predictions]})
         for p in predictions:  # The markups folder holds this prediction's images only.
