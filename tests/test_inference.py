@@ -577,5 +577,5 @@ def test_predict_takes_a_generator_and_names_an_array(trained):
     # A spacing of three values for a 2D model: one usage error before any image is read
     # (with --skip-errors it was skipped image by image).
     with pytest.raises(UsageError, match="--spacing gives 3 values .*the model is 2D"):
-        keraslm.predict(predictor, [str(png)] * 2, spacing=(0.1, 0.1, 0.1),
+        keraslm.predict(predictor, [str(png)], spacing=(0.1, 0.1, 0.1),
                         on_error=lambda image_id, error: None)
