@@ -302,6 +302,7 @@ def test_isbi2015_queue_states_commands_and_order(tmp_path, monkeypatch):
     (half_written / "trained.weights.h5").write_text("")
     partial = runs / "local_unet_fold1"
     (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints" / "latest.weights.h5").write_text("")
     (partial / "history.json").write_text(json.dumps({"loss": [3.0, 2.0, 1.5]}))
     (partial / "training_seconds.json").write_text(json.dumps({"seconds": 5400}))
     held = queue._try_lock(str(runs), "scn_flip", 1)  # another worker trains it

@@ -351,9 +351,9 @@ def test_nifti_whose_geometries_disagree_or_are_missing_is_warned(tmp_path, caps
         assert read_image(tmp_path / "differ.nii.gz").origin[0] == -10.0  # LPS x of RAS 10.
     with pytest.warns(KeraslmWarning, match="neither.nii.gz: stores no orientation"):
         read_image(tmp_path / "neither.nii.gz")
-    import keraslm.cli  # The commands' format: one line.
+    from keraslm.cli import _show_keraslm_warning  # The commands' format: one line.
 
-    warnings.showwarning("a message", KeraslmWarning, "x.py", 1)
+    _show_keraslm_warning("a message", KeraslmWarning, "x.py", 1)
     assert capsys.readouterr().err == "warning: a message\n"
 
 
