@@ -8,7 +8,6 @@ Three ways in:
   python evaluate.py --predictions predictions.csv --dataset isbi2015 --dataset-root DIR
 """
 import argparse
-import json
 import os
 import sys
 
@@ -228,7 +227,8 @@ def _trained_on(args, dataset, test_set):
     """[(model path, ids)]: the test images each --model / --refine member was trained on, read
     from the run folder it lies in (config.json: its dataset and validation ids); models
     outside a run folder, or of another dataset, are not checked."""
-    from keraslm.run_folder import CONFIG_FILE, MODEL_FILE
+    from keraslm.errors import KeraslmError
+    from keraslm.run_folder import MODEL_FILE, RunFolder
 
     def absolute(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
@@ -239,13 +239,11 @@ def _trained_on(args, dataset, test_set):
     for path in paths:
         folder = path if os.path.isdir(path) else (
             os.path.dirname(path) if os.path.basename(path) == MODEL_FILE else None)
-        config_path = os.path.join(folder, CONFIG_FILE) if folder else None
-        if not config_path or not os.path.isfile(config_path):
+        if folder is None:
             continue
         try:
-            with open(config_path, encoding="utf-8") as handle:
-                config = json.load(handle)
-        except (OSError, ValueError):
+            config = RunFolder(folder).read_config()
+        except (KeraslmError, OSError, ValueError):  # Not a run folder (no or a bad config.json).
             continue
         validation = config.get("validation_ids") if isinstance(config, dict) else None
         if (not isinstance(validation, list)
