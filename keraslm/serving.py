@@ -38,7 +38,8 @@ from keraslm.prediction import (
     load_input_image,
 )
 from keraslm.prediction.predictors import (graph_takes_any_orientation, in_graph_frame,
-                                           read_saved_model_spec, saved_model_folder)
+                                           in_image_frame, read_saved_model_spec,
+                                           saved_model_folder)
 from keraslm.spec import DetectorSpec
 
 OUTPUTS = ("landmarks_index", "landmarks_mm", "confidence")
@@ -246,10 +247,9 @@ class ServingClient:
                 continue
             image_id, path, image = load_input_image(item, index, ndim, spacing, image_ids[index])
             sent = in_graph_frame(image, self._takes_any_orientation)
-            outputs = _outputs(self.transport(self.path, array_request_body(sent)), None,
-                               OUTPUTS, OPTIONAL_OUTPUTS)
-            if sent is not image:  # Its indices are the canonical copy's.
-                outputs["landmarks_index"] = image.physical_to_index(outputs["landmarks_mm"])
+            outputs = in_image_frame(
+                _outputs(self.transport(self.path, array_request_body(sent)), None, OUTPUTS,
+                         OPTIONAL_OUTPUTS), image, sent)
             results[index] = _prediction(image_id, path, names, outputs, ndim)
         for start in range(0, len(files), batch_size):
             batch = files[start:start + batch_size]

@@ -135,6 +135,14 @@ def in_graph_frame(image, takes_any_orientation):
     return image if takes_any_orientation else image.canonical()[0]
 
 
+def in_image_frame(outputs, image, sent):
+    """`outputs` of `predict_array` for `sent` (`in_graph_frame(image, ...)`) as answers for
+    `image`: the points in mm are the same; the indices are `image`'s."""
+    if sent is not image:
+        outputs["landmarks_index"] = image.physical_to_index(outputs["landmarks_mm"])
+    return outputs
+
+
 def read_saved_model_spec(path):
     """The DetectorSpec of a SavedModel version folder (its `assets/keraslm.json`)."""
     asset = os.path.join(path, "assets", SPEC_ASSET)
@@ -181,9 +189,7 @@ class SavedModelPredictor(Predictor):
         found = {key: value.numpy() for key, value in outputs.items()}
         for key in ("landmarks_index", "landmarks_mm"):
             found[key] = found[key].astype(np.float64)
-        if sent is not image:  # Its points in mm are the image's; its indices are not.
-            found["landmarks_index"] = image.physical_to_index(found["landmarks_mm"])
-        return found
+        return in_image_frame(found, image, sent)
 
 
 def ensemble_members(item):
